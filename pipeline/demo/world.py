@@ -1,0 +1,512 @@
+"""Build the demo world: a MIMIC-CXR v2.0.0-shaped directory from real Open-I reports and headers.
+
+Layout written under ``OUT``::
+
+    files/p1X/p<subject>/s<study>/<dicom_id>.dcm      DICOM images (six transfer syntaxes)
+    files/p1X/p<subject>/s<study>.txt                 the report, in MIMIC's text format
+    mimic-cxr-2.0.0-metadata.csv                      the 12 real MIMIC columns
+    mimic-cxr-2.0.0-split.csv                         dicom_id, study_id, subject_id, split
+    mimic-cxr-2.0.0-chexpert.csv                      subject_id, study_id, 14 CheXpert columns
+    eval/vindr-cxr/…, eval/openi/…, eval/chexpert/…   held-out evaluation sets in real formats
+    faults.json                                       the injected bad inputs (--faults)
+    offclip_demo/                                     ground truth: images, studies, lesion boxes,
+                                                      world.json (parameters, counts; written last)
+
+Studies are rendered in parallel worker processes, one task per chunk of studies; every random
+draw comes from generators seeded by (seed, report uid, image index), so the tree is
+byte-identical for the same sources, N, seed and scale whatever the number of workers.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import os
+import shutil
+import time
+import xml.etree.ElementTree as ET
+from collections import Counter
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from .. import openi
+from ..atomic import atomic_write_bytes, atomic_write_text
+from . import phantom, reports
+from .dicom_writer import FRONTAL_VIEWS, VIEW_CODES, ImageHeader, encode_dicom, phantom_to_stored
+from .lesions import LESION_KINDS
+from .plan import ImagePlan, StudyPlan, WorldPlanner
+
+METADATA_COLUMNS = (
+    "dicom_id", "subject_id", "study_id", "PerformedProcedureStepDescription", "ViewPosition",
+    "Rows", "Columns", "StudyDate", "StudyTime", "ProcedureCodeSequence_CodeMeaning",
+    "ViewCodeSequence_CodeMeaning", "PatientOrientationCodeSequence_CodeMeaning",
+)
+SPLIT_COLUMNS = ("dicom_id", "study_id", "subject_id", "split")
+#: VinDr-CXR v1.0.0 image_labels_test.csv: 22 local labels, 6 global labels (incl. No finding)
+VINDR_LABELS = (
+    "Aortic enlargement", "Atelectasis", "Calcification", "Cardiomegaly", "Clavicle fracture",
+    "Consolidation", "Edema", "Emphysema", "Enlarged PA", "ILD", "Infiltration", "Lung Opacity",
+    "Lung cavity", "Lung cyst", "Mediastinal shift", "Nodule/Mass", "Pleural effusion",
+    "Pleural thickening", "Pneumothorax", "Pulmonary fibrosis", "Rib fracture", "Other lesion",
+    "COPD", "Lung tumor", "Pneumonia", "Tuberculosis", "Other diseases", "No finding",
+)
+#: CheXpert's own column order (differs from MIMIC's alphabetical one)
+CHEXPERT_ORDER = (
+    "No Finding", "Enlarged Cardiomediastinum", "Cardiomegaly", "Lung Opacity", "Lung Lesion",
+    "Edema", "Consolidation", "Pneumonia", "Atelectasis", "Pneumothorax", "Pleural Effusion",
+    "Pleural Other", "Fracture", "Support Devices",
+)
+FAULT_KINDS = (
+    "truncated_dicom", "dicom_without_pixels", "not_dicom", "empty_report",
+    "non_utf8_report", "lateral_only", "no_report", "missing_file",
+)
+DEFAULT_SCALE = 0.25
+SCHEMA_VERSION = 1
+
+
+@dataclass
+class WorldConfig:
+    out: Path
+    studies: int = 200
+    seed: int = 0
+    scale: float = DEFAULT_SCALE
+    faults: bool = False
+    openi: str | None = None  #: directory with the two Open-I files (default: installed wheel)
+    workers: int = 0  #: 0 -> all cores
+    progress: bool = True
+    overwrite: bool = False
+
+
+@dataclass
+class WorldSummary:
+    out: str
+    studies: int
+    subjects: int
+    images: int
+    seconds: float
+    by_folder: dict = field(default_factory=dict)
+    by_split: dict = field(default_factory=dict)
+    by_label: dict = field(default_factory=dict)
+    by_view: dict = field(default_factory=dict)
+    by_syntax: dict = field(default_factory=dict)
+    by_photometric: dict = field(default_factory=dict)
+    by_bits: dict = field(default_factory=dict)
+    lesions: dict = field(default_factory=dict)
+    eval_sets: dict = field(default_factory=dict)
+    faults: list = field(default_factory=list)
+    bytes_written: int = 0
+
+    def to_text(self) -> str:
+        def fmt(d: dict) -> str:
+            return ", ".join(f"{k} {v}" for k, v in d.items())
+
+        lines = [
+            f"demo world at {self.out}",
+            f"  studies {self.studies} · subjects {self.subjects} · images {self.images} · "
+            f"{self.bytes_written / 1e6:.1f} MB · built in {self.seconds:.1f} s",
+            f"  folders      {fmt(self.by_folder)}",
+            f"  splits       {fmt(self.by_split)}",
+            f"  reports      {fmt(self.by_label)} (Open-I MeSH)",
+            f"  views        {fmt(self.by_view)}",
+            f"  syntaxes     {fmt(self.by_syntax)}",
+            f"  photometric  {fmt(self.by_photometric)}",
+            f"  bits stored  {fmt(self.by_bits)}",
+            f"  lesions      {fmt(self.lesions) or 'none'}",
+            f"  eval sets    {fmt(self.eval_sets)}",
+        ]
+        if self.faults:
+            lines.append(f"  faults       {', '.join(f['fault'] for f in self.faults)} (faults.json)")
+        return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------------
+# per-study work (runs in worker processes)
+# ------------------------------------------------------------------------------------------
+def _image_header(study: StudyPlan, image: ImagePlan) -> ImageHeader:
+    extra = {}
+    if image.device_description:
+        extra["AcquisitionDeviceProcessingDescription"] = image.device_description
+    return ImageHeader(
+        subject_id=study.subject_id, study_id=study.study_id, dicom_id=image.dicom_id,
+        rows=image.rows, columns=image.columns, bits_stored=image.bits_stored,
+        photometric=image.photometric, modality=image.modality,
+        view_position=image.view_position, view_code=image.view_code,
+        procedure=study.procedure, patient_orientation_meaning=study.orientation,
+        patient_orientation=image.patient_orientation, body_part=image.body_part,
+        pixel_spacing=image.pixel_spacing, window=image.window, rescale=image.rescale,
+        presentation_lut=image.presentation_lut, study_date=study.study_date,
+        study_time=study.study_time, instance_number=image.index + 1,
+        patient_name=f"DEMO^SUBJECT{study.subject_id}", patient_birth_date=study.birth_date,
+        patient_sex=study.patient_sex, accession_number=study.accession, extra=extra,
+    )
+
+
+def vindr_image_id(dicom_id: str) -> str:
+    return hashlib.md5(dicom_id.encode()).hexdigest()
+
+
+def _render_study(study: StudyPlan, out: Path, seed: int) -> dict:
+    """Render and write one study; returns the rows the main process tabulates."""
+    lesions = reports.lesions_from_mesh(study.report)
+    anatomy = phantom.sample_anatomy(np.random.default_rng([seed, 3, study.report.uid]))
+    text = reports.mimic_report_text(study.report, examination=study.procedure)
+    atomic_write_text(out / study.report_path, text)
+
+    images, boxes, eval_items = [], [], []
+    for image in study.images:
+        rng = np.random.default_rng([seed, 4, study.report.uid, image.index])
+        if image.view_kind == "frontal":
+            pixels, image_boxes = phantom.render_frontal(
+                anatomy, image.rows, image.columns, lesions, rng, view=image.true_view)
+        else:
+            pixels, image_boxes = phantom.render_lateral(anatomy, image.rows, image.columns, lesions, rng)
+        stored = phantom_to_stored(pixels, image.bits_stored, image.photometric)
+        data = encode_dicom(_image_header(study, image), stored, image.syntax)
+        atomic_write_bytes(out / study.image_path(image), data)
+        images.append({"dicom_id": image.dicom_id, "bytes": len(data)})
+        for b in image_boxes:
+            boxes.append({"dicom_id": image.dicom_id, "view": image.view_kind, "kind": b.kind,
+                          "vindr_class": LESION_KINDS[b.kind][0], "x_min": b.x_min, "y_min": b.y_min,
+                          "x_max": b.x_max, "y_max": b.y_max})
+        if study.split != "train" and image.view_kind == "frontal" and not eval_items:
+            eval_items.append(_write_eval_image(study, image, pixels, out))
+    return {"study_id": study.study_id, "lesions": [asdict(l) for l in lesions], "images": images,
+            "boxes": boxes, "eval": eval_items}
+
+
+def _write_eval_image(study: StudyPlan, image: ImagePlan, pixels: np.ndarray, out: Path) -> dict:
+    """The held-out study's first frontal image in the three evaluation formats."""
+    vid = vindr_image_id(image.dicom_id)
+    header = _image_header(study, image)
+    header.bits_stored = 12 if image.bits_stored == 8 else image.bits_stored
+    header.photometric = "MONOCHROME2" if image.bits_stored == 8 else image.photometric
+    header.view_position, header.view_code = "PA" if image.true_view == "PA" else "AP", None
+    header.patient_name, header.accession_number = "", ""  # VinDr-CXR is de-identified this way
+    stored = phantom_to_stored(pixels, header.bits_stored, header.photometric)
+    atomic_write_bytes(out / "eval/vindr-cxr/test" / f"{vid}.dicom", encode_dicom(header, stored, "explicit_le"))
+    eight = phantom_to_stored(pixels, 8, "MONOCHROME2")
+    openi_id = _openi_image_id(study, image)
+    _save_image(eight, out / "eval/openi/NLMCXR_png" / f"{openi_id}.png", "PNG")
+    _save_image(eight, out / "eval/chexpert" / _chexpert_path(study), "JPEG")
+    return {"dicom_id": image.dicom_id, "vindr_id": vid, "openi_id": openi_id,
+            "view": image.true_view, "rows": image.rows, "columns": image.columns}
+
+
+def _openi_image_id(study: StudyPlan, image: ImagePlan) -> str:
+    real = image.source_imageid
+    return real if real.startswith(f"CXR{study.report.uid}_") else f"CXR{study.report.uid}_IM-DEMO-{image.index + 1}001"
+
+
+def _chexpert_path(study: StudyPlan) -> str:
+    return f"CheXpert-v1.0/test/patient{study.subject_id % 10**5:05d}/study{study.study_id}/view1_frontal.jpg"
+
+
+def _save_image(pixels: np.ndarray, path: Path, fmt: str) -> None:
+    buf = io.BytesIO()
+    kwargs = {"quality": 95} if fmt == "JPEG" else {"compress_level": 1}
+    Image.fromarray(pixels, mode="L").save(buf, format=fmt, **kwargs)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def _render_chunk(args: tuple[list[StudyPlan], str, int]) -> list[dict]:
+    chunk, out, seed = args
+    return [_render_study(study, Path(out), seed) for study in chunk]
+
+
+# ------------------------------------------------------------------------------------------
+# the build
+# ------------------------------------------------------------------------------------------
+def build_world(config: WorldConfig) -> WorldSummary:
+    start = time.perf_counter()
+    out = Path(config.out)
+    _prepare_out(out, config.overwrite)
+    sources = openi.find_sources(config.openi)
+    all_reports = openi.load_reports(sources.reports_tgz)
+    headers = openi.load_headers(sources.headers_csv)
+    plans = WorldPlanner(headers, config.seed, config.scale).plan(all_reports, config.studies)
+    if config.faults and sum(p.split == "train" for p in plans) < len(FAULT_KINDS) + 1:
+        raise ValueError(f"--faults needs at least {len(FAULT_KINDS) + 1} training studies; "
+                         f"raise --studies (now {config.studies})")
+
+    results = _render_all(plans, out, config)
+    by_study = {r["study_id"]: r for r in results}
+    _write_tables(out, plans)
+    _write_eval_sets(out, plans, by_study)
+    faults = _inject_faults(out, plans, config.seed) if config.faults else []
+    if faults:
+        atomic_write_text(out / "faults.json", json.dumps(faults, indent=2, sort_keys=True) + "\n")
+    _write_truth(out, plans, by_study)
+
+    summary = _summarise(out, plans, by_study, faults, time.perf_counter() - start)
+    world = {
+        "schema_version": SCHEMA_VERSION,
+        "parameters": {"studies": config.studies, "seed": config.seed, "scale": config.scale,
+                       "faults": config.faults},
+        "sources": {p.name: _sha256(p) for p in (sources.reports_tgz, sources.headers_csv)},
+        "licence": openi.LICENCE,
+        "notice": "Reports are real Open-I text rewritten at run time; do not redistribute this world.",
+        "counts": {k: v for k, v in asdict(summary).items() if k not in ("out", "seconds", "bytes_written")},
+    }
+    # world.json is written last: its presence marks a complete world
+    atomic_write_text(out / "offclip_demo" / "world.json", json.dumps(world, indent=2, sort_keys=True) + "\n")
+    return summary
+
+
+def _prepare_out(out: Path, overwrite: bool) -> None:
+    if out.exists() and any(out.iterdir()):
+        if not overwrite:
+            raise FileExistsError(f"{out} exists and is not empty; pass --overwrite to replace it")
+        if not (out / "offclip_demo").is_dir() and not (out / "files").is_dir():
+            raise FileExistsError(f"refusing to overwrite {out}: it does not look like a demo world")
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+
+
+def _render_all(plans: list[StudyPlan], out: Path, config: WorldConfig) -> list[dict]:
+    from tqdm import tqdm
+
+    workers = config.workers or os.cpu_count() or 1
+    chunk_size = max(1, min(16, len(plans) // (workers * 4) or 1))
+    chunks = [plans[i:i + chunk_size] for i in range(0, len(plans), chunk_size)]
+    bar = tqdm(total=len(plans), unit="study", desc="rendering", disable=not config.progress)
+    results: list[dict] = []
+    try:
+        if workers == 1:
+            for chunk in chunks:
+                results.extend(_render_chunk((chunk, str(out), config.seed)))
+                bar.update(len(chunk))
+        else:
+            with ProcessPoolExecutor(max_workers=workers) as pool:
+                for chunk, done in zip(chunks, pool.map(_render_chunk, [(c, str(out), config.seed) for c in chunks])):
+                    results.extend(done)
+                    bar.update(len(chunk))
+    finally:
+        bar.close()
+    return results
+
+
+def _csv_bytes(columns, rows) -> bytes:
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(columns)
+    writer.writerows(rows)
+    return buf.getvalue().encode()
+
+
+def _label(value) -> str:
+    return "" if value is None else f"{float(value):.1f}"
+
+
+def _write_tables(out: Path, plans: list[StudyPlan]) -> None:
+    """The three MIMIC-CXR CSVs, one metadata/split row per image the plans hold."""
+
+    meta, split, chex = [], [], []
+    for study in plans:
+        for image in study.images:
+            meta.append([
+                image.dicom_id, study.subject_id, study.study_id, study.procedure,
+                image.view_position or "", image.rows, image.columns, study.study_date,
+                study.study_time.lstrip("0") or "0", study.procedure,
+                VIEW_CODES[image.view_code][1] if image.view_code else "", study.orientation or "",
+            ])
+            split.append([image.dicom_id, study.study_id, study.subject_id, study.split])
+        labels = reports.chexpert_labels(study.report)
+        chex.append([study.subject_id, study.study_id] + [_label(labels[c]) for c in reports.CHEXPERT_COLUMNS])
+    atomic_write_bytes(out / "mimic-cxr-2.0.0-metadata.csv", _csv_bytes(METADATA_COLUMNS, meta))
+    atomic_write_bytes(out / "mimic-cxr-2.0.0-split.csv", _csv_bytes(SPLIT_COLUMNS, split))
+    atomic_write_bytes(out / "mimic-cxr-2.0.0-chexpert.csv",
+                       _csv_bytes(("subject_id", "study_id") + tuple(reports.CHEXPERT_COLUMNS), chex))
+
+
+def _write_eval_sets(out: Path, plans: list[StudyPlan], by_study: dict) -> None:
+    vindr_labels, vindr_boxes, openi_rows, chexpert_rows = [], [], [], []
+    for study in plans:
+        result = by_study[study.study_id]
+        if not result["eval"]:
+            continue
+        item = result["eval"][0]
+        boxes = [b for b in result["boxes"] if b["dicom_id"] == item["dicom_id"]]
+        kinds = {l["kind"] for l in result["lesions"]}
+        present = {LESION_KINDS[k][0] for k in kinds} | {LESION_KINDS[k][1] for k in kinds}
+        row = [item["vindr_id"]] + [int(name in present) for name in VINDR_LABELS[:-1]]
+        vindr_labels.append(row + [int(not kinds)])
+        if not boxes:
+            vindr_boxes.append([item["vindr_id"], "R1", "No finding", "", "", "", ""])
+        for b in boxes:
+            vindr_boxes.append([item["vindr_id"], "R1", b["vindr_class"], b["x_min"], b["y_min"],
+                                b["x_max"], b["y_max"]])
+        report = study.report
+        openi_rows.append([item["openi_id"], report.uid, item["view"], int(report.is_normal),
+                           ";".join(report.mesh_major)])
+        _write_openi_xml(out, study, item["openi_id"])
+        labels = reports.chexpert_labels(report)
+        # CheXpert's test labels are binary radiologist consensus: uncertain (-1) counts positive
+        binary = [_label(None if labels[c] is None else float(labels[c] != 0.0)) for c in CHEXPERT_ORDER]
+        chexpert_rows.append([_chexpert_path(study), {"F": "Female", "M": "Male"}[study.patient_sex],
+                              int(study.study_date[:4]) - int(study.birth_date[:4]), "Frontal",
+                              item["view"]] + binary)
+    vindr = out / "eval/vindr-cxr/annotations"
+    atomic_write_bytes(vindr / "image_labels_test.csv", _csv_bytes(("image_id",) + VINDR_LABELS, vindr_labels))
+    atomic_write_bytes(vindr / "annotations_test.csv", _csv_bytes(
+        ("image_id", "rad_id", "class_name", "x_min", "y_min", "x_max", "y_max"), vindr_boxes))
+    atomic_write_bytes(out / "eval/openi/openi_labels.csv",
+                       _csv_bytes(("imageid", "uid", "view", "normal", "mesh_major"), openi_rows))
+    atomic_write_bytes(out / "eval/chexpert/test_labels.csv", _csv_bytes(
+        ("Path", "Sex", "Age", "Frontal/Lateral", "AP/PA") + CHEXPERT_ORDER, chexpert_rows))
+
+
+def _write_openi_xml(out: Path, study: StudyPlan, image_id: str) -> None:
+    """A minimal report XML in Open-I's own layout (the sections, MeSH and parentImage)."""
+    report = study.report
+    root = ET.Element("eCitation")
+    ET.SubElement(root, "IUXRId", id=str(report.uid))
+    ET.SubElement(root, "licenseURL").text = "http://creativecommons.org/licenses/by-nc-nd/4.0/"
+    abstract = ET.SubElement(ET.SubElement(ET.SubElement(root, "MedlineCitation"), "Article"), "Abstract")
+    for label in ("COMPARISON", "INDICATION", "FINDINGS", "IMPRESSION"):
+        ET.SubElement(abstract, "AbstractText", Label=label).text = getattr(report, label.lower()) or None
+    mesh = ET.SubElement(root, "MeSH")
+    for term in report.mesh_major:
+        ET.SubElement(mesh, "major").text = term
+    for term in report.mesh_automatic:
+        ET.SubElement(mesh, "automatic").text = term
+    ET.SubElement(root, "parentImage", id=image_id)
+    ET.indent(root)
+    data = b'<?xml version="1.0" encoding="utf-8"?>\n' + ET.tostring(root, encoding="utf-8") + b"\n"
+    atomic_write_bytes(out / "eval/openi/ecgen-radiology" / f"{report.uid}.xml", data)
+
+
+def _write_truth(out: Path, plans: list[StudyPlan], by_study: dict) -> None:
+    """Ground truth for tests and evaluation: what every file really is and holds."""
+    images, studies, lesions = [], [], []
+    present = {i.dicom_id for p in plans for i in p.images}  # faults may have removed some
+    for study in plans:
+        result = by_study[study.study_id]
+        for image in study.images:
+            path = study.image_path(image)
+            images.append([image.dicom_id, study.subject_id, study.study_id, path, image.view_kind,
+                           image.true_view, image.view_position or "", image.syntax, image.photometric,
+                           image.bits_stored, image.rows, image.columns, image.source_imageid])
+        studies.append([study.study_id, study.subject_id, study.report.uid, study.split,
+                        "normal" if study.report.is_normal else "abnormal", len(result["lesions"]),
+                        ";".join(study.report.mesh_major), ";".join(reports.unmapped_terms(study.report))])
+        for b in (b for b in result["boxes"] if b["dicom_id"] in present):
+            lesions.append([b["dicom_id"], study.study_id, b["view"], b["kind"], b["vindr_class"],
+                            b["x_min"], b["y_min"], b["x_max"], b["y_max"]])
+    truth = out / "offclip_demo"
+    atomic_write_bytes(truth / "images.csv", _csv_bytes(
+        ("dicom_id", "subject_id", "study_id", "path", "view_kind", "true_view", "view_position",
+         "transfer_syntax", "photometric", "bits_stored", "rows", "columns", "source_imageid"), images))
+    atomic_write_bytes(truth / "studies.csv", _csv_bytes(
+        ("study_id", "subject_id", "openi_uid", "split", "openi_label", "n_lesions", "mesh_major",
+         "mesh_unrendered"), studies))
+    atomic_write_bytes(truth / "lesions.csv", _csv_bytes(
+        ("dicom_id", "study_id", "view", "kind", "vindr_class", "x_min", "y_min", "x_max", "y_max"), lesions))
+
+
+# ------------------------------------------------------------------------------------------
+# faults: the bad inputs a real archive has
+# ------------------------------------------------------------------------------------------
+def _inject_faults(out: Path, plans: list[StudyPlan], seed: int) -> list[dict]:
+    import pydicom
+
+    rng = np.random.default_rng([seed, 5])
+    train = [p for p in plans if p.split == "train"]
+    with_lateral = [p for p in train if any(i.view_kind == "lateral" for i in p.images)
+                    and any(i.view_kind == "frontal" for i in p.images)]
+    chosen: dict[str, StudyPlan] = {}
+    used: set[int] = set()
+    # the lateral-only fault needs a study that has a lateral; choose it first
+    for kind in ("lateral_only",) + tuple(k for k in FAULT_KINDS if k != "lateral_only"):
+        pool = [p for p in (with_lateral if kind == "lateral_only" else train) if p.study_id not in used]
+        study = pool[int(rng.integers(0, len(pool)))]
+        used.add(study.study_id)
+        chosen[kind] = study
+
+    faults = []
+    for kind in FAULT_KINDS:
+        study = chosen[kind]
+        frontal = next(i for i in study.images if i.view_kind == "frontal")
+        image_path = out / study.image_path(frontal)
+        report_path = out / study.report_path
+        record = {"fault": kind, "subject_id": study.subject_id, "study_id": study.study_id,
+                  "dicom_id": frontal.dicom_id, "path": study.image_path(frontal)}
+        if kind == "truncated_dicom":
+            data = image_path.read_bytes()
+            atomic_write_bytes(image_path, data[: int(len(data) * 0.6)])
+            record["description"] = "DICOM file cut at 60% of its bytes"
+        elif kind == "dicom_without_pixels":
+            ds = pydicom.dcmread(image_path)
+            del ds.PixelData
+            buf = io.BytesIO()
+            ds.save_as(buf, enforce_file_format=True)
+            atomic_write_bytes(image_path, buf.getvalue())
+            record["description"] = "valid DICOM header, no Pixel Data element"
+        elif kind == "not_dicom":
+            png = io.BytesIO()
+            Image.fromarray(np.zeros((32, 32), np.uint8), mode="L").save(png, format="PNG")
+            atomic_write_bytes(image_path, png.getvalue())
+            record["description"] = "a PNG file saved under a .dcm name"
+        elif kind == "empty_report":
+            atomic_write_bytes(report_path, b"")
+            record.update(dicom_id=None, path=study.report_path, description="zero-byte report")
+        elif kind == "non_utf8_report":
+            text = report_path.read_text(encoding="utf-8")
+            text = text.replace("INDICATION:  ", "INDICATION:  Temp 38.5\u00b0C. ", 1) if "INDICATION:" in text \
+                else text.replace("FINAL REPORT", "FINAL REPORT \u00b7", 1)
+            atomic_write_bytes(report_path, text.encode("cp1252"))
+            record.update(dicom_id=None, path=study.report_path,
+                          description="report encoded in cp1252 with a non-ASCII byte (not UTF-8)")
+        elif kind == "lateral_only":
+            for image in [i for i in study.images if i.view_kind == "frontal"]:
+                (out / study.image_path(image)).unlink()
+            study.images = [i for i in study.images if i.view_kind != "frontal"]
+            record["description"] = "the study's frontal images are gone (files and metadata rows)"
+        elif kind == "no_report":
+            report_path.unlink()
+            record.update(dicom_id=None, path=study.report_path, description="study without a report file")
+        elif kind == "missing_file":
+            image_path.unlink()
+            record["description"] = "metadata row for a DICOM file that does not exist"
+        faults.append(record)
+    # the lateral-only fault removed metadata rows: rewrite the tables to match the files
+    _write_tables(out, plans)
+    return faults
+
+
+# ------------------------------------------------------------------------------------------
+def _summarise(out: Path, plans: list[StudyPlan], by_study: dict, faults: list, seconds: float) -> WorldSummary:
+    images = [i for p in plans for i in p.images]
+    lesion_counts = Counter(b["kind"] for r in by_study.values() for b in r["boxes"] if b["view"] == "frontal")
+    n_eval = sum(bool(r["eval"]) for r in by_study.values())
+    return WorldSummary(
+        out=str(out),
+        studies=len(plans),
+        subjects=len({p.subject_id for p in plans}),
+        images=len(images),
+        seconds=seconds,
+        by_folder=dict(sorted(Counter(p.folder for p in plans).items())),
+        by_split=dict(Counter(p.split for p in plans).most_common()),
+        by_label=dict(Counter("normal" if p.report.is_normal else "abnormal" for p in plans).most_common()),
+        by_view=dict(Counter(i.true_view if i.true_view in FRONTAL_VIEWS else "lateral" for i in images).most_common()),
+        by_syntax=dict(Counter(i.syntax for i in images).most_common()),
+        by_photometric=dict(Counter(i.photometric for i in images).most_common()),
+        by_bits=dict(sorted(Counter(i.bits_stored for i in images).items())),
+        lesions=dict(lesion_counts.most_common()),
+        eval_sets={"vindr-cxr": n_eval, "openi": n_eval, "chexpert": n_eval},
+        faults=faults,
+        bytes_written=sum(f.stat().st_size for f in out.rglob("*") if f.is_file()),
+    )
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
