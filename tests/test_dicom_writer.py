@@ -42,6 +42,9 @@ def test_every_syntax_reads_back(syntax):
         np.testing.assert_array_equal(pixels, stored)
     assert ds.ViewPosition == "PA"
     assert ds.ViewCodeSequence[0].CodeMeaning == "postero-anterior"
+    # identifiers are derived from the ids, never random (compression must not renew them)
+    assert ds.SOPInstanceUID == ds.file_meta.MediaStorageSOPInstanceUID
+    assert encode_dicom(_header(bits, "MONOCHROME2", view_position="PA", view_code="PA"), stored, syntax) == data
 
 
 @pytest.mark.parametrize("bits", [10, 12, 14, 15])
@@ -80,3 +83,11 @@ def test_bad_arguments_are_refused():
         encode_dicom(_header(12, "MONOCHROME2"), stored[:10], "explicit_le")
     with pytest.raises(ValueError, match="photometric"):
         phantom_to_stored(_phantom(), 12, "RGB")
+
+
+def test_uids_are_deterministic_and_valid():
+    from offclip.pipeline.demo.dicom_writer import deterministic_uid
+
+    a, b = deterministic_uid("sop", "x"), deterministic_uid("sop", "x")
+    assert a == b != deterministic_uid("sop", "y")
+    assert a.startswith("2.25.") and len(a) <= 64 and a[5:].isdigit()

@@ -8,7 +8,9 @@ encapsulates it: pydicom has no JPEG baseline encoder).
 
 from __future__ import annotations
 
+import hashlib
 import io
+import uuid
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -24,7 +26,6 @@ from pydicom.uid import (
     JPEGBaseline8Bit,
     RLELossless,
     UID,
-    generate_uid,
 )
 
 #: short name -> transfer syntax UID
@@ -67,8 +68,12 @@ def phantom_to_stored(phantom: np.ndarray, bits_stored: int, photometric: str) -
 
 
 def deterministic_uid(*parts: object) -> str:
-    """A ``2.25.`` UID derived from ``parts`` (same parts -> same UID)."""
-    return generate_uid(prefix=None, entropy_srcs=[str(p) for p in parts])
+    """A ``2.25.<uuid as integer>`` UID derived from ``parts`` (same parts -> same UID).
+
+    (``pydicom.uid.generate_uid(prefix=None)`` ignores its entropy sources and is random.)
+    """
+    digest = hashlib.sha256("\x1f".join(str(p) for p in parts).encode()).digest()
+    return f"2.25.{uuid.UUID(bytes=digest[:16], version=4).int}"
 
 
 @dataclass
@@ -205,7 +210,7 @@ def build_dataset(header: ImageHeader, stored: np.ndarray, syntax: str) -> Datas
         ds.file_meta.TransferSyntaxUID = ts
     elif syntax in ("rle", "j2k_lossless"):
         ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        ds.compress(ts, stored, encoding_plugin="pylibjpeg")
+        ds.compress(ts, stored, encoding_plugin="pylibjpeg", generate_instance_uid=False)
     else:
         ds.PixelData = np.ascontiguousarray(stored, dtype="<u2").tobytes()
         ds["PixelData"].VR = "OW"
