@@ -1,0 +1,303 @@
+"""The ingest stage: scan → per study: report → sentences, frontal image → normalised image file.
+
+``IngestStage`` follows the setup/process_batch shape: ``setup()`` builds the sentence splitter
+once per worker, ``process_batch()`` takes a list of studies and returns typed records (studies,
+images, sentences, rejects). ``run_ingest`` drives it over worker processes and writes the four
+record tables as Parquet under ``OUT/ingest/``, each checked against its contract in
+``data_contracts`` and written atomically.
+
+Incremental: a study whose selected image and report hash to the ``content_hash`` of the previous
+run (and whose output image still exists) is not decoded again; its previous records are kept.
+Bad input never stops a run: each problem becomes a reject record with a reason code.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from ..data_contracts.contract import Contract, frame
+from ..data_contracts.ingest import IMAGES, REJECTS, SENTENCES, STUDIES
+from .atomic import atomic_open, atomic_write_bytes
+from .images import DecodedImage, ImageReject, NormalizeConfig, decode_dicom, encode_image
+from .scan import ScanConfig, StudyEntry, scan
+
+log = logging.getLogger(__name__)
+INGEST_DIR = "ingest"
+TABLES: dict[str, Contract] = {"studies": STUDIES, "images": IMAGES, "sentences": SENTENCES, "rejects": REJECTS}
+
+
+@dataclass
+class IngestConfig:
+    source: Path
+    out: Path
+    scan: ScanConfig | None = None  #: default: ScanConfig(source)
+    normalize: NormalizeConfig = field(default_factory=NormalizeConfig)
+    batch_size: int = 64
+    workers: int = 0  #: 0 -> all cores; 1 -> in this process
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        self.source, self.out = Path(self.source), Path(self.out)
+        if self.scan is None:
+            self.scan = ScanConfig(self.source)
+
+
+@dataclass
+class BatchResult:
+    studies: list[dict] = field(default_factory=list)
+    images: list[dict] = field(default_factory=list)
+    sentences: list[dict] = field(default_factory=list)
+    rejects: list[dict] = field(default_factory=list)
+    skipped: list[int] = field(default_factory=list)  #: study ids unchanged since the last run
+
+    def extend(self, other: "BatchResult") -> None:
+        for name in ("studies", "images", "sentences", "rejects", "skipped"):
+            getattr(self, name).extend(getattr(other, name))
+
+
+class IngestStage:
+    def __init__(self, source: Path, out: Path, normalize: NormalizeConfig,
+                 previous_hashes: dict[int, str] | None = None) -> None:
+        self.source, self.out, self.normalize = Path(source), Path(out), normalize
+        self.previous = previous_hashes or {}
+        self.splitter = None
+
+    def setup(self) -> None:
+        from .text import SentenceSplitter
+
+        if self.splitter is None:
+            self.splitter = SentenceSplitter()
+
+    def out_path(self, study: StudyEntry, dicom_id: str) -> str:
+        ext = "jpg" if self.normalize.fmt == "jpg" else "png"
+        return f"images/{study.folder}/p{study.subject_id}/s{study.study_id}/{dicom_id}.{ext}"
+
+    # -- one batch ---------------------------------------------------------------------------
+    def process_batch(self, studies: list[StudyEntry]) -> BatchResult:
+        self.setup()
+        result = BatchResult()
+        for study in studies:
+            self._process_study(study, result)
+        return result
+
+    def _process_study(self, study: StudyEntry, out: BatchResult) -> None:
+        ids = {"subject_id": study.subject_id, "study_id": study.study_id}
+
+        def reject(stage, entity, reason, message, dicom_id=None, path=None):
+            out.rejects.append({"stage": stage, "entity": entity, **ids, "dicom_id": dicom_id,
+                                "path": path, "reason": reason, "message": message})
+
+        image_rows = {}
+        for image in study.images:
+            image_rows[image.dicom_id] = {
+                "dicom_id": image.dicom_id, **ids, "path": image.path, "view": image.view,
+                "view_position": image.view_position, "view_source": image.view_source,
+                "status": "not_selected", "file_sha256": None, "transfer_syntax": None, "photometric": None,
+                "bits_stored": None, "rows": None, "columns": None, "out_path": None, "out_rows": None,
+                "out_columns": None,
+            }
+            if not image.exists:
+                image_rows[image.dicom_id]["status"] = "rejected"
+                reject("scan", "image", "missing_file", f"metadata names {image.path}, which does not exist",
+                       image.dicom_id, image.path)
+
+        study_row = {**ids, "folder": study.folder, "split": study.split, "report_path": study.report_path,
+                     "n_images": len(study.images),
+                     "n_frontal": sum(i.view == "frontal" for i in study.images),
+                     "frontal_dicom_id": None, "frontal_view": None, "n_sentences": 0, "status": "rejected",
+                     "reject_reason": None, "content_hash": None}
+
+        def finish(reason=None):
+            study_row["reject_reason"] = reason
+            study_row["status"] = "rejected" if reason else "ingested"
+            out.studies.append(study_row)
+            out.images.extend(image_rows.values())
+
+        # -- report ---------------------------------------------------------------------------
+        text, reason, message = self._read_report(study)
+        if reason:
+            reject("report", "report", reason, message, path=study.report_path)
+            return finish(reason)
+        report_bytes = text.encode("utf-8")
+        sentences = self.splitter.split_report(text)
+        if not sentences:
+            reject("report", "report", "report_no_text", "no findings, impression or narrative sentence",
+                   path=study.report_path)
+            return finish("report_no_text")
+
+        # -- frontal image: try the candidates in the scan's (seeded) order -----------------------
+        if not study.frontal_order:
+            views = sorted({i.view_position or i.view for i in study.images if i.exists}) or ["none"]
+            reject("scan", "study", "no_frontal", f"no frontal image among existing views: {', '.join(views)}")
+            return finish("no_frontal")
+        by_id = {i.dicom_id: i for i in study.images}
+        for dicom_id in study.frontal_order:
+            image = by_id[dicom_id]
+            row = image_rows[dicom_id]
+            try:
+                data = (self.source / image.path).read_bytes()
+            except OSError as exc:
+                row["status"] = "rejected"
+                reject("image", "image", "read_error", f"{type(exc).__name__}: {exc}", dicom_id, image.path)
+                continue
+            digest = hashlib.sha256(data).hexdigest()
+            row["file_sha256"] = digest
+            content_hash = hashlib.sha256((digest + hashlib.sha256(report_bytes).hexdigest()).encode()).hexdigest()
+            out_path = self.out_path(study, dicom_id)
+            if self.previous.get(study.study_id) == content_hash and (self.out / out_path).is_file():
+                out.skipped.append(study.study_id)
+                return
+            try:
+                decoded = decode_dicom(data, self.normalize)
+            except ImageReject as exc:
+                row["status"] = "rejected"
+                reject("image", "image", exc.reason, exc.message, dicom_id, image.path)
+                continue
+            atomic_write_bytes(self.out / out_path, encode_image(decoded.pixels, self.normalize))
+            self._fill_image_row(row, decoded, out_path)
+            study_row.update(frontal_dicom_id=dicom_id, frontal_view=image.view_position,
+                             n_sentences=len(sentences), content_hash=content_hash)
+            out.sentences.extend(
+                {**ids, "index": s.index, "section": s.section, "text": s.text, "key": s.key,
+                 "start": s.start, "end": s.end} for s in sentences)
+            return finish(None)
+        tried = len(study.frontal_order)
+        reject("image", "study", "no_frontal", f"none of the {tried} frontal image(s) could be decoded")
+        return finish("no_frontal")
+
+    @staticmethod
+    def _fill_image_row(row: dict, decoded: DecodedImage, out_path: str) -> None:
+        row.update(status="selected", transfer_syntax=decoded.transfer_syntax, photometric=decoded.photometric,
+                   bits_stored=decoded.bits_stored, rows=decoded.original_rows, columns=decoded.original_columns,
+                   out_path=out_path, out_rows=int(decoded.pixels.shape[0]), out_columns=int(decoded.pixels.shape[1]))
+
+    def _read_report(self, study: StudyEntry) -> tuple[str | None, str | None, str]:
+        if study.report_path is None:
+            return None, "no_report", f"no report file s{study.study_id}.txt beside the study folder"
+        try:
+            data = (self.source / study.report_path).read_bytes()
+        except OSError as exc:
+            return None, "read_error", f"{type(exc).__name__}: {exc}"
+        if not data.strip():
+            return None, "empty_report", f"{study.report_path} is empty ({len(data)} bytes)"
+        try:
+            return data.decode("utf-8"), None, ""
+        except UnicodeDecodeError as exc:
+            return None, "report_not_utf8", f"byte {exc.start}: {exc.reason} (0x{data[exc.start]:02x})"
+
+
+# ------------------------------------------------------------------------------------------------
+_WORKER: IngestStage | None = None
+
+
+def _init_worker(source: str, out: str, normalize: NormalizeConfig, previous: dict[int, str]) -> None:
+    global _WORKER
+    _WORKER = IngestStage(Path(source), Path(out), normalize, previous)
+    _WORKER.setup()
+
+
+def _work(batch: list[StudyEntry]) -> BatchResult:
+    return _WORKER.process_batch(batch)
+
+
+@dataclass
+class IngestSummary:
+    studies: int
+    ingested: int
+    rejected: int
+    skipped: int
+    images: int
+    sentences: int
+    rejects_by_reason: dict
+    seconds: float
+    out: str
+
+    def to_text(self) -> str:
+        reasons = ", ".join(f"{k} {v}" for k, v in self.rejects_by_reason.items()) or "none"
+        return (f"ingest → {self.out}\n"
+                f"  studies {self.studies}: ingested {self.ingested}, rejected {self.rejected}, "
+                f"unchanged {self.skipped}\n"
+                f"  images {self.images} · sentences {self.sentences} · {self.seconds:.1f} s\n"
+                f"  rejects {reasons}")
+
+
+def read_table(out: Path, name: str) -> pd.DataFrame:
+    path = Path(out) / INGEST_DIR / f"{name}.parquet"
+    return pq.read_table(path).to_pandas() if path.is_file() else TABLES[name].empty()
+
+
+def write_table(out: Path, name: str, df: pd.DataFrame) -> Path:
+    """Validate against the contract, then write atomically."""
+    table = TABLES[name].validate(df)
+    path = Path(out) / INGEST_DIR / f"{name}.parquet"
+    with atomic_open(path, "wb") as fh:
+        pq.write_table(table, fh, compression="zstd")
+    return path
+
+
+def run_ingest(config: IngestConfig) -> IngestSummary:
+    from tqdm import tqdm
+
+    start = time.perf_counter()
+    studies = scan(config.scan)
+    previous_studies = read_table(config.out, "studies")
+    previous = {int(r.study_id): r.content_hash for r in previous_studies.itertuples()
+                if r.status == "ingested" and isinstance(r.content_hash, str)}
+    batches = [studies[i:i + config.batch_size] for i in range(0, len(studies), config.batch_size)]
+    result = BatchResult()
+    workers = config.workers or os.cpu_count() or 1
+    bar = tqdm(total=len(studies), unit="study", desc="ingest", disable=not config.progress)
+    try:
+        if workers == 1 or len(batches) <= 1:
+            stage = IngestStage(config.source, config.out, config.normalize, previous)
+            stage.setup()
+            for batch in batches:
+                result.extend(stage.process_batch(batch))
+                bar.update(len(batch))
+        else:
+            with ProcessPoolExecutor(max_workers=workers, initializer=_init_worker,
+                                     initargs=(str(config.source), str(config.out), config.normalize, previous)) as pool:
+                for batch, done in zip(batches, pool.map(_work, batches)):
+                    result.extend(done)
+                    bar.update(len(batch))
+    finally:
+        bar.close()
+
+    _merge_and_write(config.out, result, {s.study_id for s in studies})
+    by_reason = pd.Series([r["reason"] for r in result.rejects], dtype="string").value_counts()
+    return IngestSummary(
+        studies=len(studies),
+        ingested=sum(r["status"] == "ingested" for r in result.studies) + len(result.skipped),
+        rejected=sum(r["status"] == "rejected" for r in result.studies),
+        skipped=len(result.skipped),
+        images=sum(r["status"] == "selected" for r in result.images),
+        sentences=len(result.sentences),
+        rejects_by_reason={str(k): int(v) for k, v in by_reason.items()},
+        seconds=time.perf_counter() - start,
+        out=str(config.out),
+    )
+
+
+def _merge_and_write(out: Path, result: BatchResult, scanned: set[int]) -> None:
+    """New records replace the previous run's for the studies processed now; the records of
+    unchanged (skipped) studies and of studies outside this scan are kept."""
+    processed = {r["study_id"] for r in result.studies}
+    for name, contract in TABLES.items():
+        old = read_table(out, name)
+        if "study_id" in old.columns and len(old):
+            old = old[~old["study_id"].isin(processed)]
+        new = frame(contract, getattr(result, name))
+        merged = pd.concat([df for df in (old, new) if len(df)], ignore_index=True) if len(old) or len(new) else new
+        sort = [c for c in ("subject_id", "study_id", "index", "dicom_id", "reason") if c in merged.columns]
+        merged = merged.sort_values(sort, kind="stable", na_position="first").reset_index(drop=True)
+        write_table(out, name, merged)
