@@ -97,6 +97,7 @@ class ImageEntry:
     view: str = "unknown"
     view_position: str | None = None
     view_source: str = "none"
+    procedure: str | None = None  #: PerformedProcedureStepDescription from the metadata (weakest evidence)
 
 
 @dataclass
@@ -123,8 +124,7 @@ def scan(config: ScanConfig) -> list[StudyEntry]:
         study.split = splits.get(study.study_id, "unknown")
     selected = [s for s in studies.values() if config.splits is None or s.split in config.splits]
     for study in selected:
-        if config.read_headers:
-            _fill_views_from_headers(root, study)
+        _fill_views(root, study, config.read_headers)
         study.frontal_order = frontal_order(study, config.seed, config.prefer_pa)
     return sorted(selected, key=lambda s: (s.subject_id, s.study_id))
 
@@ -177,11 +177,13 @@ def _from_metadata(root: Path, path: Path, config: ScanConfig) -> dict[int, Stud
             except FileNotFoundError:
                 listing[study_dir] = set()
         name = f"{row.dicom_id}.dcm"
-        view, position, source = classify_view(
-            getattr(row, "ViewPosition", None), getattr(row, "ViewCodeSequence_CodeMeaning", None),
-            None, getattr(row, "PerformedProcedureStepDescription", None))
+        # the study-level procedure is weaker evidence than the image's own header: it is used
+        # only when the header does not tell (see _fill_views)
+        view, position, source = classify_view(getattr(row, "ViewPosition", None),
+                                               getattr(row, "ViewCodeSequence_CodeMeaning", None))
+        procedure = getattr(row, "PerformedProcedureStepDescription", None)
         study.images.append(ImageEntry(str(row.dicom_id), f"{study_dir}/{name}", name in listing[study_dir],
-                                       view, position, source))
+                                       view, position, source, procedure if isinstance(procedure, str) else None))
     return studies
 
 
@@ -211,20 +213,26 @@ def _from_tree(root: Path, config: ScanConfig) -> dict[int, StudyEntry]:
     return studies
 
 
-def _fill_views_from_headers(root: Path, study: StudyEntry) -> None:
-    """Read the headers of existing images whose view the metadata did not tell."""
+def _fill_views(root: Path, study: StudyEntry, read_headers: bool) -> None:
+    """Images whose view the metadata did not tell: read their DICOM header (ViewPosition,
+    ViewCodeSequence, AcquisitionDeviceProcessingDescription, then the procedure), or fall back
+    to the metadata's procedure description."""
     import pydicom
 
     for image in study.images:
         if image.view != "unknown" or not image.exists:
             continue
-        try:
-            ds = pydicom.dcmread(root / image.path, stop_before_pixels=True,
-                                 specific_tags=["ViewPosition", "ViewCodeSequence", "PerformedProcedureStepDescription",
-                                                "AcquisitionDeviceProcessingDescription"])
-        except Exception:  # unreadable files are rejected (with a reason) when decoded
-            continue
-        code = ds.ViewCodeSequence[0].get("CodeMeaning") if ds.get("ViewCodeSequence") else None
-        image.view, image.view_position, image.view_source = classify_view(
-            ds.get("ViewPosition"), code, ds.get("AcquisitionDeviceProcessingDescription"),
-            ds.get("PerformedProcedureStepDescription"))
+        if read_headers:
+            try:
+                ds = pydicom.dcmread(root / image.path, stop_before_pixels=True,
+                                     specific_tags=["ViewPosition", "ViewCodeSequence",
+                                                    "PerformedProcedureStepDescription",
+                                                    "AcquisitionDeviceProcessingDescription"])
+                code = ds.ViewCodeSequence[0].get("CodeMeaning") if ds.get("ViewCodeSequence") else None
+                image.view, image.view_position, image.view_source = classify_view(
+                    ds.get("ViewPosition"), code, ds.get("AcquisitionDeviceProcessingDescription"),
+                    ds.get("PerformedProcedureStepDescription") or image.procedure)
+                continue
+            except Exception:  # an unreadable file is rejected, with its reason, when decoded
+                pass
+        image.view, image.view_position, image.view_source = classify_view(procedure=image.procedure)

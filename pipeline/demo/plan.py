@@ -240,7 +240,9 @@ class WorldPlanner:
         study_time = f"{seconds // 3600:02d}{seconds % 3600 // 60:02d}{seconds % 60:02d}.{int(rng.integers(0, 1000)):03d}"
         has_lateral = any(v[0] not in FRONTAL_VIEWS for _, v in pairs)
         portable = any(v[0] == "AP" for _, v in pairs)
-        if portable:
+        if portable and has_lateral:
+            procedure, orientation = "CHEST (AP AND LAT)", "Erect"
+        elif portable:
             procedure, orientation = "CHEST (PORTABLE AP)", "Recumbent"
         elif has_lateral:
             procedure, orientation = "CHEST (PA AND LAT)", "Erect"
