@@ -196,3 +196,20 @@ def test_contract_violation_names_column_and_rows(tmp_path):
         STUDIES.validate(dup)
     # the refused write left the previous file intact
     assert len(read_table(tmp_path, "studies")) == 1
+
+
+def test_ingest_cli(small_world, tmp_path):
+    import subprocess
+    import sys
+
+    world, _ = small_world
+    run = subprocess.run([sys.executable, "-m", "offclip.cli", "ingest", str(world), str(tmp_path / "o"),
+                          "--folders", "p10-p13", "--long-side", "64", "--workers", "1", "--quiet"],
+                         capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    studies = read_table(tmp_path / "o", "studies")
+    assert set(studies["folder"]) <= {"p10", "p11", "p12", "p13"} and len(studies) > 0
+    assert f"studies {len(studies)}" in run.stdout and "rejects" in run.stdout
+    bad = subprocess.run([sys.executable, "-m", "offclip.cli", "ingest", str(tmp_path), str(tmp_path / "o2")],
+                         capture_output=True, text=True)
+    assert bad.returncode == 2 and "not a MIMIC-CXR layout" in bad.stderr
