@@ -1,0 +1,640 @@
+"""Decode a chest X-ray DICOM and normalise it to a training-ready grayscale image, fast.
+
+The image half of the ingest stage (library code: no Prefect here)::
+
+    decoded = decode_dicom(path, NormalizeConfig(long_side=512))   # raises ImageReject
+    data = encode_image(decoded.pixels, config)                    # PNG or JPEG bytes
+
+Order of operations, chosen for speed (the expensive part is touching every full-size pixel once)::
+
+    parse header -> stored pixels -> [Modality LUT Sequence] -> shrink -> rescale slope/intercept
+        -> VOI LUT | window | robust min-max -> invert MONOCHROME1 -> quantise -> [pad]
+
+* Stored pixels of uncompressed syntaxes are a zero-copy ``np.frombuffer`` view: on a memory map
+  of the file (path input) or on the caller's bytes. Pixel data larger than ``_DEFER_BYTES`` is not
+  read by pydicom at all (``defer_size``); its file offset is mapped instead. Compressed syntaxes go
+  through ``ds.pixel_array`` (pydicom + pylibjpeg plugins).
+* Shrinking is an integer-factor block mean (integer sums, exact) down to at most 2x the target,
+  then an exact area resample (two small sparse products) of the float32 result to the exact
+  size. Trailing rows and columns that do not fill a whole block (fewer than the factor, i.e.
+  < 0.2 % of a radiograph) are dropped.
+* A linear rescale (slope/intercept) commutes with averaging, so it is applied to the small image;
+  so are the VOI LUT / window and the min-max percentiles (taken on a fixed sub-grid).
+* MONOCHROME1 is inverted so that bright = dense. The min-max path inverts by negating the values,
+  which is exact: a MONOCHROME1 file whose stored values are ``maxval - v`` gives the same bytes as
+  the MONOCHROME2 file with values ``v`` (whenever the shrink is exact: no resize, or a power-of-two
+  factor; otherwise they may differ by one level on rare rounding ties).
+* Presentation LUT Shape is not applied: for DX images it is fixed by the photometric
+  interpretation (INVERSE with MONOCHROME1), which is what display orientation follows here.
+"""
+
+from __future__ import annotations
+
+import functools
+import io
+import math
+import mmap
+import os
+import struct
+import zlib
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Iterator
+
+import numpy as np
+import pydicom
+from PIL import Image
+from pydicom.dataelem import RawDataElement
+from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
+from pydicom.multival import MultiValue
+from pydicom.pixels import get_decoder
+from pydicom.uid import (
+    UID,
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+)
+from scipy import sparse
+
+__all__ = ["REJECT_REASONS", "DecodedImage", "ImageReject", "NormalizeConfig", "decode_dicom",
+           "encode_image", "target_size"]
+
+REJECT_REASONS = ("not_dicom", "truncated", "no_pixel_data", "unsupported_transfer_syntax",
+                  "unsupported_pixels", "decode_error")
+
+#: uncompressed syntaxes whose pixel buffer is read directly with ``np.frombuffer``
+_DIRECT_SYNTAXES = frozenset({ImplicitVRLittleEndian, ExplicitVRLittleEndian,
+                              DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian})
+#: values longer than this are left unread by pydicom (the pixel data is mapped instead)
+_DEFER_BYTES = 1 << 20
+#: the robust min-max takes its percentiles on a regular sub-grid of at most this many pixels
+_MINMAX_SAMPLES = 1 << 15
+#: block sums run in bands of this many output rows (k * this many input rows stay in cache)
+_BAND_ROWS = 32
+_MINMAX_PERCENTILE = 0.5  # low percentile; the high one is 100 - this
+_PIXEL_DATA = 0x7FE00010
+_SEQUENCE_DELIMITER = b"\xfe\xff\xdd\xe0\x00\x00\x00\x00"
+
+
+# ------------------------------------------------------------------------------------------
+# public types
+# ------------------------------------------------------------------------------------------
+class ImageReject(Exception):
+    """A DICOM that cannot become a training image; ``reason`` is one of :data:`REJECT_REASONS`."""
+
+    def __init__(self, reason: str, message: str):
+        if reason not in REJECT_REASONS:
+            raise ValueError(f"unknown reject reason {reason!r}")
+        super().__init__(f"{reason}: {message}")
+        self.reason = reason
+        self.message = message
+
+    def __reduce__(self):  # picklable across process pools
+        return type(self), (self.reason, self.message)
+
+
+@dataclass(frozen=True)
+class NormalizeConfig:
+    long_side: int = 512  #: resize so the long side is this (aspect kept, never upscaled)
+    pad_square: bool = False  #: zero-pad (centred) to long_side x long_side
+    out_bits: int = 8  #: 8 or 16
+    fmt: str = "png"  #: "png" or "jpg"
+    png_compress_level: int = 1  #: 0 stored, 1 fastest (zlib Z_RLE strategy), 2-9 zlib levels
+    jpeg_quality: int = 95
+
+    def __post_init__(self):
+        if self.long_side < 1:
+            raise ValueError(f"long_side must be >= 1, got {self.long_side}")
+        if self.out_bits not in (8, 16):
+            raise ValueError(f"out_bits must be 8 or 16, got {self.out_bits}")
+        if self.fmt not in ("png", "jpg"):
+            raise ValueError(f"fmt must be 'png' or 'jpg', got {self.fmt!r}")
+        if self.fmt == "jpg" and self.out_bits != 8:
+            raise ValueError("JPEG output needs out_bits=8")
+        if not 0 <= self.png_compress_level <= 9:
+            raise ValueError(f"png_compress_level must be 0-9, got {self.png_compress_level}")
+
+
+@dataclass
+class DecodedImage:
+    pixels: np.ndarray  #: uint8 / uint16 HxW, display orientation (bright = dense)
+    transfer_syntax: str  #: UID name, e.g. "JPEG 2000 Image Compression (Lossless Only)"
+    transfer_syntax_uid: str
+    photometric: str
+    bits_stored: int
+    original_rows: int
+    original_columns: int
+    window_source: str  #: "voi_lut", "window" or "minmax": what set the display range
+
+
+@dataclass(frozen=True)
+class _PixelInfo:
+    rows: int
+    columns: int
+    bits_allocated: int
+    bits_stored: int
+    signed: bool
+    photometric: str
+
+
+# ------------------------------------------------------------------------------------------
+# public functions
+# ------------------------------------------------------------------------------------------
+def decode_dicom(source: str | os.PathLike | bytes, config: NormalizeConfig = NormalizeConfig()) -> DecodedImage:
+    """Decode ``source`` (a path or the file's bytes) to a normalised image; raises :class:`ImageReject`.
+
+    A missing or unreadable path raises the usual ``OSError``: that is not a property of the image.
+    Any other failure on a malformed file (odd header values, say) becomes a ``decode_error``.
+    """
+    with _buffer(source) as buf:
+        try:
+            return _decode(buf, config)
+        except (ImageReject, MemoryError):
+            raise
+        except Exception as exc:  # reject the file, keep the batch going
+            raise ImageReject("decode_error", f"{type(exc).__name__}: {exc}") from exc
+
+
+def encode_image(pixels: np.ndarray, config: NormalizeConfig) -> bytes:
+    """``pixels`` (uint8 or uint16, 2-D) as PNG (8/16-bit grayscale) or JPEG (8-bit) bytes."""
+    if pixels.ndim != 2 or pixels.dtype not in (np.uint8, np.uint16):
+        raise ValueError(f"expected a 2-D uint8/uint16 array, got {pixels.dtype} {pixels.shape}")
+    if config.fmt == "jpg":
+        if pixels.dtype != np.uint8:
+            raise ValueError("JPEG output needs uint8 pixels")
+        buf = io.BytesIO()
+        Image.fromarray(pixels).save(buf, format="JPEG", quality=config.jpeg_quality)
+        return buf.getvalue()
+    return _png_bytes(pixels, config.png_compress_level)
+
+
+def target_size(rows: int, columns: int, long_side: int) -> tuple[int, int]:
+    """(rows, columns) after scaling the long side to ``long_side``; never upscales."""
+    longest = max(rows, columns)
+    if longest <= long_side:
+        return rows, columns
+    scale = long_side / longest
+    if rows >= columns:
+        return long_side, max(1, round(columns * scale))
+    return max(1, round(rows * scale)), long_side
+
+
+# ------------------------------------------------------------------------------------------
+# reading
+# ------------------------------------------------------------------------------------------
+@contextmanager
+def _buffer(source) -> Iterator:
+    """The file's bytes as a buffer: the caller's bytes, or a read-only memory map of the path.
+
+    (A file truncated by another process *while* it is being decoded would fault the map; files in
+    an ingest tree are written atomically, so that does not happen there.)
+    """
+    if isinstance(source, (bytes, bytearray)):
+        yield source
+        return
+    if isinstance(source, memoryview):
+        yield source.tobytes()
+        return
+    with open(source, "rb") as fh:
+        if os.fstat(fh.fileno()).st_size == 0:
+            yield b""
+            return
+        mapped = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
+    try:
+        yield mapped
+    finally:
+        try:
+            mapped.close()
+        except BufferError:  # a traceback still holds a view on it: unmapped when collected
+            pass
+
+
+def _decode(buf, config: NormalizeConfig) -> DecodedImage:
+    if len(buf) == 0:
+        raise ImageReject("truncated", "empty file")
+    ds = _parse(buf)
+    syntax = _transfer_syntax(ds)
+    if "PixelData" not in ds:
+        _reject_missing_pixels(ds, buf, syntax)
+    _check_decodable(syntax)
+    info = _pixel_info(ds)
+
+    stored, bits_to_enforce = _stored_pixels(ds, buf, syntax, info)
+    if ds.get("ModalityLUTSequence"):
+        if bits_to_enforce:
+            stored, bits_to_enforce = _valid_bits(stored, bits_to_enforce), None
+        stored = _apply_lut_table(stored, ds.ModalityLUTSequence[0], syntax, info.signed)
+    small = _shrink(stored, target_size(info.rows, info.columns, config.long_side), bits_to_enforce)
+    del stored  # may be a view on the file's memory map
+    _rescale(small, ds)
+    unit, window_source = _display_range(small, ds, syntax, info)
+    pixels = _quantise(unit, config.out_bits)
+    if config.pad_square:
+        pixels = _pad_square(pixels, config.long_side)
+    return DecodedImage(
+        pixels=pixels, transfer_syntax=syntax.name, transfer_syntax_uid=str(syntax),
+        photometric=info.photometric, bits_stored=info.bits_stored, original_rows=info.rows,
+        original_columns=info.columns, window_source=window_source,
+    )
+
+
+def _parse(buf) -> Dataset:
+    """Parse the header; large values (the pixel data) stay unread and are mapped later."""
+    fp = buf if isinstance(buf, mmap.mmap) else io.BytesIO(buf)
+    try:
+        return pydicom.dcmread(fp, defer_size=_DEFER_BYTES)
+    except InvalidDicomError:
+        pass  # no DICM preamble: try it as a bare dataset below
+    except Exception as exc:  # a valid preamble, then the parse ran off the data
+        raise ImageReject("truncated", f"DICOM parse failed ({type(exc).__name__}: {exc}); file cut short?") from exc
+    fp.seek(0)
+    try:
+        ds = pydicom.dcmread(fp, defer_size=_DEFER_BYTES, force=True)
+        looks_like_image = "PixelData" in ds or ("Rows" in ds and "Columns" in ds)
+    except Exception:
+        looks_like_image = False
+    if not looks_like_image:
+        raise ImageReject("not_dicom", "no DICM preamble and not a parseable DICOM dataset")
+    return ds
+
+
+def _reject_missing_pixels(ds: Dataset, buf, syntax: UID) -> None:
+    """No Pixel Data element: a cut-off encapsulated value (pydicom drops it at EOF), or none."""
+    tag = b"\x7f\xe0\x00\x10" if syntax == ExplicitVRBigEndian else b"\xe0\x7f\x10\x00"
+    if syntax != DeflatedExplicitVRLittleEndian and buf.rfind(tag) >= 0:
+        raise ImageReject("truncated", "the Pixel Data element starts but the file ends before it does")
+    if "FloatPixelData" in ds or "DoubleFloatPixelData" in ds:
+        raise ImageReject("unsupported_pixels", "float pixel data is not supported")
+    raise ImageReject("no_pixel_data", "the dataset has no Pixel Data element")
+
+
+def _transfer_syntax(ds: Dataset) -> UID:
+    meta = getattr(ds, "file_meta", None)
+    uid = meta.get("TransferSyntaxUID") if meta is not None else None
+    if uid:
+        return UID(str(uid).strip("\x00 "))
+    implicit, little = ds.original_encoding  # a bare dataset: the encoding pydicom found
+    if implicit:
+        return ImplicitVRLittleEndian
+    return ExplicitVRLittleEndian if little else ExplicitVRBigEndian
+
+
+def _check_decodable(syntax: UID) -> None:
+    if syntax in _DIRECT_SYNTAXES:
+        return
+    try:
+        decoder = get_decoder(syntax)
+    except NotImplementedError:
+        raise ImageReject("unsupported_transfer_syntax",
+                          f"no pixel data decoder for transfer syntax {syntax.name} ({syntax})") from None
+    if not decoder.is_available:
+        raise ImageReject("unsupported_transfer_syntax",
+                          f"transfer syntax {syntax.name} ({syntax}) needs one of: "
+                          + "; ".join(decoder.missing_dependencies))
+
+
+def _pixel_info(ds: Dataset) -> _PixelInfo:
+    try:
+        info = _PixelInfo(
+            rows=int(ds.Rows), columns=int(ds.Columns), bits_allocated=int(ds.BitsAllocated),
+            bits_stored=int(ds.get("BitsStored") or ds.BitsAllocated),
+            signed=int(ds.get("PixelRepresentation") or 0) == 1,
+            photometric=str(ds.get("PhotometricInterpretation", "")).strip(),
+        )
+    except (AttributeError, TypeError, ValueError) as exc:
+        raise ImageReject("unsupported_pixels", f"incomplete Image Pixel module ({exc})") from None
+    samples = int(ds.get("SamplesPerPixel") or 1)
+    frames = int(ds.get("NumberOfFrames") or 1)
+    if samples != 1 or info.photometric not in ("MONOCHROME1", "MONOCHROME2"):
+        raise ImageReject("unsupported_pixels",
+                          f"not grayscale: {samples} samples/pixel, photometric {info.photometric!r}")
+    if frames != 1:
+        raise ImageReject("unsupported_pixels", f"multi-frame image ({frames} frames)")
+    if info.bits_allocated not in (8, 16) or not 1 <= info.bits_stored <= info.bits_allocated:
+        raise ImageReject("unsupported_pixels",
+                          f"BitsAllocated {info.bits_allocated} / BitsStored {info.bits_stored} not supported")
+    if info.rows < 1 or info.columns < 1:
+        raise ImageReject("unsupported_pixels", f"empty image ({info.rows}x{info.columns})")
+    return info
+
+
+# ------------------------------------------------------------------------------------------
+# stored pixels
+# ------------------------------------------------------------------------------------------
+def _stored_pixels(ds: Dataset, buf, syntax: UID, info: _PixelInfo) -> tuple[np.ndarray, int | None]:
+    """The full-size stored values, and the BitsStored still to enforce (None: already done).
+
+    Direct reads leave clearing / sign-extending the bits above BitsStored to :func:`_shrink`,
+    which does it band by band while the band is in cache (and only where a band needs it).
+    """
+    big_endian_bytes = syntax == ExplicitVRBigEndian and info.bits_allocated == 8  # OW byte swap
+    if syntax in _DIRECT_SYNTAXES and not big_endian_bytes:
+        return _direct_pixels(ds, buf, syntax, info), info.bits_stored
+    return _decoded_pixels(ds, buf, syntax, info), None
+
+
+def _direct_pixels(ds: Dataset, buf, syntax: UID, info: _PixelInfo) -> np.ndarray:
+    """Uncompressed pixel data viewed in place with ``np.frombuffer`` (no copy for large data)."""
+    count = info.rows * info.columns
+    dtype = np.dtype(f"{'>' if syntax == ExplicitVRBigEndian else '<'}{'i' if info.signed else 'u'}"
+                     f"{info.bits_allocated // 8}")
+    data, offset, available = _pixel_buffer(ds, buf, syntax)
+    if available < count * dtype.itemsize:
+        raise ImageReject("truncated", f"pixel data has {available} bytes, {info.rows}x{info.columns}x"
+                                       f"{dtype.itemsize} = {count * dtype.itemsize} expected")
+    arr = np.frombuffer(data, dtype=dtype, count=count, offset=offset).reshape(info.rows, info.columns)
+    return arr if dtype.isnative else arr.astype(dtype.newbyteorder("="))
+
+
+def _pixel_buffer(ds: Dataset, buf, syntax: UID) -> tuple[object, int, int]:
+    """(buffer, offset, bytes available) of the Pixel Data value."""
+    elem = ds.get_item(_PIXEL_DATA, keep_deferred=True)
+    deferred = isinstance(elem, RawDataElement) and elem.value is None
+    if deferred and syntax != DeflatedExplicitVRLittleEndian:  # offsets of a deflated file are inflated ones
+        return buf, elem.value_tell, max(0, min(elem.length, len(buf) - elem.value_tell))
+    try:
+        data = ds.PixelData
+    except Exception as exc:
+        raise ImageReject("truncated", f"pixel data unreadable ({type(exc).__name__}: {exc})") from exc
+    return data, 0, len(data or b"")
+
+
+def _valid_bits(arr: np.ndarray, bits_stored: int) -> np.ndarray:
+    """Clear (unsigned) or sign-extend (signed) the bits above BitsStored, as pydicom does.
+
+    One min/max check; the correction (a copy) only happens when some value needs it.
+    """
+    width = arr.dtype.itemsize * 8
+    if bits_stored >= width:
+        return arr
+    flat = arr.reshape(-1) if arr.flags.c_contiguous else arr  # 1-D reductions are the fast ones
+    if arr.dtype.kind == "u":
+        maxval = (1 << bits_stored) - 1
+        return arr & arr.dtype.type(maxval) if flat.max() > maxval else arr
+    bound = 1 << (bits_stored - 1)
+    if flat.min() >= -bound and flat.max() < bound:
+        return arr
+    shift = width - bits_stored
+    unsigned = arr.view(arr.dtype.str.replace("i", "u")) << shift
+    return unsigned.view(arr.dtype) >> shift
+
+
+def _value_bound(dtype: np.dtype, bits_stored: int | None) -> int:
+    """Largest magnitude a stored value can have (sizes the block-sum accumulators)."""
+    bits = bits_stored or dtype.itemsize * 8
+    return (1 << bits) - 1 if dtype.kind == "u" else 1 << (bits - 1)
+
+
+def _decoded_pixels(ds: Dataset, buf, syntax: UID, info: _PixelInfo) -> np.ndarray:
+    """Compressed (and odd) syntaxes: pydicom's decoders (pylibjpeg / Pillow plugins)."""
+    try:
+        arr = ds.pixel_array
+    except Exception as exc:
+        cut = syntax.is_encapsulated and bytes(buf[-len(_SEQUENCE_DELIMITER):]) != _SEQUENCE_DELIMITER
+        if cut or "less than expected" in str(exc):
+            raise ImageReject("truncated", f"{syntax.name} pixel data incomplete ({exc})") from exc
+        raise ImageReject("decode_error", f"{syntax.name}: {type(exc).__name__}: {exc}") from exc
+    if arr.shape != (info.rows, info.columns) or arr.dtype.kind not in "ui":
+        raise ImageReject("unsupported_pixels",
+                          f"decoder returned {arr.dtype} {arr.shape}, expected {(info.rows, info.columns)}")
+    return arr
+
+
+def _lut_table(item: Dataset, syntax: UID, signed: bool) -> tuple[int, np.ndarray]:
+    """(first stored value mapped, table) of a Modality/VOI LUT Sequence item."""
+    entries, first, _bits = (int(v) for v in item.LUTDescriptor)
+    entries = entries or 65536
+    if signed and first >= 1 << 15:  # the descriptor's 2nd value is SS for signed images
+        first -= 1 << 16
+    data = item.LUTData
+    if isinstance(data, (bytes, bytearray)):
+        table = np.frombuffer(data, dtype=">u2" if syntax == ExplicitVRBigEndian else "<u2")
+    else:
+        table = np.atleast_1d(np.asarray(data, dtype=np.int64))
+    if len(table) < entries:
+        raise ImageReject("decode_error", f"LUT has {len(table)} entries, descriptor says {entries}")
+    return first, table[:entries].astype(np.uint16)
+
+
+def _apply_lut_table(stored: np.ndarray, item: Dataset, syntax: UID, signed: bool) -> np.ndarray:
+    """The Modality LUT Sequence (rare): a full-size table lookup."""
+    first, table = _lut_table(item, syntax, signed)
+    index = np.clip(stored.astype(np.int64) - first, 0, len(table) - 1)
+    return table[index]
+
+
+# ------------------------------------------------------------------------------------------
+# geometry
+# ------------------------------------------------------------------------------------------
+def _shrink(stored: np.ndarray, size: tuple[int, int], bits_stored: int | None = None, *,
+            enforce_bits: bool = True) -> np.ndarray:
+    """Area-resample ``stored`` to ``size`` (rows, columns) as float32 in stored units.
+
+    An integer block mean (factor k = the largest that keeps both sides >= target) does the bulk
+    at memory speed; an exact area resample of the at most 2x larger result gives the exact size.
+    ``bits_stored``: the values' BitsStored, enforced on the way (:func:`_valid_bits`) unless
+    ``enforce_bits`` is false (then it only promises that the values fit).
+    """
+    rows, columns = size
+    factor = min(stored.shape[0] // rows, stored.shape[1] // columns)
+    enforce = bits_stored if enforce_bits else None
+    if factor > 1:
+        small = _block_sum(stored, factor, bits_stored, enforce).astype(np.float32)
+        small *= np.float32(1.0 / (factor * factor))
+    else:
+        small = (_valid_bits(stored, enforce) if enforce else stored).astype(np.float32)
+    if small.shape != (rows, columns):
+        small = _area_resize(small, rows, columns)
+    return small
+
+
+def _area_resize(image: np.ndarray, rows: int, columns: int) -> np.ndarray:
+    """Exact area averaging (each output pixel is the mean over its footprint), as two sparse
+    products; ~3x faster than PIL's BOX filter, which weights whole input pixels."""
+    tall = _area_weights(image.shape[0], rows) @ image
+    return np.ascontiguousarray((_area_weights(image.shape[1], columns) @ tall.T).T)
+
+
+@functools.lru_cache(maxsize=64)
+def _area_weights(size_in: int, size_out: int) -> sparse.csr_matrix:
+    """(size_out x size_in) float32 matrix: output i averages input [i*s, (i+1)*s), s = in/out."""
+    scale = size_in / size_out
+    low = np.arange(size_out) * scale
+    inputs = np.floor(low).astype(np.int64)[:, None] + np.arange(math.ceil(scale) + 1)
+    overlap = np.minimum(low[:, None] + scale, inputs + 1) - np.maximum(low[:, None], inputs)
+    keep = (overlap > 1e-9) & (inputs < size_in)
+    outputs = np.broadcast_to(np.arange(size_out)[:, None], inputs.shape)
+    weights = (overlap[keep] / scale).astype(np.float32)
+    return sparse.csr_matrix((weights, (outputs[keep], inputs[keep])), shape=(size_out, size_in))
+
+
+def _block_sum(arr: np.ndarray, k: int, bits_stored: int | None = None, enforce: int | None = None) -> np.ndarray:
+    """Integer sums of k x k blocks (trailing partial blocks dropped).
+
+    Works in bands of ``_BAND_ROWS`` output rows, so each band's k*_BAND_ROWS input rows are read
+    from memory once and stay in cache for the BitsStored check and the k row adds, then the k
+    strided column adds. Row sums stay uint16 when they cannot overflow (half the traffic).
+    """
+    rows, columns = arr.shape[0] // k, arr.shape[1] // k
+    bound = _value_bound(arr.dtype, bits_stored)
+    if arr.dtype.kind == "u":
+        row_dtype = np.uint16 if k * bound <= 0xFFFF else np.uint32
+        col_dtype = np.uint32 if k * k * bound <= 0xFFFFFFFF else np.uint64
+    else:
+        row_dtype = col_dtype = np.int32 if k * k * bound < 1 << 31 else np.int64
+    out = np.empty((rows, columns), dtype=col_dtype)
+    scratch = np.empty((min(rows, _BAND_ROWS), columns * k), dtype=row_dtype)
+    for top in range(0, rows, _BAND_ROWS):
+        bottom = min(rows, top + _BAND_ROWS)
+        band = arr[top * k: bottom * k]  # full rows: contiguous, so the check is a fast 1-D max
+        if enforce:
+            band = _valid_bits(band, enforce)
+        band = band[:, : columns * k]
+        part, dest = scratch[: bottom - top], out[top:bottom]
+        np.add(band[0::k], band[1::k], out=part, dtype=row_dtype)
+        for i in range(2, k):
+            np.add(part, band[i::k], out=part, dtype=row_dtype)
+        np.add(part[:, 0::k], part[:, 1::k], out=dest, dtype=col_dtype)
+        for j in range(2, k):
+            np.add(dest, part[:, j::k], out=dest, dtype=col_dtype)
+    return out
+
+
+def _pad_square(pixels: np.ndarray, side: int) -> np.ndarray:
+    rows, columns = pixels.shape
+    side = max(side, rows, columns)
+    out = np.zeros((side, side), dtype=pixels.dtype)
+    top, left = (side - rows) // 2, (side - columns) // 2
+    out[top: top + rows, left: left + columns] = pixels
+    return out
+
+
+# ------------------------------------------------------------------------------------------
+# intensities
+# ------------------------------------------------------------------------------------------
+def _rescale(small: np.ndarray, ds: Dataset) -> None:
+    """Rescale Slope/Intercept, in place (skipped when a Modality LUT Sequence was applied)."""
+    slope, intercept = ds.get("RescaleSlope"), ds.get("RescaleIntercept")
+    if ds.get("ModalityLUTSequence") or slope in (None, ""):
+        return
+    slope, intercept = float(slope), float(intercept or 0.0)
+    if slope != 1.0:
+        small *= np.float32(slope)
+    if intercept != 0.0:
+        small += np.float32(intercept)
+
+
+def _display_range(small: np.ndarray, ds: Dataset, syntax: UID, info: _PixelInfo) -> tuple[np.ndarray, str]:
+    """Values in [0, 1], bright = dense, and what set the range ("voi_lut", "window", "minmax")."""
+    inverse = info.photometric == "MONOCHROME1"
+    for source, apply in (("voi_lut", _voi_lut), ("window", _window)):
+        unit = apply(small, ds, syntax, info)
+        if unit is not None:
+            if inverse:
+                np.subtract(np.float32(1.0), unit, out=unit)
+            return unit, source
+    if inverse:  # negating is exact, so MONOCHROME1 min-max is the exact mirror of MONOCHROME2
+        np.negative(small, out=small)
+    return _minmax(small), "minmax"
+
+
+def _voi_lut(small: np.ndarray, ds: Dataset, syntax: UID, info: _PixelInfo) -> np.ndarray | None:
+    sequence = ds.get("VOILUTSequence")
+    if not sequence:
+        return None
+    first, table = _lut_table(sequence[0], syntax, info.signed)
+    low, high = float(table.min()), float(table.max())
+    if high <= low:
+        return None
+    index = np.rint(small).astype(np.int64)
+    index -= first
+    np.clip(index, 0, len(table) - 1, out=index)
+    unit = table.astype(np.float32)[index]
+    unit -= np.float32(low)
+    unit *= np.float32(1.0 / (high - low))
+    return unit
+
+
+def _first_value(value) -> float:
+    return float(value[0]) if isinstance(value, (list, tuple, MultiValue)) else float(value)
+
+
+def _window(small: np.ndarray, ds: Dataset, syntax: UID, info: _PixelInfo) -> np.ndarray | None:
+    """WindowCenter/Width (first pair) with VOILUTFunction LINEAR, LINEAR_EXACT or SIGMOID."""
+    try:
+        center, width = _first_value(ds.WindowCenter), _first_value(ds.WindowWidth)
+    except (AttributeError, TypeError, ValueError, IndexError):
+        return None
+    function = str(ds.get("VOILUTFunction") or "LINEAR").strip().upper()
+    if not (math.isfinite(center) and math.isfinite(width)) or width <= 0:
+        return None
+    if function == "SIGMOID":
+        unit = (small - np.float32(center)) * np.float32(-4.0 / width)
+        with np.errstate(over="ignore"):
+            np.exp(unit, out=unit)
+        unit += np.float32(1.0)
+        np.reciprocal(unit, out=unit)
+        return unit
+    if function == "LINEAR_EXACT":
+        unit = (small - np.float32(center)) * np.float32(1.0 / width)
+    elif width <= 1:  # LINEAR with width 1 is a threshold at center - 0.5
+        return (small > np.float32(center - 0.5)).astype(np.float32)
+    else:  # LINEAR (PS3.3 C.11.2.1.2.1), also the fallback for unknown functions
+        unit = (small - np.float32(center - 0.5)) * np.float32(1.0 / (width - 1))
+    unit += np.float32(0.5)
+    np.clip(unit, 0.0, 1.0, out=unit)
+    return unit
+
+
+def _minmax(small: np.ndarray) -> np.ndarray:
+    """Robust min-max: the 0.5 / 99.5 percentiles (of a regular sub-grid) map to 0 / 1."""
+    step = max(1, math.ceil(math.sqrt(small.size / _MINMAX_SAMPLES)))
+    sample = small[::step, ::step].ravel()
+    low_rank = int(_MINMAX_PERCENTILE / 100 * (sample.size - 1))
+    high_rank = sample.size - 1 - low_rank  # symmetric ranks: exact under negation
+    ranked = np.partition(sample, (low_rank, high_rank))
+    low, high = float(ranked[low_rank]), float(ranked[high_rank])
+    if high <= low:
+        return np.zeros(small.shape, dtype=np.float32)
+    unit = small - np.float32(low)
+    unit *= np.float32(1.0 / (high - low))
+    np.clip(unit, 0.0, 1.0, out=unit)
+    return unit
+
+
+def _quantise(unit: np.ndarray, bits: int) -> np.ndarray:
+    maxval = (1 << bits) - 1
+    unit *= np.float32(maxval)
+    unit += np.float32(0.5)
+    return unit.astype(np.uint8 if bits == 8 else np.uint16)
+
+
+# ------------------------------------------------------------------------------------------
+# PNG
+# ------------------------------------------------------------------------------------------
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def _png_bytes(pixels: np.ndarray, level: int) -> bytes:
+    """A grayscale PNG (8 or 16 bit), every row with the Up filter.
+
+    Hand-rolled because Pillow's adaptive per-row filter choice costs ~3x the compression itself
+    here; Up + zlib's run-length strategy is faster and smaller on radiographs.
+    """
+    rows, columns = pixels.shape
+    depth = 8 * pixels.dtype.itemsize
+    raw = np.ascontiguousarray(pixels, dtype=">u2" if depth == 16 else np.uint8).view(np.uint8)
+    raw = raw.reshape(rows, -1)
+    filtered = np.empty((rows, raw.shape[1] + 1), dtype=np.uint8)
+    filtered[:, 0] = 2  # Up: the byte minus the byte above (the row above row 0 is zeros)
+    filtered[0, 1:] = raw[0]
+    np.subtract(raw[1:], raw[:-1], out=filtered[1:, 1:])
+    strategy = zlib.Z_RLE if level == 1 else zlib.Z_DEFAULT_STRATEGY
+    compressor = zlib.compressobj(level, zlib.DEFLATED, 15, 9, strategy)
+    idat = compressor.compress(filtered.data) + compressor.flush()
+    header = struct.pack(">IIBBBBB", columns, rows, depth, 0, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", header) + _png_chunk(b"IDAT", idat)
+            + _png_chunk(b"IEND", b""))

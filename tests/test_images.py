@@ -1,0 +1,494 @@
+"""pipeline/images.py: DICOM decode + normalisation, on real files written by the demo writer."""
+
+from __future__ import annotations
+
+import io
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+from PIL import Image
+from pydicom.dataset import Dataset
+from pydicom.encaps import encapsulate
+from pydicom.filebase import DicomBytesIO
+from pydicom.sequence import Sequence
+from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian
+
+from offclip.pipeline import images
+from offclip.pipeline.demo.dicom_writer import (
+    TRANSFER_SYNTAXES,
+    ImageHeader,
+    build_dataset,
+    encode_dicom,
+    phantom_to_stored,
+)
+from offclip.pipeline.images import (
+    REJECT_REASONS,
+    ImageReject,
+    NormalizeConfig,
+    decode_dicom,
+    encode_image,
+    target_size,
+)
+
+SAMPLES = Path(__file__).resolve().parents[2] / "shared/data/samples"
+RSNA = SAMPLES / "1.2.276.0.7230010.3.1.4.8323329.6904.1517875201.850819.dcm"
+FAKE_MONO1 = SAMPLES / "Fake_MONOHR1.dcm"
+LOSSLESS = sorted(s for s in TRANSFER_SYNTAXES if s != "jpeg_baseline")
+ROWS, COLS = 192, 160
+SMALL = NormalizeConfig(long_side=64)  # 192x160 -> 64x53: a 3x block mean, then a BOX resample
+
+
+def _phantom(rows: int = ROWS, cols: int = COLS) -> np.ndarray:
+    y, x = np.mgrid[0:rows, 0:cols]
+    body = np.exp(-(((x - cols / 2) / (0.35 * cols)) ** 2 + ((y - rows / 2) / (0.4 * rows)) ** 2))
+    ribs = 0.15 * np.sin(y / 5.0) * np.cos(x / 11.0)
+    return np.clip(0.1 + 0.7 * body + ribs, 0, 1).astype(np.float32)
+
+
+def _header(bits: int = 12, photometric: str = "MONOCHROME2", rows: int = ROWS, cols: int = COLS, **kw) -> ImageHeader:
+    return ImageHeader(subject_id=10000001, study_id=50000001, dicom_id="11111111-22222222-33333333-44444444-55555555",
+                       rows=rows, columns=cols, bits_stored=bits, photometric=photometric, **kw)
+
+
+def _dicom(syntax: str = "explicit_le", bits: int | None = None, photometric: str = "MONOCHROME2",
+           phantom: np.ndarray | None = None, **kw) -> bytes:
+    bits = bits or (8 if syntax == "jpeg_baseline" else 12)
+    phantom = _phantom() if phantom is None else phantom
+    stored = phantom_to_stored(phantom, bits, photometric)
+    header = _header(bits, photometric, rows=phantom.shape[0], cols=phantom.shape[1], **kw)
+    return encode_dicom(header, stored, syntax)
+
+
+def _save(ds: Dataset, **kw) -> bytes:
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True, **kw)
+    return buf.getvalue()
+
+
+def _write(tmp_path: Path, name: str, data: bytes) -> Path:
+    path = tmp_path / name
+    path.write_bytes(data)
+    return path
+
+
+def _reject(source, config: NormalizeConfig = SMALL) -> ImageReject:
+    with pytest.raises(ImageReject) as info:
+        decode_dicom(source, config)
+    assert info.value.reason in REJECT_REASONS
+    return info.value
+
+
+def _diff(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    assert a.shape == b.shape and a.dtype == b.dtype
+    return np.abs(a.astype(np.int64) - b.astype(np.int64))
+
+
+# ------------------------------------------------------------------------------------------
+# transfer syntaxes and photometric interpretation
+# ------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def reference() -> np.ndarray:
+    return decode_dicom(_dicom("explicit_le"), SMALL).pixels
+
+
+@pytest.mark.parametrize("syntax", sorted(TRANSFER_SYNTAXES))
+def test_every_syntax_decodes_to_the_same_pixels(tmp_path, syntax, reference):
+    path = _write(tmp_path, f"{syntax}.dcm", _dicom(syntax))
+    decoded = decode_dicom(path, SMALL)
+    assert decoded.transfer_syntax_uid == TRANSFER_SYNTAXES[syntax]
+    assert decoded.transfer_syntax == TRANSFER_SYNTAXES[syntax].name
+    assert (decoded.original_rows, decoded.original_columns) == (ROWS, COLS)
+    assert decoded.pixels.shape == (64, 53) and decoded.pixels.dtype == np.uint8
+    assert decoded.window_source == "minmax"
+    if syntax == "jpeg_baseline":  # 8-bit lossy input: close after normalisation
+        assert decoded.bits_stored == 8
+        assert _diff(decoded.pixels, reference).mean() <= 3
+    else:
+        assert decoded.bits_stored == 12
+        np.testing.assert_array_equal(decoded.pixels, reference)
+
+
+@pytest.mark.parametrize("syntax", LOSSLESS)
+@pytest.mark.parametrize("long_side", [256, 96])  # no resize; an exact 2x block mean
+def test_monochrome1_is_inverted_exactly(syntax, long_side):
+    config = NormalizeConfig(long_side=long_side)
+    mono2 = decode_dicom(_dicom(syntax, photometric="MONOCHROME2"), config)
+    mono1 = decode_dicom(_dicom(syntax, photometric="MONOCHROME1"), config)
+    assert (mono1.photometric, mono2.photometric) == ("MONOCHROME1", "MONOCHROME2")
+    np.testing.assert_array_equal(mono1.pixels, mono2.pixels)
+
+
+def test_monochrome1_with_fractional_resize_is_within_one_level():
+    mono2 = decode_dicom(_dicom(photometric="MONOCHROME2"), SMALL).pixels
+    mono1 = decode_dicom(_dicom(photometric="MONOCHROME1"), SMALL).pixels
+    diff = _diff(mono1, mono2)
+    assert diff.max() <= 1 and (diff > 0).mean() < 0.01
+
+
+def test_monochrome1_with_window_is_inverted():
+    mono2 = decode_dicom(_dicom(photometric="MONOCHROME2", window=True), SMALL)
+    mono1 = decode_dicom(_dicom(photometric="MONOCHROME1", window=True), SMALL)
+    assert mono1.window_source == mono2.window_source == "window"
+    assert _diff(mono1.pixels, mono2.pixels).max() <= 1
+
+
+@pytest.mark.parametrize("bits", [10, 12, 14, 15, 16])
+def test_bits_stored(bits, reference):
+    decoded = decode_dicom(_dicom("explicit_le", bits=bits), SMALL)
+    assert decoded.bits_stored == bits
+    assert _diff(decoded.pixels, reference).max() <= 1
+
+
+def test_bits_stored_15_lossless_compressed(reference):
+    for syntax in ("rle", "j2k_lossless"):
+        assert _diff(decode_dicom(_dicom(syntax, bits=15), SMALL).pixels, reference).max() <= 1
+
+
+def test_bits_above_bits_stored_are_masked(reference):
+    """Garbage (e.g. old overlay bits) above BitsStored is ignored, as pydicom does."""
+    ds = pydicom.dcmread(io.BytesIO(_dicom()))
+    stored = ds.pixel_array.copy()
+    stored[::7, ::3] |= 0x5000
+    ds.PixelData = stored.astype("<u2").tobytes()
+    np.testing.assert_array_equal(decode_dicom(_save(ds), SMALL).pixels, reference)
+
+
+# ------------------------------------------------------------------------------------------
+# geometry
+# ------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("rows,cols,expected", [
+    (300, 200, (128, 85)), (200, 300, (85, 128)), (128, 128, (128, 128)), (96, 80, (96, 80)),
+    (3056, 2544, (128, 107)), (1000, 3, (128, 1)),
+])
+def test_target_size(rows, cols, expected):
+    assert target_size(rows, cols, 128) == expected
+
+
+@pytest.mark.parametrize("rows,cols", [(300, 200), (200, 300), (251, 251), (96, 80)])
+def test_long_side_and_aspect(rows, cols):
+    data = _dicom(phantom=_phantom(rows, cols))
+    pixels = decode_dicom(data, NormalizeConfig(long_side=128)).pixels
+    assert pixels.shape == target_size(rows, cols, 128)
+    assert max(pixels.shape) == min(128, max(rows, cols))  # never upscaled
+    assert abs(pixels.shape[0] / pixels.shape[1] - rows / cols) < 0.02
+
+
+def test_pad_square():
+    plain = decode_dicom(_dicom(), NormalizeConfig(long_side=96)).pixels  # 96 x 80
+    padded = decode_dicom(_dicom(), NormalizeConfig(long_side=96, pad_square=True)).pixels
+    assert plain.shape == (96, 80) and padded.shape == (96, 96)
+    np.testing.assert_array_equal(padded[:, 8:88], plain)
+    assert not padded[:, :8].any() and not padded[:, 88:].any()
+    small = decode_dicom(_dicom(), NormalizeConfig(long_side=512, pad_square=True)).pixels
+    assert small.shape == (512, 512) and small.sum() == decode_dicom(_dicom(), NormalizeConfig()).pixels.sum()
+
+
+def test_16_bit_output(reference):
+    decoded = decode_dicom(_dicom(), NormalizeConfig(long_side=64, out_bits=16))
+    pixels = decoded.pixels
+    assert pixels.dtype == np.uint16 and pixels.shape == (64, 53)
+    assert pixels.max() == 65535 and pixels.min() == 0
+    assert _diff((pixels.astype(np.float64) / 257).round().astype(np.uint8), reference).max() <= 1
+    assert len(np.unique(pixels)) > 2 * len(np.unique(reference))  # finer than 8-bit
+
+
+# ------------------------------------------------------------------------------------------
+# intensities: window, VOI LUT, rescale, signed pixels
+# ------------------------------------------------------------------------------------------
+def test_window_changes_output(reference):
+    windowed = decode_dicom(_dicom(window=True), SMALL)
+    assert windowed.window_source == "window"
+    assert _diff(windowed.pixels, reference).mean() > 1
+
+
+def _ramp_file(center: float, width: float, function: str | None = None) -> bytes:
+    """A 64x64 file whose stored values are 0..4095 (one per pixel), with a window."""
+    stored = np.arange(64 * 64, dtype=np.uint16).reshape(64, 64)
+    extra = {"WindowCenter": f"{center}", "WindowWidth": f"{width}"}
+    if function:
+        extra["VOILUTFunction"] = function
+    return encode_dicom(_header(rows=64, cols=64, extra=extra), stored, "explicit_le")
+
+
+def test_linear_window_formula():
+    """PS3.3 C.11.2.1.2.1: x <= c - 0.5 - (w-1)/2 -> 0, x > c - 0.5 + (w-1)/2 -> max."""
+    pixels = decode_dicom(_ramp_file(2048, 1025), NormalizeConfig(long_side=64)).pixels.ravel()
+    x = np.arange(4096)
+    expected = np.clip(((x - 2047.5) / 1024 + 0.5), 0, 1) * 255 + 0.5
+    np.testing.assert_array_equal(pixels, expected.astype(np.uint8))
+    assert pixels[:1536].max() == 0 and pixels[2560:].min() == 255 and pixels[2048] == 128
+
+
+@pytest.mark.parametrize("function", ["LINEAR_EXACT", "SIGMOID"])
+def test_voi_lut_functions(function):
+    linear = decode_dicom(_ramp_file(2048, 1024), NormalizeConfig(long_side=64)).pixels.ravel()
+    other = decode_dicom(_ramp_file(2048, 1024, function), NormalizeConfig(long_side=64)).pixels.ravel()
+    x = np.arange(4096, dtype=np.float64)
+    if function == "LINEAR_EXACT":
+        expected = np.clip((x - 2048) / 1024 + 0.5, 0, 1)
+    else:
+        expected = 1 / (1 + np.exp(-4 * (x - 2048) / 1024))
+    assert _diff(other, (expected * 255 + 0.5).astype(np.uint8)).max() <= 1
+    assert (other != linear).any()
+
+
+def test_multi_valued_window_uses_the_first():
+    first = decode_dicom(_ramp_file(1000, 500), NormalizeConfig(long_side=64)).pixels
+    stored = np.arange(64 * 64, dtype=np.uint16).reshape(64, 64)
+    header = _header(rows=64, cols=64, extra={"WindowCenter": ["1000", "3000"], "WindowWidth": ["500", "100"]})
+    multi = decode_dicom(encode_dicom(header, stored, "explicit_le"), NormalizeConfig(long_side=64))
+    assert multi.window_source == "window"
+    np.testing.assert_array_equal(multi.pixels, first)
+
+
+def _lut_item(values: np.ndarray, vr: str = "US") -> Dataset:
+    """A LUT Sequence item; LUTData as a list of US values or as OW bytes."""
+    item = Dataset()
+    item.add_new(0x00283002, "US", [len(values), 0, 16])  # LUTDescriptor
+    data = [int(v) for v in values] if vr == "US" else np.asarray(values, "<u2").tobytes()
+    item.add_new(0x00283006, vr, data)  # LUTData
+    return item
+
+
+def test_voi_lut_sequence():
+    stored = np.arange(64 * 64, dtype=np.uint16).reshape(64, 64)
+    table = np.rint(4095 * np.sqrt(np.arange(4096) / 4095)).astype(np.uint16)
+    ds = build_dataset(_header(rows=64, cols=64, window=True), stored, "explicit_le")
+    ds.VOILUTSequence = Sequence([_lut_item(table, vr="OW")])
+    decoded = decode_dicom(_save(ds), NormalizeConfig(long_side=64))
+    assert decoded.window_source == "voi_lut"  # the LUT wins over the window
+    expected = (table.astype(np.float64) / 4095 * 255 + 0.5).astype(np.uint8)
+    assert _diff(decoded.pixels.ravel(), expected).max() <= 1
+
+
+def test_modality_lut_sequence_and_rescale(reference):
+    stored = phantom_to_stored(_phantom(), 12, "MONOCHROME2")
+    ds = build_dataset(_header(), stored, "explicit_le")
+    ds.ModalityLUTSequence = Sequence([_lut_item(4095 - np.arange(4096))])  # an inverting LUT
+    inverted = decode_dicom(_save(ds), SMALL).pixels
+    assert _diff(inverted, 255 - reference).max() <= 1
+
+    ds = build_dataset(_header(rescale=True), stored, "explicit_le")
+    ds.RescaleSlope, ds.RescaleIntercept = "2.5", "-1024"
+    assert _diff(decode_dicom(_save(ds), SMALL).pixels, reference).max() <= 1
+
+
+def _signed_file(values: np.ndarray, raw: np.ndarray | None = None, bits: int = 12, **elements) -> bytes:
+    """A hand-written explicit VR LE file with PixelRepresentation 1."""
+    ds = Dataset()
+    ds.file_meta = pydicom.dataset.FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1"
+    ds.file_meta.MediaStorageSOPInstanceUID = "1.2.3.4.5"
+    ds.SOPClassUID, ds.SOPInstanceUID = "1.2.840.10008.5.1.4.1.1.1", "1.2.3.4.5"
+    ds.Modality = "CR"
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.Rows, ds.Columns = values.shape
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, bits, bits - 1, 1
+    for keyword, value in elements.items():
+        setattr(ds, keyword, value)
+    ds.PixelData = (values.astype("<i2") if raw is None else raw.astype("<u2")).tobytes()
+    ds["PixelData"].VR = "OW"
+    return _save(ds)
+
+
+def test_signed_pixels(reference):
+    unsigned = phantom_to_stored(_phantom(), 12, "MONOCHROME2").astype(np.int32)
+    signed = (unsigned - 2048).astype(np.int16)
+    assert signed.min() < 0 < signed.max()
+    decoded = decode_dicom(_signed_file(signed), SMALL)
+    np.testing.assert_array_equal(decoded.pixels, reference)
+    # the same values written as bare 12-bit two's complement (high 4 bits zero): sign-extended
+    bare = signed.view(np.uint16) & 0x0FFF
+    np.testing.assert_array_equal(decode_dicom(_signed_file(signed, raw=bare), SMALL).pixels, reference)
+    # a window in signed units
+    windowed = decode_dicom(_signed_file(signed, WindowCenter="0", WindowWidth="2000"), SMALL)
+    assert windowed.window_source == "window" and _diff(windowed.pixels, reference).mean() > 1
+
+
+# ------------------------------------------------------------------------------------------
+# direct buffer reads == pydicom's pixel_array
+# ------------------------------------------------------------------------------------------
+def _big_endian_file() -> bytes:
+    stored = phantom_to_stored(_phantom(), 12, "MONOCHROME2")
+    ds = build_dataset(_header(), stored, "explicit_le")
+    ds.PixelData = stored.astype(">u2").tobytes()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRBigEndian
+    return _save(ds, implicit_vr=False, little_endian=False)
+
+
+def _large_file() -> bytes:  # > _DEFER_BYTES of pixel data: mapped, never read by pydicom
+    data = _dicom(phantom=_phantom(1100, 900))
+    assert 1100 * 900 * 2 > images._DEFER_BYTES
+    return data
+
+
+@pytest.mark.parametrize("make", [
+    lambda: _dicom("explicit_le"), lambda: _dicom("implicit_le"), lambda: _dicom("deflated"),
+    lambda: _dicom("explicit_le", bits=16, photometric="MONOCHROME1", window=True),
+    lambda: _signed_file((phantom_to_stored(_phantom(), 12, "MONOCHROME2") - 2048).astype(np.int16)),
+    _big_endian_file, _large_file,
+], ids=["explicit", "implicit", "deflated", "16bit-mono1-window", "signed", "big-endian", "large"])
+def test_direct_buffer_matches_pixel_array(tmp_path, monkeypatch, make):
+    path = _write(tmp_path, "x.dcm", make())
+    direct = decode_dicom(path, SMALL)
+    assert np.array_equal(decode_dicom(path.read_bytes(), SMALL).pixels, direct.pixels)  # bytes == path
+    monkeypatch.setattr(images, "_DIRECT_SYNTAXES", frozenset())
+    via_pydicom = decode_dicom(path, SMALL)
+    np.testing.assert_array_equal(via_pydicom.pixels, direct.pixels)
+    assert via_pydicom.window_source == direct.window_source
+
+
+def test_deterministic(tmp_path):
+    path = _write(tmp_path, "x.dcm", _dicom("j2k_lossless"))
+    first = encode_image(decode_dicom(path, SMALL).pixels, SMALL)
+    assert first == encode_image(decode_dicom(path, SMALL).pixels, SMALL)
+
+
+# ------------------------------------------------------------------------------------------
+# rejects
+# ------------------------------------------------------------------------------------------
+@pytest.mark.filterwarnings("ignore:End of file reached before delimiter")
+@pytest.mark.parametrize("syntax", [*sorted(TRANSFER_SYNTAXES), "large"])
+def test_truncated_at_60_percent(tmp_path, syntax):
+    data = _large_file() if syntax == "large" else _dicom(syntax)
+    path = _write(tmp_path, "cut.dcm", data[: int(len(data) * 0.6)])
+    assert _reject(path).reason == "truncated"
+    assert _reject(path.read_bytes()).reason == "truncated"
+
+
+def test_empty_file_is_truncated(tmp_path):
+    assert _reject(_write(tmp_path, "empty.dcm", b"")).reason == "truncated"
+
+
+def test_not_dicom(tmp_path):
+    buf = io.BytesIO()
+    Image.fromarray(np.zeros((32, 32), np.uint8)).save(buf, format="PNG")
+    assert _reject(_write(tmp_path, "image.dcm", buf.getvalue())).reason == "not_dicom"
+    assert _reject(b"Findings: no acute cardiopulmonary process.\n" * 20).reason == "not_dicom"
+
+
+def test_bare_dataset_without_preamble_is_read(reference):
+    """No DICM preamble but a parseable image dataset (old ACR-NEMA style): decoded, not rejected."""
+    ds = pydicom.dcmread(io.BytesIO(_dicom("implicit_le")))
+    buf = DicomBytesIO()
+    buf.is_little_endian, buf.is_implicit_VR = True, True
+    pydicom.filewriter.write_dataset(buf, ds)  # implicit VR little endian, no preamble / file meta
+    decoded = decode_dicom(buf.getvalue(), SMALL)
+    assert decoded.transfer_syntax_uid == "1.2.840.10008.1.2"
+    np.testing.assert_array_equal(decoded.pixels, reference)
+
+
+def test_no_pixel_data():
+    ds = pydicom.dcmread(io.BytesIO(_dicom()))
+    del ds.PixelData
+    assert _reject(_save(ds)).reason == "no_pixel_data"
+
+
+def test_unsupported_transfer_syntax(tmp_path):
+    ds = pydicom.dcmread(io.BytesIO(_dicom()))
+    ds.PixelData = encapsulate([ds.PixelData])
+    ds["PixelData"].VR = "OB"
+    ds.file_meta.TransferSyntaxUID = "1.2.840.10008.1.2.4.100"  # MPEG2: no decoder
+    reject = _reject(_write(tmp_path, "mpeg2.dcm", _save(ds)))
+    assert reject.reason == "unsupported_transfer_syntax"
+    assert "MPEG2 Main Profile / Main Level" in reject.message
+
+
+def test_unavailable_decoder(monkeypatch):
+    class Missing:
+        is_available = False
+        missing_dependencies = ["pylibjpeg-openjpeg>=2.0"]
+
+    monkeypatch.setattr(images, "get_decoder", lambda uid: Missing())
+    reject = _reject(_dicom("j2k_lossless"))
+    assert reject.reason == "unsupported_transfer_syntax"
+    assert "JPEG 2000 Image Compression (Lossless Only)" in reject.message and "openjpeg" in reject.message
+
+
+@pytest.mark.parametrize("change", [
+    {"SamplesPerPixel": 3, "PhotometricInterpretation": "RGB"},
+    {"PhotometricInterpretation": "PALETTE COLOR"},
+    {"NumberOfFrames": 2},
+    {"BitsAllocated": 32, "BitsStored": 32},
+])
+def test_unsupported_pixels(change):
+    ds = pydicom.dcmread(io.BytesIO(_dicom()))
+    for keyword, value in change.items():
+        setattr(ds, keyword, value)
+    assert _reject(_save(ds)).reason == "unsupported_pixels"
+
+
+def test_decode_error_on_corrupt_codestream():
+    data = bytearray(_dicom("j2k_lossless"))
+    start = data.find(b"\xff\x4f\xff\x51")  # J2K SOC + SIZ markers
+    data[start: start + 16] = b"\x13" * 16
+    reject = _reject(bytes(data))
+    assert reject.reason == "decode_error" and "JPEG 2000" in reject.message
+
+
+def test_malformed_header_is_a_decode_error():
+    ds = pydicom.dcmread(io.BytesIO(_dicom()))
+    item = Dataset()
+    item.add_new(0x00283002, "US", [4096, 0, 16])  # a VOI LUT item without LUTData
+    ds.VOILUTSequence = Sequence([item])
+    assert _reject(_save(ds)).reason == "decode_error"
+
+
+def test_reject_pickles():
+    reject = pickle.loads(pickle.dumps(ImageReject("truncated", "cut")))
+    assert (reject.reason, reject.message) == ("truncated", "cut")
+
+
+# ------------------------------------------------------------------------------------------
+# encode_image and config
+# ------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("bits", [8, 16])
+@pytest.mark.parametrize("level", [0, 1, 6])
+def test_png_round_trip(bits, level):
+    config = NormalizeConfig(long_side=64, out_bits=bits, png_compress_level=level)
+    pixels = decode_dicom(_dicom(), config).pixels
+    data = encode_image(pixels, config)
+    with Image.open(io.BytesIO(data)) as im:
+        assert im.format == "PNG" and im.size == (53, 64)
+        np.testing.assert_array_equal(np.asarray(im).astype(pixels.dtype), pixels)
+
+
+def test_jpeg_output(reference):
+    config = NormalizeConfig(long_side=64, fmt="jpg", jpeg_quality=90)
+    with Image.open(io.BytesIO(encode_image(reference, config))) as im:
+        assert im.format == "JPEG" and im.mode == "L"
+        assert _diff(np.asarray(im), reference).mean() < 2
+
+
+@pytest.mark.parametrize("kw", [{"out_bits": 12}, {"fmt": "tiff"}, {"fmt": "jpg", "out_bits": 16},
+                                {"long_side": 0}, {"png_compress_level": 10}])
+def test_bad_config(kw):
+    with pytest.raises(ValueError):
+        NormalizeConfig(**kw)
+
+
+# ------------------------------------------------------------------------------------------
+# the real sample DICOMs
+# ------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def samples() -> tuple[Path, Path]:
+    if not (RSNA.is_file() and FAKE_MONO1.is_file()):
+        pytest.skip(f"sample DICOMs not present under {SAMPLES}")
+    return RSNA, FAKE_MONO1
+
+
+def test_real_samples(samples):
+    mono2, mono1 = (decode_dicom(path) for path in samples)
+    assert mono2.transfer_syntax == mono1.transfer_syntax == "JPEG Baseline (Process 1)"
+    assert (mono2.photometric, mono1.photometric) == ("MONOCHROME2", "MONOCHROME1")
+    assert mono2.pixels.shape == mono1.pixels.shape == (512, 512)
+    assert (mono2.original_rows, mono2.original_columns, mono2.bits_stored) == (1024, 1024, 8)
+    assert mono2.pixels.std() > 30  # a real image, full range
+    # the same stored pixels flagged MONOCHROME1 come out as the inverse image: the outputs sum to
+    # 255, give or take one level where 255 * t lands exactly on .5 (rounding half up both ways)
+    total = mono2.pixels.astype(np.int64) + mono1.pixels
+    assert np.abs(total - 255).max() <= 1 and (total == 255).mean() > 0.95
