@@ -30,5 +30,8 @@ demo: setup
 test: setup
 	$(BIN)/python -m pytest -n 2 $(PYTEST_ARGS) tests
 
+bench: setup
+	$(BIN)/python benchmarks/bench_ingest.py --n 6
+
 clean:
 	rm -rf $(VENV) out .pytest_cache

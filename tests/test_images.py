@@ -111,6 +111,18 @@ def test_every_syntax_decodes_to_the_same_pixels(tmp_path, syntax, reference):
         np.testing.assert_array_equal(decoded.pixels, reference)
 
 
+def test_jpeg_ls_lossless_decodes_to_the_same_pixels(reference):
+    """JPEG-LS (MIMIC-style archives use it): encoded with pyjpegls, decoded by pylibjpeg-libjpeg."""
+    pytest.importorskip("jpeg_ls", reason="pyjpegls (the test-only JPEG-LS encoder) is not installed")
+    from pydicom.uid import JPEGLSLossless
+
+    ds = pydicom.dcmread(io.BytesIO(_dicom("explicit_le")))
+    ds.compress(JPEGLSLossless, ds.pixel_array, encoding_plugin="pyjpegls", generate_instance_uid=False)
+    decoded = decode_dicom(_save(ds), SMALL)
+    assert decoded.transfer_syntax_uid == JPEGLSLossless
+    np.testing.assert_array_equal(decoded.pixels, reference)
+
+
 @pytest.mark.parametrize("syntax", LOSSLESS)
 @pytest.mark.parametrize("long_side", [256, 96])  # no resize; an exact 2x block mean
 def test_monochrome1_is_inverted_exactly(syntax, long_side):
