@@ -7,6 +7,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.offclip-installed
 DEMO_DIR     ?= out/demo-world
 DEMO_STUDIES ?= 250
+DEMO_OUT     ?= out/curated
 PYTEST_ARGS  ?=
 
 .PHONY: setup demo test bench clean
@@ -26,6 +27,7 @@ setup: $(STAMP)
 
 demo: setup
 	$(BIN)/offclip demo-world $(DEMO_DIR) --studies $(DEMO_STUDIES) --seed 0 --overwrite
+	$(BIN)/offclip ingest $(DEMO_DIR) $(DEMO_OUT) --folders all
 
 test: setup
 	$(BIN)/python -m pytest -n 2 $(PYTEST_ARGS) tests
