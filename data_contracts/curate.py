@@ -1,0 +1,53 @@
+"""Contracts of the curation step: scored, filtered sentences and image–text pairs."""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+from .contract import Column, Contract
+from .ingest import SPLITS
+
+FILTER_REASONS = ("normal_report", "abnormal_sentence", "normal_sentence_in_abnormal_report")
+LABELS = ("normal", "abnormal")
+
+CURATED_SENTENCES = Contract(
+    "curated_sentences",
+    (
+        Column("study_id", pa.int64()),
+        Column("subject_id", pa.int64()),
+        Column("index", pa.int32(), min=0),
+        Column("section", pa.string()),
+        Column("text", pa.string()),
+        Column("key", pa.string()),
+        Column("score", pa.float32(), min=0.0, max=1.0, doc="P(abnormal) from the classifier"),
+        Column("label", pa.string(), isin=LABELS),
+        Column("model_version", pa.string()),
+        Column("threshold", pa.float32(), min=0.0, max=1.0),
+        Column("kept", pa.bool_()),
+        Column("reason", pa.string(), isin=FILTER_REASONS),
+        Column("prompt", pa.string(), nullable=True, doc="templated rewrite of a kept sentence (text prompting)"),
+    ),
+    keys=(("study_id", "index"),),
+    doc="Every report sentence with its score, label, model version, kept flag and the reason.",
+)
+
+PAIRS = Contract(
+    "pairs",
+    (
+        Column("study_id", pa.int64(), unique=True),
+        Column("subject_id", pa.int64()),
+        Column("folder", pa.string(), pattern=r"p\d\d"),
+        Column("split", pa.string(), isin=SPLITS),
+        Column("dicom_id", pa.string()),
+        Column("view", pa.string(), isin=("PA", "AP"), nullable=True),
+        Column("image_path", pa.string(), doc="normalised image, relative to the output root"),
+        Column("pair_label", pa.string(), isin=LABELS),
+        Column("n_sentences", pa.int32(), min=1),
+        Column("n_kept", pa.int32(), min=1),
+        Column("max_score", pa.float32(), min=0.0, max=1.0),
+        Column("texts", pa.list_(pa.string()), doc="kept sentences (prompts when prompting is on)"),
+        Column("model_version", pa.string()),
+        Column("threshold", pa.float32(), min=0.0, max=1.0),
+    ),
+    doc="One image–text pair per ingested study: the frontal image, the kept text, the pair label.",
+)
