@@ -119,5 +119,112 @@ def ingest(
     typer.echo(summary.to_text())
 
 
+def _fail(exc: Exception) -> None:
+    typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(2)
+
+
+@app.command("curate")
+def curate(
+    out: Path = typer.Argument(..., help="The ingest output root (holds ingest/)."),
+    classifier: Path = typer.Option(..., "--classifier", help="A saved sentence classifier (offclip classifier train)."),
+    threshold: Optional[float] = typer.Option(None, "--threshold", min=0.0, max=1.0, help="P(abnormal) threshold (default: the classifier's calibrated one)."),
+    prompting: str = typer.Option("none", "--prompting", help="Text prompting: none, template, or openai."),
+    llm_url: Optional[str] = typer.Option(None, "--llm-url", help="OpenAI-compatible endpoint for --prompting openai (or $OFFCLIP_LLM_URL)."),
+    llm_model: Optional[str] = typer.Option(None, "--llm-model", help="Model name for --prompting openai."),
+) -> None:
+    """Score every sentence (unique text once, cached), filter normal sentences out of abnormal reports, label pairs."""
+    from .pipeline.curate import CurateConfig, run_curate
+    from .pipeline.prompting import PromptBackendError
+
+    config = CurateConfig(out=out, classifier=classifier, threshold=threshold, prompting=prompting,
+                          prompt_options={"base_url": llm_url, "model": llm_model})
+    try:
+        typer.echo(run_curate(config).to_text())
+    except (FileNotFoundError, ValueError, PromptBackendError) as exc:
+        _fail(exc)
+
+
+@app.command("shards")
+def shards(
+    out: Path = typer.Argument(..., help="The curation output root (holds curate/ and images/)."),
+    max_samples: int = typer.Option(1000, "--max-samples", min=1, help="Samples per shard at most."),
+    max_bytes: int = typer.Option(1 << 30, "--max-bytes", min=1, help="Bytes per shard at most."),
+    quiet: bool = typer.Option(False, "--quiet", "-q"),
+) -> None:
+    """Write WebDataset shards (one set per split) and refresh the manifest."""
+    import datetime as dt
+
+    from .pipeline.manifest import build_manifest, run_record
+    from .pipeline.shards import ShardConfig, ShardError, write_shards
+
+    started = dt.datetime.now(dt.timezone.utc)
+    try:
+        result = write_shards(ShardConfig(out=out, max_samples=max_samples, max_bytes=max_bytes),
+                              progress=not quiet and sys.stderr.isatty())
+        db = build_manifest(out, runs=[run_record("shards", started, {"max_samples": max_samples, "max_bytes": max_bytes},
+                                                  {"shards_written": len(result.written), "samples": result.samples_written})])
+    except (FileNotFoundError, ShardError) as exc:
+        _fail(exc)
+    typer.echo(result.to_text())
+    typer.echo(f"manifest: {db}")
+
+
+@app.command("manifest")
+def manifest(
+    out: Path = typer.Argument(..., help="The curation output root."),
+    build: bool = typer.Option(False, "--build", help="(Re)build the manifest from the records first."),
+    db: Optional[Path] = typer.Option(None, "--db", help="Manifest file (default OUT/manifest.duckdb)."),
+) -> None:
+    """Print a summary of the manifest: tables, label distribution, rejects, shard health, runs."""
+    from .pipeline.manifest import MANIFEST_FILE, build_manifest, summary
+
+    path = db or out / MANIFEST_FILE
+    try:
+        if build:
+            build_manifest(out, path)
+        typer.echo(summary(path))
+    except FileNotFoundError as exc:
+        _fail(exc)
+
+
+@app.command("sql")
+def sql(
+    query_text: str = typer.Argument(..., metavar="SQL", help="The query, e.g. \"SELECT * FROM label_distribution\"."),
+    db: Path = typer.Option(Path("out/curated/manifest.duckdb"), "--db", help="Manifest file."),
+    fmt: str = typer.Option("table", "--format", help="table, csv, json or parquet."),
+    out_file: Optional[Path] = typer.Option(None, "--out", help="Write the result here instead of stdout (needed for parquet)."),
+    write: bool = typer.Option(False, "--write", help="Open the manifest read-write (default: read-only)."),
+) -> None:
+    """Run SQL on a manifest (read-only by default) and print or save the result."""
+    import duckdb
+
+    from .pipeline.manifest import query
+
+    if fmt not in ("table", "csv", "json", "parquet"):
+        _fail(ValueError(f"--format must be table, csv, json or parquet, not {fmt!r}"))
+    if fmt == "parquet" and out_file is None:
+        _fail(ValueError("--format parquet needs --out FILE"))
+    try:
+        df = query(db, query_text, write=write)
+    except (FileNotFoundError, duckdb.Error) as exc:
+        _fail(exc)
+    if fmt == "parquet":
+        df.to_parquet(out_file, index=False)
+        typer.echo(f"{len(df)} rows → {out_file}")
+        return
+    if fmt == "csv":
+        text = df.to_csv(index=False)
+    elif fmt == "json":
+        text = df.to_json(orient="records", date_format="iso", force_ascii=False) + "\n"
+    else:
+        text = (df.to_string(index=False) if len(df) else "(no rows)") + "\n"
+    if out_file:
+        out_file.write_text(text)
+        typer.echo(f"{len(df)} rows → {out_file}")
+    else:
+        typer.echo(text, nl=False)
+
+
 if __name__ == "__main__":  # pragma: no cover
     app()

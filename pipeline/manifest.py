@@ -1,0 +1,167 @@
+"""The DuckDB manifest: every record of a curation output in one queryable file.
+
+Tables (loaded from the contract-checked Parquet records and shard completion records through
+Arrow — never row-by-row inserts): ``runs``, ``studies``, ``images``, ``reports``, ``sentences``,
+``pairs``, ``rejects``, ``shards``, ``samples``. Views answer the common questions:
+``label_distribution``, ``sentences_dropped_per_report``, ``top_dropped_normal_sentences``,
+``reject_reasons``, ``shard_health``.
+
+The file is rebuilt into a temporary database and renamed over the old one (atomic); the
+``runs`` history is carried over. The plain ``duckdb`` client opens it as it is.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import subprocess
+import uuid
+from pathlib import Path
+
+import pandas as pd
+import pyarrow as pa
+
+from .. import __version__
+from ..data_contracts.manifest import RUNS, SAMPLES, SHARDS
+
+MANIFEST_FILE = "manifest.duckdb"
+
+VIEWS = {
+    "label_distribution": """
+        SELECT split, pair_label, count(*) AS pairs,
+               round(100.0 * count(*) / sum(count(*)) OVER (PARTITION BY split), 1) AS percent
+        FROM pairs GROUP BY split, pair_label ORDER BY split, pair_label""",
+    "sentences_dropped_per_report": """
+        SELECT study_id, count(*) AS sentences, count(*) FILTER (WHERE NOT kept) AS dropped,
+               count(*) FILTER (WHERE kept) AS kept
+        FROM sentences GROUP BY study_id ORDER BY dropped DESC, study_id""",
+    "top_dropped_normal_sentences": """
+        SELECT key, any_value(text) AS example, count(*) AS dropped, round(avg(score), 4) AS mean_score
+        FROM sentences WHERE reason = 'normal_sentence_in_abnormal_report'
+        GROUP BY key ORDER BY dropped DESC, key""",
+    "reject_reasons": """
+        SELECT stage, entity, reason, count(*) AS rejects FROM rejects
+        GROUP BY stage, entity, reason ORDER BY rejects DESC, reason""",
+    "shard_health": """
+        SELECT s.split, count(*) AS shards, sum(s.samples) AS samples, sum(s.bytes) AS bytes,
+               round(avg(s.samples), 1) AS mean_samples,
+               (SELECT count(*) FROM pairs p WHERE p.split = s.split) AS pairs,
+               (SELECT count(*) FROM pairs p WHERE p.split = s.split) - sum(s.samples) AS not_in_shards
+        FROM shards s GROUP BY s.split ORDER BY s.split""",
+}
+
+
+def code_version() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=Path(__file__).parent,
+                              capture_output=True, text=True, timeout=5).stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def run_record(stage: str, started: dt.datetime, parameters: dict, counts: dict,
+               model_version: str | None = None) -> dict:
+    finished = dt.datetime.now(dt.timezone.utc)
+    return {"run_id": str(uuid.uuid4()), "stage": stage, "started_at": started, "finished_at": finished,
+            "seconds": (finished - started).total_seconds(), "offclip_version": __version__,
+            "code_version": code_version(), "model_version": model_version,
+            "parameters": json.dumps(parameters, sort_keys=True, default=str),
+            "counts": json.dumps(counts, sort_keys=True, default=str)}
+
+
+def _shard_tables(out: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    from .shards import SHARD_DIR, complete_shards
+
+    shards, samples = [], []
+    root = out / SHARD_DIR
+    for split_dir in sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []:
+        for rec in complete_shards(out, split_dir.name):
+            shards.append({"split": rec.split, "name": rec.name, "path": rec.path, "samples": rec.samples,
+                           "bytes": rec.bytes, "sha256": rec.sha256, "model_version": rec.model_version})
+            samples += [{"key": k, "study_id": int(k), "split": rec.split, "shard": rec.name, "position": i}
+                        for i, k in enumerate(rec.keys)]
+    return (pd.DataFrame(shards, columns=SHARDS.names), pd.DataFrame(samples, columns=SAMPLES.names))
+
+
+def build_manifest(out: str | os.PathLike, db: str | os.PathLike | None = None,
+                   runs: list[dict] | None = None) -> Path:
+    """(Re)build the manifest of curation output ``out``; append ``runs`` to its history."""
+    import duckdb
+
+    out = Path(out)
+    db = Path(db) if db else out / MANIFEST_FILE
+    history = RUNS.empty()
+    if db.is_file():
+        with duckdb.connect(str(db), read_only=True) as old:
+            if "runs" in {r[0] for r in old.execute("SHOW TABLES").fetchall()}:
+                history = old.execute("SELECT * FROM runs").df()
+    if runs:
+        history = pd.concat([history, pd.DataFrame(runs)], ignore_index=True) if len(history) else pd.DataFrame(runs)
+    shards, samples = _shard_tables(out)
+
+    tmp = db.with_name(f".{db.name}.{os.getpid()}.tmp")
+    tmp.unlink(missing_ok=True)
+    try:
+        with duckdb.connect(str(tmp)) as con:
+            _load(con, "runs", RUNS.validate(history))
+            parquet = {
+                "studies": out / "ingest/studies.parquet", "images": out / "ingest/images.parquet",
+                "rejects": out / "ingest/rejects.parquet", "sentences": out / "curate/sentences.parquet",
+                "pairs": out / "curate/pairs.parquet",
+            }
+            for name, path in parquet.items():
+                if not path.is_file():
+                    raise FileNotFoundError(f"{path} is missing: run ingest and curate before the manifest")
+                con.execute(f"CREATE TABLE {name} AS SELECT * FROM read_parquet(?)", [str(path)])
+            _load(con, "shards", SHARDS.validate(shards))
+            _load(con, "samples", SAMPLES.validate(samples))
+            con.execute("""
+                CREATE TABLE reports AS
+                SELECT s.study_id, s.subject_id, s.report_path, s.status, s.reject_reason, s.n_sentences,
+                       p.pair_label, p.n_kept, p.max_score, p.model_version
+                FROM studies s LEFT JOIN pairs p USING (study_id) ORDER BY s.study_id""")
+            for name, sql in VIEWS.items():
+                con.execute(f"CREATE VIEW {name} AS {sql}")
+            con.execute("CHECKPOINT")
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, db)
+    finally:
+        tmp.unlink(missing_ok=True)
+        Path(f"{tmp}.wal").unlink(missing_ok=True)
+    return db
+
+
+def _load(con, name: str, table: pa.Table) -> None:
+    con.register("incoming", table)
+    try:
+        con.execute(f"CREATE TABLE {name} AS SELECT * FROM incoming")
+    finally:
+        con.unregister("incoming")
+
+
+def query(db: str | os.PathLike, sql: str, write: bool = False) -> pd.DataFrame:
+    """Run SQL on a manifest (read-only unless ``write``)."""
+    import duckdb
+
+    if not Path(db).is_file():
+        raise FileNotFoundError(f"no manifest at {db}: build one with `offclip manifest OUT --build`")
+    with duckdb.connect(str(db), read_only=not write) as con:
+        result = con.execute(sql)
+        return result.df() if result.description else pd.DataFrame()
+
+
+def summary(db: str | os.PathLike) -> str:
+    """A human summary: table sizes, label distribution, rejects, shard health, last runs."""
+    lines = [f"manifest {db}"]
+    counts = query(db, "SELECT table_name, estimated_size FROM duckdb_tables() ORDER BY table_name")
+    lines.append("  tables   " + ", ".join(f"{r.table_name} {r.estimated_size}" for r in counts.itertuples()))
+    for title, sql in (("labels", "SELECT * FROM label_distribution"), ("rejects", "SELECT * FROM reject_reasons"),
+                       ("shards", "SELECT * FROM shard_health"),
+                       ("runs", "SELECT stage, started_at, round(seconds, 1) AS seconds, model_version FROM runs "
+                                "ORDER BY started_at DESC LIMIT 5")):
+        df = query(db, sql)
+        lines.append(f"  {title}:")
+        lines += ["    " + line for line in (df.to_string(index=False) if len(df) else "(none)").splitlines()]
+    return "\n".join(lines)

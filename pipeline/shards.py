@@ -1,0 +1,239 @@
+"""WebDataset shards of the curated image–text pairs: atomic, deterministic, resumable.
+
+Layout (open_clip's convention: image + ``txt`` keys, a ``sizes.json`` beside the shards)::
+
+    OUT/shards/<split>/<split>-000000.tar      samples: <study_id>.png|jpg, .txt, .json, .cls
+    OUT/shards/<split>/sizes.json              {"train-000000.tar": 1000, ...}
+    OUT/shards/<split>/_complete/<name>.json   completion record: keys, bytes, sha256
+
+A shard is written to a temporary name, fsynced, renamed, and only then gets its completion
+record; on start, a final-named shard without a record (a build killed between rename and
+record) is removed, as are temporary files. So after ``kill -9`` at any point, a re-run yields
+exactly the expected samples: none lost, none duplicated, no truncated tar under a final name.
+Samples already in a complete shard are never rewritten; new studies go to new shards.
+Member order is sorted and every tar header carries a fixed mtime, so the same input gives
+byte-identical shards.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tarfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from .atomic import atomic_write_text
+
+SHARD_DIR = "shards"
+#: DICOM-derived fields a sample may carry (a whitelist: never names, birth dates, accessions)
+SAMPLE_FIELDS = ("subject_id", "study_id", "dicom_id", "view", "split", "folder", "pair_label",
+                 "classifier_version", "threshold", "image_size", "source_transfer_syntax",
+                 "source_photometric", "source_bits_stored", "sentences")
+
+
+class ShardError(RuntimeError):
+    pass
+
+
+@dataclass
+class ShardConfig:
+    out: Path  #: the curation output root (holds curate/ and images/)
+    max_samples: int = 1000
+    max_bytes: int = 1 << 30
+    splits: tuple[str, ...] = ("train", "validate", "test")
+    mtime: int = 0  #: tar header mtime (fixed: byte-identical rebuilds)
+    #: for tests of kill-and-resume: sleep this long after each shard
+    pause_after_shard: float = 0.0
+
+
+@dataclass
+class ShardRecord:
+    split: str
+    name: str
+    samples: int
+    bytes: int
+    sha256: str
+    keys: list[str] = field(default_factory=list)
+    model_version: str = ""
+
+    @property
+    def path(self) -> str:
+        return f"{SHARD_DIR}/{self.split}/{self.name}"
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def complete_shards(out: Path, split: str) -> list[ShardRecord]:
+    """The complete shards of one split (after removing the debris of an interrupted build)."""
+    directory = Path(out) / SHARD_DIR / split
+    records_dir = directory / "_complete"
+    if not directory.is_dir():
+        return []
+    for tmp in directory.glob(".*.tmp"):
+        tmp.unlink()
+    records: list[ShardRecord] = []
+    recorded = set()
+    for rec_path in sorted(records_dir.glob("*.json")) if records_dir.is_dir() else []:
+        rec = ShardRecord(**json.loads(rec_path.read_text()))
+        if not (directory / rec.name).is_file():
+            rec_path.unlink()  # a record without its shard: the shard will be written again
+            continue
+        records.append(rec)
+        recorded.add(rec.name)
+    for tar in directory.glob("*.tar"):
+        if tar.name not in recorded:
+            tar.unlink()  # renamed but never recorded: incomplete by definition
+    return sorted(records, key=lambda r: r.name)
+
+
+def _sample(row, sentences: pd.DataFrame, images: dict, image_bytes: bytes, ext: str) -> dict:
+    meta = {
+        "subject_id": int(row.subject_id), "study_id": int(row.study_id), "dicom_id": row.dicom_id,
+        "view": row.view, "split": row.split, "folder": row.folder, "pair_label": row.pair_label,
+        "classifier_version": row.model_version, "threshold": round(float(row.threshold), 6),
+        "image_size": [int(images["out_rows"]), int(images["out_columns"])],
+        "source_transfer_syntax": images["transfer_syntax"], "source_photometric": images["photometric"],
+        "source_bits_stored": int(images["bits_stored"]),
+        "sentences": [
+            {"index": int(s.index), "section": s.section, "text": s.text, "label": s.label,
+             "score": round(float(s.score), 6), "kept": bool(s.kept), "reason": s.reason}
+            for s in sentences.itertuples()
+        ],
+    }
+    assert set(meta) == set(SAMPLE_FIELDS)
+    return {
+        "__key__": str(int(row.study_id)),
+        ext: image_bytes,
+        "txt": "\n".join(row.texts).encode("utf-8"),
+        "json": json.dumps(meta, sort_keys=True, ensure_ascii=False).encode("utf-8"),
+        "cls": b"1" if row.pair_label == "abnormal" else b"0",
+    }
+
+
+def _write_shard(directory: Path, name: str, samples: list[dict], mtime: int) -> tuple[int, str]:
+    from webdataset import TarWriter
+
+    final = directory / name
+    tmp = directory / f".{name}.tmp"
+    with open(tmp, "wb") as fh:
+        writer = TarWriter(fh, encoder=False, mtime=mtime, user="offclip", group="offclip")
+        for sample in samples:
+            writer.write(sample)
+        writer.close()
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, final)
+    return final.stat().st_size, _sha256(final)
+
+
+@dataclass
+class ShardSummary:
+    written: list[ShardRecord]
+    kept: list[ShardRecord]
+    samples_written: int
+    bytes_written: int
+    seconds: float
+
+    def to_text(self) -> str:
+        rate = self.samples_written / self.seconds if self.seconds else 0.0
+        return (f"shards: {len(self.written)} new ({self.samples_written} samples, "
+                f"{self.bytes_written / 1e6:.1f} MB, {rate:.0f} samples/s), {len(self.kept)} kept as they were")
+
+
+def write_shards(config: ShardConfig, progress: bool = False) -> ShardSummary:
+    from tqdm import tqdm
+
+    from .curate import read_curated
+    from .ingest import read_table
+
+    start = time.perf_counter()
+    out = Path(config.out)
+    pairs = read_curated(out, "pairs")
+    sentences = read_curated(out, "sentences")
+    images = read_table(out, "images").set_index("dicom_id")
+    by_study = {k: g.sort_values("index") for k, g in sentences.groupby("study_id")}
+    written, kept = [], []
+    for split in config.splits:
+        directory = out / SHARD_DIR / split
+        directory.mkdir(parents=True, exist_ok=True)
+        existing = complete_shards(out, split)
+        versions = {r.model_version for r in existing}
+        todo = pairs[pairs["split"] == split].sort_values("study_id")
+        if versions and not versions <= set(todo["model_version"]):
+            raise ShardError(f"{directory} holds shards of classifier {sorted(versions)}, the pairs are of "
+                             f"{sorted(set(todo['model_version']))}: remove the shard directory to rebuild")
+        done = {k for r in existing for k in r.keys}
+        todo = todo[~todo["study_id"].astype(str).isin(done)]
+        kept += existing
+        version = str(todo["model_version"].iloc[0]) if len(todo) else ""
+        number = 1 + max((int(r.name.rsplit("-", 1)[1].split(".")[0]) for r in existing), default=-1)
+        batch: list[dict] = []
+        size = 0
+        bar = tqdm(total=len(todo), unit="sample", desc=f"shards/{split}", disable=not progress)
+
+        def flush() -> None:
+            nonlocal batch, size, number
+            name = f"{split}-{number:06d}.tar"
+            nbytes, digest = _write_shard(directory, name, batch, config.mtime)
+            record = ShardRecord(split, name, len(batch), nbytes, digest, [s["__key__"] for s in batch],
+                                 version)
+            atomic_write_text(directory / "_complete" / f"{name}.json",
+                              json.dumps(record.__dict__, sort_keys=True) + "\n")
+            written.append(record)
+            bar.update(len(batch))
+            batch, size, number = [], 0, number + 1
+            if config.pause_after_shard:
+                time.sleep(config.pause_after_shard)
+
+        for row in todo.itertuples():
+            image = images.loc[row.dicom_id]
+            data = (out / row.image_path).read_bytes()
+            ext = Path(row.image_path).suffix.lstrip(".")
+            sample = _sample(row, by_study[row.study_id], image, data, ext)
+            sample_size = sum(len(v) for k, v in sample.items() if k != "__key__")
+            if batch and (len(batch) >= config.max_samples or size + sample_size > config.max_bytes):
+                flush()
+            batch.append(sample)
+            size += sample_size
+        if batch:
+            flush()
+        bar.close()
+        records = complete_shards(out, split)
+        atomic_write_text(directory / "sizes.json",
+                          json.dumps({r.name: r.samples for r in records}, indent=1, sort_keys=True) + "\n")
+    return ShardSummary(written, kept, sum(r.samples for r in written), sum(r.bytes for r in written),
+                        time.perf_counter() - start)
+
+
+def read_samples(tar_path: Path) -> list[dict]:
+    """All samples of one shard as dicts of bytes (a plain reader, for tests and tools)."""
+    samples: dict[str, dict] = {}
+    with tarfile.open(tar_path) as tar:
+        for member in tar:
+            key, ext = member.name.split(".", 1)
+            samples.setdefault(key, {"__key__": key})[ext] = tar.extractfile(member).read()
+    return list(samples.values())
+
+
+def shard_urls(out: Path, split: str) -> str:
+    """A brace-expanded WebDataset URL for a split's complete shards (open_clip's --train-data)."""
+    records = complete_shards(out, split)
+    if not records:
+        raise ShardError(f"no complete shards for split {split!r} under {Path(out) / SHARD_DIR / split}")
+    first, last = records[0].name, records[-1].name
+    numbers = [int(r.name.rsplit("-", 1)[1][:-4]) for r in records]
+    if numbers != list(range(numbers[0], numbers[-1] + 1)):
+        return ",".join(str(Path(out) / r.path) for r in records)
+    return str(Path(out) / SHARD_DIR / split / f"{split}-{{{first.rsplit('-', 1)[1][:-4]}..{last.rsplit('-', 1)[1][:-4]}}}.tar")
+
