@@ -44,10 +44,10 @@ VIEWS = {
         SELECT stage, entity, reason, count(*) AS rejects FROM rejects
         GROUP BY stage, entity, reason ORDER BY rejects DESC, reason""",
     "shard_health": """
-        SELECT s.split, count(*) AS shards, sum(s.samples) AS samples, sum(s.bytes) AS bytes,
+        SELECT s.split, count(*) AS shards, sum(s.samples)::BIGINT AS samples, sum(s.bytes)::BIGINT AS bytes,
                round(avg(s.samples), 1) AS mean_samples,
                (SELECT count(*) FROM pairs p WHERE p.split = s.split) AS pairs,
-               (SELECT count(*) FROM pairs p WHERE p.split = s.split) - sum(s.samples) AS not_in_shards
+               (SELECT count(*) FROM pairs p WHERE p.split = s.split) - sum(s.samples)::BIGINT AS not_in_shards
         FROM shards s GROUP BY s.split ORDER BY s.split""",
 }
 
@@ -95,7 +95,7 @@ def build_manifest(out: str | os.PathLike, db: str | os.PathLike | None = None,
     if db.is_file():
         with duckdb.connect(str(db), read_only=True) as old:
             if "runs" in {r[0] for r in old.execute("SHOW TABLES").fetchall()}:
-                history = old.execute("SELECT * FROM runs").df()
+                history = old.sql("SELECT * FROM runs").to_arrow_table().to_pandas()
     if runs:
         history = pd.concat([history, pd.DataFrame(runs)], ignore_index=True) if len(history) else pd.DataFrame(runs)
     shards, samples = _shard_tables(out)
@@ -148,8 +148,8 @@ def query(db: str | os.PathLike, sql: str, write: bool = False) -> pd.DataFrame:
     if not Path(db).is_file():
         raise FileNotFoundError(f"no manifest at {db}: build one with `offclip manifest OUT --build`")
     with duckdb.connect(str(db), read_only=not write) as con:
-        result = con.execute(sql)
-        return result.df() if result.description else pd.DataFrame()
+        relation = con.sql(sql)  # None for statements without a result
+        return relation.to_arrow_table().to_pandas() if relation is not None else pd.DataFrame()
 
 
 def summary(db: str | os.PathLike) -> str:

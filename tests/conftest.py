@@ -35,3 +35,51 @@ def small_world(tmp_path_factory, openi_dir):
     summary = build_world(WorldConfig(out=out, studies=40, seed=7, scale=0.08, faults=True,
                                       openi=openi_dir, workers=2, progress=False))
     return out, summary
+
+
+# A real (tiny) sentence classifier: MiniLM features + a logistic-regression head trained on a
+# few hand-labelled radiology sentences. Real forward passes; trained once per session.
+NORMAL_SENTENCES = [
+    "The lungs are clear.", "No pleural effusion or pneumothorax.", "Heart size is normal.",
+    "The cardiomediastinal silhouette is within normal limits.", "No acute cardiopulmonary process.",
+    "No focal consolidation.", "There is no pneumothorax.", "Osseous structures are intact.",
+    "Normal chest radiograph.", "The pulmonary vasculature is normal.", "No acute bony abnormality.",
+    "Lungs are well expanded and clear.", "No evidence of pneumonia.", "Mediastinal contours are normal.",
+]
+ABNORMAL_SENTENCES = [
+    "There is mild cardiomegaly.", "Small left pleural effusion.", "Right lower lobe consolidation.",
+    "Calcified granuloma in the right upper lobe.", "Moderate pulmonary edema.", "Left apical pneumothorax.",
+    "Patchy opacity at the left base may represent atelectasis.", "Thoracic scoliosis.",
+    "Degenerative changes of the thoracic spine.", "Tortuous and calcified aorta.",
+    "Right-sided central venous catheter with tip in the SVC.", "Hyperinflated lungs consistent with COPD.",
+    "Multiple pulmonary nodules.", "Bibasilar atelectasis.",
+]
+
+
+@pytest.fixture(scope="session")
+def tiny_classifier(tmp_path_factory):
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from offclip.pipeline.classifier import SentenceClassifier, train_classifier
+
+    clf = train_classifier(NORMAL_SENTENCES + ABNORMAL_SENTENCES,
+                           [0] * len(NORMAL_SENTENCES) + [1] * len(ABNORMAL_SENTENCES), method="frozen", seed=0)
+    path = tmp_path_factory.mktemp("clf") / "tiny"
+    clf.save(path)
+    return SentenceClassifier.load(path), path
+
+
+@pytest.fixture(scope="session")
+def curated(small_world, tiny_classifier, tmp_path_factory):
+    """The small world ingested (all folders, 96 px) and curated with the tiny classifier."""
+    from offclip.pipeline.curate import CurateConfig, run_curate
+    from offclip.pipeline.images import NormalizeConfig
+    from offclip.pipeline.ingest import IngestConfig, run_ingest
+    from offclip.pipeline.scan import ScanConfig
+
+    world, _ = small_world
+    out = tmp_path_factory.mktemp("curated") / "out"
+    run_ingest(IngestConfig(source=world, out=out, scan=ScanConfig(world, folders=None),
+                            normalize=NormalizeConfig(long_side=96), workers=2, progress=False))
+    clf, path = tiny_classifier
+    summary = run_curate(CurateConfig(out=out, classifier=path))
+    return out, summary
