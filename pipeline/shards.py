@@ -22,6 +22,7 @@ import json
 import os
 import tarfile
 import time
+from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -97,27 +98,26 @@ def complete_shards(out: Path, split: str) -> list[ShardRecord]:
     return sorted(records, key=lambda r: r.name)
 
 
-def _sample(row, sentences: pd.DataFrame, images: dict, image_bytes: bytes, ext: str) -> dict:
+def _sample(row: dict, sentences: list[dict], image: dict, image_bytes: bytes, ext: str) -> dict:
     meta = {
-        "subject_id": int(row.subject_id), "study_id": int(row.study_id), "dicom_id": row.dicom_id,
-        "view": row.view, "split": row.split, "folder": row.folder, "pair_label": row.pair_label,
-        "classifier_version": row.model_version, "threshold": round(float(row.threshold), 6),
-        "image_size": [int(images["out_rows"]), int(images["out_columns"])],
-        "source_transfer_syntax": images["transfer_syntax"], "source_photometric": images["photometric"],
-        "source_bits_stored": int(images["bits_stored"]),
+        "subject_id": int(row["subject_id"]), "study_id": int(row["study_id"]), "dicom_id": row["dicom_id"],
+        "view": row["view"], "split": row["split"], "folder": row["folder"], "pair_label": row["pair_label"],
+        "classifier_version": row["model_version"], "threshold": round(float(row["threshold"]), 6),
+        "image_size": [int(image["out_rows"]), int(image["out_columns"])],
+        "source_transfer_syntax": image["transfer_syntax"], "source_photometric": image["photometric"],
+        "source_bits_stored": int(image["bits_stored"]),
         "sentences": [
-            {"index": int(s.index), "section": s.section, "text": s.text, "label": s.label,
-             "score": round(float(s.score), 6), "kept": bool(s.kept), "reason": s.reason}
-            for s in sentences.itertuples()
+            {"index": int(s["index"]), "section": s["section"], "text": s["text"], "label": s["label"],
+             "score": round(float(s["score"]), 6), "kept": bool(s["kept"]), "reason": s["reason"]}
+            for s in sentences
         ],
     }
-    assert set(meta) == set(SAMPLE_FIELDS)
     return {
-        "__key__": str(int(row.study_id)),
+        "__key__": str(int(row["study_id"])),
         ext: image_bytes,
-        "txt": "\n".join(row.texts).encode("utf-8"),
+        "txt": "\n".join(row["texts"]).encode("utf-8"),
         "json": json.dumps(meta, sort_keys=True, ensure_ascii=False).encode("utf-8"),
-        "cls": b"1" if row.pair_label == "abnormal" else b"0",
+        "cls": b"1" if row["pair_label"] == "abnormal" else b"0",
     }
 
 
@@ -161,8 +161,12 @@ def write_shards(config: ShardConfig, progress: bool = False) -> ShardSummary:
     out = Path(config.out)
     pairs = read_curated(out, "pairs")
     sentences = read_curated(out, "sentences")
-    images = read_table(out, "images").set_index("dicom_id")
-    by_study = {k: g.sort_values("index") for k, g in sentences.groupby("study_id")}
+    # plain dicts, grouped once: per-sample pandas lookups would dominate the write
+    images = read_table(out, "images").set_index("dicom_id")[
+        ["out_rows", "out_columns", "transfer_syntax", "photometric", "bits_stored"]].to_dict("index")
+    by_study: dict[int, list[dict]] = defaultdict(list)
+    for sentence in sentences.sort_values(["study_id", "index"]).to_dict("records"):
+        by_study[sentence["study_id"]].append(sentence)
     written, kept = [], []
     for split in config.splits:
         directory = out / SHARD_DIR / split
@@ -196,11 +200,10 @@ def write_shards(config: ShardConfig, progress: bool = False) -> ShardSummary:
             if config.pause_after_shard:
                 time.sleep(config.pause_after_shard)
 
-        for row in todo.itertuples():
-            image = images.loc[row.dicom_id]
-            data = (out / row.image_path).read_bytes()
-            ext = Path(row.image_path).suffix.lstrip(".")
-            sample = _sample(row, by_study[row.study_id], image, data, ext)
+        for row in todo.to_dict("records"):
+            data = (out / row["image_path"]).read_bytes()
+            ext = Path(row["image_path"]).suffix.lstrip(".")
+            sample = _sample(row, by_study[row["study_id"]], images[row["dicom_id"]], data, ext)
             sample_size = sum(len(v) for k, v in sample.items() if k != "__key__")
             if batch and (len(batch) >= config.max_samples or size + sample_size > config.max_bytes):
                 flush()
