@@ -6,7 +6,6 @@ abnormal sentence)."""
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import pytest
