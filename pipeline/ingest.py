@@ -14,6 +14,7 @@ Bad input never stops a run: each problem becomes a reject record with a reason 
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import time
@@ -245,47 +246,97 @@ def write_table(out: Path, name: str, df: pd.DataFrame) -> Path:
     return path
 
 
-def run_ingest(config: IngestConfig) -> IngestSummary:
-    from tqdm import tqdm
+@dataclass
+class IngestPlan:
+    """What one ingest run will do: the scanned studies in batches, and the content hashes of
+    the previous run (the incremental skip)."""
 
-    start = time.perf_counter()
+    studies: list[StudyEntry]
+    batches: list[list[StudyEntry]]
+    previous: dict[int, str]
+
+    def previous_for(self, batch: list[StudyEntry]) -> dict[int, str]:
+        return {s.study_id: self.previous[s.study_id] for s in batch if s.study_id in self.previous}
+
+
+def plan_ingest(config: IngestConfig, max_batches: int | None = None) -> IngestPlan:
+    """Scan and cut the studies into batches (of ``batch_size``, larger if ``max_batches``
+    would be exceeded: an orchestrator keeps the number of tasks bounded)."""
     studies = scan(config.scan)
     previous_studies = read_table(config.out, "studies")
     previous = {int(r.study_id): r.content_hash for r in previous_studies.itertuples()
                 if r.status == "ingested" and isinstance(r.content_hash, str)}
-    batches = [studies[i:i + config.batch_size] for i in range(0, len(studies), config.batch_size)]
-    result = BatchResult()
-    workers = config.workers or os.cpu_count() or 1
-    bar = tqdm(total=len(studies), unit="study", desc="ingest", disable=not config.progress)
-    try:
-        if workers == 1 or len(batches) <= 1:
-            stage = IngestStage(config.source, config.out, config.normalize, previous)
-            stage.setup()
-            for batch in batches:
-                result.extend(stage.process_batch(batch))
-                bar.update(len(batch))
-        else:
-            with ProcessPoolExecutor(max_workers=workers, initializer=_init_worker,
-                                     initargs=(str(config.source), str(config.out), config.normalize, previous)) as pool:
-                for batch, done in zip(batches, pool.map(_work, batches)):
-                    result.extend(done)
-                    bar.update(len(batch))
-    finally:
-        bar.close()
+    size = config.batch_size
+    if max_batches and len(studies) > size * max_batches:
+        size = -(-len(studies) // max_batches)
+    batches = [studies[i:i + size] for i in range(0, len(studies), size)]
+    return IngestPlan(studies, batches, previous)
 
-    _merge_and_write(config.out, result, {s.study_id for s in studies})
+
+def save_part(result: BatchResult, directory: Path) -> Path:
+    """Write one batch's records (contract-checked Parquet) so a task can return a path."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    for name, contract in TABLES.items():
+        with atomic_open(directory / f"{name}.parquet", "wb") as fh:
+            pq.write_table(contract.validate(frame(contract, getattr(result, name))), fh)
+    with atomic_open(directory / "skipped.json", "w") as fh:
+        json.dump(sorted(result.skipped), fh)
+    return directory
+
+
+def load_part(directory: Path) -> BatchResult:
+    directory = Path(directory)
+    result = BatchResult(skipped=json.loads((directory / "skipped.json").read_text()))
+    for name in TABLES:
+        df = pq.read_table(directory / f"{name}.parquet").to_pandas()
+        getattr(result, name).extend(df.astype(object).where(df.notna(), None).to_dict("records"))
+    return result
+
+
+def finish_ingest(out: Path, plan: IngestPlan, result: BatchResult, seconds: float) -> IngestSummary:
+    """Merge the batches' records into the record tables and summarise the run."""
+    _merge_and_write(out, result, {s.study_id for s in plan.studies})
     by_reason = pd.Series([r["reason"] for r in result.rejects], dtype="string").value_counts()
     return IngestSummary(
-        studies=len(studies),
+        studies=len(plan.studies),
         ingested=sum(r["status"] == "ingested" for r in result.studies) + len(result.skipped),
         rejected=sum(r["status"] == "rejected" for r in result.studies),
         skipped=len(result.skipped),
         images=sum(r["status"] == "selected" for r in result.images),
         sentences=len(result.sentences),
         rejects_by_reason={str(k): int(v) for k, v in by_reason.items()},
-        seconds=time.perf_counter() - start,
-        out=str(config.out),
+        seconds=seconds,
+        out=str(out),
     )
+
+
+def run_ingest(config: IngestConfig) -> IngestSummary:
+    """The whole stage in this process (``workers=1``) or a process pool."""
+    from tqdm import tqdm
+
+    start = time.perf_counter()
+    plan = plan_ingest(config)
+    result = BatchResult()
+    workers = config.workers or os.cpu_count() or 1
+    bar = tqdm(total=len(plan.studies), unit="study", desc="ingest", disable=not config.progress)
+    try:
+        if workers == 1 or len(plan.batches) <= 1:
+            stage = IngestStage(config.source, config.out, config.normalize, plan.previous)
+            stage.setup()
+            for batch in plan.batches:
+                result.extend(stage.process_batch(batch))
+                bar.update(len(batch))
+        else:
+            with ProcessPoolExecutor(max_workers=workers, initializer=_init_worker,
+                                     initargs=(str(config.source), str(config.out), config.normalize,
+                                               plan.previous)) as pool:
+                for batch, done in zip(plan.batches, pool.map(_work, plan.batches)):
+                    result.extend(done)
+                    bar.update(len(batch))
+    finally:
+        bar.close()
+    return finish_ingest(config.out, plan, result, time.perf_counter() - start)
 
 
 def _merge_and_write(out: Path, result: BatchResult, scanned: set[int]) -> None:

@@ -1,0 +1,246 @@
+"""The ``offclip/build-shards`` flow: scan → ingest (batched) → classifier → curate → shards →
+manifest, wired as Prefect tasks. Library code lives in ``offclip.pipeline``; this module only
+wires stages into tasks.
+
+Tasks take a batch or a whole stage, never one image (a run stays at hundreds of task runs);
+task results are paths and small summaries, not arrays.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import (
+    create_markdown_artifact,
+    create_progress_artifact,
+    create_table_artifact,
+    update_progress_artifact,
+)
+from prefect.cache_policies import INPUTS, TASK_SOURCE
+from prefect.futures import as_completed
+
+from ..pipeline.images import NormalizeConfig
+from ..pipeline.ingest import (
+    BatchResult,
+    IngestConfig,
+    IngestStage,
+    finish_ingest,
+    load_part,
+    plan_ingest,
+    save_part,
+)
+from ..pipeline.scan import ScanConfig, StudyEntry
+from .runners import make_task_runner
+
+#: a flow run stays at hundreds of task runs: ingest is cut into at most this many batches
+MAX_INGEST_BATCHES = 200
+CLASSIFIER_DIR = "classifier"
+
+_STAGES: dict[tuple, IngestStage] = {}
+
+
+def _stage(source: str, out: str, normalize: NormalizeConfig) -> IngestStage:
+    """One ingest stage (spaCy loaded once) per worker process/thread pool."""
+    key = (source, out, normalize)
+    if key not in _STAGES:
+        stage = IngestStage(Path(source), Path(out), normalize)
+        stage.setup()
+        _STAGES[key] = stage
+    return _STAGES[key]
+
+
+@task(name="ingest-batch", retries=2, retry_delay_seconds=2, tags=["offclip-io"])
+def ingest_batch(source: str, out: str, normalize: NormalizeConfig, batch: list[StudyEntry],
+                 previous: dict[int, str], part: str) -> str:
+    stage = _stage(source, out, normalize)
+    stage.previous = previous
+    return str(save_part(stage.process_batch(batch), Path(part)))
+
+
+@task(name="train-classifier", cache_policy=INPUTS + TASK_SOURCE, persist_result=True)
+def train_classifier_task(out_dir: str, method: str, seed: int, openi: str | None) -> str:
+    from ..pipeline.classifier import train_from_openi
+
+    logger = get_run_logger()
+    metrics = train_from_openi(openi, out_dir, method=method, seed=seed, progress=logger.info)
+    logger.info("classifier %s trained: test %s", metrics.get("version"), metrics.get("test"))
+    return out_dir
+
+
+@task(name="curate")
+def curate_task(out: str, classifier: str, threshold: float | None, prompting: str) -> dict:
+    from ..pipeline.curate import CurateConfig, run_curate
+
+    summary = run_curate(CurateConfig(out=Path(out), classifier=Path(classifier), threshold=threshold,
+                                      prompting=prompting))
+    get_run_logger().info(summary.to_text())
+    return {"pairs": summary.pairs, "normal": summary.normal, "abnormal": summary.abnormal,
+            "sentences": summary.sentences, "kept": summary.kept, "dropped": summary.dropped,
+            "model_calls": summary.scoring.model_calls, "unique_sentences": summary.scoring.unique,
+            "model_version": summary.model_version, "threshold": summary.threshold}
+
+
+@task(name="write-shards", retries=1)
+def shards_task(out: str, shard_size: int, shard_bytes: int) -> dict:
+    from ..pipeline.shards import ShardConfig, write_shards
+
+    result = write_shards(ShardConfig(out=Path(out), max_samples=shard_size, max_bytes=shard_bytes))
+    get_run_logger().info(result.to_text())
+    return {"shards_written": len(result.written), "shards_kept": len(result.kept),
+            "samples_written": result.samples_written}
+
+
+@task(name="manifest")
+def manifest_task(out: str, run: dict) -> str:
+    from ..pipeline.manifest import build_manifest
+
+    return str(build_manifest(out, runs=[run]))
+
+
+def _folders(value: str) -> tuple[str, ...] | None:
+    from ..cli import _folders as parse
+
+    return parse(value)
+
+
+def _splits(value: str) -> tuple[str, ...] | None:
+    return None if value.strip().lower() == "all" else tuple(s.strip() for s in value.split(",") if s.strip())
+
+
+def find_classifier(out: Path) -> Path | None:
+    """A saved classifier under OUT/classifier (the one build-shards trains when none exists)."""
+    path = out / CLASSIFIER_DIR
+    return path if (path / "offclip.json").is_file() else None
+
+
+@flow(name="offclip-build-stages", log_prints=True)
+def build_stages(params: dict) -> dict:
+    logger = get_run_logger()
+    started = dt.datetime.now(dt.timezone.utc)
+    out = Path(params["out"])
+    normalize = NormalizeConfig(long_side=params["image_size"], fmt=params["image_format"])
+    config = IngestConfig(source=Path(params["source"]), out=out, normalize=normalize,
+                          batch_size=params["batch_size"],
+                          scan=ScanConfig(Path(params["source"]), folders=_folders(params["folders"]),
+                                          splits=_splits(params["splits"]), prefer_pa=params["prefer_pa"],
+                                          seed=params["seed"]))
+    plan = plan_ingest(config, max_batches=MAX_INGEST_BATCHES)
+    logger.info("scan: %d studies in %d batches", len(plan.studies), len(plan.batches))
+
+    # -- ingest, batched; a progress artifact follows the batches ------------------------------
+    progress = create_progress_artifact(0.0, key="offclip-ingest-progress",
+                                        description="ingest: share of batches done")
+    parts_dir = out / "ingest" / "_parts" / started.strftime("%Y%m%dT%H%M%S%f")
+    futures = [ingest_batch.submit(str(config.source), str(out), normalize, batch, plan.previous_for(batch),
+                                   str(parts_dir / f"{k:05d}"))
+               for k, batch in enumerate(plan.batches)]
+    done = 0
+    for future in as_completed(futures):
+        future.result()
+        done += 1
+        update_progress_artifact(progress, 100.0 * done / max(1, len(futures)))
+    result = BatchResult()
+    for future in futures:  # merge in batch order: deterministic records
+        result.extend(load_part(Path(future.result())))
+    ingest = finish_ingest(out, plan, result, (dt.datetime.now(dt.timezone.utc) - started).total_seconds())
+    logger.info(ingest.to_text())
+    _remove_tree(parts_dir)
+
+    # -- classifier: given, found under OUT/classifier, or trained now ---------------------------
+    classifier = params.get("classifier") or find_classifier(out)
+    if classifier is None:
+        logger.info("no classifier version exists: training one on Open-I (%s)", params["classifier_method"])
+        classifier = train_classifier_task(str(out / CLASSIFIER_DIR), params["classifier_method"],
+                                           params["seed"], params.get("openi"))
+    curated = curate_task(str(out), str(classifier), params.get("threshold"), params["prompting"])
+    shards = shards_task(str(out), params["shard_size"], params["shard_bytes"])
+
+    from ..pipeline.manifest import run_record
+
+    counts = {"studies": ingest.studies, "ingested": ingest.ingested, "rejected": ingest.rejected,
+              "unchanged": ingest.skipped, **curated, **shards}
+    db = manifest_task(str(out), run_record("build-shards", started, params, counts, curated["model_version"]))
+    _artifacts(db, ingest.rejects_by_reason, counts)
+    return {"manifest": db, "classifier": str(classifier), "new_studies": ingest.studies - ingest.skipped,
+            **counts}
+
+
+def _remove_tree(path: Path) -> None:
+    import shutil
+
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def _artifacts(db: str, rejects: dict, counts: dict) -> None:
+    from ..pipeline.manifest import query
+
+    create_table_artifact(
+        key="offclip-build-counts",
+        table=[{"what": k, "count": v} for k, v in counts.items() if isinstance(v, (int, float))]
+        + [{"what": f"reject: {k}", "count": v} for k, v in rejects.items()],
+        description="build-shards: counts and reject reasons",
+    )
+    labels = query(db, "SELECT * FROM label_distribution")
+    health = query(db, "SELECT * FROM shard_health")
+    create_markdown_artifact(
+        key="offclip-build-summary",
+        markdown="## offclip build-shards\n\n### Pair labels\n\n" + labels.to_markdown(index=False)
+        + "\n\n### Shards\n\n" + health.to_markdown(index=False) + f"\n\nManifest: `{db}`\n",
+        description="label distribution and shard health",
+    )
+
+
+@flow(name="offclip", flow_run_name="build-shards", log_prints=True)
+def build_shards(
+    source: str = "out/demo-world",
+    out: str = "out/curated",
+    folders: str = "p10-p16",
+    splits: str = "all",
+    image_size: int = 512,
+    image_format: str = "png",
+    prefer_pa: bool = False,
+    batch_size: int = 64,
+    shard_size: int = 1000,
+    shard_bytes: int = 1 << 30,
+    classifier: str | None = None,
+    classifier_method: str = "frozen",
+    threshold: float | None = None,
+    prompting: str = "none",
+    seed: int = 0,
+    openi: str | None = None,
+    task_runner: str = "thread",
+    workers: int = 2,
+    dask_address: str | None = None,
+    trigger_train: bool = True,
+) -> dict[str, Any]:
+    """Curate SOURCE (MIMIC-CXR or the demo world) into OUT: records, shards, manifest.
+
+    ``task_runner``: ``thread`` (default), ``process``, or ``dask`` (a local cluster of
+    ``workers`` processes, or the cluster at ``dask_address``). When ``trigger_train`` is on and
+    the ``offclip/train`` deployment exists, a train run is started on the new shards.
+    """
+    params = {k: v for k, v in locals().items()}
+    runner = make_task_runner(task_runner, workers=workers, address=dask_address)
+    result = build_stages.with_options(task_runner=runner)(params)
+    if trigger_train:
+        result["train_run"] = _trigger("offclip/train", {"shards": out, "seed": seed})
+    return result
+
+
+def _trigger(deployment: str, parameters: dict) -> str | None:
+    """Start a downstream deployment (without waiting); None when it is not deployed."""
+    from prefect.deployments import run_deployment
+    from prefect.exceptions import ObjectNotFound
+
+    logger = get_run_logger()
+    try:
+        run = run_deployment(deployment, parameters=parameters, timeout=0)
+    except ObjectNotFound:
+        logger.warning("deployment %s is not deployed: not triggered (offclip up deploys it)", deployment)
+        return None
+    logger.info("triggered %s: flow run %s", deployment, run.id)
+    return str(run.id)
+
