@@ -119,6 +119,55 @@ def ingest(
     typer.echo(summary.to_text())
 
 
+classifier_app = typer.Typer(help="The sentence anomaly classifier: train offline on Open-I rule labels, evaluate on MeSH.",
+                             no_args_is_help=True)
+app.add_typer(classifier_app, name="classifier")
+
+
+@classifier_app.command("train")
+def classifier_train(
+    out_dir: Path = typer.Option(Path("out/curated/classifier"), "--out", help="Where to save it (Hugging Face layout + model card)."),
+    method: str = typer.Option("frozen", "--method", help="frozen (MiniLM features + linear head) or finetune."),
+    seed: int = typer.Option(0, "--seed"),
+    openi_dir: Optional[Path] = typer.Option(None, "--openi", help="Directory with the Open-I files (default: the installed wheel)."),
+) -> None:
+    """Train the classifier on rule-labelled Open-I sentences; report the real-label figures on the test partition."""
+    import json
+    import os
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from .pipeline.classifier import train_from_openi
+    from .pipeline.openi import OpenISourceError
+
+    try:
+        metrics = train_from_openi(str(openi_dir) if openi_dir else None, out_dir, method=method, seed=seed,
+                                   progress=lambda m: typer.echo(m, err=True))
+    except (OpenISourceError, ValueError) as exc:
+        _fail(exc)
+    typer.echo(json.dumps({k: metrics[k] for k in ("version", "test") if k in metrics}, indent=2, default=str))
+    typer.echo(f"saved to {out_dir}")
+
+
+@classifier_app.command("evaluate")
+def classifier_evaluate(
+    path: Path = typer.Argument(..., help="A saved classifier directory."),
+    split: str = typer.Option("test", "--split", help="Open-I partition: train, dev or test."),
+    openi_dir: Optional[Path] = typer.Option(None, "--openi"),
+) -> None:
+    """Evaluate a saved classifier against Open-I MeSH labels on one partition."""
+    import json
+    import os
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from .pipeline.classifier import SentenceClassifier, evaluate_openi, openi_partition
+    from .pipeline.openi import find_sources, load_reports
+
+    clf = SentenceClassifier.load(path)
+    reports = load_reports(find_sources(openi_dir).reports_tgz)
+    metrics = evaluate_openi(clf, reports, openi_partition([r.uid for r in reports]), split=split)
+    typer.echo(json.dumps(metrics, indent=2, default=str))
+
+
 def _fail(exc: Exception) -> None:
     typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
     raise typer.Exit(2)
@@ -143,6 +192,34 @@ def curate(
         typer.echo(run_curate(config).to_text())
     except (FileNotFoundError, ValueError, PromptBackendError) as exc:
         _fail(exc)
+
+
+@app.command("build-shards")
+def build_shards_cmd(
+    source: Path = typer.Argument(..., help="MIMIC-CXR v2.0.0 root or a demo world."),
+    out: Path = typer.Argument(Path("out/curated"), help="Curation output root."),
+    folders: str = typer.Option("p10-p16", "--folders"),
+    splits: str = typer.Option("all", "--splits"),
+    image_size: int = typer.Option(512, "--image-size", min=16),
+    shard_size: int = typer.Option(1000, "--shard-size", min=1),
+    classifier: Optional[Path] = typer.Option(None, "--classifier", help="Default: OUT/classifier, trained on Open-I if missing."),
+    prompting: str = typer.Option("none", "--prompting"),
+    seed: int = typer.Option(0, "--seed"),
+    task_runner: str = typer.Option("thread", "--task-runner", help="thread, process or dask."),
+    workers: int = typer.Option(2, "--workers", min=1),
+    dask_address: Optional[str] = typer.Option(None, "--dask-address", help="An existing Dask scheduler (tcp://host:8786)."),
+    trigger_train: bool = typer.Option(False, "--trigger-train/--no-trigger-train", help="Start offclip/train afterwards (when deployed)."),
+) -> None:
+    """Run the build-shards flow directly (no deployment): ingest → classify → filter → shards → manifest."""
+    import json
+
+    from .flows.build import build_shards
+
+    result = build_shards(source=str(source), out=str(out), folders=folders, splits=splits, image_size=image_size,
+                          shard_size=shard_size, classifier=str(classifier) if classifier else None,
+                          prompting=prompting, seed=seed, task_runner=task_runner, workers=workers,
+                          dask_address=dask_address, trigger_train=trigger_train)
+    typer.echo(json.dumps(result, indent=2, default=str))
 
 
 @app.command("shards")
@@ -224,6 +301,63 @@ def sql(
         typer.echo(f"{len(df)} rows → {out_file}")
     else:
         typer.echo(text, nl=False)
+
+
+# --- local Prefect stack: offclip up / down / status (library: offclip/service.py) -------------
+
+_HOME_HELP = "Project-local state: PREFECT_HOME (SQLite DB), logs/, run/ pid files (default $OFFCLIP_HOME or .offclip)."
+
+
+@app.command("up")
+def up(
+    home: Optional[Path] = typer.Option(None, "--home", help=_HOME_HELP, show_default=False),
+    port: Optional[int] = typer.Option(None, "--port", min=1, max=65535,
+                                       help="Server port [default: the running server's, else 4200]."),
+    pool: str = typer.Option("offclip-process", "--pool", help="Process work pool to create and serve."),
+    no_deploy: bool = typer.Option(False, "--no-deploy", help="Skip `prefect deploy --all`."),
+    no_worker: bool = typer.Option(False, "--no-worker", help="Do not start a worker."),
+    project: Optional[Path] = typer.Option(None, "--project", show_default=False,
+                                           help="Directory holding prefect.yaml [default: nearest one above the cwd]."),
+) -> None:
+    """Start (or reuse) a local Prefect server, create the work pool, deploy prefect.yaml, start a worker."""
+    from . import service
+
+    typer.echo("starting the local Prefect stack (a fresh server takes ~10-30 s) ...", err=True)
+    try:
+        result = service.up(home, port, pool, deploy_flows=not no_deploy, worker=not no_worker, project=project)
+    except service.ServiceError as exc:
+        _fail(exc)
+    typer.echo(result.to_text())
+
+
+@app.command("down")
+def down(
+    home: Optional[Path] = typer.Option(None, "--home", help=_HOME_HELP, show_default=False),
+) -> None:
+    """Stop the worker and the server `offclip up` started (only those; pid files checked against /proc)."""
+    from . import service
+
+    result = service.down(home)
+    typer.echo(result.to_text())
+    if any(s.outcome.startswith("refused") for s in result.stopped):
+        raise typer.Exit(1)
+
+
+@app.command("status")
+def status(
+    home: Optional[Path] = typer.Option(None, "--home", help=_HOME_HELP, show_default=False),
+    pool: str = typer.Option("offclip-process", "--pool", help="Work pool to look for."),
+    json_out: bool = typer.Option(False, "--json", help="Print the status as JSON."),
+) -> None:
+    """Server health, API URL, worker, work pool and deployments (exit 1 when the server is down)."""
+    import json
+
+    from . import service
+
+    st = service.status(home, pool)
+    typer.echo(json.dumps(st.to_dict(), indent=2) if json_out else st.to_text())
+    if not st.ok:
+        raise typer.Exit(1)
 
 
 if __name__ == "__main__":  # pragma: no cover
