@@ -55,9 +55,8 @@ def _stage(source: str, out: str, normalize: NormalizeConfig) -> IngestStage:
 @task(name="ingest-batch", retries=2, retry_delay_seconds=2, tags=["offclip-io"])
 def ingest_batch(source: str, out: str, normalize: NormalizeConfig, batch: list[StudyEntry],
                  previous: dict[int, str], part: str) -> str:
-    stage = _stage(source, out, normalize)
-    stage.previous = previous
-    return str(save_part(stage.process_batch(batch), Path(part)))
+    stage = _stage(source, out, normalize)  # shared by concurrent tasks: state goes by argument
+    return str(save_part(stage.process_batch(batch, previous), Path(part)))
 
 
 @task(name="train-classifier", cache_policy=INPUTS + TASK_SOURCE, persist_result=True)

@@ -308,6 +308,14 @@ def sql(
 _HOME_HELP = "Project-local state: PREFECT_HOME (SQLite DB), logs/, run/ pid files (default $OFFCLIP_HOME or .offclip)."
 
 
+def _prefect_home_here(service, home: Optional[Path]) -> None:
+    """This process imports prefect for its client, which creates $PREFECT_HOME (~/.prefect by
+    default): point it at the project-local one unless the user chose one."""
+    import os
+
+    os.environ.setdefault("PREFECT_HOME", str(service.layout(home).prefect_home))
+
+
 @app.command("up")
 def up(
     home: Optional[Path] = typer.Option(None, "--home", help=_HOME_HELP, show_default=False),
@@ -322,6 +330,7 @@ def up(
     """Start (or reuse) a local Prefect server, create the work pool, deploy prefect.yaml, start a worker."""
     from . import service
 
+    _prefect_home_here(service, home)
     typer.echo("starting the local Prefect stack (a fresh server takes ~10-30 s) ...", err=True)
     try:
         result = service.up(home, port, pool, deploy_flows=not no_deploy, worker=not no_worker, project=project)
@@ -354,6 +363,7 @@ def status(
 
     from . import service
 
+    _prefect_home_here(service, home)
     st = service.status(home, pool)
     typer.echo(json.dumps(st.to_dict(), indent=2) if json_out else st.to_text())
     if not st.ok:

@@ -84,14 +84,17 @@ class IngestStage:
         return f"images/{study.folder}/p{study.subject_id}/s{study.study_id}/{dicom_id}.{ext}"
 
     # -- one batch ---------------------------------------------------------------------------
-    def process_batch(self, studies: list[StudyEntry]) -> BatchResult:
+    def process_batch(self, studies: list[StudyEntry], previous: dict[int, str] | None = None) -> BatchResult:
+        """Ingest a batch. ``previous`` (content hashes of the last run) defaults to the stage's
+        own; pass it per call when one stage serves concurrent batches."""
         self.setup()
+        previous = self.previous if previous is None else previous
         result = BatchResult()
         for study in studies:
-            self._process_study(study, result)
+            self._process_study(study, result, previous)
         return result
 
-    def _process_study(self, study: StudyEntry, out: BatchResult) -> None:
+    def _process_study(self, study: StudyEntry, out: BatchResult, previous: dict[int, str]) -> None:
         ids = {"subject_id": study.subject_id, "study_id": study.study_id}
 
         def reject(stage, entity, reason, message, dicom_id=None, path=None):
@@ -155,7 +158,7 @@ class IngestStage:
             row["file_sha256"] = digest
             content_hash = hashlib.sha256((digest + hashlib.sha256(report_bytes).hexdigest()).encode()).hexdigest()
             out_path = self.out_path(study, dicom_id)
-            if self.previous.get(study.study_id) == content_hash and (self.out / out_path).is_file():
+            if previous.get(study.study_id) == content_hash and (self.out / out_path).is_file():
                 out.skipped.append(study.study_id)
                 return
             try:
