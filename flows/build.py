@@ -1,6 +1,7 @@
 """The ``offclip/build-shards`` flow: scan → ingest (batched) → classifier → curate → shards →
 manifest, wired as Prefect tasks. Library code lives in ``offclip.pipeline``; this module only
-wires stages into tasks.
+wires stages into tasks. Imports are absolute (``offclip.…``): Prefect workers load this file by
+path (``flows/build.py:build_shards`` in prefect.yaml).
 
 Tasks take a batch or a whole stage, never one image (a run stays at hundreds of task runs);
 task results are paths and small summaries, not arrays.
@@ -22,8 +23,8 @@ from prefect.artifacts import (
 from prefect.cache_policies import INPUTS, TASK_SOURCE
 from prefect.futures import as_completed
 
-from ..pipeline.images import NormalizeConfig
-from ..pipeline.ingest import (
+from offclip.pipeline.images import NormalizeConfig
+from offclip.pipeline.ingest import (
     BatchResult,
     IngestConfig,
     IngestStage,
@@ -32,8 +33,8 @@ from ..pipeline.ingest import (
     plan_ingest,
     save_part,
 )
-from ..pipeline.scan import ScanConfig, StudyEntry
-from .runners import make_task_runner
+from offclip.pipeline.scan import ScanConfig, StudyEntry
+from offclip.flows.runners import make_task_runner
 
 #: a flow run stays at hundreds of task runs: ingest is cut into at most this many batches
 MAX_INGEST_BATCHES = 200
@@ -61,7 +62,7 @@ def ingest_batch(source: str, out: str, normalize: NormalizeConfig, batch: list[
 
 @task(name="train-classifier", cache_policy=INPUTS + TASK_SOURCE, persist_result=True)
 def train_classifier_task(out_dir: str, method: str, seed: int, openi: str | None) -> str:
-    from ..pipeline.classifier import train_from_openi
+    from offclip.pipeline.classifier import train_from_openi
 
     logger = get_run_logger()
     metrics = train_from_openi(openi, out_dir, method=method, seed=seed, progress=logger.info)
@@ -71,7 +72,7 @@ def train_classifier_task(out_dir: str, method: str, seed: int, openi: str | Non
 
 @task(name="curate")
 def curate_task(out: str, classifier: str, threshold: float | None, prompting: str) -> dict:
-    from ..pipeline.curate import CurateConfig, run_curate
+    from offclip.pipeline.curate import CurateConfig, run_curate
 
     summary = run_curate(CurateConfig(out=Path(out), classifier=Path(classifier), threshold=threshold,
                                       prompting=prompting))
@@ -84,7 +85,7 @@ def curate_task(out: str, classifier: str, threshold: float | None, prompting: s
 
 @task(name="write-shards", retries=1)
 def shards_task(out: str, shard_size: int, shard_bytes: int) -> dict:
-    from ..pipeline.shards import ShardConfig, write_shards
+    from offclip.pipeline.shards import ShardConfig, write_shards
 
     result = write_shards(ShardConfig(out=Path(out), max_samples=shard_size, max_bytes=shard_bytes))
     get_run_logger().info(result.to_text())
@@ -94,13 +95,13 @@ def shards_task(out: str, shard_size: int, shard_bytes: int) -> dict:
 
 @task(name="manifest")
 def manifest_task(out: str, run: dict) -> str:
-    from ..pipeline.manifest import build_manifest
+    from offclip.pipeline.manifest import build_manifest
 
     return str(build_manifest(out, runs=[run]))
 
 
 def _folders(value: str) -> tuple[str, ...] | None:
-    from ..cli import _folders as parse
+    from offclip.cli import _folders as parse
 
     return parse(value)
 
@@ -157,7 +158,7 @@ def build_stages(params: dict) -> dict:
     curated = curate_task(str(out), str(classifier), params.get("threshold"), params["prompting"])
     shards = shards_task(str(out), params["shard_size"], params["shard_bytes"])
 
-    from ..pipeline.manifest import run_record
+    from offclip.pipeline.manifest import run_record
 
     counts = {"studies": ingest.studies, "ingested": ingest.ingested, "rejected": ingest.rejected,
               "unchanged": ingest.skipped, **curated, **shards}
@@ -174,7 +175,7 @@ def _remove_tree(path: Path) -> None:
 
 
 def _artifacts(db: str, rejects: dict, counts: dict) -> None:
-    from ..pipeline.manifest import query
+    from offclip.pipeline.manifest import query
 
     create_table_artifact(
         key="offclip-build-counts",
