@@ -1,0 +1,50 @@
+"""The user path end to end, with real processes: `offclip up` → `prefect deployment run
+offclip/build-shards --watch` → `offclip down` on a small demo world (the slow test)."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+from offclip.pipeline.curate import read_curated
+from offclip.pipeline.manifest import query
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_up_deployment_run_down(small_world, tiny_classifier, tmp_path):
+    world, _ = small_world
+    home, out, port = tmp_path / "home", tmp_path / "out", _free_port()
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    env.pop("PREFECT_API_URL", None)
+    offclip = [sys.executable, "-m", "offclip.cli"]
+    up = subprocess.run(offclip + ["up", "--home", str(home), "--port", str(port)], cwd=REPO, env=env,
+                        capture_output=True, text=True, timeout=300)
+    try:
+        assert up.returncode == 0, up.stdout + up.stderr
+        assert "offclip/build-shards" in up.stdout
+        env["PREFECT_API_URL"] = f"http://127.0.0.1:{port}/api"
+        run = subprocess.run(
+            [sys.executable, "-m", "prefect", "deployment", "run", "offclip/build-shards", "--watch",
+             "-p", f"source={world}", "-p", f"out={out}", "-p", f"classifier={tiny_classifier[1]}",
+             "-p", "image_size=64", "-p", "trigger_train=false"],
+            cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+        assert run.returncode == 0 and "Completed" in run.stdout, run.stdout[-3000:] + run.stderr[-3000:]
+        pairs = read_curated(out, "pairs")
+        assert len(pairs) > 0
+        shards = query(out / "manifest.duckdb", "SELECT sum(samples)::BIGINT AS n FROM shards")
+        assert shards["n"][0] == len(pairs)
+    finally:
+        down = subprocess.run(offclip + ["down", "--home", str(home)], cwd=REPO, env=env,
+                              capture_output=True, text=True, timeout=120)
+    assert down.returncode == 0 and "terminated" in down.stdout
+    assert not list((home / "run").glob("*.pid"))
