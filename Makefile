@@ -25,9 +25,17 @@ $(STAMP): pyproject.toml Makefile
 
 setup: $(STAMP)
 
+# The main job on the embedded default: a demo world, a local Prefect server (SQLite under
+# .offclip/), the offclip/build-shards deployment run through it (training the sentence
+# classifier on Open-I first when none exists), the manifest summary, then the stack stopped.
 demo: setup
 	$(BIN)/offclip demo-world $(DEMO_DIR) --studies $(DEMO_STUDIES) --seed 0 --overwrite
-	$(BIN)/offclip ingest $(DEMO_DIR) $(DEMO_OUT) --folders all
+	$(BIN)/offclip up
+	. .offclip/env.sh && HF_HUB_OFFLINE=1 $(BIN)/prefect deployment run offclip/build-shards --watch \
+		-p source=$(DEMO_DIR) -p out=$(DEMO_OUT) -p folders=all -p trigger_train=false \
+		|| { $(BIN)/offclip down; exit 1; }
+	$(BIN)/offclip manifest $(DEMO_OUT)
+	$(BIN)/offclip down
 
 test: setup
 	$(BIN)/python -m pytest -n 2 $(PYTEST_ARGS) tests

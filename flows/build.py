@@ -206,7 +206,7 @@ def build_shards(
     shard_size: int = 1000,
     shard_bytes: int = 1 << 30,
     classifier: str | None = None,
-    classifier_method: str = "frozen",
+    classifier_method: str = "finetune",
     threshold: float | None = None,
     prompting: str = "none",
     seed: int = 0,
