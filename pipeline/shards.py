@@ -17,7 +17,6 @@ byte-identical shards.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import tarfile
@@ -28,7 +27,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .atomic import atomic_write_text
+from .atomic import atomic_write_text, sha256_file
 
 SHARD_DIR = "shards"
 #: DICOM-derived fields a sample may carry (a whitelist: never names, birth dates, accessions)
@@ -65,14 +64,6 @@ class ShardRecord:
     @property
     def path(self) -> str:
         return f"{SHARD_DIR}/{self.split}/{self.name}"
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def complete_shards(out: Path, split: str) -> list[ShardRecord]:
@@ -134,7 +125,7 @@ def _write_shard(directory: Path, name: str, samples: list[dict], mtime: int) ->
         fh.flush()
         os.fsync(fh.fileno())
     os.replace(tmp, final)
-    return final.stat().st_size, _sha256(final)
+    return final.stat().st_size, sha256_file(final)
 
 
 @dataclass

@@ -36,7 +36,7 @@ import numpy as np
 from PIL import Image
 
 from .. import openi
-from ..atomic import atomic_write_bytes, atomic_write_text
+from ..atomic import atomic_write_bytes, atomic_write_text, sha256_file
 from . import phantom, reports
 from .dicom_writer import FRONTAL_VIEWS, VIEW_CODES, ImageHeader, encode_dicom, phantom_to_stored
 from .lesions import LESION_KINDS
@@ -248,7 +248,7 @@ def build_world(config: WorldConfig) -> WorldSummary:
         "schema_version": SCHEMA_VERSION,
         "parameters": {"studies": config.studies, "seed": config.seed, "scale": config.scale,
                        "faults": config.faults},
-        "sources": {p.name: _sha256(p) for p in (sources.reports_tgz, sources.headers_csv)},
+        "sources": {p.name: sha256_file(p) for p in (sources.reports_tgz, sources.headers_csv)},
         "licence": openi.LICENCE,
         "notice": "Reports are real Open-I text rewritten at run time; do not redistribute this world.",
         "counts": {k: v for k, v in asdict(summary).items() if k not in ("out", "seconds", "bytes_written")},
@@ -503,10 +503,3 @@ def _summarise(out: Path, plans: list[StudyPlan], by_study: dict, faults: list, 
         bytes_written=sum(f.stat().st_size for f in out.rglob("*") if f.is_file()),
     )
 
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
