@@ -10,6 +10,7 @@ task results are paths and small summaries, not arrays.
 from __future__ import annotations
 
 import datetime as dt
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +34,7 @@ from offclip.pipeline.ingest import (
     plan_ingest,
     save_part,
 )
-from offclip.pipeline.scan import ScanConfig, StudyEntry
+from offclip.pipeline.scan import ScanConfig, StudyEntry, parse_folders, parse_splits
 from offclip.flows.runners import make_task_runner
 
 #: a flow run stays at hundreds of task runs: ingest is cut into at most this many batches
@@ -100,16 +101,6 @@ def manifest_task(out: str, run: dict) -> str:
     return str(build_manifest(out, runs=[run]))
 
 
-def _folders(value: str) -> tuple[str, ...] | None:
-    from offclip.cli import _folders as parse
-
-    return parse(value)
-
-
-def _splits(value: str) -> tuple[str, ...] | None:
-    return None if value.strip().lower() == "all" else tuple(s.strip() for s in value.split(",") if s.strip())
-
-
 def find_classifier(out: Path) -> Path | None:
     """A saved classifier under OUT/classifier (the one build-shards trains when none exists)."""
     path = out / CLASSIFIER_DIR
@@ -124,8 +115,8 @@ def build_stages(params: dict) -> dict:
     normalize = NormalizeConfig(long_side=params["image_size"], fmt=params["image_format"])
     config = IngestConfig(source=Path(params["source"]), out=out, normalize=normalize,
                           batch_size=params["batch_size"],
-                          scan=ScanConfig(Path(params["source"]), folders=_folders(params["folders"]),
-                                          splits=_splits(params["splits"]), prefer_pa=params["prefer_pa"],
+                          scan=ScanConfig(Path(params["source"]), folders=parse_folders(params["folders"]),
+                                          splits=parse_splits(params["splits"]), prefer_pa=params["prefer_pa"],
                                           seed=params["seed"]))
     plan = plan_ingest(config, max_batches=MAX_INGEST_BATCHES)
     logger.info("scan: %d studies in %d batches", len(plan.studies), len(plan.batches))
@@ -147,7 +138,7 @@ def build_stages(params: dict) -> dict:
         result.extend(load_part(Path(future.result())))
     ingest = finish_ingest(out, plan, result, (dt.datetime.now(dt.timezone.utc) - started).total_seconds())
     logger.info(ingest.to_text())
-    _remove_tree(parts_dir)
+    shutil.rmtree(parts_dir, ignore_errors=True)  # merged: the per-batch parts are spent
 
     # -- classifier: given, found under OUT/classifier, or trained now ---------------------------
     classifier = params.get("classifier") or find_classifier(out)
@@ -166,12 +157,6 @@ def build_stages(params: dict) -> dict:
     _artifacts(db, ingest.rejects_by_reason, counts)
     return {"manifest": db, "classifier": str(classifier), "new_studies": ingest.studies - ingest.skipped,
             **counts}
-
-
-def _remove_tree(path: Path) -> None:
-    import shutil
-
-    shutil.rmtree(path, ignore_errors=True)
 
 
 def _artifacts(db: str, rejects: dict, counts: dict) -> None:

@@ -66,24 +66,6 @@ def demo_world(
     typer.echo(json.dumps(asdict(summary), indent=2) if json_out else summary.to_text())
 
 
-def _folders(value: str) -> tuple[str, ...] | None:
-    """'p10-p16' -> (p10 … p16); 'p10,p12' -> (p10, p12); 'all' -> None."""
-    value = value.strip().lower()
-    if value == "all":
-        return None
-    folders: list[str] = []
-    for part in value.split(","):
-        part = part.strip()
-        if "-" in part:
-            lo, hi = (int(p.strip().lstrip("p")) for p in part.split("-", 1))
-            folders += [f"p{i}" for i in range(lo, hi + 1)]
-        elif part:
-            folders.append(f"p{int(part.lstrip('p'))}")
-    if not folders:
-        raise typer.BadParameter("no folder given")
-    return tuple(folders)
-
-
 @app.command("ingest")
 def ingest(
     source: Path = typer.Argument(..., help="MIMIC-CXR v2.0.0 root (or a demo world): holds files/ and the metadata CSVs."),
@@ -103,13 +85,12 @@ def ingest(
     """Scan a MIMIC-CXR tree, pick one frontal image per study, normalise it, split reports into sentences."""
     from .pipeline.images import NormalizeConfig
     from .pipeline.ingest import IngestConfig, run_ingest
-    from .pipeline.scan import ScanConfig
+    from .pipeline.scan import ScanConfig, parse_folders, parse_splits
 
-    split_filter = None if splits.strip().lower() == "all" else tuple(s.strip() for s in splits.split(",") if s.strip())
     try:
         normalize = NormalizeConfig(long_side=long_side, pad_square=pad_square, out_bits=bits, fmt=fmt)
         config = IngestConfig(source=source, out=out, batch_size=batch_size, workers=workers,
-                              scan=ScanConfig(source, folders=_folders(folders), splits=split_filter,
+                              scan=ScanConfig(source, folders=parse_folders(folders), splits=parse_splits(splits),
                                               prefer_pa=prefer_pa, seed=seed),
                               normalize=normalize, progress=not quiet and sys.stderr.isatty())
         summary = run_ingest(config)

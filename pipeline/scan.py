@@ -79,6 +79,29 @@ def classify_view(view_position=None, view_code_meaning=None, device_description
     return "unknown", None, "none"
 
 
+def parse_folders(value: str) -> tuple[str, ...] | None:
+    """'p10-p16' -> (p10 … p16); 'p10,p12' -> (p10, p12); 'all' -> None (every folder)."""
+    value = value.strip().lower()
+    if value == "all":
+        return None
+    folders: list[str] = []
+    for part in value.split(","):
+        part = part.strip()
+        if "-" in part:
+            lo, hi = (int(p.strip().lstrip("p")) for p in part.split("-", 1))
+            folders += [f"p{i}" for i in range(lo, hi + 1)]
+        elif part:
+            folders.append(f"p{int(part.lstrip('p'))}")
+    if not folders:
+        raise ValueError(f"no folder in {value!r}")
+    return tuple(folders)
+
+
+def parse_splits(value: str) -> tuple[str, ...] | None:
+    """'train,validate' -> (train, validate); 'all' -> None (every split)."""
+    return None if value.strip().lower() == "all" else tuple(s.strip() for s in value.split(",") if s.strip())
+
+
 @dataclass
 class ScanConfig:
     root: Path

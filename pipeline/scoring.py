@@ -101,7 +101,8 @@ class ScoringStats:
 
 def score_sentences(sentences: pd.DataFrame, classifier: Classifier, cache: ScoreCache,
                     batch_size: int = 128) -> tuple[pd.DataFrame, ScoringStats]:
-    """Add ``score`` (P(abnormal)), ``label`` and ``model_version`` to a frame with ``key``/``text``.
+    """Add ``score`` (P(abnormal)) and ``model_version`` to a frame with ``key``/``text``.
+    (Labels come from the threshold, in :func:`offclip.pipeline.filtering.filter_sentences`.)
 
     Each unique key is classified at most once per model version, ever: the first text seen for
     a key stands for all of them (the key is what makes them identical).
@@ -116,7 +117,6 @@ def score_sentences(sentences: pd.DataFrame, classifier: Classifier, cache: Scor
         known.update(zip(todo["key"].tolist(), map(float, scores)))
     out = sentences.copy()
     out["score"] = out["key"].map(known).astype("float32")
-    out["label"] = np.where(out["score"] >= classifier.threshold, "abnormal", "normal")
     out["model_version"] = classifier.version
     stats = ScoringStats(len(sentences), len(unique), len(unique) - len(todo), len(todo),
                          time.perf_counter() - start)

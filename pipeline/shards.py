@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import os
-import tarfile
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -208,16 +207,6 @@ def write_shards(config: ShardConfig, progress: bool = False) -> ShardSummary:
                           json.dumps({r.name: r.samples for r in records}, indent=1, sort_keys=True) + "\n")
     return ShardSummary(written, kept, sum(r.samples for r in written), sum(r.bytes for r in written),
                         time.perf_counter() - start)
-
-
-def read_samples(tar_path: Path) -> list[dict]:
-    """All samples of one shard as dicts of bytes (a plain reader, for tests and tools)."""
-    samples: dict[str, dict] = {}
-    with tarfile.open(tar_path) as tar:
-        for member in tar:
-            key, ext = member.name.split(".", 1)
-            samples.setdefault(key, {"__key__": key})[ext] = tar.extractfile(member).read()
-    return list(samples.values())
 
 
 def shard_urls(out: Path, split: str) -> str:
