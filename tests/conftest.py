@@ -83,3 +83,19 @@ def curated(small_world, tiny_classifier, tmp_path_factory):
     clf, path = tiny_classifier
     summary = run_curate(CurateConfig(out=out, classifier=path))
     return out, summary
+
+
+@pytest.fixture(scope="session")
+def shards_out(curated, tmp_path_factory):
+    """The curated small world with WebDataset shards (8 samples each) and a manifest: the input
+    of training and evaluation tests. Read-only for tests: copy it before writing."""
+    import shutil
+
+    from offclip.pipeline.manifest import build_manifest
+    from offclip.pipeline.shards import ShardConfig, write_shards
+
+    out = tmp_path_factory.mktemp("shards") / "out"
+    shutil.copytree(curated[0], out)
+    write_shards(ShardConfig(out=out, max_samples=8))
+    build_manifest(out)
+    return out
