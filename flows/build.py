@@ -200,22 +200,29 @@ def build_shards(
     workers: int = 2,
     dask_address: str | None = None,
     trigger_train: bool = True,
+    train_parameters: dict | None = None,
 ) -> dict[str, Any]:
     """Curate SOURCE (MIMIC-CXR or the demo world) into OUT: records, shards, manifest.
 
     ``task_runner``: ``thread`` (default), ``process``, or ``dask`` (a local cluster of
     ``workers`` processes, or the cluster at ``dask_address``). When ``trigger_train`` is on and
-    the ``offclip/train`` deployment exists, a train run is started on the new shards.
+    the ``offclip/train`` deployment exists, a train run is started on the new shards, with
+    ``train_parameters`` (e.g. ``{"max_steps": 100, "loss": "infonce"}``) on top of the shard
+    directory, the seed and the source's evaluation set.
     """
     params = {k: v for k, v in locals().items()}
     runner = make_task_runner(task_runner, workers=workers, address=dask_address)
     result = build_stages.with_options(task_runner=runner)(params)
     if trigger_train:
-        result["train_run"] = _trigger("offclip/train", {"shards": out, "seed": seed})
+        parameters = {"shards": out, "seed": seed, **(train_parameters or {})}
+        eval_root = Path(source) / "eval" / "vindr-cxr"
+        if "eval_root" not in parameters and eval_root.is_dir():
+            parameters["eval_root"] = str(eval_root)
+        result["train_run"] = trigger_deployment("offclip/train", parameters)
     return result
 
 
-def _trigger(deployment: str, parameters: dict) -> str | None:
+def trigger_deployment(deployment: str, parameters: dict) -> str | None:
     """Start a downstream deployment (without waiting); None when it is not deployed."""
     from prefect.deployments import run_deployment
     from prefect.exceptions import ObjectNotFound

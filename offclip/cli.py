@@ -203,6 +203,86 @@ def build_shards_cmd(
     typer.echo(json.dumps(result, indent=2, default=str))
 
 
+@app.command("train")
+def train_cmd(
+    shards: Path = typer.Argument(Path("out/curated"), help="A build-shards output root (holds shards/)."),
+    run_dir: Optional[Path] = typer.Option(None, "--run-dir", help="Default: SHARDS/runs/<config>-<loss>-seed<S>-<digest>."),
+    config: str = typer.Option("tiny", "--config", help="Model config: tiny, paper, tiny-resnet or a .json path."),
+    loss: str = typer.Option("offclip", "--loss", help="offclip or infonce."),
+    seed: int = typer.Option(0, "--seed"),
+    epochs: Optional[int] = typer.Option(None, "--epochs", min=1, help="Default: the config's."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", min=2),
+    lr: Optional[float] = typer.Option(None, "--lr"),
+    max_steps: Optional[int] = typer.Option(None, "--max-steps", min=1),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:1 …"),
+    eval_root: Optional[Path] = typer.Option(None, "--eval-root", help="Evaluate afterwards on this VinDr-CXR-format set."),
+) -> None:
+    """Run the train flow directly (no deployment): the dual encoder on the shards, then (with
+    --eval-root) the evaluate flow on the new model."""
+    import json
+    import os
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from .flows.train import evaluate, train
+
+    result = train(shards=str(shards), run_dir=str(run_dir) if run_dir else None, config=config, loss=loss,
+                   seed=seed, epochs=epochs, batch_size=batch_size, lr=lr, max_steps=max_steps, device=device,
+                   trigger_evaluate=False)
+    if eval_root:
+        db = shards / "manifest.duckdb"
+        result["evaluate"] = evaluate(model=result["model_dir"], root=str(eval_root),
+                                      manifest=str(db) if db.is_file() else None).get("summary")
+    typer.echo(json.dumps(result, indent=2, default=str))
+
+
+@app.command("evaluate")
+def evaluate_cmd(
+    model: Path = typer.Argument(..., help="A trained model directory (RUN/model)."),
+    root: Path = typer.Argument(..., help="The evaluation set's directory, in its own format."),
+    dataset: str = typer.Option("vindr-cxr", "--dataset", help="vindr-cxr, openi, chexpert or padchest."),
+    out: Optional[Path] = typer.Option(None, "--out", help="JSON + ROC plot here (default: RUN/eval)."),
+    manifest: Optional[Path] = typer.Option(None, "--manifest", help="Record the figures in this manifest's evaluations table."),
+) -> None:
+    """Run the evaluate flow directly: zero-shot AUC per class (normal included), normal FP/FN,
+    pointing game."""
+    import json
+    import os
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from .flows.train import evaluate
+
+    result = evaluate(model=str(model), dataset=dataset, root=str(root), out=str(out) if out else None,
+                      manifest=str(manifest) if manifest else None)
+    typer.echo(json.dumps(result.get("summary", {}), indent=2, default=str))
+
+
+@app.command("compare")
+def compare_cmd(
+    shards: Path = typer.Argument(..., help="A build-shards output root of the demo world."),
+    eval_root: Path = typer.Argument(..., help="The VinDr-CXR-format test set (WORLD/eval/vindr-cxr)."),
+    seeds: str = typer.Option("0,1,2", "--seeds", help="Comma-separated seeds."),
+    losses: str = typer.Option("infonce,offclip", "--losses"),
+    config: str = typer.Option("tiny", "--config"),
+    epochs: Optional[int] = typer.Option(None, "--epochs", min=1),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", min=2),
+    out: Optional[Path] = typer.Option(None, "--out", help="Default: SHARDS/compare."),
+    device: str = typer.Option("auto", "--device"),
+) -> None:
+    """The paper's claim on the demo world: train each loss with the same config and seeds,
+    evaluate each model on the VinDr-format set, print the table (also compare.md / .json)."""
+    import os
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from .models.compare import CompareConfig, run_compare
+
+    result = run_compare(CompareConfig(shards=shards, eval_root=eval_root, out=out or shards / "compare",
+                                       seeds=tuple(int(s) for s in seeds.split(",") if s.strip()),
+                                       losses=tuple(l.strip() for l in losses.split(",") if l.strip()),
+                                       config=config, epochs=epochs, batch_size=batch_size, device=device),
+                         progress=lambda m: typer.echo(m, err=True))
+    typer.echo(result.markdown)
+
+
 @app.command("shards")
 def shards(
     out: Path = typer.Argument(..., help="The curation output root (holds curate/ and images/)."),

@@ -1,0 +1,243 @@
+"""The ``offclip/train``, ``offclip/evaluate`` and ``offclip/retrain`` flows.
+
+``train`` fits the dual encoder on a shard set (``offclip.models.train``) and, when
+``trigger_evaluate`` is on and the ``offclip/evaluate`` deployment exists, starts an evaluation
+of the new model. ``evaluate`` scores a model zero-shot on an evaluation set
+(``offclip.models.evaluate``) and records the figures in the manifest's ``evaluations`` table.
+``retrain`` is the scheduled one (cron in prefect.yaml): an incremental build-shards, then train
+and evaluate — only when the build added samples to the shards.
+
+As in ``flows/build.py``, the work is one task per stage (training is one long task with a
+progress artifact, never a task per step); the library code lives in ``offclip.models``.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import hashlib
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import (
+    create_markdown_artifact,
+    create_progress_artifact,
+    create_table_artifact,
+    update_progress_artifact,
+)
+
+from offclip.flows.build import build_shards, trigger_deployment
+from offclip.pipeline.manifest import MANIFEST_FILE, append_runs, query, run_record
+from offclip.pipeline.shards import complete_shards
+
+#: seconds between two updates of the training progress artifact (each is an API call)
+PROGRESS_EVERY_S = 2.0
+
+
+def shard_fingerprint(shards: str | Path, split: str = "train") -> str:
+    """A short digest of a split's complete shards: the same shards give the same run directory."""
+    records = complete_shards(Path(shards), split)
+    digest = hashlib.sha256("".join(f"{r.name}:{r.sha256}" for r in records).encode()).hexdigest()
+    return digest[:10]
+
+
+def default_run_dir(shards: str | Path, config: str, loss: str, seed: int) -> Path:
+    """``SHARDS/runs/<config>-<loss>-seed<S>-<shards digest>``: re-running on the same shards
+    resumes (or finds finished) the same run; new shards start a new one."""
+    name = Path(config).stem if str(config).endswith(".json") else config
+    return Path(shards) / "runs" / f"{name}-{loss}-seed{seed}-{shard_fingerprint(shards)}"
+
+
+def default_eval_root(shards: str | Path, dataset: str = "vindr-cxr") -> str | None:
+    """The evaluation set beside the source the shards were built from (a demo world writes
+    ``eval/<dataset>``), found through the manifest's last build run; None when there is none."""
+    db = Path(shards) / MANIFEST_FILE
+    if not db.is_file():
+        return None
+    runs = query(db, "SELECT parameters FROM runs WHERE stage = 'build-shards' ORDER BY started_at DESC LIMIT 1")
+    if not len(runs):
+        return None
+    source = json.loads(runs["parameters"].iloc[0]).get("source")
+    root = Path(source) / "eval" / dataset if source else None
+    return str(root) if root is not None and root.is_dir() else None
+
+
+def _png_markdown(path: Path | None, title: str) -> str:
+    """A PNG inlined into an artifact (the Prefect UI renders data URIs; the file may be remote)."""
+    if path is None or not Path(path).is_file():
+        return ""
+    data = base64.b64encode(Path(path).read_bytes()).decode()
+    return f"\n\n![{title}](data:image/png;base64,{data})\n\n`{path}`\n"
+
+
+@task(name="train-model")
+def train_task(config: dict) -> dict:
+    from offclip.models.train import TrainConfig, train
+
+    logger = get_run_logger()
+    progress = create_progress_artifact(0.0, key="offclip-train-progress", description="train: share of steps done")
+    last = {"t": 0.0}
+
+    def on_step(metrics: dict) -> None:
+        total = metrics.get("total_steps") or 0
+        now = time.monotonic()
+        if total and (now - last["t"] >= PROGRESS_EVERY_S or metrics["step"] >= total):
+            update_progress_artifact(progress, min(100.0, 100.0 * metrics["step"] / total))
+            last["t"] = now
+        if metrics["step"] % 50 == 0:
+            logger.info("step %d: loss %.4f", metrics["step"], metrics["loss"])
+
+    result = train(TrainConfig(**config), on_step=on_step)
+    update_progress_artifact(progress, 100.0)
+    logger.info("trained %d steps in %.0f s (%.1f images/s): %s", result.steps, result.seconds,
+                result.images_per_second, result.model_dir)
+    return result.to_dict()
+
+
+@task(name="evaluate-model")
+def evaluate_task(model: str, dataset: str, root: str, out: str, manifest: str | None, run_name: str | None) -> dict:
+    from offclip.models.evaluate import evaluate as run_evaluation
+
+    result = run_evaluation(model, dataset, root, out=Path(out), manifest=Path(manifest) if manifest else None,
+                            run_name=run_name)
+    return result.to_dict()
+
+
+@flow(name="offclip", flow_run_name="train", log_prints=True)
+def train(
+    shards: str = "out/curated",
+    run_dir: str | None = None,
+    config: str = "tiny",
+    loss: str = "offclip",
+    abnormal_weight: float = 1.0,
+    seed: int = 0,
+    epochs: int | None = None,
+    batch_size: int | None = None,
+    lr: float | None = None,
+    max_steps: int | None = None,
+    device: str = "auto",
+    num_workers: int = 0,
+    text_model: str | None = None,
+    vision_model: str | None = None,
+    trigger_evaluate: bool = True,
+    eval_dataset: str = "vindr-cxr",
+    eval_root: str | None = None,
+) -> dict[str, Any]:
+    """Train the dual encoder on the shards under SHARDS (a build-shards output); the run goes
+    to ``run_dir`` (default ``SHARDS/runs/<config>-<loss>-seed<S>-<digest>``; an unfinished
+    run there is resumed exactly). Then start ``offclip/evaluate`` on the model (when deployed)."""
+    logger = get_run_logger()
+    started = dt.datetime.now(dt.timezone.utc)
+    run = Path(run_dir) if run_dir else default_run_dir(shards, config, loss, seed)
+    settings = {"shards": shards, "out": str(run), "config": config, "loss": loss,
+                "abnormal_weight": abnormal_weight, "seed": seed, "epochs": epochs, "batch_size": batch_size,
+                "lr": lr, "max_steps": max_steps, "device": device, "num_workers": num_workers,
+                "text_model": text_model, "vision_model": vision_model}
+    result = train_task(settings)  # None: the model config's own training setting
+    db = Path(shards) / MANIFEST_FILE
+    if db.is_file():
+        append_runs(db, [run_record("train", started, settings,
+                                    {k: result[k] for k in ("steps", "epochs", "final_loss", "images_per_second")},
+                                    model_version=Path(result["model_dir"]).parent.name)])
+    create_table_artifact(
+        key="offclip-train-metrics",
+        table=[{"metric": k, "value": v} for k, v in result.items() if isinstance(v, (int, float))],
+        description=f"train: {run.name}",
+    )
+    create_markdown_artifact(
+        key="offclip-train-summary",
+        markdown=f"## offclip train: `{run.name}`\n\nloss `{loss}`, config `{config}`, seed {seed}: "
+                 f"{result['steps']} steps, final loss {result['final_loss']:.4f}, "
+                 f"{result['images_per_second']:.1f} images/s.\n\nModel: `{result['model_dir']}`"
+                 + _png_markdown(result.get("plot_path"), "training curve"),
+        description="training curve and where the model is",
+    )
+    if trigger_evaluate:
+        root = eval_root or default_eval_root(shards, eval_dataset)
+        if root is None:
+            logger.warning("no evaluation set found for %s (pass eval_root): evaluate not triggered", eval_dataset)
+        else:
+            result["evaluate_run"] = trigger_deployment(
+                "offclip/evaluate", {"model": result["model_dir"], "dataset": eval_dataset, "root": root,
+                                     "manifest": str(db) if db.is_file() else None})
+    return result
+
+
+@flow(name="offclip", flow_run_name="evaluate", log_prints=True)
+def evaluate(
+    model: str,
+    dataset: str = "vindr-cxr",
+    root: str | None = None,
+    out: str | None = None,
+    manifest: str | None = None,
+    run_name: str | None = None,
+) -> dict[str, Any]:
+    """Zero-shot evaluation of MODEL (a trained model directory) on DATASET at ROOT (VinDr-CXR,
+    Open-I, CheXpert or PadChest in their own formats): per-class AUC (normal included),
+    Youden accuracy, normal FP/FN, pointing game; JSON + ROC plot under ``out`` (default
+    ``MODEL/../eval``), rows in the manifest's ``evaluations`` table when ``manifest`` is given."""
+    if root is None:
+        raise ValueError(f"evaluate needs root: the {dataset} directory (a demo world has WORLD/eval/{dataset})")
+    started = dt.datetime.now(dt.timezone.utc)
+    out = out or str(Path(model).parent / "eval")
+    result = evaluate_task(model, dataset, root, out, manifest, run_name or Path(model).parent.name)
+    summary = result.get("summary", {})
+    if manifest:
+        append_runs(manifest, [run_record("evaluate", started, {"model": model, "dataset": dataset, "root": root},
+                                          {k: v for k, v in summary.items() if isinstance(v, (int, float))},
+                                          model_version=run_name or Path(model).parent.name)])
+    create_table_artifact(
+        key="offclip-eval-metrics",
+        table=[{k: v for k, v in row.items()} for row in result.get("classes", [])],
+        description=f"evaluate {dataset}: per-class metrics",
+    )
+    lines = "\n".join(f"| {k} | {v} |" for k, v in summary.items() if not isinstance(v, (dict, list)))
+    create_markdown_artifact(
+        key="offclip-eval-summary",
+        markdown=f"## offclip evaluate: {dataset}\n\nModel `{model}`\n\n| metric | value |\n|---|---|\n{lines}"
+                 + _png_markdown(Path(out) / f"{dataset}_roc.png", "ROC curves"),
+        description="summary metrics and ROC curves",
+    )
+    return result
+
+
+@flow(name="offclip", flow_run_name="retrain", log_prints=True)
+def retrain(
+    source: str = "out/demo-world",
+    out: str = "out/curated",
+    folders: str = "p10-p16",
+    image_size: int = 512,
+    classifier: str | None = None,
+    seed: int = 0,
+    config: str = "tiny",
+    loss: str = "offclip",
+    max_steps: int | None = None,
+    batch_size: int | None = None,
+    eval_dataset: str = "vindr-cxr",
+    eval_root: str | None = None,
+    force: bool = False,
+    task_runner: str = "thread",
+) -> dict[str, Any]:
+    """Scheduled retraining: an incremental build-shards of SOURCE into OUT, then — only when it
+    added samples to the shards (or ``force``) — train on the shards and evaluate the model."""
+    logger = get_run_logger()
+    built = build_shards(source=source, out=out, folders=folders, image_size=image_size, classifier=classifier,
+                         seed=seed, task_runner=task_runner, trigger_train=False)
+    new = int(built.get("samples_written", 0))
+    if not new and not force:
+        logger.info("nothing new: %d studies unchanged, no new samples in the shards; not retraining",
+                    built.get("unchanged", 0))
+        return {"skipped": True, "reason": "no new samples", "build": built}
+    trained = train(shards=out, config=config, loss=loss, seed=seed, max_steps=max_steps, batch_size=batch_size,
+                    trigger_evaluate=False)
+    root = eval_root or default_eval_root(out, eval_dataset)
+    evaluated = None
+    if root is None:
+        logger.warning("no evaluation set found for %s (pass eval_root): not evaluated", eval_dataset)
+    else:
+        evaluated = evaluate(model=trained["model_dir"], dataset=eval_dataset, root=root,
+                             manifest=str(Path(out) / MANIFEST_FILE))
+    return {"skipped": False, "new_samples": new, "build": built, "train": trained, "evaluate": evaluated}
