@@ -1,4 +1,4 @@
-"""Contracts of the manifest's own tables: runs, shards, samples."""
+"""Contracts of the manifest's own tables: runs, shards, samples, evaluations."""
 
 from __future__ import annotations
 
@@ -48,4 +48,30 @@ SAMPLES = Contract(
         Column("position", pa.int32(), min=0),
     ),
     doc="Which shard holds each sample.",
+)
+
+#: ``class_name`` of the summary rows of an evaluation (the per-class rows name a class)
+OVERALL = "_overall"
+
+EVALUATIONS = Contract(
+    "evaluations",
+    (
+        Column("evaluation_id", pa.string(), doc="one id per evaluate() call (uuid4)"),
+        Column("evaluated_at", pa.timestamp("us", tz="UTC")),
+        Column("model_dir", pa.string(), nullable=True, doc="None for an in-memory model"),
+        Column("run_name", pa.string(), nullable=True, doc="the training run (model version)"),
+        Column("loss", pa.string(), nullable=True, doc="training loss, from the model directory"),
+        Column("seed", pa.int64(), nullable=True, doc="training seed, from the model directory"),
+        Column("dataset", pa.string(), doc="vindr-cxr, openi, chexpert, padchest"),
+        Column("class_name", pa.string(), doc=f"a class of the dataset, or '{OVERALL}' for summary rows"),
+        Column("metric", pa.string(), doc="auc, accuracy, threshold, fp, fn, pointing_game; summary: "
+                                           "normal_auc, macro_auc, pointing_game, normal_fp, normal_fn, "
+                                           "n_images, rejects"),
+        Column("value", pa.float64(), nullable=True, doc="NULL when the metric is undefined (e.g. AUC "
+                                                          "of a class with one label value)"),
+        Column("n_pos", pa.int64(), nullable=True, min=0),
+        Column("n_neg", pa.int64(), nullable=True, min=0),
+    ),
+    doc="Zero-shot evaluation figures, long format: one row per (evaluation, class, metric).",
+    keys=(("evaluation_id", "class_name", "metric"),),
 )

@@ -2,12 +2,13 @@
 
 Tables (loaded from the contract-checked Parquet records and shard completion records through
 Arrow — never row-by-row inserts): ``runs``, ``studies``, ``images``, ``reports``, ``sentences``,
-``pairs``, ``rejects``, ``shards``, ``samples``. Views answer the common questions:
+``pairs``, ``rejects``, ``shards``, ``samples``, ``evaluations``. Views answer the common questions:
 ``label_distribution``, ``sentences_dropped_per_report``, ``top_dropped_normal_sentences``,
-``reject_reasons``, ``shard_health``.
+``reject_reasons``, ``shard_health``, ``latest_evaluations``.
 
 The file is rebuilt into a temporary database and renamed over the old one (atomic); the
-``runs`` history is carried over. The plain ``duckdb`` client opens it as it is.
+``runs`` history and the ``evaluations`` table are carried over (stages that do not
+rebuild the file append to them: :func:`append_runs`, :func:`record_evaluations`). The plain ``duckdb`` client opens it as it is.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import pandas as pd
 import pyarrow as pa
 
 from .. import __version__
-from ..data_contracts.manifest import RUNS, SAMPLES, SHARDS
+from ..data_contracts.manifest import EVALUATIONS, OVERALL, RUNS, SAMPLES, SHARDS
 
 MANIFEST_FILE = "manifest.duckdb"
 
@@ -49,6 +50,32 @@ VIEWS = {
                (SELECT count(*) FROM pairs p WHERE p.split = s.split) AS pairs,
                (SELECT count(*) FROM pairs p WHERE p.split = s.split) - sum(s.samples)::BIGINT AS not_in_shards
         FROM shards s GROUP BY s.split ORDER BY s.split""",
+}
+
+#: views on the ``evaluations`` table (created with it, by build_manifest or record_evaluations)
+EVALUATION_VIEWS = {
+    # the most recent evaluation of each model (model_dir, else run_name) on each dataset,
+    # its summary rows pivoted to one column per metric
+    "latest_evaluations": f"""
+        WITH evaluation AS (
+            SELECT evaluation_id, any_value(evaluated_at) AS evaluated_at, any_value(model_dir) AS model_dir,
+                   any_value(run_name) AS run_name, any_value(loss) AS loss, any_value(seed) AS seed,
+                   any_value(dataset) AS dataset
+            FROM evaluations GROUP BY evaluation_id),
+        latest AS (
+            SELECT * FROM evaluation
+            QUALIFY row_number() OVER (PARTITION BY coalesce(model_dir, run_name, evaluation_id), dataset
+                                       ORDER BY evaluated_at DESC, evaluation_id DESC) = 1)
+        SELECT l.dataset, l.run_name, l.model_dir, l.loss, l.seed, l.evaluated_at, l.evaluation_id,
+               max(e.value) FILTER (WHERE e.metric = 'normal_auc') AS normal_auc,
+               max(e.value) FILTER (WHERE e.metric = 'macro_auc') AS macro_auc,
+               max(e.value) FILTER (WHERE e.metric = 'pointing_game') AS pointing_game,
+               max(e.value) FILTER (WHERE e.metric = 'normal_fp')::BIGINT AS normal_fp,
+               max(e.value) FILTER (WHERE e.metric = 'normal_fn')::BIGINT AS normal_fn,
+               max(e.value) FILTER (WHERE e.metric = 'n_images')::BIGINT AS n_images,
+               max(e.value) FILTER (WHERE e.metric = 'rejects')::BIGINT AS rejects
+        FROM latest l JOIN evaluations e ON e.evaluation_id = l.evaluation_id AND e.class_name = '{OVERALL}'
+        GROUP BY ALL ORDER BY l.dataset, l.run_name, l.model_dir""",
 }
 
 
@@ -91,11 +118,14 @@ def build_manifest(out: str | os.PathLike, db: str | os.PathLike | None = None,
 
     out = Path(out)
     db = Path(db) if db else out / MANIFEST_FILE
-    history = RUNS.empty()
+    history, evaluations = RUNS.empty(), EVALUATIONS.empty()
     if db.is_file():
         with duckdb.connect(str(db), read_only=True) as old:
-            if "runs" in {r[0] for r in old.execute("SHOW TABLES").fetchall()}:
+            tables = {r[0] for r in old.execute("SHOW TABLES").fetchall()}
+            if "runs" in tables:
                 history = old.sql("SELECT * FROM runs").to_arrow_table().to_pandas()
+            if "evaluations" in tables:
+                evaluations = old.sql(f"SELECT {', '.join(EVALUATIONS.names)} FROM evaluations").to_arrow_table().to_pandas()
     if runs:
         history = pd.concat([history, pd.DataFrame(runs)], ignore_index=True) if len(history) else pd.DataFrame(runs)
     shards, samples = _shard_tables(out)
@@ -116,12 +146,13 @@ def build_manifest(out: str | os.PathLike, db: str | os.PathLike | None = None,
                 con.execute(f"CREATE TABLE {name} AS SELECT * FROM read_parquet(?)", [str(path)])
             _load(con, "shards", SHARDS.validate(shards))
             _load(con, "samples", SAMPLES.validate(samples))
+            _load(con, "evaluations", EVALUATIONS.validate(evaluations))
             con.execute("""
                 CREATE TABLE reports AS
                 SELECT s.study_id, s.subject_id, s.report_path, s.status, s.reject_reason, s.n_sentences,
                        p.pair_label, p.n_kept, p.max_score, p.model_version
                 FROM studies s LEFT JOIN pairs p USING (study_id) ORDER BY s.study_id""")
-            for name, sql in VIEWS.items():
+            for name, sql in {**VIEWS, **EVALUATION_VIEWS}.items():
                 con.execute(f"CREATE VIEW {name} AS {sql}")
             con.execute("CHECKPOINT")
         with open(tmp, "rb") as fh:
@@ -165,3 +196,44 @@ def summary(db: str | os.PathLike) -> str:
         lines.append(f"  {title}:")
         lines += ["    " + line for line in (df.to_string(index=False) if len(df) else "(none)").splitlines()]
     return "\n".join(lines)
+
+
+def append_runs(db: str | os.PathLike, runs: list[dict]) -> int:
+    """Add run records (``run_record``) to an existing manifest's ``runs`` history, in one
+    transaction: stages that do not rebuild the manifest (train, evaluate) log here."""
+    import duckdb
+
+    table = RUNS.validate(pd.DataFrame(runs))
+    with duckdb.connect(str(db)) as con:
+        con.register("incoming", table)
+        try:
+            con.execute("BEGIN")
+            con.execute("INSERT INTO runs SELECT * FROM incoming")
+            con.execute("COMMIT")
+        finally:
+            con.unregister("incoming")
+    return len(runs)
+
+
+def record_evaluations(db: str | os.PathLike, rows: pd.DataFrame) -> int:
+    """Append evaluation rows (contract :data:`EVALUATIONS`) to the ``evaluations`` table of the
+    DuckDB file ``db`` in one transaction; the table (and its views) are created when missing, and
+    so is the file (a stand-alone results database). Returns the number of rows added."""
+    import duckdb
+
+    table = EVALUATIONS.validate(rows)  # raises ContractViolation before anything is written
+    Path(db).parent.mkdir(parents=True, exist_ok=True)
+    with duckdb.connect(str(db)) as con:
+        con.register("incoming", table)
+        try:
+            con.execute("BEGIN")
+            exists = "evaluations" in {r[0] for r in con.execute("SHOW TABLES").fetchall()}
+            if not exists:
+                con.execute("CREATE TABLE evaluations AS SELECT * FROM incoming LIMIT 0")
+                for name, sql in EVALUATION_VIEWS.items():
+                    con.execute(f"CREATE OR REPLACE VIEW {name} AS {sql}")
+            con.execute("INSERT INTO evaluations BY NAME SELECT * FROM incoming")
+            con.execute("COMMIT")  # on any error before this, closing the connection rolls back
+        finally:
+            con.unregister("incoming")
+    return table.num_rows

@@ -1,0 +1,640 @@
+"""Train the OFF-CLIP dual encoder on curated WebDataset shards: exactly resumable, deterministic.
+
+    python -m offclip.models.train --shards out/curated --out out/run [--config tiny] [--loss offclip]
+    torchrun --nproc-per-node 2 -m offclip.models.train --shards out/curated --out out/run
+
+or from Python::
+
+    result = train(TrainConfig(shards=Path("out/curated"), out=Path("out/run"), max_steps=100))
+
+The run directory::
+
+    OUT/checkpoint/last.pt    full state: model, optimizer, scheduler, grad scaler, step, epoch,
+                              batch within the epoch, every rank's RNG states, the TrainConfig
+    OUT/model/                the final model (save_model; offclip_model.json = training metadata)
+    OUT/metrics.jsonl         one JSON line per logged step
+    OUT/training_curve.png    loss and learning rate against step
+    OUT/train.json            the run's summary (TrainResult)
+
+Design notes:
+
+* **Exact resume.** Batches come from :mod:`offclip.models.data`, whose epochs are a pure function
+  of ``(seed, epoch)`` and whose ``skip_batches`` jumps to any batch of an epoch without decoding
+  images. Together with the checkpointed optimizer/scheduler/scaler state and RNG states (dropout),
+  a run stopped after ``k`` steps and resumed reaches bit-identical parameters (on CPU) to a run
+  that never stopped. ``max_steps`` only *truncates* a run: the learning-rate schedule always spans
+  ``epochs``, so a truncated run is a prefix of the full one. Resuming with different settings
+  (another loss, seed, batch size, …) is refused with an error naming them.
+* **Files are written by rank 0, atomically** (temporary file + rename), except ``metrics.jsonl``,
+  which is an append-only log: one complete line per ``write``; on resume it is rewritten
+  (atomically) to the lines up to the checkpoint's step, which also drops a torn last line.
+* **Batches**: see :mod:`offclip.models.data`: the last, smaller batch of an epoch is kept (a batch
+  size above the data gives one batch per epoch, with a warning), a final batch of one is merged
+  into the batch before it (a contrastive loss needs B >= 2).
+* **Optimisation**: AdamW with two learning rates, ``lr`` for the text tower and ``vision_lr``
+  (default ``lr``) for the vision tower, projections and ``logit_scale``; no weight decay on
+  biases, norm weights and ``logit_scale`` (every tensor with fewer than 2 dimensions). Linear
+  warmup, then cosine decay to 0 (per step) or ReduceLROnPlateau on the epoch's mean loss;
+  gradient clipping; ``logit_scale`` clamped to ``[0, ln(max_logit_scale)]`` after each step.
+* **AMP** (``amp="auto"``): bf16 autocast on CUDA when supported, else fp16 with a GradScaler;
+  off on CPU. **DDP**: when ``WORLD_SIZE > 1`` (torchrun) the process group is initialised (nccl
+  on CUDA, gloo on CPU), the model is wrapped in DistributedDataParallel and each rank reads its
+  own shards; the contrastive loss is computed within each rank's batch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import logging
+import math
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from offclip.pipeline.atomic import atomic_open, atomic_write_bytes, atomic_write_text
+
+from .clip import build_model, load_model_config, save_model
+from .data import derive_seed, make_loader, plan_epoch, split_records
+from .losses import LOSSES, get_loss
+
+__all__ = ["TrainConfig", "TrainResult", "main", "train"]
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINT = Path("checkpoint") / "last.pt"
+MODEL_DIR = "model"
+METRICS_FILE = "metrics.jsonl"
+PLOT_FILE = "training_curve.png"
+SUMMARY_FILE = "train.json"
+CHECKPOINT_FORMAT = 1
+SCHEDULES = ("cosine", "plateau")
+AMP_MODES = ("auto", "bf16", "fp16", "off")
+#: the model config's "train" keys a TrainConfig can override (None = take the config's)
+HYPER_KEYS = ("epochs", "batch_size", "lr", "weight_decay", "warmup_steps", "schedule", "grad_clip")
+#: settings that may change between a run and its resumption (the others must match)
+RESUMABLE_CHANGES = ("out", "max_steps", "checkpoint_every", "resume", "log_every", "device")
+#: ReduceLROnPlateau settings of schedule="plateau"
+PLATEAU = {"factor": 0.5, "patience": 1}
+
+
+@dataclass
+class TrainConfig:
+    shards: Path  #: the curation output root (holds shards/<split>/)
+    out: Path  #: the run directory
+    config: str = "tiny"  #: a model config name or .json path (models/configs)
+    loss: str = "offclip"  #: offclip | infonce
+    abnormal_weight: float = 1.0
+    epochs: int | None = None  #: None: the model config's "train" value (also the next six)
+    batch_size: int | None = None
+    lr: float | None = None  #: given here, it sets both the text tower's lr and vision_lr
+    weight_decay: float | None = None
+    warmup_steps: int | None = None
+    schedule: str | None = None  #: cosine | plateau
+    grad_clip: float | None = None  #: 0 = no clipping
+    seed: int = 0
+    max_steps: int | None = None  #: stop after this many steps in all (the schedule still spans epochs)
+    amp: str = "auto"  #: auto | bf16 | fp16 | off
+    device: str = "auto"  #: auto | cpu | cuda | cuda:N
+    num_workers: int = 0  #: DataLoader workers per rank
+    checkpoint_every: int = 50  #: steps (a checkpoint is also written when the run stops)
+    resume: bool = True  #: continue from OUT/checkpoint/last.pt when it exists
+    text_model: str | None = None  #: a local HF directory for the text tower (see build_model)
+    vision_model: str | None = None
+    split: str = "train"
+    log_every: int = 1  #: steps between two metrics lines / on_step calls
+
+    def __post_init__(self):
+        self.shards, self.out = Path(self.shards), Path(self.out)
+        for name in ("text_model", "vision_model"):
+            if getattr(self, name) is not None:
+                setattr(self, name, str(getattr(self, name)))
+
+    def to_dict(self) -> dict:
+        return {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(self).items()}
+
+
+@dataclass
+class TrainResult:
+    model_dir: Path
+    steps: int  #: optimizer steps done in all (resumed ones included)
+    epochs: int  #: complete epochs
+    final_loss: float  #: the loss of the last step
+    seconds: float  #: training time of this call (resumed runs: since the resume)
+    images_per_second: float  #: over this call's steps (all ranks)
+    metrics_path: Path
+    plot_path: Path | None
+    resumed_from: int  #: the step the run resumed from (0: a fresh start)
+    total_steps: int = 0  #: the run's planned length (min(epochs' batches, max_steps))
+    hyper: dict = field(default_factory=dict)  #: the resolved hyper-parameters
+
+    def to_dict(self) -> dict:
+        return {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(self).items()}
+
+
+# ------------------------------------------------------------------------------------------
+# settings
+# ------------------------------------------------------------------------------------------
+def resolve_hyper(config: TrainConfig, model_config: dict) -> dict:
+    """The hyper-parameters of the run: TrainConfig values, else the model config's "train"."""
+    section = model_config.get("train", {})
+    hyper = {}
+    for key in HYPER_KEYS:
+        value = getattr(config, key)
+        hyper[key] = section.get(key) if value is None else value
+    missing = [k for k in HYPER_KEYS if hyper[k] is None and k != "grad_clip"]
+    if missing:
+        raise ValueError(f"model config {model_config.get('name')!r} has no train setting for {missing}: "
+                         "pass them in the TrainConfig")
+    hyper["vision_lr"] = section.get("vision_lr", hyper["lr"]) if config.lr is None else config.lr
+    hyper["grad_clip"] = float(hyper["grad_clip"] or 0.0)
+    if hyper["schedule"] not in SCHEDULES:
+        raise ValueError(f"unknown schedule {hyper['schedule']!r}; available: {', '.join(SCHEDULES)}")
+    for key in ("epochs", "batch_size"):
+        if int(hyper[key]) < 1:
+            raise ValueError(f"{key} must be >= 1, got {hyper[key]}")
+    if hyper["batch_size"] < 2:
+        raise ValueError("batch_size must be >= 2: a contrastive loss needs at least two pairs per batch")
+    return hyper
+
+
+def _check_config(config: TrainConfig) -> None:
+    if config.loss not in LOSSES:
+        raise ValueError(f"unknown loss {config.loss!r}; available: {', '.join(sorted(LOSSES))}")
+    if config.amp not in AMP_MODES:
+        raise ValueError(f"unknown amp mode {config.amp!r}; available: {', '.join(AMP_MODES)}")
+    if config.max_steps is not None and config.max_steps < 0:
+        raise ValueError(f"max_steps must be >= 0, got {config.max_steps}")
+    if config.checkpoint_every < 1 or config.log_every < 1:
+        raise ValueError("checkpoint_every and log_every must be >= 1")
+    if config.num_workers < 0:
+        raise ValueError(f"num_workers must be >= 0, got {config.num_workers}")
+
+
+def _device(name: str, local_rank: int) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(name)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise RuntimeError(f"device {name!r} asked for, but CUDA is not available")
+        if device.index is None:
+            device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+    return device
+
+
+def _amp_dtype(mode: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype, or None for full precision."""
+    if device.type != "cuda" or mode == "off":
+        if mode in ("bf16", "fp16") and device.type != "cuda":
+            logger.warning("amp=%s ignored on %s: training in float32", mode, device)
+        return None
+    if mode == "auto":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.bfloat16 if mode == "bf16" else torch.float16
+
+
+# ------------------------------------------------------------------------------------------
+# distributed
+# ------------------------------------------------------------------------------------------
+@dataclass
+class _Dist:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    owns_group: bool = False  #: we initialised the process group (and tear it down)
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def _init_distributed(device_name: str) -> _Dist:
+    dist = torch.distributed
+    if dist.is_available() and dist.is_initialized():
+        return _Dist(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)))
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return _Dist()
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    cuda = device_name != "cpu" and torch.cuda.is_available()
+    dist.init_process_group(backend="nccl" if cuda else "gloo")
+    return _Dist(dist.get_rank(), dist.get_world_size(), local_rank, owns_group=True)
+
+
+def _all_gather_objects(value: Any, dist_info: _Dist) -> list:
+    if not dist_info.enabled:
+        return [value]
+    out: list = [None] * dist_info.world_size
+    torch.distributed.all_gather_object(out, value)
+    return out
+
+
+# ------------------------------------------------------------------------------------------
+# optimizer and schedule
+# ------------------------------------------------------------------------------------------
+def param_groups(model: torch.nn.Module, hyper: dict) -> list[dict]:
+    """AdamW groups: (text tower | the rest) x (decayed | not decayed: tensors with < 2 dims)."""
+    groups: dict[tuple[str, bool], list] = {}
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        tower = "text" if name.startswith("text_model.") else "vision"
+        groups.setdefault((tower, param.ndim >= 2), []).append(param)
+    out = []
+    for (tower, decay), params in sorted(groups.items()):
+        out.append({"params": params, "name": f"{tower}{'' if decay else '_no_decay'}",
+                    "lr": hyper["lr"] if tower == "text" else hyper["vision_lr"],
+                    "weight_decay": hyper["weight_decay"] if decay else 0.0})
+    return out
+
+
+class Schedule:
+    """Linear warmup over ``warmup_steps``, then cosine decay to 0 at ``total_steps`` (stepped per
+    batch), or, with ``plateau``, ReduceLROnPlateau on the epoch's mean loss (stepped per epoch,
+    once warmup is over)."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, kind: str, warmup_steps: int, total_steps: int):
+        self.kind, self.warmup, self.total = kind, max(0, int(warmup_steps)), max(1, int(total_steps))
+        self.steps = 0
+        self.per_step = torch.optim.lr_scheduler.LambdaLR(optimizer, self._factor)
+        self.plateau = (torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", **PLATEAU)
+                        if kind == "plateau" else None)
+
+    def _factor(self, step: int) -> float:
+        if step < self.warmup:
+            return (step + 1) / self.warmup
+        if self.kind != "cosine":
+            return 1.0
+        progress = min(1.0, (step - self.warmup) / max(1, self.total - self.warmup))
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    def step_batch(self) -> None:
+        # plateau: the per-step scheduler only runs the warmup, so it never undoes a plateau cut
+        if self.kind == "cosine" or self.steps < self.warmup:
+            self.per_step.step()
+        self.steps += 1
+
+    def step_epoch(self, mean_loss: float) -> None:
+        if self.plateau is not None and self.steps >= self.warmup:
+            self.plateau.step(mean_loss)
+
+    def state_dict(self) -> dict:
+        return {"steps": self.steps, "per_step": self.per_step.state_dict(),
+                "plateau": self.plateau.state_dict() if self.plateau is not None else None}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.steps = state["steps"]
+        self.per_step.load_state_dict(state["per_step"])
+        if self.plateau is not None:
+            self.plateau.load_state_dict(state["plateau"])
+
+
+# ------------------------------------------------------------------------------------------
+# files
+# ------------------------------------------------------------------------------------------
+def _rng_state(device: torch.device) -> dict:
+    state = {"torch": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def _set_rng_state(state: dict, device: torch.device) -> None:
+    torch.set_rng_state(state["torch"])
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+def _read_metrics(path: Path, up_to_step: int | None = None) -> list[dict]:
+    """The complete lines of metrics.jsonl (a torn last line is ignored), up to a step."""
+    if not path.is_file():
+        return []
+    rows = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if up_to_step is None or row.get("step", 0) <= up_to_step:
+            rows.append(row)
+    return rows
+
+
+def _write_plot(rows: list[dict], path: Path) -> Path | None:
+    """Loss and learning rate against step (matplotlib's Agg canvas: no display, no global
+    backend change); None when matplotlib is not installed or there is nothing to plot."""
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError:
+        logger.warning("matplotlib is not installed: no %s", path.name)
+        return None
+    if not rows:
+        return None
+    steps = [r["step"] for r in rows]
+    figure = Figure(figsize=(8, 5.5))
+    FigureCanvasAgg(figure)
+    loss_ax, lr_ax = figure.subplots(2, 1, sharex=True)
+    loss_ax.plot(steps, [r["loss"] for r in rows], lw=1, label="step loss")
+    loss_ax.set_ylabel("loss")
+    loss_ax.grid(alpha=0.3)
+    lr_ax.plot(steps, [r["lr"] for r in rows], lw=1, label="lr (text tower)")
+    if any(r.get("vision_lr") != r["lr"] for r in rows):
+        lr_ax.plot(steps, [r["vision_lr"] for r in rows], lw=1, label="vision_lr (vision, projections)")
+    lr_ax.set_ylabel("learning rate")
+    lr_ax.set_xlabel("step")
+    lr_ax.grid(alpha=0.3)
+    lr_ax.legend(loc="best", fontsize=8)
+    figure.tight_layout()
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=100)
+    atomic_write_bytes(path, buffer.getvalue())
+    return path
+
+
+def _shard_metadata(shards: Path, split: str) -> dict:
+    records = split_records(shards, split)
+    return {"root": str(shards), "split": split, "samples": sum(r.samples for r in records),
+            "classifier_versions": sorted({r.model_version for r in records if r.model_version}),
+            "shards": [{"name": r.name, "samples": r.samples, "sha256": r.sha256} for r in records]}
+
+
+# ------------------------------------------------------------------------------------------
+# training
+# ------------------------------------------------------------------------------------------
+def train(config: TrainConfig, progress: bool = False,
+          on_step: Callable[[dict], None] | None = None) -> TrainResult:
+    """Train (or resume, or find finished) the run in ``config.out``; see the module docstring.
+
+    ``on_step`` receives each logged step's metrics (the metrics.jsonl line plus ``total_steps``);
+    ``progress`` shows a tqdm bar.
+    """
+    _check_config(config)
+    model_config = load_model_config(config.config)
+    hyper = resolve_hyper(config, model_config)
+    records = split_records(config.shards, config.split)  # a clear error when there are none
+    dist_info = _init_distributed(config.device)
+    try:
+        device = _device(config.device, dist_info.local_rank)
+        # a private RNG stream (dropout): the caller's global RNG state is left as it was
+        with torch.random.fork_rng(devices=[device.index] if device.type == "cuda" else []):
+            return _train(config, model_config, hyper, records, dist_info, device, progress, on_step)
+    finally:
+        if dist_info.owns_group:
+            torch.distributed.destroy_process_group()
+
+
+def _train(config: TrainConfig, model_config: dict, hyper: dict, records: list, dist_info: _Dist,
+           device: torch.device, progress: bool, on_step: Callable[[dict], None] | None) -> TrainResult:
+    out = Path(config.out)
+    checkpoint_path, metrics_path = out / CHECKPOINT, out / METRICS_FILE
+    loss_fn = get_loss(config.loss, config.abnormal_weight)
+    amp_dtype = _amp_dtype(config.amp, device)
+
+    model, tokenizer = build_model(model_config, text_model=config.text_model, vision_model=config.vision_model,
+                                   seed=config.seed)
+    model.to(device)
+    image_size, max_length = model.config.image_size, model.config.max_text_length
+    max_scale = math.log(model.config.max_logit_scale)
+
+    batch_size, epochs = int(hyper["batch_size"]), int(hyper["epochs"])
+    plans = [plan_epoch(records, epoch=e, seed=config.seed, batch_size=batch_size, shuffle=True,
+                        rank=dist_info.rank, world_size=dist_info.world_size, num_workers=config.num_workers,
+                        min_batch=2) for e in range(epochs)]
+    schedule_steps = sum(p.n_batches for p in plans)
+    if schedule_steps == 0:
+        raise ValueError(f"no training batch: {sum(r.samples for r in records)} sample(s) in split "
+                         f"{config.split!r} cannot make a batch of >= 2 pairs per rank")
+    per_rank = sum(r.samples for r in records) / dist_info.world_size
+    if batch_size > per_rank:
+        logger.warning("batch_size %d exceeds the %d samples per rank: each epoch is one batch of all of them",
+                       batch_size, int(per_rank))
+    total_steps = schedule_steps if config.max_steps is None else min(schedule_steps, config.max_steps)
+
+    optimizer = torch.optim.AdamW(param_groups(model, hyper), betas=(0.9, 0.98), eps=1e-6)
+    schedule = Schedule(optimizer, hyper["schedule"], hyper["warmup_steps"], schedule_steps)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+    torch.manual_seed(derive_seed(config.seed, "train", dist_info.rank))
+
+    state = {"step": 0, "epoch": 0, "batch_in_epoch": 0, "epoch_loss_sum": 0.0, "epoch_batches": 0}
+    resumed_from = 0
+    if config.resume and checkpoint_path.is_file():
+        ckpt = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
+        _check_resumable(ckpt, config, dist_info)
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        schedule.load_state_dict(ckpt["scheduler"])
+        scaler.load_state_dict(ckpt["scaler"])
+        state = dict(ckpt["state"])
+        _set_rng_state(ckpt["rng"][dist_info.rank], device)
+        resumed_from = state["step"]
+        del ckpt
+        logger.info("resuming %s at step %d (epoch %d, batch %d)", out, state["step"], state["epoch"],
+                    state["batch_in_epoch"])
+    if dist_info.main:
+        # the log keeps only what the checkpoint covers (a fresh start empties it)
+        rows = _read_metrics(metrics_path, state["step"]) if resumed_from else []
+        atomic_write_text(metrics_path, "".join(json.dumps(r) + "\n" for r in rows))
+
+    net = model
+    if dist_info.enabled:
+        net = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
+
+    def save_checkpoint() -> None:
+        rng = _all_gather_objects(_rng_state(device), dist_info)  # every rank's dropout stream
+        if not dist_info.main:
+            return
+        payload = {"format": CHECKPOINT_FORMAT, "config": config.to_dict(), "hyper": hyper,
+                   "world_size": dist_info.world_size, "state": dict(state), "model": model.state_dict(),
+                   "optimizer": optimizer.state_dict(), "scheduler": schedule.state_dict(),
+                   "scaler": scaler.state_dict(), "rng": rng}
+        with atomic_open(checkpoint_path, "wb") as fh:
+            torch.save(payload, fh)
+
+    from tqdm import tqdm
+
+    bar = tqdm(total=total_steps, initial=min(state["step"], total_steps), unit="step", desc="train",
+               disable=not (progress and dist_info.main))
+    metrics_file = open(metrics_path, "a", encoding="utf-8") if dist_info.main else None
+    started = time.perf_counter()
+    images, last_loss, checkpointed_at = 0, float("nan"), state["step"]
+    try:
+        while state["step"] < total_steps and state["epoch"] < epochs:
+            epoch = state["epoch"]
+            loader = make_loader(config.shards, config.split, tokenizer=tokenizer, max_length=max_length,
+                                 image_size=image_size, batch_size=batch_size, epoch=epoch, seed=config.seed,
+                                 train=True, num_workers=config.num_workers, skip_batches=state["batch_in_epoch"],
+                                 rank=dist_info.rank, world_size=dist_info.world_size,
+                                 pin_memory=device.type == "cuda")
+            tick = time.perf_counter()
+            for batch in loader:
+                batch = batch.to(device, non_blocking=True)
+                net.train()
+                with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+                    logits = net(batch.pixel_values, batch.input_ids, batch.attention_mask)
+                    loss = loss_fn(logits, batch.is_normal)
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(f"non-finite loss {loss.item()} at step {state['step'] + 1} "
+                                             f"(epoch {epoch}, keys {batch.keys[:4]}...)")
+                optimizer.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                scaler.unscale_(optimizer)
+                grad_norm = torch.nn.utils.clip_grad_norm_(
+                    model.parameters(), hyper["grad_clip"] if hyper["grad_clip"] > 0 else float("inf"))
+                lrs = _group_lr(optimizer, "text"), _group_lr(optimizer, "vision")  # this step's
+                scaler.step(optimizer)
+                scaler.update()
+                schedule.step_batch()
+                with torch.no_grad():
+                    model.logit_scale.clamp_(0.0, max_scale)
+
+                # one all-reduce: the mean loss, normal pairs and batch size over all ranks
+                summary = torch.tensor([loss.item(), float(batch.is_normal.sum()), float(len(batch))],
+                                       dtype=torch.float64, device=device)
+                if dist_info.enabled:
+                    torch.distributed.all_reduce(summary)
+                    summary[0] /= dist_info.world_size
+                step_loss, n_normal, n_images = summary[0].item(), int(summary[1]), int(summary[2])
+                state["step"] += 1
+                state["batch_in_epoch"] += 1
+                state["epoch_loss_sum"] += step_loss
+                state["epoch_batches"] += 1
+                images += n_images
+                last_loss = step_loss
+                now = time.perf_counter()
+                row = {"step": state["step"], "epoch": epoch, "batch": state["batch_in_epoch"], "loss": step_loss,
+                       "lr": lrs[0], "vision_lr": lrs[1],
+                       "logit_scale": float(model.logit_scale.detach().exp()), "grad_norm": float(grad_norm),
+                       "batch_size": n_images, "n_normal": n_normal,
+                       "images_per_second": n_images / max(now - tick, 1e-9)}
+                tick = now
+                bar.update(1)
+                bar.set_postfix(loss=f"{step_loss:.4f}", epoch=epoch)
+                if state["step"] % config.log_every == 0 or state["step"] == total_steps:
+                    if metrics_file is not None:
+                        metrics_file.write(json.dumps(row) + "\n")  # one whole line per write
+                        metrics_file.flush()
+                    if on_step is not None:
+                        on_step({**row, "total_steps": total_steps})
+                if state["step"] % config.checkpoint_every == 0:
+                    save_checkpoint()
+                    checkpointed_at = state["step"]
+                if state["step"] >= total_steps:
+                    break  # max_steps
+            if state["batch_in_epoch"] >= loader.plan.n_batches:  # the epoch is complete
+                schedule.step_epoch(state["epoch_loss_sum"] / max(1, state["epoch_batches"]))
+                state.update(epoch=epoch + 1, batch_in_epoch=0, epoch_loss_sum=0.0, epoch_batches=0)
+        if checkpointed_at != state["step"] or not checkpoint_path.is_file():
+            save_checkpoint()
+    finally:
+        bar.close()
+        if metrics_file is not None:
+            metrics_file.close()
+    seconds = time.perf_counter() - started
+
+    model_dir = out / MODEL_DIR
+    rows = _read_metrics(metrics_path)
+    result = TrainResult(model_dir=model_dir, steps=state["step"], epochs=state["epoch"],
+                         final_loss=last_loss if images or not rows else rows[-1]["loss"],
+                         seconds=seconds, images_per_second=images / seconds if seconds > 0 and images else 0.0,
+                         metrics_path=metrics_path, plot_path=None, resumed_from=resumed_from,
+                         total_steps=total_steps, hyper=hyper)
+    if dist_info.main:
+        extra = {"offclip_train": {
+            "loss": config.loss, "abnormal_weight": config.abnormal_weight, "seed": config.seed,
+            "config": model_config.get("name"), "steps": state["step"], "epochs": state["epoch"],
+            "total_steps": total_steps, "world_size": dist_info.world_size, "hyper": hyper,
+            "train_config": config.to_dict(), "shards": _shard_metadata(config.shards, config.split),
+            "final_loss": result.final_loss}}
+        save_model(model, tokenizer, model_dir, extra=extra)
+        result.plot_path = _write_plot(rows, out / PLOT_FILE)
+        atomic_write_text(out / SUMMARY_FILE, json.dumps({**result.to_dict(), "train_config": config.to_dict()},
+                                                         indent=1, sort_keys=True) + "\n")
+    if dist_info.enabled:
+        torch.distributed.barrier()
+    return result
+
+
+def _group_lr(optimizer: torch.optim.Optimizer, name: str) -> float:
+    """The learning rate of the parameter group called ``name`` (text or vision, decayed)."""
+    for group in optimizer.param_groups:
+        if group["name"] == name:
+            return float(group["lr"])
+    return float(optimizer.param_groups[0]["lr"])
+
+
+def _check_resumable(ckpt: dict, config: TrainConfig, dist_info: _Dist) -> None:
+    if ckpt.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"checkpoint format {ckpt.get('format')} is not {CHECKPOINT_FORMAT}: "
+                         "start a fresh run (another out, or resume=False)")
+    saved, now = dict(ckpt["config"]), config.to_dict()
+    saved["shards"], now["shards"] = (str(Path(p).resolve()) for p in (saved["shards"], now["shards"]))
+    changed = {k: (saved.get(k), now[k]) for k in now if k not in RESUMABLE_CHANGES and saved.get(k) != now[k]}
+    if ckpt.get("world_size", 1) != dist_info.world_size:
+        changed["world_size"] = (ckpt.get("world_size", 1), dist_info.world_size)
+    if changed:
+        detail = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in sorted(changed.items()))
+        raise ValueError(f"the checkpoint in {config.out} was made with other settings ({detail}); "
+                         "resume with the same ones, or start a fresh run (another out, or resume=False)")
+
+
+# ------------------------------------------------------------------------------------------
+# command line (what torchrun launches)
+# ------------------------------------------------------------------------------------------
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m offclip.models.train",
+                                description="Train the OFF-CLIP dual encoder on curated WebDataset shards "
+                                            "(resumes OUT/checkpoint/last.pt when present).")
+    p.add_argument("--shards", required=True, type=Path, help="the curation output root (holds shards/)")
+    p.add_argument("--out", required=True, type=Path, help="the run directory")
+    p.add_argument("--config", default="tiny", help="model config name or .json path (default tiny)")
+    p.add_argument("--loss", default="offclip", choices=sorted(LOSSES))
+    p.add_argument("--abnormal-weight", type=float, default=1.0)
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--weight-decay", type=float)
+    p.add_argument("--warmup-steps", type=int)
+    p.add_argument("--schedule", choices=SCHEDULES)
+    p.add_argument("--grad-clip", type=float)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max-steps", type=int)
+    p.add_argument("--amp", default="auto", choices=AMP_MODES)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--num-workers", type=int, default=0)
+    p.add_argument("--checkpoint-every", type=int, default=50)
+    p.add_argument("--no-resume", dest="resume", action="store_false", help="start fresh even if a checkpoint exists")
+    p.add_argument("--text-model")
+    p.add_argument("--vision-model")
+    p.add_argument("--split", default="train")
+    p.add_argument("--log-every", type=int, default=1)
+    p.add_argument("--progress", action="store_true", help="show a progress bar")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = vars(_parser().parse_args(argv))
+    show = args.pop("progress")
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    config = TrainConfig(**{f.name: args[f.name] for f in fields(TrainConfig) if f.name in args})
+    result = train(config, progress=show)
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(json.dumps(result.to_dict(), indent=1, sort_keys=True))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

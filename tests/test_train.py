@@ -1,0 +1,217 @@
+"""The trainer on real shards (the session's `shards_out`) with the tiny config: a smoke run,
+exact resume, determinism, the loss switch, clear errors. Runs write only into tmp_path."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import pytest
+import torch
+
+from offclip.models.clip import build_model, load_extra, load_model
+from offclip.models.data import make_loader
+from offclip.models.train import TrainConfig, train
+from offclip.pipeline.shards import ShardError, complete_shards
+
+
+def config(shards_out, out, **kwargs) -> TrainConfig:
+    return TrainConfig(**{"shards": shards_out, "out": out, "config": "tiny", "batch_size": 8, **kwargs})
+
+
+def weights(run) -> dict[str, torch.Tensor]:
+    """The trained parameters (the state_dict in the run's checkpoint)."""
+    return torch.load(run / "checkpoint" / "last.pt", weights_only=True)["model"]
+
+
+def assert_same_weights(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    different = [k for k in a if not torch.equal(a[k], b[k])]
+    assert not different, f"{len(different)} tensors differ, e.g. {different[:3]}"
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """One intra-op thread: `make test` runs two pytest workers on two cores, and oversubscribed
+    OpenMP threads make a step several times slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def smoke(shards_out, tmp_path_factory):
+    """Two steps from scratch (seed 0), with the metrics passed to on_step."""
+    out = tmp_path_factory.mktemp("smoke") / "run"
+    seen = []
+    result = train(config(shards_out, out, max_steps=2), on_step=seen.append)
+    return result, out, seen
+
+
+def test_two_step_smoke_run(smoke, shards_out):
+    result, out, seen = smoke
+    assert result.steps == 2 and result.resumed_from == 0 and result.total_steps == 2
+    assert torch.isfinite(torch.tensor(result.final_loss))
+    assert result.images_per_second > 0
+    lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in lines] == [1, 2]
+    for row in lines:
+        for key in ("epoch", "loss", "lr", "logit_scale", "images_per_second", "n_normal", "grad_norm"):
+            assert key in row
+        assert row["batch_size"] == 8 and torch.isfinite(torch.tensor(row["loss"]))
+    assert lines[0]["lr"] < lines[1]["lr"]  # warmup
+    assert [s["step"] for s in seen] == [1, 2] and seen[-1]["total_steps"] == 2
+    assert (out / "training_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert json.loads((out / "train.json").read_text())["steps"] == 2
+
+    # both towers moved away from the seed-0 initialisation
+    initial = build_model("tiny", seed=0)[0].state_dict()
+    trained = weights(out)
+    for tower in ("text_model.", "vision_model."):
+        matrices = [k for k in trained if k.startswith(tower) and trained[k].ndim >= 2]
+        assert matrices and all(not torch.equal(trained[k], initial[k]) for k in matrices), tower
+
+    # the training metadata names the shards it was trained on
+    extra = load_extra(out / "model")["offclip_train"]
+    assert extra["loss"] == "offclip" and extra["seed"] == 0 and extra["steps"] == 2 and extra["config"] == "tiny"
+    assert [s["sha256"] for s in extra["shards"]["shards"]] == [r.sha256 for r in complete_shards(shards_out, "train")]
+    assert extra["shards"]["classifier_versions"]
+
+
+def test_saved_model_gives_the_trained_embeddings(smoke, shards_out):
+    _, out, _ = smoke
+    loaded, tokenizer = load_model(out / "model")
+    in_memory, _ = build_model("tiny", seed=0)
+    in_memory.load_state_dict(weights(out))
+    loaded.eval(), in_memory.eval()
+    batch = next(iter(make_loader(shards_out, "validate", tokenizer=tokenizer, max_length=64, image_size=96,
+                                  batch_size=4, train=False)))
+    with torch.no_grad():
+        assert torch.equal(loaded.encode_image(batch.pixel_values), in_memory.encode_image(batch.pixel_values))
+        assert torch.equal(loaded.encode_text(batch.input_ids, batch.attention_mask),
+                           in_memory.encode_text(batch.input_ids, batch.attention_mask))
+
+
+def test_resume_is_exact_and_runs_are_deterministic(smoke, shards_out, tmp_path):
+    """4 steps in one go (crossing an epoch boundary: 21 samples = batches of 8, 8, 5) equal 2
+    steps, a stop, and a resume to 4; and a second 2-step run equals the smoke run."""
+    straight = train(config(shards_out, tmp_path / "straight", max_steps=4))
+    assert straight.steps == 4 and straight.epochs == 1
+
+    stopped = train(config(shards_out, tmp_path / "resumed", max_steps=2))
+    assert_same_weights(weights(tmp_path / "resumed"), weights(smoke[1]))  # deterministic
+    resumed = train(config(shards_out, tmp_path / "resumed", max_steps=4))
+    assert stopped.steps == 2 and resumed.resumed_from == 2 and resumed.steps == 4
+    assert_same_weights(weights(tmp_path / "resumed"), weights(tmp_path / "straight"))
+
+    rows = {name: [json.loads(line) for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
+            for name in ("straight", "resumed")}
+    assert [r["step"] for r in rows["resumed"]] == [1, 2, 3, 4]
+    assert [(r["loss"], r["lr"], r["epoch"]) for r in rows["resumed"]] == [
+        (r["loss"], r["lr"], r["epoch"]) for r in rows["straight"]]
+
+    # a finished run is found finished: nothing trained, the same model
+    again = train(config(shards_out, tmp_path / "resumed", max_steps=4))
+    assert again.steps == 4 and again.resumed_from == 4
+    assert_same_weights(weights(tmp_path / "resumed"), weights(tmp_path / "straight"))
+    # resuming with other settings is refused, naming them
+    with pytest.raises(ValueError, match="other settings.*loss: 'offclip' -> 'infonce'"):
+        train(config(shards_out, tmp_path / "resumed", loss="infonce", max_steps=5))
+
+
+def test_offclip_and_infonce_differ_on_batches_with_normal_pairs(shards_out, tmp_path, caplog):
+    """With batch 32 > the 21 train samples, each step is the whole split: one batch with all
+    its normal pairs (the trainer warns about the batch size)."""
+    runs = {}
+    for loss in ("offclip", "infonce"):
+        with caplog.at_level(logging.WARNING, logger="offclip.models.train"):
+            runs[loss] = train(TrainConfig(shards=shards_out, out=tmp_path / loss, loss=loss, batch_size=32,
+                                           max_steps=1))
+        row = json.loads((tmp_path / loss / "metrics.jsonl").read_text())
+        assert row["n_normal"] >= 2 and row["batch_size"] == 21
+    assert "exceeds" in caplog.text
+    assert runs["offclip"].final_loss != runs["infonce"].final_loss
+    a, b = weights(tmp_path / "offclip"), weights(tmp_path / "infonce")
+    assert any(not torch.equal(a[k], b[k]) for k in a)
+
+
+def test_bad_inputs_are_clear_errors(shards_out, tmp_path):
+    with pytest.raises(ValueError, match="unknown loss 'clip'.*infonce, offclip"):
+        train(config(shards_out, tmp_path / "r", loss="clip"))
+    with pytest.raises(ShardError, match="no complete shards for split 'train'"):
+        train(config(tmp_path / "nothing", tmp_path / "r"))
+    with pytest.raises(ShardError, match="no complete shards for split 'nosuch'"):
+        train(config(shards_out, tmp_path / "r", split="nosuch"))
+    with pytest.raises(ValueError, match="unknown schedule 'linear'"):
+        train(config(shards_out, tmp_path / "r", schedule="linear"))
+    with pytest.raises(ValueError, match="batch_size must be >= 2"):
+        train(config(shards_out, tmp_path / "r", batch_size=1))
+    with pytest.raises(ValueError, match="unknown amp mode"):
+        train(config(shards_out, tmp_path / "r", amp="fp8"))
+    with pytest.raises(ValueError, match="unknown model config 'huge'"):
+        train(config(shards_out, tmp_path / "r", config="huge"))
+    assert not (tmp_path / "r").exists()
+
+
+def test_torchrun_ddp_on_cpu(shards_out, tmp_path):
+    """Two CPU processes (gloo) through the command line torchrun launches: each rank reads its
+    own shards, rank 0 writes the run; the logged batch is both ranks' together."""
+    import os
+    import subprocess
+    import sys
+
+    out = tmp_path / "ddp"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+         "-m", "offclip.models.train", "--shards", str(shards_out), "--out", str(out),
+         "--max-steps", "2", "--batch-size", "4"],
+        env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2] and all(r["batch_size"] == 8 for r in rows)
+    assert load_extra(out / "model")["offclip_train"]["world_size"] == 2
+    assert len(torch.load(out / "checkpoint" / "last.pt", weights_only=True)["rng"]) == 2  # per-rank RNG
+
+
+def test_schedule_warmup_cosine_and_plateau():
+    from offclip.models.train import Schedule
+
+    def run(kind: str, epoch_losses: list[float]) -> list[float]:
+        """The lr of each step: epochs of 4 steps, warmup 4 steps."""
+        weight = torch.nn.Parameter(torch.zeros(2))
+        optimizer = torch.optim.AdamW([weight], lr=1.0)
+        schedule = Schedule(optimizer, kind, warmup_steps=4, total_steps=4 * len(epoch_losses))
+        lrs = []
+        for loss in epoch_losses:
+            for _ in range(4):
+                lrs.append(optimizer.param_groups[0]["lr"])
+                optimizer.step()
+                schedule.step_batch()
+            schedule.step_epoch(loss)
+        return lrs
+
+    cosine = run("cosine", [1.0, 1.0, 1.0])
+    assert cosine[:4] == [0.25, 0.5, 0.75, 1.0]  # linear warmup
+    assert all(a > b for a, b in zip(cosine[4:], cosine[5:])) and cosine[-1] < 0.1  # decays towards 0
+    # no improvement for more than `patience` (1) epochs after the best: the lr is halved
+    plateau = run("plateau", [1.0, 1.0, 1.0, 1.0])
+    assert plateau[:4] == [0.25, 0.5, 0.75, 1.0] and plateau[4:12] == [1.0] * 8 and plateau[12:] == [0.5] * 4
+    assert run("plateau", [4.0, 3.0, 2.0, 1.0])[4:] == [1.0] * 12  # improving: no cut
+
+
+def test_param_groups_split_towers_and_decay():
+    from offclip.models.train import param_groups
+
+    model, _ = build_model("tiny", seed=0)
+    groups = {g["name"]: g for g in param_groups(model, {"lr": 1e-4, "vision_lr": 5e-4, "weight_decay": 0.1})}
+    assert sorted(groups) == ["text", "text_no_decay", "vision", "vision_no_decay"]
+    assert groups["text"]["lr"] == 1e-4 and groups["vision"]["lr"] == 5e-4
+    assert groups["text_no_decay"]["weight_decay"] == groups["vision_no_decay"]["weight_decay"] == 0.0
+    no_decay = {id(p) for g in ("text_no_decay", "vision_no_decay") for p in groups[g]["params"]}
+    assert id(model.logit_scale) in no_decay
+    for name, param in model.named_parameters():
+        if "LayerNorm" in name or "layernorm" in name or name.endswith("bias"):
+            assert id(param) in no_decay, name
+    assert sum(len(g["params"]) for g in groups.values()) == len(list(model.parameters()))
