@@ -265,6 +265,7 @@ def compare_cmd(
     config: str = typer.Option("tiny", "--config"),
     epochs: Optional[int] = typer.Option(None, "--epochs", min=1),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", min=2),
+    max_steps: Optional[int] = typer.Option(None, "--max-steps", min=1, help="Stop each run early (smoke tests)."),
     out: Optional[Path] = typer.Option(None, "--out", help="Default: SHARDS/compare."),
     device: str = typer.Option("auto", "--device"),
 ) -> None:
@@ -278,7 +279,8 @@ def compare_cmd(
     result = run_compare(CompareConfig(shards=shards, eval_root=eval_root, out=out or shards / "compare",
                                        seeds=tuple(int(s) for s in seeds.split(",") if s.strip()),
                                        losses=tuple(l.strip() for l in losses.split(",") if l.strip()),
-                                       config=config, epochs=epochs, batch_size=batch_size, device=device),
+                                       config=config, epochs=epochs, batch_size=batch_size, device=device,
+                                       max_steps=max_steps),
                          progress=lambda m: typer.echo(m, err=True))
     typer.echo(result.markdown)
 
