@@ -153,6 +153,10 @@ def resolve_hyper(config: TrainConfig, model_config: dict) -> dict:
         raise ValueError(f"model config {model_config.get('name')!r} has no train setting for {missing}: "
                          "pass them in the TrainConfig")
     hyper["vision_lr"] = section.get("vision_lr", hyper["lr"]) if config.lr is None else config.lr
+    # a frozen text tower (config "freeze_text": true): the pretrained sentence space is kept and
+    # only the vision tower and both projections learn — half the compute, and no collapse of a
+    # small-data text tower
+    hyper["freeze_text"] = bool(section.get("freeze_text", False))
     hyper["grad_clip"] = float(hyper["grad_clip"] or 0.0)
     if hyper["schedule"] not in SCHEDULES:
         raise ValueError(f"unknown schedule {hyper['schedule']!r}; available: {', '.join(SCHEDULES)}")
@@ -406,6 +410,9 @@ def _train(config: TrainConfig, model_config: dict, hyper: dict, records: list, 
     model, tokenizer = build_model(model_config, text_model=config.text_model, vision_model=config.vision_model,
                                    seed=config.seed)
     model.to(device)
+    if hyper["freeze_text"]:
+        model.text_model.requires_grad_(False)
+        model.text_model.eval()  # no dropout in a frozen tower (the model is never put back in train mode)
     image_size, max_length = model.config.image_size, model.config.max_text_length
     max_scale = math.log(model.config.max_logit_scale)
 

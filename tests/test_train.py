@@ -215,3 +215,22 @@ def test_param_groups_split_towers_and_decay():
         if "LayerNorm" in name or "layernorm" in name or name.endswith("bias"):
             assert id(param) in no_decay, name
     assert sum(len(g["params"]) for g in groups.values()) == len(list(model.parameters()))
+
+
+def test_frozen_text_tower_stays_at_its_pretrained_weights(shards_out, tmp_path):
+    """A config with "freeze_text": true trains the vision tower and both projections only."""
+    from offclip.models.clip import load_model_config
+
+    spec = load_model_config("tiny")
+    spec["train"]["freeze_text"] = True
+    path = tmp_path / "tiny-frozen.json"
+    path.write_text(json.dumps(spec))
+    result = train(config(shards_out, tmp_path / "run", config=str(path), max_steps=2))
+    assert result.hyper["freeze_text"] is True
+    initial = build_model("tiny", seed=0)[0].state_dict()
+    trained = weights(tmp_path / "run")
+    text = [k for k in trained if k.startswith("text_model.")]
+    assert text and all(torch.equal(trained[k], initial[k]) for k in text)
+    for prefix in ("vision_model.", "visual_projection.", "text_projection."):
+        moved = [k for k in trained if k.startswith(prefix) and trained[k].ndim >= 2]
+        assert moved and all(not torch.equal(trained[k], initial[k]) for k in moved), prefix
