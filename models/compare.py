@@ -29,7 +29,7 @@ class CompareConfig:
     out: Path
     seeds: tuple[int, ...] = (0, 1, 2)
     losses: tuple[str, ...] = ("infonce", "offclip")
-    config: str = "tiny"
+    config: str = "demo"
     epochs: int | None = None
     batch_size: int | None = None
     device: str = "auto"

@@ -262,7 +262,7 @@ def compare_cmd(
     eval_root: Path = typer.Argument(..., help="The VinDr-CXR-format test set (WORLD/eval/vindr-cxr)."),
     seeds: str = typer.Option("0,1,2", "--seeds", help="Comma-separated seeds."),
     losses: str = typer.Option("infonce,offclip", "--losses"),
-    config: str = typer.Option("tiny", "--config"),
+    config: str = typer.Option("demo", "--config", help="demo: a small ResNet on the frozen MiniLM (learns on the demo world on CPU)."),
     epochs: Optional[int] = typer.Option(None, "--epochs", min=1),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", min=2),
     max_steps: Optional[int] = typer.Option(None, "--max-steps", min=1, help="Stop each run early (smoke tests)."),
