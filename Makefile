@@ -27,21 +27,28 @@ setup: $(STAMP)
 
 # The main job on the embedded default: a demo world, a local Prefect server (SQLite under
 # .offclip/), the offclip/build-shards deployment run through it (training the sentence
-# classifier on Open-I first when none exists), the manifest summary, then the stack stopped.
+# classifier on Open-I first when none exists), which starts offclip/train (the `demo` model
+# config), which starts offclip/evaluate; then the manifest summary and the evaluation, and the
+# stack stopped.
 demo: setup
 	$(BIN)/offclip demo-world $(DEMO_DIR) --studies $(DEMO_STUDIES) --seed 0 --overwrite
 	$(BIN)/offclip up
 	. .offclip/env.sh && HF_HUB_OFFLINE=1 $(BIN)/prefect deployment run offclip/build-shards --watch \
-		-p source=$(DEMO_DIR) -p out=$(DEMO_OUT) -p folders=all -p trigger_train=false \
+		-p source=$(DEMO_DIR) -p out=$(DEMO_OUT) -p folders=all \
+		&& $(BIN)/offclip wait offclip/train offclip/evaluate --timeout 1800 \
 		|| { $(BIN)/offclip down; exit 1; }
 	$(BIN)/offclip manifest $(DEMO_OUT)
+	$(BIN)/offclip sql "SELECT * FROM latest_evaluations" --db $(DEMO_OUT)/manifest.duckdb
 	$(BIN)/offclip down
 
 test: setup
 	$(BIN)/python -m pytest -n 2 $(PYTEST_ARGS) tests
 
+# Every CPU benchmark at a small size (about 6 minutes on 2 cores): builds its own small inputs
+# (demo world, frozen classifier, shards) under out/bench/work, writes <name>.json, <name>.log and
+# summary.json under out/bench. BENCHMARKS.md gives the larger runs behind its figures.
 bench: setup
-	$(BIN)/python benchmarks/bench_ingest.py --n 6
+	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/run_all.py --out out/bench
 
 clean:
 	rm -rf $(VENV) out .pytest_cache

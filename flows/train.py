@@ -73,7 +73,8 @@ def _png_markdown(path: Path | None, title: str) -> str:
     return f"\n\n![{title}](data:image/png;base64,{data})\n\n`{path}`\n"
 
 
-@task(name="train-model")
+# a retry resumes from the run's last checkpoint (exact resume), so it costs at most 50 steps
+@task(name="train-model", retries=1, retry_delay_seconds=5)
 def train_task(config: dict) -> dict:
     from offclip.models.train import TrainConfig, train
 
@@ -97,7 +98,7 @@ def train_task(config: dict) -> dict:
     return result.to_dict()
 
 
-@task(name="evaluate-model")
+@task(name="evaluate-model", retries=1, retry_delay_seconds=5)
 def evaluate_task(model: str, dataset: str, root: str, out: str, manifest: str | None, run_name: str | None) -> dict:
     from offclip.models.evaluate import evaluate as run_evaluation
 
@@ -110,7 +111,7 @@ def evaluate_task(model: str, dataset: str, root: str, out: str, manifest: str |
 def train(
     shards: str = "out/curated",
     run_dir: str | None = None,
-    config: str = "tiny",
+    config: str = "demo",
     loss: str = "offclip",
     abnormal_weight: float = 1.0,
     seed: int = 0,
@@ -212,7 +213,7 @@ def retrain(
     image_size: int = 512,
     classifier: str | None = None,
     seed: int = 0,
-    config: str = "tiny",
+    config: str = "demo",
     loss: str = "offclip",
     max_steps: int | None = None,
     batch_size: int | None = None,

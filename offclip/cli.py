@@ -207,7 +207,7 @@ def build_shards_cmd(
 def train_cmd(
     shards: Path = typer.Argument(Path("out/curated"), help="A build-shards output root (holds shards/)."),
     run_dir: Optional[Path] = typer.Option(None, "--run-dir", help="Default: SHARDS/runs/<config>-<loss>-seed<S>-<digest>."),
-    config: str = typer.Option("tiny", "--config", help="Model config: tiny, paper, tiny-resnet or a .json path."),
+    config: str = typer.Option("demo", "--config", help="Model config: demo (CPU), tiny, tiny-resnet, paper (GPU) or a .json path."),
     loss: str = typer.Option("offclip", "--loss", help="offclip or infonce."),
     seed: int = typer.Option(0, "--seed"),
     epochs: Optional[int] = typer.Option(None, "--epochs", min=1, help="Default: the config's."),
@@ -400,6 +400,24 @@ def up(
     except service.ServiceError as exc:
         _fail(exc)
     typer.echo(result.to_text())
+
+
+@app.command("wait")
+def wait(
+    deployments: list[str] = typer.Argument(..., help="Deployments in chain order, e.g. offclip/train offclip/evaluate."),
+    home: Optional[Path] = typer.Option(None, "--home", help="State directory (default $OFFCLIP_HOME or ./.offclip)."),
+    timeout: float = typer.Option(1800, "--timeout", help="Seconds to wait in all."),
+) -> None:
+    """Follow chained runs on the local server to their end (each deployment's latest run, in
+    order); exit 1 unless all completed."""
+    from . import service
+
+    try:
+        states = service.wait_for_runs(deployments, home=home, timeout=timeout, echo=typer.echo)
+    except (RuntimeError, ValueError) as exc:
+        _fail(exc)
+    if any(state != "Completed" for state in states.values()):
+        raise typer.Exit(1)
 
 
 @app.command("down")

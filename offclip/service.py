@@ -797,3 +797,35 @@ def status(home: str | os.PathLike | None = None, pool: str = DEFAULT_POOL) -> S
     except Exception as exc:   # report, don't crash: status is what people run when things are wrong
         st.errors.append(f"querying {url}: {exc}")
     return st
+
+
+# --------------------------------------------------------------------------------------------
+# wait: follow chained runs (build-shards → train → evaluate) to their end
+# --------------------------------------------------------------------------------------------
+
+def wait_for_runs(deployments: list[str], home: str | os.PathLike | None = None, timeout: float = 1800.0,
+                  poll: float = 3.0, echo=print) -> dict[str, str]:
+    """Wait, in order, for the latest flow run of each deployment (``offclip/train``…) to reach a
+    final state; a run that does not exist yet is waited for (it is started by the one before).
+    Returns ``{deployment: state name}``; a deployment with no run by the deadline is ``"missing"``."""
+    url = api_url(home, check=True)
+    if url is None:
+        raise RuntimeError(f"no offclip server is running under {resolve_home(home)}: run `offclip up` first")
+    deadline = time.monotonic() + timeout
+    states: dict[str, str] = {}
+    with _client(url) as client:
+        for name in deployments:
+            deployment = client.read_deployment_by_name(name)
+            last = None
+            while True:
+                runs = [r for r in client.read_flow_runs(limit=200) if r.deployment_id == deployment.id]
+                run = max(runs, key=lambda r: r.created) if runs else None
+                state = run.state.name if run and run.state else "missing"
+                if state != last:
+                    echo(f"{name}: {state}" + (f" (flow run {run.name})" if run else ""))
+                    last = state
+                if (run and run.state and run.state.is_final()) or time.monotonic() > deadline:
+                    break
+                time.sleep(poll)
+            states[name] = state
+    return states

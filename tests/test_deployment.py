@@ -8,7 +8,6 @@ import os
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 from offclip.pipeline.curate import read_curated
@@ -45,33 +44,19 @@ def test_up_deployment_run_down(small_world, tiny_classifier, tmp_path):
         assert len(pairs) > 0
         shards = query(out / "manifest.duckdb", "SELECT sum(samples)::BIGINT AS n FROM shards")
         assert shards["n"][0] == len(pairs)
-        # build-shards started offclip/train, which started offclip/evaluate: wait for both
-        runs = _wait_for_runs(env, ["train", "evaluate"], timeout=420)
-        assert [r.state.type.value for r in runs] == ["COMPLETED", "COMPLETED"], [r.state for r in runs]
-        assert runs[1].parameters["model"] == str(next((out / "runs").iterdir()) / "model")
-        evaluations = query(out / "manifest.duckdb", "SELECT count(*) AS n FROM evaluations")
-        assert evaluations["n"][0] > 0
+        # build-shards started offclip/train, which started offclip/evaluate: `offclip wait`
+        # follows both to their end
+        wait = subprocess.run(offclip + ["wait", "offclip/train", "offclip/evaluate", "--home", str(home),
+                                         "--timeout", "420"], cwd=REPO, env=env, capture_output=True, text=True,
+                              timeout=480)
+        assert wait.returncode == 0, wait.stdout + wait.stderr
+        assert "offclip/train: Completed" in wait.stdout and "offclip/evaluate: Completed" in wait.stdout
+        (run_dir,) = (out / "runs").iterdir()
+        evaluations = query(out / "manifest.duckdb", "SELECT DISTINCT model_dir FROM evaluations")
+        assert list(evaluations["model_dir"]) == [str(run_dir / "model")]
     finally:
         down = subprocess.run(offclip + ["down", "--home", str(home)], cwd=REPO, env=env,
                               capture_output=True, text=True, timeout=120)
     assert down.returncode == 0 and "terminated" in down.stdout
     assert not list((home / "run").glob("*.pid"))
 
-
-def _wait_for_runs(env: dict, names: list[str], timeout: float) -> list:
-    """The first flow run of each named offclip deployment, once all are final (or the timeout)."""
-    from prefect.client.orchestration import get_client
-    from prefect.settings import PREFECT_API_URL, temporary_settings
-
-    deadline = time.monotonic() + timeout
-    with temporary_settings(updates={PREFECT_API_URL: env["PREFECT_API_URL"]}):
-        while True:
-            with get_client(sync_client=True) as client:
-                runs = []
-                for name in names:
-                    deployment = client.read_deployment_by_name(f"offclip/{name}")
-                    found = [r for r in client.read_flow_runs() if r.deployment_id == deployment.id]
-                    runs.append(found[0] if found else None)
-            if all(r is not None and r.state.is_final() for r in runs) or time.monotonic() > deadline:
-                return runs
-            time.sleep(3)
