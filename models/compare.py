@@ -35,6 +35,10 @@ class CompareConfig:
     device: str = "auto"
     dataset: str = "vindr-cxr"
     max_steps: int | None = None
+    #: a prompts JSON for evaluation (see models.evaluate.build_prompts); None: the defaults.
+    #: Runs already trained in ``out`` are found finished and only re-evaluated, so a second
+    #: prompt set costs evaluation time only; its table goes to compare-<file stem>.md
+    prompts: Path | None = None
 
 
 @dataclass
@@ -58,8 +62,9 @@ def run_compare(config: CompareConfig, progress: Callable[[str], None] = print) 
             trained = train(TrainConfig(shards=Path(config.shards), out=run, config=config.config, loss=loss,
                                         seed=seed, epochs=config.epochs, batch_size=config.batch_size,
                                         device=config.device, max_steps=config.max_steps))
-            result = evaluate(trained.model_dir, config.dataset, config.eval_root, out=run / "eval",
-                              device=config.device)
+            tag = f"-{Path(config.prompts).stem}" if config.prompts else ""
+            result = evaluate(trained.model_dir, config.dataset, config.eval_root, out=run / f"eval{tag}",
+                              device=config.device, prompts=config.prompts)
             summary = result.to_dict()["summary"]
             rows.append({"loss": loss, "seed": seed, **{m: summary.get(m) for m in METRICS},
                          "steps": trained.steps, "train_seconds": round(trained.seconds, 1)})
@@ -67,7 +72,8 @@ def run_compare(config: CompareConfig, progress: Callable[[str], None] = print) 
     runs = pd.DataFrame(rows)
     summary = summarise(runs)
     markdown = to_markdown(runs, summary, config)
-    files = {"json": out / "compare.json", "markdown": out / "compare.md"}
+    tag = f"-{Path(config.prompts).stem}" if config.prompts else ""
+    files = {"json": out / f"compare{tag}.json", "markdown": out / f"compare{tag}.md"}
     atomic_write_text(files["json"], json.dumps({"config": {k: str(v) for k, v in config.__dict__.items()},
                                                  "runs": rows}, indent=1, default=float) + "\n")
     atomic_write_text(files["markdown"], markdown + "\n")
@@ -89,8 +95,9 @@ def _cell(mean: float, sd: float, digits: int) -> str:
 
 def to_markdown(runs: pd.DataFrame, summary: pd.DataFrame, config: CompareConfig) -> str:
     head = "| loss | normal AUC | macro AUC (abnormal) | pointing game | normal FP | normal FN |\n|---|---|---|---|---|---|"
+    prompts = f"prompts `{config.prompts}`" if config.prompts else "the default prompts"
     lines = [f"Config `{config.config}`, seeds {', '.join(map(str, config.seeds))}, evaluated on "
-             f"`{config.eval_root}` ({len(runs)} runs; mean ± sd over seeds).", "", head]
+             f"`{config.eval_root}` with {prompts} ({len(runs)} runs; mean ± sd over seeds).", "", head]
     for loss in summary.index:
         cells = [_cell(summary.loc[loss, ("mean", m)], summary.loc[loss, ("sd", m)], 1 if m.startswith("normal_f") else 3)
                  for m in METRICS]

@@ -266,6 +266,7 @@ def compare_cmd(
     epochs: Optional[int] = typer.Option(None, "--epochs", min=1),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", min=2),
     max_steps: Optional[int] = typer.Option(None, "--max-steps", min=1, help="Stop each run early (smoke tests)."),
+    prompts: Optional[Path] = typer.Option(None, "--prompts", help="Prompts JSON ({class: text or [texts]}); runs already trained in --out are only re-evaluated."),
     out: Optional[Path] = typer.Option(None, "--out", help="Default: SHARDS/compare."),
     device: str = typer.Option("auto", "--device"),
 ) -> None:
@@ -280,7 +281,7 @@ def compare_cmd(
                                        seeds=tuple(int(s) for s in seeds.split(",") if s.strip()),
                                        losses=tuple(l.strip() for l in losses.split(",") if l.strip()),
                                        config=config, epochs=epochs, batch_size=batch_size, device=device,
-                                       max_steps=max_steps),
+                                       max_steps=max_steps, prompts=prompts),
                          progress=lambda m: typer.echo(m, err=True))
     typer.echo(result.markdown)
 

@@ -28,3 +28,20 @@ def test_compare_trains_and_evaluates_each_loss(shards_out, small_world, tmp_pat
     assert a != b
     table = (out / "compare.md").read_text()
     assert "| infonce |" in table and "| offclip |" in table and table.strip() in result.output
+
+
+def test_compare_with_other_prompts_only_reevaluates(shards_out, small_world, tmp_path):
+    out = tmp_path / "compare"
+    args = ["compare", str(shards_out), str(small_world[0] / "eval" / "vindr-cxr"), "--seeds", "0",
+            "--losses", "offclip", "--batch-size", "8", "--max-steps", "2", "--out", str(out)]
+    assert CliRunner().invoke(app, args).exit_code == 0
+    metrics = (out / "offclip-seed0" / "metrics.jsonl").read_bytes()
+    prompts = tmp_path / "report-normal.json"
+    prompts.write_text(json.dumps({"No Finding": ["The lungs are clear.", "No acute cardiopulmonary process."]}))
+    again = CliRunner().invoke(app, args + ["--prompts", str(prompts)])
+    assert again.exit_code == 0, again.output
+    assert (out / "offclip-seed0" / "metrics.jsonl").read_bytes() == metrics  # not trained again
+    default = json.loads((out / "offclip-seed0" / "eval" / "vindr-cxr.json").read_text())
+    other = json.loads((out / "offclip-seed0" / "eval-report-normal" / "vindr-cxr.json").read_text())
+    assert default["prompts"]["No Finding"] != other["prompts"]["No Finding"]
+    assert (out / "compare-report-normal.md").is_file() and (out / "compare.md").is_file()
