@@ -28,6 +28,7 @@ from offclip.pipeline.images import NormalizeConfig
 from offclip.pipeline.ingest import (
     BatchResult,
     IngestConfig,
+    IngestPool,
     IngestStage,
     finish_ingest,
     load_part,
@@ -42,6 +43,8 @@ MAX_INGEST_BATCHES = 200
 CLASSIFIER_DIR = "classifier"
 
 _STAGES: dict[tuple, IngestStage] = {}
+#: process pools of the thread runner's ingest, by flow run (a task parameter names its pool)
+_POOLS: dict[str, IngestPool] = {}
 
 
 def _stage(source: str, out: str, normalize: NormalizeConfig) -> IngestStage:
@@ -56,7 +59,9 @@ def _stage(source: str, out: str, normalize: NormalizeConfig) -> IngestStage:
 
 @task(name="ingest-batch", retries=2, retry_delay_seconds=2, tags=["offclip-io"])
 def ingest_batch(source: str, out: str, normalize: NormalizeConfig, batch: list[StudyEntry],
-                 previous: dict[int, str], part: str) -> str:
+                 previous: dict[int, str], part: str, pool: str | None = None) -> str:
+    if pool is not None and pool in _POOLS:  # thread runner: the decoding runs in the pool's processes
+        return str(_POOLS[pool].process(batch, previous, Path(part)))
     stage = _stage(source, out, normalize)  # shared by concurrent tasks: state goes by argument
     return str(save_part(stage.process_batch(batch, previous), Path(part)))
 
@@ -125,14 +130,23 @@ def build_stages(params: dict) -> dict:
     progress = create_progress_artifact(0.0, key="offclip-ingest-progress",
                                         description="ingest: share of batches done")
     parts_dir = out / "ingest" / "_parts" / started.strftime("%Y%m%dT%H%M%S%f")
-    futures = [ingest_batch.submit(str(config.source), str(out), normalize, batch, plan.previous_for(batch),
-                                   str(parts_dir / f"{k:05d}"))
-               for k, batch in enumerate(plan.batches)]
-    done = 0
-    for future in as_completed(futures):
-        future.result()
-        done += 1
-        update_progress_artifact(progress, 100.0 * done / max(1, len(futures)))
+    # The thread runner's tasks share one GIL: their batches go to a pool of worker processes
+    # (decoding in parallel, as the direct path does); process and Dask runners run them in place.
+    pool = str(parts_dir) if params["task_runner"] == "thread" and params["workers"] > 1 and len(plan.batches) > 1 else None
+    if pool:
+        _POOLS[pool] = IngestPool(config.source, out, normalize, params["workers"])
+    try:
+        futures = [ingest_batch.submit(str(config.source), str(out), normalize, batch, plan.previous_for(batch),
+                                       str(parts_dir / f"{k:05d}"), pool)
+                   for k, batch in enumerate(plan.batches)]
+        done = 0
+        for future in as_completed(futures):
+            future.result()
+            done += 1
+            update_progress_artifact(progress, 100.0 * done / max(1, len(futures)))
+    finally:
+        if pool:
+            _POOLS.pop(pool).close()
     result = BatchResult()
     for future in futures:  # merge in batch order: deterministic records
         result.extend(load_part(Path(future.result())))

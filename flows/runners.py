@@ -15,7 +15,9 @@ def make_task_runner(kind: str, workers: int = 2, address: str | None = None):
     if kind == "thread":
         from prefect.task_runners import ThreadPoolTaskRunner
 
-        return ThreadPoolTaskRunner(max_workers=workers)
+        # twice the workers: a thread task mostly waits (on the ingest process pool, on the API),
+        # and a spare one keeps the pool's queue full while another does its bookkeeping
+        return ThreadPoolTaskRunner(max_workers=2 * workers)
     if kind == "process":
         from prefect.task_runners import ProcessPoolTaskRunner
 

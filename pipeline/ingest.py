@@ -214,6 +214,37 @@ def _work(batch: list[StudyEntry]) -> BatchResult:
     return _WORKER.process_batch(batch)
 
 
+def _work_to_part(batch: list[StudyEntry], previous: dict[int, str], part: str) -> str:
+    return str(save_part(_WORKER.process_batch(batch, previous), Path(part)))
+
+
+class IngestPool:
+    """Ingest workers in their own processes (one :class:`IngestStage` each, set up once), for
+    orchestrators whose tasks are threads: a thread task hands its batch over and waits, so the
+    decoding runs in parallel outside the GIL while the task keeps the bookkeeping (retries,
+    states, progress). Workers are *spawned* (a fork of a process with server threads can
+    deadlock); each one starts once per pool. Results come back as part paths (:func:`save_part`),
+    never as arrays."""
+
+    def __init__(self, source: Path, out: Path, normalize: NormalizeConfig, workers: int) -> None:
+        import multiprocessing
+
+        self._pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
+                                         initializer=_init_worker, initargs=(str(source), str(out), normalize, {}))
+
+    def process(self, batch: list[StudyEntry], previous: dict[int, str], part: Path) -> Path:
+        return Path(self._pool.submit(_work_to_part, batch, previous, str(part)).result())
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def __enter__(self) -> "IngestPool":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
 @dataclass
 class IngestSummary:
     studies: int
