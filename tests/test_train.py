@@ -15,6 +15,9 @@ from offclip.models.train import TrainConfig, train
 from offclip.pipeline.shards import ShardError, complete_shards
 
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
 def config(shards_out, out, **kwargs) -> TrainConfig:
     return TrainConfig(**{"shards": shards_out, "out": out, "config": "tiny", "batch_size": 8, **kwargs})
 
@@ -28,16 +31,6 @@ def assert_same_weights(a: dict, b: dict) -> None:
     assert a.keys() == b.keys()
     different = [k for k in a if not torch.equal(a[k], b[k])]
     assert not different, f"{len(different)} tensors differ, e.g. {different[:3]}"
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One intra-op thread: `make test` runs two pytest workers on two cores, and oversubscribed
-    OpenMP threads make a step several times slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -24,17 +24,9 @@ from offclip.models.data import (
 )
 from offclip.pipeline.shards import ShardError
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 SIZE = 96
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One intra-op thread: `make test` runs two pytest workers on two cores, and oversubscribed
-    OpenMP threads make a step several times slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
