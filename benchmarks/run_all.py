@@ -60,8 +60,9 @@ def headline(name: str, r: dict) -> str:
     try:
         if name == "ingest":
             le = r["results"]["explicit_le"]
-            return (f"explicit LE: {le['speedup_vs_naive']:.1f}x the naive loop, {le['cost_vs_floor']:.2f}x the floor; "
-                    f"J2K {r['results']['j2k_lossless']['cost_vs_floor']:.2f}x the floor")
+            return (f"explicit LE: {le['speedup_vs_naive']:.1f}x the naive loop, {le['cost_vs_floor']:.2f}x the floor, "
+                    f"{le['cost_vs_floor_png']:.2f}x floor+PNG; J2K {r['results']['j2k_lossless']['cost_vs_floor']:.2f}x "
+                    f"the floor")
         if name == "ingest_workers":
             return (f"{r['images']} images: 1 -> 2 workers {r['scaling']['2']:.2f}x "
                     f"(serial parts allow about {r['ideal_ratio']['2']:.2f}x)")
