@@ -44,9 +44,10 @@ demo: setup
 test: setup
 	$(BIN)/python -m pytest -n 2 $(PYTEST_ARGS) tests
 
-# Every CPU benchmark at a small size (about 6 minutes on 2 cores): builds its own small inputs
-# (demo world, frozen classifier, shards) under out/bench/work, writes <name>.json, <name>.log and
-# summary.json under out/bench. BENCHMARKS.md gives the larger runs behind its figures.
+# Every CPU benchmark at a small size (3.5 minutes on a quiet 2-core machine, 6 under load):
+# builds its own small inputs (demo world, frozen classifier, shards) under out/bench/work, writes
+# <name>.json, <name>.log and summary.json under out/bench. BENCHMARKS.md gives the larger runs
+# behind its figures.
 bench: setup
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/run_all.py --out out/bench
 

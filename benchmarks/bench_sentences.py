@@ -50,7 +50,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from offclip.pipeline.openi import find_sources, load_reports  # noqa: E402
 from offclip.pipeline.scoring import ScoreCache, score_sentences  # noqa: E402
-from offclip.pipeline.text import SentenceSplitter, normalize_key  # noqa: E402
+from offclip.pipeline.text import SentenceSplitter  # noqa: E402
 
 GOAL_DEDUP = 2.5
 _REGEX = re.compile(r"(?<=[.!?])\s+")

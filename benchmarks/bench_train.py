@@ -1,8 +1,9 @@
 """Training throughput and how much of it data loading takes: the real step, fed two ways.
 
-    python benchmarks/bench_train.py [--config tiny] [--device cpu] [--shards ROOT] [--steps 10]
-                                     [--warmup 3] [--batch-size N] [--num-workers 0[,1...]]
-                                     [--rounds 1] [--json PATH]
+    python benchmarks/bench_train.py [--config tiny] [--device cpu] [--shards ROOT | --work DIR
+                                     --studies 120] [--steps 10] [--warmup 3] [--batch-size N]
+                                     [--num-workers 0[,1...]] [--rounds 1] [--loader-only]
+                                     [--loader-batches 20] [--json PATH]
     python benchmarks/bench_train.py --config paper --device cuda --shards ROOT --num-workers 8
 
 The step is the trainer's (``offclip.models.train``): ``build_model`` + ``get_loss("offclip")`` +
@@ -17,7 +18,8 @@ backward, gradient clipping, optimizer step, ``logit_scale`` clamp, ``loss.item(
                    workers; a new loader per epoch, as the trainer makes them);
 
 and, for reference, ``loader only``: the loader's own images/s with no training step (its
-capacity). Per step of ``loader`` the time spent waiting for the next batch is separated from the
+capacity; ``--loader-only`` runs just that, e.g. the paper config's 224 px loading on a CPU
+machine). Per step of ``loader`` the time spent waiting for the next batch is separated from the
 step itself; **data-loading share** = wait / wall time, and **loader / synthetic** = the ratio of
 the two training rates (1.00 = loading costs nothing). On CUDA the **GPU busy share** is the sum,
 over steps, of the time between CUDA events recorded at a step's start and end on the stream,
