@@ -23,21 +23,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-NORMAL_SENTENCES = [
-    "The lungs are clear.", "No pleural effusion or pneumothorax.", "Heart size is normal.",
-    "The cardiomediastinal silhouette is within normal limits.", "No acute cardiopulmonary process.",
-    "No focal consolidation.", "There is no pneumothorax.", "Osseous structures are intact.",
-    "Normal chest radiograph.", "The pulmonary vasculature is normal.", "No acute bony abnormality.",
-    "Lungs are well expanded and clear.", "No evidence of pneumonia.", "Mediastinal contours are normal.",
-]
-ABNORMAL_SENTENCES = [
-    "There is mild cardiomegaly.", "Small left pleural effusion.", "Right lower lobe consolidation.",
-    "Calcified granuloma in the right upper lobe.", "Moderate pulmonary edema.", "Left apical pneumothorax.",
-    "Patchy opacity at the left base may represent atelectasis.", "Thoracic scoliosis.",
-    "Degenerative changes of the thoracic spine.", "Tortuous and calcified aorta.",
-    "Right-sided central venous catheter with tip in the SVC.", "Hyperinflated lungs consistent with COPD.",
-    "Multiple pulmonary nodules.", "Bibasilar atelectasis.",
-]
+from offclip.pipeline.demo.seed_sentences import ABNORMAL_SENTENCES, NORMAL_SENTENCES  # noqa: E402
 
 
 def small_world(dest: Path, studies: int = 60, scale: float | None = None, workers: int = 2) -> Path:

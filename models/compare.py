@@ -54,6 +54,7 @@ def run_compare(config: CompareConfig, progress: Callable[[str], None] = print) 
     from .train import TrainConfig, train
 
     out = Path(config.out)
+    tag = f"-{Path(config.prompts).stem}" if config.prompts else ""  #: names a prompt set's outputs
     rows = []
     for seed in config.seeds:
         for loss in config.losses:
@@ -62,7 +63,6 @@ def run_compare(config: CompareConfig, progress: Callable[[str], None] = print) 
             trained = train(TrainConfig(shards=Path(config.shards), out=run, config=config.config, loss=loss,
                                         seed=seed, epochs=config.epochs, batch_size=config.batch_size,
                                         device=config.device, max_steps=config.max_steps))
-            tag = f"-{Path(config.prompts).stem}" if config.prompts else ""
             result = evaluate(trained.model_dir, config.dataset, config.eval_root, out=run / f"eval{tag}",
                               device=config.device, prompts=config.prompts)
             summary = result.to_dict()["summary"]
@@ -72,7 +72,6 @@ def run_compare(config: CompareConfig, progress: Callable[[str], None] = print) 
     runs = pd.DataFrame(rows)
     summary = summarise(runs)
     markdown = to_markdown(runs, summary, config)
-    tag = f"-{Path(config.prompts).stem}" if config.prompts else ""
     files = {"json": out / f"compare{tag}.json", "markdown": out / f"compare{tag}.md"}
     atomic_write_text(files["json"], json.dumps({"config": {k: str(v) for k, v in config.__dict__.items()},
                                                  "runs": rows}, indent=1, default=float) + "\n")

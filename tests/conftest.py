@@ -39,21 +39,7 @@ def small_world(tmp_path_factory, openi_dir):
 
 # A real (tiny) sentence classifier: MiniLM features + a logistic-regression head trained on a
 # few hand-labelled radiology sentences. Real forward passes; trained once per session.
-NORMAL_SENTENCES = [
-    "The lungs are clear.", "No pleural effusion or pneumothorax.", "Heart size is normal.",
-    "The cardiomediastinal silhouette is within normal limits.", "No acute cardiopulmonary process.",
-    "No focal consolidation.", "There is no pneumothorax.", "Osseous structures are intact.",
-    "Normal chest radiograph.", "The pulmonary vasculature is normal.", "No acute bony abnormality.",
-    "Lungs are well expanded and clear.", "No evidence of pneumonia.", "Mediastinal contours are normal.",
-]
-ABNORMAL_SENTENCES = [
-    "There is mild cardiomegaly.", "Small left pleural effusion.", "Right lower lobe consolidation.",
-    "Calcified granuloma in the right upper lobe.", "Moderate pulmonary edema.", "Left apical pneumothorax.",
-    "Patchy opacity at the left base may represent atelectasis.", "Thoracic scoliosis.",
-    "Degenerative changes of the thoracic spine.", "Tortuous and calcified aorta.",
-    "Right-sided central venous catheter with tip in the SVC.", "Hyperinflated lungs consistent with COPD.",
-    "Multiple pulmonary nodules.", "Bibasilar atelectasis.",
-]
+from offclip.pipeline.demo.seed_sentences import ABNORMAL_SENTENCES, NORMAL_SENTENCES  # noqa: E402
 
 
 @pytest.fixture(scope="session")
