@@ -10,7 +10,6 @@ task results are paths and small summaries, not arrays.
 from __future__ import annotations
 
 import datetime as dt
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +20,7 @@ from prefect.artifacts import (
     create_table_artifact,
     update_progress_artifact,
 )
-from prefect.cache_policies import INPUTS, TASK_SOURCE
+from prefect.cache_policies import INPUTS, NO_CACHE, TASK_SOURCE
 from prefect.futures import as_completed
 
 from offclip.pipeline.images import NormalizeConfig
@@ -31,9 +30,7 @@ from offclip.pipeline.ingest import (
     IngestPool,
     IngestStage,
     finish_ingest,
-    load_part,
     plan_ingest,
-    save_part,
 )
 from offclip.pipeline.scan import ScanConfig, StudyEntry, parse_folders, parse_splits
 from offclip.flows.runners import make_task_runner
@@ -57,13 +54,16 @@ def _stage(source: str, out: str, normalize: NormalizeConfig) -> IngestStage:
     return _STAGES[key]
 
 
-@task(name="ingest-batch", retries=2, retry_delay_seconds=2, tags=["offclip-io"])
+# no Prefect cache: ingest has its own incremental skip (content hashes), and hashing the
+# batch's study entries for a cache key would cost more than it saves
+@task(name="ingest-batch", retries=2, retry_delay_seconds=2, tags=["offclip-io"], cache_policy=NO_CACHE)
 def ingest_batch(source: str, out: str, normalize: NormalizeConfig, batch: list[StudyEntry],
-                 previous: dict[int, str], part: str, pool: str | None = None) -> str:
+                 previous: dict[int, str], pool: str | None = None) -> BatchResult:
+    """One batch's records (studies, images, sentences, rejects: ~100 kB per 64 studies)."""
     if pool is not None and pool in _POOLS:  # thread runner: the decoding runs in the pool's processes
-        return str(_POOLS[pool].process(batch, previous, Path(part)))
+        return _POOLS[pool].process(batch, previous)
     stage = _stage(source, out, normalize)  # shared by concurrent tasks: state goes by argument
-    return str(save_part(stage.process_batch(batch, previous), Path(part)))
+    return stage.process_batch(batch, previous)
 
 
 @task(name="train-classifier", cache_policy=INPUTS + TASK_SOURCE, persist_result=True)
@@ -112,8 +112,10 @@ def find_classifier(out: Path) -> Path | None:
     return path if (path / "offclip.json").is_file() else None
 
 
-@flow(name="offclip-build-stages", log_prints=True)
-def build_stages(params: dict) -> dict:
+def run_stages(params: dict) -> dict:
+    """The build inside the ``build-shards`` flow run: ingest batches go to the task runner
+    that ``params["task_runner"]`` names (entered here, not through a sub-flow: a flow run
+    costs ~1 s to start and stop); the other stages are one task each, run in place."""
     logger = get_run_logger()
     started = dt.datetime.now(dt.timezone.utc)
     out = Path(params["out"])
@@ -127,32 +129,34 @@ def build_stages(params: dict) -> dict:
     logger.info("scan: %d studies in %d batches", len(plan.studies), len(plan.batches))
 
     # -- ingest, batched; a progress artifact follows the batches ------------------------------
-    progress = create_progress_artifact(0.0, key="offclip-ingest-progress",
-                                        description="ingest: share of batches done")
-    parts_dir = out / "ingest" / "_parts" / started.strftime("%Y%m%dT%H%M%S%f")
     # The thread runner's tasks share one GIL: their batches go to a pool of worker processes
     # (decoding in parallel, as the direct path does); process and Dask runners run them in place.
-    pool = str(parts_dir) if params["task_runner"] == "thread" and params["workers"] > 1 and len(plan.batches) > 1 else None
-    if pool:
-        _POOLS[pool] = IngestPool(config.source, out, normalize, params["workers"])
+    pool = None
+    if params["task_runner"] == "thread" and params["workers"] > 1 and len(plan.batches) > 1:
+        pool = f"{out}@{started.isoformat()}"
+        _POOLS[pool] = IngestPool(config.source, out, normalize, params["workers"])  # workers start now
+    progress = create_progress_artifact(0.0, key="offclip-ingest-progress",
+                                        description="ingest: share of batches done")
+    runner = make_task_runner(params["task_runner"], workers=params["workers"], address=params["dask_address"])
     try:
-        futures = [ingest_batch.submit(str(config.source), str(out), normalize, batch, plan.previous_for(batch),
-                                       str(parts_dir / f"{k:05d}"), pool)
-                   for k, batch in enumerate(plan.batches)]
-        done = 0
-        for future in as_completed(futures):
-            future.result()
-            done += 1
-            update_progress_artifact(progress, 100.0 * done / max(1, len(futures)))
+        with runner:
+            futures = [runner.submit(ingest_batch, {"source": str(config.source), "out": str(out),
+                                                    "normalize": normalize, "batch": batch,
+                                                    "previous": plan.previous_for(batch), "pool": pool})
+                       for batch in plan.batches]
+            done = 0
+            for future in as_completed(futures):
+                future.result()
+                done += 1
+                update_progress_artifact(progress, 100.0 * done / max(1, len(futures)))
+            result = BatchResult()
+            for future in futures:  # merge in batch order: deterministic records
+                result.extend(future.result())
     finally:
         if pool:
             _POOLS.pop(pool).close()
-    result = BatchResult()
-    for future in futures:  # merge in batch order: deterministic records
-        result.extend(load_part(Path(future.result())))
     ingest = finish_ingest(out, plan, result, (dt.datetime.now(dt.timezone.utc) - started).total_seconds())
     logger.info(ingest.to_text())
-    shutil.rmtree(parts_dir, ignore_errors=True)  # merged: the per-batch parts are spent
 
     # -- classifier: given, found under OUT/classifier, or trained now ---------------------------
     classifier = params.get("classifier") or find_classifier(out)
@@ -225,8 +229,7 @@ def build_shards(
     directory, the seed and the source's evaluation set.
     """
     params = {k: v for k, v in locals().items()}
-    runner = make_task_runner(task_runner, workers=workers, address=dask_address)
-    result = build_stages.with_options(task_runner=runner)(params)
+    result = run_stages(params)
     if trigger_train:
         parameters = {"shards": out, "seed": seed, **(train_parameters or {})}
         eval_root = Path(source) / "eval" / "vindr-cxr"

@@ -36,12 +36,35 @@ Header conventions (decisions, see ``_canonical``):
 from __future__ import annotations
 
 import re
+import sys
 from dataclasses import dataclass
 from itertools import islice
 from typing import Iterable, Iterator
 
 import numpy as np
-from spacy.attrs import IDX, IS_SPACE, ORTH, SENT_START, SPACY
+
+
+def _import_spacy_without_torch() -> None:
+    """Import spaCy without loading PyTorch.
+
+    thinc (spaCy's ML layer) imports ``torch`` at import time whenever it is installed: about
+    2 s and a few hundred MB per process, though a blank pipeline with rules never uses it.
+    Ingest workers start fresh interpreters, so each one would pay it. While spaCy loads,
+    ``torch`` is hidden when no one has imported it yet, and restored right after: a later
+    ``import torch`` works as usual; only thinc's own torch shims stay off in that process.
+    """
+    if "spacy" in sys.modules or "torch" in sys.modules:
+        return
+    sys.modules["torch"] = None  # type: ignore[assignment]  (import torch -> ImportError)
+    try:
+        import spacy  # noqa: F401
+    finally:
+        if sys.modules.get("torch", 0) is None:
+            del sys.modules["torch"]
+
+
+_import_spacy_without_torch()
+from spacy.attrs import IDX, IS_SPACE, ORTH, SENT_START, SPACY  # noqa: E402
 
 __all__ = [
     "Section",

@@ -16,7 +16,15 @@ from PIL import Image
 from offclip.data_contracts.contract import ContractViolation
 from offclip.data_contracts.ingest import REJECT_REASONS, STUDIES
 from offclip.pipeline.images import NormalizeConfig
-from offclip.pipeline.ingest import IngestConfig, read_table, run_ingest, write_table
+from offclip.pipeline.ingest import (
+    IngestConfig,
+    IngestPool,
+    IngestStage,
+    plan_ingest,
+    read_table,
+    run_ingest,
+    write_table,
+)
 from offclip.pipeline.scan import ScanConfig, classify_view, scan
 
 FAULT_REASON = {
@@ -44,6 +52,27 @@ def ingested(small_world, tmp_path_factory):
                           normalize=NormalizeConfig(long_side=128), batch_size=8, workers=2, progress=False)
     summary = run_ingest(config)
     return world, out, summary
+
+
+def test_pool_workers_return_the_in_process_records(small_world, tmp_path):
+    """The thread runner's process pool: each batch's records, pickled back from a spawned
+    worker, equal the same batch ingested in this process (and the images are written)."""
+    world, _ = small_world
+    normalize = NormalizeConfig(long_side=64)
+    config = IngestConfig(source=world, out=tmp_path / "pool", scan=ScanConfig(world, folders=None),
+                          normalize=normalize, batch_size=8)
+    plan = plan_ingest(config)
+    batches = plan.batches[:3]
+    with IngestPool(world, tmp_path / "pool", normalize, workers=2) as pool:
+        pooled = [pool.process(batch, {}) for batch in batches]
+    stage = IngestStage(world, tmp_path / "here", normalize)
+    for batch, got in zip(batches, pooled):
+        want = stage.process_batch(batch, {})
+        assert got.rejects == want.rejects and got.sentences == want.sentences and got.images == want.images
+        assert got.studies == want.studies and len(got.studies) == len(batch)
+        for row in got.images:
+            if row["out_path"]:
+                assert (tmp_path / "pool" / row["out_path"]).read_bytes() == (tmp_path / "here" / row["out_path"]).read_bytes()
 
 
 def test_every_fault_is_a_reject_with_its_reason(ingested):

@@ -498,3 +498,21 @@ def test_openi_sentences_repeat_far_more_than_they_vary(openi):
     # the templated normal sentences are the most frequent keys
     (top, count), = Counter(keys).most_common(1)
     assert top == "no acute cardiopulmonary abnormality" and count > 400
+
+
+def test_spacy_loads_without_torch_and_torch_still_imports_after():
+    """A fresh ingest worker imports the splitter without PyTorch (thinc would load it, ~2 s per
+    process); a later ``import torch`` in the same process works."""
+    import subprocess
+    import sys
+
+    code = ("import sys\n"
+            "from offclip.pipeline.text import SentenceSplitter\n"
+            "s = SentenceSplitter()\n"
+            "assert 'spacy' in sys.modules and 'torch' not in sys.modules, sorted(sys.modules)[:5]\n"
+            "texts = [x.text for x in s.split('No effusion. Heart size normal.')]\n"
+            "import torch\n"
+            "print(texts, float(torch.ones(3).sum()))\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "['No effusion.', 'Heart size normal.'] 3.0"
