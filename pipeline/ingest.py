@@ -16,6 +16,8 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import sys
+import threading
 import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -216,21 +218,48 @@ def _ready() -> int:
     return os.getpid()
 
 
+def worker_context():
+    """The multiprocessing context for workers started from a process with threads (a flow run).
+
+    ``forkserver`` where the platform has it: one fresh, single-threaded process imports the
+    ingest code (and the caller's main module) once, and every worker is forked from it, so
+    workers start in milliseconds, and safely beside a server's threads; the server lives on for
+    later pools in this process. ``spawn`` elsewhere (each worker imports everything itself).
+    """
+    import multiprocessing
+
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        return multiprocessing.get_context("spawn")
+    ctx = multiprocessing.get_context("forkserver")
+    preload = ["__main__", __name__, f"{__package__}.text"]
+    main = getattr(sys.modules.get("__main__"), "__spec__", None)
+    if main is not None and main.name and not main.name.endswith("__main__"):
+        preload.append(main.name)  # e.g. ``python -m prefect.engine``: each worker would import it again
+    ctx.set_forkserver_preload(preload)  # no effect once this process's fork server runs
+    return ctx
+
+
 class IngestPool:
     """Ingest workers in their own processes (one :class:`IngestStage` each, set up once), for
     orchestrators whose tasks are threads: a thread task hands its batch over and waits, so the
     decoding runs in parallel outside the GIL while the task keeps the bookkeeping (retries,
-    states, progress). Workers are *spawned* (a fork of a process with server threads can
-    deadlock) as soon as the pool is made, so they set up while the caller is still scanning
-    and submitting. A batch's records come back pickled (~100 kB per 64 studies), never arrays."""
+    states, progress). Workers come from :func:`worker_context` (a plain fork of a process with
+    server threads can deadlock) and start as soon as the pool is made, in the background, so
+    they set up while the caller is still scanning and submitting. A batch's records come back
+    pickled (~100 kB per 64 studies), never arrays."""
 
     def __init__(self, source: Path, out: Path, normalize: NormalizeConfig, workers: int) -> None:
-        import multiprocessing
-
-        self._pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
+        self._pool = ProcessPoolExecutor(max_workers=workers, mp_context=worker_context(),
                                          initializer=_init_worker, initargs=(str(source), str(out), normalize, {}))
-        for _ in range(workers):  # start them now (the executor spawns on demand, one per waiting call)
-            self._pool.submit(_ready)
+        threading.Thread(target=self._start, args=(workers,), daemon=True, name="offclip-ingest-pool-start").start()
+
+    def _start(self, workers: int) -> None:
+        # the executor starts a worker per call that finds none idle: `workers` calls start them all
+        try:
+            for _ in range(workers):
+                self._pool.submit(_ready)
+        except RuntimeError:  # closed before it started: nothing to warm up
+            pass
 
     def process(self, batch: list[StudyEntry], previous: dict[int, str]) -> BatchResult:
         return self._pool.submit(_work, batch, previous).result()
