@@ -205,7 +205,7 @@ def build_shards(
     image_size: int = 512,
     image_format: str = "png",
     prefer_pa: bool = False,
-    batch_size: int = 64,
+    batch_size: int = 128,
     shard_size: int = 1000,
     shard_bytes: int = 1 << 30,
     classifier: str | None = None,
@@ -222,6 +222,8 @@ def build_shards(
 ) -> dict[str, Any]:
     """Curate SOURCE (MIMIC-CXR or the demo world) into OUT: records, shards, manifest.
 
+    ``batch_size``: studies per ingest task (the thread runner's process pool cuts each batch
+    into one chunk per worker, so fewer, larger tasks keep every worker busy).
     ``task_runner``: ``thread`` (default), ``process``, or ``dask`` (a local cluster of
     ``workers`` processes, or the cluster at ``dask_address``). When ``trigger_train`` is on and
     the ``offclip/train`` deployment exists, a train run is started on the new shards, with

@@ -243,26 +243,34 @@ class IngestPool:
     """Ingest workers in their own processes (one :class:`IngestStage` each, set up once), for
     orchestrators whose tasks are threads: a thread task hands its batch over and waits, so the
     decoding runs in parallel outside the GIL while the task keeps the bookkeeping (retries,
-    states, progress). Workers come from :func:`worker_context` (a plain fork of a process with
-    server threads can deadlock) and start as soon as the pool is made, in the background, so
-    they set up while the caller is still scanning and submitting. A batch's records come back
-    pickled (~100 kB per 64 studies), never arrays."""
+    states, progress). A batch is cut into one chunk per worker, so one task keeps every worker
+    busy and a run needs fewer (larger) tasks for the same load balance. Workers come from
+    :func:`worker_context` (a plain fork of a process with server threads can deadlock) and start
+    as soon as the pool is made, in the background, so they set up while the caller is still
+    scanning and submitting. Records come back pickled (~100 kB per 64 studies), never arrays."""
 
     def __init__(self, source: Path, out: Path, normalize: NormalizeConfig, workers: int) -> None:
-        self._pool = ProcessPoolExecutor(max_workers=workers, mp_context=worker_context(),
+        self.workers = max(1, int(workers))
+        self._pool = ProcessPoolExecutor(max_workers=self.workers, mp_context=worker_context(),
                                          initializer=_init_worker, initargs=(str(source), str(out), normalize, {}))
-        threading.Thread(target=self._start, args=(workers,), daemon=True, name="offclip-ingest-pool-start").start()
+        threading.Thread(target=self._start, daemon=True, name="offclip-ingest-pool-start").start()
 
-    def _start(self, workers: int) -> None:
+    def _start(self) -> None:
         # the executor starts a worker per call that finds none idle: `workers` calls start them all
         try:
-            for _ in range(workers):
+            for _ in range(self.workers):
                 self._pool.submit(_ready)
         except RuntimeError:  # closed before it started: nothing to warm up
             pass
 
     def process(self, batch: list[StudyEntry], previous: dict[int, str]) -> BatchResult:
-        return self._pool.submit(_work, batch, previous).result()
+        """The batch's records, in batch order (its chunks run in parallel)."""
+        size = -(-len(batch) // self.workers) or 1
+        chunks = [self._pool.submit(_work, batch[i:i + size], previous) for i in range(0, len(batch), size)]
+        result = BatchResult()
+        for chunk in chunks:
+            result.extend(chunk.result())
+        return result
 
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
