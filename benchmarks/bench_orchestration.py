@@ -63,6 +63,8 @@ def main() -> None:
     ap.add_argument("--classifier", type=Path, required=True, help="a saved classifier (offclip classifier train)")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--repeat", type=int, default=1, help="rounds of the three paths, interleaved (best counts)")
+    ap.add_argument("--runners", default="process,thread",
+                    help="task runners to time against the direct path (comma-separated)")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -76,7 +78,8 @@ def main() -> None:
     SentenceClassifier.load(args.classifier)  # torch, transformers, the model classes: before any clock
 
     # interleaved rounds, best of each path: a noisy neighbour slows one round, not one path
-    times: dict[str, list[float]] = {"direct_s": [], "prefect_process_s": [], "prefect_thread_s": []}
+    runners = [r.strip() for r in args.runners.split(",") if r.strip()]
+    times: dict[str, list[float]] = {"direct_s": [], **{f"prefect_{r}_s": [] for r in runners}}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         os.environ["PREFECT_HOME"] = str(tmp / "prefect")
@@ -84,13 +87,13 @@ def main() -> None:
             for _ in range(args.repeat):
                 times["direct_s"].append(direct(args.world, tmp / "direct", args.classifier, args.workers))
                 shutil.rmtree(tmp / "direct")
-                for runner in ("process", "thread"):
+                for runner in runners:
                     times[f"prefect_{runner}_s"].append(
                         through_prefect(args.world, tmp / runner, args.classifier, args.workers, runner))
                     shutil.rmtree(tmp / runner)
     results = {k: min(v) for k, v in times.items()}
     results["rounds"] = times
-    for runner in ("process", "thread"):
+    for runner in runners:
         ratios = sorted(p / d for p, d in zip(times[f"prefect_{runner}_s"], times["direct_s"]))
         results[f"median_round_overhead_{runner}"] = statistics.median(ratios) - 1
     import pandas as pd
@@ -99,7 +102,7 @@ def main() -> None:
     results["images"] = images
     print(f"build of {args.world} ({images} images), {args.workers} workers")
     print(f"  direct stages            {results['direct_s']:7.1f} s")
-    for runner in ("process", "thread"):
+    for runner in runners:
         s = results[f"prefect_{runner}_s"]
         print(f"  prefect, {runner:7s} runner {s:7.1f} s   overhead {100 * (s / results['direct_s'] - 1):+.1f} % "
               f"(median of the rounds {100 * results[f'median_round_overhead_{runner}']:+.1f} %)")

@@ -42,6 +42,7 @@ def plan(work: Path, out: Path) -> dict[str, list[str]]:
     world, clf, curated = work / "world", work / "classifier", work / "curated"
     return {
         "ingest": ["bench_ingest.py", "--n", "2", "--repeat", "3"],
+        "png": ["bench_png.py", "--n", "2", "--repeat", "10"],
         "ingest_workers": ["bench_ingest_workers.py", "--world", str(world), "--subset", "all", "--batch-size", "8",
                            "--repeat", "2"],
         "sentences": ["bench_sentences.py", "--repeat", "2"],
@@ -63,6 +64,11 @@ def headline(name: str, r: dict) -> str:
             return (f"explicit LE: {le['speedup_vs_naive']:.1f}x the naive loop, {le['cost_vs_floor']:.2f}x the floor, "
                     f"{le['cost_vs_floor_png']:.2f}x floor+PNG; J2K {r['results']['j2k_lossless']['cost_vs_floor']:.2f}x "
                     f"the floor")
+        if name == "png":
+            res = r["results"]
+            now, before = res["zlib-ng L1 Huffman only (now)"], res["zlib L1 run-length (before)"]
+            return (f"PNG deflate {now['ms']:.2f} ms ({before['ms'] / now['ms']:.1f}x zlib run-length), "
+                    f"{now['kb']:.0f} kB vs {before['kb']:.0f} kB")
         if name == "ingest_workers":
             return (f"{r['images']} images: 1 -> 2 workers {r['scaling']['2']:.2f}x "
                     f"(serial parts allow about {r['ideal_ratio']['2']:.2f}x)")
