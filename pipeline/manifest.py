@@ -9,6 +9,10 @@ Arrow — never row-by-row inserts): ``runs``, ``studies``, ``images``, ``report
 The file is rebuilt into a temporary database and renamed over the old one (atomic); the
 ``runs`` history and the ``evaluations`` table are carried over (stages that do not
 rebuild the file append to them: :func:`append_runs`, :func:`record_evaluations`). The plain ``duckdb`` client opens it as it is.
+
+The three writers take :func:`manifest_lock` (a lock file beside the database), so a rebuild
+never renames its copy over rows another process appended meanwhile: an append waits for the
+rebuild and lands in the new file.
 """
 
 from __future__ import annotations
@@ -27,6 +31,16 @@ from .. import __version__
 from ..data_contracts.manifest import EVALUATIONS, OVERALL, RUNS, SAMPLES, SHARDS
 
 MANIFEST_FILE = "manifest.duckdb"
+LOCK_TIMEOUT_S = 600.0  #: how long a writer waits for another one (a rebuild takes seconds)
+
+
+def manifest_lock(db: str | os.PathLike, timeout: float = LOCK_TIMEOUT_S):
+    """The inter-process write lock of the manifest ``db`` (``.<name>.lock`` beside it)."""
+    from filelock import FileLock
+
+    db = Path(db)
+    db.parent.mkdir(parents=True, exist_ok=True)
+    return FileLock(str(db.with_name(f".{db.name}.lock")), timeout=timeout)
 
 VIEWS = {
     "label_distribution": """
@@ -114,10 +128,15 @@ def _shard_tables(out: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
 def build_manifest(out: str | os.PathLike, db: str | os.PathLike | None = None,
                    runs: list[dict] | None = None) -> Path:
     """(Re)build the manifest of curation output ``out``; append ``runs`` to its history."""
-    import duckdb
-
     out = Path(out)
     db = Path(db) if db else out / MANIFEST_FILE
+    with manifest_lock(db):  # rows appended by others between the carry-over and the rename would be lost
+        return _build_manifest(out, db, runs)
+
+
+def _build_manifest(out: Path, db: Path, runs: list[dict] | None) -> Path:
+    import duckdb
+
     history, evaluations = RUNS.empty(), EVALUATIONS.empty()
     if db.is_file():
         with duckdb.connect(str(db), read_only=True) as old:
@@ -204,7 +223,7 @@ def append_runs(db: str | os.PathLike, runs: list[dict]) -> int:
     import duckdb
 
     table = RUNS.validate(pd.DataFrame(runs))
-    with duckdb.connect(str(db)) as con:
+    with manifest_lock(db), duckdb.connect(str(db)) as con:
         con.register("incoming", table)
         try:
             con.execute("BEGIN")
@@ -222,8 +241,7 @@ def record_evaluations(db: str | os.PathLike, rows: pd.DataFrame) -> int:
     import duckdb
 
     table = EVALUATIONS.validate(rows)  # raises ContractViolation before anything is written
-    Path(db).parent.mkdir(parents=True, exist_ok=True)
-    with duckdb.connect(str(db)) as con:
+    with manifest_lock(db), duckdb.connect(str(db)) as con:
         con.register("incoming", table)
         try:
             con.execute("BEGIN")

@@ -21,7 +21,7 @@ from PIL import Image
 
 from offclip.data_contracts.contract import ContractViolation
 from offclip.pipeline.curate import read_curated
-from offclip.pipeline.manifest import build_manifest, query, run_record
+from offclip.pipeline.manifest import append_runs, build_manifest, manifest_lock, query, run_record
 from offclip.pipeline.shards import SAMPLE_FIELDS, SHARD_DIR, ShardConfig, complete_shards, shard_urls, write_shards
 
 PHI = ("PatientName", "PatientBirthDate", "AccessionNumber", "DEMO^", "patient_name", "birth", "accession")
@@ -176,6 +176,35 @@ def test_manifest_tables_views_and_contracts(built):
     with pytest.raises(ContractViolation, match=r"shards\.sha256"):
         build_manifest(built)
     assert len(query(db, "SELECT * FROM runs WHERE stage = 'test'")) == 2
+
+
+def test_manifest_writers_wait_for_each_other(built):
+    """Rebuild and append take the manifest's write lock: while another writer holds it neither
+    writes, and once it is free the appended run survives the rebuild whichever goes first (a
+    rebuild renames a copy over the file, so an append in between used to be lost)."""
+    import datetime as dt
+    import threading
+
+    db = built / "manifest.duckdb"
+    record = run_record("evaluate", dt.datetime.now(dt.timezone.utc), {"k": 1}, {"n": 1})
+    before = os.stat(db).st_mtime_ns
+    holder = manifest_lock(db)
+    holder.acquire()
+    try:
+        writers = [threading.Thread(target=append_runs, args=(db, [record])),
+                   threading.Thread(target=build_manifest, args=(built,))]
+        for w in writers:
+            w.start()
+        time.sleep(1.5)
+        assert all(w.is_alive() for w in writers)  # both wait for the lock
+        assert os.stat(db).st_mtime_ns == before
+        assert len(query(db, "SELECT * FROM runs WHERE stage = 'evaluate'")) == 0
+    finally:
+        holder.release()
+    for w in writers:
+        w.join(timeout=120)
+    assert not any(w.is_alive() for w in writers)
+    assert len(query(db, "SELECT * FROM runs WHERE stage = 'evaluate'")) == 1
 
 
 def test_sql_command(built, tmp_path):
