@@ -4,7 +4,8 @@ wires stages into tasks. Imports are absolute (``offclip.…``): Prefect workers
 path (``flows/build.py:build_shards`` in prefect.yaml).
 
 Tasks take a batch or a whole stage, never one image (a run stays at hundreds of task runs);
-task results are paths and small summaries, not arrays.
+task results are records (an ingest batch's, ~100 kB per 64 studies), paths and small
+summaries, never arrays.
 """
 
 from __future__ import annotations
