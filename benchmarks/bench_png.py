@@ -4,8 +4,8 @@
 
 What is left of ingest above the decode+resize floor is encoding the output PNG
 (``bench_ingest.py``). This times that encode alone on real normalised outputs (full-size 12-bit
-phantom radiographs through ``decode_dicom``), Up-filtered exactly as ``pipeline/images.py``
-does, then deflated by each candidate; per image the best of ``--repeat`` interleaved runs, and
+phantom radiographs through ``decode_dicom``), Up-filtered by ``images.png_up_scanlines`` (as the
+PNG writer does), then deflated by each candidate; per image the best of ``--repeat`` interleaved runs, and
 every stream is checked to inflate back to the filtered rows:
 
 * zlib level 1, run-length strategy (offclip before) / Huffman only / default strategy;
@@ -34,17 +34,6 @@ from PIL import Image  # noqa: E402
 from zlib_ng import zlib_ng  # noqa: E402
 
 from offclip.pipeline import images  # noqa: E402
-
-
-def up_filtered(pixels: np.ndarray) -> bytes:
-    """The PNG scanlines with filter byte 2 (Up), as ``images._png_bytes`` builds them."""
-    rows = pixels.shape[0]
-    raw = np.ascontiguousarray(pixels).view(np.uint8).reshape(rows, -1)
-    out = np.empty((rows, raw.shape[1] + 1), dtype=np.uint8)
-    out[:, 0] = 2
-    out[0, 1:] = raw[0]
-    np.subtract(raw[1:], raw[:-1], out=out[1:, 1:])
-    return out.tobytes()
 
 
 def deflate(module, level: int, strategy: int):
@@ -92,7 +81,7 @@ def main() -> None:
     args = ap.parse_args()
 
     pixels = outputs(args.n, args.long_side)
-    filtered = [up_filtered(p) for p in pixels]
+    filtered = [images.png_up_scanlines(p).tobytes() for p in pixels]
     config = images.NormalizeConfig(long_side=args.long_side)
     runs = {name: (fn, filtered) for name, fn in candidates().items()}
     runs["encode_image (filter + deflate + chunks)"] = (lambda p: images.encode_image(p, config), pixels)

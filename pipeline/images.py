@@ -619,6 +619,20 @@ def _png_chunk(kind: bytes, data: bytes) -> bytes:
     return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
 
+def png_up_scanlines(pixels: np.ndarray) -> np.ndarray:
+    """The PNG scanlines of a 2-D uint8/uint16 image, each row with filter byte 2 (Up): the
+    byte minus the byte above (the row above row 0 is zeros); 16-bit samples big-endian."""
+    rows = pixels.shape[0]
+    depth = 8 * pixels.dtype.itemsize
+    raw = np.ascontiguousarray(pixels, dtype=">u2" if depth == 16 else np.uint8).view(np.uint8)
+    raw = raw.reshape(rows, -1)
+    filtered = np.empty((rows, raw.shape[1] + 1), dtype=np.uint8)
+    filtered[:, 0] = 2
+    filtered[0, 1:] = raw[0]
+    np.subtract(raw[1:], raw[:-1], out=filtered[1:, 1:])
+    return filtered
+
+
 def _png_bytes(pixels: np.ndarray, level: int) -> bytes:
     """A grayscale PNG (8 or 16 bit), every row with the Up filter.
 
@@ -630,12 +644,7 @@ def _png_bytes(pixels: np.ndarray, level: int) -> bytes:
     """
     rows, columns = pixels.shape
     depth = 8 * pixels.dtype.itemsize
-    raw = np.ascontiguousarray(pixels, dtype=">u2" if depth == 16 else np.uint8).view(np.uint8)
-    raw = raw.reshape(rows, -1)
-    filtered = np.empty((rows, raw.shape[1] + 1), dtype=np.uint8)
-    filtered[:, 0] = 2  # Up: the byte minus the byte above (the row above row 0 is zeros)
-    filtered[0, 1:] = raw[0]
-    np.subtract(raw[1:], raw[:-1], out=filtered[1:, 1:])
+    filtered = png_up_scanlines(pixels)
     strategy = zlib_ng.Z_HUFFMAN_ONLY if level == 1 else zlib_ng.Z_DEFAULT_STRATEGY
     compressor = zlib_ng.compressobj(level, zlib_ng.DEFLATED, 15, 9, strategy)
     idat = compressor.compress(filtered.data) + compressor.flush()
