@@ -162,30 +162,9 @@ class GpuClock:
         return sum(a.elapsed_time(b) for a, b in self.pairs) / 1e3
 
 
-def run_synthetic(trainer: Trainer, held: list, steps: int, warmup: int) -> dict:
-    """The same batches the loader run gets, in the same order, already in device memory."""
-    for batch in held[:warmup]:
-        trainer.step(batch)
-    _sync(trainer.device)
-    clock = GpuClock(trainer.device)
-    images = 0
-    with clock:
-        t0 = time.perf_counter()
-        for batch in held[warmup:warmup + steps]:
-            ev = clock.start_step()
-            trainer.step(batch)
-            clock.end_step(ev)
-            images += len(batch)
-        _sync(trainer.device)
-        wall = time.perf_counter() - t0
-    return _result("synthetic", images, wall, 0.0, 0.0, clock)
-
-
-def run_loader(trainer: Trainer, shards: Path, steps: int, warmup: int, num_workers: int) -> dict:
-    it = batches(trainer, shards, num_workers)
-    for _ in range(warmup):
-        trainer.step(next(it)[0].to(trainer.device, non_blocking=True))
-    _sync(trainer.device)
+def _timed_steps(trainer: Trainer, source, steps: int):
+    """``steps`` training steps on (batch, first-of-a-worker) pairs from ``source``, timing the
+    wait for each batch apart from the step: (images, wall, wait, first_wait, clock)."""
     clock = GpuClock(trainer.device)
     wait = first_wait = 0.0
     images = 0
@@ -193,7 +172,7 @@ def run_loader(trainer: Trainer, shards: Path, steps: int, warmup: int, num_work
         t0 = time.perf_counter()
         for _ in range(steps):
             t = time.perf_counter()
-            batch, first = next(it)
+            batch, first = next(source)
             batch = batch.to(trainer.device, non_blocking=True)
             waited = time.perf_counter() - t
             wait += waited
@@ -204,6 +183,24 @@ def run_loader(trainer: Trainer, shards: Path, steps: int, warmup: int, num_work
             images += len(batch)
         _sync(trainer.device)
         wall = time.perf_counter() - t0
+    return images, wall, wait, first_wait, clock
+
+
+def run_synthetic(trainer: Trainer, held: list, steps: int, warmup: int) -> dict:
+    """The same batches the loader run gets, in the same order, already in device memory."""
+    for batch in held[:warmup]:
+        trainer.step(batch)
+    _sync(trainer.device)
+    images, wall, _, _, clock = _timed_steps(trainer, ((b, False) for b in held[warmup:]), steps)
+    return _result("synthetic", images, wall, 0.0, 0.0, clock)
+
+
+def run_loader(trainer: Trainer, shards: Path, steps: int, warmup: int, num_workers: int) -> dict:
+    it = batches(trainer, shards, num_workers)
+    for _ in range(warmup):
+        trainer.step(next(it)[0].to(trainer.device, non_blocking=True))
+    _sync(trainer.device)
+    images, wall, wait, first_wait, clock = _timed_steps(trainer, it, steps)
     it.close()
     return _result(f"loader ({num_workers} workers)", images, wall, wait, first_wait, clock)
 
