@@ -126,6 +126,7 @@ def train(
     trigger_evaluate: bool = True,
     eval_dataset: str = "vindr-cxr",
     eval_root: str | None = None,
+    allow_shard_change: bool = False,
 ) -> dict[str, Any]:
     """Train the dual encoder on the shards under SHARDS (a build-shards output); the run goes
     to ``run_dir`` (default ``SHARDS/runs/<config>-<loss>-seed<S>-<digest>``; an unfinished
@@ -136,7 +137,7 @@ def train(
     settings = {"shards": shards, "out": str(run), "config": config, "loss": loss,
                 "abnormal_weight": abnormal_weight, "seed": seed, "epochs": epochs, "batch_size": batch_size,
                 "lr": lr, "max_steps": max_steps, "device": device, "num_workers": num_workers,
-                "text_model": text_model, "vision_model": vision_model}
+                "text_model": text_model, "vision_model": vision_model, "allow_shard_change": allow_shard_change}
     result = train_task(settings)  # None: the model config's own training setting
     db = Path(shards) / MANIFEST_FILE
     if db.is_file():

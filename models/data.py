@@ -486,7 +486,8 @@ def make_loader(shards: str | os.PathLike, split: str, *, tokenizer=None, max_le
                 num_workers: int = 0, skip_batches: int = 0, shuffle_buffer: int = 1000,
                 text_mode: str | None = None, rank: int | None = None, world_size: int | None = None,
                 tokenize: Callable[[list[str]], dict] | None = None,
-                augment_config: AugmentConfig = AugmentConfig(), pin_memory: bool = False) -> ShardLoader:
+                augment_config: AugmentConfig = AugmentConfig(), pin_memory: bool = False,
+                records: Sequence[ShardRecord] | None = None) -> ShardLoader:
     """The batches of ``epoch`` of ``split`` (the complete shards under the curation root ``shards``).
 
     ``train=True``: shards and samples shuffled by ``(seed, epoch)``, one kept sentence drawn per
@@ -495,6 +496,8 @@ def make_loader(shards: str | os.PathLike, split: str, *, tokenizer=None, max_le
     (``text_mode="all"``; or ``"first"``), a plain resize, every sample exactly once per rank.
     ``skip_batches`` skips the first batches of the epoch without decoding them (exact resume).
     ``rank``/``world_size`` default to ``torch.distributed`` when it is initialised.
+    ``records``: the shard set to read (a trainer lists it once per run, :func:`split_records`);
+    default: the split's complete shards, listed now.
     Text is tokenised by ``tokenize(texts)`` or else by ``tokenizer`` with :func:`offclip.models.clip.tokenize`.
     """
     if tokenize is None:
@@ -504,7 +507,7 @@ def make_loader(shards: str | os.PathLike, split: str, *, tokenizer=None, max_le
     if num_workers < 0:
         raise ValueError(f"num_workers must be >= 0, got {num_workers}")
     rank, world_size = _dist_rank_world(rank, world_size)
-    records = split_records(shards, split)
+    records = split_records(shards, split) if records is None else list(records)
     plan = plan_epoch(records, epoch=epoch, seed=seed, batch_size=batch_size, shuffle=train, rank=rank,
                       world_size=world_size, num_workers=num_workers, min_batch=2 if train else 1,
                       equal_ranks=train, skip=skip_batches)

@@ -79,7 +79,7 @@ AMP_MODES = ("auto", "bf16", "fp16", "off")
 #: the model config's "train" keys a TrainConfig can override (None = take the config's)
 HYPER_KEYS = ("epochs", "batch_size", "lr", "weight_decay", "warmup_steps", "schedule", "grad_clip")
 #: settings that may change between a run and its resumption (the others must match)
-RESUMABLE_CHANGES = ("out", "max_steps", "checkpoint_every", "resume", "log_every", "device")
+RESUMABLE_CHANGES = ("out", "max_steps", "checkpoint_every", "resume", "log_every", "device", "allow_shard_change")
 #: ReduceLROnPlateau settings of schedule="plateau"
 PLATEAU = {"factor": 0.5, "patience": 1}
 
@@ -109,6 +109,8 @@ class TrainConfig:
     vision_model: str | None = None
     split: str = "train"
     log_every: int = 1  #: steps between two metrics lines / on_step calls
+    #: resume although the shard set differs from the checkpoint's (default: refuse, naming the change)
+    allow_shard_change: bool = False
 
     def __post_init__(self):
         self.shards, self.out = Path(self.shards), Path(self.out)
@@ -368,11 +370,15 @@ def _write_plot(rows: list[dict], path: Path) -> Path | None:
     return path
 
 
-def _shard_metadata(shards: Path, split: str) -> dict:
-    records = split_records(shards, split)
+def _shard_set(records: list) -> list[dict]:
+    """What a run records of its shard set (checkpoint and model metadata): name, samples, sha256."""
+    return [{"name": r.name, "samples": r.samples, "sha256": r.sha256} for r in records]
+
+
+def _shard_metadata(shards: Path, split: str, records: list) -> dict:
     return {"root": str(shards), "split": split, "samples": sum(r.samples for r in records),
             "classifier_versions": sorted({r.model_version for r in records if r.model_version}),
-            "shards": [{"name": r.name, "samples": r.samples, "sha256": r.sha256} for r in records]}
+            "shards": _shard_set(records)}
 
 
 # ------------------------------------------------------------------------------------------
@@ -388,6 +394,8 @@ def train(config: TrainConfig, progress: bool = False,
     _check_config(config)
     model_config = load_model_config(config.config)
     hyper = resolve_hyper(config, model_config)
+    # the run's shard set, listed once: every epoch reads these, the checkpoint and the model
+    # record them (a build that adds shards meanwhile changes nothing in this run)
     records = split_records(config.shards, config.split)  # a clear error when there are none
     dist_info = _init_distributed(config.device)
     try:
@@ -440,6 +448,7 @@ def _train(config: TrainConfig, model_config: dict, hyper: dict, records: list, 
     if config.resume and checkpoint_path.is_file():
         ckpt = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
         _check_resumable(ckpt, config, dist_info)
+        _check_shard_set(ckpt, config, records)
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         schedule.load_state_dict(ckpt["scheduler"])
@@ -467,7 +476,7 @@ def _train(config: TrainConfig, model_config: dict, hyper: dict, records: list, 
         payload = {"format": CHECKPOINT_FORMAT, "config": config.to_dict(), "hyper": hyper,
                    "world_size": dist_info.world_size, "state": dict(state), "model": model.state_dict(),
                    "optimizer": optimizer.state_dict(), "scheduler": schedule.state_dict(),
-                   "scaler": scaler.state_dict(), "rng": rng}
+                   "scaler": scaler.state_dict(), "rng": rng, "shards": _shard_set(records)}
         with atomic_open(checkpoint_path, "wb") as fh:
             torch.save(payload, fh)
 
@@ -485,7 +494,7 @@ def _train(config: TrainConfig, model_config: dict, hyper: dict, records: list, 
                                  image_size=image_size, batch_size=batch_size, epoch=epoch, seed=config.seed,
                                  train=True, num_workers=config.num_workers, skip_batches=state["batch_in_epoch"],
                                  rank=dist_info.rank, world_size=dist_info.world_size,
-                                 pin_memory=device.type == "cuda")
+                                 pin_memory=device.type == "cuda", records=records)
             tick = time.perf_counter()
             for batch in loader:
                 batch = batch.to(device, non_blocking=True)
@@ -564,7 +573,7 @@ def _train(config: TrainConfig, model_config: dict, hyper: dict, records: list, 
             "loss": config.loss, "abnormal_weight": config.abnormal_weight, "seed": config.seed,
             "config": model_config.get("name"), "steps": state["step"], "epochs": state["epoch"],
             "total_steps": total_steps, "world_size": dist_info.world_size, "hyper": hyper,
-            "train_config": config.to_dict(), "shards": _shard_metadata(config.shards, config.split),
+            "train_config": config.to_dict(), "shards": _shard_metadata(config.shards, config.split, records),
             "final_loss": result.final_loss}}
         save_model(model, tokenizer, model_dir, extra=extra)
         result.plot_path = _write_plot(rows, out / PLOT_FILE)
@@ -598,6 +607,32 @@ def _check_resumable(ckpt: dict, config: TrainConfig, dist_info: _Dist) -> None:
                          "resume with the same ones, or start a fresh run (another out, or resume=False)")
 
 
+def _check_shard_set(ckpt: dict, config: TrainConfig, records: list) -> None:
+    """Refuse to resume on another shard set than the checkpoint's (unless allowed): the epoch
+    plans, hence which batches were already seen, depend on it."""
+    saved = ckpt.get("shards")
+    if saved is None:  # a checkpoint from before shard sets were recorded: nothing to compare
+        logger.warning("the checkpoint in %s does not record its shard set: resuming unchecked", config.out)
+        return
+    before = {s["name"]: s["sha256"] for s in saved}
+    now = {r.name: r.sha256 for r in records}
+    if before == now:
+        return
+    added = sorted(set(now) - set(before))
+    removed = sorted(set(before) - set(now))
+    changed = sorted(n for n in set(now) & set(before) if now[n] != before[n])
+    detail = "; ".join(f"{what}: {', '.join(names[:5])}" + (f" (+{len(names) - 5} more)" if len(names) > 5 else "")
+                       for what, names in (("added", added), ("removed", removed), ("changed", changed)) if names)
+    if config.allow_shard_change:
+        logger.warning("resuming %s on a changed shard set (%s): allowed; the rest of the run reads the new set",
+                       config.out, detail)
+        return
+    raise ValueError(f"the shard set of split {config.split!r} under {config.shards} changed since the checkpoint in "
+                     f"{config.out} was written ({detail}): resuming would not continue the same run. Resume "
+                     "anyway on the new set with --allow-shard-change (allow_shard_change=True), or start a "
+                     "fresh run (another out, or resume=False)")
+
+
 # ------------------------------------------------------------------------------------------
 # command line (what torchrun launches)
 # ------------------------------------------------------------------------------------------
@@ -624,6 +659,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--num-workers", type=int, default=0)
     p.add_argument("--checkpoint-every", type=int, default=50)
     p.add_argument("--no-resume", dest="resume", action="store_false", help="start fresh even if a checkpoint exists")
+    p.add_argument("--allow-shard-change", action="store_true",
+                   help="resume although the shard set differs from the checkpoint's (default: refuse)")
     p.add_argument("--text-model")
     p.add_argument("--vision-model")
     p.add_argument("--split", default="train")

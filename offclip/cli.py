@@ -216,6 +216,8 @@ def train_cmd(
     max_steps: Optional[int] = typer.Option(None, "--max-steps", min=1),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:1 …"),
     eval_root: Optional[Path] = typer.Option(None, "--eval-root", help="Evaluate afterwards on this VinDr-CXR-format set."),
+    allow_shard_change: bool = typer.Option(False, "--allow-shard-change",
+                                            help="Resume a run although its shard set changed since the checkpoint (default: refuse)."),
 ) -> None:
     """Run the train flow directly (no deployment): the dual encoder on the shards, then (with
     --eval-root) the evaluate flow on the new model."""
@@ -227,7 +229,7 @@ def train_cmd(
 
     result = train(shards=str(shards), run_dir=str(run_dir) if run_dir else None, config=config, loss=loss,
                    seed=seed, epochs=epochs, batch_size=batch_size, lr=lr, max_steps=max_steps, device=device,
-                   trigger_evaluate=False)
+                   trigger_evaluate=False, allow_shard_change=allow_shard_change)
     if eval_root:
         db = shards / "manifest.duckdb"
         result["evaluate"] = evaluate(model=result["model_dir"], root=str(eval_root),

@@ -7,12 +7,17 @@ Layout (open_clip's convention: image + ``txt`` keys, a ``sizes.json`` beside th
     OUT/shards/<split>/_complete/<name>.json   completion record: keys, bytes, sha256
 
 A shard is written to a temporary name, fsynced, renamed, and only then gets its completion
-record; on start, a final-named shard without a record (a build killed between rename and
-record) is removed, as are temporary files. So after ``kill -9`` at any point, a re-run yields
-exactly the expected samples: none lost, none duplicated, no truncated tar under a final name.
-Samples already in a complete shard are never rewritten; new studies go to new shards.
-Member order is sorted and every tar header carries a fixed mtime, so the same input gives
-byte-identical shards.
+record. A split has one writer at a time (an inter-process lock, ``OUT/shards/<split>/.lock``);
+before writing, the writer recovers from an interrupted build (:func:`recover_split`: temporary
+files, a final-named shard without a record, a record without its shard are removed). So after
+``kill -9`` at any point, a re-run yields exactly the expected samples: none lost, none
+duplicated, no truncated tar under a final name. Samples already in a complete shard are never
+rewritten; new studies go to new shards. Member order is sorted and every tar header carries a
+fixed mtime, so the same input gives byte-identical shards.
+
+Readers (the training loader, the manifest, the train flow) only *list*: :func:`complete_shards`
+never changes the directory, and it returns only shards that have their completion record, so a
+reader that runs during a write sees the complete shards and nothing of the one being written.
 """
 
 from __future__ import annotations
@@ -66,26 +71,61 @@ class ShardRecord:
 
 
 def complete_shards(out: Path, split: str) -> list[ShardRecord]:
-    """The complete shards of one split (after removing the debris of an interrupted build)."""
+    """The complete shards of one split: those with a completion record and their tar (of the
+    recorded size). Read-only: it never removes anything, so it is safe while a writer works
+    (debris of an interrupted build is the writer's to clear: :func:`recover_split`)."""
     directory = Path(out) / SHARD_DIR / split
     records_dir = directory / "_complete"
-    if not directory.is_dir():
+    if not records_dir.is_dir():
         return []
-    for tmp in directory.glob(".*.tmp"):
-        tmp.unlink()
     records: list[ShardRecord] = []
+    for rec_path in sorted(records_dir.glob("*.json")):
+        try:
+            rec = ShardRecord(**json.loads(rec_path.read_text()))
+            size = (directory / rec.name).stat().st_size
+        except FileNotFoundError:
+            continue  # a record whose shard is gone: not complete (the writer clears it)
+        if size == rec.bytes:
+            records.append(rec)
+    return sorted(records, key=lambda r: r.name)
+
+
+def split_lock(out: Path, split: str, timeout: float = -1):
+    """The inter-process lock of one split's writer (``OUT/shards/<split>/.lock``): one writer
+    per split at a time; readers never take it."""
+    from filelock import FileLock
+
+    directory = Path(out) / SHARD_DIR / split
+    directory.mkdir(parents=True, exist_ok=True)
+    return FileLock(str(directory / ".lock"), timeout=timeout)
+
+
+def recover_split(out: Path, split: str) -> list[str]:
+    """Clear what an interrupted build left in one split (call it holding :func:`split_lock`):
+    temporary files, final-named shards without a completion record (renamed, never recorded),
+    records without their shard. Returns the removed paths, relative to the split directory."""
+    directory = Path(out) / SHARD_DIR / split
+    records_dir = directory / "_complete"
+    removed: list[str] = []
+    if not directory.is_dir():
+        return removed
+    for tmp in sorted(directory.glob(".*.tmp")):
+        tmp.unlink(missing_ok=True)
+        removed.append(tmp.name)
     recorded = set()
     for rec_path in sorted(records_dir.glob("*.json")) if records_dir.is_dir() else []:
         rec = ShardRecord(**json.loads(rec_path.read_text()))
-        if not (directory / rec.name).is_file():
+        tar = directory / rec.name
+        if not tar.is_file() or tar.stat().st_size != rec.bytes:
             rec_path.unlink()  # a record without its shard: the shard will be written again
+            removed.append(f"_complete/{rec_path.name}")
             continue
-        records.append(rec)
         recorded.add(rec.name)
-    for tar in directory.glob("*.tar"):
+    for tar in sorted(directory.glob("*.tar")):
         if tar.name not in recorded:
             tar.unlink()  # renamed but never recorded: incomplete by definition
-    return sorted(records, key=lambda r: r.name)
+            removed.append(tar.name)
+    return removed
 
 
 def _sample(row: dict, sentences: list[dict], image: dict, image_bytes: bytes, ext: str) -> dict:
@@ -142,8 +182,7 @@ class ShardSummary:
 
 
 def write_shards(config: ShardConfig, progress: bool = False) -> ShardSummary:
-    from tqdm import tqdm
-
+    """Write the new shards of every split, each split under its writer lock."""
     from .curate import read_curated
     from .ingest import read_table
 
@@ -159,54 +198,66 @@ def write_shards(config: ShardConfig, progress: bool = False) -> ShardSummary:
         by_study[sentence["study_id"]].append(sentence)
     written, kept = [], []
     for split in config.splits:
-        directory = out / SHARD_DIR / split
-        directory.mkdir(parents=True, exist_ok=True)
-        existing = complete_shards(out, split)
-        versions = {r.model_version for r in existing}
-        todo = pairs[pairs["split"] == split].sort_values("study_id")
-        if versions and not versions <= set(todo["model_version"]):
-            raise ShardError(f"{directory} holds shards of classifier {sorted(versions)}, the pairs are of "
-                             f"{sorted(set(todo['model_version']))}: remove the shard directory to rebuild")
-        done = {k for r in existing for k in r.keys}
-        todo = todo[~todo["study_id"].astype(str).isin(done)]
-        kept += existing
-        version = str(todo["model_version"].iloc[0]) if len(todo) else ""
-        number = 1 + max((int(r.name.rsplit("-", 1)[1].split(".")[0]) for r in existing), default=-1)
-        batch: list[dict] = []
-        size = 0
-        bar = tqdm(total=len(todo), unit="sample", desc=f"shards/{split}", disable=not progress)
-
-        def flush() -> None:
-            nonlocal batch, size, number
-            name = f"{split}-{number:06d}.tar"
-            nbytes, digest = _write_shard(directory, name, batch, config.mtime)
-            record = ShardRecord(split, name, len(batch), nbytes, digest, [s["__key__"] for s in batch],
-                                 version)
-            atomic_write_text(directory / "_complete" / f"{name}.json",
-                              json.dumps(record.__dict__, sort_keys=True) + "\n")
-            written.append(record)
-            bar.update(len(batch))
-            batch, size, number = [], 0, number + 1
-            if config.pause_after_shard:
-                time.sleep(config.pause_after_shard)
-
-        for row in todo.to_dict("records"):
-            data = (out / row["image_path"]).read_bytes()
-            ext = Path(row["image_path"]).suffix.lstrip(".")
-            sample = _sample(row, by_study[row["study_id"]], images[row["dicom_id"]], data, ext)
-            sample_size = sum(len(v) for k, v in sample.items() if k != "__key__")
-            if batch and (len(batch) >= config.max_samples or size + sample_size > config.max_bytes):
-                flush()
-            batch.append(sample)
-            size += sample_size
-        if batch:
-            flush()
-        bar.close()
-        records = complete_shards(out, split)
-        atomic_write_text(directory / "sizes.json",
-                          json.dumps({r.name: r.samples for r in records}, indent=1, sort_keys=True) + "\n")
+        with split_lock(out, split):
+            written_here, kept_here = _write_split(config, out, split, pairs, by_study, images, progress)
+        written += written_here
+        kept += kept_here
     return ShardSummary(written, kept, sum(r.samples for r in written), sum(r.bytes for r in written),
                         time.perf_counter() - start)
+
+
+def _write_split(config: ShardConfig, out: Path, split: str, pairs: pd.DataFrame, by_study: dict,
+                 images: dict, progress: bool) -> tuple[list[ShardRecord], list[ShardRecord]]:
+    """One split's new shards (the caller holds the split's lock)."""
+    from tqdm import tqdm
+
+    directory = out / SHARD_DIR / split
+    written: list[ShardRecord] = []
+    recover_split(out, split)
+    existing = complete_shards(out, split)
+    versions = {r.model_version for r in existing}
+    todo = pairs[pairs["split"] == split].sort_values("study_id")
+    if versions and not versions <= set(todo["model_version"]):
+        raise ShardError(f"{directory} holds shards of classifier {sorted(versions)}, the pairs are of "
+                         f"{sorted(set(todo['model_version']))}: remove the shard directory to rebuild")
+    done = {k for r in existing for k in r.keys}
+    todo = todo[~todo["study_id"].astype(str).isin(done)]
+    version = str(todo["model_version"].iloc[0]) if len(todo) else ""
+    number = 1 + max((int(r.name.rsplit("-", 1)[1].split(".")[0]) for r in existing), default=-1)
+    batch: list[dict] = []
+    size = 0
+    bar = tqdm(total=len(todo), unit="sample", desc=f"shards/{split}", disable=not progress)
+
+    def flush() -> None:
+        nonlocal batch, size, number
+        name = f"{split}-{number:06d}.tar"
+        nbytes, digest = _write_shard(directory, name, batch, config.mtime)
+        record = ShardRecord(split, name, len(batch), nbytes, digest, [s["__key__"] for s in batch],
+                             version)
+        atomic_write_text(directory / "_complete" / f"{name}.json",
+                          json.dumps(record.__dict__, sort_keys=True) + "\n")
+        written.append(record)
+        bar.update(len(batch))
+        batch, size, number = [], 0, number + 1
+        if config.pause_after_shard:
+            time.sleep(config.pause_after_shard)
+
+    for row in todo.to_dict("records"):
+        data = (out / row["image_path"]).read_bytes()
+        ext = Path(row["image_path"]).suffix.lstrip(".")
+        sample = _sample(row, by_study[row["study_id"]], images[row["dicom_id"]], data, ext)
+        sample_size = sum(len(v) for k, v in sample.items() if k != "__key__")
+        if batch and (len(batch) >= config.max_samples or size + sample_size > config.max_bytes):
+            flush()
+        batch.append(sample)
+        size += sample_size
+    if batch:
+        flush()
+    bar.close()
+    records = complete_shards(out, split)
+    atomic_write_text(directory / "sizes.json",
+                      json.dumps({r.name: r.samples for r in records}, indent=1, sort_keys=True) + "\n")
+    return written, existing
 
 
 def shard_urls(out: Path, split: str) -> str:

@@ -27,6 +27,19 @@ def openi_dir() -> str | None:
 
 
 @pytest.fixture(scope="session")
+def openi_sources(openi_dir):
+    """The two real Open-I files as the pipeline finds them (../shared/data/openi, else the
+    installed torchxrayvision wheel): real-data tests run on a user's clone too. Skips only when
+    neither is there (`make setup` installs the wheel)."""
+    from offclip.pipeline import openi
+
+    try:
+        return openi.find_sources(openi_dir)
+    except openi.OpenISourceError as exc:
+        pytest.skip(f"Open-I files not found: {exc}")
+
+
+@pytest.fixture(scope="session")
 def small_world(tmp_path_factory, openi_dir):
     """A 40-study world with every fault, at a small scale (built once, shared by many tests)."""
     from offclip.pipeline.demo.world import WorldConfig, build_world

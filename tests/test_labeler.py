@@ -6,7 +6,6 @@ abnormal sentence)."""
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import pytest
 
@@ -19,7 +18,6 @@ from offclip.pipeline.labeler import (
     RuleLabeler,
 )
 
-OPENI_TGZ = Path(__file__).resolve().parents[2] / "shared/data/openi/NLMCXR_reports.tgz"
 
 
 @pytest.fixture(scope="module")
@@ -466,13 +464,11 @@ def test_deterministic_across_instances(lab):
 
 
 @pytest.fixture(scope="module")
-def openi_labels(lab):
-    if not OPENI_TGZ.is_file():
-        pytest.skip(f"Open-I reports not present at {OPENI_TGZ}")
+def openi_labels(lab, openi_sources):
     from offclip.pipeline.openi import load_reports
     from offclip.pipeline.text import SentenceSplitter
 
-    reports = load_reports(OPENI_TGZ)
+    reports = load_reports(openi_sources.reports_tgz)
     splitter = SentenceSplitter()
     texts = [t for r in reports for t in (r.findings, r.impression)]
     split = list(splitter.split_many(texts))

@@ -9,8 +9,8 @@ import pytest
 from offclip.pipeline import openi
 
 
-def test_reports_and_headers_load(shared_data):
-    src = openi.find_sources(shared_data / "openi")
+def test_reports_and_headers_load(openi_sources):
+    src = openi_sources
     reports = openi.load_reports(src.reports_tgz)
     assert len(reports) == 3955
     assert [r.uid for r in reports] == sorted(r.uid for r in reports)
@@ -40,7 +40,7 @@ def test_parse_report_xml_reads_sections_mesh_and_images():
         openi.parse_report_xml(b"<eCitation/>")
 
 
-def test_source_lookup_order_and_errors(tmp_path, monkeypatch, shared_data):
+def test_source_lookup_order_and_errors(tmp_path, monkeypatch, openi_sources):
     empty = tmp_path / "empty"
     empty.mkdir()
     with pytest.raises(openi.OpenISourceError, match="lacks NLMCXR_reports.tgz"):
@@ -49,7 +49,9 @@ def test_source_lookup_order_and_errors(tmp_path, monkeypatch, shared_data):
     with pytest.raises(openi.OpenISourceError, match=r"\$OFFCLIP_OPENI"):
         openi.find_sources()
     full = tmp_path / "full"
-    shutil.copytree(shared_data / "openi", full)
+    full.mkdir()
+    for src in (openi_sources.reports_tgz, openi_sources.headers_csv):
+        shutil.copy(src, full / src.name)
     monkeypatch.setenv(openi.ENV_VAR, str(full))
     assert openi.find_sources().reports_tgz == full / openi.REPORTS_NAME
 

