@@ -149,6 +149,17 @@ def classifier_evaluate(
     typer.echo(json.dumps(metrics, indent=2, default=str))
 
 
+def _direct_flow_run() -> None:
+    """Before a command runs a flow in this process: the project's server when `offclip up` runs
+    one, else a temporary server whose start fits a cold start; Prefect's analytics off."""
+    import os
+
+    from . import service
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    typer.echo(service.use_for_direct_runs().to_text(), err=True)
+
+
 def _fail(exc: Exception) -> None:
     typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
     raise typer.Exit(2)
@@ -194,6 +205,7 @@ def build_shards_cmd(
     """Run the build-shards flow directly (no deployment): ingest → classify → filter → shards → manifest."""
     import json
 
+    _direct_flow_run()
     from .flows.build import build_shards
 
     result = build_shards(source=str(source), out=str(out), folders=folders, splits=splits, image_size=image_size,
@@ -222,9 +234,8 @@ def train_cmd(
     """Run the train flow directly (no deployment): the dual encoder on the shards, then (with
     --eval-root) the evaluate flow on the new model."""
     import json
-    import os
 
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    _direct_flow_run()
     from .flows.train import evaluate, train
 
     result = train(shards=str(shards), run_dir=str(run_dir) if run_dir else None, config=config, loss=loss,
@@ -248,9 +259,8 @@ def evaluate_cmd(
     """Run the evaluate flow directly: zero-shot AUC per class (normal included), normal FP/FN,
     pointing game."""
     import json
-    import os
 
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    _direct_flow_run()
     from .flows.train import evaluate
 
     result = evaluate(model=str(model), dataset=dataset, root=str(root), out=str(out) if out else None,

@@ -133,6 +133,66 @@ def client_env(home: str | os.PathLike | None = None, base: dict[str, str] | Non
     return env
 
 
+#: the start timeout of the temporary server a direct flow run starts when no `offclip up` server
+#: runs: a new SQLite database's migrations take ~15 s on 2 idle cores, more under load (Prefect's
+#: default, 20 s, fails a first run on a fresh machine)
+TEMPORARY_SERVER_TIMEOUT_S = 300
+
+
+@dataclass
+class DirectRun:
+    """Where the flows of a direct command (``offclip build-shards``, ``train``, ``evaluate``) run."""
+    target: str          # "user" ($PREFECT_API_URL), "project" (`offclip up`'s server) or "temporary"
+    api_url: str | None  # None: a temporary server, started by Prefect for this process
+    env: dict[str, str]  # the variables set
+
+    def to_text(self) -> str:
+        if self.target == "user":
+            return f"flows run on the Prefect server at $PREFECT_API_URL ({self.api_url})"
+        if self.target == "project":
+            return f"flows run on the project's server ({self.api_url}, started by `offclip up`)"
+        return ("no `offclip up` server is running: Prefect starts a temporary server for this run "
+                "(~15 s; `offclip up` keeps one running, with the UI)")
+
+
+def direct_run_env(home: str | os.PathLike | None = None, environ: dict[str, str] | None = None) -> DirectRun:
+    """Settings for running flows in this process, to be put into ``os.environ`` *before*
+    ``prefect`` is imported (its settings are read once, at import):
+
+    * ``$PREFECT_API_URL`` set by the user: used as it is;
+    * else the project's server, when ``offclip up`` runs one under ``home`` (and its
+      ``PREFECT_HOME``, so the client writes nowhere else);
+    * else Prefect's temporary server, with a start timeout that fits a cold start (a new
+      SQLite database's migrations outlast Prefect's default 20 s on 2 cores).
+
+    Always: Prefect's analytics off (an offline tool must not log errors about phoning home)."""
+    environ = dict(os.environ if environ is None else environ)
+    env = {"PREFECT_SERVER_ANALYTICS_ENABLED": environ.get("PREFECT_SERVER_ANALYTICS_ENABLED", "false")}
+    if environ.get("PREFECT_API_URL"):
+        return DirectRun("user", environ["PREFECT_API_URL"], env)
+    url = api_url(home, check=True)
+    if url:
+        env["PREFECT_API_URL"] = url
+        env["PREFECT_HOME"] = environ.get("PREFECT_HOME") or str(layout(home).prefect_home)
+        return DirectRun("project", url, env)
+    env["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"] = environ.get(
+        "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", str(TEMPORARY_SERVER_TIMEOUT_S))
+    return DirectRun("temporary", None, env)
+
+
+def use_for_direct_runs(home: str | os.PathLike | None = None) -> DirectRun:
+    """:func:`direct_run_env` put into ``os.environ``, for a command that is about to import
+    prefect. Where prefect is imported already (a caller that set it up, e.g. under a test
+    harness), its settings are the caller's and are left as they are."""
+    if "prefect" in sys.modules:
+        from prefect.settings import PREFECT_API_URL
+
+        return DirectRun("user", PREFECT_API_URL.value(), {})
+    run = direct_run_env(home)
+    os.environ.update(run.env)
+    return run
+
+
 # --------------------------------------------------------------------------------------------
 # Results
 # --------------------------------------------------------------------------------------------
