@@ -400,16 +400,18 @@ def up(
     pool: str = typer.Option("offclip-process", "--pool", help="Process work pool to create and serve."),
     no_deploy: bool = typer.Option(False, "--no-deploy", help="Skip `prefect deploy --all`."),
     no_worker: bool = typer.Option(False, "--no-worker", help="Do not start a worker."),
+    no_ui: bool = typer.Option(False, "--no-ui", help="Do not serve the Prefect UI (the REST API only; starts ~1 s sooner)."),
     project: Optional[Path] = typer.Option(None, "--project", show_default=False,
                                            help="Directory holding prefect.yaml [default: nearest one above the cwd]."),
 ) -> None:
-    """Start (or reuse) a local Prefect server, create the work pool, deploy prefect.yaml, start a worker."""
+    """Start (or reuse) a local Prefect server with its UI, create the work pool, deploy prefect.yaml, start a worker."""
     from . import service
 
     _prefect_home_here(service, home)
     typer.echo("starting the local Prefect stack (a fresh server takes ~10-30 s) ...", err=True)
     try:
-        result = service.up(home, port, pool, deploy_flows=not no_deploy, worker=not no_worker, project=project)
+        result = service.up(home, port, pool, deploy_flows=not no_deploy, worker=not no_worker, project=project,
+                            ui=not no_ui)
     except service.ServiceError as exc:
         _fail(exc)
     typer.echo(result.to_text())

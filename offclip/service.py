@@ -8,7 +8,7 @@ Everything lives under one project-local *home* (default ``.offclip``)::
     <home>/logs/deploy.log   output of the last `prefect deploy --all`
     <home>/run/server.pid    pid of `prefect server start` (leader of its own process group)
     <home>/run/worker.pid    pid of `prefect worker start`
-    <home>/run/server.json   {"api_url", "host", "port", "pid", "prefect_home", "started_at"}
+    <home>/run/server.json   {"api_url", "host", "port", "pid", "prefect_home", "ui_url", "started_at"}
     <home>/run/worker.json   {"pid", "name", "pool", "started_at"}
     <home>/env.sh            export PREFECT_API_URL=http://127.0.0.1:PORT/api
 
@@ -205,6 +205,7 @@ class UpResult:
     server_pid: int
     server_reused: bool
     server_start_s: float | None       # seconds until /api/health answered (None when reused)
+    ui_url: str | None                 # the Prefect UI (None: started with --no-ui)
     pool: str
     pool_created: bool
     deployed: list[str] = field(default_factory=list)   # "flow/deployment" names after deploy
@@ -220,6 +221,9 @@ class UpResult:
         srv = (f"reused (pid {self.server_pid})" if self.server_reused
                else f"started (pid {self.server_pid}, healthy after {self.server_start_s:.1f} s)")
         lines = [f"server   {self.api_url}  {srv}",
+                 (f"ui       {self.ui_url}  (flow runs and their artifacts: progress, counts, ROC and "
+                  "training curves; Deployments: the retrain schedule)" if self.ui_url
+                  else "ui       off (--no-ui)"),
                  f"pool     {self.pool} (process): {'created' if self.pool_created else 'exists'}"]
         if self.deployed:
             lines.append(f"deploy   {len(self.deployed)} deployment(s): {', '.join(self.deployed)}")
@@ -279,6 +283,7 @@ class StatusResult:
     pool: str
     pool_exists: bool | None           # None: server down, unknown
     pool_status: str | None
+    ui_url: str | None = None
     deployments: list[DeploymentInfo] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
 
@@ -305,7 +310,10 @@ class StatusResult:
             pool = f"{self.pool}: unknown (server down)"
         else:
             pool = f"{self.pool}: " + (f"present ({self.pool_status})" if self.pool_exists else "MISSING")
-        lines = [f"home     {self.home}", f"server   {srv}", f"worker   {wrk}", f"pool     {pool}"]
+        lines = [f"home     {self.home}", f"server   {srv}"]
+        if self.server_healthy:
+            lines.append(f"ui       {self.ui_url}" if self.ui_url else "ui       off (started with --no-ui)")
+        lines += [f"worker   {wrk}", f"pool     {pool}"]
         if self.server_healthy:
             if self.deployments:
                 lines.append(f"deployments ({len(self.deployments)}):")
@@ -469,15 +477,23 @@ def _prefect_argv(*args: str) -> list[str]:
 # Environment, checks
 # --------------------------------------------------------------------------------------------
 
-def stack_env(lay: Layout, port: int, base: dict[str, str] | None = None) -> dict[str, str]:
+def ui_url_for(port: int) -> str:
+    return f"http://{HOST}:{port}"
+
+
+def stack_env(lay: Layout, port: int, base: dict[str, str] | None = None, ui: bool = True) -> dict[str, str]:
     """Environment of the server, the worker and `prefect deploy`: project-local PREFECT_HOME,
-    no analytics, no UI, and PREFECT_API_URL for the clients."""
+    no analytics, the UI (served at ``/``, its pages calling this server's API) unless ``ui`` is
+    off, and PREFECT_API_URL for the clients."""
     env = {k: v for k, v in (os.environ if base is None else base).items() if k not in _DROPPED_ENV}
     env.update({
         "PREFECT_HOME": str(lay.prefect_home),
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        "PREFECT_UI_ENABLED": "false",           # no UI build at start: faster; the REST API is all we use
-        "PREFECT_SERVER_UI_ENABLED": "false",
+        # the dashboard that offclip's artifacts (progress, counts, ROC and training curves) are
+        # made for; off, the server starts ~1 s sooner (no UI files to copy)
+        "PREFECT_UI_ENABLED": "true" if ui else "false",
+        "PREFECT_SERVER_UI_ENABLED": "true" if ui else "false",
+        "PREFECT_UI_API_URL": api_url_for(port),  # what the UI's pages call (/ui-settings)
         "PREFECT_API_URL": api_url_for(port),
         "PREFECT_WORKER_QUERY_SECONDS": "2",    # scheduled runs start within ~2 s
         "PYTHONUNBUFFERED": "1",
@@ -567,7 +583,8 @@ def _wait_healthy(url: str, proc_alive, deadline: float, log: Path, offset: int,
         time.sleep(0.25)
 
 
-def _ensure_server(lay: Layout, port: int | None, timeout: float) -> tuple[str, int, int, bool, float | None]:
+def _ensure_server(lay: Layout, port: int | None, timeout: float,
+                   ui: bool = True) -> tuple[str, int, int, bool, float | None]:
     """(api_url, port, pid, reused, seconds_to_healthy)."""
     state = _read_json(lay.server_json) or {}
     pid = _read_pid(lay.server_pid)
@@ -595,7 +612,7 @@ def _ensure_server(lay: Layout, port: int | None, timeout: float) -> tuple[str, 
         raise ServiceError(f"port {port} on {HOST} is in use by {who}; choose another with --port")
     for d in (lay.prefect_home, lay.logs, lay.run):
         d.mkdir(parents=True, exist_ok=True)
-    env = stack_env(lay, port)
+    env = stack_env(lay, port, ui=ui)
     env.pop("PREFECT_API_URL")   # the server serves it; it is the clients' setting
     t0 = time.monotonic()
     proc, offset = _spawn(_prefect_argv("server", "start", "--host", HOST, "--port", str(port)),
@@ -603,6 +620,7 @@ def _ensure_server(lay: Layout, port: int | None, timeout: float) -> tuple[str, 
     _write_atomic(lay.server_pid, f"{proc.pid}\n")
     _write_atomic(lay.server_json, json.dumps({
         "api_url": url, "host": HOST, "port": port, "pid": proc.pid, "prefect_home": str(lay.prefect_home),
+        "ui_url": ui_url_for(port) if ui else None,
         "started_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}, indent=2) + "\n")
     try:
         _wait_healthy(url, lambda: proc.poll() is None, t0 + timeout, lay.server_log, offset,
@@ -738,15 +756,19 @@ def find_project(start: Path | None = None) -> Path:
 
 def up(home: str | os.PathLike | None = None, port: int | None = None, pool: str = DEFAULT_POOL, *,
        deploy_flows: bool = True, worker: bool = True, project: str | os.PathLike | None = None,
-       timeout: float = HEALTH_TIMEOUT_S, worker_timeout: float = WORKER_TIMEOUT_S) -> UpResult:
+       timeout: float = HEALTH_TIMEOUT_S, worker_timeout: float = WORKER_TIMEOUT_S, ui: bool = True) -> UpResult:
     """Start (or reuse) the project's server, create the work pool, deploy prefect.yaml, start a worker.
 
-    ``port`` None: the running server's port, or 4200 for a new one. Idempotent: a second call
+    ``port`` None: the running server's port, or 4200 for a new one. ``ui``: serve the Prefect UI
+    at ``http://127.0.0.1:PORT`` (offclip's artifacts are read there). Idempotent: a second call
     reuses the server and the worker a first one started."""
     warnings = preflight()
     lay = layout(home)
     project_dir = Path(project).resolve() if project else find_project()
-    url, port, server_pid, reused, elapsed = _ensure_server(lay, port, timeout)
+    url, port, server_pid, reused, elapsed = _ensure_server(lay, port, timeout, ui)
+    ui_url = (_read_json(lay.server_json) or {}).get("ui_url")
+    if reused and ui and not ui_url:
+        warnings.append("the running server was started with --no-ui: `offclip down`, then `offclip up` to serve the UI")
     _write_atomic(lay.env_sh, f"# written by `offclip up`; source it to point Prefect clients at the project server\n"
                               f"export PREFECT_API_URL={url}\n")
     try:
@@ -756,7 +778,7 @@ def up(home: str | os.PathLike | None = None, port: int | None = None, pool: str
     except Exception as exc:   # the client's errors (HTTP status, connection) as one clear message
         raise ServiceError(f"could not read/create work pool {pool!r} at {url}: {exc}") from exc
     result = UpResult(home=str(lay.home), api_url=url, port=port, server_pid=server_pid, server_reused=reused,
-                      server_start_s=elapsed, pool=pool, pool_created=created, env_file=str(lay.env_sh),
+                      server_start_s=elapsed, ui_url=ui_url, pool=pool, pool_created=created, env_file=str(lay.env_sh),
                       logs=str(lay.logs), warnings=warnings)
     if deploy_flows:
         result.deploy_note = deploy(lay, port, project_dir)
@@ -834,7 +856,7 @@ def status(home: str | os.PathLike | None = None, pool: str = DEFAULT_POOL) -> S
                       server_alive=_owned_alive(server_pid, "server"), server_healthy=False,
                       worker_pid=worker_pid, worker_alive=_owned_alive(worker_pid, "worker"),
                       worker_name=wstate.get("name"), worker_status=None, pool=pool, pool_exists=None,
-                      pool_status=None)
+                      pool_status=None, ui_url=state.get("ui_url"))
     if url and st.server_alive:
         st.server_healthy = health(url)
     if not st.server_healthy:

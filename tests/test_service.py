@@ -56,6 +56,21 @@ def test_up_status_down_real_processes(isolated):
         assert service.api_url(home) == url and service.api_url(home, check=True) == url
         assert service.client_env(home, base={})["PREFECT_API_URL"] == url
 
+        # The Prefect UI is served (by default): its page at /, its settings naming this server's API
+        import httpx
+
+        with httpx.Client(trust_env=False, timeout=10) as http:
+            page = http.get(f"http://127.0.0.1:{port}/")
+            assert page.status_code == 200 and "text/html" in page.headers["content-type"]
+            assert "<!DOCTYPE html>" in page.text and "favicon" in page.text
+            assert http.get(f"http://127.0.0.1:{port}/ui-settings").json()["api_url"] == url
+        assert first.ui_url == f"http://127.0.0.1:{port}" and first.ui_url in first.to_text()
+
+        # a direct flow run (offclip build-shards, train, evaluate) goes to this server
+        direct = service.direct_run_env(home, environ={})
+        assert direct.target == "project" and direct.env["PREFECT_API_URL"] == url
+        assert direct.env["PREFECT_HOME"] == str(lay.prefect_home)
+
         # The pool, through the ordinary Prefect client with PREFECT_API_URL pointing at the server.
         from prefect.client.orchestration import get_client
         from prefect.settings import PREFECT_API_URL, temporary_settings
@@ -156,3 +171,13 @@ def test_no_deployments_declared_is_a_note(isolated):
     note = service.deploy(service.layout(isolated / "home"), 1, isolated)
     assert note.startswith("skipped") and "declares no deployments" in note
     assert service.deploy(service.layout(isolated / "home"), 1, isolated / "nowhere").startswith("skipped: no prefect.yaml")
+
+
+def test_stack_env_serves_the_ui_unless_turned_off(isolated):
+    lay = service.layout(isolated / "home")
+    on = service.stack_env(lay, 4321, base={"PREFECT_PROFILE": "x", "PATH": "/bin"})
+    assert on["PREFECT_UI_ENABLED"] == on["PREFECT_SERVER_UI_ENABLED"] == "true"
+    assert on["PREFECT_UI_API_URL"] == on["PREFECT_API_URL"] == "http://127.0.0.1:4321/api"
+    assert on["PREFECT_SERVER_ANALYTICS_ENABLED"] == "false" and "PREFECT_PROFILE" not in on
+    off = service.stack_env(lay, 4321, base={}, ui=False)
+    assert off["PREFECT_UI_ENABLED"] == off["PREFECT_SERVER_UI_ENABLED"] == "false"
