@@ -35,7 +35,7 @@ demo: setup
 	$(BIN)/offclip up
 	. .offclip/env.sh && HF_HUB_OFFLINE=1 $(BIN)/prefect deployment run offclip/build-shards --watch \
 		-p source=$(DEMO_DIR) -p out=$(DEMO_OUT) -p folders=all \
-		&& $(BIN)/offclip wait offclip/train offclip/evaluate --timeout 1800 \
+		&& $(BIN)/offclip wait offclip/build-shards offclip/train offclip/evaluate --timeout 1800 \
 		|| { $(BIN)/offclip down; exit 1; }
 	$(BIN)/offclip manifest $(DEMO_OUT)
 	$(BIN)/offclip sql "SELECT * FROM latest_evaluations" --db $(DEMO_OUT)/manifest.duckdb

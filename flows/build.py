@@ -34,6 +34,7 @@ from offclip.pipeline.ingest import (
     plan_ingest,
 )
 from offclip.pipeline.scan import ScanConfig, StudyEntry, parse_folders, parse_splits
+from offclip.flows.naming import run_namer
 from offclip.flows.runners import make_task_runner
 
 #: a flow run stays at hundreds of task runs: ingest is cut into at most this many batches
@@ -197,7 +198,7 @@ def _artifacts(db: str, rejects: dict, counts: dict) -> None:
     )
 
 
-@flow(name="offclip", flow_run_name="build-shards", log_prints=True)
+@flow(name="offclip", flow_run_name=run_namer("build-shards"), log_prints=True)
 def build_shards(
     source: str = "out/demo-world",
     out: str = "out/curated",
@@ -232,7 +233,7 @@ def build_shards(
     directory, the seed and the source's evaluation set.
     """
     params = {k: v for k, v in locals().items()}
-    result = run_stages(params)
+    result = {"flow_run": current_run_id(), **run_stages(params)}
     if trigger_train:
         parameters = {"shards": out, "seed": seed, **(train_parameters or {})}
         eval_root = Path(source) / "eval" / "vindr-cxr"
@@ -242,8 +243,17 @@ def build_shards(
     return result
 
 
+def current_run_id() -> str | None:
+    """The id of the flow run this is called in (what `offclip wait --run` takes)."""
+    from prefect.runtime import flow_run
+
+    return flow_run.id
+
+
 def trigger_deployment(deployment: str, parameters: dict) -> str | None:
-    """Start a downstream deployment (without waiting); None when it is not deployed."""
+    """Start a downstream deployment (without waiting); None when it is not deployed. The new
+    run is linked to this flow run (its parent, on the server: `offclip wait` follows that link)
+    and its id is logged and returned."""
     from prefect.deployments import run_deployment
     from prefect.exceptions import ObjectNotFound
 
@@ -253,6 +263,6 @@ def trigger_deployment(deployment: str, parameters: dict) -> str | None:
     except ObjectNotFound:
         logger.warning("deployment %s is not deployed: not triggered (offclip up deploys it)", deployment)
         return None
-    logger.info("triggered %s: flow run %s", deployment, run.id)
+    logger.info("triggered %s: flow run %s (%s)", deployment, run.name, run.id)
     return str(run.id)
 

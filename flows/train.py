@@ -29,7 +29,8 @@ from prefect.artifacts import (
     update_progress_artifact,
 )
 
-from offclip.flows.build import build_shards, trigger_deployment
+from offclip.flows.build import build_shards, current_run_id, trigger_deployment
+from offclip.flows.naming import run_namer
 from offclip.pipeline.manifest import MANIFEST_FILE, append_runs, query, run_record
 from offclip.pipeline.shards import complete_shards
 
@@ -107,7 +108,7 @@ def evaluate_task(model: str, dataset: str, root: str, out: str, manifest: str |
     return result.to_dict()
 
 
-@flow(name="offclip", flow_run_name="train", log_prints=True)
+@flow(name="offclip", flow_run_name=run_namer("train"), log_prints=True)
 def train(
     shards: str = "out/curated",
     run_dir: str | None = None,
@@ -138,7 +139,7 @@ def train(
                 "abnormal_weight": abnormal_weight, "seed": seed, "epochs": epochs, "batch_size": batch_size,
                 "lr": lr, "max_steps": max_steps, "device": device, "num_workers": num_workers,
                 "text_model": text_model, "vision_model": vision_model, "allow_shard_change": allow_shard_change}
-    result = train_task(settings)  # None: the model config's own training setting
+    result = {"flow_run": current_run_id(), **train_task(settings)}  # None: the model config's own setting
     db = Path(shards) / MANIFEST_FILE
     if db.is_file():
         append_runs(db, [run_record("train", started, settings,
@@ -168,7 +169,7 @@ def train(
     return result
 
 
-@flow(name="offclip", flow_run_name="evaluate", log_prints=True)
+@flow(name="offclip", flow_run_name=run_namer("evaluate"), log_prints=True)
 def evaluate(
     model: str,
     dataset: str = "vindr-cxr",
@@ -185,7 +186,8 @@ def evaluate(
         raise ValueError(f"evaluate needs root: the {dataset} directory (a demo world has WORLD/eval/{dataset})")
     started = dt.datetime.now(dt.timezone.utc)
     out = out or str(Path(model).parent / "eval")
-    result = evaluate_task(model, dataset, root, out, manifest, run_name or Path(model).parent.name)
+    result = {"flow_run": current_run_id(),
+              **evaluate_task(model, dataset, root, out, manifest, run_name or Path(model).parent.name)}
     summary = result.get("summary", {})
     if manifest:
         append_runs(manifest, [run_record("evaluate", started, {"model": model, "dataset": dataset, "root": root},
@@ -206,7 +208,7 @@ def evaluate(
     return result
 
 
-@flow(name="offclip", flow_run_name="retrain", log_prints=True)
+@flow(name="offclip", flow_run_name=run_namer("retrain"), log_prints=True)
 def retrain(
     source: str = "out/demo-world",
     out: str = "out/curated",

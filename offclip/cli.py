@@ -419,19 +419,20 @@ def up(
 
 @app.command("wait")
 def wait(
-    deployments: list[str] = typer.Argument(..., help="Deployments in chain order, e.g. offclip/train offclip/evaluate."),
+    deployments: list[str] = typer.Argument(..., help="Deployments in chain order, e.g. offclip/build-shards offclip/train offclip/evaluate."),
+    run: Optional[str] = typer.Option(None, "--run", help="The flow run id of the first deployment's run [default: its newest run]."),
     home: Optional[Path] = typer.Option(None, "--home", help="State directory (default $OFFCLIP_HOME or ./.offclip)."),
     timeout: float = typer.Option(1800, "--timeout", help="Seconds to wait in all."),
 ) -> None:
-    """Follow chained runs on the local server to their end (each deployment's latest run, in
-    order); exit 1 unless all completed."""
+    """Follow chained runs to their end: the first deployment's run (--run, else its newest), then
+    the run each one started of the next deployment; exit 1 unless all completed."""
     from . import service
 
     try:
-        states = service.wait_for_runs(deployments, home=home, timeout=timeout, echo=typer.echo)
+        followed = service.wait_for_runs(deployments, home=home, timeout=timeout, echo=typer.echo, run=run)
     except (RuntimeError, ValueError) as exc:
         _fail(exc)
-    if any(state != "Completed" for state in states.values()):
+    if any(f.state != "Completed" for f in followed):
         raise typer.Exit(1)
 
 

@@ -885,29 +885,106 @@ def status(home: str | os.PathLike | None = None, pool: str = DEFAULT_POOL) -> S
 # wait: follow chained runs (build-shards → train → evaluate) to their end
 # --------------------------------------------------------------------------------------------
 
+@dataclass
+class FollowedRun:
+    deployment: str       # "flow/deployment"
+    state: str            # the run's final state name, or "missing" (never started), or its last state
+    run_id: str | None = None
+    run_name: str | None = None
+
+
+def _resolve_url(home: str | os.PathLike | None, url: str | None) -> str:
+    """``url``, else the server `offclip up` started under ``home``, else ``$PREFECT_API_URL``."""
+    if url:
+        return url
+    found = api_url(home, check=True) or os.environ.get("PREFECT_API_URL")
+    if not found:
+        raise RuntimeError(f"no offclip server is running under {resolve_home(home)} and PREFECT_API_URL is not "
+                           "set: run `offclip up` first")
+    return found
+
+
 def wait_for_runs(deployments: list[str], home: str | os.PathLike | None = None, timeout: float = 1800.0,
-                  poll: float = 3.0, echo=print) -> dict[str, str]:
-    """Wait, in order, for the latest flow run of each deployment (``offclip/train``…) to reach a
-    final state; a run that does not exist yet is waited for (it is started by the one before).
-    Returns ``{deployment: state name}``; a deployment with no run by the deadline is ``"missing"``."""
-    url = api_url(home, check=True)
-    if url is None:
-        raise RuntimeError(f"no offclip server is running under {resolve_home(home)}: run `offclip up` first")
+                  poll: float = 3.0, echo=print, run: str | None = None,
+                  url: str | None = None) -> list[FollowedRun]:
+    """Follow a chain of runs (``offclip/build-shards`` → ``offclip/train`` → ``offclip/evaluate``)
+    to its end, run by run.
+
+    The first run is ``run`` (a flow run id of the first deployment), else that deployment's
+    newest run (waited for while there is none). Each next run is the one the run before it
+    *created* (``run_deployment`` inside a flow links the new run to its parent): asked of the
+    server with a filter on deployment and parent run, never guessed from recent runs. When a run
+    ends without having started the next one, the rest are ``missing`` at once (no waiting out
+    the timeout). Returns one :class:`FollowedRun` per deployment, in order."""
+    from uuid import UUID
+
+    from prefect.client.schemas.filters import (
+        FlowRunFilter,
+        FlowRunFilterDeploymentId,
+        FlowRunFilterParentFlowRunId,
+    )
+    from prefect.client.schemas.sorting import FlowRunSort
+    from prefect.exceptions import ObjectNotFound
+
+    url = _resolve_url(home, url)
     deadline = time.monotonic() + timeout
-    states: dict[str, str] = {}
+    followed: list[FollowedRun] = []
     with _client(url) as client:
+        ids = {}
         for name in deployments:
-            deployment = client.read_deployment_by_name(name)
-            last = None
+            try:
+                ids[name] = client.read_deployment_by_name(name).id
+            except ObjectNotFound:
+                raise ValueError(f"deployment {name!r} does not exist on {url} (`offclip up` deploys prefect.yaml)") from None
+
+        def newest(name: str, parent) -> Any:
+            flt = FlowRunFilter(deployment_id=FlowRunFilterDeploymentId(any_=[ids[name]]))
+            if parent is not None:
+                flt.parent_flow_run_id = FlowRunFilterParentFlowRunId(any_=[parent.id])
+            runs = client.read_flow_runs(flow_run_filter=flt, sort=FlowRunSort.EXPECTED_START_TIME_DESC, limit=1)
+            return runs[0] if runs else None
+
+        parent = None
+        for position, name in enumerate(deployments):
+            if parent is not None and not (parent.state and parent.state.is_completed()):
+                # the run before did not complete: nothing after it is waited for
+                followed.append(FollowedRun(name, "missing"))
+                echo(f"{name}: not followed (the {deployments[position - 1]} run {parent.name} is "
+                     f"{parent.state.name if parent.state else 'without a state'})")
+                continue
+            current, last = None, None
+            if position == 0 and run is not None:
+                current = client.read_flow_run(UUID(str(run)))
+                if current.deployment_id != ids[name]:
+                    raise ValueError(f"flow run {run} is not a run of {name}")
             while True:
-                runs = [r for r in client.read_flow_runs(limit=200) if r.deployment_id == deployment.id]
-                run = max(runs, key=lambda r: r.created) if runs else None
-                state = run.state.name if run and run.state else "missing"
+                if current is None:
+                    current = newest(name, parent)
+                    if current is None and parent is not None:
+                        parent = client.read_flow_run(parent.id)
+                        if parent.state and parent.state.is_final():
+                            current = newest(name, parent)  # created just before the parent ended?
+                            if current is None:
+                                break  # the run before ended without starting this one
+                else:
+                    current = client.read_flow_run(current.id)
+                state = current.state.name if current and current.state else "missing"
                 if state != last:
-                    echo(f"{name}: {state}" + (f" (flow run {run.name})" if run else ""))
+                    echo(f"{name}: {state}" + (f" (flow run {current.name}, {current.id})" if current else ""))
                     last = state
-                if (run and run.state and run.state.is_final()) or time.monotonic() > deadline:
+                if (current and current.state and current.state.is_final()) or time.monotonic() > deadline:
                     break
                 time.sleep(poll)
-            states[name] = state
-    return states
+            if current is None:
+                echo(f"{name}: missing" + (f" (the {deployments[position - 1]} run {parent.name} did not start one)"
+                                           if parent is not None else ""))
+            followed.append(FollowedRun(name, current.state.name if current and current.state else "missing",
+                                        str(current.id) if current else None, current.name if current else None))
+            parent = current
+            if current is None:
+                parent = None
+                for rest in deployments[position + 1:]:
+                    followed.append(FollowedRun(rest, "missing"))
+                    echo(f"{rest}: missing")
+                break
+    return followed

@@ -46,11 +46,16 @@ def test_up_deployment_run_down(small_world, tiny_classifier, tmp_path):
         assert shards["n"][0] == len(pairs)
         # build-shards started offclip/train, which started offclip/evaluate: `offclip wait`
         # follows both to their end
-        wait = subprocess.run(offclip + ["wait", "offclip/train", "offclip/evaluate", "--home", str(home),
-                                         "--timeout", "420"], cwd=REPO, env=env, capture_output=True, text=True,
-                              timeout=480)
+        wait = subprocess.run(offclip + ["wait", "offclip/build-shards", "offclip/train", "offclip/evaluate",
+                                         "--home", str(home), "--timeout", "420"],
+                              cwd=REPO, env=env, capture_output=True, text=True, timeout=480)
         assert wait.returncode == 0, wait.stdout + wait.stderr
-        assert "offclip/train: Completed" in wait.stdout and "offclip/evaluate: Completed" in wait.stdout
+        for name in ("build-shards", "train", "evaluate"):
+            assert f"offclip/{name}: Completed" in wait.stdout
+        # each run is named from its parameters (what the UI lists)
+        assert f"(flow run build-shards · {world.name} → out · " in wait.stdout
+        assert "(flow run train · offclip · seed 0 · demo · out · " in wait.stdout
+        assert "(flow run evaluate · vindr-cxr · demo-offclip-seed0-" in wait.stdout
         (run_dir,) = (out / "runs").iterdir()
         evaluations = query(out / "manifest.duckdb", "SELECT DISTINCT model_dir FROM evaluations")
         assert list(evaluations["model_dir"]) == [str(run_dir / "model")]

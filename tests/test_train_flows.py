@@ -26,6 +26,21 @@ def _deploy(*names: str) -> None:
             client.create_deployment(flow_id=flow_id, name=name, entrypoint=f"flows/train.py:{name}")
 
 
+def _read(run_id):
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        return client.read_flow_run(UUID(str(run_id)))
+
+
+def _parent_flow_run(run):
+    """The flow run that created ``run`` (run_deployment links it through a task run there)."""
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        return client.read_task_run(run.parent_task_run_id).flow_run_id if run.parent_task_run_id else None
+
+
 def _flow_run(run_id: str):
     from prefect.client.orchestration import get_client
 
@@ -47,6 +62,10 @@ def test_build_shards_triggers_a_train_run(small_world, tiny_classifier, tmp_pat
     assert result["train_run"] is not None
     run, deployment = _flow_run(result["train_run"])
     assert deployment.name == "train" and run.state.is_scheduled()
+    # the build's own run is named from its parameters; the train run it created is its child
+    build = _read(result["flow_run"])
+    assert build.name.startswith(f"build-shards · {world.name} → out · ")
+    assert _parent_flow_run(run) == build.id
     assert run.parameters["shards"] == str(out) and run.parameters["max_steps"] == 2
     assert run.parameters["loss"] == "infonce" and run.parameters["eval_root"] == str(world / "eval" / "vindr-cxr")
 
@@ -67,12 +86,16 @@ def test_train_triggers_evaluate_and_evaluate_records(shards_out, small_world, t
 
     run, deployment = _flow_run(result["evaluate_run"])
     assert deployment.name == "evaluate" and run.parameters["model"] == str(model_dir)
+    trained = _read(result["flow_run"])
+    assert trained.name.startswith(f"train · offclip · seed 0 · demo · {shards.name} · ")
+    assert _parent_flow_run(run) == trained.id
     assert run.parameters["root"] == str(eval_root)
 
     # what the triggered run would do, run here: figures land in the manifest and as artifacts
     from prefect.artifacts import Artifact
 
     evaluated = evaluate(**run.parameters)
+    assert _read(evaluated["flow_run"]).name.startswith(f"evaluate · vindr-cxr · {model_dir.parent.name} · ")
     rows = query(shards / "manifest.duckdb", "SELECT DISTINCT dataset FROM evaluations")
     assert list(rows["dataset"]) == ["vindr-cxr"]
     assert Artifact.get("offclip-eval-metrics") is not None and Artifact.get("offclip-train-metrics") is not None
@@ -96,3 +119,68 @@ def test_retrain_runs_once_then_skips_when_nothing_is_new(small_world, tiny_clas
     assert sorted(p.name for p in (out / "runs").iterdir()) == runs_before
     stages = query(out / "manifest.duckdb", "SELECT stage, count(*) AS n FROM runs GROUP BY stage ORDER BY stage")
     assert dict(zip(stages["stage"], stages["n"])) == {"build-shards": 2, "evaluate": 1, "train": 1}
+
+
+def _linked_run(client, deployment_id, parent=None, state=None):
+    """A flow run of a deployment, created the way ``run_deployment`` inside a flow creates one:
+    linked to its parent flow run through a task run there."""
+    from prefect.states import Completed
+
+    parent_task_run_id = None
+    if parent is not None:
+        task_run = client.create_task_run(task=_stub_task(), flow_run_id=parent.id, dynamic_key="0")
+        parent_task_run_id = task_run.id
+    run = client.create_flow_run_from_deployment(deployment_id, parent_task_run_id=parent_task_run_id)
+    client.set_flow_run_state(run.id, state or Completed(), force=True)
+    return client.read_flow_run(run.id)
+
+
+def _stub_task():
+    from prefect import task
+
+    @task(name="run-deployment-link")
+    def link() -> None:
+        return None
+    return link
+
+
+def test_wait_follows_the_runs_each_run_created_not_the_newest(tmp_path):
+    """`offclip wait` follows build-shards → the train run *it* created → the evaluate run *that*
+    created, though newer runs of train (still running) and evaluate (failed) exist; and a chain
+    whose run ended without starting the next is reported missing at once, not waited out."""
+    import time
+
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL
+    from prefect.states import Failed, Running
+
+    from offclip import service
+
+    with get_client(sync_client=True) as client:
+        flow_id = client.create_flow_from_name("offclip")
+        deployment = {name: client.create_deployment(flow_id=flow_id, name=f"wait-{name}",
+                                                     entrypoint=f"flows/train.py:{name}")
+                      for name in ("build", "train", "evaluate")}
+        build = _linked_run(client, deployment["build"])
+        trained = _linked_run(client, deployment["train"], parent=build)
+        evaluated = _linked_run(client, deployment["evaluate"], parent=trained)
+        _linked_run(client, deployment["train"], state=Running())        # newer, someone else's
+        _linked_run(client, deployment["evaluate"], state=Failed())      # newer, someone else's
+        lonely = _linked_run(client, deployment["build"])               # started nothing
+
+    chain = ["offclip/wait-build", "offclip/wait-train", "offclip/wait-evaluate"]
+    url, lines = PREFECT_API_URL.value(), []
+    followed = service.wait_for_runs(chain, run=str(build.id), url=url, poll=0.2, timeout=60, echo=lines.append)
+    assert [f.run_id for f in followed] == [str(build.id), str(trained.id), str(evaluated.id)]
+    assert [f.state for f in followed] == ["Completed"] * 3, lines
+
+    t0 = time.monotonic()
+    followed = service.wait_for_runs(chain, run=str(lonely.id), url=url, poll=0.2, timeout=60, echo=lines.append)
+    assert [f.state for f in followed] == ["Completed", "missing", "missing"]
+    assert time.monotonic() - t0 < 20  # known at once: the build run ended without a train run
+
+    # without --run: the first deployment's newest run (here the lonely one)
+    followed = service.wait_for_runs(chain[:2], url=url, poll=0.2, timeout=60, echo=lines.append)
+    assert followed[0].run_id == str(lonely.id) and followed[1].state == "missing"
+    with pytest.raises(ValueError, match="is not a run of offclip/wait-train"):
+        service.wait_for_runs(chain[1:], run=str(build.id), url=url, timeout=5, echo=lines.append)
