@@ -36,6 +36,8 @@ def run_name(kind: str, parameters: dict, when: dt.datetime | None = None) -> st
         parts = [p.get("loss", "offclip"), f"seed {p.get('seed', 0)}",
                  PurePath(config).stem if config.endswith(".json") else config,
                  _leaf(p.get("run_dir")) or _leaf(p.get("shards"))]
+        if p.get("text_source") not in (None, "filtered"):
+            parts.insert(1, f"{p['text_source']} text")
     elif kind == "evaluate":
         model = PurePath(str(p.get("model", "")))
         parts = [p.get("dataset", "vindr-cxr"), model.parent.name if model.name == "model" else model.name]

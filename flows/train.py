@@ -45,11 +45,12 @@ def shard_fingerprint(shards: str | Path, split: str = "train") -> str:
     return digest[:10]
 
 
-def default_run_dir(shards: str | Path, config: str, loss: str, seed: int) -> Path:
-    """``SHARDS/runs/<config>-<loss>-seed<S>-<shards digest>``: re-running on the same shards
-    resumes (or finds finished) the same run; new shards start a new one."""
+def default_run_dir(shards: str | Path, config: str, loss: str, seed: int, text_source: str | None = None) -> Path:
+    """``SHARDS/runs/<config>-<loss>[-<text source>]-seed<S>-<shards digest>``: re-running on the
+    same shards resumes (or finds finished) the same run; new shards start a new one."""
     name = Path(config).stem if str(config).endswith(".json") else config
-    return Path(shards) / "runs" / f"{name}-{loss}-seed{seed}-{shard_fingerprint(shards)}"
+    text = f"-{text_source}" if text_source and text_source != "filtered" else ""
+    return Path(shards) / "runs" / f"{name}-{loss}{text}-seed{seed}-{shard_fingerprint(shards)}"
 
 
 def default_eval_root(shards: str | Path, dataset: str = "vindr-cxr") -> str | None:
@@ -128,17 +129,19 @@ def train(
     eval_dataset: str = "vindr-cxr",
     eval_root: str | None = None,
     allow_shard_change: bool = False,
+    text_source: str | None = None,
 ) -> dict[str, Any]:
     """Train the dual encoder on the shards under SHARDS (a build-shards output); the run goes
-    to ``run_dir`` (default ``SHARDS/runs/<config>-<loss>-seed<S>-<digest>``; an unfinished
-    run there is resumed exactly). Then start ``offclip/evaluate`` on the model (when deployed)."""
+    to ``run_dir`` (default ``SHARDS/runs/<config>-<loss>[-report]-seed<S>-<digest>``; an
+    unfinished run there is resumed exactly). ``text_source``: ``filtered`` (the kept sentences,
+    OFF-CLIP's text; the config's default) or ``report`` (every sentence: a plain CLIP's). Then start ``offclip/evaluate`` on the model (when deployed)."""
     logger = get_run_logger()
     started = dt.datetime.now(dt.timezone.utc)
-    run = Path(run_dir) if run_dir else default_run_dir(shards, config, loss, seed)
+    run = Path(run_dir) if run_dir else default_run_dir(shards, config, loss, seed, text_source)
     settings = {"shards": shards, "out": str(run), "config": config, "loss": loss,
                 "abnormal_weight": abnormal_weight, "seed": seed, "epochs": epochs, "batch_size": batch_size,
                 "lr": lr, "max_steps": max_steps, "device": device, "num_workers": num_workers,
-                "text_model": text_model, "vision_model": vision_model, "allow_shard_change": allow_shard_change}
+                "text_model": text_model, "vision_model": vision_model, "allow_shard_change": allow_shard_change, "text_source": text_source}
     result = {"flow_run": current_run_id(), **train_task(settings)}  # None: the model config's own setting
     db = Path(shards) / MANIFEST_FILE
     if db.is_file():

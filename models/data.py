@@ -57,7 +57,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 __all__ = ["AugmentConfig", "Batch", "EpochPlan", "ShardLoader", "augment", "batch_sizes", "collate", "decode_image",
            "derive_seed", "draw_sentence", "eval_transform", "kept_sentences", "make_loader", "plan_epoch",
-           "round_robin", "split_records"]
+           "round_robin", "split_records", "TEXT_SOURCES"]
 
 IMAGE_EXTENSIONS = ("png", "jpg", "jpeg")
 #: what a worker yields in place of a batch skipped for a resume (a string survives pickling)
@@ -80,12 +80,22 @@ def _generator(*parts: Any) -> torch.Generator:
 # ------------------------------------------------------------------------------------------
 # text: one kept sentence per sample per epoch
 # ------------------------------------------------------------------------------------------
-def kept_sentences(sample: dict) -> list[str]:
-    """The distinct kept sentences of a raw sample, in report order: the ``json`` sentences with
-    ``kept=True``, else the lines of ``txt`` (shards written without sentence metadata)."""
+#: where a sample's training text comes from: ``filtered`` — the sentences the filter kept
+#: (OFF-CLIP's text, the default); ``report`` — every sentence of the report (a plain CLIP's text,
+#: the ablation's baseline). Both read the sample's ``.json``; the pair label is the same.
+TEXT_SOURCES = ("filtered", "report")
+
+
+def kept_sentences(sample: dict, source: str = "filtered") -> list[str]:
+    """The distinct sentences a raw sample shows, in report order: the ``json`` sentences with
+    ``kept=True`` (``source="filtered"``) or all of them (``source="report"``), else the lines of
+    ``txt`` (shards written without sentence metadata)."""
+    if source not in TEXT_SOURCES:
+        raise ValueError(f"unknown text source {source!r} ({'|'.join(TEXT_SOURCES)})")
     meta = json.loads(sample["json"]) if sample.get("json") else {}
     sentences = meta.get("sentences") or []
-    kept = [s["text"].strip() for s in sorted(sentences, key=lambda s: s.get("index", 0)) if s.get("kept")]
+    kept = [s["text"].strip() for s in sorted(sentences, key=lambda s: s.get("index", 0))
+            if source == "report" or s.get("kept")]
     if not any(kept):
         text = sample.get("txt", b"")
         kept = [line.strip() for line in (text.decode("utf-8") if isinstance(text, bytes) else text).splitlines()]
@@ -309,11 +319,13 @@ def shuffle_buffer(samples: Iterable[dict], size: int, rng: random.Random) -> It
     yield from buffer
 
 
-def with_sentence(samples: Iterable[dict], seed: int, epoch: int, mode: str) -> Iterator[dict]:
-    """Add ``text`` (the sentence(s) shown this epoch) and ``is_normal`` (from ``cls``)."""
+def with_sentence(samples: Iterable[dict], seed: int, epoch: int, mode: str,
+                  source: str = "filtered") -> Iterator[dict]:
+    """Add ``text`` (the sentence(s) shown this epoch, from ``source``: :data:`TEXT_SOURCES`) and
+    ``is_normal`` (from ``cls``)."""
     for sample in samples:
         key = sample["__key__"]
-        sentences = kept_sentences(sample)
+        sentences = kept_sentences(sample, source)
         if mode == "draw":
             text = draw_sentence(sentences, seed, epoch, key)
         elif mode == "all":
@@ -409,11 +421,12 @@ class _EpochDataset(torch.utils.data.IterableDataset):
     """One epoch of one rank; each DataLoader worker runs its own share of :class:`EpochPlan`."""
 
     def __init__(self, root: Path, plan: EpochPlan, *, image_size: int, train: bool, seed: int, rank: int,
-                 shuffle_buffer: int, text_mode: str, tokenize: Callable, augment_config: AugmentConfig):
+                 shuffle_buffer: int, text_mode: str, tokenize: Callable, augment_config: AugmentConfig,
+                 text_source: str = "filtered"):
         super().__init__()
         self.root = Path(root)
         self.plan, self.image_size, self.train, self.seed, self.rank = plan, image_size, train, seed, rank
-        self.shuffle_buffer, self.text_mode = shuffle_buffer, text_mode
+        self.shuffle_buffer, self.text_mode, self.text_source = shuffle_buffer, text_mode, text_source
         self.tokenize, self.augment_config = tokenize, augment_config
 
     def __iter__(self) -> Iterator[Batch]:
@@ -429,7 +442,7 @@ class _EpochDataset(torch.utils.data.IterableDataset):
         if self.train and self.shuffle_buffer > 1:
             rng = random.Random(derive_seed(self.seed, "samples", epoch, self.rank, worker))
             samples = shuffle_buffer(samples, self.shuffle_buffer, rng)
-        samples = with_sentence(samples, self.seed, epoch, self.text_mode)
+        samples = with_sentence(samples, self.seed, epoch, self.text_mode, self.text_source)
         batches = group(samples, plan.worker_batches[worker])
         for index, raw in enumerate(batches):
             if index < plan.worker_skip[worker]:
@@ -487,7 +500,7 @@ def make_loader(shards: str | os.PathLike, split: str, *, tokenizer=None, max_le
                 text_mode: str | None = None, rank: int | None = None, world_size: int | None = None,
                 tokenize: Callable[[list[str]], dict] | None = None,
                 augment_config: AugmentConfig = AugmentConfig(), pin_memory: bool = False,
-                records: Sequence[ShardRecord] | None = None) -> ShardLoader:
+                records: Sequence[ShardRecord] | None = None, text_source: str = "filtered") -> ShardLoader:
     """The batches of ``epoch`` of ``split`` (the complete shards under the curation root ``shards``).
 
     ``train=True``: shards and samples shuffled by ``(seed, epoch)``, one kept sentence drawn per
@@ -496,6 +509,8 @@ def make_loader(shards: str | os.PathLike, split: str, *, tokenizer=None, max_le
     (``text_mode="all"``; or ``"first"``), a plain resize, every sample exactly once per rank.
     ``skip_batches`` skips the first batches of the epoch without decoding them (exact resume).
     ``rank``/``world_size`` default to ``torch.distributed`` when it is initialised.
+    ``text_source``: ``filtered`` (the kept sentences) or ``report`` (every sentence of the
+    report, for a whole-report baseline); :data:`TEXT_SOURCES`.
     ``records``: the shard set to read (a trainer lists it once per run, :func:`split_records`);
     default: the split's complete shards, listed now.
     Text is tokenised by ``tokenize(texts)`` or else by ``tokenizer`` with :func:`offclip.models.clip.tokenize`.
@@ -506,6 +521,8 @@ def make_loader(shards: str | os.PathLike, split: str, *, tokenizer=None, max_le
         tokenize = _hf_tokenize(tokenizer, max_length)
     if num_workers < 0:
         raise ValueError(f"num_workers must be >= 0, got {num_workers}")
+    if text_source not in TEXT_SOURCES:
+        raise ValueError(f"unknown text source {text_source!r} ({'|'.join(TEXT_SOURCES)})")
     rank, world_size = _dist_rank_world(rank, world_size)
     records = split_records(shards, split) if records is None else list(records)
     plan = plan_epoch(records, epoch=epoch, seed=seed, batch_size=batch_size, shuffle=train, rank=rank,
@@ -513,5 +530,5 @@ def make_loader(shards: str | os.PathLike, split: str, *, tokenizer=None, max_le
                       equal_ranks=train, skip=skip_batches)
     dataset = _EpochDataset(Path(shards), plan, image_size=image_size, train=train, seed=seed, rank=rank,
                             shuffle_buffer=shuffle_buffer, text_mode=text_mode or ("draw" if train else "all"),
-                            tokenize=tokenize, augment_config=augment_config)
+                            tokenize=tokenize, augment_config=augment_config, text_source=text_source)
     return ShardLoader(dataset, plan, num_workers, pin_memory)

@@ -61,7 +61,7 @@ import torch
 from offclip.pipeline.atomic import atomic_open, atomic_write_bytes, atomic_write_text
 
 from .clip import build_model, load_model_config, save_model
-from .data import derive_seed, make_loader, plan_epoch, split_records
+from .data import TEXT_SOURCES, derive_seed, make_loader, plan_epoch, split_records
 from .losses import LOSSES, get_loss
 
 __all__ = ["TrainConfig", "TrainResult", "main", "train"]
@@ -111,6 +111,9 @@ class TrainConfig:
     log_every: int = 1  #: steps between two metrics lines / on_step calls
     #: resume although the shard set differs from the checkpoint's (default: refuse, naming the change)
     allow_shard_change: bool = False
+    #: the training text: "filtered" (kept sentences) or "report" (every sentence); None: the
+    #: model config's train.text_source, else "filtered"
+    text_source: str | None = None
 
     def __post_init__(self):
         self.shards, self.out = Path(self.shards), Path(self.out)
@@ -160,6 +163,9 @@ def resolve_hyper(config: TrainConfig, model_config: dict) -> dict:
     # small-data text tower
     hyper["freeze_text"] = bool(section.get("freeze_text", False))
     hyper["grad_clip"] = float(hyper["grad_clip"] or 0.0)
+    hyper["text_source"] = config.text_source or section.get("text_source") or "filtered"
+    if hyper["text_source"] not in TEXT_SOURCES:
+        raise ValueError(f"unknown text_source {hyper['text_source']!r}; available: {', '.join(TEXT_SOURCES)}")
     if hyper["schedule"] not in SCHEDULES:
         raise ValueError(f"unknown schedule {hyper['schedule']!r}; available: {', '.join(SCHEDULES)}")
     for key in ("epochs", "batch_size"):
@@ -494,7 +500,8 @@ def _train(config: TrainConfig, model_config: dict, hyper: dict, records: list, 
                                  image_size=image_size, batch_size=batch_size, epoch=epoch, seed=config.seed,
                                  train=True, num_workers=config.num_workers, skip_batches=state["batch_in_epoch"],
                                  rank=dist_info.rank, world_size=dist_info.world_size,
-                                 pin_memory=device.type == "cuda", records=records)
+                                 pin_memory=device.type == "cuda", records=records,
+                                 text_source=hyper["text_source"])
             tick = time.perf_counter()
             for batch in loader:
                 batch = batch.to(device, non_blocking=True)
@@ -571,6 +578,7 @@ def _train(config: TrainConfig, model_config: dict, hyper: dict, records: list, 
     if dist_info.main:
         extra = {"offclip_train": {
             "loss": config.loss, "abnormal_weight": config.abnormal_weight, "seed": config.seed,
+            "text_source": hyper["text_source"],
             "config": model_config.get("name"), "steps": state["step"], "epochs": state["epoch"],
             "total_steps": total_steps, "world_size": dist_info.world_size, "hyper": hyper,
             "train_config": config.to_dict(), "shards": _shard_metadata(config.shards, config.split, records),
@@ -659,6 +667,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--num-workers", type=int, default=0)
     p.add_argument("--checkpoint-every", type=int, default=50)
     p.add_argument("--no-resume", dest="resume", action="store_false", help="start fresh even if a checkpoint exists")
+    p.add_argument("--text-source", choices=TEXT_SOURCES,
+                   help="training text: filtered (kept sentences; the config's, else the default) or report (every sentence)")
     p.add_argument("--allow-shard-change", action="store_true",
                    help="resume although the shard set differs from the checkpoint's (default: refuse)")
     p.add_argument("--text-model")

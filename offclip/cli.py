@@ -228,6 +228,8 @@ def train_cmd(
     max_steps: Optional[int] = typer.Option(None, "--max-steps", min=1),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:1 …"),
     eval_root: Optional[Path] = typer.Option(None, "--eval-root", help="Evaluate afterwards on this VinDr-CXR-format set."),
+    text_source: Optional[str] = typer.Option(None, "--text-source",
+                                              help="Training text: filtered (the kept sentences; the default) or report (every sentence: a plain CLIP)."),
     allow_shard_change: bool = typer.Option(False, "--allow-shard-change",
                                             help="Resume a run although its shard set changed since the checkpoint (default: refuse)."),
 ) -> None:
@@ -240,7 +242,7 @@ def train_cmd(
 
     result = train(shards=str(shards), run_dir=str(run_dir) if run_dir else None, config=config, loss=loss,
                    seed=seed, epochs=epochs, batch_size=batch_size, lr=lr, max_steps=max_steps, device=device,
-                   trigger_evaluate=False, allow_shard_change=allow_shard_change)
+                   trigger_evaluate=False, allow_shard_change=allow_shard_change, text_source=text_source)
     if eval_root:
         db = shards / "manifest.duckdb"
         result["evaluate"] = evaluate(model=result["model_dir"], root=str(eval_root),

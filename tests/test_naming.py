@@ -14,6 +14,8 @@ def test_names_say_what_each_run_does():
         "build-shards · demo-world → curated · 2026-12-03 19:40"
     assert run_name("train", {"shards": "out/curated", "loss": "infonce", "seed": 3, "config": "demo"}, WHEN) == \
         "train · infonce · seed 3 · demo · curated · 2026-12-03 19:40"
+    assert run_name("train", {"shards": "c", "loss": "infonce", "text_source": "report"}, WHEN) == \
+        "train · infonce · report text · seed 0 · demo · c · 2026-12-03 19:40"
     # a config given as a file reads as its name; an explicit run directory names the run
     assert run_name("train", {"shards": "x", "config": "/c/paper.json", "run_dir": "runs/r1"}, WHEN) == \
         "train · offclip · seed 0 · paper · r1 · 2026-12-03 19:40"

@@ -272,3 +272,21 @@ def test_a_run_keeps_its_shard_set_and_refuses_another_on_resume(shards_out, tmp
     assert resumed.resumed_from == 4 and resumed.steps == 5
     extra = load_extra(tmp_path / "run" / "model")["offclip_train"]
     assert "train-000090.tar" in [s["name"] for s in extra["shards"]["shards"]]
+
+
+def test_text_source_from_the_run_or_the_model_config(shards_out, tmp_path):
+    from offclip.models.clip import load_model_config
+    from offclip.models.train import resolve_hyper
+
+    tiny = load_model_config("tiny")
+    assert resolve_hyper(config(shards_out, tmp_path), tiny)["text_source"] == "filtered"  # the default
+    as_config = {**tiny, "train": {**tiny["train"], "text_source": "report"}}
+    assert resolve_hyper(config(shards_out, tmp_path), as_config)["text_source"] == "report"
+    assert resolve_hyper(config(shards_out, tmp_path, text_source="filtered"), as_config)["text_source"] == "filtered"
+    with pytest.raises(ValueError, match="unknown text_source 'all'"):
+        resolve_hyper(config(shards_out, tmp_path, text_source="all"), tiny)
+    result = train(config(shards_out, tmp_path / "report", max_steps=1, text_source="report"))
+    assert load_extra(result.model_dir)["offclip_train"]["text_source"] == "report"
+    # another text source is another run: resuming it with the other one is refused
+    with pytest.raises(ValueError, match="text_source: 'report' -> 'filtered'"):
+        train(config(shards_out, tmp_path / "report", max_steps=2, text_source="filtered"))

@@ -50,6 +50,7 @@ def reference(shards_out) -> dict[str, dict]:
     for key, sample in members.items():
         meta = json.loads(sample["json"])
         out[key] = {"kept": {s["text"] for s in meta["sentences"] if s["kept"]},
+                    "all": {s["text"] for s in meta["sentences"]},
                     "cls": sample["cls"], "pair_label": meta["pair_label"],
                     "image": sample.get("png", sample.get("jpg"))}
     assert len(out) >= 16
@@ -123,6 +124,33 @@ def test_kept_sentences_fall_back_to_txt_and_dedupe():
         "txt": b"ignored"}
     assert kept_sentences(sample) == ["B.", "C."]
     assert kept_sentences({"json": b'{"sentences": []}', "txt": b"One.\n\nTwo.\n"}) == ["One.", "Two."]
+
+
+def test_report_text_shows_the_normal_sentences_of_abnormal_reports(shards_out, tokenizer, reference):
+    """text_source="report" (the whole-report baseline) draws from every sentence of the report,
+    so an abnormal sample shows its dropped normal sentences — only then; the pair label is the
+    same under both sources."""
+    mixed = [k for k, r in reference.items() if r["pair_label"] == "abnormal" and r["all"] - r["kept"]]
+    assert mixed, "the fixture should have abnormal reports with dropped normal sentences"
+    shown = {source: [per_sample(loader(shards_out, tokenizer, epoch=e, text_source=source)) for e in range(6)]
+             for source in ("filtered", "report")}
+    for key in mixed:
+        dropped = reference[key]["all"] - reference[key]["kept"]
+        filtered = {epoch[key][0] for epoch in shown["filtered"]}
+        report = {epoch[key][0] for epoch in shown["report"]}
+        assert filtered <= reference[key]["kept"] and report <= reference[key]["all"]
+        assert not filtered & dropped
+    # drawn without replacement: within len(all) epochs each report sentence shows once
+    assert any({e[key][0] for e in shown["report"]} & (reference[key]["all"] - reference[key]["kept"])
+               for key in mixed)
+    for epoch_f, epoch_r in zip(shown["filtered"], shown["report"]):
+        assert {k: v[2] for k, v in epoch_f.items()} == {k: v[2] for k, v in epoch_r.items()}  # same labels
+    sample = {"json": json.dumps({"sentences": [{"index": 0, "text": "No effusion.", "kept": False},
+                                                {"index": 1, "text": "Mild cardiomegaly.", "kept": True}]}).encode()}
+    assert kept_sentences(sample, "report") == ["No effusion.", "Mild cardiomegaly."]
+    assert kept_sentences(sample) == ["Mild cardiomegaly."]
+    with pytest.raises(ValueError, match="unknown text source 'whole'"):
+        loader(shards_out, tokenizer, text_source="whole")
 
 
 def test_same_seed_and_epoch_give_identical_batches(shards_out, tokenizer):
