@@ -755,7 +755,11 @@ def pointing_hit(similarity: np.ndarray, boxes: np.ndarray, geometry: Geometry) 
 # ------------------------------------------------------------------------------------------
 TABLE_COLUMNS = ("class_name", "kind", "n_pos", "n_neg", "n_unknown", "auc", "threshold", "accuracy", "fp", "fn",
                  "pointing_n", "pointing_hits", "pointing_game", "prompt", "note")
-SUMMARY_METRICS = ("normal_auc", "macro_auc", "pointing_game", "normal_fp", "normal_fn", "n_images", "rejects")
+SUMMARY_METRICS = ("normal_auc", "macro_auc", "pointing_game", "normal_fp", "normal_fn", "n_images", "rejects",
+                   "normal_auc_centroid", "cos_normal_normal", "cos_abnormal_abnormal", "cos_normal_abnormal",
+                   "cos_centred_normal_normal", "cos_centred_abnormal_abnormal", "cos_centred_normal_abnormal")
+#: the score column of the prompt-free normal score (cosine to the training normal-text centroid)
+CENTROID = "normal_centroid"
 
 
 @dataclass
@@ -776,6 +780,9 @@ class EvalResult:
     notes: list[str] = field(default_factory=list)
     prompts: dict = field(default_factory=dict)
     files: dict = field(default_factory=dict)
+    labels: pd.DataFrame = field(default_factory=pd.DataFrame)  #: index image_id, one 0/1/NaN column per class
+    #: index image_id: the prompt-free normal score (NaN column when the training texts are unknown)
+    centroid_scores: pd.Series = field(default_factory=lambda: pd.Series(dtype=float))
 
     def to_dict(self) -> dict:
         """Plain Python (NaN stays NaN here; the JSON file writes it as null)."""
@@ -788,6 +795,15 @@ class EvalResult:
             "rejects": list(self.rejects), "notes": list(self.notes), "prompts": dict(self.prompts),
             "files": {k: str(v) for k, v in self.files.items()},
         }
+
+    def score_table(self) -> pd.DataFrame:
+        """One row per evaluated image: ``image_id``, each class's score, the prompt-free normal
+        score, and each class's label as ``label:<class>`` (what the paired bootstrap reads)."""
+        table = self.scores.copy()
+        table[CENTROID] = self.centroid_scores.reindex(table.index)
+        for column in self.labels.columns:
+            table[f"label:{column}"] = self.labels[column].astype(float)
+        return table.reset_index()
 
     def table(self) -> str:
         """The per-class table as text."""
@@ -888,11 +904,19 @@ def _model_info(extra: dict) -> tuple[str | None, int | None]:
 
 def evaluate(model_dir_or_model, dataset: str, root: str | os.PathLike, prompts=None, out: Path | None = None,
              batch_size: int = 32, device: str = "auto", manifest: Path | None = None,
-             run_name: str | None = None, workers: int = 0, **reader_options) -> EvalResult:
+             run_name: str | None = None, workers: int = 0, normal_texts: Iterable[str] | None = None,
+             **reader_options) -> EvalResult:
     """Zero-shot evaluation of a model (a saved directory, or a ``(model, tokenizer)`` pair) on
-    ``dataset`` at ``root``. With ``out``: ``out/<dataset>.json`` and ``out/<dataset>_roc.png``;
-    with ``manifest``: rows appended to its ``evaluations`` table. ``workers``: image-decoding
-    threads (0: up to 8). ``reader_options`` go to the dataset's reader."""
+    ``dataset`` at ``root``. With ``out``: ``out/<dataset>.json``, ``out/<dataset>_roc.png`` and
+    ``out/<dataset>_scores.parquet`` (per image: every class score, the prompt-free normal score
+    and the labels); with ``manifest``: rows appended to its ``evaluations`` table. ``workers``:
+    image-decoding threads (0: up to 8). ``reader_options`` go to the dataset's reader.
+
+    Beside the AUCs, the *mechanism* metrics: how compact the normal images' embeddings are
+    (mean cosine among normals, among abnormals, and across; raw and after centring), and a
+    prompt-free normal score — the cosine of each image to the centroid of the training set's
+    normal-pair texts (``normal_texts``; default: read from the shards the model's metadata names)
+    — with its AUC (``normal_auc_centroid``)."""
     import torch
 
     from .clip import tokenize
@@ -917,7 +941,7 @@ def evaluate(model_dir_or_model, dataset: str, root: str | os.PathLike, prompts=
         text_matrix = torch.stack([text[n] for n in names])  # [C, D]
         boxes_of = {image_id: group for image_id, group in boxes.groupby("image_id", sort=False)}
         rejects = list(eval_set.rejects)
-        score_rows, ids, pointing_rows = [], [], []
+        score_rows, ids, pointing_rows, embeddings = [], [], [], []
         pool = ThreadPoolExecutor(max_workers=workers or min(8, os.cpu_count() or 1))
         try:
             for start in range(0, len(eval_set.images), batch_size):
@@ -930,6 +954,7 @@ def evaluate(model_dir_or_model, dataset: str, root: str | os.PathLike, prompts=
                 pixels = torch.from_numpy(np.stack([p.pixels for _, p in good])).unsqueeze(1).to(torch_device)
                 image_emb = model.encode_image(pixels)
                 score_rows.append((image_emb @ text_matrix.T).float().cpu().numpy())
+                embeddings.append(image_emb.float().cpu().numpy())
                 ids += [image.id for image, _ in good]
                 with_boxes = [k for k, (image, _) in enumerate(good) if image.id in boxes_of]
                 if with_boxes:
@@ -939,15 +964,26 @@ def evaluate(model_dir_or_model, dataset: str, root: str | os.PathLike, prompts=
                         pointing_rows += _point(image.id, patch, boxes_of[image.id], text, prepared.geometry)
         finally:
             pool.shutdown()
+        if normal_texts is None:
+            normal_texts, centroid_note = training_normal_texts(extra)
+        else:
+            normal_texts, centroid_note = list(normal_texts), ""
+        centroid = _text_centroid(model, tokenizer, normal_texts, torch_device, tokenize) if normal_texts else None
 
     scores = pd.DataFrame(np.concatenate(score_rows) if score_rows else np.zeros((0, len(names))),
                           index=pd.Index(ids, name="image_id"), columns=names)
     pointing = pd.DataFrame(pointing_rows, columns=["image_id", "class_name", "x", "y", "hit"])
-    table = _class_table(eval_set.labels.loc[ids], scores, pointing, class_prompts)
+    labels = eval_set.labels.loc[ids]
+    table = _class_table(labels, scores, pointing, class_prompts)
     summary = _summary(table, pointing, len(ids), len(rejects))
-    notes = eval_set.notes + prompt_notes  # per-class notes are in the table's note column
+    emb = np.concatenate(embeddings) if embeddings else np.zeros((0, 1))
+    centroid_scores = pd.Series(emb @ centroid if centroid is not None else np.full(len(ids), np.nan),
+                                index=scores.index, name=CENTROID)
+    summary.update(_mechanism(emb, labels[NORMAL].to_numpy(dtype=float), centroid_scores.to_numpy()))
+    notes = eval_set.notes + prompt_notes + ([centroid_note] if centroid_note else [])
     result = EvalResult(dataset, str(root), str(uuid.uuid4()), evaluated_at, model_dir, run_name, loss, seed, table,
-                        summary, scores, pointing, rejects, notes, all_prompts)
+                        summary, scores, pointing, rejects, notes, all_prompts, labels=labels,
+                        centroid_scores=centroid_scores)
     if out is not None:
         out = Path(out)
         result.files["roc"] = out / f"{dataset}_roc.png"
@@ -955,12 +991,74 @@ def evaluate(model_dir_or_model, dataset: str, root: str | os.PathLike, prompts=
         atomic_write_bytes(result.files["roc"], roc_png(eval_set.labels.loc[ids], scores, table,
                                                        f"{dataset}: {run_name or model_dir or 'model'}"))
         atomic_write_text(result.files["json"], json.dumps(_json_safe(result.to_dict()), indent=1) + "\n")
+        result.files["scores"] = out / f"{dataset}_scores.parquet"
+        buffer = io.BytesIO()
+        result.score_table().to_parquet(buffer, index=False)
+        atomic_write_bytes(result.files["scores"], buffer.getvalue())
     if manifest is not None:
         from ..pipeline.manifest import record_evaluations
 
         record_evaluations(manifest, result.manifest_rows())
         result.files["manifest"] = Path(manifest)
     return result
+
+
+def training_normal_texts(extra: dict, limit: int = 20000) -> tuple[list[str], str]:
+    """The distinct sentences of the normal pairs the model was trained on (read from the shards
+    its metadata names; a normal report's sentences are all kept, whatever the text source), and
+    a note when they cannot be read. At most ``limit`` sentences (in shard order)."""
+    import tarfile
+
+    meta = (extra.get("offclip_train") or {}).get("shards") or {}
+    root, split = meta.get("root"), meta.get("split", "train")
+    if not root or not meta.get("shards"):
+        return [], "prompt-free normal score not computed: the model's metadata names no training shards"
+    texts: dict[str, None] = {}
+    for shard in meta["shards"]:
+        path = Path(root) / "shards" / split / shard["name"]
+        try:
+            with tarfile.open(path) as tar:
+                for member in tar:
+                    if not member.name.endswith(".json"):
+                        continue
+                    sample = json.loads(tar.extractfile(member).read())
+                    if sample.get("pair_label") == "normal":
+                        for sentence in sample.get("sentences") or []:
+                            texts.setdefault(sentence["text"].strip(), None)
+        except (OSError, tarfile.TarError, ValueError) as exc:
+            return [], f"prompt-free normal score not computed: training shard {path} unreadable ({exc})"
+        if len(texts) >= limit:
+            break
+    found = [t for t in texts if t][:limit]
+    return found, "" if found else "prompt-free normal score not computed: no normal pair in the training shards"
+
+
+def _text_centroid(model, tokenizer, texts: list[str], device, tokenize, batch_size: int = 256) -> np.ndarray:
+    """The renormalised mean of the texts' normalised embeddings (the model's text tower)."""
+    import torch.nn.functional as F
+
+    total = None
+    for start in range(0, len(texts), batch_size):
+        tokens = tokenize(tokenizer, texts[start:start + batch_size], int(model.config.max_text_length))
+        emb = model.encode_text(tokens["input_ids"].to(device), tokens["attention_mask"].to(device)).float()
+        part = F.normalize(emb, dim=-1).sum(dim=0)
+        total = part if total is None else total + part
+    return F.normalize(total, dim=-1).cpu().numpy()
+
+
+def _mechanism(embeddings: np.ndarray, is_normal: np.ndarray, centroid_scores: np.ndarray) -> dict:
+    """Compactness of the image embeddings by label, raw and centred, and the AUC of the
+    prompt-free normal score."""
+    from .stats import auc, compactness
+
+    known = ~np.isnan(is_normal)
+    out = {"normal_auc_centroid": auc(is_normal, centroid_scores) if not np.isnan(centroid_scores).all()
+           else math.nan}
+    for prefix, centre in (("cos", False), ("cos_centred", True)):
+        values = compactness(embeddings[known], is_normal[known] == 1, centre=centre) if known.any() else {}
+        for key in ("normal_normal", "abnormal_abnormal", "normal_abnormal"):
+            out[f"{prefix}_{key}"] = values.get(key, math.nan)
+    return out
 
 
 def _try_load(image: EvalImage, size: int) -> PreparedImage | dict:

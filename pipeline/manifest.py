@@ -87,7 +87,11 @@ EVALUATION_VIEWS = {
                max(e.value) FILTER (WHERE e.metric = 'normal_fp')::BIGINT AS normal_fp,
                max(e.value) FILTER (WHERE e.metric = 'normal_fn')::BIGINT AS normal_fn,
                max(e.value) FILTER (WHERE e.metric = 'n_images')::BIGINT AS n_images,
-               max(e.value) FILTER (WHERE e.metric = 'rejects')::BIGINT AS rejects
+               max(e.value) FILTER (WHERE e.metric = 'rejects')::BIGINT AS rejects,
+               max(e.value) FILTER (WHERE e.metric = 'normal_auc_centroid') AS normal_auc_centroid,
+               max(e.value) FILTER (WHERE e.metric = 'cos_centred_normal_normal') AS cos_centred_normal_normal,
+               max(e.value) FILTER (WHERE e.metric = 'cos_centred_abnormal_abnormal') AS cos_centred_abnormal_abnormal,
+               max(e.value) FILTER (WHERE e.metric = 'cos_centred_normal_abnormal') AS cos_centred_normal_abnormal
         FROM latest l JOIN evaluations e ON e.evaluation_id = l.evaluation_id AND e.class_name = '{OVERALL}'
         GROUP BY ALL ORDER BY l.dataset, l.run_name, l.model_dir""",
 }

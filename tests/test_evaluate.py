@@ -19,6 +19,7 @@ from PIL import Image
 from offclip.data_contracts.contract import ContractViolation
 from offclip.models.evaluate import (
     NORMAL,
+    SUMMARY_METRICS,
     EvalImage,
     Geometry,
     build_prompts,
@@ -29,6 +30,7 @@ from offclip.models.evaluate import (
     patch_centre,
     pointing_hit,
     read_eval_set,
+    training_normal_texts,
 )
 from offclip.pipeline.manifest import build_manifest, query, record_evaluations, run_record
 
@@ -425,10 +427,21 @@ def test_evaluate_end_to_end(small_world, tiny_model_dir, tmp_path):
     assert [c["class_name"] for c in saved["classes"]] == list(table.index)
     assert saved["classes"][list(table.index).index("Pneumothorax")]["auc"] is None
     assert (out / "vindr-cxr_roc.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # per image: every class score, the prompt-free normal score and the labels (what compare reads)
+    per_image = pd.read_parquet(out / "vindr-cxr_scores.parquet").set_index("image_id")
+    assert list(per_image.index) == list(result.scores.index)
+    np.testing.assert_allclose(per_image[NORMAL], result.scores[NORMAL], rtol=1e-6)
+    assert (per_image[f"label:{NORMAL}"] == kept[NORMAL]).all()
+    # mechanism metrics: cosines in range; no training shards named, so no prompt-free score (said)
+    for key in ("cos_normal_normal", "cos_abnormal_abnormal", "cos_normal_abnormal",
+                "cos_centred_normal_normal", "cos_centred_abnormal_abnormal", "cos_centred_normal_abnormal"):
+        assert -1.0 <= summary[key] <= 1.0, key
+    assert math.isnan(summary["normal_auc_centroid"]) and per_image["normal_centroid"].isna().all()
+    assert any("prompt-free normal score not computed" in n for n in result.notes)
 
     rows = query(db, "SELECT * FROM evaluations")
     n_pointing = int((table["pointing_n"] > 0).sum())
-    assert len(rows) == 5 + 3 * (len(table) - 1) + n_pointing + 7
+    assert len(rows) == 5 + 3 * (len(table) - 1) + n_pointing + len(SUMMARY_METRICS)
     assert set(rows["class_name"]) == set(table.index) | {"_overall"}
     assert set(rows["loss"]) == {"infonce"} and set(rows["dataset"]) == {"vindr-cxr"}
     latest = query(db, "SELECT * FROM latest_evaluations")
@@ -441,6 +454,37 @@ def test_evaluate_end_to_end(small_world, tiny_model_dir, tmp_path):
     again = evaluate(load_model(tiny_model_dir), "vindr-cxr", root, batch_size=3)
     pd.testing.assert_frame_equal(again.scores, result.scores, rtol=1e-5, atol=1e-6)
     assert again.model_dir is None and again.files == {}
+
+
+def test_prompt_free_normal_score_from_the_training_normal_texts(shards_out, small_world, tmp_path):
+    """A model trained on shards knows its training set: the centroid of the normal pairs' text
+    embeddings gives each image a prompt-free normal score; its AUC is the AUC of those scores."""
+    import tarfile
+
+    from sklearn.metrics import roc_auc_score
+
+    from offclip.models.clip import load_extra, load_model
+    from offclip.models.train import TrainConfig, train
+
+    trained = train(TrainConfig(shards=shards_out, out=tmp_path / "run", config="tiny", batch_size=8, max_steps=1))
+    texts, note = training_normal_texts(load_extra(trained.model_dir))
+    expected = set()
+    for tar in (shards_out / "shards" / "train").glob("*.tar"):
+        with tarfile.open(tar) as tf:
+            for m in tf.getmembers():
+                meta = json.loads(tf.extractfile(m).read()) if m.name.endswith(".json") else {}
+                if meta.get("pair_label") == "normal":
+                    expected |= {s["text"].strip() for s in meta["sentences"]}
+    assert note == "" and set(texts) == expected and len(texts) == len(set(texts)) > 0
+
+    root = small_world[0] / "eval" / "vindr-cxr"
+    result = evaluate(trained.model_dir, "vindr-cxr", root, out=tmp_path / "eval")
+    normal = result.labels[NORMAL]
+    assert result.summary["normal_auc_centroid"] == pytest.approx(roc_auc_score(normal, result.centroid_scores))
+    # the same score from the texts given directly, and from the model in memory
+    direct = evaluate(load_model(trained.model_dir), "vindr-cxr", root, normal_texts=texts)
+    np.testing.assert_allclose(direct.centroid_scores, result.centroid_scores, rtol=1e-5, atol=1e-6)
+    assert -1.0 <= result.centroid_scores.min() <= result.centroid_scores.max() <= 1.0
 
 
 def test_cli_prints_the_table(small_world, tiny_model_dir, tmp_path, capsys):
