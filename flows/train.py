@@ -101,11 +101,12 @@ def train_task(config: dict) -> dict:
 
 
 @task(name="evaluate-model", retries=1, retry_delay_seconds=5)
-def evaluate_task(model: str, dataset: str, root: str, out: str, manifest: str | None, run_name: str | None) -> dict:
+def evaluate_task(model: str, dataset: str, root: str, out: str, manifest: str | None, run_name: str | None,
+                  prompts: str | None = None) -> dict:
     from offclip.models.evaluate import evaluate as run_evaluation
 
     result = run_evaluation(model, dataset, root, out=Path(out), manifest=Path(manifest) if manifest else None,
-                            run_name=run_name)
+                            run_name=run_name, prompts=prompts)
     return result.to_dict()
 
 
@@ -180,6 +181,7 @@ def evaluate(
     out: str | None = None,
     manifest: str | None = None,
     run_name: str | None = None,
+    prompts: str | None = None,
 ) -> dict[str, Any]:
     """Zero-shot evaluation of MODEL (a trained model directory) on DATASET at ROOT (VinDr-CXR,
     Open-I, CheXpert or PadChest in their own formats): per-class AUC (normal included),
@@ -190,7 +192,7 @@ def evaluate(
     started = dt.datetime.now(dt.timezone.utc)
     out = out or str(Path(model).parent / "eval")
     result = {"flow_run": current_run_id(),
-              **evaluate_task(model, dataset, root, out, manifest, run_name or Path(model).parent.name)}
+              **evaluate_task(model, dataset, root, out, manifest, run_name or Path(model).parent.name, prompts)}
     summary = result.get("summary", {})
     if manifest:
         append_runs(manifest, [run_record("evaluate", started, {"model": model, "dataset": dataset, "root": root},

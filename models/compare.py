@@ -1,16 +1,32 @@
-"""The paper's claim, measured: InfoNCE vs the OFF-CLIP loss with the same model config, data
-and seeds, each model evaluated zero-shot on the same VinDr-CXR-format test set.
+"""The ablation: which part of OFF-CLIP does what, measured with paired confidence intervals.
 
-    offclip compare out/curated out/demo-world/eval/vindr-cxr --seeds 0,1,2
+    offclip compare out/curated out/demo-world/eval/vindr-cxr --seeds 0,1,2,3,4
 
-Per run: normal AUC, macro AUC over abnormal classes, pointing game, normal FP/FN (at the
-Youden threshold). The table (one row per run, then mean ± sd per loss) goes to
-``OUT/compare.md`` and ``OUT/compare.json``.
+Four *arms*, each a (loss, training text) pair, with the same model config, seeds and
+evaluation set:
+
+============================  =========  ==========  ==================================
+arm                           loss       text        what it is
+============================  =========  ==========  ==================================
+``infonce/report``            InfoNCE    report      a plain CLIP (the baseline)
+``infonce/filtered``          InfoNCE    filtered    the filter only
+``offclip/report``            OFF-CLIP   report      the loss only
+``offclip/filtered``          OFF-CLIP   filtered    OFF-CLIP (both parts)
+============================  =========  ==========  ==================================
+
+Per run: normal AUC, macro AUC over abnormal classes, pointing game, normal FP/FN at the Youden
+threshold, the prompt-free normal AUC and the embedding compactness (``models.evaluate``). Per arm
+against the baseline: the paired difference in normal AUC and in macro AUC with a 95 % bootstrap
+interval (``models.stats.paired_bootstrap``: images resampled, paired within a seed, pooled over
+seeds). Tables go to ``OUT/compare.md`` and ``OUT/compare.json``; every evaluation and every
+pooled difference is a row in the manifest's ``evaluations`` table.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import json
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -19,7 +35,31 @@ import pandas as pd
 
 from ..pipeline.atomic import atomic_write_text
 
-METRICS = ("normal_auc", "macro_auc", "pointing_game", "normal_fp", "normal_fn")
+#: arm name → (loss, text source, what it is)
+ARMS = {
+    "infonce/report": ("infonce", "report", "plain CLIP (baseline)"),
+    "infonce/filtered": ("infonce", "filtered", "filter only"),
+    "offclip/report": ("offclip", "report", "loss only"),
+    "offclip/filtered": ("offclip", "filtered", "OFF-CLIP"),
+}
+BASELINE = "infonce/report"
+#: per-run metrics (from the evaluation summary), in table order
+METRICS = ("normal_auc", "macro_auc", "pointing_game", "normal_fp", "normal_fn", "normal_auc_centroid",
+           "cos_centred_normal_normal", "cos_centred_abnormal_abnormal", "cos_centred_normal_abnormal")
+HEADERS = ("normal AUC", "macro AUC (abnormal)", "pointing game", "normal FP", "normal FN",
+           "normal AUC, prompt-free", "cos normal–normal (centred)", "cos abnormal–abnormal (centred)",
+           "cos normal–abnormal (centred)")
+#: the paired differences against the baseline: (name, what is compared)
+DIFFERENCES = ("normal_auc", "macro_auc")
+
+
+def parse_arms(text: str) -> tuple[str, ...]:
+    """``"infonce/report,offclip/filtered"`` (or ``all``) → arm names, checked."""
+    arms = tuple(ARMS) if text.strip() == "all" else tuple(a.strip() for a in text.split(",") if a.strip())
+    unknown = [a for a in arms if a not in ARMS]
+    if unknown or not arms:
+        raise ValueError(f"unknown arm(s) {unknown or text!r}; arms are {', '.join(ARMS)} (loss/text)")
+    return arms
 
 
 @dataclass
@@ -27,8 +67,9 @@ class CompareConfig:
     shards: Path  #: a build-shards output root
     eval_root: Path  #: the VinDr-CXR-format test set
     out: Path
-    seeds: tuple[int, ...] = (0, 1, 2)
-    losses: tuple[str, ...] = ("infonce", "offclip")
+    seeds: tuple[int, ...] = (0, 1, 2, 3, 4)
+    arms: tuple[str, ...] = tuple(ARMS)
+    baseline: str = BASELINE
     config: str = "demo"
     epochs: int | None = None
     batch_size: int | None = None
@@ -39,51 +80,139 @@ class CompareConfig:
     #: Runs already trained in ``out`` are found finished and only re-evaluated, so a second
     #: prompt set costs evaluation time only; its table goes to compare-<file stem>.md
     prompts: Path | None = None
+    n_boot: int = 2000  #: bootstrap replicates of each paired difference
+    #: the manifest whose ``evaluations`` get the rows; None: SHARDS/manifest.duckdb when it exists
+    manifest: Path | None = None
+
+    def __post_init__(self) -> None:
+        for arm in (*self.arms, self.baseline):
+            if arm not in ARMS:
+                raise ValueError(f"unknown arm {arm!r}; arms are {', '.join(ARMS)}")
+        if not self.seeds:
+            raise ValueError("compare needs at least one seed")
 
 
 @dataclass
 class CompareResult:
-    runs: pd.DataFrame
-    summary: pd.DataFrame
+    runs: pd.DataFrame  #: one row per (arm, seed)
+    summary: pd.DataFrame  #: mean and sd of each metric per arm
+    differences: list[dict]  #: per arm against the baseline: Difference.to_dict() + arm, metric
     markdown: str
     files: dict = field(default_factory=dict)
+    n_images: int = 0
+    n_normal: int = 0
+
+
+def run_dir(out: Path, arm: str, seed: int) -> Path:
+    loss, text, _ = ARMS[arm]
+    return Path(out) / f"{loss}-{text}-seed{seed}"
 
 
 def run_compare(config: CompareConfig, progress: Callable[[str], None] = print) -> CompareResult:
-    from .evaluate import evaluate
+    from .evaluate import NORMAL, _json_safe, evaluate
+    from .stats import paired_bootstrap
     from .train import TrainConfig, train
 
     out = Path(config.out)
     tag = f"-{Path(config.prompts).stem}" if config.prompts else ""  #: names a prompt set's outputs
-    rows = []
+    manifest = config.manifest or (Path(config.shards) / "manifest.duckdb")
+    manifest = manifest if Path(manifest).is_file() else None
+    arms = list(dict.fromkeys([config.baseline, *config.arms]))  # the baseline is always run
+    rows, evaluations = [], {}
+    total, done = len(arms) * len(config.seeds), 0
     for seed in config.seeds:
-        for loss in config.losses:
-            run = out / f"{loss}-seed{seed}"
-            progress(f"compare: training {loss}, seed {seed} → {run}")
+        for arm in arms:
+            loss, text, _ = ARMS[arm]
+            run = run_dir(out, arm, seed)
+            done += 1
+            progress(f"compare [{done}/{total}]: training {arm}, seed {seed} → {run}")
             trained = train(TrainConfig(shards=Path(config.shards), out=run, config=config.config, loss=loss,
-                                        seed=seed, epochs=config.epochs, batch_size=config.batch_size,
-                                        device=config.device, max_steps=config.max_steps))
+                                        text_source=text, seed=seed, epochs=config.epochs,
+                                        batch_size=config.batch_size, device=config.device,
+                                        max_steps=config.max_steps))
             result = evaluate(trained.model_dir, config.dataset, config.eval_root, out=run / f"eval{tag}",
-                              device=config.device, prompts=config.prompts)
-            summary = result.to_dict()["summary"]
-            rows.append({"loss": loss, "seed": seed, **{m: summary.get(m) for m in METRICS},
-                         "steps": trained.steps, "train_seconds": round(trained.seconds, 1)})
-            progress(f"compare: {loss} seed {seed}: " + ", ".join(f"{m} {summary.get(m)}" for m in METRICS))
+                              device=config.device, prompts=config.prompts, manifest=manifest,
+                              run_name=f"compare:{arm}:seed{seed}{tag}")
+            evaluations[arm, seed] = result
+            summary = result.summary
+            rows.append({"arm": arm, "loss": loss, "text": text, "seed": seed,
+                         **{m: summary.get(m) for m in METRICS}, "steps": trained.steps,
+                         "train_seconds": round(trained.seconds, 1)})
+            progress(f"compare: {arm} seed {seed}: " + ", ".join(f"{m} {_fmt(summary.get(m))}" for m in METRICS[:3]))
+
+    base = evaluations[config.baseline, config.seeds[0]]
+    labels = base.labels
+    for (arm, seed), result in evaluations.items():
+        if list(result.labels.index) != list(labels.index):
+            raise RuntimeError(f"{arm} seed {seed} was evaluated on other images than the baseline "
+                               f"({len(result.labels)} against {len(labels)}): the paired comparison needs the same set")
+    abnormal = [c for c in labels.columns if c != NORMAL and labels[c].nunique(dropna=True) == 2]
+    differences = []
+    for arm in arms:
+        if arm == config.baseline:
+            continue
+        for metric in DIFFERENCES:
+            columns = [NORMAL] if metric == "normal_auc" else abnormal
+            if not columns:
+                continue
+            y = labels[columns].to_numpy(dtype=float)
+            scores = {a: [evaluations[a, s].scores[columns].to_numpy(dtype=float) for s in config.seeds]
+                      for a in (arm, config.baseline)}
+            diff = paired_bootstrap(y, scores[arm], scores[config.baseline], metric=metric, n_boot=config.n_boot)
+            differences.append({"arm": arm, "baseline": config.baseline, **diff.to_dict()})
+            progress(f"compare: {arm} − {config.baseline}, {metric}: {diff.text()}")
+
     runs = pd.DataFrame(rows)
     summary = summarise(runs)
-    markdown = to_markdown(runs, summary, config)
+    n_images, n_normal = len(labels), int(labels[NORMAL].sum())
+    markdown = to_markdown(runs, summary, differences, config, n_images, n_normal)
     files = {"json": out / f"compare{tag}.json", "markdown": out / f"compare{tag}.md"}
-    atomic_write_text(files["json"], json.dumps({"config": {k: str(v) for k, v in config.__dict__.items()},
-                                                 "runs": rows}, indent=1, default=float) + "\n")
+    atomic_write_text(files["json"], json.dumps(_json_safe({
+        "config": {k: (list(v) if isinstance(v, tuple) else str(v) if isinstance(v, Path) else v)
+                   for k, v in config.__dict__.items()},
+        "evaluation_set": {"root": str(config.eval_root), "dataset": config.dataset, "n_images": n_images,
+                           "n_normal": n_normal, "abnormal_classes": abnormal},
+        "runs": rows, "differences": differences}), indent=1) + "\n")
     atomic_write_text(files["markdown"], markdown + "\n")
-    return CompareResult(runs, summary, markdown, files)
+    if manifest is not None:
+        _record_differences(manifest, differences, config, tag)
+        files["manifest"] = manifest
+    return CompareResult(runs, summary, differences, markdown, files, n_images, n_normal)
+
+
+def _record_differences(manifest: Path, differences: list[dict], config: CompareConfig, tag: str) -> None:
+    """The pooled differences as rows of the manifest's ``evaluations`` (one evaluation per arm:
+    ``run_name`` ``compare:<arm>-vs-<baseline>``, metrics ``delta_<metric>``, ``…_low``, ``…_high``)."""
+    from ..data_contracts.manifest import EVALUATIONS, OVERALL
+    from ..pipeline.manifest import record_evaluations
+
+    now = dt.datetime.now(dt.timezone.utc)
+    rows = []
+    for arm in dict.fromkeys(d["arm"] for d in differences):
+        evaluation_id = str(uuid.uuid4())
+        base = {"evaluation_id": evaluation_id, "evaluated_at": now, "model_dir": None,
+                "run_name": f"compare:{arm}-vs-{config.baseline}{tag}", "loss": ARMS[arm][0], "seed": None,
+                "dataset": config.dataset, "class_name": OVERALL}
+        for d in (d for d in differences if d["arm"] == arm):
+            for suffix, key in (("", "estimate"), ("_low", "low"), ("_high", "high")):
+                rows.append({**base, "metric": f"delta_{d['metric']}{suffix}", "value": float(d[key]),
+                             "n_pos": d["n_images"], "n_neg": None})
+    if rows:
+        frame = pd.DataFrame(rows, columns=EVALUATIONS.names)
+        for column in ("n_pos", "n_neg", "seed"):
+            frame[column] = frame[column].astype("Int64")
+        record_evaluations(manifest, frame)
 
 
 def summarise(runs: pd.DataFrame) -> pd.DataFrame:
-    """Mean and sample standard deviation of each metric per loss."""
-    grouped = runs.groupby("loss", sort=False)[list(METRICS)]
+    """Mean and sample standard deviation of each metric per arm."""
+    grouped = runs.groupby("arm", sort=False)[list(METRICS)]
     mean, sd = grouped.mean(), grouped.std(ddof=1)
     return pd.concat({"mean": mean, "sd": sd}, axis=1)
+
+
+def _fmt(value, digits: int = 3) -> str:
+    return "n/a" if value is None or pd.isna(value) else f"{value:.{digits}f}"
 
 
 def _cell(mean: float, sd: float, digits: int) -> str:
@@ -92,19 +221,37 @@ def _cell(mean: float, sd: float, digits: int) -> str:
     return f"{mean:.{digits}f}" + ("" if pd.isna(sd) else f" ± {sd:.{digits}f}")
 
 
-def to_markdown(runs: pd.DataFrame, summary: pd.DataFrame, config: CompareConfig) -> str:
-    head = "| loss | normal AUC | macro AUC (abnormal) | pointing game | normal FP | normal FN |\n|---|---|---|---|---|---|"
+def to_markdown(runs: pd.DataFrame, summary: pd.DataFrame, differences: list[dict], config: CompareConfig,
+                n_images: int, n_normal: int) -> str:
     prompts = f"prompts `{config.prompts}`" if config.prompts else "the default prompts"
-    lines = [f"Config `{config.config}`, seeds {', '.join(map(str, config.seeds))}, evaluated on "
-             f"`{config.eval_root}` with {prompts} ({len(runs)} runs; mean ± sd over seeds).", "", head]
-    for loss in summary.index:
-        cells = [_cell(summary.loc[loss, ("mean", m)], summary.loc[loss, ("sd", m)], 1 if m.startswith("normal_f") else 3)
+    seeds = ", ".join(map(str, config.seeds))
+    lines = [f"Config `{config.config}`, seeds {seeds}; evaluated on `{config.eval_root}` "
+             f"({n_images} images, {n_normal} normal) with {prompts}. Per arm: mean ± sd over seeds.", "",
+             "| arm | what it is | " + " | ".join(HEADERS) + " |", "|---|---|" + "---|" * len(HEADERS)]
+    for arm in summary.index:
+        cells = [_cell(summary.loc[arm, ("mean", m)], summary.loc[arm, ("sd", m)], 1 if m.startswith("normal_f") else 3)
                  for m in METRICS]
-        lines.append(f"| {loss} | " + " | ".join(cells) + " |")
-    lines += ["", "Per run:", "", "| loss | seed | " + " | ".join(METRICS) + " | steps |",
+        lines.append(f"| {arm} | {ARMS[arm][2]} | " + " | ".join(cells) + " |")
+    if differences:
+        level = int(round(100 * differences[0]["level"]))
+        lines += ["", f"Against `{config.baseline}` ({ARMS[config.baseline][2]}): the paired difference, pooled over "
+                  f"seeds, with its {level} % bootstrap interval ({differences[0]['n_boot']} resamples of the "
+                  f"{n_images} images, paired within each seed); then the difference seed by seed.", "",
+                  "| arm | Δ normal AUC [95 % CI] | per seed | Δ macro AUC [95 % CI] | per seed |", "|---|---|---|---|---|"]
+        for arm in dict.fromkeys(d["arm"] for d in differences):
+            cells = []
+            for metric in DIFFERENCES:
+                d = next((d for d in differences if d["arm"] == arm and d["metric"] == metric), None)
+                if d is None:
+                    cells += ["n/a", ""]
+                    continue
+                cells += [f"{d['estimate']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}]",
+                          " ".join(f"{v:+.3f}" for v in d["per_seed"])]
+            lines.append(f"| {arm} | " + " | ".join(cells) + " |")
+    lines += ["", "Per run:", "", "| arm | seed | " + " | ".join(METRICS) + " | steps |",
               "|---|---|" + "---|" * (len(METRICS) + 1)]
     for row in runs.to_dict("records"):
-        lines.append(f"| {row['loss']} | {row['seed']} | "
-                     + " | ".join("n/a" if pd.isna(row[m]) else (f"{row[m]:.3f}" if isinstance(row[m], float) else str(row[m]))
-                                  for m in METRICS) + f" | {row['steps']} |")
+        lines.append(f"| {row['arm']} | {row['seed']} | "
+                     + " | ".join(_fmt(row[m], 1 if m.startswith("normal_f") else 3) for m in METRICS)
+                     + f" | {row['steps']} |")
     return "\n".join(lines)

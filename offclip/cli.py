@@ -257,6 +257,7 @@ def evaluate_cmd(
     dataset: str = typer.Option("vindr-cxr", "--dataset", help="vindr-cxr, openi, chexpert or padchest."),
     out: Optional[Path] = typer.Option(None, "--out", help="JSON + ROC plot here (default: RUN/eval)."),
     manifest: Optional[Path] = typer.Option(None, "--manifest", help="Record the figures in this manifest's evaluations table."),
+    prompts: Optional[Path] = typer.Option(None, "--prompts", help="Prompts JSON ({class: text or [texts]}; default: \"There is {finding}.\", normal \"There is no finding.\")."),
 ) -> None:
     """Run the evaluate flow directly: zero-shot AUC per class (normal included), normal FP/FN,
     pointing game."""
@@ -265,8 +266,10 @@ def evaluate_cmd(
     _direct_flow_run()
     from .flows.train import evaluate
 
+    if prompts is not None and not prompts.is_file():
+        _fail(FileNotFoundError(f"--prompts {prompts}: no such file"))
     result = evaluate(model=str(model), dataset=dataset, root=str(root), out=str(out) if out else None,
-                      manifest=str(manifest) if manifest else None)
+                      manifest=str(manifest) if manifest else None, prompts=str(prompts) if prompts else None)
     typer.echo(json.dumps(result.get("summary", {}), indent=2, default=str))
 
 
@@ -274,29 +277,35 @@ def evaluate_cmd(
 def compare_cmd(
     shards: Path = typer.Argument(..., help="A build-shards output root of the demo world."),
     eval_root: Path = typer.Argument(..., help="The VinDr-CXR-format test set (WORLD/eval/vindr-cxr)."),
-    seeds: str = typer.Option("0,1,2", "--seeds", help="Comma-separated seeds."),
-    losses: str = typer.Option("infonce,offclip", "--losses"),
+    seeds: str = typer.Option("0,1,2,3,4", "--seeds", help="Comma-separated seeds."),
+    arms: str = typer.Option("all", "--arms", help="Comma-separated loss/text arms: infonce/report (plain CLIP), "
+                             "infonce/filtered (filter only), offclip/report (loss only), offclip/filtered (OFF-CLIP); or all."),
+    baseline: str = typer.Option("infonce/report", "--baseline", help="The arm every other is compared with."),
     config: str = typer.Option("demo", "--config", help="demo: a small ResNet on the frozen MiniLM (learns on the demo world on CPU)."),
     epochs: Optional[int] = typer.Option(None, "--epochs", min=1),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", min=2),
     max_steps: Optional[int] = typer.Option(None, "--max-steps", min=1, help="Stop each run early (smoke tests)."),
     prompts: Optional[Path] = typer.Option(None, "--prompts", help="Prompts JSON ({class: text or [texts]}); runs already trained in --out are only re-evaluated."),
+    n_boot: int = typer.Option(2000, "--n-boot", min=100, help="Bootstrap resamples of each paired difference."),
     out: Optional[Path] = typer.Option(None, "--out", help="Default: SHARDS/compare."),
     device: str = typer.Option("auto", "--device"),
 ) -> None:
-    """The paper's claim on the demo world: train each loss with the same config and seeds,
-    evaluate each model on the VinDr-format set, print the table (also compare.md / .json)."""
+    """The ablation on the demo world: each arm (loss × training text) trained with the same config
+    and seeds, evaluated on the same VinDr-format set; the paired difference of every arm against
+    the baseline with a 95 % bootstrap interval (compare.md / .json, manifest evaluations)."""
     import os
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from .models.compare import CompareConfig, run_compare
+    from .models.compare import CompareConfig, parse_arms, run_compare
 
-    result = run_compare(CompareConfig(shards=shards, eval_root=eval_root, out=out or shards / "compare",
-                                       seeds=tuple(int(s) for s in seeds.split(",") if s.strip()),
-                                       losses=tuple(l.strip() for l in losses.split(",") if l.strip()),
-                                       config=config, epochs=epochs, batch_size=batch_size, device=device,
-                                       max_steps=max_steps, prompts=prompts),
-                         progress=lambda m: typer.echo(m, err=True))
+    try:
+        settings = CompareConfig(shards=shards, eval_root=eval_root, out=out or shards / "compare",
+                                 seeds=tuple(int(s) for s in seeds.split(",") if s.strip()), arms=parse_arms(arms),
+                                 baseline=baseline, config=config, epochs=epochs, batch_size=batch_size,
+                                 device=device, max_steps=max_steps, prompts=prompts, n_boot=n_boot)
+    except ValueError as exc:
+        _fail(exc)
+    result = run_compare(settings, progress=lambda m: typer.echo(m, err=True))
     typer.echo(result.markdown)
 
 

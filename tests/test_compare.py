@@ -1,47 +1,100 @@
-"""`offclip compare`: both losses trained with the same config and seed on real shards, both
-models evaluated on the same VinDr-format set, one table."""
+"""`offclip compare`: the four-arm ablation (loss × training text) trained with the same config
+and seed on real shards, every model evaluated on the same VinDr-format set, paired differences
+against the plain-CLIP baseline with bootstrap intervals, one table; `offclip evaluate --prompts`."""
 
 from __future__ import annotations
 
 import json
 import math
+import shutil
 
+import pytest
 from typer.testing import CliRunner
 
 from offclip.cli import app
+from offclip.models.compare import ARMS, CompareConfig, parse_arms
+from offclip.pipeline.manifest import query
 
 
-def test_compare_trains_and_evaluates_each_loss(shards_out, small_world, tmp_path):
+def test_four_arm_compare_table_differences_and_manifest(shards_out, small_world, tmp_path):
+    shards = tmp_path / "shards"
+    shutil.copytree(shards_out, shards)
     out = tmp_path / "compare"
-    result = CliRunner().invoke(app, ["compare", str(shards_out), str(small_world[0] / "eval" / "vindr-cxr"),
-                                      "--seeds", "3", "--batch-size", "8", "--max-steps", "2", "--out", str(out)])
+    result = CliRunner().invoke(app, ["compare", str(shards), str(small_world[0] / "eval" / "vindr-cxr"),
+                                      "--seeds", "3", "--batch-size", "8", "--max-steps", "2", "--n-boot", "200",
+                                      "--out", str(out)])
     assert result.exit_code == 0, result.output
-    runs = json.loads((out / "compare.json").read_text())["runs"]
-    assert [(r["loss"], r["seed"], r["steps"]) for r in runs] == [("infonce", 3, 2), ("offclip", 3, 2)]
+    saved = json.loads((out / "compare.json").read_text())
+    runs = saved["runs"]
+    assert [(r["arm"], r["loss"], r["text"], r["seed"], r["steps"]) for r in runs] == [
+        ("infonce/report", "infonce", "report", 3, 2), ("infonce/filtered", "infonce", "filtered", 3, 2),
+        ("offclip/report", "offclip", "report", 3, 2), ("offclip/filtered", "offclip", "filtered", 3, 2)]
     for run in runs:
         assert 0.0 <= run["normal_auc"] <= 1.0 and not math.isnan(run["normal_auc"])
-        assert (out / f"{run['loss']}-seed3" / "eval" / "vindr-cxr.json").is_file()
-    # the same seed gives the same initial model and batches: only the loss differs, so the
-    # two models' scores differ (the OFF-CLIP loss moved the weights differently)
-    a, b = (json.loads((out / f"{loss}-seed3" / "eval" / "vindr-cxr.json").read_text())["summary"]
-            for loss in ("infonce", "offclip"))
-    assert a != b
+        assert run["normal_auc_centroid"] is not None and -1 <= run["cos_centred_normal_normal"] <= 1
+        loss, text = run["arm"].split("/")
+        assert (out / f"{loss}-{text}-seed3" / "eval" / "vindr-cxr_scores.parquet").is_file()
+    # the same seed gives the same initial model: only the loss or the text differs, so do the scores
+    summaries = [json.loads((out / f"{a.replace('/', '-')}-seed3" / "eval" / "vindr-cxr.json").read_text())["summary"]
+                 for a in ARMS]
+    assert len({json.dumps(s, sort_keys=True) for s in summaries}) == 4
+    # each arm against the baseline, in normal AUC and macro AUC; the point estimate is the
+    # difference of the runs' own figures (one seed) and lies in its interval
+    differences = {(d["arm"], d["metric"]): d for d in saved["differences"]}
+    assert set(differences) == {(a, m) for a in list(ARMS)[1:] for m in ("normal_auc", "macro_auc")}
+    base = runs[0]
+    for run in runs[1:]:
+        d = differences[run["arm"], "normal_auc"]
+        assert d["estimate"] == pytest.approx(run["normal_auc"] - base["normal_auc"], abs=1e-6)
+        assert d["low"] <= d["estimate"] <= d["high"] and d["n_boot"] == 200
+        assert d["n_images"] == saved["evaluation_set"]["n_images"] > 0
     table = (out / "compare.md").read_text()
-    assert "| infonce |" in table and "| offclip |" in table and table.strip() in result.output
+    for arm, (_, _, what) in ARMS.items():
+        assert f"| {arm} | {what} |" in table
+    assert "Δ normal AUC [95 % CI]" in table and "normal AUC, prompt-free" in table
+    assert table.strip() in result.output
+    # the manifest: every run's evaluation and the pooled differences
+    rows = query(shards / "manifest.duckdb", "SELECT run_name, metric, value FROM evaluations "
+                                             "WHERE run_name LIKE 'compare:%' AND class_name = '_overall'")
+    names = set(rows["run_name"])
+    assert {f"compare:{a}:seed3" for a in ARMS} <= names
+    deltas = rows[rows["metric"] == "delta_normal_auc"].set_index("run_name")["value"]
+    assert deltas["compare:offclip/filtered-vs-infonce/report"] == pytest.approx(
+        differences["offclip/filtered", "normal_auc"]["estimate"])
 
 
+@pytest.mark.usefixtures("prefect_server")  # `offclip evaluate` runs its flow there
 def test_compare_with_other_prompts_only_reevaluates(shards_out, small_world, tmp_path):
     out = tmp_path / "compare"
     args = ["compare", str(shards_out), str(small_world[0] / "eval" / "vindr-cxr"), "--seeds", "0",
-            "--losses", "offclip", "--batch-size", "8", "--max-steps", "2", "--out", str(out)]
+            "--arms", "offclip/filtered", "--batch-size", "8", "--max-steps", "2", "--n-boot", "100",
+            "--out", str(out)]
     assert CliRunner().invoke(app, args).exit_code == 0
-    metrics = (out / "offclip-seed0" / "metrics.jsonl").read_bytes()
+    metrics = (out / "offclip-filtered-seed0" / "metrics.jsonl").read_bytes()
     prompts = tmp_path / "report-normal.json"
     prompts.write_text(json.dumps({"No Finding": ["The lungs are clear.", "No acute cardiopulmonary process."]}))
     again = CliRunner().invoke(app, args + ["--prompts", str(prompts)])
     assert again.exit_code == 0, again.output
-    assert (out / "offclip-seed0" / "metrics.jsonl").read_bytes() == metrics  # not trained again
-    default = json.loads((out / "offclip-seed0" / "eval" / "vindr-cxr.json").read_text())
-    other = json.loads((out / "offclip-seed0" / "eval-report-normal" / "vindr-cxr.json").read_text())
+    assert (out / "offclip-filtered-seed0" / "metrics.jsonl").read_bytes() == metrics  # not trained again
+    default = json.loads((out / "offclip-filtered-seed0" / "eval" / "vindr-cxr.json").read_text())
+    other = json.loads((out / "offclip-filtered-seed0" / "eval-report-normal" / "vindr-cxr.json").read_text())
     assert default["prompts"]["No Finding"] != other["prompts"]["No Finding"]
     assert (out / "compare-report-normal.md").is_file() and (out / "compare.md").is_file()
+
+    # `offclip evaluate --prompts` scores the same model with the same prompts the same way
+    model = out / "offclip-filtered-seed0" / "model"
+    direct = CliRunner().invoke(app, ["evaluate", str(model), str(small_world[0] / "eval" / "vindr-cxr"),
+                                      "--out", str(tmp_path / "direct"), "--prompts", str(prompts)])
+    assert direct.exit_code == 0, direct.output
+    mine = json.loads((tmp_path / "direct" / "vindr-cxr.json").read_text())
+    assert mine["prompts"]["No Finding"] == other["prompts"]["No Finding"]
+    assert mine["summary"]["normal_auc"] == pytest.approx(other["summary"]["normal_auc"])
+
+
+def test_arms_are_checked():
+    assert parse_arms("all") == tuple(ARMS)
+    assert parse_arms("offclip/filtered, infonce/report") == ("offclip/filtered", "infonce/report")
+    with pytest.raises(ValueError, match="unknown arm"):
+        parse_arms("offclip/whole")
+    with pytest.raises(ValueError, match="unknown arm 'clip/report'"):
+        CompareConfig(shards=".", eval_root=".", out=".", baseline="clip/report")
