@@ -44,6 +44,9 @@ def demo_world(
     openi_dir: Optional[Path] = typer.Option(None, "--openi", help="Directory holding NLMCXR_reports.tgz and nlmcxr_dicom_metadata.csv.gz "
                                              "(default: $OFFCLIP_OPENI, then the installed torchxrayvision wheel's data/)."),
     workers: int = typer.Option(0, "--workers", min=0, help="Render processes (0 = all cores)."),
+    eval_images: Optional[int] = typer.Option(
+        None, "--eval-images", help="Evaluation sets of N images rendered from held-out (validate/test) reports, "
+        "68% normal as in VinDr-CXR, several renders per report (default: one image per held-out study)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing demo world at OUT."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
     json_out: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
@@ -57,7 +60,8 @@ def demo_world(
 
     config = WorldConfig(out=out, studies=studies, seed=seed, scale=scale, faults=faults,
                          openi=str(openi_dir) if openi_dir else None, workers=workers,
-                         progress=not quiet and sys.stderr.isatty(), overwrite=overwrite)
+                         progress=not quiet and sys.stderr.isatty(), overwrite=overwrite,
+                         eval_images=eval_images)
     try:
         summary = build_world(config)
     except (OpenISourceError, FileExistsError, ValueError) as exc:

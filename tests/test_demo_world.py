@@ -206,7 +206,7 @@ def test_cli(tmp_path, openi_dir):
     if openi_dir:
         env["OFFCLIP_OPENI"] = openi_dir
     help_text = subprocess.run(exe + ["demo-world", "--help"], capture_output=True, text=True, check=True).stdout
-    for option in ("--studies", "--seed", "--scale", "--faults", "--openi"):
+    for option in ("--studies", "--seed", "--scale", "--faults", "--openi", "--eval-images"):
         assert option in help_text
     out = tmp_path / "cli"
     run = subprocess.run(exe + ["demo-world", str(out), "--studies", "9", "--scale", "0.06", "--quiet"],
@@ -219,6 +219,10 @@ def test_cli(tmp_path, openi_dir):
     bad = subprocess.run(exe + ["demo-world", str(tmp_path / "x"), "--openi", str(tmp_path)],
                          capture_output=True, text=True, env=env)
     assert bad.returncode == 2 and "lacks NLMCXR_reports.tgz" in bad.stderr
+    impossible = subprocess.run(exe + ["demo-world", str(tmp_path / "y"), "--studies", "2", "--eval-images", "5"],
+                                capture_output=True, text=True, env=env)
+    assert impossible.returncode == 2 and "validate/test studies hold no" in impossible.stderr
+    assert not (tmp_path / "y").exists()
 
 
 def test_full_size_world(tmp_path, openi_dir):

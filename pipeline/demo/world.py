@@ -15,6 +15,13 @@ Layout written under ``OUT``::
 Studies are rendered in parallel worker processes, one task per chunk of studies; every random
 draw comes from generators seeded by (seed, report uid, image index), so the tree is
 byte-identical for the same sources, N, seed and scale whatever the number of workers.
+
+Evaluation sets: by default each validate/test study gives one image (its first frontal). With
+``eval_images=N`` the sets hold N renders of held-out reports instead, 68 % of them normal
+(VinDr-CXR's share of "No finding"): :func:`plan_eval_renders` draws the reports, and each
+render (one more task chunk in the same pool) has its own anatomy and noise, seeded by
+(seed, report uid, render index). ``offclip_demo/eval_images.csv`` maps every eval image to its
+study, report and render index.
 """
 
 from __future__ import annotations
@@ -68,6 +75,12 @@ FAULT_KINDS = (
 )
 DEFAULT_SCALE = 0.25
 SCHEMA_VERSION = 1
+#: VinDr-CXR v1.0.0 test set: 2,051 of 3,000 images are "No finding" (68 %)
+VINDR_NORMAL_PERCENT = 68
+EVAL_IMAGE_COLUMNS = (
+    "image_id", "openi_imageid", "chexpert_path", "subject_id", "study_id", "split", "openi_uid",
+    "source_dicom_id", "render", "label", "n_lesions", "n_boxes", "rows", "columns", "view",
+)
 
 
 @dataclass
@@ -81,6 +94,9 @@ class WorldConfig:
     workers: int = 0  #: 0 -> all cores
     progress: bool = True
     overwrite: bool = False
+    #: None: one eval image per held-out study (its first frontal); N: N renders of held-out
+    #: reports, 68 % normal (see :func:`plan_eval_renders`)
+    eval_images: int | None = None
 
 
 @dataclass
@@ -99,6 +115,8 @@ class WorldSummary:
     by_bits: dict = field(default_factory=dict)
     lesions: dict = field(default_factory=dict)
     eval_sets: dict = field(default_factory=dict)
+    eval_no_finding: int = 0  #: VinDr "No finding" images of the eval sets
+    eval_reports: int = 0  #: distinct held-out reports the eval images were rendered from
     faults: list = field(default_factory=list)
     bytes_written: int = 0
 
@@ -118,11 +136,97 @@ class WorldSummary:
             f"  photometric  {fmt(self.by_photometric)}",
             f"  bits stored  {fmt(self.by_bits)}",
             f"  lesions      {fmt(self.lesions) or 'none'}",
-            f"  eval sets    {fmt(self.eval_sets)}",
+            f"  eval sets    {fmt(self.eval_sets)}{self._eval_text()}",
         ]
         if self.faults:
             lines.append(f"  faults       {', '.join(f['fault'] for f in self.faults)} (faults.json)")
         return "\n".join(lines)
+
+    def _eval_text(self) -> str:
+        n = max(self.eval_sets.values(), default=0)
+        if not n:
+            return ""
+        return (f" · {self.eval_no_finding} No finding ({100 * self.eval_no_finding / n:.1f} %)"
+                f" · from {self.eval_reports} held-out reports")
+
+
+# ------------------------------------------------------------------------------------------
+# the powered evaluation set: which held-out reports are rendered how often
+# ------------------------------------------------------------------------------------------
+@dataclass
+class EvalRender:
+    """One evaluation image: render ``render`` (0, 1, …) of a held-out study's report, drawn at
+    the geometry of the study's first frontal image with its own anatomy and noise."""
+
+    study: StudyPlan
+    image: ImagePlan
+    render: int
+    normal: bool
+
+    @property
+    def key(self) -> str:
+        """Unique per image: the DICOM's SOP instance UID and the VinDr image id derive from it."""
+        return f"{self.image.dicom_id}/eval{self.render}"
+
+    @property
+    def vindr_id(self) -> str:
+        return vindr_image_id(self.key)
+
+    @property
+    def openi_id(self) -> str:
+        return f"CXR{self.study.report.uid}_IM-E{self.render:03d}-1001"
+
+    @property
+    def chexpert_path(self) -> str:
+        return _chexpert_path(self.study, f"view{self.render + 1}_frontal.jpg")
+
+
+def eval_normal_count(n_images: int) -> int:
+    """Normal images in an eval set of ``n_images``: VinDr-CXR's 68 %, rounded half up."""
+    return (VINDR_NORMAL_PERCENT * n_images + 50) // 100
+
+
+def plan_eval_renders(plans: list[StudyPlan], n_images: int, seed: int) -> list[EvalRender]:
+    """``n_images`` renders of held-out (validate/test) reports, exactly :func:`eval_normal_count`
+    of them normal.
+
+    Normal: Open-I MeSH ``normal`` (nothing drawn). Abnormal: at least one lesion drawn. Reports
+    whose MeSH is not normal but draw nothing are left out: their image would be "No finding"
+    while the report describes a finding. Each class's reports are visited in a seeded random
+    order, cycling through all of them before any is rendered again, so render counts per report
+    differ by at most one.
+    """
+    if n_images < 1:
+        raise ValueError(f"--eval-images must be at least 1, not {n_images}")
+    train_subjects = {p.subject_id for p in plans if p.split == "train"}  # splits are per subject;
+    held_out = [p for p in plans if p.split != "train" and p.subject_id not in train_subjects  # checked anyway
+                and _first_frontal(p) is not None]
+    pools = {
+        True: [p for p in held_out if p.report.is_normal],
+        False: [p for p in held_out if not p.report.is_normal and reports.lesions_from_mesh(p.report)],
+    }
+    n_normal = eval_normal_count(n_images)
+    wanted = {True: n_normal, False: n_images - n_normal}
+    for normal, pool in pools.items():
+        if wanted[normal] and not pool:
+            kind = "normal (MeSH normal)" if normal else "abnormal (with a rendered lesion)"
+            raise ValueError(
+                f"--eval-images {n_images} needs {wanted[normal]} {kind.split()[0]} renders, but the "
+                f"{len(held_out)} validate/test studies hold no {kind} report; raise --studies")
+    rng = np.random.default_rng([seed, 6])
+    renders = []
+    for normal in (True, False):
+        pool = pools[normal]
+        order = rng.permutation(len(pool)) if pool else np.array([], dtype=int)
+        for i in range(wanted[normal]):
+            study = pool[int(order[i % len(pool)])]
+            renders.append(EvalRender(study, _first_frontal(study), i // len(pool), normal))
+    renders.sort(key=lambda e: (e.study.subject_id, e.study.study_id, e.render))
+    return renders
+
+
+def _first_frontal(study: StudyPlan) -> ImagePlan | None:
+    return next((i for i in study.images if i.view_kind == "frontal"), None)
 
 
 # ------------------------------------------------------------------------------------------
@@ -151,8 +255,9 @@ def vindr_image_id(dicom_id: str) -> str:
     return hashlib.md5(dicom_id.encode()).hexdigest()
 
 
-def _render_study(study: StudyPlan, out: Path, seed: int) -> dict:
-    """Render and write one study; returns the rows the main process tabulates."""
+def _render_study(study: StudyPlan, out: Path, seed: int, eval_image: bool = True) -> dict:
+    """Render and write one study; returns the rows the main process tabulates. A held-out
+    study's first frontal image goes to the eval sets unless ``eval_image`` is false."""
     lesions = reports.lesions_from_mesh(study.report)
     anatomy = phantom.sample_anatomy(np.random.default_rng([seed, 3, study.report.uid]))
     text = reports.mimic_report_text(study.report, examination=study.procedure)
@@ -174,16 +279,35 @@ def _render_study(study: StudyPlan, out: Path, seed: int) -> dict:
             boxes.append({"dicom_id": image.dicom_id, "view": image.view_kind, "kind": b.kind,
                           "vindr_class": LESION_KINDS[b.kind][0], "x_min": b.x_min, "y_min": b.y_min,
                           "x_max": b.x_max, "y_max": b.y_max})
-        if study.split != "train" and image.view_kind == "frontal" and not eval_items:
-            eval_items.append(_write_eval_image(study, image, pixels, out))
+        if eval_image and study.split != "train" and image.view_kind == "frontal" and not eval_items:
+            eval_items.append(_write_eval_image(study, image, pixels, out, vindr_image_id(image.dicom_id),
+                                                _openi_image_id(study, image), _chexpert_path(study)))
     return {"study_id": study.study_id, "lesions": [asdict(l) for l in lesions], "images": images,
             "boxes": boxes, "eval": eval_items}
 
 
-def _write_eval_image(study: StudyPlan, image: ImagePlan, pixels: np.ndarray, out: Path) -> dict:
-    """The held-out study's first frontal image in the three evaluation formats."""
-    vid = vindr_image_id(image.dicom_id)
+def _render_eval(item: EvalRender, out: Path, seed: int) -> dict:
+    """Render one eval image (its own anatomy and noise) and write it in the three formats."""
+    study, image = item.study, item.image
+    lesions = reports.lesions_from_mesh(study.report)
+    anatomy = phantom.sample_anatomy(np.random.default_rng([seed, 7, study.report.uid, item.render]))
+    rng = np.random.default_rng([seed, 8, study.report.uid, item.render])
+    pixels, boxes = phantom.render_frontal(anatomy, image.rows, image.columns, lesions, rng, view=image.true_view)
+    written = _write_eval_image(study, image, pixels, out, item.vindr_id, item.openi_id, item.chexpert_path,
+                                header_id=item.key, instance=item.render + 1)
+    written["boxes"] = [{"kind": b.kind, "vindr_class": LESION_KINDS[b.kind][0], "x_min": b.x_min,
+                         "y_min": b.y_min, "x_max": b.x_max, "y_max": b.y_max} for b in boxes]
+    written["kinds"] = sorted({l.kind for l in lesions})
+    return written
+
+
+def _write_eval_image(study: StudyPlan, image: ImagePlan, pixels: np.ndarray, out: Path, vid: str,
+                      openi_id: str, chexpert_path: str, header_id: str | None = None,
+                      instance: int | None = None) -> dict:
+    """One eval image in the three evaluation formats (VinDr DICOM, Open-I PNG, CheXpert JPEG)."""
     header = _image_header(study, image)
+    if header_id is not None:
+        header.dicom_id, header.instance_number = header_id, instance
     header.bits_stored = 12 if image.bits_stored == 8 else image.bits_stored
     header.photometric = "MONOCHROME2" if image.bits_stored == 8 else image.photometric
     header.view_position, header.view_code = "PA" if image.true_view == "PA" else "AP", None
@@ -191,10 +315,9 @@ def _write_eval_image(study: StudyPlan, image: ImagePlan, pixels: np.ndarray, ou
     stored = phantom_to_stored(pixels, header.bits_stored, header.photometric)
     atomic_write_bytes(out / "eval/vindr-cxr/test" / f"{vid}.dicom", encode_dicom(header, stored, "explicit_le"))
     eight = phantom_to_stored(pixels, 8, "MONOCHROME2")
-    openi_id = _openi_image_id(study, image)
     _save_image(eight, out / "eval/openi/NLMCXR_png" / f"{openi_id}.png", "PNG")
-    _save_image(eight, out / "eval/chexpert" / _chexpert_path(study), "JPEG")
-    return {"dicom_id": image.dicom_id, "vindr_id": vid, "openi_id": openi_id,
+    _save_image(eight, out / "eval/chexpert" / chexpert_path, "JPEG")
+    return {"dicom_id": image.dicom_id, "vindr_id": vid, "openi_id": openi_id, "chexpert_path": chexpert_path,
             "view": image.true_view, "rows": image.rows, "columns": image.columns}
 
 
@@ -203,8 +326,8 @@ def _openi_image_id(study: StudyPlan, image: ImagePlan) -> str:
     return real if real.startswith(f"CXR{study.report.uid}_") else f"CXR{study.report.uid}_IM-DEMO-{image.index + 1}001"
 
 
-def _chexpert_path(study: StudyPlan) -> str:
-    return f"CheXpert-v1.0/test/patient{study.subject_id % 10**5:05d}/study{study.study_id}/view1_frontal.jpg"
+def _chexpert_path(study: StudyPlan, name: str = "view1_frontal.jpg") -> str:
+    return f"CheXpert-v1.0/test/patient{study.subject_id % 10**5:05d}/study{study.study_id}/{name}"
 
 
 def _save_image(pixels: np.ndarray, path: Path, fmt: str) -> None:
@@ -214,9 +337,19 @@ def _save_image(pixels: np.ndarray, path: Path, fmt: str) -> None:
     atomic_write_bytes(path, buf.getvalue())
 
 
-def _render_chunk(args: tuple[list[StudyPlan], str, int]) -> list[dict]:
+def _render_chunk(args: tuple[list[StudyPlan], str, int, bool]) -> list[dict]:
+    chunk, out, seed, eval_image = args
+    return [_render_study(study, Path(out), seed, eval_image) for study in chunk]
+
+
+def _render_eval_chunk(args: tuple[list[EvalRender], str, int]) -> list[dict]:
     chunk, out, seed = args
-    return [_render_study(study, Path(out), seed) for study in chunk]
+    return [_render_eval(item, Path(out), seed) for item in chunk]
+
+
+def _run_task(task: tuple) -> list[dict]:
+    kind, args = task
+    return _render_chunk(args) if kind == "studies" else _render_eval_chunk(args)
 
 
 # ------------------------------------------------------------------------------------------
@@ -225,7 +358,9 @@ def _render_chunk(args: tuple[list[StudyPlan], str, int]) -> list[dict]:
 def build_world(config: WorldConfig) -> WorldSummary:
     start = time.perf_counter()
     out = Path(config.out)
-    _prepare_out(out, config.overwrite)
+    if config.eval_images is not None and config.eval_images < 1:
+        raise ValueError(f"--eval-images must be at least 1, not {config.eval_images}")
+    _check_out(out, config.overwrite)
     sources = openi.find_sources(config.openi)
     all_reports = openi.load_reports(sources.reports_tgz)
     headers = openi.load_headers(sources.headers_csv)
@@ -233,21 +368,28 @@ def build_world(config: WorldConfig) -> WorldSummary:
     if config.faults and sum(p.split == "train" for p in plans) < len(FAULT_KINDS) + 1:
         raise ValueError(f"--faults needs at least {len(FAULT_KINDS) + 1} training studies; "
                          f"raise --studies (now {config.studies})")
+    renders = None if config.eval_images is None else plan_eval_renders(plans, config.eval_images, config.seed)
+    _prepare_out(out, config.overwrite)  # after every check: a failed build leaves OUT as it was
 
-    results = _render_all(plans, out, config)
+    results, eval_results = _render_all(plans, out, config, renders or [])
     by_study = {r["study_id"]: r for r in results}
     _write_tables(out, plans)
-    _write_eval_sets(out, plans, by_study)
+    if renders is None:
+        items = _study_eval_items(plans, by_study)
+    else:
+        items = [(e.study, r, r["boxes"], r["kinds"]) for e, r in zip(renders, eval_results)]
+        _write_eval_truth(out, renders, eval_results)
+    eval_counts = _write_eval_sets(out, items)
     faults = _inject_faults(out, plans, config.seed) if config.faults else []
     if faults:
         atomic_write_text(out / "faults.json", json.dumps(faults, indent=2, sort_keys=True) + "\n")
     _write_truth(out, plans, by_study)
 
-    summary = _summarise(out, plans, by_study, faults, time.perf_counter() - start)
+    summary = _summarise(out, plans, by_study, faults, time.perf_counter() - start, eval_counts)
     world = {
         "schema_version": SCHEMA_VERSION,
         "parameters": {"studies": config.studies, "seed": config.seed, "scale": config.scale,
-                       "faults": config.faults},
+                       "faults": config.faults, "eval_images": config.eval_images},
         "sources": {p.name: sha256_file(p) for p in (sources.reports_tgz, sources.headers_csv)},
         "licence": openi.LICENCE,
         "notice": "Reports are real Open-I text rewritten at run time; do not redistribute this world.",
@@ -258,37 +400,55 @@ def build_world(config: WorldConfig) -> WorldSummary:
     return summary
 
 
-def _prepare_out(out: Path, overwrite: bool) -> None:
+def _check_out(out: Path, overwrite: bool) -> bool:
+    """Whether ``out`` holds a world to replace; raises when it holds something not to touch."""
     if out.exists() and any(out.iterdir()):
         if not overwrite:
             raise FileExistsError(f"{out} exists and is not empty; pass --overwrite to replace it")
         if not (out / "offclip_demo").is_dir() and not (out / "files").is_dir():
             raise FileExistsError(f"refusing to overwrite {out}: it does not look like a demo world")
+        return True
+    return False
+
+
+def _prepare_out(out: Path, overwrite: bool) -> None:
+    if _check_out(out, overwrite):
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
 
 
-def _render_all(plans: list[StudyPlan], out: Path, config: WorldConfig) -> list[dict]:
+def _render_all(plans: list[StudyPlan], out: Path, config: WorldConfig,
+                renders: list[EvalRender]) -> tuple[list[dict], list[dict]]:
+    """Render the studies, then the eval renders (if any), in one pool; results in input order."""
     from tqdm import tqdm
 
     workers = config.workers or os.cpu_count() or 1
-    chunk_size = max(1, min(16, len(plans) // (workers * 4) or 1))
-    chunks = [plans[i:i + chunk_size] for i in range(0, len(plans), chunk_size)]
-    bar = tqdm(total=len(plans), unit="study", desc="rendering", disable=not config.progress)
-    results: list[dict] = []
+
+    def chunked(items: list) -> list[list]:
+        size = max(1, min(16, len(items) // (workers * 4) or 1))
+        return [items[i:i + size] for i in range(0, len(items), size)]
+
+    with_eval = config.eval_images is None  # default: the held-out studies give the eval images
+    tasks = [("studies", (c, str(out), config.seed, with_eval)) for c in chunked(plans)]
+    tasks += [("eval", (c, str(out), config.seed)) for c in chunked(renders)]
+    total = len(plans) + len(renders)
+    bar = tqdm(total=total, unit="image" if renders else "study", desc="rendering", disable=not config.progress)
+    results: list[list[dict]] = []
     try:
         if workers == 1:
-            for chunk in chunks:
-                results.extend(_render_chunk((chunk, str(out), config.seed)))
-                bar.update(len(chunk))
+            for task in tasks:
+                results.append(_run_task(task))
+                bar.update(len(task[1][0]))
         else:
             with ProcessPoolExecutor(max_workers=workers) as pool:
-                for chunk, done in zip(chunks, pool.map(_render_chunk, [(c, str(out), config.seed) for c in chunks])):
-                    results.extend(done)
-                    bar.update(len(chunk))
+                for task, done in zip(tasks, pool.map(_run_task, tasks)):
+                    results.append(done)
+                    bar.update(len(task[1][0]))
     finally:
         bar.close()
-    return results
+    study_results = [r for (kind, _), done in zip(tasks, results) if kind == "studies" for r in done]
+    eval_results = [r for (kind, _), done in zip(tasks, results) if kind == "eval" for r in done]
+    return study_results, eval_results
 
 
 def _csv_bytes(columns, rows) -> bytes:
@@ -324,15 +484,24 @@ def _write_tables(out: Path, plans: list[StudyPlan]) -> None:
                        _csv_bytes(("subject_id", "study_id") + tuple(reports.CHEXPERT_COLUMNS), chex))
 
 
-def _write_eval_sets(out: Path, plans: list[StudyPlan], by_study: dict) -> None:
-    vindr_labels, vindr_boxes, openi_rows, chexpert_rows = [], [], [], []
+def _study_eval_items(plans: list[StudyPlan], by_study: dict) -> list[tuple]:
+    """The default eval sets: each held-out study's first frontal image, as rendered for it."""
+    items = []
     for study in plans:
         result = by_study[study.study_id]
-        if not result["eval"]:
-            continue
-        item = result["eval"][0]
-        boxes = [b for b in result["boxes"] if b["dicom_id"] == item["dicom_id"]]
-        kinds = {l["kind"] for l in result["lesions"]}
+        if result["eval"]:
+            item = result["eval"][0]
+            boxes = [b for b in result["boxes"] if b["dicom_id"] == item["dicom_id"]]
+            items.append((study, item, boxes, {l["kind"] for l in result["lesions"]}))
+    return items
+
+
+def _write_eval_sets(out: Path, items: list[tuple]) -> dict:
+    """The label files of the three eval sets for ``items`` = (study, written image, boxes,
+    lesion kinds); returns the counts for the summary."""
+    vindr_labels, vindr_boxes, openi_rows, chexpert_rows = [], [], [], []
+    openi_images: dict[int, tuple[StudyPlan, list[str]]] = {}
+    for study, item, boxes, kinds in items:
         present = {LESION_KINDS[k][0] for k in kinds} | {LESION_KINDS[k][1] for k in kinds}
         row = [item["vindr_id"]] + [int(name in present) for name in VINDR_LABELS[:-1]]
         vindr_labels.append(row + [int(not kinds)])
@@ -344,11 +513,11 @@ def _write_eval_sets(out: Path, plans: list[StudyPlan], by_study: dict) -> None:
         report = study.report
         openi_rows.append([item["openi_id"], report.uid, item["view"], int(report.is_normal),
                            ";".join(report.mesh_major)])
-        _write_openi_xml(out, study, item["openi_id"])
+        openi_images.setdefault(report.uid, (study, []))[1].append(item["openi_id"])
         labels = reports.chexpert_labels(report)
         # CheXpert's test labels are binary radiologist consensus: uncertain (-1) counts positive
         binary = [_label(None if labels[c] is None else float(labels[c] != 0.0)) for c in CHEXPERT_ORDER]
-        chexpert_rows.append([_chexpert_path(study), {"F": "Female", "M": "Male"}[study.patient_sex],
+        chexpert_rows.append([item["chexpert_path"], {"F": "Female", "M": "Male"}[study.patient_sex],
                               int(study.study_date[:4]) - int(study.birth_date[:4]), "Frontal",
                               item["view"]] + binary)
     vindr = out / "eval/vindr-cxr/annotations"
@@ -359,9 +528,24 @@ def _write_eval_sets(out: Path, plans: list[StudyPlan], by_study: dict) -> None:
                        _csv_bytes(("imageid", "uid", "view", "normal", "mesh_major"), openi_rows))
     atomic_write_bytes(out / "eval/chexpert/test_labels.csv", _csv_bytes(
         ("Path", "Sex", "Age", "Frontal/Lateral", "AP/PA") + CHEXPERT_ORDER, chexpert_rows))
+    for study, image_ids in openi_images.values():  # one report XML listing all its images
+        _write_openi_xml(out, study, image_ids)
+    return {"images": len(items), "no_finding": sum(row[-1] for row in vindr_labels),
+            "reports": len(openi_images)}
 
 
-def _write_openi_xml(out: Path, study: StudyPlan, image_id: str) -> None:
+def _write_eval_truth(out: Path, renders: list[EvalRender], results: list[dict]) -> None:
+    """``offclip_demo/eval_images.csv``: which study, report and render every eval image is."""
+    rows = []
+    for e, r in zip(renders, results):
+        rows.append([r["vindr_id"], r["openi_id"], r["chexpert_path"], e.study.subject_id, e.study.study_id,
+                     e.study.split, e.study.report.uid, e.image.dicom_id, e.render,
+                     "normal" if e.normal else "abnormal", len(r["kinds"]), len(r["boxes"]),
+                     r["rows"], r["columns"], r["view"]])
+    atomic_write_bytes(out / "offclip_demo" / "eval_images.csv", _csv_bytes(EVAL_IMAGE_COLUMNS, rows))
+
+
+def _write_openi_xml(out: Path, study: StudyPlan, image_ids: list[str]) -> None:
     """A minimal report XML in Open-I's own layout (the sections, MeSH and parentImage)."""
     report = study.report
     root = ET.Element("eCitation")
@@ -375,7 +559,8 @@ def _write_openi_xml(out: Path, study: StudyPlan, image_id: str) -> None:
         ET.SubElement(mesh, "major").text = term
     for term in report.mesh_automatic:
         ET.SubElement(mesh, "automatic").text = term
-    ET.SubElement(root, "parentImage", id=image_id)
+    for image_id in image_ids:
+        ET.SubElement(root, "parentImage", id=image_id)
     ET.indent(root)
     data = b'<?xml version="1.0" encoding="utf-8"?>\n' + ET.tostring(root, encoding="utf-8") + b"\n"
     atomic_write_bytes(out / "eval/openi/ecgen-radiology" / f"{report.uid}.xml", data)
@@ -480,10 +665,11 @@ def _inject_faults(out: Path, plans: list[StudyPlan], seed: int) -> list[dict]:
 
 
 # ------------------------------------------------------------------------------------------
-def _summarise(out: Path, plans: list[StudyPlan], by_study: dict, faults: list, seconds: float) -> WorldSummary:
+def _summarise(out: Path, plans: list[StudyPlan], by_study: dict, faults: list, seconds: float,
+               eval_counts: dict) -> WorldSummary:
     images = [i for p in plans for i in p.images]
     lesion_counts = Counter(b["kind"] for r in by_study.values() for b in r["boxes"] if b["view"] == "frontal")
-    n_eval = sum(bool(r["eval"]) for r in by_study.values())
+    n_eval = eval_counts["images"]
     return WorldSummary(
         out=str(out),
         studies=len(plans),
@@ -499,6 +685,8 @@ def _summarise(out: Path, plans: list[StudyPlan], by_study: dict, faults: list, 
         by_bits=dict(sorted(Counter(i.bits_stored for i in images).items())),
         lesions=dict(lesion_counts.most_common()),
         eval_sets={"vindr-cxr": n_eval, "openi": n_eval, "chexpert": n_eval},
+        eval_no_finding=eval_counts["no_finding"],
+        eval_reports=eval_counts["reports"],
         faults=faults,
         bytes_written=sum(f.stat().st_size for f in out.rglob("*") if f.is_file()),
     )
