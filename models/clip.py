@@ -281,8 +281,9 @@ class OffClipModel(PreTrainedModel):
 
     # -- text -----------------------------------------------------------------------------------
 
-    def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """L2-normalised text embeddings [B, D]: mean of non-padding tokens, then projection."""
+    def text_features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """The text tower's pooled output [B, H] (mean of non-padding tokens), before the
+        projection: what a run with a frozen text tower computes once per sentence and caches."""
         if input_ids.shape != attention_mask.shape or input_ids.dim() != 2:
             raise ValueError(
                 "input_ids and attention_mask must both be [B, L], got "
@@ -290,8 +291,15 @@ class OffClipModel(PreTrainedModel):
             )
         hidden = self.text_model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
         mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
-        pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
-        return F.normalize(self.text_projection(pooled), dim=-1)
+        return (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
+
+    def project_text(self, features: torch.Tensor) -> torch.Tensor:
+        """L2-normalised text embeddings [B, D] from pooled text features [B, H]."""
+        return F.normalize(self.text_projection(features), dim=-1)
+
+    def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """L2-normalised text embeddings [B, D]: mean of non-padding tokens, then projection."""
+        return self.project_text(self.text_features(input_ids, attention_mask))
 
     # -- both -----------------------------------------------------------------------------------
 
@@ -300,11 +308,18 @@ class OffClipModel(PreTrainedModel):
         return self.logit_scale.exp().clamp(max=self.config.max_logit_scale)
 
     def forward(
-        self, pixel_values: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor
+        self, pixel_values: torch.Tensor, input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None, text_features: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """B x B logits, row = image, column = text: ``scale * image_emb @ text_emb.T``."""
+        """B x B logits, row = image, column = text: ``scale * image_emb @ text_emb.T``. The text
+        comes as tokens, or as pooled ``text_features`` (a frozen text tower's cached output)."""
         image = self.encode_image(pixel_values)
-        text = self.encode_text(input_ids, attention_mask)
+        if text_features is not None:
+            text = self.project_text(text_features)
+        elif input_ids is not None and attention_mask is not None:
+            text = self.encode_text(input_ids, attention_mask)
+        else:
+            raise ValueError("forward needs input_ids and attention_mask, or text_features")
         if image.shape[0] != text.shape[0]:
             raise ValueError(
                 f"got {image.shape[0]} images but {text.shape[0]} texts; forward needs pairs"

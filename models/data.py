@@ -389,18 +389,24 @@ def _image_bytes(sample: dict) -> bytes:
 
 
 def collate(samples: list[dict], *, image_size: int, train: bool, seed: int, epoch: int,
-            tokenize: Callable[[list[str]], dict], augment_config: AugmentConfig) -> Batch:
-    """Decode, (augment,) stack and tokenise a list of raw samples."""
+            tokenize: Callable[[list[str]], dict] | None, augment_config: AugmentConfig) -> Batch:
+    """Decode, (augment,) stack and tokenise a list of raw samples. A sample may hold its image
+    decoded already (``image``: ``[1, S, S]``, from the image cache); ``tokenize`` None: no tokens
+    (the trainer looks the texts up in its text cache), empty ``input_ids``/``attention_mask``."""
     images = []
     for sample in samples:
-        image = decode_image(_image_bytes(sample))
+        image = sample["image"] if "image" in sample else decode_image(_image_bytes(sample))
         if train:
             image = augment(image, image_size, _generator(seed, "augment", epoch, sample["__key__"]), augment_config)
         else:
             image = eval_transform(image, image_size)
         images.append(image)
     texts = [s["text"] for s in samples]
-    tokens = tokenize(texts)
+    if tokenize is None:
+        empty = torch.zeros((len(texts), 0), dtype=torch.long)
+        tokens = {"input_ids": empty, "attention_mask": empty}
+    else:
+        tokens = tokenize(texts)
     return Batch(torch.stack(images), tokens["input_ids"], tokens["attention_mask"],
                  torch.tensor([s["is_normal"] for s in samples], dtype=torch.bool), texts,
                  [s["__key__"] for s in samples])
@@ -421,24 +427,23 @@ class _EpochDataset(torch.utils.data.IterableDataset):
     """One epoch of one rank; each DataLoader worker runs its own share of :class:`EpochPlan`."""
 
     def __init__(self, root: Path, plan: EpochPlan, *, image_size: int, train: bool, seed: int, rank: int,
-                 shuffle_buffer: int, text_mode: str, tokenize: Callable, augment_config: AugmentConfig,
-                 text_source: str = "filtered"):
+                 shuffle_buffer: int, text_mode: str, tokenize: Callable | None, augment_config: AugmentConfig,
+                 text_source: str = "filtered", image_cache=None):
         super().__init__()
         self.root = Path(root)
         self.plan, self.image_size, self.train, self.seed, self.rank = plan, image_size, train, seed, rank
         self.shuffle_buffer, self.text_mode, self.text_source = shuffle_buffer, text_mode, text_source
         self.tokenize, self.augment_config = tokenize, augment_config
+        self.image_cache = image_cache  # models.caches.ImageCache: main process only (num_workers=0)
 
     def __iter__(self) -> Iterator[Batch]:
-        import webdataset as wds
-
         info = torch.utils.data.get_worker_info()
         worker = info.id if info is not None else 0
         plan, epoch = self.plan, self.plan.epoch
         if worker >= len(plan.worker_shards):  # more DataLoader workers than the plan was made for
             raise RuntimeError(f"worker {worker} is not in the epoch plan ({len(plan.worker_shards)} workers)")
-        urls = [{"url": str(self.root / r.path)} for r in plan.worker_shards[worker]]
-        samples: Iterator[dict] = wds.tarfile_to_samples(handler=wds.reraise_exception)(iter(urls))
+        cache = self.image_cache if info is None else None
+        samples: Iterator[dict] = self._samples(plan.worker_shards[worker], cache)
         if self.train and self.shuffle_buffer > 1:
             rng = random.Random(derive_seed(self.seed, "samples", epoch, self.rank, worker))
             samples = shuffle_buffer(samples, self.shuffle_buffer, rng)
@@ -452,6 +457,31 @@ class _EpochDataset(torch.utils.data.IterableDataset):
                 continue
             yield collate(raw, image_size=self.image_size, train=self.train, seed=self.seed, epoch=epoch,
                           tokenize=self.tokenize, augment_config=self.augment_config)
+
+    def _samples(self, records: Sequence[ShardRecord], cache) -> Iterator[dict]:
+        """The raw samples of ``records``, in order: each shard read from its tar, or from ``cache``
+        (copies: later stages add keys to a sample) once a first read has put it there."""
+        for record in records:
+            cached = cache.get(record) if cache is not None else None
+            if cached is not None:
+                yield from (dict(sample) for sample in cached)
+                continue
+            kept = []
+            for sample in _read_shard(str(self.root / record.path)):
+                if cache is not None and not cache.full:
+                    image = eval_transform(decode_image(_image_bytes(sample)), self.image_size)
+                    sample = {k: v for k, v in sample.items() if k not in IMAGE_EXTENSIONS}
+                    sample["image"] = image
+                    kept.append(sample)
+                yield dict(sample)
+            if cache is not None and not cache.full:
+                cache.put(record, kept)
+
+
+def _read_shard(url: str) -> Iterator[dict]:
+    import webdataset as wds
+
+    return wds.tarfile_to_samples(handler=wds.reraise_exception)(iter([{"url": url}]))
 
 
 class ShardLoader:
@@ -500,7 +530,8 @@ def make_loader(shards: str | os.PathLike, split: str, *, tokenizer=None, max_le
                 text_mode: str | None = None, rank: int | None = None, world_size: int | None = None,
                 tokenize: Callable[[list[str]], dict] | None = None,
                 augment_config: AugmentConfig = AugmentConfig(), pin_memory: bool = False,
-                records: Sequence[ShardRecord] | None = None, text_source: str = "filtered") -> ShardLoader:
+                records: Sequence[ShardRecord] | None = None, text_source: str = "filtered",
+                text_tokens: bool = True, image_cache=None) -> ShardLoader:
     """The batches of ``epoch`` of ``split`` (the complete shards under the curation root ``shards``).
 
     ``train=True``: shards and samples shuffled by ``(seed, epoch)``, one kept sentence drawn per
@@ -511,11 +542,16 @@ def make_loader(shards: str | os.PathLike, split: str, *, tokenizer=None, max_le
     ``rank``/``world_size`` default to ``torch.distributed`` when it is initialised.
     ``text_source``: ``filtered`` (the kept sentences) or ``report`` (every sentence of the
     report, for a whole-report baseline); :data:`TEXT_SOURCES`.
+    ``text_tokens`` False: batches carry no tokens (a trainer with a text cache looks texts up);
+    ``image_cache``: a :class:`offclip.models.caches.ImageCache` the epochs share (used when
+    ``num_workers`` is 0).
     ``records``: the shard set to read (a trainer lists it once per run, :func:`split_records`);
     default: the split's complete shards, listed now.
     Text is tokenised by ``tokenize(texts)`` or else by ``tokenizer`` with :func:`offclip.models.clip.tokenize`.
     """
-    if tokenize is None:
+    if not text_tokens:
+        tokenize = None
+    elif tokenize is None:
         if tokenizer is None:
             raise ValueError("make_loader needs a tokenizer (or a tokenize function)")
         tokenize = _hf_tokenize(tokenizer, max_length)
@@ -530,5 +566,6 @@ def make_loader(shards: str | os.PathLike, split: str, *, tokenizer=None, max_le
                       equal_ranks=train, skip=skip_batches)
     dataset = _EpochDataset(Path(shards), plan, image_size=image_size, train=train, seed=seed, rank=rank,
                             shuffle_buffer=shuffle_buffer, text_mode=text_mode or ("draw" if train else "all"),
-                            tokenize=tokenize, augment_config=augment_config, text_source=text_source)
+                            tokenize=tokenize, augment_config=augment_config, text_source=text_source,
+                            image_cache=image_cache if num_workers == 0 else None)
     return ShardLoader(dataset, plan, num_workers, pin_memory)

@@ -79,7 +79,8 @@ AMP_MODES = ("auto", "bf16", "fp16", "off")
 #: the model config's "train" keys a TrainConfig can override (None = take the config's)
 HYPER_KEYS = ("epochs", "batch_size", "lr", "weight_decay", "warmup_steps", "schedule", "grad_clip")
 #: settings that may change between a run and its resumption (the others must match)
-RESUMABLE_CHANGES = ("out", "max_steps", "checkpoint_every", "resume", "log_every", "device", "allow_shard_change")
+RESUMABLE_CHANGES = ("out", "max_steps", "checkpoint_every", "resume", "log_every", "device", "allow_shard_change",
+                     "text_cache", "image_cache_mb")
 #: ReduceLROnPlateau settings of schedule="plateau"
 PLATEAU = {"factor": 0.5, "patience": 1}
 
@@ -114,6 +115,11 @@ class TrainConfig:
     #: the training text: "filtered" (kept sentences) or "report" (every sentence); None: the
     #: model config's train.text_source, else "filtered"
     text_source: str | None = None
+    #: with a frozen text tower: embed each unique sentence once at the start, not at every step
+    text_cache: bool = True
+    #: keep the decoded, resized training images in memory (num_workers=0) when they fit this
+    #: many MiB; 0: read and decode every epoch
+    image_cache_mb: int = 2048
 
     def __post_init__(self):
         self.shards, self.out = Path(self.shards), Path(self.out)
@@ -426,9 +432,24 @@ def _train(config: TrainConfig, model_config: dict, hyper: dict, records: list, 
     model.to(device)
     if hyper["freeze_text"]:
         model.text_model.requires_grad_(False)
-        model.text_model.eval()  # no dropout in a frozen tower (the model is never put back in train mode)
+        model.text_model.eval()  # no dropout in a frozen tower (kept in eval mode at every step)
     image_size, max_length = model.config.image_size, model.config.max_text_length
     max_scale = math.log(model.config.max_logit_scale)
+    text_cache = None
+    if hyper["freeze_text"] and config.text_cache:
+        from .caches import TextFeatures, shard_sentences
+
+        sentences = shard_sentences(config.shards, records, config.split, hyper["text_source"])
+        text_cache = TextFeatures.for_run(model, tokenizer, sentences, max_length, device)
+    image_cache = None
+    if config.image_cache_mb > 0 and config.num_workers == 0:
+        from .caches import ImageCache
+
+        image_cache = ImageCache(image_size, config.image_cache_mb * 2**20)
+        if not image_cache.fits(sum(r.samples for r in records)):
+            logger.info("training images do not fit the %d MiB image cache: read from the shards every epoch",
+                        config.image_cache_mb)
+            image_cache = None
 
     batch_size, epochs = int(hyper["batch_size"]), int(hyper["epochs"])
     plans = [plan_epoch(records, epoch=e, seed=config.seed, batch_size=batch_size, shuffle=True,
@@ -501,13 +522,20 @@ def _train(config: TrainConfig, model_config: dict, hyper: dict, records: list, 
                                  train=True, num_workers=config.num_workers, skip_batches=state["batch_in_epoch"],
                                  rank=dist_info.rank, world_size=dist_info.world_size,
                                  pin_memory=device.type == "cuda", records=records,
-                                 text_source=hyper["text_source"])
+                                 text_source=hyper["text_source"], text_tokens=text_cache is None,
+                                 image_cache=image_cache)
             tick = time.perf_counter()
             for batch in loader:
                 batch = batch.to(device, non_blocking=True)
                 net.train()
+                if hyper["freeze_text"]:
+                    model.text_model.eval()  # a frozen tower never drops out (as in its cached features)
                 with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-                    logits = net(batch.pixel_values, batch.input_ids, batch.attention_mask)
+                    if text_cache is not None:
+                        logits = net(batch.pixel_values,
+                                     text_features=text_cache.lookup(batch.texts).to(device, non_blocking=True))
+                    else:
+                        logits = net(batch.pixel_values, batch.input_ids, batch.attention_mask)
                     loss = loss_fn(logits, batch.is_normal)
                 if not torch.isfinite(loss):
                     raise FloatingPointError(f"non-finite loss {loss.item()} at step {state['step'] + 1} "
@@ -669,6 +697,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--no-resume", dest="resume", action="store_false", help="start fresh even if a checkpoint exists")
     p.add_argument("--text-source", choices=TEXT_SOURCES,
                    help="training text: filtered (kept sentences; the config's, else the default) or report (every sentence)")
+    p.add_argument("--no-text-cache", dest="text_cache", action="store_false",
+                   help="run the frozen text tower at every step (default: each sentence once)")
+    p.add_argument("--image-cache-mb", type=int, default=2048,
+                   help="MiB of decoded training images kept in memory (0: decode every epoch)")
     p.add_argument("--allow-shard-change", action="store_true",
                    help="resume although the shard set differs from the checkpoint's (default: refuse)")
     p.add_argument("--text-model")

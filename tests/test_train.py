@@ -290,3 +290,60 @@ def test_text_source_from_the_run_or_the_model_config(shards_out, tmp_path):
     # another text source is another run: resuming it with the other one is refused
     with pytest.raises(ValueError, match="text_source: 'report' -> 'filtered'"):
         train(config(shards_out, tmp_path / "report", max_steps=2, text_source="filtered"))
+
+
+def test_text_cache_gives_the_loss_of_the_plain_path(shards_out, tmp_path):
+    """With a frozen text tower (the demo config) each unique sentence is embedded once; a step
+    on the cached features has the loss and the update of a step that runs the tower."""
+    runs = {}
+    for cached in (True, False):
+        out = tmp_path / f"text-cache-{cached}"
+        train(config(shards_out, out, config="demo", max_steps=2, text_cache=cached, image_cache_mb=0))
+        rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+        runs[cached] = ([r["loss"] for r in rows], weights(out))
+    assert runs[True][0] == pytest.approx(runs[False][0], rel=1e-5, abs=1e-6)
+    for key in runs[True][1]:
+        torch.testing.assert_close(runs[True][1][key], runs[False][1][key], rtol=1e-4, atol=1e-5)
+
+
+def test_image_cache_reads_each_shard_once_and_changes_nothing(shards_out, tmp_path, monkeypatch):
+    """Two epochs (3 batches each): with the image cache the second epoch reads no tar, and the
+    run is bit-identical to one that reads and decodes every epoch."""
+    from offclip.models import data
+
+    reads = []
+    real = data._read_shard
+    monkeypatch.setattr(data, "_read_shard", lambda url: reads.append(url) or real(url))
+    n_shards = len(complete_shards(shards_out, "train"))
+    for mb in (512, 0):
+        reads.clear()
+        train(config(shards_out, tmp_path / f"cache-{mb}", config="demo", max_steps=6, image_cache_mb=mb))
+        assert len(reads) == (n_shards if mb else 2 * n_shards)
+    assert_same_weights(weights(tmp_path / "cache-512"), weights(tmp_path / "cache-0"))
+    losses = [[json.loads(line)["loss"] for line in (tmp_path / f"cache-{mb}" / "metrics.jsonl").read_text().splitlines()]
+              for mb in (512, 0)]
+    assert losses[0] == losses[1] and len(losses[0]) == 6
+
+
+def test_caches_share_and_respect_their_budget(shards_out):
+    from offclip.models.caches import ImageCache, TextFeatures, shard_sentences
+    from offclip.models.clip import build_model
+
+    model, tokenizer = build_model("demo", seed=0)
+    records = complete_shards(shards_out, "train")
+    sentences = shard_sentences(shards_out, records, "train", "filtered")
+    assert sentences == sorted(set(sentences)) and len(sentences) > 10
+    report = shard_sentences(shards_out, records, "train", "report")
+    assert set(sentences) < set(report)  # the whole reports hold the dropped normal sentences too
+    first = TextFeatures.for_run(model, tokenizer, sentences, 64, torch.device("cpu"))
+    assert TextFeatures.for_run(model, tokenizer, sentences, 64, torch.device("cpu")) is first  # shared
+    assert TextFeatures.for_run(model, tokenizer, report, 64, torch.device("cpu")) is not first
+    from offclip.models.clip import tokenize
+
+    with torch.no_grad():
+        direct = model.eval().text_features(**tokenize(tokenizer, sentences[:3], 64))
+    torch.testing.assert_close(first.lookup(sentences[:3]), direct, rtol=1e-4, atol=1e-5)
+    with pytest.raises(KeyError, match="not in the run's text cache"):
+        first.lookup(["A sentence from nowhere."])
+    small = ImageCache(96, budget_bytes=3 * ImageCache(96, 0).sample_bytes())
+    assert small.fits(3) and not small.fits(4)
