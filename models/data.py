@@ -41,6 +41,7 @@ import json
 import math
 import os
 import random
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence
@@ -484,6 +485,27 @@ def _read_shard(url: str) -> Iterator[dict]:
     return wds.tarfile_to_samples(handler=wds.reraise_exception)(iter([{"url": url}]))
 
 
+def _drop_inherited_exit_hooks(worker_id: int) -> None:
+    """DataLoader ``worker_init_fn``: forget the ``threading`` at-exit hooks the parent registered.
+
+    A forked worker inherits its parent's ``threading._register_atexit`` callbacks, which
+    ``multiprocessing`` runs when the worker ends (``threading._shutdown()``, after the worker
+    loop, outside its error handling: an exception there ends the worker with exit code 1 and no
+    traceback). They are meant to stop the parent's own background threads, which do not exist in
+    the worker. Prefect's services (``APILogWorker``, ``EventsWorker``, ... of a flow run or a test
+    harness) register one that, once Prefect's at-fork handler has reset the service, fails an
+    assertion in a forked child: every worker of a loader made in such a process died with code 1,
+    and the DataLoader raised "worker exited unexpectedly" when its SIGCHLD came before the
+    worker was unregistered. Only the standard library's ``concurrent.futures`` hooks are kept:
+    registered once at import, they are what stops an executor that dataset code starts in the
+    worker (for the parent's executors they only send a wake-up and join stopped threads).
+    """
+    hooks = getattr(threading, "_threading_atexits", None)
+    if hooks:
+        hooks[:] = [hook for hook in hooks
+                    if getattr(getattr(hook, "func", hook), "__module__", "").startswith("concurrent.futures.")]
+
+
 class ShardLoader:
     """The batches of one epoch: a DataLoader over :class:`_EpochDataset`, cut to the plan's
     number of batches (equal across DDP ranks), with ``len()`` = batches still to come."""
@@ -501,6 +523,7 @@ class ShardLoader:
         loader = torch.utils.data.DataLoader(self.dataset, batch_size=None, num_workers=self.num_workers,
                                              pin_memory=self.pin_memory,
                                              persistent_workers=False, in_order=True,
+                                             worker_init_fn=_drop_inherited_exit_hooks,
                                              # its own generator: the DataLoader's base seed (unused
                                              # here) is then not drawn from the global RNG, which
                                              # must stay the trainer's (dropout, exact resume)

@@ -3,8 +3,11 @@ worker/rank independence, augmentation, resume skipping."""
 
 from __future__ import annotations
 
+import gc
 import json
+import os
 import tarfile
+import threading
 from collections import defaultdict
 
 import pytest
@@ -226,6 +229,67 @@ def test_skipping_batches_equals_dropping_them(shards_out, tokenizer, workers):
             assert_same_batches(rest, full[skip:])
         else:
             assert skip == len(full)
+
+
+def _prefect_service_hook():
+    """A running Prefect queue service, as in any process where a flow ran or a test harness was
+    up: starting it registers a ``threading`` at-exit hook that fails in a forked child."""
+    from prefect._internal.concurrency.services import QueueService
+
+    class Noop(QueueService[int]):
+        async def _handle(self, item: int) -> None:
+            pass
+
+    service = Noop.instance()
+    service.send(0)
+    return service.drain
+
+
+def _plain_hook():
+    """Any library's ``threading`` at-exit hook that stops its threads, and fails in a forked
+    child where they do not exist."""
+    parent = os.getpid()
+
+    def stop_my_threads():
+        assert os.getpid() == parent, "a parent's exit hook ran in a forked DataLoader worker"
+
+    threading._register_atexit(stop_my_threads)
+
+    def undo():
+        threading._threading_atexits[:] = [h for h in threading._threading_atexits if h.func is not stop_my_threads]
+    return undo
+
+
+@pytest.mark.parametrize("hook", [_prefect_service_hook, _plain_hook], ids=["prefect-service", "plain-hook"])
+def test_workers_ignore_the_parents_thread_exit_hooks(shards_out, tokenizer, monkeypatch, hook):
+    """Regression: in a process where Prefect had run (a flow, a test harness), every forked
+    worker ran the exit hooks of the parent's Prefect service threads as it ended, failed in
+    them and exited with code 1; the DataLoader raised "worker (pid ...) exited unexpectedly
+    with exit code 1" whenever it saw the SIGCHLD before unregistering the worker."""
+    from torch.utils.data import dataloader
+
+    exitcodes: list[int | None] = []
+    shutdown = dataloader._MultiProcessingDataLoaderIter._shutdown_workers
+
+    def recording_shutdown(self):
+        first = not self._shutdown
+        try:
+            shutdown(self)
+        finally:
+            if first:
+                for worker in self._workers:
+                    worker.join(timeout=30)
+                exitcodes.extend(worker.exitcode for worker in self._workers)
+
+    monkeypatch.setattr(dataloader._MultiProcessingDataLoaderIter, "_shutdown_workers", recording_shutdown)
+    undo = hook()
+    try:
+        epoch = loader(shards_out, tokenizer, num_workers=2)
+        assert len(list(epoch)) == len(epoch) > 0
+        gc.collect()
+    finally:
+        undo()
+    assert exitcodes == [0, 0]  # two workers, both ended cleanly
 
 
 def test_skipped_batches_are_not_decoded(shards_out, tokenizer, monkeypatch):
