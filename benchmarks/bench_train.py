@@ -17,7 +17,13 @@ backward, gradient clipping, optimizer step, ``logit_scale`` clamp, ``loss.item(
                    PNG decode → augmentation → tokenisation, in ``--num-workers`` DataLoader
                    workers; a new loader per epoch, as the trainer makes them);
 
-and, for reference, ``loader only``: the loader's own images/s with no training step (its
+``--trainer`` times something else: whole runs of the trainer itself (``offclip.models.train.train``,
+``--trainer-epochs`` epochs, a fresh run directory each) without its caches (``plain``: the frozen
+text tower run at every step, every image read and decoded every epoch) and with them (``cached``:
+each unique sentence embedded once, decoded images kept in memory), rounds interleaved; it reports
+steps/s and images/s over the whole run, cache building included.
+
+And, for reference, ``loader only``: the loader's own images/s with no training step (its
 capacity; ``--loader-only`` runs just that, e.g. the paper config's 224 px loading on a CPU
 machine). Per step of ``loader`` the time spent waiting for the next batch is separated from the
 step itself; **data-loading share** = wait / wall time, and **loader / synthetic** = the ratio of
@@ -232,6 +238,48 @@ def _result(mode: str, images: int, wall: float, wait: float, first_wait: float,
             "gpu_utilization_mean": (sum(clock.samples) / len(clock.samples)) if clock.samples else None}
 
 
+def run_trainer(config: str, shards: Path, epochs: int, batch_size: int | None, cached: bool, work: Path) -> dict:
+    """One whole training run, plain or with the caches; wall time includes building them."""
+    from offclip.models.train import TrainConfig, train
+
+    out = work / f"run-{'cached' if cached else 'plain'}-{time.monotonic_ns()}"
+    t = time.perf_counter()
+    result = train(TrainConfig(shards=shards, out=out, config=config, epochs=epochs, batch_size=batch_size,
+                               device="cpu", text_cache=cached, image_cache_mb=2048 if cached else 0,
+                               checkpoint_every=10**9))
+    wall = time.perf_counter() - t
+    images = result.images_per_second * result.seconds
+    return {"mode": "cached" if cached else "plain", "steps": result.steps, "wall_s": wall,
+            "train_s": result.seconds, "steps_per_s": result.steps / wall, "images_per_s": images / wall}
+
+
+def main_trainer(args) -> int:
+    with tempfile.TemporaryDirectory(prefix="offclip-bench-trainer-") as tmp:
+        runs = []
+        for _ in range(args.rounds):
+            for cached in (False, True):
+                runs.append(run_trainer(args.config, args.shards, args.trainer_epochs, args.batch_size, cached,
+                                        Path(tmp)))
+                r = runs[-1]
+                print(f"  {r['mode']:<8} {r['steps']} steps in {r['wall_s']:6.1f} s: {r['steps_per_s']:6.2f} steps/s, "
+                      f"{r['images_per_s']:7.1f} images/s", flush=True)
+    best = {}
+    for r in runs:
+        if r["mode"] not in best or r["wall_s"] < best[r["mode"]]["wall_s"]:
+            best[r["mode"]] = r
+    ratio = best["plain"]["wall_s"] / best["cached"]["wall_s"]
+    print(f"\ntrainer, config {args.config}, {args.trainer_epochs} epochs, best of {args.rounds}: plain "
+          f"{best['plain']['steps_per_s']:.2f} steps/s, cached {best['cached']['steps_per_s']:.2f} steps/s "
+          f"({ratio:.2f}x); load average after: {os.getloadavg()[0]:.2f}")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({"mode": "trainer", "config": args.config, "epochs": args.trainer_epochs,
+                                         "shards": str(args.shards), "runs": runs, "best": best, "speedup": ratio,
+                                         "threads": torch.get_num_threads(), "load_average_after": os.getloadavg()},
+                                        indent=2) + "\n")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--config", default="tiny", help="a model config (models/configs) name or path")
@@ -249,10 +297,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     ap.add_argument("--loader-only", action="store_true",
                     help="only the loader's own rate (e.g. the paper config's 224 px loading on a CPU machine)")
+    ap.add_argument("--trainer", action="store_true",
+                    help="time whole trainer runs without and with the text and image caches (needs --shards)")
+    ap.add_argument("--trainer-epochs", type=int, default=3, help="epochs of each --trainer run")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.trainer:
+        if args.shards is None:
+            raise SystemExit("--trainer needs --shards ROOT")
+        return main_trainer(args)
     device = torch.device(args.device)
     workers = [int(w) for w in args.num_workers.split(",") if w != ""]
 

@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
+import subprocess
+import sys
 
 import pytest
 from typer.testing import CliRunner
@@ -81,11 +84,16 @@ def test_compare_with_other_prompts_only_reevaluates(shards_out, small_world, tm
     assert default["prompts"]["No Finding"] != other["prompts"]["No Finding"]
     assert (out / "compare-report-normal.md").is_file() and (out / "compare.md").is_file()
 
-    # `offclip evaluate --prompts` scores the same model with the same prompts the same way
+    # `offclip evaluate --prompts` scores the same model with the same prompts the same way (a
+    # real process: its flow logs to its own stderr), on this module's Prefect test server
+    from prefect.settings import PREFECT_API_URL
+
     model = out / "offclip-filtered-seed0" / "model"
-    direct = CliRunner().invoke(app, ["evaluate", str(model), str(small_world[0] / "eval" / "vindr-cxr"),
-                                      "--out", str(tmp_path / "direct"), "--prompts", str(prompts)])
-    assert direct.exit_code == 0, direct.output
+    env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value(), "HF_HUB_OFFLINE": "1"}
+    direct = subprocess.run([sys.executable, "-m", "offclip.cli", "evaluate", str(model),
+                             str(small_world[0] / "eval" / "vindr-cxr"), "--out", str(tmp_path / "direct"),
+                             "--prompts", str(prompts)], env=env, capture_output=True, text=True, timeout=300)
+    assert direct.returncode == 0, direct.stdout[-2000:] + direct.stderr[-3000:]
     mine = json.loads((tmp_path / "direct" / "vindr-cxr.json").read_text())
     assert mine["prompts"]["No Finding"] == other["prompts"]["No Finding"]
     assert mine["summary"]["normal_auc"] == pytest.approx(other["summary"]["normal_auc"])
