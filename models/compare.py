@@ -83,6 +83,10 @@ class CompareConfig:
     n_boot: int = 2000  #: bootstrap replicates of each paired difference
     #: the manifest whose ``evaluations`` get the rows; None: SHARDS/manifest.duckdb when it exists
     manifest: Path | None = None
+    #: what a bootstrap replicate resamples: ``images``, ``reports`` (every render of a report
+    #: together: the demo world's ``offclip_demo/eval_images.csv``), or ``auto`` (reports when that
+    #: table covers the evaluation set, else images)
+    resample: str = "auto"
 
     def __post_init__(self) -> None:
         for arm in (*self.arms, self.baseline):
@@ -90,6 +94,8 @@ class CompareConfig:
                 raise ValueError(f"unknown arm {arm!r}; arms are {', '.join(ARMS)}")
         if not self.seeds:
             raise ValueError("compare needs at least one seed")
+        if self.resample not in ("auto", "images", "reports"):
+            raise ValueError(f"resample must be auto, images or reports, not {self.resample!r}")
 
 
 @dataclass
@@ -147,6 +153,10 @@ def run_compare(config: CompareConfig, progress: Callable[[str], None] = print) 
             raise RuntimeError(f"{arm} seed {seed} was evaluated on other images than the baseline "
                                f"({len(result.labels)} against {len(labels)}): the paired comparison needs the same set")
     abnormal = [c for c in labels.columns if c != NORMAL and labels[c].nunique(dropna=True) == 2]
+    groups = eval_groups(config.eval_root, list(labels.index), config.resample)
+    if groups is not None:
+        progress(f"compare: the bootstrap resamples the {len(set(groups))} reports the {len(groups)} "
+                 "evaluation images were rendered from (renders of one report stay together)")
     differences = []
     for arm in arms:
         if arm == config.baseline:
@@ -158,7 +168,8 @@ def run_compare(config: CompareConfig, progress: Callable[[str], None] = print) 
             y = labels[columns].to_numpy(dtype=float)
             scores = {a: [evaluations[a, s].scores[columns].to_numpy(dtype=float) for s in config.seeds]
                       for a in (arm, config.baseline)}
-            diff = paired_bootstrap(y, scores[arm], scores[config.baseline], metric=metric, n_boot=config.n_boot)
+            diff = paired_bootstrap(y, scores[arm], scores[config.baseline], metric=metric, n_boot=config.n_boot,
+                                    groups=groups)
             differences.append({"arm": arm, "baseline": config.baseline, **diff.to_dict()})
             progress(f"compare: {arm} − {config.baseline}, {metric}: {diff.text()}")
 
@@ -178,6 +189,25 @@ def run_compare(config: CompareConfig, progress: Callable[[str], None] = print) 
         _record_differences(manifest, differences, config, tag)
         files["manifest"] = manifest
     return CompareResult(runs, summary, differences, markdown, files, n_images, n_normal)
+
+
+def eval_groups(eval_root: Path, image_ids: list[str], resample: str = "auto") -> list[str] | None:
+    """The report each evaluation image was rendered from (the demo world's
+    ``WORLD/offclip_demo/eval_images.csv`` beside ``WORLD/eval/<dataset>``), for a bootstrap that
+    resamples reports; None when images are resampled (``resample="images"``, or ``auto`` without
+    that table, or one that does not cover every image)."""
+    if resample == "images":
+        return None
+    table = Path(eval_root).resolve().parents[1] / "offclip_demo" / "eval_images.csv"
+    found = None
+    if table.is_file():
+        mapping = pd.read_csv(table, dtype={"image_id": str, "openi_uid": str}).set_index("image_id")["openi_uid"]
+        if set(image_ids) <= set(mapping.index):
+            found = [str(mapping[i]) for i in image_ids]
+    if found is None and resample == "reports":
+        raise ValueError(f"--resample reports needs {table} covering every evaluation image "
+                         "(a demo world built with --eval-images)")
+    return found
 
 
 def _record_differences(manifest: Path, differences: list[dict], config: CompareConfig, tag: str) -> None:
@@ -234,9 +264,12 @@ def to_markdown(runs: pd.DataFrame, summary: pd.DataFrame, differences: list[dic
         lines.append(f"| {arm} | {ARMS[arm][2]} | " + " | ".join(cells) + " |")
     if differences:
         level = int(round(100 * differences[0]["level"]))
+        groups = differences[0].get("n_groups")
+        unit = (f"{groups} reports the {n_images} images were rendered from (a report's renders together)"
+                if groups else f"{n_images} images")
         lines += ["", f"Against `{config.baseline}` ({ARMS[config.baseline][2]}): the paired difference, pooled over "
                   f"seeds, with its {level} % bootstrap interval ({differences[0]['n_boot']} resamples of the "
-                  f"{n_images} images, paired within each seed); then the difference seed by seed.", "",
+                  f"{unit}, paired within each seed); then the difference seed by seed.", "",
                   "| arm | Δ normal AUC [95 % CI] | per seed | Δ macro AUC [95 % CI] | per seed |", "|---|---|---|---|---|"]
         for arm in dict.fromkeys(d["arm"] for d in differences):
             cells = []

@@ -291,6 +291,8 @@ def compare_cmd(
     max_steps: Optional[int] = typer.Option(None, "--max-steps", min=1, help="Stop each run early (smoke tests)."),
     prompts: Optional[Path] = typer.Option(None, "--prompts", help="Prompts JSON ({class: text or [texts]}); runs already trained in --out are only re-evaluated."),
     n_boot: int = typer.Option(2000, "--n-boot", min=100, help="Bootstrap resamples of each paired difference."),
+    resample: str = typer.Option("auto", "--resample", help="What the bootstrap resamples: images, reports (a demo "
+                                 "world's renders of one report together), or auto (reports when the world says which)."),
     out: Optional[Path] = typer.Option(None, "--out", help="Default: SHARDS/compare."),
     device: str = typer.Option("auto", "--device"),
 ) -> None:
@@ -306,7 +308,8 @@ def compare_cmd(
         settings = CompareConfig(shards=shards, eval_root=eval_root, out=out or shards / "compare",
                                  seeds=tuple(int(s) for s in seeds.split(",") if s.strip()), arms=parse_arms(arms),
                                  baseline=baseline, config=config, epochs=epochs, batch_size=batch_size,
-                                 device=device, max_steps=max_steps, prompts=prompts, n_boot=n_boot)
+                                 device=device, max_steps=max_steps, prompts=prompts, n_boot=n_boot,
+                                 resample=resample)
     except ValueError as exc:
         _fail(exc)
     result = run_compare(settings, progress=lambda m: typer.echo(m, err=True))

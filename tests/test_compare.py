@@ -106,3 +106,20 @@ def test_arms_are_checked():
         parse_arms("offclip/whole")
     with pytest.raises(ValueError, match="unknown arm 'clip/report'"):
         CompareConfig(shards=".", eval_root=".", out=".", baseline="clip/report")
+
+
+def test_bootstrap_resamples_reports_when_the_world_says_which(tmp_path, small_world):
+    from offclip.models.compare import eval_groups
+
+    root = tmp_path / "world" / "eval" / "vindr-cxr"
+    root.mkdir(parents=True)
+    (tmp_path / "world" / "offclip_demo").mkdir()
+    (tmp_path / "world" / "offclip_demo" / "eval_images.csv").write_text(
+        "image_id,openi_uid,render\na1,17,0\na2,17,1\nb1,4,0\n")
+    assert eval_groups(root, ["a1", "b1", "a2"]) == ["17", "4", "17"]
+    assert eval_groups(root, ["a1", "b1"], "images") is None
+    assert eval_groups(root, ["a1", "zz"]) is None  # the table does not cover the set: images
+    with pytest.raises(ValueError, match="--resample reports needs"):
+        eval_groups(root, ["a1", "zz"], "reports")
+    # a default world (one image per held-out study) has no such table: images are resampled
+    assert eval_groups(small_world[0] / "eval" / "vindr-cxr", ["x"]) is None

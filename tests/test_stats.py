@@ -118,3 +118,25 @@ def test_paired_bootstrap_macro_and_errors():
         paired_bootstrap(labels, a, b[:1])
     with pytest.raises(ValueError, match="shape"):
         paired_bootstrap(labels, a, [x[:, :2] for x in b])
+
+
+def test_cluster_bootstrap_is_not_fooled_by_repeated_renders():
+    """Every image rendered 4 times (identical copies): resampling images makes the interval about
+    half as wide, as if there were 4 times the evidence; resampling the reports (clusters) gives
+    exactly the interval of the set without the copies."""
+    rng = np.random.default_rng(7)
+    y = np.r_[np.zeros(30), np.ones(30)]
+    a = [y * 0.8 + rng.normal(size=60)]
+    b = [y * 0.3 + rng.normal(size=60)]
+    once = paired_bootstrap(y, a, b, n_boot=1000, seed=4)
+    copies = 4
+    y4, a4, b4 = np.repeat(y, copies), [np.repeat(a[0], copies)], [np.repeat(b[0], copies)]
+    groups = np.repeat([f"report{i:03d}" for i in range(60)], copies)
+    naive = paired_bootstrap(y4, a4, b4, n_boot=1000, seed=4)
+    clustered = paired_bootstrap(y4, a4, b4, n_boot=1000, seed=4, groups=groups)
+    assert clustered.estimate == pytest.approx(once.estimate) == pytest.approx(naive.estimate)
+    assert (clustered.low, clustered.high) == pytest.approx((once.low, once.high))
+    assert clustered.n_groups == 60 and naive.n_groups is None
+    assert (naive.high - naive.low) < 0.7 * (once.high - once.low)
+    with pytest.raises(ValueError, match="a cluster for each of the 240 images"):
+        paired_bootstrap(y4, a4, b4, groups=groups[:10])
