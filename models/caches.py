@@ -85,18 +85,21 @@ class TextFeatures:
         """Run the text tower once over ``sentences`` (in their order, fixed batches)."""
         from .clip import tokenize
 
-        parts = []
+        # batches of sentences of similar length (little padding), in a fixed order: the same
+        # sentences give the same features
+        order = sorted(range(len(sentences)), key=lambda i: (len(sentences[i]), sentences[i]))
+        features = torch.zeros((len(sentences), model.text_model.config.hidden_size))
         training = model.text_model.training
         model.text_model.eval()  # a frozen tower: no dropout
         try:
             with torch.inference_mode():
-                for start in range(0, len(sentences), batch_size):
-                    tokens = tokenize(tokenizer, sentences[start:start + batch_size], max_length)
-                    parts.append(model.text_features(tokens["input_ids"].to(device),
-                                                     tokens["attention_mask"].to(device)).float().cpu())
+                for start in range(0, len(order), batch_size):
+                    rows = order[start:start + batch_size]
+                    tokens = tokenize(tokenizer, [sentences[i] for i in rows], max_length)
+                    features[rows] = model.text_features(tokens["input_ids"].to(device),
+                                                         tokens["attention_mask"].to(device)).float().cpu()
         finally:
             model.text_model.train(training)
-        features = torch.cat(parts) if parts else torch.zeros((0, model.text_model.config.hidden_size))
         return cls(list(sentences), features)
 
     @classmethod
