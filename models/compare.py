@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import pandas as pd
 
 from ..pipeline.atomic import atomic_write_text
@@ -50,7 +51,8 @@ HEADERS = ("normal AUC", "macro AUC (abnormal)", "pointing game", "normal FP", "
            "normal AUC, prompt-free", "cos normal–normal (centred)", "cos abnormal–abnormal (centred)",
            "cos normal–abnormal (centred)")
 #: the paired differences against the baseline: (name, what is compared)
-DIFFERENCES = ("normal_auc", "macro_auc")
+DIFFERENCES = ("normal_auc", "macro_auc", "normal_auc_centroid")
+DIFFERENCE_HEADERS = ("Δ normal AUC", "Δ macro AUC", "Δ normal AUC, prompt-free")
 
 
 def parse_arms(text: str) -> tuple[str, ...]:
@@ -162,12 +164,18 @@ def run_compare(config: CompareConfig, progress: Callable[[str], None] = print) 
         if arm == config.baseline:
             continue
         for metric in DIFFERENCES:
-            columns = [NORMAL] if metric == "normal_auc" else abnormal
+            columns = abnormal if metric == "macro_auc" else [NORMAL]
             if not columns:
                 continue
             y = labels[columns].to_numpy(dtype=float)
-            scores = {a: [evaluations[a, s].scores[columns].to_numpy(dtype=float) for s in config.seeds]
-                      for a in (arm, config.baseline)}
+            if metric == "normal_auc_centroid":  # each run's prompt-free normal score
+                scores = {a: [evaluations[a, s].centroid_scores.to_numpy(dtype=float)[:, None] for s in config.seeds]
+                          for a in (arm, config.baseline)}
+                if any(np.isnan(x).all() for xs in scores.values() for x in xs):
+                    continue
+            else:
+                scores = {a: [evaluations[a, s].scores[columns].to_numpy(dtype=float) for s in config.seeds]
+                          for a in (arm, config.baseline)}
             diff = paired_bootstrap(y, scores[arm], scores[config.baseline], metric=metric, n_boot=config.n_boot,
                                     groups=groups)
             differences.append({"arm": arm, "baseline": config.baseline, **diff.to_dict()})
@@ -270,7 +278,8 @@ def to_markdown(runs: pd.DataFrame, summary: pd.DataFrame, differences: list[dic
         lines += ["", f"Against `{config.baseline}` ({ARMS[config.baseline][2]}): the paired difference, pooled over "
                   f"seeds, with its {level} % bootstrap interval ({differences[0]['n_boot']} resamples of the "
                   f"{unit}, paired within each seed); then the difference seed by seed.", "",
-                  "| arm | Δ normal AUC [95 % CI] | per seed | Δ macro AUC [95 % CI] | per seed |", "|---|---|---|---|---|"]
+                  "| arm | " + " | ".join(f"{h} [95 % CI] | per seed" for h in DIFFERENCE_HEADERS) + " |",
+                  "|---|" + "---|---|" * len(DIFFERENCE_HEADERS)]
         for arm in dict.fromkeys(d["arm"] for d in differences):
             cells = []
             for metric in DIFFERENCES:

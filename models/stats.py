@@ -107,23 +107,43 @@ class Difference:
         return f"{self.estimate:+.{digits}f} [{self.low:+.{digits}f}, {self.high:+.{digits}f}]"
 
 
-def _metric_rows(labels: np.ndarray, scores: np.ndarray, index: np.ndarray) -> np.ndarray:
-    """The metric on each resample: ``labels`` ``[n, C]``, ``scores`` ``[n, C]``, ``index``
-    ``[R, n]`` → ``[R]``, the mean over the columns of the per-column AUC (one column: that AUC)."""
-    per_class = []
-    for c in range(labels.shape[1]):
-        y = labels[:, c]
-        known = ~np.isnan(y)
-        if known.all():
-            rows = auc_rows(y[index], scores[index, c])
-        else:  # images without a label for this class are left out of its resamples
-            keep = known[index]
-            rows = np.array([auc_rows(y[i[k]][None], scores[i[k], c][None])[0] for i, k in zip(index, keep)])
-        per_class.append(rows)
-    stacked = np.vstack(per_class)
+def weighted_auc_rows(labels: np.ndarray, scores: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """AUC of one class under each row of integer ``weights`` ``[R, n]`` (how often each image is
+    in a resample): the Mann–Whitney statistic with multiplicities, ties counting one half; equal
+    to the AUC of the resampled images. Images whose label is NaN get weight 0. NaN for a row
+    without both classes."""
+    y = np.asarray(labels, dtype=float)
+    known = ~np.isnan(y)
+    order = np.argsort(np.asarray(scores, dtype=float), kind="stable")
+    s_sorted, y_sorted = np.asarray(scores, dtype=float)[order], y[order]
+    w = np.asarray(weights, dtype=float)[:, order] * known[order]
+    starts = np.flatnonzero(np.r_[True, s_sorted[1:] != s_sorted[:-1]])  # blocks of tied scores
+    positive = np.where(y_sorted == 1, 1.0, 0.0)
+    pos = np.add.reduceat(w * positive, starts, axis=1)
+    neg = np.add.reduceat(w * (1.0 - positive) * known[order], starts, axis=1)
+    below = np.cumsum(neg, axis=1) - neg
+    n_pos, n_neg = pos.sum(axis=1), neg.sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out = (pos * (below + 0.5 * neg)).sum(axis=1) / (n_pos * n_neg)
+    out[(n_pos == 0) | (n_neg == 0)] = np.nan
+    return out
+
+
+def _metric_rows(labels: np.ndarray, scores: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """The metric on each resample: ``labels`` ``[n, C]``, ``scores`` ``[n, C]``, ``weights``
+    ``[R, n]`` (multiplicities) → ``[R]``, the mean over the columns of the per-column AUC (one
+    column: that AUC)."""
+    stacked = np.vstack([weighted_auc_rows(labels[:, c], scores[:, c], weights) for c in range(labels.shape[1])])
     with np.errstate(invalid="ignore"):
         counts = (~np.isnan(stacked)).sum(axis=0)
         return np.where(counts > 0, np.nansum(stacked, axis=0) / np.maximum(counts, 1), np.nan)
+
+
+def _counts(index: np.ndarray, n: int) -> np.ndarray:
+    """Multiplicities ``[R, n]`` of the draws ``index`` ``[R, k]``."""
+    counts = np.zeros((index.shape[0], n))
+    np.add.at(counts, (np.repeat(np.arange(index.shape[0]), index.shape[1]), index.ravel()), 1.0)
+    return counts
 
 
 def paired_bootstrap(labels: np.ndarray, a: Sequence[np.ndarray], b: Sequence[np.ndarray], *, metric: str = "auc",
@@ -149,7 +169,7 @@ def paired_bootstrap(labels: np.ndarray, a: Sequence[np.ndarray], b: Sequence[np
         if any(s.shape != y.shape for s in scores):
             raise ValueError(f"scores must have the labels' shape {y.shape}")
         shaped.append(scores)
-    full = np.arange(n)[None, :]
+    full = np.ones((1, n))
     per_seed = [float(_metric_rows(y, sa, full)[0] - _metric_rows(y, sb, full)[0]) for sa, sb in zip(*shaped)]
     estimate = float(np.mean(per_seed))
     rng = np.random.default_rng(seed)
@@ -157,15 +177,16 @@ def paired_bootstrap(labels: np.ndarray, a: Sequence[np.ndarray], b: Sequence[np
     n_groups = None
     if groups is None:
         for start in range(0, n_boot, chunk):
-            index = rng.integers(0, n, size=(min(chunk, n_boot - start), n))
-            diffs = [_metric_rows(y, sa, index) - _metric_rows(y, sb, index) for sa, sb in zip(*shaped)]
+            weights = _counts(rng.integers(0, n, size=(min(chunk, n_boot - start), n)), n)
+            diffs = [_metric_rows(y, sa, weights) - _metric_rows(y, sb, weights) for sa, sb in zip(*shaped)]
             replicates.append(np.mean(diffs, axis=0))
     else:
         codes, members = _clusters(groups, n)
         n_groups = len(members)
-        for _ in range(n_boot):
-            index = np.concatenate([members[g] for g in rng.integers(0, n_groups, size=n_groups)])[None, :]
-            diffs = [_metric_rows(y, sa, index) - _metric_rows(y, sb, index) for sa, sb in zip(*shaped)]
+        for start in range(0, n_boot, chunk):
+            drawn = _counts(rng.integers(0, n_groups, size=(min(chunk, n_boot - start), n_groups)), n_groups)
+            weights = drawn[:, codes]  # every image of a drawn report, as often as the report was drawn
+            diffs = [_metric_rows(y, sa, weights) - _metric_rows(y, sb, weights) for sa, sb in zip(*shaped)]
             replicates.append(np.mean(diffs, axis=0))
     values = np.concatenate(replicates)
     values = values[~np.isnan(values)]

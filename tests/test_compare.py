@@ -44,17 +44,21 @@ def test_four_arm_compare_table_differences_and_manifest(shards_out, small_world
     # each arm against the baseline, in normal AUC and macro AUC; the point estimate is the
     # difference of the runs' own figures (one seed) and lies in its interval
     differences = {(d["arm"], d["metric"]): d for d in saved["differences"]}
-    assert set(differences) == {(a, m) for a in list(ARMS)[1:] for m in ("normal_auc", "macro_auc")}
+    assert set(differences) == {(a, m) for a in list(ARMS)[1:] for m in ("normal_auc", "macro_auc",
+                                                                          "normal_auc_centroid")}
     base = runs[0]
     for run in runs[1:]:
         d = differences[run["arm"], "normal_auc"]
         assert d["estimate"] == pytest.approx(run["normal_auc"] - base["normal_auc"], abs=1e-6)
         assert d["low"] <= d["estimate"] <= d["high"] and d["n_boot"] == 200
+        prompt_free = differences[run["arm"], "normal_auc_centroid"]
+        assert prompt_free["estimate"] == pytest.approx(run["normal_auc_centroid"] - base["normal_auc_centroid"],
+                                                        abs=1e-6)
         assert d["n_images"] == saved["evaluation_set"]["n_images"] > 0
     table = (out / "compare.md").read_text()
     for arm, (_, _, what) in ARMS.items():
         assert f"| {arm} | {what} |" in table
-    assert "Δ normal AUC [95 % CI]" in table and "normal AUC, prompt-free" in table
+    assert "Δ normal AUC [95 % CI]" in table and "Δ normal AUC, prompt-free [95 % CI]" in table
     assert table.strip() in result.output
     # the manifest: every run's evaluation and the pooled differences
     rows = query(shards / "manifest.duckdb", "SELECT run_name, metric, value FROM evaluations "

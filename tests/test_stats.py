@@ -140,3 +140,18 @@ def test_cluster_bootstrap_is_not_fooled_by_repeated_renders():
     assert (naive.high - naive.low) < 0.7 * (once.high - once.low)
     with pytest.raises(ValueError, match="a cluster for each of the 240 images"):
         paired_bootstrap(y4, a4, b4, groups=groups[:10])
+
+
+def test_weighted_auc_equals_the_auc_of_the_resampled_images():
+    from offclip.models.stats import weighted_auc_rows
+
+    rng = np.random.default_rng(11)
+    y = rng.integers(0, 2, 50).astype(float)
+    y[[3, 17]] = np.nan  # unknown labels: left out
+    s = np.round(rng.normal(size=50), 1)  # ties
+    index = rng.integers(0, 50, size=(20, 50))
+    weights = np.stack([np.bincount(i, minlength=50) for i in index]).astype(float)
+    got = weighted_auc_rows(y, s, weights)
+    for row, i in zip(got, index):
+        keep = ~np.isnan(y[i])
+        assert row == pytest.approx(_pairwise_auc(y[i][keep], s[i][keep]))
