@@ -464,8 +464,18 @@ def _spawn(argv: list[str], env: dict[str, str], log: Path, cwd: Path) -> tuple[
         f.write(f"\n=== {dt.datetime.now().isoformat(timespec='seconds')} {' '.join(argv)}\n".encode())
         offset = f.tell()
         proc = subprocess.Popen(argv, env=env, cwd=cwd, stdin=subprocess.DEVNULL, stdout=f,
-                                stderr=subprocess.STDOUT, start_new_session=True, close_fds=True)
+                                stderr=subprocess.STDOUT, start_new_session=True, close_fds=True,
+                                preexec_fn=_default_stop_signals)
     return proc, offset
+
+
+def _default_stop_signals() -> None:
+    """In the child, before exec: SIGINT and SIGTERM back to their default action. A command
+    started in the background by a script (``offclip up &``, cron, CI) inherits SIGINT *ignored*,
+    and Prefect's worker stops by sending itself SIGINT on SIGTERM: it would then never stop, and
+    ``offclip down`` would have to kill it."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def _prefect_argv(*args: str) -> list[str]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import socket
 import subprocess
 import sys
@@ -44,8 +45,15 @@ def test_up_status_down_real_processes(isolated):
     lay = service.layout(home)
     url = f"http://127.0.0.1:{port}/api"
     t0 = time.monotonic()
+    # started as a script's background job is (`offclip up &`, cron, CI): SIGINT ignored, which
+    # children inherit; Prefect's worker stops by sending itself SIGINT, so down must still
+    # find it "terminated", not killed
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
-        first = service.up(home, port, POOL, deploy_flows=False, project=isolated)
+        try:
+            first = service.up(home, port, POOL, deploy_flows=False, project=isolated)
+        finally:
+            signal.signal(signal.SIGINT, previous)
         assert first.api_url == url and not first.server_reused and first.pool_created
         assert service.health(url)
         assert first.worker_pid and _alive(first.worker_pid) and _alive(first.server_pid)
