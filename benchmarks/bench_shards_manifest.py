@@ -83,7 +83,7 @@ def make_output(out: Path, n_pairs: int, sentences_per_pair: int, with_images: b
         "pair_label": np.where(g["label"].agg(lambda x: (x == "abnormal").any()).to_numpy(), "abnormal", "normal"),
         "n_sentences": np.int32(sentences_per_pair), "n_kept": g["kept"].sum().to_numpy().astype(np.int32),
         "max_score": g["score"].max().to_numpy(), "texts": kept_texts.reindex(study).to_numpy(),
-        "model_version": "bench", "threshold": np.float32(0.5),
+        "model_version": "bench", "threshold": np.float32(0.5), "label_source": "classifier",
     })
     studies = pd.DataFrame({
         "subject_id": subject, "study_id": study, "folder": folder, "split": split, "report_path": None,

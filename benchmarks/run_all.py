@@ -43,6 +43,8 @@ def plan(work: Path, out: Path) -> dict[str, list[str]]:
     return {
         "ingest": ["bench_ingest.py", "--n", "2", "--repeat", "3"],
         "png": ["bench_png.py", "--n", "2", "--repeat", "10"],
+        "decode": ["bench_decode.py", "--n", "2", "--repeat", "3"],
+        "mimic_scale": ["bench_mimic_scale.py", "--work", str(work / "mimic-scale"), "--fraction", "0.01", "--ingest"],
         "ingest_workers": ["bench_ingest_workers.py", "--world", str(world), "--subset", "all", "--batch-size", "8",
                            "--repeat", "2"],
         "sentences": ["bench_sentences.py", "--repeat", "2"],
@@ -69,6 +71,15 @@ def headline(name: str, r: dict) -> str:
             now, before = res["zlib-ng L1 Huffman only (now)"], res["zlib L1 run-length (before)"]
             return (f"PNG deflate {now['ms']:.2f} ms ({before['ms'] / now['ms']:.1f}x zlib run-length), "
                     f"{now['kb']:.0f} kB vs {before['kb']:.0f} kB")
+        if name == "decode":
+            res = r["results"]
+            return (f"reduced decode vs full: JPEG {res['jpeg@512']['speedup_vs_full']:.2f}x, "
+                    f"JPEG 2000 {res['j2k@512']['speedup_vs_full']:.1f}x at 512 px; mean |d| "
+                    f"{max(v['mean_abs_diff'] for v in res.values()):.2f} of 255 at most")
+        if name == "mimic_scale":
+            return (f"{r['tree']['images']} images ({r['tree']['studies']} studies): scan {r['scan']['seconds']:.1f} s, "
+                    f"{r['scan']['peak_rss_mb']:.0f} MB; {r['plan']['task_runs']} task runs; unchanged re-run "
+                    f"{r['reingest']['vs_scan']:.1f}x the scan")
         if name == "ingest_workers":
             return (f"{r['images']} images: 1 -> 2 workers {r['scaling']['2']:.2f}x "
                     f"(serial parts allow about {r['ideal_ratio']['2']:.2f}x)")

@@ -7,8 +7,12 @@ import pyarrow as pa
 from .contract import Column, Contract
 from .ingest import SPLITS
 
-FILTER_REASONS = ("normal_report", "abnormal_sentence", "normal_sentence_in_abnormal_report")
+FILTER_REASONS = ("normal_report", "abnormal_sentence", "normal_sentence_in_abnormal_report",
+                  "abnormal_report_without_abnormal_sentence")
 LABELS = ("normal", "abnormal")
+#: where a pair label came from (offclip.pipeline.labels.LABEL_SOURCES)
+LABEL_SOURCES = ("classifier", "chexpert", "negbio")
+NO_FINDING_VALUES = (1.0, 0.0, -1.0)
 
 CURATED_SENTENCES = Contract(
     "curated_sentences",
@@ -48,6 +52,27 @@ PAIRS = Contract(
         Column("texts", pa.list_(pa.string()), doc="kept sentences (prompts when prompting is on)"),
         Column("model_version", pa.string()),
         Column("threshold", pa.float32(), min=0.0, max=1.0),
+        Column("label_source", pa.string(), isin=LABEL_SOURCES,
+               doc="where pair_label came from: the classifier, or MIMIC's CheXpert / NegBio labels "
+                   "(curate --label-source; a study the labeler leaves unknown keeps the classifier's)"),
     ),
     doc="One image–text pair per ingested study: the frontal image, the kept text, the pair label.",
+)
+
+STUDY_LABELS = Contract(
+    "study_labels",
+    (
+        Column("study_id", pa.int64(), unique=True),
+        Column("subject_id", pa.int64()),
+        Column("classifier_label", pa.string(), isin=LABELS, doc="the sentence classifier's report label"),
+        Column("chexpert_label", pa.string(), isin=LABELS, nullable=True,
+               doc="from mimic-cxr-2.0.0-chexpert.csv by the rule of pipeline/labels.py; NULL = unknown"),
+        Column("chexpert_no_finding", pa.float32(), isin=NO_FINDING_VALUES, nullable=True,
+               doc="the raw No Finding value (NULL: blank, or the study is not in the file)"),
+        Column("negbio_label", pa.string(), isin=LABELS, nullable=True,
+               doc="from mimic-cxr-2.0.0-negbio.csv, same rule; NULL = unknown"),
+        Column("negbio_no_finding", pa.float32(), isin=NO_FINDING_VALUES, nullable=True),
+    ),
+    doc="Per curated study: the classifier's report label beside MIMIC's CheXpert and NegBio labels "
+        "(written whenever a label file is found, whatever the label source).",
 )

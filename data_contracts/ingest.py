@@ -8,8 +8,10 @@ from .contract import Column, Contract
 
 #: Why a study, image or report could not be used. Every reject carries one of these codes.
 REJECT_REASONS: dict[str, str] = {
-    "missing_file": "a metadata row names a DICOM file that does not exist",
+    "missing_file": "a metadata or record-list row names an image file that does not exist",
+    "report_without_study": "a report whose study has no image in the metadata, record list or tree",
     "not_dicom": "the file is not a DICOM Part 10 file",
+    "not_jpeg": "the file is not a JPEG image",
     "truncated": "the DICOM file ends before its pixel data does",
     "no_pixel_data": "the DICOM file has no Pixel Data element",
     "unsupported_transfer_syntax": "no decoder for the file's transfer syntax is installed",

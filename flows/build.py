@@ -33,6 +33,7 @@ from offclip.pipeline.ingest import (
     finish_ingest,
     plan_ingest,
 )
+from offclip.pipeline.labels import check_label_source
 from offclip.pipeline.scan import ScanConfig, StudyEntry, parse_folders, parse_splits
 from offclip.flows.naming import run_namer
 from offclip.flows.runners import make_task_runner
@@ -79,16 +80,19 @@ def train_classifier_task(out_dir: str, method: str, seed: int, openi: str | Non
 
 
 @task(name="curate")
-def curate_task(out: str, classifier: str, threshold: float | None, prompting: str) -> dict:
+def curate_task(out: str, classifier: str, threshold: float | None, prompting: str,
+                label_source: str = "classifier", label_dirs: list[str] | None = None) -> dict:
     from offclip.pipeline.curate import CurateConfig, run_curate
 
     summary = run_curate(CurateConfig(out=Path(out), classifier=Path(classifier), threshold=threshold,
-                                      prompting=prompting))
+                                      prompting=prompting, label_source=label_source,
+                                      label_dirs=[Path(d) for d in label_dirs or []]))
     get_run_logger().info(summary.to_text())
     return {"pairs": summary.pairs, "normal": summary.normal, "abnormal": summary.abnormal,
             "sentences": summary.sentences, "kept": summary.kept, "dropped": summary.dropped,
             "model_calls": summary.scoring.model_calls, "unique_sentences": summary.scoring.unique,
-            "model_version": summary.model_version, "threshold": summary.threshold}
+            "model_version": summary.model_version, "threshold": summary.threshold,
+            "label_source": summary.label_source, "label_fallback": summary.label_fallback}
 
 
 @task(name="write-shards", retries=1)
@@ -114,6 +118,10 @@ def find_classifier(out: Path) -> Path | None:
     return path if (path / "offclip.json").is_file() else None
 
 
+def _path(value: str | None) -> Path | None:
+    return Path(value) if value else None
+
+
 def run_stages(params: dict) -> dict:
     """The build inside the ``build-shards`` flow run: ingest batches go to the task runner
     that ``params["task_runner"]`` names (entered here, not through a sub-flow: a flow run
@@ -126,9 +134,15 @@ def run_stages(params: dict) -> dict:
                           batch_size=params["batch_size"],
                           scan=ScanConfig(Path(params["source"]), folders=parse_folders(params["folders"]),
                                           splits=parse_splits(params["splits"]), prefer_pa=params["prefer_pa"],
-                                          seed=params["seed"]))
+                                          seed=params["seed"], reports=_path(params.get("reports")),
+                                          metadata=_path(params.get("metadata")), workers=params["workers"]))
+    # MIMIC's label files: in the metadata directory when one is given, else in the source root
+    label_dirs = [d for d in (params.get("metadata"), params["source"]) if d]
+    check_label_source(params.get("label_source", "classifier"), label_dirs)  # fail before a long ingest
     plan = plan_ingest(config, max_batches=MAX_INGEST_BATCHES)
-    logger.info("scan: %d studies in %d batches", len(plan.studies), len(plan.batches))
+    logger.info("source: %s", plan.source)
+    logger.info("scan: %d studies in %d batches (%.1f s); %d scan rejects", len(plan.studies), len(plan.batches),
+                plan.scan_seconds, len(plan.rejects))
 
     # -- ingest, batched; a progress artifact follows the batches ------------------------------
     # The thread runner's tasks share one GIL: their batches go to a pool of worker processes
@@ -166,7 +180,8 @@ def run_stages(params: dict) -> dict:
         logger.info("no classifier version exists: training one on Open-I (%s)", params["classifier_method"])
         classifier = train_classifier_task(str(out / CLASSIFIER_DIR), params["classifier_method"],
                                            params["seed"], params.get("openi"))
-    curated = curate_task(str(out), str(classifier), params.get("threshold"), params["prompting"])
+    curated = curate_task(str(out), str(classifier), params.get("threshold"), params["prompting"],
+                          params.get("label_source", "classifier"), label_dirs)
     shards = shards_task(str(out), params["shard_size"], params["shard_bytes"])
 
     from offclip.pipeline.manifest import run_record
@@ -202,6 +217,8 @@ def _artifacts(db: str, rejects: dict, counts: dict) -> None:
 def build_shards(
     source: str = "out/demo-world",
     out: str = "out/curated",
+    reports: str | None = None,
+    metadata: str | None = None,
     folders: str = "p10-p16",
     splits: str = "all",
     image_size: int = 512,
@@ -214,6 +231,7 @@ def build_shards(
     classifier_method: str = "finetune",
     threshold: float | None = None,
     prompting: str = "none",
+    label_source: str = "classifier",
     seed: int = 0,
     openi: str | None = None,
     task_runner: str = "thread",
@@ -224,8 +242,16 @@ def build_shards(
 ) -> dict[str, Any]:
     """Curate SOURCE (MIMIC-CXR or the demo world) into OUT: records, shards, manifest.
 
+    ``source``: a MIMIC-CXR root, the DICOM or the JPG release (told from its files).
+    ``reports``: the reports' zip, .tar.gz or directory, read in place (default: the tree under
+    ``source`` or ``mimic-cxr-reports.zip`` in it; a JPG root needs it). ``metadata``: a
+    directory with the JPG release's CSVs, used beside a DICOM release.
+
     ``batch_size``: studies per ingest task (the thread runner's process pool cuts each batch
     into one chunk per worker, so fewer, larger tasks keep every worker busy).
+    ``label_source``: where pair labels come from: ``classifier`` (the paper's, default),
+    ``chexpert`` or ``negbio`` (MIMIC's mimic-cxr-2.0.0-{chexpert,negbio}.csv[.gz], found in
+    ``metadata`` or ``source``; the sentence filter stays the classifier's).
     ``task_runner``: ``thread`` (default), ``process``, or ``dask`` (a local cluster of
     ``workers`` processes, or the cluster at ``dask_address``). When ``trigger_train`` is on and
     the ``offclip/train`` deployment exists, a train run is started on the new shards, with

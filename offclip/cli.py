@@ -47,6 +47,13 @@ def demo_world(
     eval_images: Optional[int] = typer.Option(
         None, "--eval-images", help="Evaluation sets of N images rendered from held-out (validate/test) reports, "
         "68% normal as in VinDr-CXR, several renders per report (default: one image per held-out study)."),
+    layout: str = typer.Option("dicom", "--layout", help="dicom (the DICOM release, with cxr-record-list.csv.gz) "
+                               "or jpg (MIMIC-CXR-JPG: 8-bit JPEGs, gzipped CSVs, no reports in the tree)."),
+    reports_archive: Optional[str] = typer.Option(
+        None, "--reports-archive", help="tree (sSTUDY.txt beside the study folders), zip (mimic-cxr-reports.zip) or tgz "
+        "(mimic-cxr-reports.tar.gz). Default: tree for dicom, zip for jpg."),
+    metadata_csvs: str = typer.Option("root", "--metadata-csvs", help="root, separate (in OUT/metadata, as a download "
+                                      "kept apart from the images: pass it as --metadata) or none."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing demo world at OUT."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
     json_out: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
@@ -58,11 +65,12 @@ def demo_world(
     from .pipeline.demo.world import WorldConfig, build_world
     from .pipeline.openi import OpenISourceError
 
-    config = WorldConfig(out=out, studies=studies, seed=seed, scale=scale, faults=faults,
-                         openi=str(openi_dir) if openi_dir else None, workers=workers,
-                         progress=not quiet and sys.stderr.isatty(), overwrite=overwrite,
-                         eval_images=eval_images)
     try:
+        config = WorldConfig(out=out, studies=studies, seed=seed, scale=scale, faults=faults,
+                             openi=str(openi_dir) if openi_dir else None, workers=workers,
+                             progress=not quiet and sys.stderr.isatty(), overwrite=overwrite,
+                             eval_images=eval_images, layout=layout, metadata_csvs=metadata_csvs,
+                             reports_archive=reports_archive or ("zip" if layout == "jpg" else "tree"))
         summary = build_world(config)
     except (OpenISourceError, FileExistsError, ValueError) as exc:
         typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
@@ -70,10 +78,19 @@ def demo_world(
     typer.echo(json.dumps(asdict(summary), indent=2) if json_out else summary.to_text())
 
 
+REPORTS_HELP = ("The reports: mimic-cxr-reports.zip, its .tar.gz, or a directory with files/pXX/…/sSTUDY.txt; "
+                "read in place (default: the tree under SOURCE, or mimic-cxr-reports.zip/.tar.gz in SOURCE). "
+                "Needed for a MIMIC-CXR-JPG root.")
+METADATA_HELP = ("A directory with the JPG release's mimic-cxr-2.0.0-{metadata,split,chexpert,negbio}.csv.gz, "
+                 "used beside a DICOM release (searched before SOURCE).")
+
+
 @app.command("ingest")
 def ingest(
-    source: Path = typer.Argument(..., help="MIMIC-CXR v2.0.0 root (or a demo world): holds files/ and the metadata CSVs."),
+    source: Path = typer.Argument(..., help="MIMIC-CXR root, DICOM or JPG release (or a demo world): holds files/."),
     out: Path = typer.Argument(..., help="Output root: ingest/*.parquet records and images/."),
+    reports: Optional[Path] = typer.Option(None, "--reports", help=REPORTS_HELP),
+    metadata: Optional[Path] = typer.Option(None, "--metadata", help=METADATA_HELP),
     folders: str = typer.Option("p10-p16", "--folders", help="Patient folders to use: 'p10-p16' (the paper's), 'p10,p12', or 'all'."),
     splits: str = typer.Option("all", "--splits", help="Splits to use: 'all' or e.g. 'train,validate'."),
     prefer_pa: bool = typer.Option(False, "--prefer-pa", help="Pick PA over AP when a study has both (default: seeded random, as the paper)."),
@@ -95,7 +112,8 @@ def ingest(
         normalize = NormalizeConfig(long_side=long_side, pad_square=pad_square, out_bits=bits, fmt=fmt)
         config = IngestConfig(source=source, out=out, batch_size=batch_size, workers=workers,
                               scan=ScanConfig(source, folders=parse_folders(folders), splits=parse_splits(splits),
-                                              prefer_pa=prefer_pa, seed=seed),
+                                              prefer_pa=prefer_pa, seed=seed, reports=reports, metadata=metadata,
+                                              workers=workers, progress=not quiet and sys.stderr.isatty()),
                               normalize=normalize, progress=not quiet and sys.stderr.isatty())
         summary = run_ingest(config)
     except (FileNotFoundError, ValueError) as exc:
@@ -169,6 +187,12 @@ def _fail(exc: Exception) -> None:
     raise typer.Exit(2)
 
 
+LABEL_SOURCE_HELP = ("Where pair labels come from: classifier (the paper's: any abnormal sentence), chexpert or "
+                     "negbio (MIMIC's mimic-cxr-2.0.0-<labeler>.csv[.gz]: No Finding = 1 → normal, a finding 1 or "
+                     "-1 → abnormal; a study it leaves unknown keeps the classifier's label). The sentence filter "
+                     "stays the classifier's.")
+
+
 @app.command("curate")
 def curate(
     out: Path = typer.Argument(..., help="The ingest output root (holds ingest/)."),
@@ -177,13 +201,16 @@ def curate(
     prompting: str = typer.Option("none", "--prompting", help="Text prompting: none, template, or openai."),
     llm_url: Optional[str] = typer.Option(None, "--llm-url", help="OpenAI-compatible endpoint for --prompting openai (or $OFFCLIP_LLM_URL)."),
     llm_model: Optional[str] = typer.Option(None, "--llm-model", help="Model name for --prompting openai."),
+    label_source: str = typer.Option("classifier", "--label-source", help=LABEL_SOURCE_HELP),
+    label_dir: list[Path] = typer.Option([], "--label-dir", help="A directory holding mimic-cxr-2.0.0-{chexpert,negbio}.csv[.gz], e.g. the MIMIC-CXR-JPG root (repeatable, searched in order). Without one: no study_labels.parquet."),
 ) -> None:
     """Score every sentence (unique text once, cached), filter normal sentences out of abnormal reports, label pairs."""
     from .pipeline.curate import CurateConfig, run_curate
     from .pipeline.prompting import PromptBackendError
 
     config = CurateConfig(out=out, classifier=classifier, threshold=threshold, prompting=prompting,
-                          prompt_options={"base_url": llm_url, "model": llm_model})
+                          prompt_options={"base_url": llm_url, "model": llm_model},
+                          label_source=label_source, label_dirs=list(label_dir))
     try:
         typer.echo(run_curate(config).to_text())
     except (FileNotFoundError, ValueError, PromptBackendError) as exc:
@@ -192,14 +219,17 @@ def curate(
 
 @app.command("build-shards")
 def build_shards_cmd(
-    source: Path = typer.Argument(..., help="MIMIC-CXR v2.0.0 root or a demo world."),
+    source: Path = typer.Argument(..., help="MIMIC-CXR root (DICOM or JPG release) or a demo world."),
     out: Path = typer.Argument(Path("out/curated"), help="Curation output root."),
+    reports: Optional[Path] = typer.Option(None, "--reports", help=REPORTS_HELP),
+    metadata: Optional[Path] = typer.Option(None, "--metadata", help=METADATA_HELP),
     folders: str = typer.Option("p10-p16", "--folders"),
     splits: str = typer.Option("all", "--splits"),
     image_size: int = typer.Option(512, "--image-size", min=16),
     shard_size: int = typer.Option(1000, "--shard-size", min=1),
     classifier: Optional[Path] = typer.Option(None, "--classifier", help="Default: OUT/classifier, trained on Open-I if missing."),
     prompting: str = typer.Option("none", "--prompting"),
+    label_source: str = typer.Option("classifier", "--label-source", help=LABEL_SOURCE_HELP + " The files are looked for in --metadata, then SOURCE."),
     seed: int = typer.Option(0, "--seed"),
     task_runner: str = typer.Option("thread", "--task-runner", help="thread, process or dask."),
     workers: int = typer.Option(2, "--workers", min=1),
@@ -209,13 +239,21 @@ def build_shards_cmd(
     """Run the build-shards flow directly (no deployment): ingest → classify → filter → shards → manifest."""
     import json
 
+    from .pipeline.sources import resolve_source
+
+    try:  # what is missing is said before a server starts
+        resolve_source(source, reports, metadata)
+    except (FileNotFoundError, ValueError) as exc:
+        typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(2)
     _direct_flow_run()
     from .flows.build import build_shards
 
-    result = build_shards(source=str(source), out=str(out), folders=folders, splits=splits, image_size=image_size,
+    result = build_shards(source=str(source), out=str(out), reports=str(reports) if reports else None,
+                          metadata=str(metadata) if metadata else None, folders=folders, splits=splits, image_size=image_size,
                           shard_size=shard_size, classifier=str(classifier) if classifier else None,
-                          prompting=prompting, seed=seed, task_runner=task_runner, workers=workers,
-                          dask_address=dask_address, trigger_train=trigger_train)
+                          prompting=prompting, label_source=label_source, seed=seed, task_runner=task_runner,
+                          workers=workers, dask_address=dask_address, trigger_train=trigger_train)
     typer.echo(json.dumps(result, indent=2, default=str))
 
 

@@ -3,6 +3,18 @@
 Reads ``OUT/ingest/{studies,images,sentences}.parquet``, writes
 ``OUT/curate/{sentences,pairs}.parquet`` (contract-checked, atomic) and keeps the score cache in
 ``OUT/cache/sentence_scores.duckdb``.
+
+**Label source** (``CurateConfig.label_source``): ``classifier`` (the paper's, the default) labels
+a pair abnormal when any sentence is; ``chexpert`` / ``negbio`` take the pair label from MIMIC's
+``mimic-cxr-2.0.0-{chexpert,negbio}.csv[.gz]`` (the rule: :mod:`offclip.pipeline.labels`) while
+the sentence filter stays the classifier's (:func:`~offclip.pipeline.filtering.filter_sentences`).
+A study the labeler leaves unknown (not in its file, or nothing positive and No Finding blank)
+**keeps the classifier's label**: counted (``CurateSummary.label_fallback``) and visible per pair
+(``pairs.label_source`` = ``classifier``), so the set of pairs does not depend on the source.
+
+Whenever a label file is found in ``label_dirs`` (whatever the source), the three labels of every
+curated study go to ``OUT/curate/study_labels.parquet`` (the manifest's ``label_agreement``
+views); with no label file there, a stale copy is removed.
 """
 
 from __future__ import annotations
@@ -15,10 +27,11 @@ import pandas as pd
 import pyarrow.parquet as pq
 
 from ..data_contracts.contract import Contract
-from ..data_contracts.curate import CURATED_SENTENCES, PAIRS
+from ..data_contracts.curate import CURATED_SENTENCES, PAIRS, STUDY_LABELS
 from .atomic import atomic_open
 from .filtering import filter_sentences
 from .ingest import read_table
+from .labels import CLASSIFIER, StudyLabels, check_label_source, study_labels
 from .prompting import make_prompter
 from .scoring import Classifier, ScoreCache, ScoringStats, score_sentences
 
@@ -34,6 +47,9 @@ class CurateConfig:
     prompting: str = "none"  #: none | template | openai
     prompt_options: dict = field(default_factory=dict)
     batch_size: int = 128
+    label_source: str = CLASSIFIER  #: classifier | chexpert | negbio: where pair labels come from
+    #: directories searched, in order, for mimic-cxr-2.0.0-{chexpert,negbio}.csv[.gz]
+    label_dirs: list[Path] = field(default_factory=list)
 
 
 @dataclass
@@ -48,14 +64,30 @@ class CurateSummary:
     model_version: str
     threshold: float
     seconds: float
+    label_source: str = CLASSIFIER
+    #: pairs whose label came from the classifier because the labeler left the study unknown
+    label_fallback: int = 0
+    #: labeler → {normal, abnormal, unknown, absent} over the curated studies (label files found)
+    labeler_counts: dict = field(default_factory=dict)
+    #: labeler → share of studies (both labels known) where it agrees with the classifier
+    agreement: dict = field(default_factory=dict)
 
     def to_text(self) -> str:
         s = self.scoring
-        return (f"curate: {self.pairs} pairs — normal {self.normal}, abnormal {self.abnormal} "
+        text = (f"curate: {self.pairs} pairs — normal {self.normal}, abnormal {self.abnormal} "
                 f"(classifier {self.model_version}, threshold {self.threshold:.3f})\n"
                 f"  sentences {self.sentences}: kept {self.kept}, dropped {self.dropped} "
                 f"(normal sentences of abnormal reports)\n"
                 f"  unique {s.unique} · from cache {s.cached} · model calls {s.model_calls} · {self.seconds:.1f} s")
+        if self.label_source != CLASSIFIER:
+            text += (f"\n  pair labels from {self.label_source}; {self.label_fallback} studies it leaves unknown "
+                     f"keep the classifier's label")
+        for labeler, c in self.labeler_counts.items():
+            share = self.agreement.get(labeler)
+            text += (f"\n  {labeler}: normal {c['normal']}, abnormal {c['abnormal']}, unknown {c['unknown']} "
+                     f"({c['absent']} not in the file); agrees with the classifier on "
+                     + (f"{100 * share:.1f} %" if share is not None else "n/a") + " of the studies both label")
+        return text
 
 
 def _write(out: Path, name: str, contract: Contract, df: pd.DataFrame) -> None:
@@ -71,6 +103,8 @@ def read_curated(out: Path, name: str) -> pd.DataFrame:
 def run_curate(config: CurateConfig, classifier: Classifier | None = None) -> CurateSummary:
     start = time.perf_counter()
     out = Path(config.out)
+    label_dirs = [Path(d) for d in config.label_dirs]
+    check_label_source(config.label_source, label_dirs)  # before loading a model or scoring
     if classifier is None:
         if config.classifier is None:
             raise ValueError("no classifier: pass a saved classifier directory (offclip classifier train)")
@@ -88,7 +122,21 @@ def run_curate(config: CurateConfig, classifier: Classifier | None = None) -> Cu
 
     with ScoreCache(out / CACHE_FILE) as cache:
         scored, stats = score_sentences(sentences, classifier, cache, batch_size=config.batch_size)
-    filtered, pairs = filter_sentences(scored, threshold)
+    # the classifier's report labels: abnormal when any sentence scores at or above the threshold
+    classifier_labels = scored.groupby("study_id")["score"].max().ge(threshold).map(
+        {True: "abnormal", False: "normal"})
+    labels = study_labels(scored.drop_duplicates("study_id")[["study_id", "subject_id"]], label_dirs,
+                          classifier_labels)
+    if config.label_source == CLASSIFIER:
+        filtered, pairs = filter_sentences(scored, threshold)
+        pairs["label_source"] = CLASSIFIER
+        fallback = 0
+    else:
+        given = labels.frame.set_index("study_id")[f"{config.label_source}_label"]
+        known = given.notna()
+        fallback = int((~known).sum())
+        filtered, pairs = filter_sentences(scored, threshold, given.where(known, classifier_labels.reindex(given.index)))
+        pairs["label_source"] = pairs["study_id"].map(known).map({True: config.label_source, False: CLASSIFIER})
 
     prompter = make_prompter(config.prompting, **config.prompt_options)
     filtered["prompt"] = None
@@ -111,8 +159,28 @@ def run_curate(config: CurateConfig, classifier: Classifier | None = None) -> Cu
 
     _write(out, "sentences", CURATED_SENTENCES, filtered[CURATED_SENTENCES.names])
     _write(out, "pairs", PAIRS, pairs)
+    _write_study_labels(out, labels)
     return CurateSummary(
         pairs=len(pairs), normal=int((pairs["pair_label"] == "normal").sum()),
         abnormal=int((pairs["pair_label"] == "abnormal").sum()), sentences=len(filtered),
         kept=int(filtered["kept"].sum()), dropped=int((~filtered["kept"]).sum()), scoring=stats,
-        model_version=classifier.version, threshold=threshold, seconds=time.perf_counter() - start)
+        model_version=classifier.version, threshold=threshold, seconds=time.perf_counter() - start,
+        label_source=config.label_source, label_fallback=fallback,
+        labeler_counts={k: labels.counts(k) for k in labels.files},
+        agreement={k: agreement(labels.frame, k) for k in labels.files})
+
+
+def agreement(frame: pd.DataFrame, labeler: str) -> float | None:
+    """Share of the studies both label where ``labeler`` agrees with the classifier (None: none)."""
+    both = frame[f"{labeler}_label"].notna() & frame["classifier_label"].notna()
+    if not both.any():
+        return None
+    return float((frame.loc[both, f"{labeler}_label"] == frame.loc[both, "classifier_label"]).mean())
+
+
+def _write_study_labels(out: Path, labels: StudyLabels) -> None:
+    """``OUT/curate/study_labels.parquet`` when a label file was found; else remove a stale one."""
+    if labels.files:
+        _write(out, "study_labels", STUDY_LABELS, labels.frame[STUDY_LABELS.names])
+    else:
+        (Path(out) / CURATE_DIR / "study_labels.parquet").unlink(missing_ok=True)

@@ -3,6 +3,7 @@
 The image half of the ingest stage (library code: no Prefect here)::
 
     decoded = decode_dicom(path, NormalizeConfig(long_side=512))   # raises ImageReject
+    decoded = decode_jpeg(path, NormalizeConfig(long_side=512))    # MIMIC-CXR-JPG files
     data = encode_image(decoded.pixels, config)                    # PNG or JPEG bytes
 
 Order of operations, chosen for speed (the expensive part is touching every full-size pixel once)::
@@ -26,6 +27,28 @@ Order of operations, chosen for speed (the expensive part is touching every full
   factor; otherwise they may differ by one level on rare rounding ties).
 * Presentation LUT Shape is not applied: for DX images it is fixed by the photometric
   interpretation (INVERSE with MONOCHROME1), which is what display orientation follows here.
+
+Decoding no more than needed (``NormalizeConfig.reduced_decode``, on by default), for images of at
+least ``_REDUCE_MIN_PIXELS`` pixels (smaller ones cost a few ms in full and keep the exactness above;
+for a reduced JPEG 2000 decode the MONOCHROME1 mirror holds within one level, as the integer wavelet
+is not exactly odd):
+
+* JPEG files (:func:`decode_jpeg`): libjpeg's DCT-domain scaling (Pillow's ``draft``) decodes at
+  1/2, 1/4 or 1/8 size, the smallest scale whose size is still >= the target; the entropy decoding
+  is not reduced (it is most of a full decode at quality 95, which bounds the gain).
+* JPEG 2000 DICOMs: OpenJPEG decodes resolution level r (``reduce``), r the largest with
+  ``stored >> r >= target`` on both sides (and <= the codestream's decomposition levels): the
+  tier-1 decoding of the finer levels, most of the work, is skipped. The rest is the same as the
+  full path (rescale, VOI LUT / window / min-max, MONOCHROME1 inversion); only unusual files (signed
+  or multi-component codestreams, a precision above BitsStored, a Modality LUT Sequence, image
+  offsets, an incomplete codestream, Pillow without OpenJPEG) take the full decode.
+* Either way the reduced image is resampled as :func:`_shrink` resamples the full one (the same
+  k x k block means, each taken as the area mean of the reduced pixels over the block, then the
+  same area resample), so each output pixel weighs the same full-size pixels. A JPEG 2000 level-r
+  sample is centred on full-size pixel ``j * 2**r``, not on its block's centre, and is placed there;
+  a JPEG DCT-scaled pixel is its block's. The output is within a fraction of a gray level of the
+  full decode + resize (mean |difference| ~0.3 of 255 on 3000-px radiographs, a few levels at most
+  on sharp edges: ``benchmarks/bench_decode.py``).
 """
 
 from __future__ import annotations
@@ -44,9 +67,10 @@ from typing import Iterator
 import numpy as np
 import pydicom
 from zlib_ng import zlib_ng
-from PIL import Image
+from PIL import Image, UnidentifiedImageError, features
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
+from pydicom.encaps import generate_frames
 from pydicom.errors import InvalidDicomError
 from pydicom.multival import MultiValue
 from pydicom.pixels import get_decoder
@@ -56,14 +80,16 @@ from pydicom.uid import (
     ExplicitVRBigEndian,
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
+    JPEG2000,
+    JPEG2000Lossless,
 )
 from scipy import sparse
 
 __all__ = ["REJECT_REASONS", "DecodedImage", "ImageReject", "NormalizeConfig", "decode_dicom",
-           "encode_image", "target_size"]
+           "decode_jpeg", "encode_image", "target_size"]
 
 REJECT_REASONS = ("not_dicom", "truncated", "no_pixel_data", "unsupported_transfer_syntax",
-                  "unsupported_pixels", "decode_error")
+                  "unsupported_pixels", "decode_error", "not_jpeg")
 
 #: uncompressed syntaxes whose pixel buffer is read directly with ``np.frombuffer``
 _DIRECT_SYNTAXES = frozenset({ImplicitVRLittleEndian, ExplicitVRLittleEndian,
@@ -77,13 +103,21 @@ _BAND_ROWS = 32
 _MINMAX_PERCENTILE = 0.5  # low percentile; the high one is 100 - this
 _PIXEL_DATA = 0x7FE00010
 _SEQUENCE_DELIMITER = b"\xfe\xff\xdd\xe0\x00\x00\x00\x00"
+#: reduced-resolution decoding only for images of at least this many stored pixels
+_REDUCE_MIN_PIXELS = 1 << 20
+#: DICOM syntaxes whose codestream is decoded at a reduced resolution level (OpenJPEG via Pillow)
+_J2K_SYNTAXES = frozenset({JPEG2000Lossless, JPEG2000})
+_J2K_SOC_SIZ = b"\xff\x4f\xff\x51"
+_JPEG_SOI = b"\xff\xd8\xff"
+_JPEG_SYNTAX_NAME = "JPEG (MIMIC-CXR-JPG)"  #: DecodedImage.transfer_syntax of decode_jpeg's images
+_EXIF_ORIENTATION = 0x0112
 
 
 # ------------------------------------------------------------------------------------------
 # public types
 # ------------------------------------------------------------------------------------------
 class ImageReject(Exception):
-    """A DICOM that cannot become a training image; ``reason`` is one of :data:`REJECT_REASONS`."""
+    """A file (DICOM or JPEG) that cannot become a training image; ``reason`` is one of :data:`REJECT_REASONS`."""
 
     def __init__(self, reason: str, message: str):
         if reason not in REJECT_REASONS:
@@ -104,6 +138,9 @@ class NormalizeConfig:
     fmt: str = "png"  #: "png" or "jpg"
     png_compress_level: int = 1  #: 0 stored, 1 fastest (Huffman coding only), 2-9 deflate levels
     jpeg_quality: int = 95
+    #: decode JPEG files / JPEG 2000 DICOMs at the smallest resolution still >= the target, then
+    #: resize (False: decode the full image, then resize; the benchmark's baseline)
+    reduced_decode: bool = True
 
     def __post_init__(self):
         if self.long_side < 1:
@@ -127,7 +164,9 @@ class DecodedImage:
     bits_stored: int
     original_rows: int
     original_columns: int
-    window_source: str  #: "voi_lut", "window" or "minmax": what set the display range
+    window_source: str  #: "voi_lut", "window", "minmax" or "identity" (JPEG: 0-255 as stored)
+    #: the decoder's resolution reduction: 1 (full), 2/4/8 (JPEG DCT scaling), 2**r (JPEG 2000 level r)
+    decode_scale: int = 1
 
 
 @dataclass(frozen=True)
@@ -156,6 +195,33 @@ def decode_dicom(source: str | os.PathLike | bytes, config: NormalizeConfig = No
             raise
         except Exception as exc:  # reject the file, keep the batch going
             raise ImageReject("decode_error", f"{type(exc).__name__}: {exc}") from exc
+
+
+def decode_jpeg(source: str | os.PathLike | bytes, config: NormalizeConfig = NormalizeConfig()) -> DecodedImage:
+    """Decode an 8-bit JPEG file (MIMIC-CXR-JPG) to a normalised image; raises :class:`ImageReject`.
+
+    The JPEG's gray levels are display values (bright = dense) and are kept as they are
+    (``window_source`` "identity"): 8-bit output is the resized image rounded, 16-bit output the
+    same scale times 257. RGB / YCbCr files become gray (libjpeg's luma: the Y channel), an EXIF
+    Orientation is applied to the output, CMYK is rejected. With ``config.reduced_decode`` (and at
+    least ``_REDUCE_MIN_PIXELS`` pixels) libjpeg decodes at 1/2, 1/4 or 1/8 size, the smallest scale
+    still >= the target (``decode_scale``), then the same resize as the full path gives the target
+    size (``reduced_decode=False``: the full decode, then :func:`_shrink`, as for a DICOM).
+    ``original_rows`` / ``original_columns``: the JPEG's full stored size (before any EXIF rotation);
+    ``transfer_syntax`` "JPEG (MIMIC-CXR-JPG)", ``transfer_syntax_uid`` "", "MONOCHROME2", 8 bits.
+
+    Reasons: ``truncated`` (empty, or cut before the image data or before its end), ``not_jpeg`` (no
+    JPEG start-of-image marker), ``unsupported_pixels`` (CMYK or other layouts), ``decode_error``.
+    A libjpeg *warning* (corrupt entropy data that it can resynchronise past) is not detected.
+    A missing or unreadable path raises the usual ``OSError``.
+    """
+    with _buffer(source) as buf:
+        try:
+            return _decode_jpeg(buf, config)
+        except (ImageReject, MemoryError):
+            raise
+        except Exception as exc:  # reject the file, keep the batch going
+            raise ImageReject("decode_error", f"JPEG: {type(exc).__name__}: {exc}") from exc
 
 
 def encode_image(pixels: np.ndarray, config: NormalizeConfig) -> bytes:
@@ -221,14 +287,20 @@ def _decode(buf, config: NormalizeConfig) -> DecodedImage:
         _reject_missing_pixels(ds, buf, syntax)
     _check_decodable(syntax)
     info = _pixel_info(ds)
+    size = target_size(info.rows, info.columns, config.long_side)
 
-    stored, bits_to_enforce = _stored_pixels(ds, buf, syntax, info)
-    if ds.get("ModalityLUTSequence"):
-        if bits_to_enforce:
-            stored, bits_to_enforce = _valid_bits(stored, bits_to_enforce), None
-        stored = _apply_lut_table(stored, ds.ModalityLUTSequence[0], syntax, info.signed)
-    small = _shrink(stored, target_size(info.rows, info.columns, config.long_side), bits_to_enforce)
-    del stored  # may be a view on the file's memory map
+    reduced = _reduced_j2k(ds, buf, syntax, info, size) if config.reduced_decode else None
+    if reduced is not None:  # a JPEG 2000 resolution level, resized; None: anything unusual
+        small, scale = reduced
+    else:
+        scale = 1
+        stored, bits_to_enforce = _stored_pixels(ds, buf, syntax, info)
+        if ds.get("ModalityLUTSequence"):
+            if bits_to_enforce:
+                stored, bits_to_enforce = _valid_bits(stored, bits_to_enforce), None
+            stored = _apply_lut_table(stored, ds.ModalityLUTSequence[0], syntax, info.signed)
+        small = _shrink(stored, size, bits_to_enforce)
+        del stored  # may be a view on the file's memory map
     _rescale(small, ds)
     unit, window_source = _display_range(small, ds, syntax, info)
     pixels = _quantise(unit, config.out_bits)
@@ -237,7 +309,7 @@ def _decode(buf, config: NormalizeConfig) -> DecodedImage:
     return DecodedImage(
         pixels=pixels, transfer_syntax=syntax.name, transfer_syntax_uid=str(syntax),
         photometric=info.photometric, bits_stored=info.bits_stored, original_rows=info.rows,
-        original_columns=info.columns, window_source=window_source,
+        original_columns=info.columns, window_source=window_source, decode_scale=scale,
     )
 
 
@@ -424,6 +496,234 @@ def _apply_lut_table(stored: np.ndarray, item: Dataset, syntax: UID, signed: boo
     first, table = _lut_table(item, syntax, signed)
     index = np.clip(stored.astype(np.int64) - first, 0, len(table) - 1)
     return table[index]
+
+
+# ------------------------------------------------------------------------------------------
+# decoding no more than needed: JPEG files, JPEG 2000 DICOMs at a reduced resolution
+# ------------------------------------------------------------------------------------------
+def _decode_jpeg(buf, config: NormalizeConfig) -> DecodedImage:
+    if len(buf) == 0:
+        raise ImageReject("truncated", "empty file")
+    if bytes(buf[:3]) != _JPEG_SOI:
+        raise ImageReject("not_jpeg", f"no JPEG start-of-image marker (the file starts {bytes(buf[:8])!r})")
+    try:
+        image = Image.open(io.BytesIO(buf), formats=("JPEG",))
+    except (UnidentifiedImageError, OSError) as exc:  # Pillow: not identified, or "Truncated File Read"
+        raise _jpeg_failure(buf, exc, "header unreadable") from exc
+    with image:
+        columns, rows = image.size
+        if rows < 1 or columns < 1:
+            raise ImageReject("unsupported_pixels", f"empty image ({rows}x{columns})")
+        if image.mode not in ("L", "RGB"):
+            raise ImageReject("unsupported_pixels", f"{image.mode} JPEG: only grayscale and RGB/YCbCr are handled")
+        orientation = _exif_orientation(image)
+        size = target_size(rows, columns, config.long_side)
+        reduce = config.reduced_decode and rows * columns >= _REDUCE_MIN_PIXELS
+        # libjpeg decodes to gray (from YCbCr: the Y channel) and, given a size, at the largest scale
+        # 1/s (s = 8, 4, 2) with rows // s and columns // s still >= the target's
+        image.draft("L", (size[1], size[0]) if reduce else None)
+        scale = image.decoderconfig[0] if image.decoderconfig else 1
+        try:
+            image.load()
+        except OSError as exc:  # e.g. "image file is truncated", "broken data stream ..."
+            raise _jpeg_failure(buf, exc, "image data") from exc
+        if image.mode != "L":  # a file draft could not set up (not a single-tile JPEG)
+            image = image.convert("L")
+        pixels = np.asarray(image)
+    expected = (-(-rows // scale), -(-columns // scale))
+    if pixels.shape != expected:
+        raise ImageReject("decode_error", f"JPEG decoded to {pixels.shape} at 1/{scale}, expected {expected}")
+    if scale > 1:  # DCT scaling: output pixel j stands for the block [j * s, (j + 1) * s)
+        small = _reduced_resize(pixels, scale, 0.0, (rows, columns), size)
+    else:
+        small = _shrink(pixels, size)
+    small *= np.float32(1.0 / 255.0)
+    np.clip(small, 0.0, 1.0, out=small)
+    out = _orient(_quantise(small, config.out_bits), orientation)
+    if config.pad_square:
+        out = _pad_square(out, config.long_side)
+    return DecodedImage(
+        pixels=out, transfer_syntax=_JPEG_SYNTAX_NAME, transfer_syntax_uid="", photometric="MONOCHROME2",
+        bits_stored=8, original_rows=rows, original_columns=columns, window_source="identity",
+        decode_scale=scale,
+    )
+
+
+def _jpeg_failure(buf, exc: Exception, what: str) -> ImageReject:
+    """Pillow's error on a file that starts like a JPEG, as a reject: ``truncated`` when the file has
+    no start-of-scan marker (it ends within the header) or Pillow says it is cut, else ``decode_error``."""
+    detail = ("Pillow found no JPEG header it can read" if isinstance(exc, UnidentifiedImageError)
+              else f"{type(exc).__name__}: {exc}")  # (the former names the BytesIO object)
+    if buf.find(b"\xff\xda") < 0:
+        return ImageReject("truncated", f"the JPEG ends before its image data starts ({detail})")
+    if "truncated" in detail.lower():
+        return ImageReject("truncated", f"the JPEG ends before its image data does ({detail})")
+    return ImageReject("decode_error", f"JPEG {what}: {detail}")
+
+
+def _exif_orientation(image: Image.Image) -> int:
+    """The EXIF Orientation (1-8; 1 when absent or unreadable: a bad EXIF block rejects nothing)."""
+    try:
+        value = int(image.getexif().get(_EXIF_ORIENTATION, 1))
+    except Exception:
+        return 1
+    return value if 1 <= value <= 8 else 1
+
+
+def _orient(pixels: np.ndarray, orientation: int) -> np.ndarray:
+    """``pixels`` as displayed under EXIF ``orientation`` (what Pillow's ``exif_transpose`` does)."""
+    if orientation == 1:
+        return pixels
+    turned = {
+        2: lambda a: a[:, ::-1], 3: lambda a: a[::-1, ::-1], 4: lambda a: a[::-1],
+        5: lambda a: a.T, 6: lambda a: np.rot90(a, -1), 7: lambda a: np.rot90(a, 2).T, 8: lambda a: np.rot90(a, 1),
+    }[orientation](pixels)
+    return np.ascontiguousarray(turned)
+
+
+def _reduced_j2k(ds: Dataset, buf, syntax: UID, info: _PixelInfo,
+                 size: tuple[int, int]) -> tuple[np.ndarray, int] | None:
+    """A JPEG 2000 DICOM decoded at resolution level r and area-resampled to ``size`` (float32, stored
+    units, as :func:`_shrink` gives), and 2**r. None: the full decode is the way (not JPEG 2000, small,
+    r would be 0, or anything unusual); the full path then decodes the file or rejects it with its
+    reason, so nothing here rejects.
+    """
+    if (syntax not in _J2K_SYNTAXES or info.rows * info.columns < _REDUCE_MIN_PIXELS or info.signed
+            or (info.rows >> 1) < size[0] or (info.columns >> 1) < size[1]
+            or ds.get("ModalityLUTSequence") or int(ds.get("NumberOfFrames") or 1) != 1 or not _pillow_j2k()):
+        return None
+    try:
+        codestream = _j2k_codestream(ds, buf, syntax)
+        header = _j2k_header(codestream) if codestream is not None else None
+        if header is None:
+            return None
+        rows, columns, precision, levels = header
+        if (rows, columns) != (info.rows, info.columns) or precision > info.bits_stored:
+            return None
+        level = max((r for r in range(1, levels + 1) if rows >> r >= size[0] and columns >> r >= size[1]), default=0)
+        if level == 0:
+            return None
+        reduced = _j2k_decode_level(codestream, level, rows, columns, precision)
+    except MemoryError:
+        raise
+    except Exception:  # Pillow or OpenJPEG refused (e.g. a tile with fewer levels): decode in full
+        return None
+    if reduced is None:
+        return None
+    step = 1 << level
+    # a level-r sample is centred on full-size pixel j * step (JPEG 2000's low-pass samples sit on even
+    # positions), i.e. half a block minus half a pixel before its block's centre
+    return _reduced_resize(reduced, step, step / 2 - 0.5, (info.rows, info.columns), size), step
+
+
+@functools.lru_cache(maxsize=1)
+def _pillow_j2k() -> bool:
+    return bool(features.check_codec("jpg_2000"))
+
+
+def _j2k_codestream(ds: Dataset, buf, syntax: UID) -> bytes | None:
+    """The one frame's J2K codestream; None unless it is complete (ends with the EOC marker)."""
+    data, offset, available = _pixel_buffer(ds, buf, syntax)
+    with memoryview(data) as view:
+        value = bytes(view[offset: offset + available])
+    if data is buf and value.rfind(_SEQUENCE_DELIMITER) < 0:
+        return None  # the file ends inside the encapsulated pixel data
+    frame = next(generate_frames(value, number_of_frames=1))
+    if not frame.startswith(_J2K_SOC_SIZ) or not (frame.endswith(b"\xff\xd9") or frame.endswith(b"\xff\xd9\x00")):
+        return None  # a JP2 wrapper, or a cut / odd codestream
+    return frame
+
+
+def _j2k_header(codestream: bytes) -> tuple[int, int, int, int] | None:
+    """(rows, columns, precision, decomposition levels) from the main header's SIZ and COD / COC
+    segments; None for what the reduced path does not handle: several components, image offsets,
+    subsampling, signed samples, a precision above 16."""
+    (lsiz, _rsiz, xsiz, ysiz, xosiz, yosiz, _xt, _yt, _xto, _yto, components) = struct.unpack_from(
+        ">HHIIIIIIIIH", codestream, 4)
+    ssiz, xrsiz, yrsiz = struct.unpack_from(">BBB", codestream, 42)
+    precision = (ssiz & 0x7F) + 1
+    if components != 1 or xosiz or yosiz or xrsiz != 1 or yrsiz != 1 or ssiz & 0x80 or precision > 16:
+        return None
+    levels, position = None, 4 + lsiz
+    while position + 4 <= len(codestream):
+        marker, length = struct.unpack_from(">HH", codestream, position)
+        if marker == 0xFF90:  # SOT: the main header ends
+            break
+        if marker == 0xFF52:  # COD: Scod, SGcod (4 bytes), then SPcod starting with the levels
+            levels = codestream[position + 9] if levels is None else min(levels, codestream[position + 9])
+        elif marker == 0xFF53:  # COC for component 0 (one component: Ccoc is one byte), Scoc, SPcoc
+            levels = codestream[position + 6] if levels is None else min(levels, codestream[position + 6])
+        position += 2 + length
+    return (ysiz, xsiz, precision, levels) if levels else None
+
+
+def _j2k_decode_level(codestream: bytes, level: int, rows: int, columns: int, precision: int) -> np.ndarray | None:
+    """Resolution level ``level`` of a one-component codestream in stored units: (ceil(rows / 2**level),
+    ceil(columns / 2**level)). Pillow's OpenJPEG decoder with ``reduce``; its ``load`` rounds the
+    reduced size to the nearest integer where OpenJPEG's is the ceiling (odd sizes then fail), so the
+    size and the tile's reduce argument are set here and ``load`` does nothing else."""
+    image = Image.open(io.BytesIO(codestream), formats=("JPEG2000",))
+    with image:
+        step = 1 << level
+        size = (-(-columns // step), -(-rows // step))
+        (tile,) = image.tile
+        codec, _reduce, layers, fd, length = tile.args
+        image._size = size
+        image.tile = [tile._replace(extents=(0, 0, *size), args=(codec, level, layers, fd, length))]
+        image.load()
+        arr = np.asarray(image)
+    if arr.shape != (size[1], size[0]) or arr.dtype not in (np.uint8, np.uint16):
+        return None
+    shift = arr.dtype.itemsize * 8 - precision  # Pillow scales samples up to fill 8 / 16 bits
+    if shift > 0:
+        if int(np.bitwise_or.reduce(arr, axis=None)) & ((1 << shift) - 1):
+            return None  # not scaled up as expected: do not guess
+        arr = arr >> arr.dtype.type(shift)
+    return arr
+
+
+def _reduced_resize(reduced: np.ndarray, step: int, offset: float, full_shape: tuple[int, int],
+                    size: tuple[int, int]) -> np.ndarray:
+    """Resample an image decoded at 1/``step`` size to ``size`` (float32) as :func:`_shrink` resamples
+    the full-size image: the k x k block means (k = the factor ``_shrink`` picks; trailing partial
+    blocks dropped), then the exact area resample of those to ``size``. Reduced pixel j stands for
+    full-size pixels [j*step - offset, (j+1)*step - offset); a block mean is the area mean of the
+    reduced pixels over the block. Both steps are one sparse product per axis."""
+    rows, columns = size
+    factor = max(1, min(full_shape[0] // rows, full_shape[1] // columns))
+    image = reduced.astype(np.float32)
+    tall = _reduced_weights(image.shape[0], rows, step, offset, full_shape[0], factor) @ image
+    return np.ascontiguousarray((_reduced_weights(image.shape[1], columns, step, offset, full_shape[1], factor)
+                                 @ tall.T).T)
+
+
+@functools.lru_cache(maxsize=64)
+def _reduced_weights(size_in: int, size_out: int, step: int, offset: float, full_size: int,
+                     factor: int) -> sparse.csr_matrix:
+    """(size_out x size_in) float32 weights of :func:`_reduced_resize` along one axis."""
+    blocks = full_size // factor
+    to_blocks = _footprint_weights(size_in, blocks, step, offset, blocks * factor)
+    if blocks == size_out:
+        return to_blocks
+    return sparse.csr_matrix(_area_weights(blocks, size_out) @ to_blocks, dtype=np.float32)
+
+
+@functools.lru_cache(maxsize=64)
+def _footprint_weights(size_in: int, size_out: int, step: int, offset: float, extent: int) -> sparse.csr_matrix:
+    """(size_out x size_in) float32: output i averages full-size [i*s, (i+1)*s), s = extent / size_out,
+    input j covering full-size [j*step - offset, (j+1)*step - offset). Rows sum to 1 (at the edges,
+    where the inputs cover only part of a footprint, the part they cover)."""
+    scale = extent / size_out
+    low = np.arange(size_out) * scale
+    inputs = np.floor((low + offset) / step).astype(np.int64)[:, None] + np.arange(math.ceil(scale / step) + 2)
+    start = np.maximum(low[:, None], inputs * step - offset)
+    stop = np.minimum(low[:, None] + scale, (inputs + 1) * step - offset)
+    overlap = np.where((inputs >= 0) & (inputs < size_in), np.clip(stop - start, 0.0, None), 0.0)
+    keep = overlap > 1e-9
+    weights = overlap / overlap.sum(axis=1, keepdims=True)
+    outputs = np.broadcast_to(np.arange(size_out)[:, None], inputs.shape)
+    return sparse.csr_matrix((weights[keep].astype(np.float32), (outputs[keep], inputs[keep])),
+                             shape=(size_out, size_in))
 
 
 # ------------------------------------------------------------------------------------------

@@ -8,6 +8,9 @@ record tables as Parquet under ``OUT/ingest/``, each checked against its contrac
 
 Incremental: a study whose selected image and report hash to the ``content_hash`` of the previous
 run (and whose output image still exists) is not decoded again; its previous records are kept.
+A study whose report bytes and selected image's path, size and modification time are those of
+the previous run (its *stamp*, kept in ``OUT/ingest/stamps.parquet``, outside the manifest) is
+not even read: a re-run over an unchanged MIMIC tree reads reports and stats images, nothing more.
 Bad input never stops a run: each problem becomes a reject record with a reason code.
 """
 
@@ -30,7 +33,8 @@ from ..data_contracts.contract import Contract, frame
 from ..data_contracts.ingest import IMAGES, REJECTS, SENTENCES, STUDIES
 from .atomic import atomic_open, atomic_write_bytes
 from .images import DecodedImage, ImageReject, NormalizeConfig, decode_dicom, encode_image
-from .scan import ScanConfig, StudyEntry, scan
+from .scan import ScanConfig, StudyEntry, scan_source
+from .sources import read_report
 
 log = logging.getLogger(__name__)
 INGEST_DIR = "ingest"
@@ -60,15 +64,30 @@ class BatchResult:
     sentences: list[dict] = field(default_factory=list)
     rejects: list[dict] = field(default_factory=list)
     skipped: list[int] = field(default_factory=list)  #: study ids unchanged since the last run
+    stamps: dict[int, str] = field(default_factory=dict)  #: study id -> stamp of what was read
 
     def extend(self, other: "BatchResult") -> None:
         for name in ("studies", "images", "sentences", "rejects", "skipped"):
             getattr(self, name).extend(getattr(other, name))
+        self.stamps.update(other.stamps)
+
+
+#: the previous run, per study: (content hash, stamp or None)
+Previous = dict[int, tuple[str, "str | None"]]
+
+
+def image_stamp(path: Path, report_sha: str) -> str | None:
+    """What must not have changed for a study to be skipped without reading its image."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return f"{st.st_size}:{st.st_mtime_ns}:{report_sha}"
 
 
 class IngestStage:
     def __init__(self, source: Path, out: Path, normalize: NormalizeConfig,
-                 previous_hashes: dict[int, str] | None = None) -> None:
+                 previous_hashes: Previous | None = None) -> None:
         self.source, self.out, self.normalize = Path(source), Path(out), normalize
         self.previous = previous_hashes or {}
         self.splitter = None
@@ -84,17 +103,16 @@ class IngestStage:
         return f"images/{study.folder}/p{study.subject_id}/s{study.study_id}/{dicom_id}.{ext}"
 
     # -- one batch ---------------------------------------------------------------------------
-    def process_batch(self, studies: list[StudyEntry], previous: dict[int, str] | None = None) -> BatchResult:
+    def process_batch(self, studies: list[StudyEntry], previous: Previous | None = None) -> BatchResult:
         """Ingest a batch. ``previous`` (content hashes of the last run) defaults to the stage's
         own; pass it per call when one stage serves concurrent batches."""
-        self.setup()
         previous = self.previous if previous is None else previous
         result = BatchResult()
         for study in studies:
             self._process_study(study, result, previous)
         return result
 
-    def _process_study(self, study: StudyEntry, out: BatchResult, previous: dict[int, str]) -> None:
+    def _process_study(self, study: StudyEntry, out: BatchResult, previous: Previous) -> None:
         ids = {"subject_id": study.subject_id, "study_id": study.study_id}
 
         def reject(stage, entity, reason, message, dicom_id=None, path=None):
@@ -133,6 +151,15 @@ class IngestStage:
             reject("report", "report", reason, message, path=study.report_path)
             return finish(reason)
         report_bytes = text.encode("utf-8")
+        report_sha = hashlib.sha256(report_bytes).hexdigest()
+        last_hash, last_stamp = previous.get(study.study_id, (None, None))
+        if last_stamp and study.frontal_order:  # the fast path: nothing read but the report
+            stamp = image_stamp(self.source / self._image(study, study.frontal_order[0]).path, report_sha)
+            if stamp == last_stamp and (self.out / self.out_path(study, study.frontal_order[0])).is_file():
+                out.skipped.append(study.study_id)
+                out.stamps[study.study_id] = stamp
+                return
+        self.setup()  # here, not per batch: a re-run that skips every study never loads spaCy
         sentences = self.splitter.split_report(text)
         if not sentences:
             reject("report", "report", "report_no_text", "no findings, impression or narrative sentence",
@@ -156,13 +183,16 @@ class IngestStage:
                 continue
             digest = hashlib.sha256(data).hexdigest()
             row["file_sha256"] = digest
-            content_hash = hashlib.sha256((digest + hashlib.sha256(report_bytes).hexdigest()).encode()).hexdigest()
+            content_hash = hashlib.sha256((digest + report_sha).encode()).hexdigest()
             out_path = self.out_path(study, dicom_id)
-            if previous.get(study.study_id) == content_hash and (self.out / out_path).is_file():
+            stamp = image_stamp(self.source / image.path, report_sha)
+            if last_hash == content_hash and (self.out / out_path).is_file():
                 out.skipped.append(study.study_id)
+                if stamp:
+                    out.stamps[study.study_id] = stamp
                 return
             try:
-                decoded = decode_dicom(data, self.normalize)
+                decoded = self._decode(study, data)
             except ImageReject as exc:
                 row["status"] = "rejected"
                 reject("image", "image", exc.reason, exc.message, dicom_id, image.path)
@@ -174,10 +204,23 @@ class IngestStage:
             out.sentences.extend(
                 {**ids, "index": s.index, "section": s.section, "text": s.text, "key": s.key,
                  "start": s.start, "end": s.end} for s in sentences)
+            if stamp:
+                out.stamps[study.study_id] = stamp
             return finish(None)
         tried = len(study.frontal_order)
         reject("image", "study", "no_frontal", f"none of the {tried} frontal image(s) could be decoded")
         return finish("no_frontal")
+
+    @staticmethod
+    def _image(study: StudyEntry, dicom_id: str):
+        return next(i for i in study.images if i.dicom_id == dicom_id)
+
+    def _decode(self, study: StudyEntry, data: bytes) -> DecodedImage:
+        if study.image_kind == "jpg":
+            from .images import decode_jpeg
+
+            return decode_jpeg(data, self.normalize)
+        return decode_dicom(data, self.normalize)
 
     @staticmethod
     def _fill_image_row(row: dict, decoded: DecodedImage, out_path: str) -> None:
@@ -187,10 +230,10 @@ class IngestStage:
 
     def _read_report(self, study: StudyEntry) -> tuple[str | None, str | None, str]:
         if study.report_path is None:
-            return None, "no_report", f"no report file s{study.study_id}.txt beside the study folder"
+            return None, "no_report", f"no report s{study.study_id}.txt for this study in the report source"
         try:
-            data = (self.source / study.report_path).read_bytes()
-        except OSError as exc:
+            data = study.report_data if study.report_data is not None else read_report(self.source, study.report_path)
+        except (OSError, KeyError) as exc:
             return None, "read_error", f"{type(exc).__name__}: {exc}"
         if not data.strip():
             return None, "empty_report", f"{study.report_path} is empty ({len(data)} bytes)"
@@ -204,13 +247,12 @@ class IngestStage:
 _WORKER: IngestStage | None = None
 
 
-def _init_worker(source: str, out: str, normalize: NormalizeConfig, previous: dict[int, str]) -> None:
+def _init_worker(source: str, out: str, normalize: NormalizeConfig, previous: Previous) -> None:
     global _WORKER
     _WORKER = IngestStage(Path(source), Path(out), normalize, previous)
-    _WORKER.setup()
 
 
-def _work(batch: list[StudyEntry], previous: dict[int, str] | None = None) -> BatchResult:
+def _work(batch: list[StudyEntry], previous: Previous | None = None) -> BatchResult:
     return _WORKER.process_batch(batch, previous)
 
 
@@ -263,7 +305,7 @@ class IngestPool:
         except RuntimeError:  # closed before it started: nothing to warm up
             pass
 
-    def process(self, batch: list[StudyEntry], previous: dict[int, str]) -> BatchResult:
+    def process(self, batch: list[StudyEntry], previous: Previous) -> BatchResult:
         """The batch's records, in batch order (its chunks run in parallel)."""
         size = -(-len(batch) // self.workers) or 1
         chunks = [self._pool.submit(_work, batch[i:i + size], previous) for i in range(0, len(batch), size)]
@@ -324,29 +366,63 @@ class IngestPlan:
 
     studies: list[StudyEntry]
     batches: list[list[StudyEntry]]
-    previous: dict[int, str]
+    previous: Previous
+    rejects: list[dict] = field(default_factory=list)  #: the scan's own (a report for no study …)
+    scan_seconds: float = 0.0
+    source: str = ""  #: what the source was resolved to, in words
 
-    def previous_for(self, batch: list[StudyEntry]) -> dict[int, str]:
+    def previous_for(self, batch: list[StudyEntry]) -> Previous:
         return {s.study_id: self.previous[s.study_id] for s in batch if s.study_id in self.previous}
 
 
 def plan_ingest(config: IngestConfig, max_batches: int | None = None) -> IngestPlan:
     """Scan and cut the studies into batches (of ``batch_size``, larger if ``max_batches``
     would be exceeded: an orchestrator keeps the number of tasks bounded)."""
-    studies = scan(config.scan)
+    start = time.perf_counter()
+    scanned = scan_source(config.scan)
+    studies = scanned.studies
     previous_studies = read_table(config.out, "studies")
-    previous = {int(r.study_id): r.content_hash for r in previous_studies.itertuples()
+    stamps = _read_stamps(config.out)
+    previous = {int(r.study_id): (r.content_hash, stamps.get(int(r.study_id)))
+                for r in previous_studies.itertuples()
                 if r.status == "ingested" and isinstance(r.content_hash, str)}
     size = config.batch_size
     if max_batches and len(studies) > size * max_batches:
         size = -(-len(studies) // max_batches)
     batches = [studies[i:i + size] for i in range(0, len(studies), size)]
-    return IngestPlan(studies, batches, previous)
+    return IngestPlan(studies, batches, previous, scanned.rejects, time.perf_counter() - start,
+                      scanned.source.describe())
+
+
+STAMPS = "stamps.parquet"
+
+
+def _read_stamps(out: Path) -> dict[int, str]:
+    path = Path(out) / INGEST_DIR / STAMPS
+    if not path.is_file():
+        return {}
+    df = pq.read_table(path).to_pandas()
+    return dict(zip(df["study_id"].astype("int64").tolist(), df["stamp"].tolist()))
+
+
+def _write_stamps(out: Path, result: BatchResult, scanned: set[int]) -> None:
+    """Stamps of this run; those of studies outside this scan are kept (like their records)."""
+    import pyarrow as pa
+
+    stamps = {k: v for k, v in _read_stamps(out).items() if k not in scanned}
+    stamps.update(result.stamps)
+    ids = sorted(stamps)
+    table = pa.table({"study_id": pa.array(ids, pa.int64()), "stamp": pa.array([stamps[i] for i in ids], pa.string())})
+    with atomic_open(Path(out) / INGEST_DIR / STAMPS, "wb") as fh:
+        pq.write_table(table, fh, compression="zstd")
 
 
 def finish_ingest(out: Path, plan: IngestPlan, result: BatchResult, seconds: float) -> IngestSummary:
     """Merge the batches' records into the record tables and summarise the run."""
-    _merge_and_write(out, result, {s.study_id for s in plan.studies})
+    result.rejects.extend(plan.rejects)
+    scanned = {s.study_id for s in plan.studies}
+    _merge_and_write(out, result, scanned)
+    _write_stamps(out, result, scanned)
     by_reason = pd.Series([r["reason"] for r in result.rejects], dtype="string").value_counts()
     return IngestSummary(
         studies=len(plan.studies),
@@ -391,8 +467,10 @@ def run_ingest(config: IngestConfig) -> IngestSummary:
 
 def _merge_and_write(out: Path, result: BatchResult, scanned: set[int]) -> None:
     """New records replace the previous run's for the studies processed now; the records of
-    unchanged (skipped) studies and of studies outside this scan are kept."""
-    processed = {r["study_id"] for r in result.studies}
+    unchanged (skipped) studies and of studies outside this scan are kept. A study without
+    records of its own (a report for no study: a scan reject) counts as processed too."""
+    processed = {r["study_id"] for r in result.studies} | {r["study_id"] for r in result.rejects
+                                                           if r["stage"] == "scan" and r["entity"] == "report"}
     for name, contract in TABLES.items():
         old = read_table(out, name)
         if "study_id" in old.columns and len(old):

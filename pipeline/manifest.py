@@ -2,9 +2,11 @@
 
 Tables (loaded from the contract-checked Parquet records and shard completion records through
 Arrow — never row-by-row inserts): ``runs``, ``studies``, ``images``, ``reports``, ``sentences``,
-``pairs``, ``rejects``, ``shards``, ``samples``, ``evaluations``. Views answer the common questions:
+``pairs``, ``rejects``, ``shards``, ``samples``, ``evaluations``, ``study_labels`` (empty when
+curate found no MIMIC label file). Views answer the common questions:
 ``label_distribution``, ``sentences_dropped_per_report``, ``top_dropped_normal_sentences``,
-``reject_reasons``, ``shard_health``, ``latest_evaluations``.
+``reject_reasons``, ``shard_health``, ``latest_evaluations``, ``label_agreement``,
+``label_agreement_summary``.
 
 The file is rebuilt into a temporary database and renamed over the old one (atomic); the
 ``runs`` history and the ``evaluations`` table are carried over (stages that do not
@@ -28,6 +30,7 @@ import pandas as pd
 import pyarrow as pa
 
 from .. import __version__
+from ..data_contracts.curate import STUDY_LABELS
 from ..data_contracts.manifest import EVALUATIONS, OVERALL, RUNS, SAMPLES, SHARDS
 
 MANIFEST_FILE = "manifest.duckdb"
@@ -64,6 +67,34 @@ VIEWS = {
                (SELECT count(*) FROM pairs p WHERE p.split = s.split) AS pairs,
                (SELECT count(*) FROM pairs p WHERE p.split = s.split) - sum(s.samples)::BIGINT AS not_in_shards
         FROM shards s GROUP BY s.split ORDER BY s.split""",
+    # per study: the classifier's label beside MIMIC's CheXpert / NegBio labels (NULL = unknown);
+    # an agreement flag is NULL when either of its two labels is unknown
+    "label_agreement": """
+        SELECT l.study_id, l.subject_id, p.split, p.pair_label, p.label_source,
+               l.classifier_label, l.chexpert_label, l.negbio_label,
+               l.chexpert_no_finding, l.negbio_no_finding,
+               l.classifier_label = l.chexpert_label AS classifier_agrees_chexpert,
+               l.classifier_label = l.negbio_label AS classifier_agrees_negbio,
+               l.chexpert_label = l.negbio_label AS chexpert_agrees_negbio
+        FROM study_labels l LEFT JOIN pairs p USING (study_id) ORDER BY l.study_id""",
+    # confusion counts classifier × labeler (one row per labeler and classifier label), and the
+    # labeler's agreement with the classifier over the studies both label
+    "label_agreement_summary": """
+        WITH long AS (
+            SELECT 'chexpert' AS labeler, classifier_label, chexpert_label AS labeler_label FROM study_labels
+            UNION ALL
+            SELECT 'negbio', classifier_label, negbio_label FROM study_labels),
+        counts AS (
+            SELECT labeler, classifier_label,
+                   count(*) FILTER (WHERE labeler_label = 'normal') AS labeler_normal,
+                   count(*) FILTER (WHERE labeler_label = 'abnormal') AS labeler_abnormal,
+                   count(*) FILTER (WHERE labeler_label IS NULL) AS labeler_unknown,
+                   count(*) AS studies,
+                   count(*) FILTER (WHERE labeler_label = classifier_label) AS agreeing
+            FROM long GROUP BY labeler, classifier_label)
+        SELECT *, round(100.0 * sum(agreeing) OVER w
+                        / nullif(sum(labeler_normal + labeler_abnormal) OVER w, 0), 1) AS agreement_percent
+        FROM counts WINDOW w AS (PARTITION BY labeler) ORDER BY labeler, classifier_label""",
 }
 
 #: views on the ``evaluations`` table (created with it, by build_manifest or record_evaluations)
@@ -170,6 +201,11 @@ def _build_manifest(out: Path, db: Path, runs: list[dict] | None) -> Path:
             _load(con, "shards", SHARDS.validate(shards))
             _load(con, "samples", SAMPLES.validate(samples))
             _load(con, "evaluations", EVALUATIONS.validate(evaluations))
+            labels = out / "curate/study_labels.parquet"  # optional: only when a label file was found
+            if labels.is_file():
+                con.execute("CREATE TABLE study_labels AS SELECT * FROM read_parquet(?)", [str(labels)])
+            else:
+                _load(con, "study_labels", STUDY_LABELS.validate(STUDY_LABELS.empty()))
             con.execute("""
                 CREATE TABLE reports AS
                 SELECT s.study_id, s.subject_id, s.report_path, s.status, s.reject_reason, s.n_sentences,
@@ -218,6 +254,12 @@ def summary(db: str | os.PathLike) -> str:
         df = query(db, sql)
         lines.append(f"  {title}:")
         lines += ["    " + line for line in (df.to_string(index=False) if len(df) else "(none)").splitlines()]
+    # the label agreement, when curate found MIMIC's label files (a manifest from before has no such table)
+    if len(query(db, "SELECT 1 FROM duckdb_tables() WHERE table_name = 'study_labels'")) \
+            and len(query(db, "SELECT 1 FROM study_labels LIMIT 1")):
+        df = query(db, "SELECT * FROM label_agreement_summary")
+        lines.append("  label agreement (classifier × MIMIC labelers):")
+        lines += ["    " + line for line in df.to_string(index=False).splitlines()]
     return "\n".join(lines)
 
 

@@ -1,10 +1,12 @@
 """Discover MIMIC-CXR studies, classify views and pick one frontal image per study.
 
-Works on a real MIMIC-CXR v2.0.0 copy and on the demo world alike: studies come from
-``mimic-cxr-2.0.0-metadata.csv[.gz]`` (and ``-split.csv[.gz]``) when present, from the
-``files/pXX/pSUBJECT/sSTUDY/*.dcm`` tree (and DICOM headers) when not. Nothing here decodes
-pixels; a scan of the full MIMIC tree is directory listings plus, for images whose view the
-metadata does not tell, one header read each.
+Works on a real MIMIC-CXR copy in each form it ships in (the DICOM release, MIMIC-CXR-JPG, with
+reports in a tree or an archive; see :mod:`offclip.pipeline.sources`) and on the demo world
+alike: studies come from ``mimic-cxr-2.0.0-metadata.csv[.gz]`` (and ``-split.csv[.gz]``) when
+present, else from the DICOM release's ``cxr-record-list.csv[.gz]``, else from the
+``files/pXX/pSUBJECT/sSTUDY/*`` tree (and DICOM headers). Nothing here decodes pixels; a scan of
+the full MIMIC tree is directory listings plus, for images whose view the metadata does not
+tell, one header read each (in parallel).
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .sources import Source, SourceError, index_reports, resolve_source
+
 FRONTAL = ("PA", "AP")
 LATERAL = ("LL", "RL", "LATERAL", "LAT", "LARGE LATERAL", "XTABLE LATERAL")
 DEFAULT_FOLDERS = tuple(f"p{i}" for i in range(10, 17))  #: the paper trains on p10–p16
@@ -29,13 +33,6 @@ _CODE_MEANINGS = {
 }
 _STUDY_DIR = re.compile(r"s(\d+)")
 _SUBJECT_DIR = re.compile(r"p(\d+)")
-
-
-def _find(root: Path, name: str) -> Path | None:
-    for candidate in (root / name, root / f"{name}.gz"):
-        if candidate.is_file():
-            return candidate
-    return None
 
 
 def view_from_text(text: str | None) -> str | None:
@@ -110,6 +107,10 @@ class ScanConfig:
     prefer_pa: bool = False  #: choose PA over AP when a study has both (the paper picks at random)
     seed: int = 0
     read_headers: bool = True  #: read DICOM headers of images whose view the metadata lacks
+    reports: Path | None = None  #: a reports directory, .zip or .tar.gz (default: found in the root)
+    metadata: Path | None = None  #: a directory with the JPG release's CSVs (used beside a DICOM release)
+    workers: int = 0  #: processes for header reads (0 -> all cores)
+    progress: bool = False  #: a progress bar for header reads
 
 
 @dataclass
@@ -129,27 +130,70 @@ class StudyEntry:
     study_id: int
     folder: str
     split: str
-    report_path: str | None  #: relative; None when the file does not exist
+    report_path: str | None  #: a report reference (see offclip.pipeline.sources); None: no report
     images: list[ImageEntry] = field(default_factory=list)
     #: frontal candidates in the order they should be tried (first = the chosen one)
     frontal_order: list[str] = field(default_factory=list)
+    report_data: bytes | None = None  #: the report itself, when its archive is read during the scan
+    image_kind: str = "dicom"  #: dicom | jpg
+
+
+@dataclass
+class ScanResult:
+    studies: list[StudyEntry]
+    rejects: list[dict]  #: reject records of the scan (e.g. a report for no study)
+    source: Source
 
 
 def scan(config: ScanConfig) -> list[StudyEntry]:
     """All studies under ``config.root`` that pass the folder and split filters, sorted by id."""
-    root = Path(config.root)
-    if not (root / "files").is_dir():
-        raise FileNotFoundError(f"{root} has no files/ directory: not a MIMIC-CXR layout")
-    splits = _read_splits(root)
-    metadata = _find(root, "mimic-cxr-2.0.0-metadata.csv")
-    studies = _from_metadata(root, metadata, config) if metadata else _from_tree(root, config)
+    return scan_source(config).studies
+
+
+def scan_source(config: ScanConfig) -> ScanResult:
+    """The studies (as :func:`scan`), the scan's reject records and the resolved source.
+
+    Studies come from the metadata CSV when there is one (the root's or ``--metadata``'s), else
+    from the DICOM release's record list, else from the directory tree; reports from the report
+    store (the tree, a directory, a zip or a tar.gz). A report whose study is in none of them is
+    a ``report_without_study`` reject; a metadata row whose file is absent, a ``missing_file``
+    reject of ingest.
+    """
+    source = resolve_source(Path(config.root), config.reports, config.metadata)
+    root = source.root
+    reports = index_reports(source.reports, root, config.folders)
+    splits = _read_splits(source.split)
+    if source.metadata is not None:
+        studies = _from_metadata(root, source.metadata, config, source.image_ext)
+    elif source.record_list is not None:
+        studies = _from_record_list(root, source.record_list, config)
+    else:
+        studies = _from_tree(root, config, source.image_ext)
+    rejects = []
+    for study_id, (subject_id, ref) in reports.refs.items():
+        if study_id not in studies:
+            split = splits.get(study_id, "unknown")
+            if config.splits is None or split in config.splits:
+                rejects.append(_reject_orphan(subject_id, study_id, ref, source))
     for study in studies.values():
         study.split = splits.get(study.study_id, "unknown")
+        study.image_kind = source.image_kind
+        found = reports.refs.get(study.study_id)
+        study.report_path = found[1] if found else None
+        study.report_data = reports.data.get(study.study_id)
     selected = [s for s in studies.values() if config.splits is None or s.split in config.splits]
+    _fill_views(root, selected, config)
     for study in selected:
-        _fill_views(root, study, config.read_headers)
         study.frontal_order = frontal_order(study, config.seed, config.prefer_pa)
-    return sorted(selected, key=lambda s: (s.subject_id, s.study_id))
+    return ScanResult(sorted(selected, key=lambda s: (s.subject_id, s.study_id)),
+                      sorted(rejects, key=lambda r: (r["subject_id"], r["study_id"])), source)
+
+
+def _reject_orphan(subject_id: int, study_id: int, ref: str, source: Source) -> dict:
+    where = "the metadata CSV" if source.metadata else "the record list" if source.record_list else "the image tree"
+    return {"stage": "scan", "entity": "report", "subject_id": subject_id, "study_id": study_id,
+            "dicom_id": None, "path": ref, "reason": "report_without_study",
+            "message": f"a report for study s{study_id}, which {where} does not have"}
 
 
 def frontal_order(study: StudyEntry, seed: int, prefer_pa: bool) -> list[str]:
@@ -166,51 +210,86 @@ def _folder_ok(folder: str, config: ScanConfig) -> bool:
     return config.folders is None or folder in config.folders
 
 
-def _read_splits(root: Path) -> dict[int, str]:
-    path = _find(root, "mimic-cxr-2.0.0-split.csv")
+def _read_splits(path: Path | None) -> dict[int, str]:
     if path is None:
         return {}
     df = pd.read_csv(path, usecols=["study_id", "split"], dtype={"study_id": "int64", "split": "string"})
     return dict(zip(df["study_id"].tolist(), df["split"].tolist()))
 
 
-def _report_path(root: Path, folder: str, subject_id: int, study_id: int) -> str | None:
-    rel = f"files/{folder}/p{subject_id}/s{study_id}.txt"
-    return rel if (root / rel).is_file() else None
+def _study(studies: dict[int, StudyEntry], subject_id: int, study_id: int, folder: str) -> StudyEntry:
+    study = studies.get(study_id)
+    if study is None:
+        study = studies[study_id] = StudyEntry(subject_id, study_id, folder, "unknown", None)
+    return study
 
 
-def _from_metadata(root: Path, path: Path, config: ScanConfig) -> dict[int, StudyEntry]:
-    df = pd.read_csv(path, dtype={"dicom_id": "string", "subject_id": "int64", "study_id": "int64"},
-                     keep_default_na=True)
-    studies: dict[int, StudyEntry] = {}
-    listing: dict[str, set[str]] = {}
-    for row in df.itertuples(index=False):
-        folder = f"p{str(row.subject_id)[:2]}"
-        if not _folder_ok(folder, config):
-            continue
-        study = studies.get(row.study_id)
-        if study is None:
-            study = studies[row.study_id] = StudyEntry(
-                row.subject_id, row.study_id, folder, "unknown",
-                _report_path(root, folder, row.subject_id, row.study_id))
-        study_dir = f"files/{folder}/p{row.subject_id}/s{row.study_id}"
-        if study_dir not in listing:
+class _Listing:
+    """Directory listings of study folders, each read once."""
+
+    def __init__(self, root: Path) -> None:
+        self.root, self.cache = root, {}
+
+    def has(self, study_dir: str, name: str) -> bool:
+        names = self.cache.get(study_dir)
+        if names is None:
             try:
-                listing[study_dir] = set(os.listdir(root / study_dir))
-            except FileNotFoundError:
-                listing[study_dir] = set()
-        name = f"{row.dicom_id}.dcm"
+                names = self.cache[study_dir] = set(os.listdir(self.root / study_dir))
+            except (FileNotFoundError, NotADirectoryError):
+                names = self.cache[study_dir] = set()
+        return name in names
+
+
+def _from_metadata(root: Path, path: Path, config: ScanConfig, ext: str) -> dict[int, StudyEntry]:
+    cols = ["dicom_id", "subject_id", "study_id", "ViewPosition", "ViewCodeSequence_CodeMeaning",
+            "PerformedProcedureStepDescription"]
+    df = pd.read_csv(path, dtype={"dicom_id": "string", "subject_id": "int64", "study_id": "int64"},
+                     usecols=lambda c: c in cols, keep_default_na=True)
+    for col in cols[3:]:
+        if col not in df.columns:
+            df[col] = None
+    folders = "p" + df["subject_id"].astype("string").str[:2]
+    if config.folders is not None:
+        keep = folders.isin(config.folders).to_numpy()
+        df, folders = df[keep], folders[keep]
+    studies: dict[int, StudyEntry] = {}
+    listing = _Listing(root)
+    for row, folder in zip(df.itertuples(index=False), folders.tolist()):
+        study = _study(studies, row.subject_id, row.study_id, folder)
+        study_dir = f"files/{folder}/p{row.subject_id}/s{row.study_id}"
+        name = f"{row.dicom_id}{ext}"
         # the study-level procedure is weaker evidence than the image's own header: it is used
         # only when the header does not tell (see _fill_views)
-        view, position, source = classify_view(getattr(row, "ViewPosition", None),
-                                               getattr(row, "ViewCodeSequence_CodeMeaning", None))
-        procedure = getattr(row, "PerformedProcedureStepDescription", None)
-        study.images.append(ImageEntry(str(row.dicom_id), f"{study_dir}/{name}", name in listing[study_dir],
+        view, position, source = classify_view(row.ViewPosition, row.ViewCodeSequence_CodeMeaning)
+        procedure = row.PerformedProcedureStepDescription
+        study.images.append(ImageEntry(str(row.dicom_id), f"{study_dir}/{name}", listing.has(study_dir, name),
                                        view, position, source, procedure if isinstance(procedure, str) else None))
     return studies
 
 
-def _from_tree(root: Path, config: ScanConfig) -> dict[int, StudyEntry]:
+def _from_record_list(root: Path, path: Path, config: ScanConfig) -> dict[int, StudyEntry]:
+    """The DICOM release's ``cxr-record-list.csv.gz``: subject_id, study_id, dicom_id, path
+    (``files/pXX/pSUBJECT/sSTUDY/<dicom_id>.dcm``); views come from the headers."""
+    df = pd.read_csv(path, dtype={"dicom_id": "string", "subject_id": "int64", "study_id": "int64",
+                                  "path": "string"})
+    missing = {"subject_id", "study_id", "dicom_id", "path"} - set(df.columns)
+    if missing:
+        raise SourceError(f"{path}: not a cxr-record-list (missing columns {', '.join(sorted(missing))})")
+    folders = "p" + df["subject_id"].astype("string").str[:2]
+    if config.folders is not None:
+        keep = folders.isin(config.folders).to_numpy()
+        df, folders = df[keep], folders[keep]
+    studies: dict[int, StudyEntry] = {}
+    listing = _Listing(root)
+    for row, folder in zip(df.itertuples(index=False), folders.tolist()):
+        study = _study(studies, row.subject_id, row.study_id, folder)
+        rel = str(row.path).lstrip("/")
+        study_dir, _, name = rel.rpartition("/")
+        study.images.append(ImageEntry(str(row.dicom_id), rel, listing.has(study_dir, name)))
+    return studies
+
+
+def _from_tree(root: Path, config: ScanConfig, ext: str) -> dict[int, StudyEntry]:
     studies: dict[int, StudyEntry] = {}
     for folder_dir in sorted((root / "files").iterdir()):
         if not folder_dir.is_dir() or not _folder_ok(folder_dir.name, config):
@@ -220,42 +299,71 @@ def _from_tree(root: Path, config: ScanConfig) -> dict[int, StudyEntry]:
             if not (m and subject_dir.is_dir()):
                 continue
             subject_id = int(m.group(1))
-            by_study: dict[int, list[str]] = defaultdict(list)
-            for entry in os.scandir(subject_dir):
-                sm = _STUDY_DIR.fullmatch(entry.name.removesuffix(".txt"))
-                if sm and entry.is_dir():
-                    by_study[int(sm.group(1))] += sorted(f for f in os.listdir(entry.path) if f.endswith(".dcm"))
-                elif sm:
-                    by_study.setdefault(int(sm.group(1)), [])
-            for study_id, files in by_study.items():
-                rel = f"files/{folder_dir.name}/{subject_dir.name}"
-                study = StudyEntry(subject_id, study_id, folder_dir.name, "unknown",
-                                   _report_path(root, folder_dir.name, subject_id, study_id))
-                study.images = [ImageEntry(f[:-4], f"{rel}/s{study_id}/{f}", True) for f in files]
-                studies[study_id] = study
+            for entry in sorted(os.scandir(subject_dir), key=lambda e: e.name):
+                sm = _STUDY_DIR.fullmatch(entry.name)
+                if not (sm and entry.is_dir()):
+                    continue
+                study_id = int(sm.group(1))
+                files = sorted(f for f in os.listdir(entry.path) if f.lower().endswith(ext))
+                rel = f"files/{folder_dir.name}/{subject_dir.name}/{entry.name}"
+                study = _study(studies, subject_id, study_id, folder_dir.name)
+                study.images = [ImageEntry(f[: -len(ext)], f"{rel}/{f}", True) for f in files]
     return studies
 
 
-def _fill_views(root: Path, study: StudyEntry, read_headers: bool) -> None:
+# ------------------------------------------------------------------------------------------------
+# views the metadata does not tell: DICOM header reads, in parallel
+# ------------------------------------------------------------------------------------------------
+#: fewer header reads than this run in the calling process (a pool costs more to start)
+PARALLEL_HEADERS_FROM = 256
+
+
+def _fill_views(root: Path, studies: list[StudyEntry], config: ScanConfig) -> None:
     """Images whose view the metadata did not tell: read their DICOM header (ViewPosition,
     ViewCodeSequence, AcquisitionDeviceProcessingDescription, then the procedure), or fall back
-    to the metadata's procedure description."""
+    to the metadata's procedure description. Many reads (a DICOM release without metadata) run
+    in worker processes, with a progress bar when asked."""
+    todo = [i for s in studies for i in s.images if i.view == "unknown" and i.exists]
+    if not todo:
+        return
+    if not config.read_headers or studies[0].image_kind != "dicom":
+        for image in todo:
+            image.view, image.view_position, image.view_source = classify_view(procedure=image.procedure)
+        return
+    jobs = [(image.path, image.procedure) for image in todo]
+    workers = config.workers or os.cpu_count() or 1
+    if workers == 1 or len(jobs) < PARALLEL_HEADERS_FROM:
+        results = _header_views(str(root), jobs)
+    else:
+        from concurrent.futures import ProcessPoolExecutor
+
+        from tqdm import tqdm
+
+        size = max(64, -(-len(jobs) // (workers * 16)))
+        chunks = [jobs[i:i + size] for i in range(0, len(jobs), size)]
+        results = []
+        with ProcessPoolExecutor(max_workers=workers) as pool, \
+                tqdm(total=len(jobs), unit="header", desc="view headers", disable=not config.progress) as bar:
+            for chunk, done in zip(chunks, pool.map(_header_views, [str(root)] * len(chunks), chunks)):
+                results.extend(done)
+                bar.update(len(chunk))
+    for image, (view, position, source) in zip(todo, results):
+        image.view, image.view_position, image.view_source = view, position, source
+
+
+def _header_views(root: str, jobs: list[tuple[str, str | None]]) -> list[tuple[str, str | None, str]]:
     import pydicom
 
-    for image in study.images:
-        if image.view != "unknown" or not image.exists:
-            continue
-        if read_headers:
-            try:
-                ds = pydicom.dcmread(root / image.path, stop_before_pixels=True,
-                                     specific_tags=["ViewPosition", "ViewCodeSequence",
-                                                    "PerformedProcedureStepDescription",
-                                                    "AcquisitionDeviceProcessingDescription"])
-                code = ds.ViewCodeSequence[0].get("CodeMeaning") if ds.get("ViewCodeSequence") else None
-                image.view, image.view_position, image.view_source = classify_view(
-                    ds.get("ViewPosition"), code, ds.get("AcquisitionDeviceProcessingDescription"),
-                    ds.get("PerformedProcedureStepDescription") or image.procedure)
-                continue
-            except Exception:  # an unreadable file is rejected, with its reason, when decoded
-                pass
-        image.view, image.view_position, image.view_source = classify_view(procedure=image.procedure)
+    out = []
+    for path, procedure in jobs:
+        try:
+            ds = pydicom.dcmread(os.path.join(root, path), stop_before_pixels=True,
+                                 specific_tags=["ViewPosition", "ViewCodeSequence",
+                                                "PerformedProcedureStepDescription",
+                                                "AcquisitionDeviceProcessingDescription"])
+            code = ds.ViewCodeSequence[0].get("CodeMeaning") if ds.get("ViewCodeSequence") else None
+            out.append(classify_view(ds.get("ViewPosition"), code, ds.get("AcquisitionDeviceProcessingDescription"),
+                                     ds.get("PerformedProcedureStepDescription") or procedure))
+        except Exception:  # an unreadable file is rejected, with its reason, when decoded
+            out.append(classify_view(procedure=procedure))
+    return out

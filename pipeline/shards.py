@@ -64,6 +64,8 @@ class ShardRecord:
     sha256: str
     keys: list[str] = field(default_factory=list)
     model_version: str = ""
+    #: where the pair labels came from (curate --label-source); records before it: classifier
+    label_source: str = "classifier"
 
     @property
     def path(self) -> str:
@@ -220,6 +222,12 @@ def _write_split(config: ShardConfig, out: Path, split: str, pairs: pd.DataFrame
     if versions and not versions <= set(todo["model_version"]):
         raise ShardError(f"{directory} holds shards of classifier {sorted(versions)}, the pairs are of "
                          f"{sorted(set(todo['model_version']))}: remove the shard directory to rebuild")
+    # a rebuild with another label source would leave the old labels in the complete shards
+    source = _label_source(pairs)  # over all splits: a split may hold fallbacks only
+    sources = {r.label_source for r in existing}
+    if sources and sources != {source}:
+        raise ShardError(f"{directory} holds shards with pair labels from {sorted(sources)}, the pairs' labels "
+                         f"are from {source}: remove the shard directory to rebuild")
     done = {k for r in existing for k in r.keys}
     todo = todo[~todo["study_id"].astype(str).isin(done)]
     version = str(todo["model_version"].iloc[0]) if len(todo) else ""
@@ -233,7 +241,7 @@ def _write_split(config: ShardConfig, out: Path, split: str, pairs: pd.DataFrame
         name = f"{split}-{number:06d}.tar"
         nbytes, digest = _write_shard(directory, name, batch, config.mtime)
         record = ShardRecord(split, name, len(batch), nbytes, digest, [s["__key__"] for s in batch],
-                             version)
+                             version, source)
         atomic_write_text(directory / "_complete" / f"{name}.json",
                           json.dumps(record.__dict__, sort_keys=True) + "\n")
         written.append(record)
@@ -258,6 +266,15 @@ def _write_split(config: ShardConfig, out: Path, split: str, pairs: pd.DataFrame
     atomic_write_text(directory / "sizes.json",
                       json.dumps({r.name: r.samples for r in records}, indent=1, sort_keys=True) + "\n")
     return written, existing
+
+
+def _label_source(pairs: pd.DataFrame) -> str:
+    """The label source of the curated pairs: a labeler's name when it labelled any of them (the
+    others fell back to the classifier), else ``classifier`` (also for pairs older than the column)."""
+    if "label_source" not in pairs.columns:
+        return "classifier"
+    labelers = sorted(set(pairs["label_source"]) - {"classifier"})
+    return labelers[0] if labelers else "classifier"
 
 
 def shard_urls(out: Path, split: str) -> str:

@@ -7,6 +7,7 @@ Layout written under ``OUT``::
     mimic-cxr-2.0.0-metadata.csv                      the 12 real MIMIC columns
     mimic-cxr-2.0.0-split.csv                         dicom_id, study_id, subject_id, split
     mimic-cxr-2.0.0-chexpert.csv                      subject_id, study_id, 14 CheXpert columns
+    mimic-cxr-2.0.0-negbio.csv                        the same columns, NegBio's reading (:func:`negbio_labels`)
     eval/vindr-cxr/…, eval/openi/…, eval/chexpert/…   held-out evaluation sets in real formats
     faults.json                                       the injected bad inputs (--faults)
     offclip_demo/                                     ground truth: images, studies, lesion boxes,
@@ -74,6 +75,9 @@ FAULT_KINDS = (
     "non_utf8_report", "lateral_only", "no_report", "missing_file",
 )
 DEFAULT_SCALE = 0.25
+LAYOUTS = ("dicom", "jpg")
+REPORT_ARCHIVES = ("tree", "zip", "tgz")
+METADATA_PLACES = ("root", "separate", "none")
 SCHEMA_VERSION = 1
 #: VinDr-CXR v1.0.0 test set: 2,051 of 3,000 images are "No finding" (68 %)
 VINDR_NORMAL_PERCENT = 68
@@ -97,6 +101,18 @@ class WorldConfig:
     #: None: one eval image per held-out study (its first frontal); N: N renders of held-out
     #: reports, 68 % normal (see :func:`plan_eval_renders`)
     eval_images: int | None = None
+    #: the form of MIMIC-CXR to write (see :func:`_package`): the DICOM release or MIMIC-CXR-JPG
+    layout: str = "dicom"
+    #: where the reports go: the tree (files/…/sSTUDY.txt), mimic-cxr-reports.zip or .tar.gz
+    reports_archive: str = "tree"
+    #: the mimic-cxr-2.0.0-*.csv files: in the root, in OUT/metadata (a separate download), or none
+    metadata_csvs: str = "root"
+
+    def __post_init__(self) -> None:
+        for name, allowed in (("layout", LAYOUTS), ("reports_archive", REPORT_ARCHIVES),
+                              ("metadata_csvs", METADATA_PLACES)):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {', '.join(allowed)}, not {getattr(self, name)!r}")
 
 
 @dataclass
@@ -255,7 +271,7 @@ def vindr_image_id(dicom_id: str) -> str:
     return hashlib.md5(dicom_id.encode()).hexdigest()
 
 
-def _render_study(study: StudyPlan, out: Path, seed: int, eval_image: bool = True) -> dict:
+def _render_study(study: StudyPlan, out: Path, seed: int, eval_image: bool = True, layout: str = "dicom") -> dict:
     """Render and write one study; returns the rows the main process tabulates. A held-out
     study's first frontal image goes to the eval sets unless ``eval_image`` is false."""
     lesions = reports.lesions_from_mesh(study.report)
@@ -271,9 +287,13 @@ def _render_study(study: StudyPlan, out: Path, seed: int, eval_image: bool = Tru
                 anatomy, image.rows, image.columns, lesions, rng, view=image.true_view)
         else:
             pixels, image_boxes = phantom.render_lateral(anatomy, image.rows, image.columns, lesions, rng)
-        stored = phantom_to_stored(pixels, image.bits_stored, image.photometric)
-        data = encode_dicom(_image_header(study, image), stored, image.syntax)
-        atomic_write_bytes(out / study.image_path(image), data)
+        if layout == "jpg":  # MIMIC-CXR-JPG: 8-bit MONOCHROME2 JPEGs (quality 95), no header
+            data = _jpeg_bytes(phantom_to_stored(pixels, 8, "MONOCHROME2"))
+            atomic_write_bytes(out / _jpg_path(study.image_path(image)), data)
+        else:
+            stored = phantom_to_stored(pixels, image.bits_stored, image.photometric)
+            data = encode_dicom(_image_header(study, image), stored, image.syntax)
+            atomic_write_bytes(out / study.image_path(image), data)
         images.append({"dicom_id": image.dicom_id, "bytes": len(data)})
         for b in image_boxes:
             boxes.append({"dicom_id": image.dicom_id, "view": image.view_kind, "kind": b.kind,
@@ -330,6 +350,16 @@ def _chexpert_path(study: StudyPlan, name: str = "view1_frontal.jpg") -> str:
     return f"CheXpert-v1.0/test/patient{study.subject_id % 10**5:05d}/study{study.study_id}/{name}"
 
 
+def _jpg_path(dicom_path: str) -> str:
+    return dicom_path[: -len(".dcm")] + ".jpg"
+
+
+def _jpeg_bytes(pixels: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(pixels, mode="L").save(buf, format="JPEG", quality=95)
+    return buf.getvalue()
+
+
 def _save_image(pixels: np.ndarray, path: Path, fmt: str) -> None:
     buf = io.BytesIO()
     kwargs = {"quality": 95} if fmt == "JPEG" else {"compress_level": 1}
@@ -337,9 +367,9 @@ def _save_image(pixels: np.ndarray, path: Path, fmt: str) -> None:
     atomic_write_bytes(path, buf.getvalue())
 
 
-def _render_chunk(args: tuple[list[StudyPlan], str, int, bool]) -> list[dict]:
-    chunk, out, seed, eval_image = args
-    return [_render_study(study, Path(out), seed, eval_image) for study in chunk]
+def _render_chunk(args: tuple[list[StudyPlan], str, int, bool, str]) -> list[dict]:
+    chunk, out, seed, eval_image, layout = args
+    return [_render_study(study, Path(out), seed, eval_image, layout) for study in chunk]
 
 
 def _render_eval_chunk(args: tuple[list[EvalRender], str, int]) -> list[dict]:
@@ -380,16 +410,18 @@ def build_world(config: WorldConfig) -> WorldSummary:
         items = [(e.study, r, r["boxes"], r["kinds"]) for e, r in zip(renders, eval_results)]
         _write_eval_truth(out, renders, eval_results)
     eval_counts = _write_eval_sets(out, items)
-    faults = _inject_faults(out, plans, config.seed) if config.faults else []
+    faults = _inject_faults(out, plans, config.seed, config.layout) if config.faults else []
     if faults:
         atomic_write_text(out / "faults.json", json.dumps(faults, indent=2, sort_keys=True) + "\n")
+    _package(out, plans, config)
     _write_truth(out, plans, by_study)
 
-    summary = _summarise(out, plans, by_study, faults, time.perf_counter() - start, eval_counts)
+    summary = _summarise(out, plans, by_study, faults, time.perf_counter() - start, eval_counts, config.layout)
     world = {
         "schema_version": SCHEMA_VERSION,
         "parameters": {"studies": config.studies, "seed": config.seed, "scale": config.scale,
-                       "faults": config.faults, "eval_images": config.eval_images},
+                       "faults": config.faults, "eval_images": config.eval_images, "layout": config.layout,
+                       "reports_archive": config.reports_archive, "metadata_csvs": config.metadata_csvs},
         "sources": {p.name: sha256_file(p) for p in (sources.reports_tgz, sources.headers_csv)},
         "licence": openi.LICENCE,
         "notice": "Reports are real Open-I text rewritten at run time; do not redistribute this world.",
@@ -429,7 +461,7 @@ def _render_all(plans: list[StudyPlan], out: Path, config: WorldConfig,
         return [items[i:i + size] for i in range(0, len(items), size)]
 
     with_eval = config.eval_images is None  # default: the held-out studies give the eval images
-    tasks = [("studies", (c, str(out), config.seed, with_eval)) for c in chunked(plans)]
+    tasks = [("studies", (c, str(out), config.seed, with_eval, config.layout)) for c in chunked(plans)]
     tasks += [("eval", (c, str(out), config.seed)) for c in chunked(renders)]
     total = len(plans) + len(renders)
     bar = tqdm(total=total, unit="image" if renders else "study", desc="rendering", disable=not config.progress)
@@ -463,10 +495,34 @@ def _label(value) -> str:
     return "" if value is None else f"{float(value):.1f}"
 
 
-def _write_tables(out: Path, plans: list[StudyPlan]) -> None:
-    """The three MIMIC-CXR CSVs, one metadata/split row per image the plans hold."""
+def negbio_labels(study_id: int, chexpert: dict[str, float | None]) -> dict[str, float | None]:
+    """The demo's ``mimic-cxr-2.0.0-negbio.csv`` row: the CheXpert row (same ground truth: the
+    report's MeSH terms and text) read the way NegBio differs from it in real MIMIC-CXR, in
+    uncertainty handling. An uncertain (-1.0) finding whose column index plus the study id is
+    even becomes 0.0 (NegBio reads that hedge as a negation); the others stay -1.0. No Finding:
+    blank when a finding is still positive or uncertain; 1.0 when CheXpert's is 1.0, or when
+    NegBio negated every hedge of a report with nothing positive (the labelers' own No Finding
+    rule); else CheXpert's (blank). So the two files disagree exactly on hedged reports.
+    Deterministic (no random draw): the same world gives the same file for any worker count."""
+    labels = dict(chexpert)
+    negated = False
+    for i, column in enumerate(reports.CHEXPERT_COLUMNS):
+        if labels[column] == reports.UNCERTAIN and (study_id + i) % 2 == 0:
+            labels[column] = reports.NEGATIVE
+            negated = True
+    finding = any(labels[c] in (reports.POSITIVE, reports.UNCERTAIN)
+                  for c in reports.CHEXPERT_COLUMNS if c not in ("No Finding", "Support Devices"))
+    if finding:
+        labels["No Finding"] = None
+    elif negated:  # every hedge negated and nothing positive: NegBio calls the report normal
+        labels["No Finding"] = reports.POSITIVE
+    return labels
 
-    meta, split, chex = [], [], []
+
+def _write_tables(out: Path, plans: list[StudyPlan]) -> None:
+    """The four MIMIC-CXR CSVs, one metadata/split row per image the plans hold."""
+
+    meta, split, chex, negbio = [], [], [], []
     for study in plans:
         for image in study.images:
             meta.append([
@@ -478,10 +534,14 @@ def _write_tables(out: Path, plans: list[StudyPlan]) -> None:
             split.append([image.dicom_id, study.study_id, study.subject_id, study.split])
         labels = reports.chexpert_labels(study.report)
         chex.append([study.subject_id, study.study_id] + [_label(labels[c]) for c in reports.CHEXPERT_COLUMNS])
+        read = negbio_labels(study.study_id, labels)
+        negbio.append([study.subject_id, study.study_id] + [_label(read[c]) for c in reports.CHEXPERT_COLUMNS])
     atomic_write_bytes(out / "mimic-cxr-2.0.0-metadata.csv", _csv_bytes(METADATA_COLUMNS, meta))
     atomic_write_bytes(out / "mimic-cxr-2.0.0-split.csv", _csv_bytes(SPLIT_COLUMNS, split))
     atomic_write_bytes(out / "mimic-cxr-2.0.0-chexpert.csv",
                        _csv_bytes(("subject_id", "study_id") + tuple(reports.CHEXPERT_COLUMNS), chex))
+    atomic_write_bytes(out / "mimic-cxr-2.0.0-negbio.csv",
+                       _csv_bytes(("subject_id", "study_id") + tuple(reports.CHEXPERT_COLUMNS), negbio))
 
 
 def _study_eval_items(plans: list[StudyPlan], by_study: dict) -> list[tuple]:
@@ -597,7 +657,7 @@ def _write_truth(out: Path, plans: list[StudyPlan], by_study: dict) -> None:
 # ------------------------------------------------------------------------------------------
 # faults: the bad inputs a real archive has
 # ------------------------------------------------------------------------------------------
-def _inject_faults(out: Path, plans: list[StudyPlan], seed: int) -> list[dict]:
+def _inject_faults(out: Path, plans: list[StudyPlan], seed: int, layout: str = "dicom") -> list[dict]:
     import pydicom
 
     rng = np.random.default_rng([seed, 5])
@@ -617,11 +677,14 @@ def _inject_faults(out: Path, plans: list[StudyPlan], seed: int) -> list[dict]:
     for kind in FAULT_KINDS:
         study = chosen[kind]
         frontal = next(i for i in study.images if i.view_kind == "frontal")
-        image_path = out / study.image_path(frontal)
+        rel = study.image_path(frontal) if layout == "dicom" else _jpg_path(study.image_path(frontal))
+        image_path = out / rel
         report_path = out / study.report_path
         record = {"fault": kind, "subject_id": study.subject_id, "study_id": study.study_id,
-                  "dicom_id": frontal.dicom_id, "path": study.image_path(frontal)}
-        if kind == "truncated_dicom":
+                  "dicom_id": frontal.dicom_id, "path": rel}
+        if layout == "jpg" and kind in ("truncated_dicom", "dicom_without_pixels", "not_dicom"):
+            record["description"] = _jpg_fault(kind, image_path)
+        elif kind == "truncated_dicom":
             data = image_path.read_bytes()
             atomic_write_bytes(image_path, data[: int(len(data) * 0.6)])
             record["description"] = "DICOM file cut at 60% of its bytes"
@@ -649,7 +712,8 @@ def _inject_faults(out: Path, plans: list[StudyPlan], seed: int) -> list[dict]:
                           description="report encoded in cp1252 with a non-ASCII byte (not UTF-8)")
         elif kind == "lateral_only":
             for image in [i for i in study.images if i.view_kind == "frontal"]:
-                (out / study.image_path(image)).unlink()
+                path = study.image_path(image)
+                (out / (path if layout == "dicom" else _jpg_path(path))).unlink()
             study.images = [i for i in study.images if i.view_kind != "frontal"]
             record["description"] = "the study's frontal images are gone (files and metadata rows)"
         elif kind == "no_report":
@@ -664,9 +728,100 @@ def _inject_faults(out: Path, plans: list[StudyPlan], seed: int) -> list[dict]:
     return faults
 
 
+def _jpg_fault(kind: str, path: Path) -> str:
+    """The JPG layout's forms of the three image faults."""
+    data = path.read_bytes()
+    if kind == "truncated_dicom":
+        atomic_write_bytes(path, data[: int(len(data) * 0.6)])
+        return "JPEG file cut at 60% of its bytes"
+    if kind == "dicom_without_pixels":
+        atomic_write_bytes(path, data[: data.index(b"\xff\xda")] + b"\xff\xd9")  # up to the scan, then EOI
+        return "JPEG headers (SOI … SOF, tables) with no scan data"
+    png = io.BytesIO()
+    Image.fromarray(np.zeros((32, 32), np.uint8), mode="L").save(png, format="PNG")
+    atomic_write_bytes(path, png.getvalue())
+    return "a PNG file saved under a .jpg name"
+
+
+# ------------------------------------------------------------------------------------------
+# the forms MIMIC-CXR ships in
+# ------------------------------------------------------------------------------------------
+#: a fixed timestamp for archive members: the same world is the same bytes
+_ARCHIVE_TIME = (1980, 1, 1, 0, 0, 0)
+
+
+def _package(out: Path, plans: list[StudyPlan], config: WorldConfig) -> None:
+    """Lay the world out as the asked-for form of MIMIC-CXR (after faults, so they are kept):
+
+    - ``dicom``: the DICOM release's ``cxr-record-list.csv.gz`` (subject_id, study_id,
+      dicom_id, path) and ``cxr-study-list.csv.gz`` (subject_id, study_id, path);
+    - ``jpg``: MIMIC-CXR-JPG, whose CSVs are gzipped;
+    - ``reports_archive``: the reports moved from the tree into ``mimic-cxr-reports.zip`` or
+      ``mimic-cxr-reports.tar.gz`` (members ``files/pXX/pSUBJECT/sSTUDY.txt``);
+    - ``metadata_csvs``: ``separate`` moves the ``mimic-cxr-2.0.0-*.csv`` files to
+      ``OUT/metadata`` (downloaded apart from the images), ``none`` leaves them out.
+    """
+    if config.layout == "dicom":
+        records, study_rows = [], []
+        for study in plans:
+            for image in study.images:
+                records.append([study.subject_id, study.study_id, image.dicom_id, study.image_path(image)])
+            study_rows.append([study.subject_id, study.study_id, study.report_path[: -len(".txt")]])
+        _write_gz(out / "cxr-record-list.csv.gz", _csv_bytes(("subject_id", "study_id", "dicom_id", "path"),
+                                                              sorted(records)))
+        _write_gz(out / "cxr-study-list.csv.gz", _csv_bytes(("subject_id", "study_id", "path"), sorted(study_rows)))
+    if config.reports_archive != "tree":
+        _archive_reports(out, config.reports_archive)
+    csvs = sorted(out.glob("mimic-cxr-2.0.0-*.csv"))
+    target = out / "metadata" if config.metadata_csvs == "separate" else out
+    for path in csvs:
+        if config.metadata_csvs != "none":
+            if config.layout == "jpg":
+                _write_gz(target / f"{path.name}.gz", path.read_bytes())
+            elif target != out:
+                atomic_write_bytes(target / path.name, path.read_bytes())
+        if config.metadata_csvs != "root" or config.layout == "jpg":
+            path.unlink()
+
+
+def _write_gz(path: Path, data: bytes) -> None:
+    import gzip
+
+    buf = io.BytesIO()
+    with gzip.GzipFile(fileobj=buf, mode="wb", mtime=0, filename="") as gz:
+        gz.write(data)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def _archive_reports(out: Path, kind: str) -> None:
+    """Move every ``files/…/sSTUDY.txt`` into one archive, members in sorted order."""
+    import tarfile
+    import zipfile
+
+    reports = sorted(p.relative_to(out).as_posix() for p in (out / "files").glob("p*/p*/s*.txt"))
+    buf = io.BytesIO()
+    if kind == "zip":
+        with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+            for rel in reports:
+                info = zipfile.ZipInfo(rel, date_time=_ARCHIVE_TIME)
+                info.compress_type = zipfile.ZIP_DEFLATED
+                zf.writestr(info, (out / rel).read_bytes())
+        atomic_write_bytes(out / "mimic-cxr-reports.zip", buf.getvalue())
+    else:
+        with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as tf:
+            for rel in reports:
+                data = (out / rel).read_bytes()
+                info = tarfile.TarInfo(rel)
+                info.size, info.mtime, info.mode = len(data), 0, 0o644
+                tf.addfile(info, io.BytesIO(data))
+        _write_gz(out / "mimic-cxr-reports.tar.gz", buf.getvalue())
+    for rel in reports:
+        (out / rel).unlink()
+
+
 # ------------------------------------------------------------------------------------------
 def _summarise(out: Path, plans: list[StudyPlan], by_study: dict, faults: list, seconds: float,
-               eval_counts: dict) -> WorldSummary:
+               eval_counts: dict, layout: str = "dicom") -> WorldSummary:
     images = [i for p in plans for i in p.images]
     lesion_counts = Counter(b["kind"] for r in by_study.values() for b in r["boxes"] if b["view"] == "frontal")
     n_eval = eval_counts["images"]
@@ -680,9 +835,11 @@ def _summarise(out: Path, plans: list[StudyPlan], by_study: dict, faults: list, 
         by_split=dict(Counter(p.split for p in plans).most_common()),
         by_label=dict(Counter("normal" if p.report.is_normal else "abnormal" for p in plans).most_common()),
         by_view=dict(Counter(i.true_view if i.true_view in FRONTAL_VIEWS else "lateral" for i in images).most_common()),
-        by_syntax=dict(Counter(i.syntax for i in images).most_common()),
-        by_photometric=dict(Counter(i.photometric for i in images).most_common()),
-        by_bits=dict(sorted(Counter(i.bits_stored for i in images).items())),
+        by_syntax=dict(Counter(i.syntax for i in images).most_common()) if layout == "dicom"
+        else {"JPEG baseline, quality 95 (MIMIC-CXR-JPG)": len(images)},
+        by_photometric=dict(Counter(i.photometric for i in images).most_common()) if layout == "dicom"
+        else {"MONOCHROME2": len(images)},
+        by_bits=dict(sorted(Counter(i.bits_stored for i in images).items())) if layout == "dicom" else {8: len(images)},
         lesions=dict(lesion_counts.most_common()),
         eval_sets={"vindr-cxr": n_eval, "openi": n_eval, "chexpert": n_eval},
         eval_no_finding=eval_counts["no_finding"],
