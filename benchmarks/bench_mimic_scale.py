@@ -227,6 +227,7 @@ def main() -> None:
     ap.add_argument("--fraction", type=float, default=1.0, help="Share of MIMIC's counts (1.0 = MIMIC-CXR).")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--ingest", action="store_true", help="Also the whole ingest and its unchanged re-run.")
+    ap.add_argument("--build-only", action="store_true", help="Build the tree and stop (it is reused).")
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--phase", choices=sorted(PHASES), help=argparse.SUPPRESS)
     ap.add_argument("--root", type=Path, help=argparse.SUPPRESS)
@@ -237,6 +238,8 @@ def main() -> None:
     root = args.work / f"tree-{args.fraction:g}"
     tree = build_tree(root, args.fraction)
     print(f"tree: {tree}", flush=True)
+    if args.build_only:
+        return
     result = {"tree": tree, "workers": args.workers, "cpus": os.cpu_count(),
               "load_start": os.getloadavg()[0]}
     for name in ("scan", "text", "plan"):

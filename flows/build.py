@@ -141,8 +141,8 @@ def run_stages(params: dict) -> dict:
     check_label_source(params.get("label_source", "classifier"), label_dirs)  # fail before a long ingest
     plan = plan_ingest(config, max_batches=MAX_INGEST_BATCHES)
     logger.info("source: %s", plan.source)
-    logger.info("scan: %d studies in %d batches (%.1f s); %d scan rejects", len(plan.studies), len(plan.batches),
-                plan.scan_seconds, len(plan.rejects))
+    logger.info("scan: %d studies (%d unchanged since the last run: not read), %d batches (%.1f s); %d scan rejects",
+                len(plan.studies), len(plan.unchanged), len(plan.batches), plan.scan_seconds, len(plan.rejects))
 
     # -- ingest, batched; a progress artifact follows the batches ------------------------------
     # The thread runner's tasks share one GIL: their batches go to a pool of worker processes
@@ -165,6 +165,8 @@ def run_stages(params: dict) -> dict:
                 future.result()
                 done += 1
                 update_progress_artifact(progress, 100.0 * done / max(1, len(futures)))
+            if not futures:  # every study unchanged since the last run
+                update_progress_artifact(progress, 100.0)
             result = BatchResult()
             for future in futures:  # merge in batch order: deterministic records
                 result.extend(future.result())

@@ -76,13 +76,44 @@ class BatchResult:
 Previous = dict[int, tuple[str, "str | None"]]
 
 
-def image_stamp(path: Path, report_sha: str) -> str | None:
-    """What must not have changed for a study to be skipped without reading its image."""
+def image_stamp(path: Path, report_key: str) -> str | None:
+    """What must not have changed for a study to be skipped without reading its image: the
+    image's size and modification time, and the report's stamp (or its hash)."""
     try:
         st = os.stat(path)
     except OSError:
         return None
-    return f"{st.st_size}:{st.st_mtime_ns}:{report_sha}"
+    return f"{st.st_size}:{st.st_mtime_ns}:{report_key}"
+
+
+def output_path(study: StudyEntry, dicom_id: str, fmt: str) -> str:
+    """Where a study's normalised image goes, relative to the output root."""
+    ext = "jpg" if fmt == "jpg" else "png"
+    return f"images/{study.folder}/p{study.subject_id}/s{study.study_id}/{dicom_id}.{ext}"
+
+
+def study_stamp(source: Path, study: StudyEntry) -> str | None:
+    """The stamp of a study as the scan sees it: its first frontal image's and its report's
+    (None when the report's stamp is unknown)."""
+    if not study.report_stamp:
+        return None
+    if not study.frontal_order:
+        return f"-:{study.report_stamp}"
+    image = next(i for i in study.images if i.dicom_id == study.frontal_order[0])
+    return image_stamp(Path(source) / image.path, study.report_stamp)
+
+
+def unchanged(source: Path, out: Path, study: StudyEntry, last: tuple[str | None, str | None], fmt: str) -> str | None:
+    """The study's stamp when nothing it was built from has changed since the run that recorded
+    ``last`` (content hash or None for a rejected study, stamp), and an ingested study's output
+    is still there; None otherwise. Reads no file: one or two stats."""
+    last_hash, last_stamp = last
+    stamp = study_stamp(source, study) if last_stamp else None
+    if stamp is None or stamp != last_stamp:
+        return None
+    if last_hash is not None and not (Path(out) / output_path(study, study.frontal_order[0], fmt)).is_file():
+        return None
+    return stamp
 
 
 class IngestStage:
@@ -99,8 +130,7 @@ class IngestStage:
             self.splitter = SentenceSplitter()
 
     def out_path(self, study: StudyEntry, dicom_id: str) -> str:
-        ext = "jpg" if self.normalize.fmt == "jpg" else "png"
-        return f"images/{study.folder}/p{study.subject_id}/s{study.study_id}/{dicom_id}.{ext}"
+        return output_path(study, dicom_id, self.normalize.fmt)
 
     # -- one batch ---------------------------------------------------------------------------
     def process_batch(self, studies: list[StudyEntry], previous: Previous | None = None) -> BatchResult:
@@ -142,6 +172,10 @@ class IngestStage:
         def finish(reason=None):
             study_row["reject_reason"] = reason
             study_row["status"] = "rejected" if reason else "ingested"
+            if reason:  # a rejected study is not looked at again while its inputs stay the same
+                stamp = study_stamp(self.source, study)
+                if stamp:
+                    out.stamps[study.study_id] = stamp
             out.studies.append(study_row)
             out.images.extend(image_rows.values())
 
@@ -152,9 +186,10 @@ class IngestStage:
             return finish(reason)
         report_bytes = text.encode("utf-8")
         report_sha = hashlib.sha256(report_bytes).hexdigest()
+        report_key = study.report_stamp or report_sha
         last_hash, last_stamp = previous.get(study.study_id, (None, None))
         if last_stamp and study.frontal_order:  # the fast path: nothing read but the report
-            stamp = image_stamp(self.source / self._image(study, study.frontal_order[0]).path, report_sha)
+            stamp = image_stamp(self.source / self._image(study, study.frontal_order[0]).path, report_key)
             if stamp == last_stamp and (self.out / self.out_path(study, study.frontal_order[0])).is_file():
                 out.skipped.append(study.study_id)
                 out.stamps[study.study_id] = stamp
@@ -185,7 +220,7 @@ class IngestStage:
             row["file_sha256"] = digest
             content_hash = hashlib.sha256((digest + report_sha).encode()).hexdigest()
             out_path = self.out_path(study, dicom_id)
-            stamp = image_stamp(self.source / image.path, report_sha)
+            stamp = image_stamp(self.source / image.path, report_key)
             if last_hash == content_hash and (self.out / out_path).is_file():
                 out.skipped.append(study.study_id)
                 if stamp:
@@ -370,6 +405,10 @@ class IngestPlan:
     rejects: list[dict] = field(default_factory=list)  #: the scan's own (a report for no study …)
     scan_seconds: float = 0.0
     source: str = ""  #: what the source was resolved to, in words
+    #: studies found unchanged while planning (no batch: nothing of theirs is read), with their stamps
+    unchanged: dict[int, str] = field(default_factory=dict)
+    #: studies rejected last time whose inputs are unchanged: their records are kept as they are
+    unchanged_rejected: dict[int, str] = field(default_factory=dict)
 
     def previous_for(self, batch: list[StudyEntry]) -> Previous:
         return {s.study_id: self.previous[s.study_id] for s in batch if s.study_id in self.previous}
@@ -386,12 +425,22 @@ def plan_ingest(config: IngestConfig, max_batches: int | None = None) -> IngestP
     previous = {int(r.study_id): (r.content_hash, stamps.get(int(r.study_id)))
                 for r in previous_studies.itertuples()
                 if r.status == "ingested" and isinstance(r.content_hash, str)}
+    rejected = {int(r.study_id): (None, stamps[int(r.study_id)]) for r in previous_studies.itertuples()
+                if r.status == "rejected" and int(r.study_id) in stamps}
+    scan_seconds = time.perf_counter() - start
+    found, found_rejected = {}, {}
+    for study in studies:  # two stats per study whose report stamp is known (a tree or a zip)
+        last = previous.get(study.study_id) or rejected.get(study.study_id)
+        stamp = unchanged(config.source, config.out, study, last, config.normalize.fmt) if last else None
+        if stamp:
+            (found if last[0] is not None else found_rejected)[study.study_id] = stamp
+    todo = [s for s in studies if s.study_id not in found and s.study_id not in found_rejected]
     size = config.batch_size
-    if max_batches and len(studies) > size * max_batches:
-        size = -(-len(studies) // max_batches)
-    batches = [studies[i:i + size] for i in range(0, len(studies), size)]
-    return IngestPlan(studies, batches, previous, scanned.rejects, time.perf_counter() - start,
-                      scanned.source.describe())
+    if max_batches and len(todo) > size * max_batches:
+        size = -(-len(todo) // max_batches)
+    batches = [todo[i:i + size] for i in range(0, len(todo), size)]
+    return IngestPlan(studies, batches, previous, scanned.rejects, scan_seconds, scanned.source.describe(), found,
+                      found_rejected)
 
 
 STAMPS = "stamps.parquet"
@@ -420,14 +469,20 @@ def _write_stamps(out: Path, result: BatchResult, scanned: set[int]) -> None:
 def finish_ingest(out: Path, plan: IngestPlan, result: BatchResult, seconds: float) -> IngestSummary:
     """Merge the batches' records into the record tables and summarise the run."""
     result.rejects.extend(plan.rejects)
+    result.skipped.extend(plan.unchanged)
+    result.stamps.update(plan.unchanged)
+    result.stamps.update(plan.unchanged_rejected)
     scanned = {s.study_id for s in plan.studies}
     _merge_and_write(out, result, scanned)
     _write_stamps(out, result, scanned)
-    by_reason = pd.Series([r["reason"] for r in result.rejects], dtype="string").value_counts()
+    # the reject reasons of every scanned study, this run's and the unchanged ones' kept records
+    rejects = read_table(out, "rejects")
+    ids = scanned | {r["study_id"] for r in plan.rejects}
+    by_reason = rejects.loc[rejects["study_id"].isin(ids), "reason"].astype("string").value_counts()
     return IngestSummary(
         studies=len(plan.studies),
         ingested=sum(r["status"] == "ingested" for r in result.studies) + len(result.skipped),
-        rejected=sum(r["status"] == "rejected" for r in result.studies),
+        rejected=sum(r["status"] == "rejected" for r in result.studies) + len(plan.unchanged_rejected),
         skipped=len(result.skipped),
         images=sum(r["status"] == "selected" for r in result.images),
         sentences=len(result.sentences),
@@ -445,7 +500,8 @@ def run_ingest(config: IngestConfig) -> IngestSummary:
     plan = plan_ingest(config)
     result = BatchResult()
     workers = config.workers or os.cpu_count() or 1
-    bar = tqdm(total=len(plan.studies), unit="study", desc="ingest", disable=not config.progress)
+    bar = tqdm(total=len(plan.studies), initial=len(plan.unchanged), unit="study", desc="ingest",
+               disable=not config.progress)
     try:
         if workers == 1 or len(plan.batches) <= 1:
             stage = IngestStage(config.source, config.out, config.normalize, plan.previous)
@@ -454,10 +510,11 @@ def run_ingest(config: IngestConfig) -> IngestSummary:
                 result.extend(stage.process_batch(batch))
                 bar.update(len(batch))
         else:
+            # each batch carries its own part of the previous run (not all of it to every worker)
             with ProcessPoolExecutor(max_workers=workers, initializer=_init_worker,
-                                     initargs=(str(config.source), str(config.out), config.normalize,
-                                               plan.previous)) as pool:
-                for batch, done in zip(plan.batches, pool.map(_work, plan.batches)):
+                                     initargs=(str(config.source), str(config.out), config.normalize, {})) as pool:
+                previous = [plan.previous_for(b) for b in plan.batches]
+                for batch, done in zip(plan.batches, pool.map(_work, plan.batches, previous)):
                     result.extend(done)
                     bar.update(len(batch))
     finally:
@@ -471,6 +528,8 @@ def _merge_and_write(out: Path, result: BatchResult, scanned: set[int]) -> None:
     records of its own (a report for no study: a scan reject) counts as processed too."""
     processed = {r["study_id"] for r in result.studies} | {r["study_id"] for r in result.rejects
                                                            if r["stage"] == "scan" and r["entity"] == "report"}
+    if not processed and all((Path(out) / INGEST_DIR / f"{n}.parquet").is_file() for n in TABLES):
+        return  # every study unchanged: the tables stay as they are (a re-run rewrites nothing)
     for name, contract in TABLES.items():
         old = read_table(out, name)
         if "study_id" in old.columns and len(old):

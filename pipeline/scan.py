@@ -135,6 +135,7 @@ class StudyEntry:
     #: frontal candidates in the order they should be tried (first = the chosen one)
     frontal_order: list[str] = field(default_factory=list)
     report_data: bytes | None = None  #: the report itself, when its archive is read during the scan
+    report_stamp: str | None = None  #: what changes when the report does (see ReportIndex.stamps)
     image_kind: str = "dicom"  #: dicom | jpg
 
 
@@ -181,6 +182,7 @@ def scan_source(config: ScanConfig) -> ScanResult:
         found = reports.refs.get(study.study_id)
         study.report_path = found[1] if found else None
         study.report_data = reports.data.get(study.study_id)
+        study.report_stamp = reports.stamps.get(study.study_id)
     selected = [s for s in studies.values() if config.splits is None or s.split in config.splits]
     _fill_views(root, selected, config)
     for study in selected:
@@ -228,13 +230,13 @@ class _Listing:
     """Directory listings of study folders, each read once."""
 
     def __init__(self, root: Path) -> None:
-        self.root, self.cache = root, {}
+        self.root, self.cache = str(root), {}
 
     def has(self, study_dir: str, name: str) -> bool:
         names = self.cache.get(study_dir)
         if names is None:
-            try:
-                names = self.cache[study_dir] = set(os.listdir(self.root / study_dir))
+            try:  # plain strings: pathlib's joins cost as much as the listing at MIMIC scale
+                names = self.cache[study_dir] = set(os.listdir(os.path.join(self.root, study_dir)))
             except (FileNotFoundError, NotADirectoryError):
                 names = self.cache[study_dir] = set()
         return name in names

@@ -26,6 +26,7 @@ import re
 import tarfile
 import threading
 import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -66,6 +67,10 @@ class ReportIndex:
     location: str  #: the directory or archive, for messages
     refs: dict[int, tuple[int, str]] = field(default_factory=dict)
     data: dict[int, bytes] = field(default_factory=dict)
+    #: study id → what changes when the report does, known without reading it: size and
+    #: modification time in a tree, CRC-32 and size from a zip's central directory (a tar's
+    #: reports are read anyway: their CRC-32)
+    stamps: dict[int, str] = field(default_factory=dict)
 
     def folder_of(self, study_id: int) -> str:
         return f"p{str(self.refs[study_id][0])[:2]}"
@@ -120,21 +125,24 @@ def _index_tree(base: Path, root: Path, folders: tuple[str, ...] | None) -> Repo
                     rel = f"files/{folder.name}/{subject.name}/{entry.name}"
                     index.refs[key[1]] = (key[0], rel if same_root else str(Path(files, folder.name, subject.name,
                                                                                       entry.name).resolve()))
+                    st = entry.stat()
+                    index.stamps[key[1]] = f"{st.st_size}:{st.st_mtime_ns}"
     return index
 
 
 def _index_zip(path: Path, folders: tuple[str, ...] | None) -> ReportIndex:
     try:
         with zipfile.ZipFile(path) as zf:
-            names = zf.namelist()
+            infos = zf.infolist()
     except zipfile.BadZipFile as exc:
         raise SourceError(f"--reports {path}: not a readable zip archive ({exc})") from exc
     index = ReportIndex("zip", str(path))
     prefix = f"{Path(path).resolve()}{ARCHIVE_SEP}"
-    for name in names:
-        key = _report_key(name)
+    for info in infos:
+        key = _report_key(info.filename)
         if key and _folder_ok(key[0], folders):
-            index.refs[key[1]] = (key[0], prefix + name)
+            index.refs[key[1]] = (key[0], prefix + info.filename)
+            index.stamps[key[1]] = f"crc{info.CRC:08x}:{info.file_size}"
     return index
 
 
@@ -147,7 +155,8 @@ def _index_tar(path: Path, folders: tuple[str, ...] | None) -> ReportIndex:
                 key = _report_key(member.name) if member.isfile() else None
                 if key and _folder_ok(key[0], folders):
                     index.refs[key[1]] = (key[0], prefix + member.name)
-                    index.data[key[1]] = tf.extractfile(member).read()
+                    data = index.data[key[1]] = tf.extractfile(member).read()
+                    index.stamps[key[1]] = f"crc{zlib.crc32(data):08x}:{len(data)}"
     except (tarfile.TarError, OSError, EOFError) as exc:
         raise SourceError(f"--reports {path}: not a readable tar archive ({exc})") from exc
     return index

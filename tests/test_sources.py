@@ -17,7 +17,7 @@ import pytest
 from offclip.pipeline import scan as scan_mod
 from offclip.pipeline.demo.world import WorldConfig, build_world
 from offclip.pipeline.images import NormalizeConfig
-from offclip.pipeline.ingest import IngestConfig, read_table, run_ingest
+from offclip.pipeline.ingest import IngestConfig, plan_ingest, read_table, run_ingest
 from offclip.pipeline.scan import ScanConfig, scan_source
 from offclip.pipeline.sources import SourceError, resolve_source
 
@@ -148,6 +148,13 @@ def test_an_unchanged_tree_is_not_read_again(small_world, tmp_path):
     world = tmp_path / "w"
     shutil.copytree(small_world[0], world)
     first = _ingest(world, tmp_path / "o")
+    # planning finds every ingested study unchanged (two stats each): no batch, nothing read
+    plan = plan_ingest(IngestConfig(source=world, out=tmp_path / "o", normalize=NormalizeConfig(long_side=64),
+                                    scan=ScanConfig(world, folders=None)))
+    assert len(plan.unchanged) == first.ingested
+    # rejected studies are not looked at again either, but for one without a report (no stamp)
+    assert len(plan.unchanged_rejected) == first.rejected - 1
+    assert [s.report_path for b in plan.batches for s in b] == [None]
     images = read_table(tmp_path / "o", "images")
     selected = images[images["status"] == "selected"]["path"].tolist()
     # same size, same modification time, other bytes: a skip by stamp never reads it
