@@ -188,13 +188,19 @@ def decode_dicom(source: str | os.PathLike | bytes, config: NormalizeConfig = No
     A missing or unreadable path raises the usual ``OSError``: that is not a property of the image.
     Any other failure on a malformed file (odd header values, say) becomes a ``decode_error``.
     """
+    return _decode_or_reject(_decode, source, config, "")
+
+
+def _decode_or_reject(decode, source, config: NormalizeConfig, what: str) -> DecodedImage:
+    """``decode(buffer, config)``; any failure but an :class:`ImageReject` or a lack of memory
+    becomes a ``decode_error`` reject (the file is rejected, the batch goes on)."""
     with _buffer(source) as buf:
         try:
-            return _decode(buf, config)
+            return decode(buf, config)
         except (ImageReject, MemoryError):
             raise
-        except Exception as exc:  # reject the file, keep the batch going
-            raise ImageReject("decode_error", f"{type(exc).__name__}: {exc}") from exc
+        except Exception as exc:
+            raise ImageReject("decode_error", f"{what}{type(exc).__name__}: {exc}") from exc
 
 
 def decode_jpeg(source: str | os.PathLike | bytes, config: NormalizeConfig = NormalizeConfig()) -> DecodedImage:
@@ -215,13 +221,7 @@ def decode_jpeg(source: str | os.PathLike | bytes, config: NormalizeConfig = Nor
     A libjpeg *warning* (corrupt entropy data that it can resynchronise past) is not detected.
     A missing or unreadable path raises the usual ``OSError``.
     """
-    with _buffer(source) as buf:
-        try:
-            return _decode_jpeg(buf, config)
-        except (ImageReject, MemoryError):
-            raise
-        except Exception as exc:  # reject the file, keep the batch going
-            raise ImageReject("decode_error", f"JPEG: {type(exc).__name__}: {exc}") from exc
+    return _decode_or_reject(_decode_jpeg, source, config, "JPEG: ")
 
 
 def encode_image(pixels: np.ndarray, config: NormalizeConfig) -> bytes:

@@ -242,6 +242,16 @@ class _Listing:
         return name in names
 
 
+def _rows_by_study(df: pd.DataFrame, config: ScanConfig, studies: dict[int, StudyEntry]):
+    """(row, its study entry) for the image rows of the folders asked for."""
+    folders = "p" + df["subject_id"].astype("string").str[:2]
+    if config.folders is not None:
+        keep = folders.isin(config.folders).to_numpy()
+        df, folders = df[keep], folders[keep]
+    for row, folder in zip(df.itertuples(index=False), folders.tolist()):
+        yield row, _study(studies, row.subject_id, row.study_id, folder)
+
+
 def _from_metadata(root: Path, path: Path, config: ScanConfig, ext: str) -> dict[int, StudyEntry]:
     cols = ["dicom_id", "subject_id", "study_id", "ViewPosition", "ViewCodeSequence_CodeMeaning",
             "PerformedProcedureStepDescription"]
@@ -250,15 +260,10 @@ def _from_metadata(root: Path, path: Path, config: ScanConfig, ext: str) -> dict
     for col in cols[3:]:
         if col not in df.columns:
             df[col] = None
-    folders = "p" + df["subject_id"].astype("string").str[:2]
-    if config.folders is not None:
-        keep = folders.isin(config.folders).to_numpy()
-        df, folders = df[keep], folders[keep]
     studies: dict[int, StudyEntry] = {}
     listing = _Listing(root)
-    for row, folder in zip(df.itertuples(index=False), folders.tolist()):
-        study = _study(studies, row.subject_id, row.study_id, folder)
-        study_dir = f"files/{folder}/p{row.subject_id}/s{row.study_id}"
+    for row, study in _rows_by_study(df, config, studies):
+        study_dir = f"files/{study.folder}/p{row.subject_id}/s{row.study_id}"
         name = f"{row.dicom_id}{ext}"
         # the study-level procedure is weaker evidence than the image's own header: it is used
         # only when the header does not tell (see _fill_views)
@@ -277,14 +282,9 @@ def _from_record_list(root: Path, path: Path, config: ScanConfig) -> dict[int, S
     missing = {"subject_id", "study_id", "dicom_id", "path"} - set(df.columns)
     if missing:
         raise SourceError(f"{path}: not a cxr-record-list (missing columns {', '.join(sorted(missing))})")
-    folders = "p" + df["subject_id"].astype("string").str[:2]
-    if config.folders is not None:
-        keep = folders.isin(config.folders).to_numpy()
-        df, folders = df[keep], folders[keep]
     studies: dict[int, StudyEntry] = {}
     listing = _Listing(root)
-    for row, folder in zip(df.itertuples(index=False), folders.tolist()):
-        study = _study(studies, row.subject_id, row.study_id, folder)
+    for row, study in _rows_by_study(df, config, studies):
         rel = str(row.path).lstrip("/")
         study_dir, _, name = rel.rpartition("/")
         study.images.append(ImageEntry(str(row.dicom_id), rel, listing.has(study_dir, name)))
