@@ -81,14 +81,19 @@ def train_classifier_task(out_dir: str, method: str, seed: int, openi: str | Non
 
 @task(name="curate")
 def curate_task(out: str, classifier: str, threshold: float | None, prompting: str,
-                label_source: str = "classifier", label_dirs: list[str] | None = None) -> dict:
+                label_source: str = "classifier", label_dirs: list[str] | None = None,
+                prompt_options: dict | None = None) -> dict:
     from offclip.pipeline.curate import CurateConfig, run_curate
 
     summary = run_curate(CurateConfig(out=Path(out), classifier=Path(classifier), threshold=threshold,
-                                      prompting=prompting, label_source=label_source,
-                                      label_dirs=[Path(d) for d in label_dirs or []]))
+                                      prompting=prompting, prompt_options=dict(prompt_options or {}),
+                                      label_source=label_source, label_dirs=[Path(d) for d in label_dirs or []]))
     get_run_logger().info(summary.to_text())
-    return {"pairs": summary.pairs, "normal": summary.normal, "abnormal": summary.abnormal,
+    prompt = summary.prompt_stats
+    if prompt is not None:
+        prompt = {"prompt_unique": prompt.unique, "prompt_cached": prompt.cached,
+                  "prompt_model_calls": prompt.model_calls, "prompt_retries": prompt.retries}
+    return {**(prompt or {}), "pairs": summary.pairs, "normal": summary.normal, "abnormal": summary.abnormal,
             "sentences": summary.sentences, "kept": summary.kept, "dropped": summary.dropped,
             "model_calls": summary.scoring.model_calls, "unique_sentences": summary.scoring.unique,
             "model_version": summary.model_version, "threshold": summary.threshold,
@@ -183,7 +188,7 @@ def run_stages(params: dict) -> dict:
         classifier = train_classifier_task(str(out / CLASSIFIER_DIR), params["classifier_method"],
                                            params["seed"], params.get("openi"))
     curated = curate_task(str(out), str(classifier), params.get("threshold"), params["prompting"],
-                          params.get("label_source", "classifier"), label_dirs)
+                          params.get("label_source", "classifier"), label_dirs, params.get("prompt_options"))
     shards = shards_task(str(out), params["shard_size"], params["shard_bytes"])
 
     from offclip.pipeline.manifest import run_record
@@ -233,6 +238,7 @@ def build_shards(
     classifier_method: str = "finetune",
     threshold: float | None = None,
     prompting: str = "none",
+    prompt_options: dict | None = None,
     label_source: str = "classifier",
     seed: int = 0,
     openi: str | None = None,
@@ -254,6 +260,10 @@ def build_shards(
     ``label_source``: where pair labels come from: ``classifier`` (the paper's, default),
     ``chexpert`` or ``negbio`` (MIMIC's mimic-cxr-2.0.0-{chexpert,negbio}.csv[.gz], found in
     ``metadata`` or ``source``; the sentence filter stays the classifier's).
+    ``prompting``: ``none`` (default), ``template`` or ``openai``, with ``prompt_options`` for the
+    latter (``base_url``, ``model``, ``max_concurrency``, ``max_retries``, ``timeout``; or
+    ``$OFFCLIP_LLM_URL``/``_MODEL``/``_CONCURRENCY``). The API key only from
+    ``$OFFCLIP_LLM_API_KEY``: flow parameters are recorded in the manifest.
     ``task_runner``: ``thread`` (default), ``process``, or ``dask`` (a local cluster of
     ``workers`` processes, or the cluster at ``dask_address``). When ``trigger_train`` is on and
     the ``offclip/train`` deployment exists, a train run is started on the new shards, with
@@ -261,6 +271,9 @@ def build_shards(
     directory, the seed and the source's evaluation set.
     """
     params = {k: v for k, v in locals().items()}
+    if "api_key" in (prompt_options or {}):
+        raise ValueError("prompt_options: pass the API key as $OFFCLIP_LLM_API_KEY, not as a flow parameter "
+                         "(parameters are recorded in the manifest)")
     result = {"flow_run": current_run_id(), **run_stages(params)}
     if trigger_train:
         parameters = {"shards": out, "seed": seed, **(train_parameters or {})}

@@ -200,7 +200,9 @@ def curate(
     threshold: Optional[float] = typer.Option(None, "--threshold", min=0.0, max=1.0, help="P(abnormal) threshold (default: the classifier's calibrated one)."),
     prompting: str = typer.Option("none", "--prompting", help="Text prompting: none, template, or openai."),
     llm_url: Optional[str] = typer.Option(None, "--llm-url", help="OpenAI-compatible endpoint for --prompting openai (or $OFFCLIP_LLM_URL)."),
-    llm_model: Optional[str] = typer.Option(None, "--llm-model", help="Model name for --prompting openai."),
+    llm_model: Optional[str] = typer.Option(None, "--llm-model", help="Model name for --prompting openai (or $OFFCLIP_LLM_MODEL)."),
+    llm_concurrency: Optional[int] = typer.Option(None, "--llm-concurrency", min=1, help="Requests in flight for --prompting openai (default 8, or $OFFCLIP_LLM_CONCURRENCY)."),
+    llm_retries: int = typer.Option(5, "--llm-retries", min=0, help="Retries per sentence on HTTP 429/5xx, timeouts and connection errors (exponential backoff, or the server's Retry-After)."),
     label_source: str = typer.Option("classifier", "--label-source", help=LABEL_SOURCE_HELP),
     label_dir: list[Path] = typer.Option([], "--label-dir", help="A directory holding mimic-cxr-2.0.0-{chexpert,negbio}.csv[.gz], e.g. the MIMIC-CXR-JPG root (repeatable, searched in order). Without one: no study_labels.parquet."),
 ) -> None:
@@ -209,7 +211,8 @@ def curate(
     from .pipeline.prompting import PromptBackendError
 
     config = CurateConfig(out=out, classifier=classifier, threshold=threshold, prompting=prompting,
-                          prompt_options={"base_url": llm_url, "model": llm_model},
+                          prompt_options={"base_url": llm_url, "model": llm_model, "max_concurrency": llm_concurrency,
+                                          "max_retries": llm_retries},
                           label_source=label_source, label_dirs=list(label_dir))
     try:
         typer.echo(run_curate(config).to_text())

@@ -2,7 +2,9 @@
 
 Reads ``OUT/ingest/{studies,images,sentences}.parquet``, writes
 ``OUT/curate/{sentences,pairs}.parquet`` (contract-checked, atomic) and keeps the score cache in
-``OUT/cache/sentence_scores.duckdb``.
+``OUT/cache/sentence_scores.duckdb`` (and, with ``prompting="openai"``, the LLM's answers in
+``OUT/cache/llm_rewrites.duckdb``: :mod:`offclip.pipeline.prompting`). When the LLM endpoint
+fails for good, the answers obtained stay in that cache and nothing is written to ``OUT/curate``.
 
 **Label source** (``CurateConfig.label_source``): ``classifier`` (the paper's, the default) labels
 a pair abnormal when any sentence is; ``chexpert`` / ``negbio`` take the pair label from MIMIC's
@@ -32,7 +34,7 @@ from .atomic import atomic_open
 from .filtering import filter_sentences
 from .ingest import read_table
 from .labels import CLASSIFIER, StudyLabels, check_label_source, study_labels
-from .prompting import make_prompter
+from .prompting import PROMPT_CACHE_FILE, PromptBackendError, PromptingStats, make_prompter
 from .scoring import Classifier, ScoreCache, ScoringStats, score_sentences
 
 CURATE_DIR = "curate"
@@ -45,6 +47,8 @@ class CurateConfig:
     classifier: Path | None = None  #: a saved SentenceClassifier; None → pass `classifier=` to run
     threshold: float | None = None  #: None → the classifier's calibrated threshold
     prompting: str = "none"  #: none | template | openai
+    #: openai: base_url, model, api_key, timeout, max_concurrency, max_retries, backoff, progress,
+    #: cache (default OUT/cache/llm_rewrites.duckdb); see OpenAIPrompter
     prompt_options: dict = field(default_factory=dict)
     batch_size: int = 128
     label_source: str = CLASSIFIER  #: classifier | chexpert | negbio: where pair labels come from
@@ -71,6 +75,9 @@ class CurateSummary:
     labeler_counts: dict = field(default_factory=dict)
     #: labeler → share of studies (both labels known) where it agrees with the classifier
     agreement: dict = field(default_factory=dict)
+    prompting: str = "none"
+    #: the openai prompter's dedup / cache / retry figures (None for none and template)
+    prompt_stats: PromptingStats | None = None
 
     def to_text(self) -> str:
         s = self.scoring
@@ -79,6 +86,10 @@ class CurateSummary:
                 f"  sentences {self.sentences}: kept {self.kept}, dropped {self.dropped} "
                 f"(normal sentences of abnormal reports)\n"
                 f"  unique {s.unique} · from cache {s.cached} · model calls {s.model_calls} · {self.seconds:.1f} s")
+        if self.prompt_stats is not None:
+            text += "\n  " + self.prompt_stats.to_text()
+        elif self.prompting != "none":
+            text += f"\n  prompting {self.prompting}"
         if self.label_source != CLASSIFIER:
             text += (f"\n  pair labels from {self.label_source}; {self.label_fallback} studies it leaves unknown "
                      f"keep the classifier's label")
@@ -138,11 +149,17 @@ def run_curate(config: CurateConfig, classifier: Classifier | None = None) -> Cu
         filtered, pairs = filter_sentences(scored, threshold, given.where(known, classifier_labels.reindex(given.index)))
         pairs["label_source"] = pairs["study_id"].map(known).map({True: config.label_source, False: CLASSIFIER})
 
-    prompter = make_prompter(config.prompting, **config.prompt_options)
+    options = dict(config.prompt_options)
+    if config.prompting == "openai":
+        options.setdefault("cache", out / PROMPT_CACHE_FILE)
+    prompter = make_prompter(config.prompting, **options)
     filtered["prompt"] = None
     if prompter is not None:
         kept = filtered["kept"].to_numpy()
-        filtered.loc[kept, "prompt"] = prompter.rewrite(filtered.loc[kept, "text"].tolist())
+        try:
+            filtered.loc[kept, "prompt"] = prompter.rewrite(filtered.loc[kept, "text"].tolist())
+        except PromptBackendError as exc:  # before any output is written: OUT/curate stays as it was
+            raise PromptBackendError(f"{exc}; nothing was written to {out / CURATE_DIR}") from exc
         texts = filtered[kept].groupby("study_id")["prompt"].agg(list)
         pairs["texts"] = pairs["study_id"].map(texts)
 
@@ -167,7 +184,8 @@ def run_curate(config: CurateConfig, classifier: Classifier | None = None) -> Cu
         model_version=classifier.version, threshold=threshold, seconds=time.perf_counter() - start,
         label_source=config.label_source, label_fallback=fallback,
         labeler_counts={k: labels.counts(k) for k in labels.files},
-        agreement={k: agreement(labels.frame, k) for k in labels.files})
+        agreement={k: agreement(labels.frame, k) for k in labels.files},
+        prompting=config.prompting, prompt_stats=getattr(prompter, "stats", None))
 
 
 def agreement(frame: pd.DataFrame, labeler: str) -> float | None:

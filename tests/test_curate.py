@@ -113,9 +113,9 @@ def test_openai_compatible_backend():
     thread.start()
     try:
         url = f"http://127.0.0.1:{server.server_port}/v1"
-        prompter = OpenAIPrompter(base_url=url, model="any", timeout=5)
+        prompter = OpenAIPrompter(base_url=url, model="any", timeout=5, max_retries=1, backoff=0)
         assert prompter.rewrite(["Mild cardiomegaly."]) == ["There is mild cardiomegaly."]
-        with pytest.raises(PromptBackendError, match="HTTP 500"):
+        with pytest.raises(PromptBackendError, match="HTTP 500"):  # retried, then given up
             prompter.rewrite(["FAIL"])
     finally:
         server.shutdown()
@@ -123,7 +123,7 @@ def test_openai_compatible_backend():
         s.bind(("127.0.0.1", 0))
         closed = s.getsockname()[1]
     with pytest.raises(PromptBackendError, match=rf"127\.0\.0\.1:{closed}.*unreachable"):
-        OpenAIPrompter(base_url=f"http://127.0.0.1:{closed}/v1", timeout=2).rewrite(["x"])
+        OpenAIPrompter(base_url=f"http://127.0.0.1:{closed}/v1", timeout=2, max_retries=0).rewrite(["x"])
 
 
 def test_openai_backend_needs_an_endpoint(monkeypatch):
