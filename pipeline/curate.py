@@ -14,6 +14,14 @@ A study the labeler leaves unknown (not in its file, or nothing positive and No 
 **keeps the classifier's label**: counted (``CurateSummary.label_fallback``) and visible per pair
 (``pairs.label_source`` = ``classifier``), so the set of pairs does not depend on the source.
 
+**Sentence label policy** (``CurateConfig.label_policy``, :mod:`offclip.pipeline.filtering`):
+every unique sentence gets the classifier's score *and* the rule labeler's label and rule (cached
+per rules version beside the scores); ``cascade`` (the default) takes the rules' label where they
+have an opinion and the classifier's where they find no finding word, so the filter's abnormal
+recall is never below the rules' (the classifier's teacher); ``union`` calls a sentence
+abnormal when either does; ``classifier`` and ``rules`` use one opinion. All three columns stay in
+``sentences.parquet`` (the manifest's ``classifier_rule_disagreements`` view).
+
 Whenever a label file is found in ``label_dirs`` (whatever the source), the three labels of every
 curated study go to ``OUT/curate/study_labels.parquet`` (the manifest's ``label_agreement``
 views); with no label file there, a stale copy is removed.
@@ -31,11 +39,11 @@ import pyarrow.parquet as pq
 from ..data_contracts.contract import Contract
 from ..data_contracts.curate import CURATED_SENTENCES, PAIRS, STUDY_LABELS
 from .atomic import atomic_open
-from .filtering import filter_sentences
+from .filtering import DEFAULT_LABEL_POLICY, check_label_policy, filter_sentences
 from .ingest import read_table
 from .labels import CLASSIFIER, StudyLabels, check_label_source, study_labels
 from .prompting import PROMPT_CACHE_FILE, PromptBackendError, PromptingStats, make_prompter
-from .scoring import Classifier, ScoreCache, ScoringStats, score_sentences
+from .scoring import Classifier, ScoreCache, ScoringStats, label_sentences, score_sentences
 
 CURATE_DIR = "curate"
 CACHE_FILE = "cache/sentence_scores.duckdb"
@@ -54,6 +62,9 @@ class CurateConfig:
     label_source: str = CLASSIFIER  #: classifier | chexpert | negbio: where pair labels come from
     #: directories searched, in order, for mimic-cxr-2.0.0-{chexpert,negbio}.csv[.gz]
     label_dirs: list[Path] = field(default_factory=list)
+    #: cascade | union | classifier | rules: how a sentence's label follows from the classifier and
+    #: the rules (offclip.pipeline.filtering)
+    label_policy: str = DEFAULT_LABEL_POLICY
 
 
 @dataclass
@@ -78,6 +89,13 @@ class CurateSummary:
     prompting: str = "none"
     #: the openai prompter's dedup / cache / retry figures (None for none and template)
     prompt_stats: PromptingStats | None = None
+    label_policy: str = DEFAULT_LABEL_POLICY
+    rules_version: str | None = None
+    #: unique sentences: classifier × rules label counts ({"normal/abnormal": n}, classifier first)
+    opinions: dict = field(default_factory=dict)
+    #: unique sentences whose classifier and rule labels differ, and the reports they touch
+    disagreements: int = 0
+    disagreement_reports: int = 0
 
     def to_text(self) -> str:
         s = self.scoring
@@ -86,6 +104,12 @@ class CurateSummary:
                 f"  sentences {self.sentences}: kept {self.kept}, dropped {self.dropped} "
                 f"(normal sentences of abnormal reports)\n"
                 f"  unique {s.unique} · from cache {s.cached} · model calls {s.model_calls} · {self.seconds:.1f} s")
+        if self.opinions:
+            o = self.opinions
+            text += (f"\n  label policy {self.label_policy}; unique sentences classifier/rules ({self.rules_version}): "
+                     f"both abnormal {o.get('abnormal/abnormal', 0)}, both normal {o.get('normal/normal', 0)}, "
+                     f"classifier only {o.get('abnormal/normal', 0)}, rules only {o.get('normal/abnormal', 0)} "
+                     f"({self.disagreements} disagreements in {self.disagreement_reports} reports)")
         if self.prompt_stats is not None:
             text += "\n  " + self.prompt_stats.to_text()
         elif self.prompting != "none":
@@ -116,6 +140,7 @@ def run_curate(config: CurateConfig, classifier: Classifier | None = None) -> Cu
     out = Path(config.out)
     label_dirs = [Path(d) for d in config.label_dirs]
     check_label_source(config.label_source, label_dirs)  # before loading a model or scoring
+    check_label_policy(config.label_policy)
     if classifier is None:
         if config.classifier is None:
             raise ValueError("no classifier: pass a saved classifier directory (offclip classifier train)")
@@ -133,20 +158,25 @@ def run_curate(config: CurateConfig, classifier: Classifier | None = None) -> Cu
 
     with ScoreCache(out / CACHE_FILE) as cache:
         scored, stats = score_sentences(sentences, classifier, cache, batch_size=config.batch_size)
-    # the classifier's report labels: abnormal when any sentence scores at or above the threshold
-    classifier_labels = scored.groupby("study_id")["score"].max().ge(threshold).map(
-        {True: "abnormal", False: "normal"})
+        from .labeler import RuleLabeler
+
+        scored, _ = label_sentences(scored, RuleLabeler(), cache)
+    # the filter's report labels: abnormal when any sentence is (by the label policy); these are
+    # "classifier_label" in study_labels, the label the CheXpert / NegBio labels are compared with
+    classifier_labels = filter_sentences(scored, threshold, label_policy=config.label_policy)[1].set_index(
+        "study_id")["pair_label"]
     labels = study_labels(scored.drop_duplicates("study_id")[["study_id", "subject_id"]], label_dirs,
                           classifier_labels)
     if config.label_source == CLASSIFIER:
-        filtered, pairs = filter_sentences(scored, threshold)
+        filtered, pairs = filter_sentences(scored, threshold, label_policy=config.label_policy)
         pairs["label_source"] = CLASSIFIER
         fallback = 0
     else:
         given = labels.frame.set_index("study_id")[f"{config.label_source}_label"]
         known = given.notna()
         fallback = int((~known).sum())
-        filtered, pairs = filter_sentences(scored, threshold, given.where(known, classifier_labels.reindex(given.index)))
+        filtered, pairs = filter_sentences(scored, threshold, given.where(known, classifier_labels.reindex(given.index)),
+                                           label_policy=config.label_policy)
         pairs["label_source"] = pairs["study_id"].map(known).map({True: config.label_source, False: CLASSIFIER})
 
     options = dict(config.prompt_options)
@@ -175,6 +205,9 @@ def run_curate(config: CurateConfig, classifier: Classifier | None = None) -> Cu
     pairs = pairs[PAIRS.names]
 
     _write(out, "sentences", CURATED_SENTENCES, filtered[CURATED_SENTENCES.names])
+    unique = filtered.drop_duplicates("key")
+    opinions = (unique["classifier_label"] + "/" + unique["rule_label"]).value_counts().to_dict()
+    differ = filtered["classifier_label"] != filtered["rule_label"]
     _write(out, "pairs", PAIRS, pairs)
     _write_study_labels(out, labels)
     return CurateSummary(
@@ -185,7 +218,11 @@ def run_curate(config: CurateConfig, classifier: Classifier | None = None) -> Cu
         label_source=config.label_source, label_fallback=fallback,
         labeler_counts={k: labels.counts(k) for k in labels.files},
         agreement={k: agreement(labels.frame, k) for k in labels.files},
-        prompting=config.prompting, prompt_stats=getattr(prompter, "stats", None))
+        prompting=config.prompting, prompt_stats=getattr(prompter, "stats", None),
+        label_policy=config.label_policy, rules_version=str(filtered["rules_version"].iloc[0]),
+        opinions={k: int(v) for k, v in opinions.items()},
+        disagreements=int(filtered.loc[differ, "key"].nunique()),
+        disagreement_reports=int(filtered.loc[differ, "study_id"].nunique()))
 
 
 def agreement(frame: pd.DataFrame, labeler: str) -> float | None:

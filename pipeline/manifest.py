@@ -6,7 +6,13 @@ Arrow — never row-by-row inserts): ``runs``, ``studies``, ``images``, ``report
 curate found no MIMIC label file). Views answer the common questions:
 ``label_distribution``, ``sentences_dropped_per_report``, ``top_dropped_normal_sentences``,
 ``reject_reasons``, ``shard_health``, ``latest_evaluations``, ``label_agreement``,
-``label_agreement_summary``.
+``label_agreement_summary``, ``classifier_rule_disagreements``, ``classifier_rule_agreement``.
+
+``unique_sentences`` has one row per distinct sentence (normalised key) of the curated reports:
+an example text, how many sentences and reports it occurs in, the classifier's score and label,
+the rule labeler's label and the rule that fired, and the label the filter used (its policy).
+``classifier_rule_disagreements`` lists those where classifier and rules disagree, the ones that
+touch the most reports first: what the filter may get wrong, and how often.
 
 The file is rebuilt into a temporary database and renamed over the old one (atomic); the
 ``runs`` history and the ``evaluations`` table are carried over (stages that do not
@@ -58,6 +64,18 @@ VIEWS = {
         SELECT key, any_value(text) AS example, count(*) AS dropped, round(avg(score), 4) AS mean_score
         FROM sentences WHERE reason = 'normal_sentence_in_abnormal_report'
         GROUP BY key ORDER BY dropped DESC, key""",
+    # the distinct sentences where the classifier and its teacher (the rules) disagree, by how many
+    # reports they touch (label: what the filter used, by its label_policy)
+    "classifier_rule_disagreements": """
+        SELECT text, reports, sentences, score, classifier_label, rule_label, rule, label, label_policy, key
+        FROM unique_sentences WHERE classifier_label <> rule_label
+        ORDER BY reports DESC, sentences DESC, key""",
+    # classifier × rules over the distinct sentences: how many sentences, occurrences and reports
+    "classifier_rule_agreement": """
+        SELECT u.classifier_label, u.rule_label, count(DISTINCT u.key) AS unique_sentences, count(*) AS sentences,
+               count(DISTINCT s.study_id) AS reports
+        FROM unique_sentences u JOIN sentences s USING (key)
+        GROUP BY u.classifier_label, u.rule_label ORDER BY u.classifier_label, u.rule_label""",
     "reject_reasons": """
         SELECT stage, entity, reason, count(*) AS rejects FROM rejects
         GROUP BY stage, entity, reason ORDER BY rejects DESC, reason""",
@@ -198,6 +216,7 @@ def _build_manifest(out: Path, db: Path, runs: list[dict] | None) -> Path:
                 if not path.is_file():
                     raise FileNotFoundError(f"{path} is missing: run ingest and curate before the manifest")
                 con.execute(f"CREATE TABLE {name} AS SELECT * FROM read_parquet(?)", [str(path)])
+            _unique_sentences(con)
             _load(con, "shards", SHARDS.validate(shards))
             _load(con, "samples", SAMPLES.validate(samples))
             _load(con, "evaluations", EVALUATIONS.validate(evaluations))
@@ -221,6 +240,30 @@ def _build_manifest(out: Path, db: Path, runs: list[dict] | None) -> Path:
         tmp.unlink(missing_ok=True)
         Path(f"{tmp}.wal").unlink(missing_ok=True)
     return db
+
+
+#: curated sentence columns of the disagreement audit (NULL in outputs curated before them)
+AUDIT_COLUMNS = {"classifier_label": "VARCHAR", "rule_label": "VARCHAR", "rule": "VARCHAR",
+                 "rules_version": "VARCHAR", "label_policy": "VARCHAR"}
+
+
+def _unique_sentences(con) -> None:
+    """The ``unique_sentences`` table (one row per normalised key) from ``sentences``."""
+    have = {r[0] for r in con.execute("SELECT column_name FROM duckdb_columns() WHERE table_name = 'sentences'").fetchall()}
+    for name, kind in AUDIT_COLUMNS.items():
+        if name not in have:  # curated before the audit: the columns exist, empty
+            con.execute(f"ALTER TABLE sentences ADD COLUMN {name} {kind}")
+    if "classifier_label" not in have:
+        con.execute("UPDATE sentences SET classifier_label = CASE WHEN score >= threshold THEN 'abnormal' ELSE 'normal' END")
+    con.execute("""
+        CREATE TABLE unique_sentences AS
+        SELECT key, arg_min(text, (study_id, index)) AS text, count(*) AS sentences,
+               count(DISTINCT study_id) AS reports, any_value(score) AS score,
+               any_value(classifier_label) AS classifier_label, any_value(rule_label) AS rule_label,
+               any_value(rule) AS rule, any_value(rules_version) AS rules_version, any_value(label) AS label,
+               any_value(label_policy) AS label_policy, any_value(model_version) AS model_version,
+               any_value(threshold) AS threshold
+        FROM sentences GROUP BY key ORDER BY reports DESC, key""")
 
 
 def _load(con, name: str, table: pa.Table) -> None:
@@ -253,6 +296,11 @@ def summary(db: str | os.PathLike) -> str:
                                 "ORDER BY started_at DESC LIMIT 5")):
         df = query(db, sql)
         lines.append(f"  {title}:")
+        lines += ["    " + line for line in (df.to_string(index=False) if len(df) else "(none)").splitlines()]
+    # the sentence filter's two opinions (a manifest from before the audit has no such view)
+    if len(query(db, "SELECT 1 FROM duckdb_views() WHERE view_name = 'classifier_rule_agreement'")):
+        df = query(db, "SELECT * FROM classifier_rule_agreement")
+        lines.append("  sentence filter, classifier × rules (SELECT * FROM classifier_rule_disagreements):")
         lines += ["    " + line for line in (df.to_string(index=False) if len(df) else "(none)").splitlines()]
     # the label agreement, when curate found MIMIC's label files (a manifest from before has no such table)
     if len(query(db, "SELECT 1 FROM duckdb_tables() WHERE table_name = 'study_labels'")) \

@@ -26,7 +26,9 @@ class Classifier(Protocol):
 
 
 class ScoreCache:
-    """``sentence_scores(key, model_version, score, text)`` in a DuckDB file (or in memory)."""
+    """``sentence_scores(key, model_version, score, text)`` in a DuckDB file (or in memory), and
+    beside it ``rule_labels(key, rules_version, label, rule)``: the rule labeler's verdict per
+    unique key (:func:`label_sentences`)."""
 
     def __init__(self, path: str | Path | None = None) -> None:
         import duckdb
@@ -40,6 +42,39 @@ class ScoreCache:
             " key VARCHAR NOT NULL, model_version VARCHAR NOT NULL, score FLOAT NOT NULL,"
             " text VARCHAR, PRIMARY KEY (key, model_version))"
         )
+        self.con.execute(
+            "CREATE TABLE IF NOT EXISTS rule_labels ("
+            " key VARCHAR NOT NULL, rules_version VARCHAR NOT NULL, label VARCHAR NOT NULL,"
+            " rule VARCHAR NOT NULL, PRIMARY KEY (key, rules_version))"
+        )
+
+    def lookup_rules(self, keys: Sequence[str], rules_version: str) -> dict[str, tuple[str, str]]:
+        if not len(keys):
+            return {}
+        self.con.register("wanted", pa.table({"key": pa.array(list(keys), pa.string())}))
+        try:
+            rows = self.con.execute(
+                "SELECT r.key, r.label, r.rule FROM rule_labels r JOIN wanted w USING (key) WHERE r.rules_version = ?",
+                [rules_version],
+            ).fetchall()
+        finally:
+            self.con.unregister("wanted")
+        return {k: (label, rule) for k, label, rule in rows}
+
+    def add_rules(self, keys: Sequence[str], labels: Sequence[str], rules: Sequence[str], rules_version: str) -> None:
+        if not len(keys):
+            return
+        new = pa.table({
+            "key": pa.array(list(keys), pa.string()),
+            "rules_version": pa.array([rules_version] * len(keys), pa.string()),
+            "label": pa.array(list(labels), pa.string()),
+            "rule": pa.array(list(rules), pa.string()),
+        })
+        self.con.register("new_rules", new)
+        try:
+            self.con.execute("INSERT INTO rule_labels SELECT * FROM new_rules ON CONFLICT DO NOTHING")
+        finally:
+            self.con.unregister("new_rules")
 
     def lookup(self, keys: Sequence[str], model_version: str) -> dict[str, float]:
         if not len(keys):
@@ -121,3 +156,23 @@ def score_sentences(sentences: pd.DataFrame, classifier: Classifier, cache: Scor
     stats = ScoringStats(len(sentences), len(unique), len(unique) - len(todo), len(todo),
                          time.perf_counter() - start)
     return out, stats
+
+
+def label_sentences(sentences: pd.DataFrame, labeler, cache: ScoreCache) -> tuple[pd.DataFrame, int]:
+    """Add the rule labeler's ``rule_label``, ``rule`` and ``rules_version`` to a frame with
+    ``key``/``text``: each unique key labelled once per rules version, kept in ``cache``.
+    Returns (frame, number of keys labelled in this call)."""
+    version = getattr(labeler, "version", None) or "rules"
+    unique = sentences.drop_duplicates("key", keep="first")[["key", "text"]]
+    known = cache.lookup_rules(unique["key"].tolist(), version)
+    todo = unique[~unique["key"].isin(known.keys())]
+    if len(todo):
+        labels = labeler.label_many(todo["text"].tolist())
+        pairs = [(lab.label, lab.rule) for lab in labels]
+        cache.add_rules(todo["key"].tolist(), [p[0] for p in pairs], [p[1] for p in pairs], version)
+        known.update(zip(todo["key"].tolist(), pairs))
+    out = sentences.copy()
+    out["rule_label"] = out["key"].map({k: v[0] for k, v in known.items()})
+    out["rule"] = out["key"].map({k: v[1] for k, v in known.items()})
+    out["rules_version"] = version
+    return out, len(todo)

@@ -130,3 +130,39 @@ def test_openai_backend_needs_an_endpoint(monkeypatch):
     monkeypatch.delenv("OFFCLIP_LLM_URL", raising=False)
     with pytest.raises(PromptBackendError, match="needs an endpoint"):
         make_prompter("openai")
+
+
+def test_label_policy_is_applied_and_explained(curated, tiny_classifier, tmp_path):
+    """Each sentence keeps the classifier's label, the rules' label and rule; ``label`` is the
+    policy's (cascade by default); another policy relabels from the cache (no model call)."""
+    from offclip.pipeline.filtering import policy_abnormal
+    from offclip.pipeline.labeler import RuleLabeler
+
+    out, summary = curated
+    s = read_curated(out, "sentences")
+    assert summary.label_policy == "cascade" and (s["label_policy"] == "cascade").all()
+    assert ((s["classifier_label"] == "abnormal") == (s["score"] >= s["threshold"])).all()
+    rules = RuleLabeler().label_many(s["text"].tolist())
+    # the rule labels are per unique key (first text of a key), so compare on one text per key
+    first = s.drop_duplicates("key").index
+    assert [r.label for r in (rules[i] for i in first)] == s.loc[first, "rule_label"].tolist()
+    assert [r.rule for r in (rules[i] for i in first)] == s.loc[first, "rule"].tolist()
+    expected = policy_abnormal(s["classifier_label"] == "abnormal", s["rule_label"] == "abnormal", "cascade", s["rule"])
+    assert ((s["label"] == "abnormal") == expected).all()
+    assert not ((s["rule_label"] == "abnormal") & (s["label"] == "normal")).any()
+    unique = s.drop_duplicates("key")
+    assert sum(summary.opinions.values()) == len(unique)
+    assert summary.disagreements == int((unique["classifier_label"] != unique["rule_label"]).sum())
+    assert "label policy cascade" in summary.to_text()
+
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    by_classifier = run_curate(CurateConfig(out=copy, classifier=tiny_classifier[1], label_policy="classifier"))
+    c = read_curated(copy, "sentences")
+    assert by_classifier.scoring.model_calls == 0
+    assert (c["label"] == c["classifier_label"]).all() and (c["label_policy"] == "classifier").all()
+    assert (c["rule_label"] == s["rule_label"]).all()  # from the cache
+    union = run_curate(CurateConfig(out=copy, classifier=tiny_classifier[1], label_policy="union"))
+    assert union.abnormal >= max(by_classifier.abnormal, summary.abnormal)  # abnormal when either says so
+    with pytest.raises(ValueError, match="label policy"):
+        run_curate(CurateConfig(out=copy, classifier=tiny_classifier[1], label_policy="vote"))

@@ -10,8 +10,11 @@ from offclip.pipeline.filtering import (
     DROP_NORMAL_IN_ABNORMAL,
     KEEP_ABNORMAL,
     KEEP_NORMAL_REPORT,
+    DEFAULT_LABEL_POLICY,
+    LABEL_POLICIES,
     decide,
     filter_sentences,
+    policy_abnormal,
 )
 
 
@@ -67,3 +70,56 @@ def test_decide_is_the_papers_rule():
     assert decide(False, True).keep  # cannot happen with one threshold, still kept
     assert decide(True, True) == (True, KEEP_ABNORMAL)
     assert decide(True, False) == (False, DROP_NORMAL_IN_ABNORMAL)
+
+
+# ------------------------------------------------------------------------- label policies
+
+
+def _with_rules(seed: int) -> pd.DataFrame:
+    """Random reports with a random rule opinion per sentence (abnormal, evidence of normal, silent)."""
+    scored = _reports(seed)
+    rng = np.random.default_rng(seed + 100)
+    kind = rng.choice(["positive:x", "negated_only", "normal_phrase:lungs_clear", "no_finding"], len(scored))
+    scored["rule"] = kind
+    scored["rule_label"] = np.where(kind == "positive:x", "abnormal", "normal")
+    return scored
+
+
+@pytest.mark.parametrize("policy", LABEL_POLICIES)
+def test_label_policies(policy):
+    scored = _with_rules(3)
+    threshold = 0.5
+    sentences, pairs = filter_sentences(scored, threshold, label_policy=policy)
+    clf = sentences["score"] >= threshold
+    rules = sentences["rule_label"] == "abnormal"
+    silent = sentences["rule"] == "no_finding"
+    expected = {"classifier": clf, "rules": rules, "union": clf | rules, "cascade": rules | (silent & clf)}[policy]
+    assert ((sentences["label"] == "abnormal") == expected).all()
+    assert (sentences["classifier_label"] == np.where(clf, "abnormal", "normal")).all()
+    assert (sentences["label_policy"] == policy).all()
+    if policy in ("union", "cascade"):  # never below the teacher's abnormal recall
+        assert (sentences.loc[rules, "label"] == "abnormal").all()
+    if policy == "cascade":  # where the rules saw evidence of normality, they decide
+        assert (sentences.loc[~rules & ~silent, "label"] == "normal").all()
+    # the filter follows the policy's labels: the paper's invariants hold
+    for study_id, group in sentences.groupby("study_id"):
+        pair = pairs[pairs["study_id"] == study_id].iloc[0]
+        abnormal = (group["label"] == "abnormal").any()
+        assert pair["pair_label"] == ("abnormal" if abnormal else "normal")
+        if abnormal:
+            assert not ((group["label"] == "normal") & group["kept"]).any()
+        else:
+            assert group["kept"].all()
+
+
+def test_label_policy_needs_its_columns():
+    scored = _reports(0)
+    with pytest.raises(ValueError, match="rule_label"):
+        filter_sentences(scored, 0.5, label_policy="union")
+    with pytest.raises(ValueError, match="label policy"):
+        filter_sentences(scored, 0.5, label_policy="majority")
+    sentences, _ = filter_sentences(scored, 0.5)  # classifier, the function's default: no rule columns needed
+    assert (sentences["label"] == sentences["classifier_label"]).all()
+    assert DEFAULT_LABEL_POLICY == "cascade"
+    assert list(policy_abnormal([True, False, False, True], [False, True, False, False], "cascade",
+                                ["no_finding", "positive:x", "no_finding", "negated_only"])) == [True, True, False, False]

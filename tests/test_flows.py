@@ -56,4 +56,28 @@ def test_artifacts_are_published(prefect_server, small_world, tiny_classifier, t
     progress = Artifact.get("offclip-ingest-progress")
     assert counts is not None and counts.type == "table" and "reject: truncated" in str(counts.data)
     assert summary is not None and "pair_label" in summary.data and "Shards" in summary.data
+    assert "classifier × rules" in summary.data and "Top 20 classifier/rule disagreements" in summary.data
     assert progress is not None and float(progress.data) == 100.0
+
+
+def test_a_classifier_trained_by_the_flow_learns_from_the_corpus(prefect_server, small_world, tiny_classifier,
+                                                                  tmp_path, monkeypatch):
+    """No classifier given or found: the flow trains one after ingest, on Open-I + its own OUT."""
+    import shutil
+
+    from offclip.flows import build
+
+    calls = []
+
+    def fake_train(out_dir, method, seed, openi, corpus=None):
+        calls.append({"out_dir": out_dir, "corpus": corpus})
+        assert (tmp_path / "o" / "ingest" / "sentences.parquet").is_file()  # ingest has run
+        shutil.copytree(tiny_classifier[1], out_dir)
+        return out_dir
+
+    monkeypatch.setattr(build, "train_classifier_task", fake_train)
+    result = build.build_shards(source=str(small_world[0]), out=str(tmp_path / "o"), folders="all", image_size=64,
+                                batch_size=8, shard_size=6, classifier=None, task_runner="thread", workers=1,
+                                trigger_train=False)
+    assert calls == [{"out_dir": str(tmp_path / "o" / "classifier"), "corpus": str(tmp_path / "o")}]
+    assert result["label_policy"] == "cascade" and result["pairs"] > 0

@@ -322,3 +322,54 @@ def test_sql_command(built, tmp_path):
     refused = subprocess.run(cli + ["DROP TABLE pairs", "--db", db], capture_output=True, text=True)
     assert refused.returncode == 2 and "read-only" in refused.stderr.lower()
     assert len(query(db, "SELECT * FROM pairs")) > 0
+
+
+def test_classifier_rule_disagreements_view(built):
+    """Per distinct sentence: score, classifier label, rule label and rule; the disagreements by
+    reports touched match a direct pandas computation on the curated sentences."""
+    from offclip.flows.build import disagreement_markdown
+
+    db = built / "manifest.duckdb"
+    s = read_curated(built, "sentences")
+    unique = query(db, "SELECT * FROM unique_sentences")
+    assert len(unique) == s["key"].nunique() and unique["sentences"].sum() == len(s)
+    g = s.groupby("key")
+    expected = pd.DataFrame({
+        "reports": g["study_id"].nunique(), "sentences": g.size(), "score": g["score"].first(),
+        "classifier_label": g["classifier_label"].first(), "rule_label": g["rule_label"].first(),
+        "rule": g["rule"].first(), "label": g["label"].first(),
+    })
+    expected = expected[expected["classifier_label"] != expected["rule_label"]].reset_index()
+    expected = expected.sort_values(["reports", "sentences", "key"], ascending=[False, False, True]).reset_index(drop=True)
+    view = query(db, "SELECT * FROM classifier_rule_disagreements")
+    assert len(view) == len(expected) > 0
+    assert view["key"].tolist() == expected["key"].tolist()
+    for col in ("reports", "sentences", "classifier_label", "rule_label", "rule", "label"):
+        assert view[col].tolist() == expected[col].tolist(), col
+    assert view["score"].tolist() == pytest.approx(expected["score"].tolist())
+    assert (view["reports"].diff().dropna() <= 0).all()
+    first_text = s.sort_values(["study_id", "index"]).drop_duplicates("key").set_index("key")["text"]
+    assert view["text"].tolist() == first_text.loc[view["key"]].tolist()
+
+    agreement = query(db, "SELECT * FROM classifier_rule_agreement")
+    assert agreement["unique_sentences"].sum() == len(unique) and agreement["sentences"].sum() == len(s)
+    off = agreement[agreement["classifier_label"] != agreement["rule_label"]]
+    assert off["unique_sentences"].sum() == len(view)
+
+    md = disagreement_markdown(str(db), top=3)
+    assert "Top 3 classifier/rule disagreements" in md and view["text"][0] in md
+    rows = [line for line in md.split("Top 3")[1].splitlines() if line.startswith("|")][2:]  # after header, rule
+    assert len(rows) == min(3, len(view))
+
+
+def test_manifest_of_an_output_curated_before_the_audit(built):
+    """Sentences curated before the audit columns existed: the views still build, rule columns NULL."""
+    import pyarrow.parquet as pq
+
+    path = built / "curate" / "sentences.parquet"
+    old = pq.read_table(path).drop(["classifier_label", "rule_label", "rule", "rules_version", "label_policy"])
+    pq.write_table(old, path)
+    db = build_manifest(built)
+    unique = query(db, "SELECT * FROM unique_sentences")
+    assert unique["rule_label"].isna().all() and unique["classifier_label"].notna().all()
+    assert len(query(db, "SELECT * FROM classifier_rule_disagreements")) == 0
