@@ -48,6 +48,8 @@ from typing import Protocol, Sequence
 
 import pyarrow as pa
 
+from .scoring import DuckDBCache
+
 SEVERITY = ("minimal", "trace", "tiny", "small", "mild", "moderate", "large", "severe", "marked", "extensive")
 PROMPTERS = ("none", "template", "openai")
 
@@ -115,17 +117,12 @@ def prompt_version(system: str, user_template: str, temperature: float) -> str:
     return "p" + hashlib.sha256(spec.encode()).hexdigest()[:12]
 
 
-class PromptCache:
+class PromptCache(DuckDBCache):
     """``llm_rewrites(text, model, prompt_version, answer, answered_at)`` in a DuckDB file (or in
     memory): each sentence is rewritten at most once per model and prompt version, ever."""
 
     def __init__(self, path: str | Path | None = None) -> None:
-        import duckdb
-
-        self.path = None if path is None else Path(path)
-        if self.path is not None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.con = duckdb.connect(":memory:" if self.path is None else str(self.path))
+        super().__init__(path)
         self.con.execute(
             "CREATE TABLE IF NOT EXISTS llm_rewrites ("
             " text VARCHAR NOT NULL, model VARCHAR NOT NULL, prompt_version VARCHAR NOT NULL,"
@@ -171,14 +168,6 @@ class PromptCache:
             "SELECT count(*) FROM llm_rewrites WHERE (? IS NULL OR model = ?) AND (? IS NULL OR prompt_version = ?)",
             [model, model, version, version]).fetchall()[0][0]  # fetchall: no result left open
 
-    def close(self) -> None:
-        self.con.close()
-
-    def __enter__(self) -> "PromptCache":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
 
 @dataclass

@@ -25,18 +25,37 @@ class Classifier(Protocol):
     def predict_proba(self, texts: Sequence[str], batch_size: int = 128) -> np.ndarray: ...
 
 
-class ScoreCache:
-    """``sentence_scores(key, model_version, score, text)`` in a DuckDB file (or in memory), and
-    beside it ``rule_labels(key, rules_version, label, rule)``: the rule labeler's verdict per
-    unique key (:func:`label_sentences`)."""
+class DuckDBCache:
+    """A cache held in one DuckDB file (``self.con``): closed on exit of a ``with`` block."""
+
+    con = None
 
     def __init__(self, path: str | Path | None = None) -> None:
+        """Open (or create) the file at ``path``, or an in-memory database for None."""
         import duckdb
 
         self.path = None if path is None else Path(path)
         if self.path is not None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         self.con = duckdb.connect(":memory:" if self.path is None else str(self.path))
+
+    def close(self) -> None:
+        self.con.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class ScoreCache(DuckDBCache):
+    """``sentence_scores(key, model_version, score, text)`` in a DuckDB file (or in memory), and
+    beside it ``rule_labels(key, rules_version, label, rule)``: the rule labeler's verdict per
+    unique key (:func:`label_sentences`)."""
+
+    def __init__(self, path: str | Path | None = None) -> None:
+        super().__init__(path)
         self.con.execute(
             "CREATE TABLE IF NOT EXISTS sentence_scores ("
             " key VARCHAR NOT NULL, model_version VARCHAR NOT NULL, score FLOAT NOT NULL,"
@@ -111,14 +130,6 @@ class ScoreCache:
         return self.con.execute("SELECT count(*) FROM sentence_scores WHERE model_version = ?",
                                 [model_version]).fetchone()[0]
 
-    def close(self) -> None:
-        self.con.close()
-
-    def __enter__(self) -> "ScoreCache":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
 
 @dataclass

@@ -300,19 +300,7 @@ def _write_openi(directory: Path, reports: list[tuple[int, str, str, str]]) -> N
 
 
 def test_train_from_openi_end_to_end(tmp_path):
-    part = C.openi_partition(range(1, 400))
-    by = {s: [u for u in sorted(part) if part[u] == s] for s in ("train", "dev", "test")}
-    normal_pool, abnormal_pool = TRAIN_NORMAL + HELD_OUT_NORMAL, TRAIN_ABNORMAL + HELD_OUT_ABNORMAL
-    reports = []
-    for split, n in (("train", 16), ("dev", 6), ("test", 6)):
-        for i, uid in enumerate(by[split][:n]):
-            a, b = normal_pool[(3 * i) % len(normal_pool)], normal_pool[(3 * i + 1) % len(normal_pool)]
-            if i % 2:
-                x = abnormal_pool[(2 * i + len(reports)) % len(abnormal_pool)]
-                reports.append((uid, f"{a} {x}", b, "Pleural Effusion/right"))
-            else:
-                reports.append((uid, a, b, "normal"))
-    _write_openi(tmp_path / "openi", reports)
+    _mini_openi(tmp_path / "openi")
     res = C.train_from_openi(tmp_path / "openi", tmp_path / "model", method="frozen",
                              labeler=KeywordLabeler(), progress=None)
     test = res["test"]
