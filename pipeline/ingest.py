@@ -187,13 +187,9 @@ class IngestStage:
         report_bytes = text.encode("utf-8")
         report_sha = hashlib.sha256(report_bytes).hexdigest()
         report_key = study.report_stamp or report_sha
-        last_hash, last_stamp = previous.get(study.study_id, (None, None))
-        if last_stamp and study.frontal_order:  # the fast path: nothing read but the report
-            stamp = image_stamp(self.source / self._image(study, study.frontal_order[0]).path, report_key)
-            if stamp == last_stamp and (self.out / self.out_path(study, study.frontal_order[0])).is_file():
-                out.skipped.append(study.study_id)
-                out.stamps[study.study_id] = stamp
-                return
+        # a study unchanged by its stamp never reaches a batch (plan_ingest: `unchanged`); here
+        # an unchanged *content* is still found by its hash below, before any decoding
+        last_hash = previous.get(study.study_id, (None, None))[0]
         self.setup()  # here, not per batch: a re-run that skips every study never loads spaCy
         sentences = self.splitter.split_report(text)
         if not sentences:
@@ -245,10 +241,6 @@ class IngestStage:
         tried = len(study.frontal_order)
         reject("image", "study", "no_frontal", f"none of the {tried} frontal image(s) could be decoded")
         return finish("no_frontal")
-
-    @staticmethod
-    def _image(study: StudyEntry, dicom_id: str):
-        return next(i for i in study.images if i.dicom_id == dicom_id)
 
     def _decode(self, study: StudyEntry, data: bytes) -> DecodedImage:
         if study.image_kind == "jpg":
@@ -500,8 +492,8 @@ def run_ingest(config: IngestConfig) -> IngestSummary:
     plan = plan_ingest(config)
     result = BatchResult()
     workers = config.workers or os.cpu_count() or 1
-    bar = tqdm(total=len(plan.studies), initial=len(plan.unchanged), unit="study", desc="ingest",
-               disable=not config.progress)
+    bar = tqdm(total=len(plan.studies), initial=len(plan.unchanged) + len(plan.unchanged_rejected), unit="study",
+               desc="ingest", disable=not config.progress)
     try:
         if workers == 1 or len(plan.batches) <= 1:
             stage = IngestStage(config.source, config.out, config.normalize, plan.previous)

@@ -30,6 +30,8 @@ from typing import Iterable, NamedTuple, Sequence
 import numpy as np
 import pandas as pd
 
+from .sources import find_csv
+
 CLASSIFIER = "classifier"
 LABELERS = ("chexpert", "negbio")
 #: where a pair label may come from: the sentence classifier (the paper's, the default) or a labeler
@@ -55,12 +57,7 @@ class LabelFileError(FileNotFoundError):
 
 def find_label_file(labeler: str, dirs: Iterable[str | os.PathLike]) -> Path | None:
     """The first ``mimic-cxr-2.0.0-<labeler>.csv`` (or ``.csv.gz``) in ``dirs``, in order."""
-    name = _file_name(labeler)
-    for directory in dirs:
-        for candidate in (Path(directory) / name, Path(directory) / f"{name}.gz"):
-            if candidate.is_file():
-                return candidate
-    return None
+    return find_csv([Path(d) for d in dirs], _file_name(labeler))
 
 
 def require_label_file(labeler: str, dirs: Sequence[str | os.PathLike]) -> Path:

@@ -72,9 +72,6 @@ class ReportIndex:
     #: reports are read anyway: their CRC-32)
     stamps: dict[int, str] = field(default_factory=dict)
 
-    def folder_of(self, study_id: int) -> str:
-        return f"p{str(self.refs[study_id][0])[:2]}"
-
 
 def _report_key(name: str) -> tuple[int, int] | None:
     m = _REPORT_NAME.search(name)
