@@ -8,9 +8,10 @@ record tables as Parquet under ``OUT/ingest/``, each checked against its contrac
 
 Incremental: a study whose selected image and report hash to the ``content_hash`` of the previous
 run (and whose output image still exists) is not decoded again; its previous records are kept.
-A study whose report bytes and selected image's path, size and modification time are those of
-the previous run (its *stamp*, kept in ``OUT/ingest/stamps.parquet``, outside the manifest) is
-not even read: a re-run over an unchanged MIMIC tree reads reports and stats images, nothing more.
+A study whose *stamp* (its first frontal image's size and modification time, its report's stamp
+from the report index: see ``sources.ReportIndex.stamps``) is that of the previous run, kept in
+``OUT/ingest/stamps.parquet`` outside the manifest, is found by :func:`plan_ingest` and never
+batched, a rejected one too: a re-run over an unchanged MIMIC tree reads no image and no report.
 Bad input never stops a run: each problem becomes a reject record with a reason code.
 """
 
