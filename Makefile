@@ -6,7 +6,9 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.offclip-installed
 DEMO_DIR     ?= out/demo-world
-DEMO_STUDIES ?= 250
+DEMO_STUDIES ?= 1000
+# renders of the held-out reports in the evaluation set (one image per held-out study without it)
+DEMO_EVAL_IMAGES ?= 500
 DEMO_OUT     ?= out/curated
 PYTEST_ARGS  ?=
 
@@ -28,17 +30,19 @@ setup: $(STAMP)
 # The main job on the embedded default: a demo world, a local Prefect server (SQLite under
 # .offclip/), the offclip/build-shards deployment run through it (training the sentence
 # classifier on Open-I first when none exists), which starts offclip/train (the `demo` model
-# config), which starts offclip/evaluate; then the manifest summary and the evaluation, and the
-# stack stopped.
+# config) and the plain CLIP beside it (train_parameters baseline), which starts offclip/evaluate on
+# both; then the manifest summary, the two evaluations and their paired difference with its 95 %
+# interval, and the stack stopped.
 demo: setup
-	$(BIN)/offclip demo-world $(DEMO_DIR) --studies $(DEMO_STUDIES) --seed 0 --overwrite
+	$(BIN)/offclip demo-world $(DEMO_DIR) --studies $(DEMO_STUDIES) --seed 0 --eval-images $(DEMO_EVAL_IMAGES) --overwrite
 	$(BIN)/offclip up
 	. .offclip/env.sh && HF_HUB_OFFLINE=1 $(BIN)/prefect deployment run offclip/build-shards --watch \
-		-p source=$(DEMO_DIR) -p out=$(DEMO_OUT) -p folders=all \
+		-p source=$(DEMO_DIR) -p out=$(DEMO_OUT) -p folders=all -p 'train_parameters={"baseline": true}' \
 		&& $(BIN)/offclip wait offclip/build-shards offclip/train offclip/evaluate --timeout 1800 \
 		|| { $(BIN)/offclip down; exit 1; }
 	$(BIN)/offclip manifest $(DEMO_OUT)
-	$(BIN)/offclip sql "SELECT * FROM latest_evaluations" --db $(DEMO_OUT)/manifest.duckdb
+	$(BIN)/offclip sql "SELECT run_name, n_images, normal_auc, macro_auc, pointing_game, normal_fp, normal_fn, normal_auc_centroid FROM latest_evaluations" --db $(DEMO_OUT)/manifest.duckdb
+	$(BIN)/offclip sql "SELECT comparison, metric, difference, ci_low, ci_high, n_images FROM latest_differences" --db $(DEMO_OUT)/manifest.duckdb
 	$(BIN)/offclip down
 
 test: setup

@@ -45,10 +45,14 @@ def shard_fingerprint(shards: str | Path, split: str = "train") -> str:
     return digest[:10]
 
 
-def default_run_dir(shards: str | Path, config: str, loss: str, seed: int, text_source: str | None = None) -> Path:
-    """``SHARDS/runs/<config>-<loss>[-<text source>]-seed<S>-<shards digest>``: re-running on the
-    same shards resumes (or finds finished) the same run; new shards start a new one."""
+def default_run_dir(shards: str | Path, config: str, loss: str, seed: int, text_source: str | None = None,
+                    init: str | None = None) -> Path:
+    """``SHARDS/runs/<config>[-refine-<init>]-<loss>[-<text source>]-seed<S>-<shards digest>``:
+    re-running on the same shards resumes (or finds finished) the same run; new shards start a new
+    one; a refinement of a checkpoint (``init``) is named after the checkpoint's directory."""
     name = Path(config).stem if str(config).endswith(".json") else config
+    if init:
+        name = f"{name}-refine-{Path(init).name}"
     text = f"-{text_source}" if text_source and text_source != "filtered" else ""
     return Path(shards) / "runs" / f"{name}-{loss}{text}-seed{seed}-{shard_fingerprint(shards)}"
 
@@ -110,6 +114,46 @@ def evaluate_task(model: str, dataset: str, root: str, out: str, manifest: str |
     return result.to_dict()
 
 
+@task(name="evaluate-against-baseline", retries=1, retry_delay_seconds=5)
+def evaluate_against_task(model: str, baseline: str, dataset: str, root: str, out: str, baseline_out: str,
+                          manifest: str | None, run_name: str, baseline_name: str, prompts: str | None = None,
+                          n_boot: int = 2000) -> dict:
+    """Evaluate MODEL and BASELINE on the same set, then the paired difference of the model
+    against the baseline (normal AUC, macro AUC, prompt-free normal AUC) with its 95 % bootstrap
+    interval; the differences also go to the manifest as ``<run_name>-vs-<baseline_name>``."""
+    from offclip.models.compare import paired_differences, record_differences
+    from offclip.models.evaluate import evaluate as run_evaluation
+
+    results = {}
+    for name, path, where in ((run_name, model, out), (baseline_name, baseline, baseline_out)):
+        results[name, 0] = run_evaluation(path, dataset, root, out=Path(where),
+                                          manifest=Path(manifest) if manifest else None, run_name=name,
+                                          prompts=prompts)
+    differences = paired_differences(results, baseline_name, (0,), Path(root), n_boot=n_boot,
+                                     progress=get_run_logger().info)
+    if manifest and differences:
+        record_differences(Path(manifest), differences, dataset, {run_name: f"{run_name}-vs-{baseline_name}"},
+                           {run_name: results[run_name, 0].loss})
+    return {**results[run_name, 0].to_dict(), "baseline": results[baseline_name, 0].to_dict(),
+            "differences": differences}
+
+
+def against_baseline_markdown(result: dict) -> str:
+    """The model beside the baseline and the paired differences, as a markdown table."""
+    base, summary = result["baseline"]["summary"], result["summary"]
+    lines = [f"| | {result['run_name']} | {result['baseline']['run_name']} (baseline) | difference [95 % CI] |",
+             "|---|---|---|---|"]
+    for d in result["differences"]:
+        metric = d["metric"]
+        lines.append(f"| {metric} | {summary.get(metric, float('nan')):.3f} | {base.get(metric, float('nan')):.3f} | "
+                     f"{d['estimate']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}] |")
+    first = result["differences"][0] if result["differences"] else {}
+    unit = (f"{first.get('n_groups')} reports ({first.get('n_images')} images)" if first.get("n_groups")
+            else f"{first.get('n_images', summary.get('n_images'))} images")
+    return ("\n".join(lines) + f"\n\nOne seed; the interval resamples the {unit} of the evaluation set, so it "
+            "says how much the figure could move with another evaluation set, not with another training seed.")
+
+
 @flow(name="offclip", flow_run_name=run_namer("train"), log_prints=True)
 def train(
     shards: str = "out/curated",
@@ -131,18 +175,26 @@ def train(
     eval_root: str | None = None,
     allow_shard_change: bool = False,
     text_source: str | None = None,
+    baseline: bool = False,
+    init: str | None = None,
 ) -> dict[str, Any]:
     """Train the dual encoder on the shards under SHARDS (a build-shards output); the run goes
     to ``run_dir`` (default ``SHARDS/runs/<config>-<loss>[-report]-seed<S>-<digest>``; an
     unfinished run there is resumed exactly). ``text_source``: ``filtered`` (the kept sentences,
-    OFF-CLIP's text; the config's default) or ``report`` (every sentence: a plain CLIP's). Then start ``offclip/evaluate`` on the model (when deployed)."""
+    OFF-CLIP's text; the config's default) or ``report`` (every sentence: a plain CLIP's).
+    ``baseline``: also train the plain CLIP (InfoNCE on whole reports, the same config, seed and
+    budget) beside it, so that the evaluation shows the model against it. Then start
+    ``offclip/evaluate`` on the model (and the baseline) when deployed. ``init``: a model directory
+    to refine (offclip's, a transformers ``CLIPModel`` or ``VisionTextDualEncoderModel``; saved in
+    the same format) instead of a fresh model of ``config``, whose training settings still apply."""
     logger = get_run_logger()
     started = dt.datetime.now(dt.timezone.utc)
-    run = Path(run_dir) if run_dir else default_run_dir(shards, config, loss, seed, text_source)
+    run = Path(run_dir) if run_dir else default_run_dir(shards, config, loss, seed, text_source, init)
     settings = {"shards": shards, "out": str(run), "config": config, "loss": loss,
                 "abnormal_weight": abnormal_weight, "seed": seed, "epochs": epochs, "batch_size": batch_size,
                 "lr": lr, "max_steps": max_steps, "device": device, "num_workers": num_workers,
-                "text_model": text_model, "vision_model": vision_model, "allow_shard_change": allow_shard_change, "text_source": text_source}
+                "text_model": text_model, "vision_model": vision_model, "allow_shard_change": allow_shard_change, "text_source": text_source,
+                "init": init}
     result = {"flow_run": current_run_id(), **train_task(settings)}  # None: the model config's own setting
     db = Path(shards) / MANIFEST_FILE
     if db.is_file():
@@ -162,6 +214,12 @@ def train(
                  + _png_markdown(result.get("plot_path"), "training curve"),
         description="training curve and where the model is",
     )
+    if baseline and (loss, text_source) != ("infonce", "report"):
+        base_run = run.with_name(f"{run.name}-baseline") if run_dir else default_run_dir(
+            shards, config, "infonce", seed, "report", init)
+        logger.info("training the plain CLIP beside it (InfoNCE, whole reports) → %s", base_run)
+        trained = train_task({**settings, "out": str(base_run), "loss": "infonce", "text_source": "report"})
+        result["baseline_model_dir"] = trained["model_dir"]
     if trigger_evaluate:
         root = eval_root or default_eval_root(shards, eval_dataset)
         if root is None:
@@ -169,7 +227,8 @@ def train(
         else:
             result["evaluate_run"] = trigger_deployment(
                 "offclip/evaluate", {"model": result["model_dir"], "dataset": eval_dataset, "root": root,
-                                     "manifest": str(db) if db.is_file() else None})
+                                     "manifest": str(db) if db.is_file() else None,
+                                     **({"baseline": result["baseline_model_dir"]} if "baseline_model_dir" in result else {})})
     return result
 
 
@@ -182,17 +241,33 @@ def evaluate(
     manifest: str | None = None,
     run_name: str | None = None,
     prompts: str | None = None,
+    baseline: str | None = None,
 ) -> dict[str, Any]:
     """Zero-shot evaluation of MODEL (a trained model directory) on DATASET at ROOT (VinDr-CXR,
     Open-I, CheXpert or PadChest in their own formats): per-class AUC (normal included),
     Youden accuracy, normal FP/FN, pointing game; JSON + ROC plot under ``out`` (default
-    ``MODEL/../eval``), rows in the manifest's ``evaluations`` table when ``manifest`` is given."""
+    ``MODEL/../eval``), rows in the manifest's ``evaluations`` table when ``manifest`` is given.
+    ``baseline``: a second model directory (e.g. the plain CLIP ``train(baseline=True)`` made),
+    evaluated on the same set; the paired difference of MODEL against it, with a 95 % bootstrap
+    interval, is logged, kept as an artifact and recorded in the manifest."""
     if root is None:
         raise ValueError(f"evaluate needs root: the {dataset} directory (a demo world has WORLD/eval/{dataset})")
     started = dt.datetime.now(dt.timezone.utc)
     out = out or str(Path(model).parent / "eval")
-    result = {"flow_run": current_run_id(),
-              **evaluate_task(model, dataset, root, out, manifest, run_name or Path(model).parent.name, prompts)}
+    name = run_name or Path(model).parent.name
+    if baseline:
+        base_name = Path(baseline).parent.name
+        if base_name == name:
+            base_name = f"{base_name}-baseline"
+        result = {"flow_run": current_run_id(),
+                  **evaluate_against_task(model, baseline, dataset, root, out, str(Path(baseline).parent / "eval"),
+                                          manifest, name, base_name, prompts)}
+        table = against_baseline_markdown(result)
+        print(f"{dataset}: {name} against the baseline {base_name}\n{table}")
+        create_markdown_artifact(key="offclip-eval-vs-baseline", markdown=f"## against the baseline\n\n{table}",
+                                 description="the model against the plain CLIP, paired, with 95 % intervals")
+    else:
+        result = {"flow_run": current_run_id(), **evaluate_task(model, dataset, root, out, manifest, name, prompts)}
     summary = result.get("summary", {})
     if manifest:
         append_runs(manifest, [run_record("evaluate", started, {"model": model, "dataset": dataset, "root": root},

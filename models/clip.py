@@ -27,8 +27,6 @@ import json
 import logging
 import math
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +56,7 @@ __all__ = [
     "load_model_config",
     "save_model",
     "tokenize",
+    "write_side_files",
 ]
 
 logger = logging.getLogger(__name__)
@@ -464,33 +463,32 @@ def save_model(
     tokenizer: PreTrainedTokenizerBase,
     path: str | os.PathLike,
     extra: dict | None = None,
+    card: str | None = None,
 ) -> Path:
-    """Write model + tokenizer (+ ``extra`` as ``offclip_model.json``) to ``path`` atomically.
+    """Write model + tokenizer (+ ``extra`` as ``offclip_model.json``, ``card`` as ``README.md``)
+    to ``path`` atomically.
 
     Everything goes into a temporary directory beside ``path`` that is then renamed over it,
     so a reader never sees a half-written checkpoint. Returns ``path``.
     """
+    from offclip.pipeline.atomic import atomic_directory
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-    try:
+    with atomic_directory(path) as staging:
         model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
-        if extra is not None:
-            (staging / EXTRA_FILENAME).write_text(
-                json.dumps(extra, indent=2, sort_keys=True, default=str), encoding="utf-8"
-            )
-        if path.exists():
-            retired = path.parent / f".{path.name}.old-{os.getpid()}"
-            path.rename(retired)
-            staging.rename(path)
-            shutil.rmtree(retired, ignore_errors=True)
-        else:
-            staging.rename(path)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+        write_side_files(staging, extra, card)
     return path
+
+
+def write_side_files(directory: Path, extra: dict | None, card: str | None) -> None:
+    """offclip's metadata beside a saved model: ``offclip_model.json`` and the model card."""
+    if extra is not None:
+        (directory / EXTRA_FILENAME).write_text(
+            json.dumps(extra, indent=2, sort_keys=True, default=str), encoding="utf-8"
+        )
+    if card is not None:
+        (directory / "README.md").write_text(card, encoding="utf-8")
 
 
 def load_model(path: str | os.PathLike) -> tuple[OffClipModel, PreTrainedTokenizerBase]:

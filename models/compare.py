@@ -20,6 +20,10 @@ against the baseline: the paired difference in normal AUC and in macro AUC with 
 interval (``models.stats.paired_bootstrap``: images resampled, paired within a seed, pooled over
 seeds). Tables go to ``OUT/compare.md`` and ``OUT/compare.json``; every evaluation and every
 pooled difference is a row in the manifest's ``evaluations`` table.
+
+Every arm starts from a fresh model of the config (seeded), or, with ``init``, from one existing
+checkpoint (any format :mod:`offclip.models.adapters` opens): the ablation as a *refinement*, the
+paper's setting (OFF-CLIP refines CARZero). Then the seed changes only the data order and dropout.
 """
 
 from __future__ import annotations
@@ -89,6 +93,10 @@ class CompareConfig:
     #: together: the demo world's ``offclip_demo/eval_images.csv``), or ``auto`` (reports when that
     #: table covers the evaluation set, else images)
     resample: str = "auto"
+    #: a model directory every arm refines (offclip, CLIPModel or VisionTextDualEncoderModel); None:
+    #: every arm trains a fresh model of ``config`` (whose "train" section gives the hyper-parameters
+    #: either way)
+    init: Path | None = None
 
     def __post_init__(self) -> None:
         for arm in (*self.arms, self.baseline):
@@ -98,6 +106,10 @@ class CompareConfig:
             raise ValueError("compare needs at least one seed")
         if self.resample not in ("auto", "images", "reports"):
             raise ValueError(f"resample must be auto, images or reports, not {self.resample!r}")
+        if self.init is not None:
+            from .adapters import model_format
+
+            model_format(self.init)  # a clear error now, not after the first arm's data is read
 
 
 @dataclass
@@ -118,11 +130,11 @@ def run_dir(out: Path, arm: str, seed: int) -> Path:
 
 def run_compare(config: CompareConfig, progress: Callable[[str], None] = print) -> CompareResult:
     from .evaluate import NORMAL, _json_safe, evaluate
-    from .stats import paired_bootstrap
     from .train import TrainConfig, train
 
     out = Path(config.out)
     tag = f"-{Path(config.prompts).stem}" if config.prompts else ""  #: names a prompt set's outputs
+    origin = f":refine-{Path(config.init).name}" if config.init else ""  #: tells refinements apart in the manifest
     manifest = config.manifest or (Path(config.shards) / "manifest.duckdb")
     manifest = manifest if Path(manifest).is_file() else None
     arms = list(dict.fromkeys([config.baseline, *config.arms]))  # the baseline is always run
@@ -137,10 +149,10 @@ def run_compare(config: CompareConfig, progress: Callable[[str], None] = print) 
             trained = train(TrainConfig(shards=Path(config.shards), out=run, config=config.config, loss=loss,
                                         text_source=text, seed=seed, epochs=config.epochs,
                                         batch_size=config.batch_size, device=config.device,
-                                        max_steps=config.max_steps))
+                                        max_steps=config.max_steps, init=str(config.init) if config.init else None))
             result = evaluate(trained.model_dir, config.dataset, config.eval_root, out=run / f"eval{tag}",
                               device=config.device, prompts=config.prompts, manifest=manifest,
-                              run_name=f"compare:{arm}:seed{seed}{tag}")
+                              run_name=f"compare{origin}:{arm}:seed{seed}{tag}")
             evaluations[arm, seed] = result
             summary = result.summary
             rows.append({"arm": arm, "loss": loss, "text": text, "seed": seed,
@@ -148,43 +160,18 @@ def run_compare(config: CompareConfig, progress: Callable[[str], None] = print) 
                          "train_seconds": round(trained.seconds, 1)})
             progress(f"compare: {arm} seed {seed}: " + ", ".join(f"{m} {_fmt(summary.get(m))}" for m in METRICS[:3]))
 
-    base = evaluations[config.baseline, config.seeds[0]]
-    labels = base.labels
-    for (arm, seed), result in evaluations.items():
-        if list(result.labels.index) != list(labels.index):
-            raise RuntimeError(f"{arm} seed {seed} was evaluated on other images than the baseline "
-                               f"({len(result.labels)} against {len(labels)}): the paired comparison needs the same set")
-    abnormal = [c for c in labels.columns if c != NORMAL and labels[c].nunique(dropna=True) == 2]
-    groups = eval_groups(config.eval_root, list(labels.index), config.resample)
-    if groups is not None:
-        progress(f"compare: the bootstrap resamples the {len(set(groups))} reports the {len(groups)} "
-                 "evaluation images were rendered from (renders of one report stay together)")
-    differences = []
-    for arm in arms:
-        if arm == config.baseline:
-            continue
-        for metric in DIFFERENCES:
-            columns = abnormal if metric == "macro_auc" else [NORMAL]
-            if not columns:
-                continue
-            y = labels[columns].to_numpy(dtype=float)
-            if metric == "normal_auc_centroid":  # each run's prompt-free normal score
-                scores = {a: [evaluations[a, s].centroid_scores.to_numpy(dtype=float)[:, None] for s in config.seeds]
-                          for a in (arm, config.baseline)}
-                if any(np.isnan(x).all() for xs in scores.values() for x in xs):
-                    continue
-            else:
-                scores = {a: [evaluations[a, s].scores[columns].to_numpy(dtype=float) for s in config.seeds]
-                          for a in (arm, config.baseline)}
-            diff = paired_bootstrap(y, scores[arm], scores[config.baseline], metric=metric, n_boot=config.n_boot,
-                                    groups=groups)
-            differences.append({"arm": arm, "baseline": config.baseline, **diff.to_dict()})
-            progress(f"compare: {arm} − {config.baseline}, {metric}: {diff.text()}")
+    labels = evaluations[config.baseline, config.seeds[0]].labels
+    abnormal = abnormal_classes(labels)
+    differences = paired_differences(evaluations, config.baseline, config.seeds, config.eval_root,
+                                     resample=config.resample, n_boot=config.n_boot,
+                                     progress=lambda line: progress(f"compare: {line}"))
 
     runs = pd.DataFrame(rows)
     summary = summarise(runs)
     n_images, n_normal = len(labels), int(labels[NORMAL].sum())
     markdown = to_markdown(runs, summary, differences, config, n_images, n_normal)
+    per_class = per_class_auc({key: r.classes.to_dict("records") for key, r in evaluations.items()})
+    markdown += "\n\n" + per_class_markdown(per_class, labels=ARMS)
     files = {"json": out / f"compare{tag}.json", "markdown": out / f"compare{tag}.md"}
     atomic_write_text(files["json"], json.dumps(_json_safe({
         "config": {k: (list(v) if isinstance(v, tuple) else str(v) if isinstance(v, Path) else v)
@@ -194,9 +181,63 @@ def run_compare(config: CompareConfig, progress: Callable[[str], None] = print) 
         "runs": rows, "differences": differences}), indent=1) + "\n")
     atomic_write_text(files["markdown"], markdown + "\n")
     if manifest is not None:
-        _record_differences(manifest, differences, config, tag)
+        arms_run = dict.fromkeys(d["arm"] for d in differences)
+        record_differences(manifest, differences, config.dataset,
+                           {a: f"compare{origin}:{a}-vs-{config.baseline}{tag}" for a in arms_run},
+                           {a: ARMS[a][0] for a in arms_run})
         files["manifest"] = manifest
     return CompareResult(runs, summary, differences, markdown, files, n_images, n_normal)
+
+
+def abnormal_classes(labels: pd.DataFrame) -> list[str]:
+    """The abnormal classes of an evaluation's labels with both positives and negatives (those a
+    macro AUC averages)."""
+    from .evaluate import NORMAL
+
+    return [c for c in labels.columns if c != NORMAL and labels[c].nunique(dropna=True) == 2]
+
+
+def paired_differences(evaluations: dict, baseline: str, seeds, eval_root: Path, *, resample: str = "auto",
+                       n_boot: int = 2000, progress: Callable[[str], None] = print) -> list[dict]:
+    """Every arm of ``evaluations`` (``{(arm, seed): EvalResult}``, the same seeds for each arm)
+    against ``baseline``: the paired difference of each of :data:`DIFFERENCES`, pooled over seeds,
+    with its bootstrap interval (``models.stats.paired_bootstrap``; the renders of one report
+    resampled together when the evaluation set says which report each image is, see
+    :func:`eval_groups`). One dict per (arm, metric): ``Difference.to_dict()`` + arm, baseline."""
+    from .evaluate import NORMAL
+    from .stats import paired_bootstrap
+
+    labels = evaluations[baseline, seeds[0]].labels
+    for (arm, seed), result in evaluations.items():
+        if list(result.labels.index) != list(labels.index):
+            raise RuntimeError(f"{arm} seed {seed} was evaluated on other images than the baseline "
+                               f"({len(result.labels)} against {len(labels)}): the paired comparison needs the same set")
+    abnormal = abnormal_classes(labels)
+    groups = eval_groups(eval_root, list(labels.index), resample)
+    if groups is not None:
+        progress(f"the bootstrap resamples the {len(set(groups))} reports the {len(groups)} "
+                 "evaluation images were rendered from (renders of one report stay together)")
+    differences = []
+    for arm in dict.fromkeys(a for a, _ in evaluations):
+        if arm == baseline:
+            continue
+        for metric in DIFFERENCES:
+            columns = abnormal if metric == "macro_auc" else [NORMAL]
+            if not columns:
+                continue
+            y = labels[columns].to_numpy(dtype=float)
+            if metric == "normal_auc_centroid":  # each run's prompt-free normal score
+                scores = {a: [evaluations[a, s].centroid_scores.to_numpy(dtype=float)[:, None] for s in seeds]
+                          for a in (arm, baseline)}
+                if any(np.isnan(x).all() for xs in scores.values() for x in xs):
+                    continue
+            else:
+                scores = {a: [evaluations[a, s].scores[columns].to_numpy(dtype=float) for s in seeds]
+                          for a in (arm, baseline)}
+            diff = paired_bootstrap(y, scores[arm], scores[baseline], metric=metric, n_boot=n_boot, groups=groups)
+            differences.append({"arm": arm, "baseline": baseline, **diff.to_dict()})
+            progress(f"{arm} − {baseline}, {metric}: {diff.text()}")
+    return differences
 
 
 def eval_groups(eval_root: Path, image_ids: list[str], resample: str = "auto") -> list[str] | None:
@@ -218,9 +259,11 @@ def eval_groups(eval_root: Path, image_ids: list[str], resample: str = "auto") -
     return found
 
 
-def _record_differences(manifest: Path, differences: list[dict], config: CompareConfig, tag: str) -> None:
-    """The pooled differences as rows of the manifest's ``evaluations`` (one evaluation per arm:
-    ``run_name`` ``compare:<arm>-vs-<baseline>``, metrics ``delta_<metric>``, ``…_low``, ``…_high``)."""
+def record_differences(manifest: Path, differences: list[dict], dataset: str, run_names: dict[str, str],
+                       losses: dict[str, str | None]) -> None:
+    """The pooled differences as rows of the manifest's ``evaluations`` (one evaluation per arm,
+    named ``run_names[arm]``, e.g. ``compare:<arm>-vs-<baseline>``; metrics ``delta_<metric>``,
+    ``…_low``, ``…_high``)."""
     from ..data_contracts.manifest import EVALUATIONS, OVERALL
     from ..pipeline.manifest import record_evaluations
 
@@ -229,8 +272,8 @@ def _record_differences(manifest: Path, differences: list[dict], config: Compare
     for arm in dict.fromkeys(d["arm"] for d in differences):
         evaluation_id = str(uuid.uuid4())
         base = {"evaluation_id": evaluation_id, "evaluated_at": now, "model_dir": None,
-                "run_name": f"compare:{arm}-vs-{config.baseline}{tag}", "loss": ARMS[arm][0], "seed": None,
-                "dataset": config.dataset, "class_name": OVERALL}
+                "run_name": run_names[arm], "loss": losses.get(arm), "seed": None,
+                "dataset": dataset, "class_name": OVERALL}
         for d in (d for d in differences if d["arm"] == arm):
             for suffix, key in (("", "estimate"), ("_low", "low"), ("_high", "high")):
                 rows.append({**base, "metric": f"delta_{d['metric']}{suffix}", "value": float(d[key]),
@@ -240,6 +283,35 @@ def _record_differences(manifest: Path, differences: list[dict], config: Compare
         for column in ("n_pos", "n_neg", "seed"):
             frame[column] = frame[column].astype("Int64")
         record_evaluations(manifest, frame)
+
+
+def per_class_auc(classes: dict) -> pd.DataFrame:
+    """Per-class AUC of every arm, mean and sd over seeds, from ``{(arm, seed): [class rows]}``
+    (an evaluation's ``classes`` records, as in its JSON): one row per (class, arm) with a defined
+    AUC, classes in evaluation order (normal first); columns ``class_name``, ``arm``, ``n_pos``,
+    ``mean``, ``sd``, ``seeds``."""
+    rows = [{"arm": arm, "seed": seed, "class_name": c["class_name"], "n_pos": c["n_pos"], "auc": c["auc"]}
+            for (arm, seed), records in classes.items() for c in records]
+    frame = pd.DataFrame(rows, columns=["arm", "seed", "class_name", "n_pos", "auc"]).dropna(subset=["auc"])
+    grouped = frame.groupby(["class_name", "arm"], sort=False)
+    return grouped.agg(n_pos=("n_pos", "max"), mean=("auc", "mean"), sd=("auc", "std"),
+                       seeds=("auc", "size")).reset_index()
+
+
+def per_class_markdown(table: pd.DataFrame, labels: dict | None = None) -> str:
+    """:func:`per_class_auc` as a markdown table: a row per class, a column per arm."""
+    if table.empty:
+        return ""
+    arms = list(dict.fromkeys(table["arm"]))
+    if labels:  # in the labels' order (the baseline first)
+        arms = sorted(arms, key=lambda a: list(labels).index(a) if a in labels else len(labels))
+    names = [f"{a} ({labels[a][2]})" if labels and a in labels else a for a in arms]
+    lines = ["Per-class AUC (mean ± sd over seeds; the classes with positives in the evaluation set):", "",
+             "| class | positives | " + " | ".join(names) + " |", "|---|---|" + "---|" * len(arms)]
+    for name, rows in table.groupby("class_name", sort=False):
+        cells = {r["arm"]: _cell(r["mean"], r["sd"], 3) for r in rows.to_dict("records")}
+        lines.append(f"| {name} | {int(rows['n_pos'].max())} | " + " | ".join(cells.get(a, "n/a") for a in arms) + " |")
+    return "\n".join(lines)
 
 
 def summarise(runs: pd.DataFrame) -> pd.DataFrame:
@@ -263,7 +335,8 @@ def to_markdown(runs: pd.DataFrame, summary: pd.DataFrame, differences: list[dic
                 n_images: int, n_normal: int) -> str:
     prompts = f"prompts `{config.prompts}`" if config.prompts else "the default prompts"
     seeds = ", ".join(map(str, config.seeds))
-    lines = [f"Config `{config.config}`, seeds {seeds}; evaluated on `{config.eval_root}` "
+    start = f"refining `{config.init}`" if config.init else "from scratch"
+    lines = [f"Config `{config.config}` ({start}), seeds {seeds}; evaluated on `{config.eval_root}` "
              f"({n_images} images, {n_normal} normal) with {prompts}. Per arm: mean ± sd over seeds.", "",
              "| arm | what it is | " + " | ".join(HEADERS) + " |", "|---|---|" + "---|" * len(HEADERS)]
     for arm in summary.index:

@@ -878,17 +878,22 @@ def _resolve_device(device: str):
 
 
 def _open_model(model_dir_or_model) -> tuple[Any, Any, str | None, dict]:
-    """(model, tokenizer, model_dir, saved extra metadata) from a directory or a (model, tokenizer) pair."""
-    from .clip import load_extra, load_model
+    """(adapter, tokenizer, model_dir, saved extra metadata) from a model directory in any format
+    :mod:`offclip.models.adapters` opens, a :class:`ClipAdapter`, or an ``(OffClipModel, tokenizer)`` pair."""
+    from .adapters import ClipAdapter, load_adapter
+    from .clip import OffClipModel, load_extra
 
     if isinstance(model_dir_or_model, (str, os.PathLike)):
         path = Path(model_dir_or_model)
-        model, tokenizer = load_model(path)
-        return model, tokenizer, str(path), load_extra(path)
-    if isinstance(model_dir_or_model, tuple) and len(model_dir_or_model) == 2:
+        adapter = load_adapter(path)
+        return adapter, adapter.tokenizer, str(path), load_extra(path)
+    if isinstance(model_dir_or_model, ClipAdapter):
+        return model_dir_or_model, model_dir_or_model.tokenizer, None, {}
+    if isinstance(model_dir_or_model, tuple) and len(model_dir_or_model) == 2 \
+            and isinstance(model_dir_or_model[0], OffClipModel):
         model, tokenizer = model_dir_or_model
-        return model, tokenizer, None, {}
-    raise TypeError("evaluate needs a model directory or a (model, tokenizer) pair, "
+        return ClipAdapter.from_offclip(model, tokenizer), tokenizer, None, {}
+    raise TypeError("evaluate needs a model directory, a ClipAdapter or an (OffClipModel, tokenizer) pair, "
                     f"got {type(model_dir_or_model).__name__}")
 
 
@@ -906,8 +911,10 @@ def evaluate(model_dir_or_model, dataset: str, root: str | os.PathLike, prompts=
              batch_size: int = 32, device: str = "auto", manifest: Path | None = None,
              run_name: str | None = None, workers: int = 0, normal_texts: Iterable[str] | None = None,
              **reader_options) -> EvalResult:
-    """Zero-shot evaluation of a model (a saved directory, or a ``(model, tokenizer)`` pair) on
-    ``dataset`` at ``root``. With ``out``: ``out/<dataset>.json``, ``out/<dataset>_roc.png`` and
+    """Zero-shot evaluation of a model on ``dataset`` at ``root``. The model: a saved directory
+    (offclip's, a transformers ``CLIPModel`` or ``VisionTextDualEncoderModel``: each at its own
+    input size and normalisation, :mod:`offclip.models.adapters`), a ``ClipAdapter``, or an
+    ``(OffClipModel, tokenizer)`` pair. With ``out``: ``out/<dataset>.json``, ``out/<dataset>_roc.png`` and
     ``out/<dataset>_scores.parquet`` (per image: every class score, the prompt-free normal score
     and the labels); with ``manifest``: rows appended to its ``evaluations`` table. ``workers``:
     image-decoding threads (0: up to 8). ``reader_options`` go to the dataset's reader.
@@ -929,7 +936,7 @@ def evaluate(model_dir_or_model, dataset: str, root: str | os.PathLike, prompts=
     loss, seed = _model_info(extra)
     torch_device = _resolve_device(device)
     model = model.to(torch_device).eval()
-    size = int(model.config.image_size)
+    size = model.image_size  # the checkpoint's input size (models.adapters)
     class_prompts, prompt_notes = build_prompts(eval_set.classes, prompts)
     boxes = eval_set.boxes
     box_classes = sorted(set(boxes["class_name"]) - set(class_prompts))
@@ -942,6 +949,7 @@ def evaluate(model_dir_or_model, dataset: str, root: str | os.PathLike, prompts=
         boxes_of = {image_id: group for image_id, group in boxes.groupby("image_id", sort=False)}
         rejects = list(eval_set.rejects)
         score_rows, ids, pointing_rows, embeddings = [], [], [], []
+        no_grid = False  # the vision tower gives no patch grid: no pointing game
         pool = ThreadPoolExecutor(max_workers=workers or min(8, os.cpu_count() or 1))
         try:
             for start in range(0, len(eval_set.images), batch_size):
@@ -957,9 +965,11 @@ def evaluate(model_dir_or_model, dataset: str, root: str | os.PathLike, prompts=
                 embeddings.append(image_emb.float().cpu().numpy())
                 ids += [image.id for image, _ in good]
                 with_boxes = [k for k, (image, _) in enumerate(good) if image.id in boxes_of]
-                if with_boxes:
-                    patches = model.patch_embeddings(pixels[with_boxes]).float()
-                    for k, patch in zip(with_boxes, patches):
+                patches = model.patch_embeddings(pixels[with_boxes]) if with_boxes else None
+                if patches is None and with_boxes:
+                    no_grid = True
+                if patches is not None:
+                    for k, patch in zip(with_boxes, patches.float()):
                         image, prepared = good[k]
                         pointing_rows += _point(image.id, patch, boxes_of[image.id], text, prepared.geometry)
         finally:
@@ -981,6 +991,8 @@ def evaluate(model_dir_or_model, dataset: str, root: str | os.PathLike, prompts=
                                 index=scores.index, name=CENTROID)
     summary.update(_mechanism(emb, labels[NORMAL].to_numpy(dtype=float), centroid_scores.to_numpy()))
     notes = eval_set.notes + prompt_notes + ([centroid_note] if centroid_note else [])
+    if no_grid:
+        notes.append("no pointing game: the model's vision tower gives no square patch grid")
     result = EvalResult(dataset, str(root), str(uuid.uuid4()), evaluated_at, model_dir, run_name, loss, seed, table,
                         summary, scores, pointing, rejects, notes, all_prompts, labels=labels,
                         centroid_scores=centroid_scores)
@@ -1039,7 +1051,7 @@ def _text_centroid(model, tokenizer, texts: list[str], device, tokenize, batch_s
 
     total = None
     for start in range(0, len(texts), batch_size):
-        tokens = tokenize(tokenizer, texts[start:start + batch_size], int(model.config.max_text_length))
+        tokens = tokenize(tokenizer, texts[start:start + batch_size], model.max_text_length)
         emb = model.encode_text(tokens["input_ids"].to(device), tokens["attention_mask"].to(device)).float()
         part = F.normalize(emb, dim=-1).sum(dim=0)
         total = part if total is None else total + part
@@ -1073,7 +1085,7 @@ def _class_embeddings(model, tokenizer, prompts: dict[str, list[str]], device, t
     import torch.nn.functional as F
 
     texts = [t for ts in prompts.values() for t in ts]
-    tokens = tokenize(tokenizer, texts, int(model.config.max_text_length))
+    tokens = tokenize(tokenizer, texts, model.max_text_length)
     emb = model.encode_text(tokens["input_ids"].to(device), tokens["attention_mask"].to(device)).float()
     out, at = {}, 0
     for name, ts in prompts.items():
@@ -1166,7 +1178,7 @@ def roc_png(labels: pd.DataFrame, scores: pd.DataFrame, table: pd.DataFrame, tit
 # ------------------------------------------------------------------------------------------
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m offclip.models.evaluate", description=__doc__.splitlines()[0])
-    parser.add_argument("--model", required=True, help="a trained model directory")
+    parser.add_argument("--model", required=True, help="a model directory: offclip's, a CLIPModel or a VisionTextDualEncoderModel")
     parser.add_argument("--dataset", required=True, choices=DATASETS)
     parser.add_argument("--root", required=True, help="the dataset directory")
     parser.add_argument("--out", help="write <dataset>.json and <dataset>_roc.png here")

@@ -11,7 +11,8 @@ The run directory::
 
     OUT/checkpoint/last.pt    full state: model, optimizer, scheduler, grad scaler, step, epoch,
                               batch within the epoch, every rank's RNG states, the TrainConfig
-    OUT/model/                the final model (save_model; offclip_model.json = training metadata)
+    OUT/model/                the final model, in the format it started from (ClipAdapter.save;
+                              offclip_model.json = training metadata, README.md = model card)
     OUT/metrics.jsonl         one JSON line per logged step
     OUT/training_curve.png    loss and learning rate against step
     OUT/train.json            the run's summary (TrainResult)
@@ -25,6 +26,11 @@ Design notes:
   that never stopped. ``max_steps`` only *truncates* a run: the learning-rate schedule always spans
   ``epochs``, so a truncated run is a prefix of the full one. Resuming with different settings
   (another loss, seed, batch size, …) is refused with an error naming them.
+* **Refining a checkpoint** (``init``): any CLIP-style model directory :mod:`offclip.models.adapters`
+  opens (offclip's own, a transformers ``CLIPModel`` or ``VisionTextDualEncoderModel``) is the
+  starting point instead of a fresh model; its image size, channels and normalisation come from its
+  processor config, and the result is saved in the same format. The model config then only gives
+  the training hyper-parameters.
 * **Files are written by rank 0, atomically** (temporary file + rename), except ``metrics.jsonl``,
   which is an append-only log: one complete line per ``write``; on resume it is rewritten
   (atomically) to the lines up to the checkpoint's step, which also drops a torn last line.
@@ -60,7 +66,8 @@ import torch
 
 from offclip.pipeline.atomic import atomic_open, atomic_write_bytes, atomic_write_text
 
-from .clip import build_model, load_model_config, save_model
+from .adapters import ClipAdapter, load_adapter
+from .clip import build_model, load_model_config
 from .data import TEXT_SOURCES, derive_seed, make_loader, plan_epoch, split_records
 from .losses import LOSSES, get_loss
 
@@ -120,10 +127,14 @@ class TrainConfig:
     #: keep the decoded, resized training images in memory (num_workers=0) when they fit this
     #: many MiB; 0: read and decode every epoch
     image_cache_mb: int = 2048
+    #: a model directory to refine instead of building one from the config (offclip's own, a
+    #: transformers CLIPModel or VisionTextDualEncoderModel: models.adapters); the config's
+    #: "model" section is then unused, its "train" section still gives the hyper-parameters
+    init: str | None = None
 
     def __post_init__(self):
         self.shards, self.out = Path(self.shards), Path(self.out)
-        for name in ("text_model", "vision_model"):
+        for name in ("text_model", "vision_model", "init"):
             if getattr(self, name) is not None:
                 setattr(self, name, str(getattr(self, name)))
 
@@ -193,6 +204,8 @@ def _check_config(config: TrainConfig) -> None:
         raise ValueError("checkpoint_every and log_every must be >= 1")
     if config.num_workers < 0:
         raise ValueError(f"num_workers must be >= 0, got {config.num_workers}")
+    if config.init is not None and (config.text_model is not None or config.vision_model is not None):
+        raise ValueError("init starts from a whole model: text_model and vision_model cannot be given with it")
 
 
 def _device(name: str, local_rank: int) -> torch.device:
@@ -427,20 +440,22 @@ def _train(config: TrainConfig, model_config: dict, hyper: dict, records: list, 
     loss_fn = get_loss(config.loss, config.abnormal_weight)
     amp_dtype = _amp_dtype(config.amp, device)
 
-    model, tokenizer = build_model(model_config, text_model=config.text_model, vision_model=config.vision_model,
-                                   seed=config.seed)
-    model.to(device)
+    adapter = _initial_model(config, model_config)
+    model, tokenizer = adapter.model, adapter.tokenizer  # model: what the checkpoint holds
+    adapter.to(device)
     if hyper["freeze_text"]:
         model.text_model.requires_grad_(False)
         model.text_model.eval()  # no dropout in a frozen tower (kept in eval mode at every step)
-    image_size, max_length = model.config.image_size, model.config.max_text_length
-    max_scale = math.log(model.config.max_logit_scale)
+    # the loader follows the model: its input size (grayscale batches; the adapter repeats and
+    # normalises them as the checkpoint's processor says)
+    image_size, max_length = adapter.image_size, adapter.max_text_length
+    max_scale = math.log(adapter.max_logit_scale)
     text_cache = None
     if hyper["freeze_text"] and config.text_cache:
         from .caches import TextFeatures, shard_sentences
 
         sentences = shard_sentences(config.shards, records, config.split, hyper["text_source"])
-        text_cache = TextFeatures.for_run(model, tokenizer, sentences, max_length, device)
+        text_cache = TextFeatures.for_run(adapter, tokenizer, sentences, max_length, device)
     image_cache = None
     if config.image_cache_mb > 0 and config.num_workers == 0:
         from .caches import ImageCache
@@ -491,10 +506,10 @@ def _train(config: TrainConfig, model_config: dict, hyper: dict, records: list, 
         rows = _read_metrics(metrics_path, state["step"]) if resumed_from else []
         atomic_write_text(metrics_path, "".join(json.dumps(r) + "\n" for r in rows))
 
-    net = model
+    net = adapter
     if dist_info.enabled:
         net = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None)
+            adapter, device_ids=[device.index] if device.type == "cuda" else None)
 
     def save_checkpoint() -> None:
         rng = _all_gather_objects(_rng_state(device), dist_info)  # every rank's dropout stream
@@ -611,13 +626,27 @@ def _train(config: TrainConfig, model_config: dict, hyper: dict, records: list, 
             "total_steps": total_steps, "world_size": dist_info.world_size, "hyper": hyper,
             "train_config": config.to_dict(), "shards": _shard_metadata(config.shards, config.split, records),
             "final_loss": result.final_loss}}
-        save_model(model, tokenizer, model_dir, extra=extra)
+        if config.init is not None:
+            extra["offclip_train"]["init"] = {"path": config.init, "format": adapter.kind}
+        adapter.save(model_dir, extra=extra)
         result.plot_path = _write_plot(rows, out / PLOT_FILE)
         atomic_write_text(out / SUMMARY_FILE, json.dumps({**result.to_dict(), "train_config": config.to_dict()},
                                                          indent=1, sort_keys=True) + "\n")
     if dist_info.enabled:
         torch.distributed.barrier()
     return result
+
+
+def _initial_model(config: TrainConfig, model_config: dict) -> ClipAdapter:
+    """The model a run starts from: the ``init`` directory, else a fresh one from the config."""
+    if config.init is not None:
+        adapter = load_adapter(config.init)
+        logger.info("refining %s (%s): %d px, %d channel(s)", config.init, adapter.kind, adapter.image_size,
+                    adapter.image.channels)
+        return adapter
+    model, tokenizer = build_model(model_config, text_model=config.text_model, vision_model=config.vision_model,
+                                   seed=config.seed)
+    return ClipAdapter.from_offclip(model, tokenizer)
 
 
 def _group_lr(optimizer: torch.optim.Optimizer, name: str) -> float:
@@ -633,7 +662,9 @@ def _check_resumable(ckpt: dict, config: TrainConfig, dist_info: _Dist) -> None:
         raise ValueError(f"checkpoint format {ckpt.get('format')} is not {CHECKPOINT_FORMAT}: "
                          "start a fresh run (another out, or resume=False)")
     saved, now = dict(ckpt["config"]), config.to_dict()
-    saved["shards"], now["shards"] = (str(Path(p).resolve()) for p in (saved["shards"], now["shards"]))
+    for key in ("shards", "init"):  # the same directory, however it was spelled
+        if saved.get(key) and now[key]:
+            saved[key], now[key] = (str(Path(p).resolve()) for p in (saved[key], now[key]))
     changed = {k: (saved.get(k), now[k]) for k in now if k not in RESUMABLE_CHANGES and saved.get(k) != now[k]}
     if ckpt.get("world_size", 1) != dist_info.world_size:
         changed["world_size"] = (ckpt.get("world_size", 1), dist_info.world_size)
@@ -703,6 +734,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="MiB of decoded training images kept in memory (0: decode every epoch)")
     p.add_argument("--allow-shard-change", action="store_true",
                    help="resume although the shard set differs from the checkpoint's (default: refuse)")
+    p.add_argument("--init", help="a model directory to refine (offclip, CLIPModel or VisionTextDualEncoderModel)")
     p.add_argument("--text-model")
     p.add_argument("--vision-model")
     p.add_argument("--split", default="train")

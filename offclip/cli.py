@@ -269,6 +269,12 @@ def build_shards_cmd(
     typer.echo(json.dumps(result, indent=2, default=str))
 
 
+INIT_HELP = ("A model directory to refine instead of training a fresh model: offclip's own (RUN/model), a "
+             "transformers CLIPModel or VisionTextDualEncoderModel (with its processor files). Its image size, "
+             "channels and normalisation come from its processor config; the result is saved in the same format. "
+             "--config then gives only the training settings.")
+
+
 @app.command("train")
 def train_cmd(
     shards: Path = typer.Argument(Path("out/curated"), help="A build-shards output root (holds shards/)."),
@@ -286,17 +292,27 @@ def train_cmd(
                                               help="Training text: filtered (the kept sentences; the default) or report (every sentence: a plain CLIP)."),
     allow_shard_change: bool = typer.Option(False, "--allow-shard-change",
                                             help="Resume a run although its shard set changed since the checkpoint (default: refuse)."),
+    init: Optional[Path] = typer.Option(None, "--init", help=INIT_HELP),
 ) -> None:
-    """Run the train flow directly (no deployment): the dual encoder on the shards, then (with
-    --eval-root) the evaluate flow on the new model."""
+    """Run the train flow directly (no deployment): the dual encoder on the shards (or, with
+    --init, a refinement of an existing CLIP checkpoint), then (with --eval-root) the evaluate flow
+    on the new model."""
     import json
 
+    if init is not None:
+        from .models.adapters import model_format
+
+        try:
+            model_format(init)
+        except (FileNotFoundError, ValueError) as exc:
+            _fail(exc)
     _direct_flow_run()
     from .flows.train import evaluate, train
 
     result = train(shards=str(shards), run_dir=str(run_dir) if run_dir else None, config=config, loss=loss,
                    seed=seed, epochs=epochs, batch_size=batch_size, lr=lr, max_steps=max_steps, device=device,
-                   trigger_evaluate=False, allow_shard_change=allow_shard_change, text_source=text_source)
+                   trigger_evaluate=False, allow_shard_change=allow_shard_change, text_source=text_source,
+                   init=str(init) if init else None)
     if eval_root:
         db = shards / "manifest.duckdb"
         result["evaluate"] = evaluate(model=result["model_dir"], root=str(eval_root),
@@ -306,7 +322,8 @@ def train_cmd(
 
 @app.command("evaluate")
 def evaluate_cmd(
-    model: Path = typer.Argument(..., help="A trained model directory (RUN/model)."),
+    model: Path = typer.Argument(..., help="A model directory: offclip's (RUN/model), a CLIPModel or a "
+                                 "VisionTextDualEncoderModel (with its processor files)."),
     root: Path = typer.Argument(..., help="The evaluation set's directory, in its own format."),
     dataset: str = typer.Option("vindr-cxr", "--dataset", help="vindr-cxr, openi, chexpert or padchest."),
     out: Optional[Path] = typer.Option(None, "--out", help="JSON + ROC plot here (default: RUN/eval)."),
@@ -345,6 +362,10 @@ def compare_cmd(
                                  "world's renders of one report together), or auto (reports when the world says which)."),
     out: Optional[Path] = typer.Option(None, "--out", help="Default: SHARDS/compare."),
     device: str = typer.Option("auto", "--device"),
+    init: Optional[Path] = typer.Option(None, "--init", help="Every arm refines this model directory (offclip, "
+                                        "CLIPModel or VisionTextDualEncoderModel): the paper's setting. Default: "
+                                        "every arm trains a fresh model of --config. Default --out: "
+                                        "SHARDS/compare-refine-<dir name>."),
 ) -> None:
     """The ablation on the demo world: each arm (loss × training text) trained with the same config
     and seeds, evaluated on the same VinDr-format set; the paired difference of every arm against
@@ -355,12 +376,13 @@ def compare_cmd(
     from .models.compare import CompareConfig, parse_arms, run_compare
 
     try:
-        settings = CompareConfig(shards=shards, eval_root=eval_root, out=out or shards / "compare",
+        default_out = shards / (f"compare-refine-{init.name}" if init else "compare")
+        settings = CompareConfig(shards=shards, eval_root=eval_root, out=out or default_out, init=init,
                                  seeds=tuple(int(s) for s in seeds.split(",") if s.strip()), arms=parse_arms(arms),
                                  baseline=baseline, config=config, epochs=epochs, batch_size=batch_size,
                                  device=device, max_steps=max_steps, prompts=prompts, n_boot=n_boot,
                                  resample=resample)
-    except ValueError as exc:
+    except (FileNotFoundError, ValueError) as exc:
         _fail(exc)
     result = run_compare(settings, progress=lambda m: typer.echo(m, err=True))
     typer.echo(result.markdown)

@@ -850,32 +850,71 @@ class RuleLabeler:
         return [done[t] for t in texts]
 
     # --------------------------------------------------------------------------- internals
+    def sentence_state(self, sentence: str) -> "_Sentence":
+        """The labelling state of one sentence, matched and ready for its phases (for tests and
+        debugging; :meth:`label` runs them all)."""
+        doc = self.nlp.make_doc(sentence or "")
+        return _Sentence(doc, self._matcher(doc), self._keys)
+
     def _label_doc(self, doc) -> RuleLabel:
-        n = len(doc)
-        if n == 0:
+        if len(doc) == 0:
             return RuleLabel("normal", "no_finding", ())
-        words = [t.lower_ for t in doc]
-        text = doc.text
+        return _Sentence(doc, self._matcher(doc), self._keys).label()
+
+
+class _Sentence:
+    """One tokenized sentence (a spaCy ``Doc``) and what each labelling phase finds in it.
+
+    The phases, in :meth:`label`'s order, each reading what the earlier ones left here (a test can
+    run them up to the one it looks at, :meth:`RuleLabeler.sentence_state`, or set those attributes
+    by hand):
+
+    1. :meth:`scan_triggers`: negation / uncertainty cue spans, those inside pseudo-triggers dropped;
+    2. :meth:`split_clauses`: a clause number per token, and the tokens that break a cue's scope;
+    3. :meth:`pair_anchors`: anchor + predicate pairs ("heart … enlarged") become findings or
+       normal phrases;
+    4. :meth:`collect_mentions`: finding spans, longest wins, adjectival forms folded in;
+    5. :meth:`assign_statuses`: positive / negated / uncertain per mention;
+    6. :meth:`attach_modifiers`: the :class:`Mention` objects, with their modifier words;
+    7. :meth:`decide`: the :class:`RuleLabel` (the policy table in the module docstring).
+    """
+
+    def __init__(self, doc, matches, keys: dict[int, tuple[str, str, bool]]):
+        self.doc = doc
+        self.n = n = len(doc)
+        self.words = [t.lower_ for t in doc]
+        self.text = doc.text
         # Leading list marker ("1.", "2)", "-") is skipped.
         first = 0
-        mk = _LIST_MARKER_RE.match(text)
+        mk = _LIST_MARKER_RE.match(self.text)
         if mk:
             while first < n and doc[first].idx < mk.end():
                 first += 1
-
-        found: dict[str, list[tuple[int, int, str]]] = {"F": [], "A": [], "P": [], "T": []}
-        adjectival: set[tuple[int, int, str]] = set()
-        for mid, s, e in self._matcher(doc):
+        self.first = first
+        #: lexicon matches by group (F findings, A anchors, P predicates, T triggers): (start, end, value)
+        self.found: dict[str, list[tuple[int, int, str]]] = {"F": [], "A": [], "P": [], "T": []}
+        self.adjectival: set[tuple[int, int, str]] = set()
+        for mid, s, e in matches:
             if s < first:
                 continue
-            group, value, adj = self._keys[mid]
-            found[group].append((s, e, value))
+            group, value, adj = keys[mid]
+            self.found[group].append((s, e, value))
             if adj:
-                adjectival.add((s, e, value))
+                self.adjectival.add((s, e, value))
 
-        # --- triggers
+    def label(self) -> RuleLabel:
+        self.scan_triggers()
+        self.split_clauses()
+        self.pair_anchors()
+        self.collect_mentions()
+        self.assign_statuses()
+        self.attach_modifiers()
+        return self.decide()
+
+    # --- 1. triggers
+    def scan_triggers(self) -> None:
         trig: dict[str, list[tuple[int, int]]] = {}
-        for s, e, v in found["T"]:
+        for s, e, v in self.found["T"]:
             trig.setdefault(v, []).append((s, e))
         masks = set()
         for s, e in trig.get("pseudo", []) + trig.get("unc_first", []):
@@ -884,12 +923,15 @@ class RuleLabeler:
         def unmasked(kind: str) -> list[tuple[int, int]]:
             return [(s, e) for s, e in trig.get(kind, []) if not any(i in masks for i in range(s, e))]
 
-        preneg, postneg = unmasked("preneg"), unmasked("postneg")
-        preunc, postunc = unmasked("preunc"), unmasked("postunc")
-        unc1 = trig.get("unc_first", [])
+        self.trig = trig
+        self.preneg, self.postneg = unmasked("preneg"), unmasked("postneg")
+        self.preunc, self.postunc = unmasked("preunc"), unmasked("postunc")
+        self.unc1 = trig.get("unc_first", [])
 
-        # --- clauses and scope breaks
-        term_at = {s for s, e in trig.get("term", [])}
+    # --- 2. clauses and scope breaks
+    def split_clauses(self) -> None:
+        n, words, first = self.n, self.words, self.first
+        term_at = {s for s, e in self.trig.get("term", [])}
         term_at.update(i for i, w in enumerate(words) if w in (".", ";", "!", "?"))
         clause = [0] * (n + 1)
         c = 0
@@ -910,69 +952,69 @@ class RuleLabeler:
                 breaks.add(i)
             elif w in (",", "and") and i + 1 < n and words[i + 1] in _BREAK_AFTER:
                 breaks.add(i)
+        self.term_at, self.clause, self.breaks = term_at, clause, breaks
 
-        # --- predicates and anchors (longest wins within each group)
-        preds = _longest(found["P"])
-        anchors = _longest(found["A"])
-        pred_at = {s: (s, e, v) for s, e, v in preds}
-        anchor_tokens = {i for s, e, _ in anchors for i in range(s, e)}
-        findings: list[tuple[int, int, str]] = list(found["F"])
-        uncertain_spans: set[tuple[int, int, str]] = set()
-        inner: dict[tuple[int, int, str], tuple[int, int]] = {}
-        normal_hits: list[tuple[int, str]] = []
-        for a_s, a_e, a in anchors:
-            hit = None
-            # anchor … predicate
-            j, gap = a_e, 0
-            while j < n and gap <= 6:
-                if j in pred_at:
-                    hit = pred_at[j]
-                    break
-                if words[j] in _GAP_FWD or j in anchor_tokens:
-                    j += 1
-                    gap += 1
-                    continue
-                break
-            span = None
-            gap_span = (a_s, a_s)
-            if hit is not None:
-                span = (a_s, hit[1], hit[2])
-                gap_span = (a_e, hit[0])
-            else:
-                # predicate … anchor
-                j, gap = a_s - 1, 0
-                while j >= first and gap <= 3:
-                    p = next((x for x in preds if x[1] == j + 1), None)
-                    if p is not None:
-                        span = (p[0], a_e, p[2])
-                        gap_span = (p[1], a_s)
-                        break
-                    if words[j] in _GAP_BACK:
-                        j -= 1
-                        gap += 1
-                        continue
-                    break
-            if span is None:
+    # --- 3. predicates and anchors (longest wins within each group)
+    def pair_anchors(self) -> None:
+        self.preds = _longest(self.found["P"])
+        self.anchors = _longest(self.found["A"])
+        self.findings: list[tuple[int, int, str]] = list(self.found["F"])
+        self.uncertain_spans: set[tuple[int, int, str]] = set()
+        self.inner: dict[tuple[int, int, str], tuple[int, int]] = {}
+        self.normal_hits: list[tuple[int, str]] = []
+        pred_at = {s: (s, e, v) for s, e, v in self.preds}
+        anchor_tokens = {i for s, e, _ in self.anchors for i in range(s, e)}
+        for a_s, a_e, a in self.anchors:
+            pair = self._anchor_pair(a_s, a_e, pred_at, anchor_tokens)
+            if pair is None:
                 continue
-            s, e, p = span
+            (s, e, p), gap_span = pair
             combo = _FINDING_COMBOS.get((a, p))
             if combo is not None:
                 name = combo.lstrip("!")
-                findings.append((s, e, name))
+                self.findings.append((s, e, name))
                 # only the words between anchor and predicate can be modifiers
-                inner[(s, e, name)] = gap_span
+                self.inner[(s, e, name)] = gap_span
                 if combo.startswith("!"):
-                    uncertain_spans.add((s, e, name))
+                    self.uncertain_spans.add((s, e, name))
             else:
                 nid = _NORMAL_COMBOS.get((a, p))
                 if nid is not None:
-                    normal_hits.append((s, nid))
+                    self.normal_hits.append((s, nid))
 
-        # --- mentions: longest span wins, adjectival forms fold into the next finding
+    def _anchor_pair(self, a_s: int, a_e: int, pred_at, anchor_tokens):
+        """The predicate an anchor pairs with, after it ("heart is not enlarged") or else before
+        it ("enlarged heart"): ((start, end, predicate), the words between them), or None."""
+        words, n = self.words, self.n
+        j, gap = a_e, 0
+        while j < n and gap <= 6:
+            if j in pred_at:
+                hit = pred_at[j]
+                return (a_s, hit[1], hit[2]), (a_e, hit[0])
+            if words[j] in _GAP_FWD or j in anchor_tokens:
+                j += 1
+                gap += 1
+                continue
+            break
+        j, gap = a_s - 1, 0
+        while j >= self.first and gap <= 3:
+            p = next((x for x in self.preds if x[1] == j + 1), None)
+            if p is not None:
+                return (p[0], a_e, p[2]), (p[1], a_s)
+            if words[j] in _GAP_BACK:
+                j -= 1
+                gap += 1
+                continue
+            break
+        return None
+
+    # --- 4. mentions: longest span wins, adjectival forms fold into the next finding
+    def collect_mentions(self) -> None:
+        words = self.words
         ms = []
-        for s, e, v in _longest(findings):
-            m = _M(s, e, v, adj=(s, e, v) in adjectival, unc=(s, e, v) in uncertain_spans)
-            m.inner = inner.get((s, e, v), (s, e))
+        for s, e, v in _longest(self.findings):
+            m = _M(s, e, v, adj=(s, e, v) in self.adjectival, unc=(s, e, v) in self.uncertain_spans)
+            m.inner = self.inner.get((s, e, v), (s, e))
             if m.unc:
                 m.mods.append((s, "borderline"))
             ms.append(m)
@@ -992,66 +1034,74 @@ class RuleLabeler:
                         nxt.mods.append((m.s, _MODIFIER_WORDS[word]))
                     continue
             kept.append(m)
-        ms = kept
-        in_mention = [-1] * n
-        for k, m in enumerate(ms):
+        self.ms = kept
+        self.in_mention = [-1] * self.n
+        for k, m in enumerate(kept):
             for i in range(m.s, m.e):
-                in_mention[i] = k
+                self.in_mention[i] = k
 
-        # --- status
-        def pre_scope(t_s: int, t_e: int, m: _M) -> bool:
-            if t_s >= m.s:  # inside the mention's span ("heart is not enlarged")
-                return t_e <= m.e
-            if t_e > m.s:
-                return False
-            if clause[t_s] != clause[m.s]:
-                return False
-            return not any(i in breaks for i in range(t_e, m.s))
+    # --- 5. status
+    def _pre_scope(self, t_s: int, t_e: int, m: _M) -> bool:
+        """Does a pre-cue at [t_s, t_e) reach mention ``m``?"""
+        if t_s >= m.s:  # inside the mention's span ("heart is not enlarged")
+            return t_e <= m.e
+        if t_e > m.s:
+            return False
+        if self.clause[t_s] != self.clause[m.s]:
+            return False
+        return not any(i in self.breaks for i in range(t_e, m.s))
 
-        def chain_to(m: _M, t_s: int, need_verb: bool) -> bool:
-            if t_s < m.e or clause[m.e - 1] != clause[t_s]:
+    def _chain_to(self, m: _M, t_s: int, need_verb: bool) -> bool:
+        """Does a post-cue at ``t_s`` reach back to mention ``m`` (over list words, copulas …)?"""
+        if t_s < m.e or self.clause[m.e - 1] != self.clause[t_s]:
+            return False
+        plain = 0
+        verb = False
+        for i in range(m.e, t_s):
+            if i in self.breaks:
                 return False
-            plain = 0
-            verb = False
-            for i in range(m.e, t_s):
-                if i in breaks:
+            if self.in_mention[i] >= 0:
+                continue
+            w = self.words[i]
+            if w in _COPULAS:
+                verb = True
+            if w in _CHAIN_OK or w in _MODIFIER_WORDS:
+                plain += 1
+                if plain > 8:
                     return False
-                if in_mention[i] >= 0:
-                    continue
-                w = words[i]
-                if w in _COPULAS:
-                    verb = True
-                if w in _CHAIN_OK or w in _MODIFIER_WORDS:
-                    plain += 1
-                    if plain > 8:
-                        return False
-                    continue
-                return False
-            return verb or not need_verb
+                continue
+            return False
+        return verb or not need_verb
 
-        normal_preds = [(s, e) for s, e, v in preds if v == "normal"]
-        statuses: list[str] = []
-        for m in ms:
-            st = "positive"
-            if any(pre_scope(s, e, m) for s, e in unc1) or any(chain_to(m, s, False) for s, e in unc1):
-                st = "uncertain"
-            elif (
-                any(pre_scope(s, e, m) for s, e in preneg)
-                or any(chain_to(m, s, False) for s, e in postneg)
-                or any(chain_to(m, s, True) for s, e in normal_preds)
-                or any(e <= m.s and m.s - e <= 2 and clause[s] == clause[m.s]
-                       and not any(i in breaks for i in range(e, m.s))
-                       and all(in_mention[i] < 0 and not doc[i].is_punct for i in range(e, m.s))
-                       for s, e in normal_preds)
-            ):
-                st = "negated"
-            elif (
-                m.unc
-                or any(pre_scope(s, e, m) for s, e in preunc)
-                or any(chain_to(m, s, False) for s, e in postunc)
-            ):
-                st = "uncertain"
-            statuses.append(st)
+    def _normal_just_before(self, s: int, e: int, m: _M) -> bool:
+        """"normal"/"unremarkable" at [s, e) at most two plain words before ``m``."""
+        return (e <= m.s and m.s - e <= 2 and self.clause[s] == self.clause[m.s]
+                and not any(i in self.breaks for i in range(e, m.s))
+                and all(self.in_mention[i] < 0 and not self.doc[i].is_punct for i in range(e, m.s)))
+
+    def _status(self, m: _M, normal_preds: list[tuple[int, int]]) -> str:
+        pre, chain = self._pre_scope, self._chain_to
+        if any(pre(s, e, m) for s, e in self.unc1) or any(chain(m, s, False) for s, e in self.unc1):
+            return "uncertain"
+        if (
+            any(pre(s, e, m) for s, e in self.preneg)
+            or any(chain(m, s, False) for s, e in self.postneg)
+            or any(chain(m, s, True) for s, e in normal_preds)
+            or any(self._normal_just_before(s, e, m) for s, e in normal_preds)
+        ):
+            return "negated"
+        if (
+            m.unc
+            or any(pre(s, e, m) for s, e in self.preunc)
+            or any(chain(m, s, False) for s, e in self.postunc)
+        ):
+            return "uncertain"
+        return "positive"
+
+    def assign_statuses(self) -> None:
+        normal_preds = [(s, e) for s, e, v in self.preds if v == "normal"]
+        ms, words = self.ms, self.words
+        statuses = [self._status(m, normal_preds) for m in ms]
         # disjunctions of positive findings: "atelectasis or scarring", "atelectasis/pneumonia"
         for k in range(len(ms) - 1):
             a, b = ms[k], ms[k + 1]
@@ -1064,71 +1114,82 @@ class RuleLabeler:
                 statuses[k] = "uncertain"
                 if statuses[k + 1] == "positive":
                     statuses[k + 1] = "uncertain"
+        self.statuses = statuses
 
-        # --- modifiers
-        mentions: list[Mention] = []
-        for k, m in enumerate(ms):
-            mods = list(m.mods)
-            for i in range(*m.inner):
-                w = words[i]
-                if w in _MODIFIER_WORDS:
-                    mods.append((i, _MODIFIER_WORDS[w]))
-            i, steps = m.s - 1, 0
-            while i >= first and steps < 4 and in_mention[i] < 0 and i not in breaks:
-                w = words[i]
-                if w in _MODIFIER_WORDS:
-                    mods.append((i, _MODIFIER_WORDS[w]))
-                elif w not in _BEFORE_OK:
-                    break
-                i -= 1
-                steps += 1
-            i, steps = m.e, 0
-            while i < n and steps < 6 and in_mention[i] < 0 and i not in breaks and i not in term_at:
-                w = words[i]
-                if w in _MODIFIER_WORDS:
-                    mods.append((i, _MODIFIER_WORDS[w]))
-                elif w not in _CHAIN_OK or w in (",", "and", "or", "nor"):
-                    break
-                i += 1
-                steps += 1
-            seen: set[str] = set()
-            out: list[str] = []
-            for _, w in sorted(mods):
-                if w not in seen and w not in m.name.split():
-                    seen.add(w)
-                    out.append(w)
+    # --- 6. modifiers
+    def _modifiers(self, m: _M) -> tuple[str, ...]:
+        """Modifier words inside the mention's span, up to four words before it and six after."""
+        words, in_mention, breaks = self.words, self.in_mention, self.breaks
+        mods = list(m.mods)
+        for i in range(*m.inner):
+            w = words[i]
+            if w in _MODIFIER_WORDS:
+                mods.append((i, _MODIFIER_WORDS[w]))
+        i, steps = m.s - 1, 0
+        while i >= self.first and steps < 4 and in_mention[i] < 0 and i not in breaks:
+            w = words[i]
+            if w in _MODIFIER_WORDS:
+                mods.append((i, _MODIFIER_WORDS[w]))
+            elif w not in _BEFORE_OK:
+                break
+            i -= 1
+            steps += 1
+        i, steps = m.e, 0
+        while i < self.n and steps < 6 and in_mention[i] < 0 and i not in breaks and i not in self.term_at:
+            w = words[i]
+            if w in _MODIFIER_WORDS:
+                mods.append((i, _MODIFIER_WORDS[w]))
+            elif w not in _CHAIN_OK or w in (",", "and", "or", "nor"):
+                break
+            i += 1
+            steps += 1
+        seen: set[str] = set()
+        out: list[str] = []
+        for _, w in sorted(mods):
+            if w not in seen and w not in m.name.split():
+                seen.add(w)
+                out.append(w)
+        return tuple(out)
+
+    def attach_modifiers(self) -> None:
+        doc = self.doc
+        self.mentions: list[Mention] = []
+        for m, status in zip(self.ms, self.statuses):
             cat, _kind = _ENTRIES[m.name]
             a, b = doc[m.s].idx, doc[m.e - 1].idx + len(doc[m.e - 1].text)
-            mentions.append(Mention(m.name, cat, statuses[k], tuple(out), a, b))
+            self.mentions.append(Mention(m.name, cat, status, self._modifiers(m), a, b))
 
-        # --- decision
+    # --- 7. decision
+    def decide(self) -> RuleLabel:
+        mentions = tuple(self.mentions)
         for wanted in ("positive", "uncertain"):
             for mt in mentions:
                 if mt.status != wanted:
                     continue
                 if wanted == "uncertain":
-                    return RuleLabel("abnormal", f"uncertain:{_slug(mt.finding)}", tuple(mentions))
+                    return RuleLabel("abnormal", f"uncertain:{_slug(mt.finding)}", mentions)
                 kind = _ENTRIES[mt.finding][1]
                 if kind == "positive" and any(x in _CHRONIC_MODS for x in mt.modifiers):
                     kind = "chronic"
-                return RuleLabel("abnormal", f"{kind}:{_slug(mt.finding)}", tuple(mentions))
-        low = text.lower()
+                return RuleLabel("abnormal", f"{kind}:{_slug(mt.finding)}", mentions)
+        normal_hits = list(self.normal_hits)
+        low = self.text.lower()
         for nid, rx in _NORMAL_REGEXES:
             mt = rx.search(low)
             if mt:
-                normal_hits.append((_tok_at(doc, mt.start()), nid))
-        if trig.get("pseudo") and not mentions:
-            normal_hits.append((trig["pseudo"][0][0], "no_change"))
+                normal_hits.append((_tok_at(self.doc, mt.start()), nid))
+        if self.trig.get("pseudo") and not mentions:
+            normal_hits.append((self.trig["pseudo"][0][0], "no_change"))
         if not normal_hits:
-            for s, e, v in preds:
+            for s, e, v in self.preds:
                 if v in _NORMAL_PREDS:
-                    nid = "unremarkable" if words[s] == "unremarkable" else "other_normal"
+                    nid = "unremarkable" if self.words[s] == "unremarkable" else "other_normal"
                     normal_hits.append((s, nid))
         if normal_hits:
             normal_hits.sort()
-            return RuleLabel("normal", f"normal_phrase:{normal_hits[0][1]}", tuple(mentions))
+            return RuleLabel("normal", f"normal_phrase:{normal_hits[0][1]}", mentions)
         if mentions:
-            return RuleLabel("normal", "negated_only", tuple(mentions))
+            return RuleLabel("normal", "negated_only", mentions)
         return RuleLabel("normal", "no_finding", ())
 
 

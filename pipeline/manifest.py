@@ -6,7 +6,8 @@ Arrow — never row-by-row inserts): ``runs``, ``studies``, ``images``, ``report
 curate found no MIMIC label file). Views answer the common questions:
 ``label_distribution``, ``sentences_dropped_per_report``, ``top_dropped_normal_sentences``,
 ``reject_reasons``, ``shard_health``, ``latest_evaluations``, ``label_agreement``,
-``label_agreement_summary``, ``classifier_rule_disagreements``, ``classifier_rule_agreement``.
+``label_agreement_summary``, ``classifier_rule_disagreements``, ``classifier_rule_agreement``,
+``latest_differences``.
 
 ``unique_sentences`` has one row per distinct sentence (normalised key) of the curated reports:
 an example text, how many sentences and reports it occurs in, the classifier's score and label,
@@ -124,7 +125,8 @@ EVALUATION_VIEWS = {
             SELECT evaluation_id, any_value(evaluated_at) AS evaluated_at, any_value(model_dir) AS model_dir,
                    any_value(run_name) AS run_name, any_value(loss) AS loss, any_value(seed) AS seed,
                    any_value(dataset) AS dataset
-            FROM evaluations GROUP BY evaluation_id),
+            FROM evaluations GROUP BY evaluation_id
+            HAVING count(*) FILTER (WHERE NOT starts_with(metric, 'delta_')) > 0),  -- not the differences
         latest AS (
             SELECT * FROM evaluation
             QUALIFY row_number() OVER (PARTITION BY coalesce(model_dir, run_name, evaluation_id), dataset
@@ -143,6 +145,24 @@ EVALUATION_VIEWS = {
                max(e.value) FILTER (WHERE e.metric = 'cos_centred_normal_abnormal') AS cos_centred_normal_abnormal
         FROM latest l JOIN evaluations e ON e.evaluation_id = l.evaluation_id AND e.class_name = '{OVERALL}'
         GROUP BY ALL ORDER BY l.dataset, l.run_name, l.model_dir""",
+    # the most recent paired comparison of each "<model>-vs-<baseline>" (compare, or evaluate with
+    # a baseline): one row per metric, the difference with its bootstrap interval
+    "latest_differences": f"""
+        WITH latest AS (
+            SELECT evaluation_id, any_value(run_name) AS run_name, any_value(dataset) AS dataset,
+                   any_value(evaluated_at) AS evaluated_at
+            FROM evaluations WHERE metric LIKE 'delta_%' GROUP BY evaluation_id
+            QUALIFY row_number() OVER (PARTITION BY any_value(run_name), any_value(dataset)
+                                       ORDER BY any_value(evaluated_at) DESC, evaluation_id DESC) = 1)
+        SELECT l.dataset, l.run_name AS comparison,
+               regexp_replace(e.metric, '^delta_|_low$|_high$', '', 'g') AS metric,
+               max(e.value) FILTER (WHERE NOT ends_with(e.metric, '_low') AND NOT ends_with(e.metric, '_high'))
+                   AS difference,
+               max(e.value) FILTER (WHERE ends_with(e.metric, '_low')) AS ci_low,
+               max(e.value) FILTER (WHERE ends_with(e.metric, '_high')) AS ci_high,
+               max(e.n_pos)::BIGINT AS n_images, l.evaluated_at
+        FROM latest l JOIN evaluations e ON e.evaluation_id = l.evaluation_id AND e.class_name = '{OVERALL}'
+        GROUP BY ALL ORDER BY l.dataset, comparison, metric""",
 }
 
 

@@ -422,3 +422,27 @@ def test_train_on_the_target_corpus(tmp_path):
     assert with_corpus["accuracy"] >= without["accuracy"]
     assert with_corpus["abnormal_recall"] > without["abnormal_recall"]  # measured: 1.00 vs 0.74
     assert with_corpus["accuracy"] > 0.9
+
+
+def test_package_layout_and_one_command_line():
+    """The classifier is a package split by concern; every name other modules import stays at
+    ``offclip.pipeline.classifier``, which imports neither Prefect nor torch; ``python -m`` runs
+    Typer's ``offclip classifier train`` (no second argparse command line)."""
+    import subprocess
+    import sys
+
+    code = ("import sys; import offclip.pipeline.classifier as C; "
+            "from offclip.pipeline.classifier import (SentenceClassifier, train_classifier, train_from_openi, "
+            "evaluate_openi, openi_partition, DEFAULT_METHOD, mesh_label, report_sentences, rule_agreement); "
+            "print(sorted(m for m in ('prefect', 'torch') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+    assert C.SentenceClassifier.__module__ == "offclip.pipeline.classifier.model"
+    assert C.train_classifier.__module__ == "offclip.pipeline.classifier.training"
+    assert C.evaluate_openi.__module__ == "offclip.pipeline.classifier.evaluation"
+    assert C.train_from_openi.__module__ == "offclip.pipeline.classifier.offline"
+    assert not hasattr(C, "_main")
+    help_ = subprocess.run([sys.executable, "-m", "offclip.pipeline.classifier", "--help"],
+                           capture_output=True, text=True, check=True).stdout
+    assert "python -m offclip.pipeline.classifier" in help_
+    assert "--corpus" in help_ and "--method" in help_

@@ -60,6 +60,12 @@ def test_four_arm_compare_table_differences_and_manifest(shards_out, small_world
         assert f"| {arm} | {what} |" in table
     assert "Δ normal AUC [95 % CI]" in table and "Δ normal AUC, prompt-free [95 % CI]" in table
     assert table.strip() in result.output
+    # the per-class table: each arm's own per-class AUC (one seed: no sd), the baseline first
+    evaluated = json.loads((out / "infonce-report-seed3" / "eval" / "vindr-cxr.json").read_text())
+    header = next(line for line in table.splitlines() if line.startswith("| class | positives |"))
+    assert header.index("infonce/report") < header.index("offclip/filtered")
+    for row in (c for c in evaluated["classes"] if c["auc"] is not None):
+        assert f"| {row['class_name']} | {row['n_pos']} | {row['auc']:.3f} |" in table
     # the manifest: every run's evaluation and the pooled differences
     rows = query(shards / "manifest.duckdb", "SELECT run_name, metric, value FROM evaluations "
                                              "WHERE run_name LIKE 'compare:%' AND class_name = '_overall'")
@@ -72,8 +78,10 @@ def test_four_arm_compare_table_differences_and_manifest(shards_out, small_world
 
 @pytest.mark.usefixtures("prefect_server")  # `offclip evaluate` runs its flow there
 def test_compare_with_other_prompts_only_reevaluates(shards_out, small_world, tmp_path):
+    shards = tmp_path / "shards"  # a copy: compare records its evaluations in the shards' manifest
+    shutil.copytree(shards_out, shards)
     out = tmp_path / "compare"
-    args = ["compare", str(shards_out), str(small_world[0] / "eval" / "vindr-cxr"), "--seeds", "0",
+    args = ["compare", str(shards), str(small_world[0] / "eval" / "vindr-cxr"), "--seeds", "0",
             "--arms", "offclip/filtered", "--batch-size", "8", "--max-steps", "2", "--n-boot", "100",
             "--out", str(out)]
     assert CliRunner().invoke(app, args).exit_code == 0
@@ -127,3 +135,20 @@ def test_bootstrap_resamples_reports_when_the_world_says_which(tmp_path, small_w
         eval_groups(root, ["a1", "zz"], "reports")
     # a default world (one image per held-out study) has no such table: images are resampled
     assert eval_groups(small_world[0] / "eval" / "vindr-cxr", ["x"]) is None
+
+
+def test_per_class_auc_is_mean_and_sd_over_seeds():
+    from offclip.models.compare import per_class_auc, per_class_markdown
+
+    def rows(normal, nodule):
+        return [{"class_name": "No Finding", "n_pos": 6, "auc": normal},
+                {"class_name": "Nodule/Mass", "n_pos": 2, "auc": nodule},
+                {"class_name": "Pneumothorax", "n_pos": 0, "auc": None}]  # no positives: no AUC
+
+    table = per_class_auc({("a", 0): rows(0.6, 0.9), ("a", 1): rows(0.8, 0.7), ("b", 0): rows(0.5, None)})
+    got = {(r["class_name"], r["arm"]): (r["mean"], r["seeds"]) for r in table.to_dict("records")}
+    assert got == {("No Finding", "a"): (pytest.approx(0.7), 2), ("Nodule/Mass", "a"): (pytest.approx(0.8), 2),
+                   ("No Finding", "b"): (0.5, 1)}
+    markdown = per_class_markdown(table, labels={"b": ("", "", "base"), "a": ("", "", "other")})
+    assert "| class | positives | b (base) | a (other) |" in markdown
+    assert "| Nodule/Mass | 2 | n/a | 0.800 ± 0.141 |" in markdown and "Pneumothorax" not in markdown

@@ -509,3 +509,87 @@ def test_openi_rule_families(openi_labels):
         abnormal_rule = lab.rule.split(":")[0] in (
             "positive", "uncertain", "chronic", "device", "postsurgical")
         assert (lab.label == "abnormal") == abnormal_rule
+
+
+# ------------------------------------------------------------------ the phases, one at a time
+# RuleLabeler.sentence_state gives the labelling state of one sentence; each phase reads what the
+# earlier ones left on it, so a test runs the phases up to the one it checks (or sets the inputs).
+
+
+def upto(lab, sentence: str, phase: str):
+    st = lab.sentence_state(sentence)
+    for name in ("scan_triggers", "split_clauses", "pair_anchors", "collect_mentions",
+                 "assign_statuses", "attach_modifiers"):
+        getattr(st, name)()
+        if name == phase:
+            return st
+    raise AssertionError(phase)
+
+
+def test_phase_list_marker_and_matches(lab):
+    st = lab.sentence_state("1. No pneumothorax, effusion, or consolidation.")
+    assert st.first == 2  # "1" "." skipped
+    assert [v for _, _, v in st.found["F"]] == ["pneumothorax", "pleural effusion", "consolidation"]
+    assert all(s >= st.first for group in st.found.values() for s, _, _ in group)
+
+
+def test_phase_triggers_masked_by_pseudo_and_uncertain_first(lab):
+    st = upto(lab, "No change in the small left effusion.", "scan_triggers")
+    assert st.trig["pseudo"] == [(0, 2)] and st.trig["preneg"] == [(0, 1)]
+    assert st.preneg == []  # "no" sits inside the pseudo-trigger "no change"
+    st = upto(lab, "Cannot exclude pneumonia.", "scan_triggers")
+    assert st.unc1 == [(0, 3)] and st.preneg == []  # "not" sits inside "cannot exclude"
+
+
+def test_phase_clauses_and_scope_breaks(lab):
+    st = upto(lab, "No effusion but mild cardiomegaly, stable granuloma.", "split_clauses")
+    words = st.words
+    assert st.clause[words.index("effusion")] != st.clause[words.index("cardiomegaly")]  # "but"
+    assert st.clause[words.index("cardiomegaly")] == st.clause[words.index("granuloma")]
+    assert st.breaks == {words.index(",")}  # "," before a new assertion ("stable")
+    assert st.clause[st.n] == st.clause[st.n - 1] + 1  # the final "." closes its clause
+
+
+def test_phase_anchor_predicate_pairs(lab):
+    st = upto(lab, "The heart is not enlarged.", "pair_anchors")
+    assert st.findings == [(1, 5, "cardiomegaly")]  # "heart" … "enlarged"
+    assert st.inner[(1, 5, "cardiomegaly")] == (2, 4)  # only "is not" can hold modifiers
+    st = upto(lab, "Lungs are clear.", "pair_anchors")
+    assert st.findings == [] and st.normal_hits == [(0, "lungs_clear")]
+
+
+def test_phase_mentions_fold_adjectival_forms(lab):
+    st = upto(lab, "Emphysematous disease.", "collect_mentions")
+    assert [(m.s, m.e, m.name) for m in st.ms] == [(0, 2, "emphysema")]
+    assert st.in_mention == [0, 0, -1]
+
+
+def test_phase_statuses(lab):
+    st = upto(lab, "No effusion but mild cardiomegaly, stable granuloma.", "assign_statuses")
+    assert st.statuses == ["negated", "positive", "positive"]
+    st = upto(lab, "Atelectasis or scarring.", "assign_statuses")
+    assert st.statuses == ["uncertain", "uncertain"]  # a disjunction of positives
+
+
+def test_phase_modifiers(lab):
+    st = upto(lab, "No change in the small left effusion.", "attach_modifiers")
+    (m,) = st.mentions
+    assert (m.finding, m.status, m.modifiers) == ("pleural effusion", "positive", ("small", "left"))
+    assert st.text[m.start:m.end] == "effusion"
+
+
+def test_phase_decision_policy_order(lab):
+    st = upto(lab, "Lungs are clear.", "attach_modifiers")
+    assert st.decide() == RuleLabel("normal", "normal_phrase:lungs_clear", ())
+    # the decision reads only the mentions (and normal phrases): set them by hand
+    negated = Mention("pneumothorax", "Pneumothorax", "negated", (), 0, 1)
+    uncertain = Mention("pneumonia", "Pneumonia", "uncertain", (), 2, 3)
+    positive = Mention("pleural effusion", "Pleural Effusion", "positive", ("old",), 4, 5)
+    st.mentions = [negated, uncertain, positive]
+    assert st.decide().rule == "chronic:pleural_effusion"  # positive before uncertain; "old" → chronic
+    st.mentions = [negated, uncertain]
+    assert st.decide().rule == "uncertain:pneumonia"
+    st.mentions, st.normal_hits = [negated], []
+    st.preds = []
+    assert st.decide() == RuleLabel("normal", "negated_only", (negated,))
+    assert st.decide() == st.decide()  # deciding twice changes nothing

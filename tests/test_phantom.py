@@ -476,3 +476,25 @@ def test_lateral_lesions_boxes_inside_and_change_pixels(kind):
         assert diff[inside].max() > 0.04
     else:
         assert diff.max() == 0.0  # a lesion that is not drawn leaves the image untouched
+
+
+#: kinds without a lateral sketch (render_lateral's docstring): not drawn there, no box
+NOT_ON_LATERAL = {"pneumothorax", "pleural_thickening", "fracture", "scoliosis"}
+
+
+def test_lesion_table_has_one_row_per_kind_with_both_views():
+    from offclip.pipeline.demo.phantom import _LESIONS
+
+    assert set(_LESIONS) == set(LESION_KINDS)
+    for kind, row in _LESIONS.items():
+        # an anatomy change (boxed from the changed geometry) or a local drawing, never both
+        assert (row.modify is None) != (row.frontal is None), kind
+    assert {k for k, row in _LESIONS.items() if row.lateral is None} == NOT_ON_LATERAL
+
+
+@pytest.mark.parametrize("kind", sorted(LESION_KINDS))
+def test_lateral_box_exactly_for_kinds_with_a_lateral_sketch(kind):
+    rows, cols = SMALL
+    _, boxes = render_lateral(anatomy(95), rows, cols, [LesionSpec(kind, severity="moderate")],
+                              np.random.default_rng(1))
+    assert len(boxes) == (0 if kind in NOT_ON_LATERAL else 1)

@@ -102,6 +102,49 @@ def test_train_triggers_evaluate_and_evaluate_records(shards_out, small_world, t
     assert "summary" in evaluated and (model_dir.parent / "eval" / "vindr-cxr.json").is_file()
 
 
+def test_train_with_baseline_trains_the_plain_clip_and_evaluate_compares(shards_out, small_world, tmp_path):
+    """train(baseline=True) trains the plain CLIP beside the model (InfoNCE on whole reports) and
+    hands it to evaluate, which scores both on the same set and records their paired difference."""
+    import json
+
+    from prefect.artifacts import Artifact
+
+    from offclip.flows.train import evaluate, train
+
+    shards = tmp_path / "out"
+    shutil.copytree(shards_out, shards)
+    _deploy("evaluate")
+    eval_root = small_world[0] / "eval" / "vindr-cxr"
+    result = train(shards=str(shards), max_steps=2, batch_size=8, eval_root=str(eval_root), baseline=True)
+    model_dir, base_dir = Path(result["model_dir"]), Path(result["baseline_model_dir"])
+    assert model_dir != base_dir and (base_dir / "config.json").is_file()
+    base_run = json.loads((base_dir.parent / "train.json").read_text())
+    own_run = json.loads((model_dir.parent / "train.json").read_text())
+    assert (base_run["train_config"]["loss"], base_run["hyper"]["text_source"]) == ("infonce", "report")
+    assert (own_run["train_config"]["loss"], own_run["hyper"]["text_source"]) == ("offclip", "filtered")
+    assert base_run["train_config"]["seed"] == own_run["train_config"]["seed"]
+    assert base_run["steps"] == own_run["steps"] == 2
+
+    run, _ = _flow_run(result["evaluate_run"])
+    assert run.parameters["baseline"] == str(base_dir) and run.parameters["model"] == str(model_dir)
+    evaluated = evaluate(**run.parameters)
+    assert evaluated["baseline"]["model_dir"] == str(base_dir)
+    # the differences are the two evaluations' own figures subtracted, with an interval around them
+    by_metric = {d["metric"]: d for d in evaluated["differences"]}
+    normal = by_metric["normal_auc"]
+    expected = evaluated["summary"]["normal_auc"] - evaluated["baseline"]["summary"]["normal_auc"]
+    assert normal["estimate"] == pytest.approx(expected, abs=1e-9)
+    assert normal["low"] <= normal["estimate"] <= normal["high"] and normal["n_images"] == evaluated["summary"]["n_images"]
+    db = shards / "manifest.duckdb"
+    latest = query(db, "SELECT run_name FROM latest_evaluations ORDER BY run_name")
+    assert sorted(latest["run_name"]) == sorted([model_dir.parent.name, base_dir.parent.name])
+    differences = query(db, "SELECT * FROM latest_differences WHERE metric = 'normal_auc'")
+    assert list(differences["comparison"]) == [f"{model_dir.parent.name}-vs-{base_dir.parent.name}"]
+    assert differences["difference"][0] == pytest.approx(expected, abs=1e-9)
+    assert differences["ci_low"][0] <= differences["difference"][0] <= differences["ci_high"][0]
+    assert "difference [95 % CI]" in Artifact.get("offclip-eval-vs-baseline").data
+
+
 def test_retrain_runs_once_then_skips_when_nothing_is_new(small_world, tiny_classifier, tmp_path):
     from offclip.flows.train import retrain
 

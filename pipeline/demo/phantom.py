@@ -23,7 +23,10 @@ How it works
   ~35-50 ms on one core, a 3000x2500 one ~0.15 s (most of it upsampling and noise).
 * Lesions either modify the :class:`Anatomy` before drawing (cardiomegaly, emphysema,
   hypoinflation, elevated diaphragm, scoliosis, aortic enlargement; boxed from the geometry) or
-  add a local change to the attenuation map (boxed from where that change is visible).
+  add a local change to the attenuation map (boxed from where that change is visible). One table,
+  ``_LESIONS``, holds every kind's renderers side by side: its anatomy change, its frontal
+  drawer, its lateral geometry change and its lateral drawer (a kind with no lateral drawer is
+  not drawn on the lateral view). Adding a kind means its functions and one row there.
 * The caller's ``rng`` is used for exactly one draw (three seeds), which seed independent streams
   for anatomical texture, noise and lesions (one child stream per lesion). So a study rendered
   with and without a lesion, from the same rng state, differs only where that lesion is.
@@ -1003,12 +1006,208 @@ def _draw_vessels(ctx: _Ctx, tex_rng: np.random.Generator, occ: np.ndarray, hx0:
 
 
 # ----------------------------------------------------------------------------------------------
-# lesions: anatomy modifiers (applied before the anatomy is drawn)
+# lateral anatomy (height units; anterior = image left, spine on the right)
 # ----------------------------------------------------------------------------------------------
 
-_MODIFIERS = ("cardiomegaly", "emphysema", "hypoinflation", "elevated_diaphragm", "scoliosis",
-              "aortic_enlargement")
+
+def _lat_front(y):
+    return -0.3 + 0.06 * (1.0 - _ss(y, 0.02, 0.22)) + 0.03 * _ss(y, 0.7, 1.0)
+
+
+def _lat_back(y):
+    return 0.3 + 0.015 * np.sin(np.pi * np.clip(y, 0, 1)) - 0.06 * (1.0 - _ss(y, 0.0, 0.18))
+
+
+def _lat_spine(y):  # kyphotic spine (vertebral body centre)
+    return 0.175 + 0.03 * np.sin(np.pi * np.clip(y, 0.0, 1.0))
+
+
+@dataclass(frozen=True)
+class _LateralShape:
+    """What anatomy-changing lesions do to the lateral view (each kind's ``lateral_shape``)."""
+
+    heart_k: float = 1.0  #: heart size factor
+    emph: float = 0.0  #: hyperinflation: lower, flatter diaphragm, more lung air
+    lift: float = 0.0  #: diaphragm raised by this much
+
+
+@dataclass(frozen=True)
+class _LateralFrame:
+    """The lateral view's geometry, shared by its anatomy and its lesion drawers."""
+
+    an: Anatomy
+    shape: _LateralShape
+    apex: float
+    dome_a: float  #: anterior diaphragm
+    dome_p: float  #: posterior diaphragm
+    lx0: float  #: lung field, anterior edge
+    lx1: float  #: lung field, posterior edge
+    hil_y: float
+    hx: float  #: heart centre and half axes
+    hy: float
+    ha: float
+    hb: float
+
+
+def _lateral_frame(an: Anatomy, sh: _LateralShape) -> _LateralFrame:
+    emph, lift = sh.emph, sh.lift
+    apex = min(an.apex_r, an.apex_l) - 0.015
+    dome_a = min(an.dome_r, an.dome_l) - 0.07 + 0.06 * emph - lift
+    dome_p = max(an.dome_r, an.dome_l) + 0.06 + 0.06 * emph - lift
+    lx0, lx1 = -0.255 - 0.01 * emph, 0.235
+    ha, hb = 0.13 * sh.heart_k, 0.118 * sh.heart_k
+    hx, hy = -0.135 + 0.6 * (ha - 0.13), dome_a + 0.03 - 0.7 * hb
+    return _LateralFrame(an, sh, apex, dome_a, dome_p, lx0, lx1, an.carina_y + 0.07, hx, hy, ha, hb)
+
+
+def _lateral_body(ctx: _Ctx, tex_rng: np.random.Generator) -> np.ndarray:
+    """Soft tissue (the beam crosses the full chest width, so it is thick everywhere) and the
+    raised arms; returns the body mask (distance to the skin in pixels, clipped to [0, 1])."""
+    an, g = ctx.an, ctx.grid
+    rh = g.rh
+    mid = g.ylut(lambda y: 0.5 * (_lat_front(y) + _lat_back(y)))
+    inv_half = g.ylut(lambda y: 2.0 / (_lat_back(y) - _lat_front(y)))
+    half_px = g.ylut(lambda y: 0.5 * (_lat_back(y) - _lat_front(y)) * 0.7 * rh)
+    t = g.X - mid
+    t *= inv_half
+    np.abs(t, out=t)
+    body = 1.0 - t  # distance to the skin, in half-widths
+    body *= half_px
+    np.clip(body, 0.0, 1.0, out=body)
+    t *= t
+    np.subtract(1.0, t, out=t)
+    np.clip(t, 0.0, 1.0, out=t)
+    np.sqrt(t, out=t)
+    t *= 0.25
+    t += 0.75
+    t *= body
+    t *= (0.98 * an.tissue) * (1.0 + 0.03 * _smooth_noise(tex_rng, (g.rh, g.cw), rh / 6.0))
+    ctx.A += t
+    del t
+    # raised arms over the apices and upper posterior chest
+    sl = g.win(-0.35, 0.4, -0.02, 0.44)
+    if sl is not None:
+        X, Y = g.X[sl], g.Y[sl]
+        arm = np.exp(-(((X - 0.02 - 0.35 * (Y - 0.1)) * (1.0 / 0.09)) ** 2)) * g.ylut(lambda y: _ss(y, 0.42, 0.12), sl)
+        ctx.A[sl] += 0.12 * arm * body[sl]
+    return body
+
+
+def _lateral_vascular(g: _Grid, fr: _LateralFrame, lsl, X, Y):
+    """Heart (anterior, on the anterior diaphragm) and aorta inside the lung window: returns
+    (their occupancy of the lung field, the heart's normalised radius squared)."""
+    an, hx, hy, ha, hb = fr.an, fr.hx, fr.hy, fr.ha, fr.hb
+    hr2 = ((X - hx) * (1.0 / ha)) ** 2 + ((Y - hy) * (1.0 / hb)) ** 2
+    heart = np.clip((1.0 - hr2) * (0.06 * g.rh * hb), 0.0, 1.0)
+    # aortic arch over the hilum, ascending aorta in front, descending along the spine
+    arch_r = np.sqrt(((X - 0.03) * (1.0 / 0.085)) ** 2 + ((Y - an.knob_y - 0.06) * (1.0 / 0.075)) ** 2)
+    aorta = np.exp(-(((arch_r - 1.0) * (1.0 / 0.22)) ** 2)) * (Y < an.knob_y + 0.07)
+    asc = np.exp(-(((X + 0.055) * (1.0 / 0.022)) ** 2))
+    asc *= g.ylut(lambda y: _ss(y, an.knob_y + 0.05, an.knob_y + 0.08) * _ss(y, hy, hy - 0.05), lsl)
+    sxw = g.ylut(_lat_spine, lsl)
+    desc = np.exp(-(((X - sxw + 0.07) * (1.0 / 0.018)) ** 2))
+    desc *= g.ylut(lambda y: _ss(y, an.knob_y + 0.05, an.knob_y + 0.09), lsl)
+    vasc = np.maximum(np.maximum(aorta, asc), desc)
+    return np.maximum(0.5 * heart, 0.3 * vasc), hr2
+
+
+def _lateral_lungs(ctx: _Ctx, fr: _LateralFrame) -> np.ndarray:
+    """The lung field (one mask, ``ctx.lung_m[-1]``), its air less what heart and aorta occupy;
+    returns that occupancy (for the vessels)."""
+    an, g = fr.an, ctx.grid
+    rh, emph = g.rh, fr.shape.emph
+    apex, dome_a, dome_p, lx0, lx1 = fr.apex, fr.dome_a, fr.dome_p, fr.lx0, fr.lx1
+    lc, la = 0.5 * (lx0 + lx1), 0.5 * (lx1 - lx0)
+    ycen = apex + 0.5 * (dome_p - apex)
+    lsl = g.win(lx0, lx1, apex, dome_p)
+    occ = np.zeros((g.rh, g.cw), _F)
+    if lsl is None:
+        return occ
+    X, Y = g.X[lsl], g.Y[lsl]
+    fy = g.ylut(lambda y: (np.maximum(ycen - y, 0.0) / (ycen - apex)) ** 3, lsl)
+    q = (X - lc) * (1.0 / la)
+    rho = q * q
+    rho += fy
+    np.sqrt(rho, out=rho)
+    u = np.clip((X - lx0) * (1.0 / (lx1 - lx0)), 0.0, 1.0)
+    dia = dome_a + (dome_p - dome_a) * u * u - (0.05 - 0.03 * emph) * np.sin(np.pi * u)
+    lung = np.clip((1.0 - rho) * (0.15 * rh), 0.0, 1.0) * np.clip((dia - Y) * (0.6 * rh), 0.0, 1.0)
+    ctx.lung_m[-1][lsl] = lung
+    rho *= rho
+    air = (an.lung_air * (0.85 + 0.3 * emph)) * lung * (0.55 + 0.45 * np.sqrt(np.clip(1.0 - rho, 0.0, 1.0)))
+    o, hr2 = _lateral_vascular(g, fr, lsl, X, Y)
+    occ[lsl] = o
+    air *= 1.0 - o
+    ctx.air[lsl] = air
+    ctx.A[lsl] -= air
+    ctx.A[lsl] += 0.04 * np.sqrt(np.clip(1.0 - hr2, 0.0, 1.0))
+    return occ
+
+
+def _lateral_airways(ctx: _Ctx, fr: _LateralFrame) -> None:
+    """Hilum, and the trachea as a lucent band running down and back to the carina."""
+    an, g = fr.an, ctx.grid
+    hil_y = fr.hil_y
+    sl = g.win(-0.1, 0.16, hil_y - 0.15, hil_y + 0.15)
+    if sl is not None:
+        X, Y = g.X[sl], g.Y[sl]
+        ctx.A[sl] += 0.09 * np.exp(-((X - 0.03) * (1.0 / 0.045)) ** 2 - ((Y - hil_y) * (1.0 / 0.055)) ** 2)
+    sl = g.win(-0.05, 0.06, -0.02, an.carina_y + 0.02)
+    if sl is not None:
+        X, Y = g.X[sl], g.Y[sl]
+        tx = -0.02 + 0.16 * np.clip(Y, 0.0, an.carina_y)
+        trach = np.clip(1.0 - ((X - tx) * (1.0 / 0.016)) ** 2, 0.0, 1.0)
+        trach *= g.ylut(lambda y: _ss(y, an.carina_y + 0.02, an.carina_y - 0.01), sl)
+        cur = ctx.A[sl]
+        cur -= 0.1 * np.sqrt(trach) * (cur > 0.3)
+
+
+def _lateral_bones(ctx: _Ctx, body: np.ndarray) -> None:
+    """Sternum, spine (vertebral bodies and posterior elements), posterior ribs crossing obliquely."""
+    an, g = ctx.an, ctx.grid
+    sl = g.win(-0.32, -0.2, 0.15, 0.62)
+    if sl is not None:
+        X = g.X[sl]
+        stx = g.ylut(lambda y: _lat_front(y) + 0.018, sl)
+        ster = np.clip(1.0 - ((X - stx) * (1.0 / 0.011)) ** 2, 0.0, 1.0)
+        ster *= g.ylut(lambda y: _ss(y, 0.17, 0.2) * _ss(y, 0.6, 0.56), sl)
+        ctx.A[sl] += 0.1 * an.bone * np.sqrt(ster)
+    sl = g.win(0.1, 0.3, -0.02, 1.02)
+    if sl is not None:
+        X, Y = g.X[sl], g.Y[sl]
+        sxw = g.ylut(_lat_spine, sl)
+        vb = _spine_field(replace(an, spine_x=0.0, spine_hw=0.036, scoliosis=0.0), X - sxw, Y)
+        vb *= g.ylut(lambda y: 0.26 * an.bone * (1.0 - 0.25 * _ss(y, 0.4, 0.75)), sl)
+        post = np.exp(-(((X - sxw - 0.07) * (1.0 / 0.022)) ** 2)) * g.ylut(lambda y: _ss(y, 0.02, 0.08), sl)
+        vb += (0.08 * an.bone) * post
+        ctx.A[sl] += vb
+    sl = g.win(-0.03, 0.33, 0.0, 0.88)
+    if sl is not None:
+        X, Y = g.X[sl], g.Y[sl]
+        rib_t = (Y - 0.5 * (X - 0.05) - 0.05) * (1.0 / 0.062)
+        rf = rib_t - np.floor(rib_t)
+        rib = _band_profile(rf, 0.4)
+        rib *= np.clip((X + 0.02) * (1.0 / 0.14), 0.0, 1.0)
+        rib *= body[sl]
+        rib *= g.ylut(lambda y: 0.05 * an.bone * _ss(y, 0.85, 0.7), sl)
+        ctx.A[sl] += rib
+
+
+def _draw_lateral_anatomy(ctx: _Ctx, fr: _LateralFrame, tex_rng: np.random.Generator) -> None:
+    body = _lateral_body(ctx, tex_rng)
+    occ = _lateral_lungs(ctx, fr)
+    _lateral_airways(ctx, fr)
+    _lateral_bones(ctx, body)
+    # pulmonary vessels radiating from the hilum
+    _draw_vessels(_with_anatomy(ctx, vessel=fr.an.vessel * 0.6), tex_rng, occ, hx0=0.03, hila=False)
+
+
+# ----------------------------------------------------------------------------------------------
+# lesions: shared placement and shapes
+# ----------------------------------------------------------------------------------------------
+
 _BILATERAL_DEFAULT = ("edema", "emphysema", "hypoinflation", "fibrosis", "interstitial")
+
 
 def _sev(spec: LesionSpec) -> float:
     return _SEVERITY_SCALE[spec.severity]
@@ -1037,94 +1236,6 @@ def _lung_rect(an: Anatomy, s: int, grow: float = 0.0):
     return x0, x1, ya - grow, yd + cp
 
 
-def _modify(an: Anatomy, spec: LesionSpec, side: str, rng: np.random.Generator):
-    """Return (modified anatomy, function(final anatomy, grid) -> list of boxes)."""
-    sev = _sev(spec)
-    kind = spec.kind
-    if kind == "cardiomegaly":
-        target = 0.585 + 0.1 * sev + rng.uniform(0.0, 0.04)
-        k = max(1.12, target / cardiothoracic_ratio(an))
-        new = replace(an, heart_a=an.heart_a * k, heart_b=an.heart_b * k,
-                      heart_x=an.heart_x + 0.25 * (k - 1) * an.heart_a,
-                      heart_y=an.heart_y - 0.15 * (k - 1) * an.heart_b)
-
-        def boxes(fin, g):
-            x0, x1, y0, y1 = _heart_extent(fin)
-            return [g.rect_box(x0, x1, y0, min(y1, fin.dome_l + 0.03))]
-        return new, boxes
-    if kind == "emphysema":
-        grow = 0.008 + 0.008 * sev
-        sides = _sides(side)
-        new = _sreplace(
-            an, sides,
-            dome=lambda v: v + 0.05 + 0.04 * sev,
-            cp_scale=lambda v: v * (0.55 - 0.2 * sev),
-            lung_lat=lambda v: v + grow,
-            apex=lambda v: v - 0.01,
-            air=lambda v: v * (1.22 + 0.12 * sev),
-            vessel=lambda v: v * 0.55,
-        )
-        if len(sides) == 2:  # the heart sinks with the flattened diaphragm and looks narrow
-            drop = 0.05 + 0.04 * sev
-            new = replace(new, heart_y=an.heart_y + drop, heart_a=an.heart_a * 0.93,
-                          heart_angle=an.heart_angle + 0.15)
-
-        def boxes(fin, g):
-            return [g.rect_box(*_lung_rect(fin, s)) for s in sides]
-        return new, boxes
-    if kind in ("hypoinflation", "elevated_diaphragm"):
-        if kind == "elevated_diaphragm":
-            sides = (-1,) if side == "right" else (1,)
-            up = 0.05 + 0.05 * sev
-        else:
-            sides = _sides(side)
-            up = 0.06 + 0.04 * sev
-        new = _sreplace(an, sides, dome=lambda v: v - up)
-        old = an
-
-        def boxes(fin, g):
-            out = []
-            for s in sides:
-                x0, x1, _, _ = _lung_rect(old, s)
-                yd_old, yd_new = _sget(old, s, "dome"), _sget(fin, s, "dome")
-                y1 = yd_old + max(_lung_params(old, s)[5], 0.085)
-                out.append(g.rect_box(x0, x1, yd_new - 0.01, y1))
-            return out
-        return new, boxes
-    if kind == "scoliosis":
-        amp = (0.025 + 0.03 * sev) * (1 if rng.random() < 0.5 else -1)
-        new = replace(an, scoliosis=amp, scoliosis_phase=float(rng.uniform(-0.4, 0.4)))
-
-        def boxes(fin, g):
-            ys = np.linspace(0.0, 1.0, 200)
-            xc = _spine_center(fin, ys)
-            moved = np.abs(xc - fin.spine_x) > 0.15 * abs(amp)
-            ys_m = ys[moved]
-            hw = fin.spine_hw * 1.3
-            return [g.rect_box(float(xc.min()) - hw, float(xc.max()) + hw, float(ys_m.min()),
-                               float(ys_m.max()))]
-        return new, boxes
-    if kind == "aortic_enlargement":
-        k = 1.35 + 0.35 * sev
-        new = replace(an, knob_r=an.knob_r * k, knob_x=an.knob_x + (k - 1) * an.knob_r * 0.9,
-                      knob_y=an.knob_y - 0.2 * (k - 1) * an.knob_r,
-                      aorta_hw=an.aorta_hw * (1.1 + 0.2 * sev), aorta_bulge=0.012 + 0.016 * sev)
-
-        def boxes(fin, g):
-            ax = fin.knob_x - 0.35 * fin.knob_r
-            x0 = min(fin.knob_x - fin.knob_r, ax - fin.aorta_hw - 0.012)
-            x1 = max(fin.knob_x + fin.knob_r, ax + fin.aorta_hw + fin.aorta_bulge * 1.3)
-            y1 = fin.knob_y + 0.5 * (fin.abdomen_y + 0.02 - fin.knob_y)
-            return [g.rect_box(x0, x1, fin.knob_y - fin.knob_r, y1)]
-        return new, boxes
-    raise AssertionError(kind)
-
-
-# ----------------------------------------------------------------------------------------------
-# lesions: local (drawn into the attenuation map)
-# ----------------------------------------------------------------------------------------------
-
-
 def _zone_y(an: Anatomy, s: int, zone: str, rng: np.random.Generator) -> float:
     _, _, _, ya, yd, _ = _lung_params(an, s)
     lo, hi = {"upper": (0.12, 0.33), "middle": (0.38, 0.6), "lower": (0.64, 0.84)}[zone]
@@ -1144,6 +1255,22 @@ def _lung_x_at(an: Anatomy, s: int, y: float, frac: float) -> float:
 def _place(an: Anatomy, s: int, zone: str, rng: np.random.Generator, lo=0.3, hi=0.85):
     y = _zone_y(an, s, zone, rng)
     return _lung_x_at(an, s, y, float(rng.uniform(lo, hi))), y
+
+
+def _placed(ctx: _Ctx, side: str, zone: str, rng: np.random.Generator, lo=0.3, hi=0.85):
+    """(side, x, y) of one placement per side of ``side``, each drawn just before its use."""
+    for s in _sides(side):
+        x, y = _place(ctx.an, s, zone, rng, lo, hi)
+        yield s, x, y
+
+
+def _lateral_place(fr: _LateralFrame, spec: LesionSpec, rng: np.random.Generator) -> tuple[float, float]:
+    """Where a lesion sits on the lateral view (drawn for every kind with a lateral drawer)."""
+    zone = spec.zone or ("upper", "middle", "lower")[int(rng.integers(0, 3))]
+    zy = {"upper": (0.12, 0.32), "middle": (0.38, 0.58), "lower": (0.62, 0.8)}[zone]
+    y = fr.apex + (fr.dome_a - fr.apex) * rng.uniform(*zy)
+    x = rng.uniform(-0.08, 0.15) if zone != "lower" else rng.uniform(0.0, 0.16)
+    return x, y
 
 
 def _lung_mask_win(ctx: _Ctx, sl, sides=(-1, 1)):
@@ -1198,341 +1325,716 @@ def _blob(ctx: _Ctx, kind: str, s: int, x: float, y: float, rx: float, ry: float
     ctx.apply(kind, sl, delta.astype(_F), thr=0.15)
 
 
-def _draw_local(ctx: _Ctx, spec: LesionSpec, side: str, zone: str, rng: np.random.Generator):
-    an, g = ctx.an, ctx.grid
-    kind = spec.kind
+def _stroke_apply(ctx: _Ctx, kind: str, curves, width: float, dens) -> None:
+    """Stroke ``curves`` and add them (``dens`` times the profile) to the attenuation map."""
+    st = _stroke(ctx.grid, curves, width)
+    if st is not None:
+        ssl, prof = st
+        ctx.apply(kind, ssl, (dens * prof).astype(_F), thr=0.2)
+
+
+# ----------------------------------------------------------------------------------------------
+# lesion kinds, each with its renderers side by side (the table, _LESIONS, follows):
+#   modify(an, spec, side, rng) -> (anatomy, boxes(final anatomy, grid))   frontal anatomy change
+#   frontal(ctx, spec, side, zone, rng)                                    frontal local drawing
+#   lateral_shape(shape, sev) -> shape                                     lateral anatomy change
+#   lateral(ctx, frame, spec, x, y, rng)                                   lateral drawing / box
+# ----------------------------------------------------------------------------------------------
+
+# --- cardiomegaly
+
+
+def _cardiomegaly_modify(an: Anatomy, spec: LesionSpec, side: str, rng: np.random.Generator):
+    target = 0.585 + 0.1 * _sev(spec) + rng.uniform(0.0, 0.04)
+    k = max(1.12, target / cardiothoracic_ratio(an))
+    new = replace(an, heart_a=an.heart_a * k, heart_b=an.heart_b * k,
+                  heart_x=an.heart_x + 0.25 * (k - 1) * an.heart_a,
+                  heart_y=an.heart_y - 0.15 * (k - 1) * an.heart_b)
+
+    def boxes(fin, g):
+        x0, x1, y0, y1 = _heart_extent(fin)
+        return [g.rect_box(x0, x1, y0, min(y1, fin.dome_l + 0.03))]
+    return new, boxes
+
+
+def _cardiomegaly_lateral_shape(sh: _LateralShape, sev: float) -> _LateralShape:
+    return replace(sh, heart_k=max(sh.heart_k, 1.22 + 0.15 * sev))
+
+
+def _cardiomegaly_lateral(ctx, fr: _LateralFrame, spec, x, y, rng) -> None:
+    ctx.add_box(spec.kind, ctx.grid.rect_box(fr.hx - fr.ha, fr.hx + fr.ha, fr.hy - fr.hb,
+                                             min(fr.hy + fr.hb, fr.dome_a + 0.04)))
+
+
+# --- emphysema
+
+
+def _emphysema_modify(an: Anatomy, spec: LesionSpec, side: str, rng: np.random.Generator):
     sev = _sev(spec)
+    grow = 0.008 + 0.008 * sev
     sides = _sides(side)
+    new = _sreplace(
+        an, sides,
+        dome=lambda v: v + 0.05 + 0.04 * sev,
+        cp_scale=lambda v: v * (0.55 - 0.2 * sev),
+        lung_lat=lambda v: v + grow,
+        apex=lambda v: v - 0.01,
+        air=lambda v: v * (1.22 + 0.12 * sev),
+        vessel=lambda v: v * 0.55,
+    )
+    if len(sides) == 2:  # the heart sinks with the flattened diaphragm and looks narrow
+        drop = 0.05 + 0.04 * sev
+        new = replace(new, heart_y=an.heart_y + drop, heart_a=an.heart_a * 0.93,
+                      heart_angle=an.heart_angle + 0.15)
 
-    if kind in ("nodule", "mass", "granuloma"):
+    def boxes(fin, g):
+        return [g.rect_box(*_lung_rect(fin, s)) for s in sides]
+    return new, boxes
+
+
+def _emphysema_lateral_shape(sh: _LateralShape, sev: float) -> _LateralShape:
+    return replace(sh, emph=max(sh.emph, 0.6 + 0.4 * sev))
+
+
+def _emphysema_lateral(ctx, fr: _LateralFrame, spec, x, y, rng) -> None:
+    ctx.add_box(spec.kind, ctx.grid.rect_box(fr.lx0, fr.lx1, fr.apex, fr.dome_p))
+
+
+# --- hypoinflation and elevated diaphragm (raised domes)
+
+
+def _raised_dome_modify(an: Anatomy, spec: LesionSpec, side: str, rng: np.random.Generator):
+    sev = _sev(spec)
+    if spec.kind == "elevated_diaphragm":
+        sides = (-1,) if side == "right" else (1,)
+        up = 0.05 + 0.05 * sev
+    else:
+        sides = _sides(side)
+        up = 0.06 + 0.04 * sev
+    new = _sreplace(an, sides, dome=lambda v: v - up)
+    old = an
+
+    def boxes(fin, g):
+        out = []
         for s in sides:
-            x, y = _place(an, s, zone, rng)
-            if kind == "nodule":
-                _disc(ctx, kind, x, y, 0.011 + 0.007 * sev + rng.uniform(0, 0.003), 0.13 + 0.04 * sev,
-                      lobes=0.05, rng=rng)
-            elif kind == "mass":
-                _disc(ctx, kind, x, y, 0.04 + 0.03 * sev + rng.uniform(0, 0.01), 0.17 + 0.05 * sev,
-                      lobes=0.15, rng=rng, sharp=0.1)
-            else:
-                _disc(ctx, kind, x, y, 0.0055 + 0.0025 * sev, 0.42, sharp=0.6)
-        return
+            x0, x1, _, _ = _lung_rect(old, s)
+            yd_old, yd_new = _sget(old, s, "dome"), _sget(fin, s, "dome")
+            y1 = yd_old + max(_lung_params(old, s)[5], 0.085)
+            out.append(g.rect_box(x0, x1, yd_new - 0.01, y1))
+        return out
+    return new, boxes
 
-    if kind in ("opacity", "consolidation", "pneumonia", "infiltrate"):
-        cfg = {  # size, strength, noise cell, patchiness, edge hardness
-            "opacity": (0.055, 0.55, 0.03, 0.7, 2.5),
-            "consolidation": (0.06, 0.95, 0.04, 0.45, 3.5),
-            "pneumonia": (0.075, 0.85, 0.035, 0.55, 3.0),
-            "infiltrate": (0.06, 0.5, 0.014, 1.3, 2.5),
-        }[kind]
-        size, strength, cell, patchy, hard = cfg
-        for s in sides:
-            x, y = _place(an, s, zone, rng, 0.3, 0.75)
-            r = size * (1.0 + 0.7 * sev) * rng.uniform(0.85, 1.15)
-            _blob(ctx, kind, s, x, y, r * rng.uniform(0.8, 1.15), r * rng.uniform(0.8, 1.2),
-                  strength * (0.85 + 0.2 * sev), rng, cell, patchy, hard)
-        return
 
-    if kind == "edema":
-        for s in sides:
-            xc, al, am, ya, yd, cp = _lung_params(an, s)
-            hx, hy = s * 0.1, an.carina_y + 0.11
-            sl = g.win(*sorted((xc - s * am, xc + s * al)), ya, yd + cp)
-            if sl is None:
-                continue
-            X, Y = g.X[sl], g.Y[sl]
-            rx, ry = 0.11 + 0.05 * sev, 0.12 + 0.04 * sev
-            d2 = ((X - hx) / rx) ** 2 + ((Y - hy) / ry) ** 2
-            rho, _, _ = _lung_shape(an, s, X, Y)
-            m = np.exp(-d2) * np.clip(1.15 - rho ** 3, 0.0, 1.0)
-            m *= 1.0 + 0.35 * _smooth_noise(rng, X.shape, 0.03 * g.rh)
-            m = np.clip(m, 0.0, 1.0) * ctx.lung_m[s][sl]
-            delta = (0.45 + 0.25 * sev) * m * (ctx.air[sl] + 0.05)
-            if sev > 0:  # Kerley B lines at the lateral bases
-                curves = []
-                for _ in range(int(4 + 6 * sev)):
-                    yy = yd - rng.uniform(0.02, 0.14)
-                    xl = _lung_x_at(an, s, yy, 1.0) - s * 0.004
-                    curves.append(np.array([[xl, yy], [xl - s * rng.uniform(0.012, 0.025), yy]]))
-                st = _stroke(g, curves, 0.0025)
-                if st is not None:
-                    ssl, prof = st
-                    lines = np.zeros_like(delta)
-                    r0, c0 = sl[0].start, sl[1].start
-                    a0, a1 = max(ssl[0].start, r0), min(ssl[0].stop, sl[0].stop)
-                    b0, b1 = max(ssl[1].start, c0), min(ssl[1].stop, sl[1].stop)
-                    if a1 > a0 and b1 > b0:
-                        lines[a0 - r0:a1 - r0, b0 - c0:b1 - c0] = prof[
-                            a0 - ssl[0].start:a1 - ssl[0].start, b0 - ssl[1].start:b1 - ssl[1].start]
-                    delta = delta + 0.06 * lines * ctx.lung_m[s][sl]
-            ctx.apply(kind, sl, delta.astype(_F), thr=0.2)
-        return
+def _raised_dome_lateral_shape(sh: _LateralShape, sev: float) -> _LateralShape:
+    return replace(sh, lift=max(sh.lift, 0.05 + 0.04 * sev))
 
-    if kind == "pleural_effusion":
-        for s in sides:
-            xc, al, am, ya, yd, cp = _lung_params(an, s)
-            h = 0.07 + 0.2 * sev ** 1.2 + rng.uniform(0, 0.03)  # rise above the costophrenic angle
-            y_lat = yd + cp - h
-            x0, x1 = sorted((xc - s * am, xc + s * (al + 0.01)))
-            sl = g.win(x0, x1, y_lat - 0.03, yd + cp + 0.01)
-            if sl is None:
-                continue
-            X, Y = g.X[sl], g.Y[sl]
-            lat = (X - xc) * s / al  # 1 at the lateral wall
-            # meniscus: highest against the lateral wall, concave upwards
-            w = np.clip((1.0 - lat) * (1.0 / 1.5), 0.0, 1.0)
-            w = 1.0 - w
-            w *= w
-            ym = y_lat + (0.02 + 0.3 * h) * (1.0 - w)
-            fill = np.clip((Y - ym) * (1.0 / (0.02 + 1.5 / g.rh)), 0.0, 1.0)
-            m = fill * ctx.lung_m[s][sl]
-            delta = m * (ctx.air[sl] + ctx.V[sl])
-            ctx.apply(kind, sl, delta.astype(_F), thr=0.15)
-        return
 
-    if kind == "pneumothorax":
-        for s in sides:
-            xc, al, am, ya, yd, cp = _lung_params(an, s)
-            tau = 0.1 + 0.12 * sev + rng.uniform(0, 0.03)
-            ylim = ya + (yd - ya) * (0.4 + 0.45 * sev)
-            x0, x1 = sorted((xc - s * am, xc + s * al))
-            sl = g.win(x0, x1, ya - 0.01, ylim + 0.03)
-            if sl is None:
-                continue
-            X, Y = g.X[sl], g.Y[sl]
-            rho, dia, dx = _lung_shape(an, s, X, Y)
-            s_in = 1.0 - tau
-            region = _ss(rho, s_in - 0.004, s_in + 0.004) * _ss(Y, ylim + 0.03, ylim - 0.03)
-            region *= _ss(dx, -0.45 * am, -0.2 * am)
-            lm = ctx.lung_m[s][sl]
-            lucent = region * lm * (ctx.V[sl] + 0.07 * ctx.air[sl] + 0.03)
-            w = 0.0022 * (1.0 / max(al, 0.05))
-            line = np.exp(-(((rho - s_in) / w) ** 2)) * _ss(Y, ylim + 0.03, ylim - 0.03)
-            line *= _ss(dx, -0.45 * am, -0.2 * am) * lm
-            delta = 0.07 * line - lucent
-            ctx.apply(kind, sl, delta.astype(_F), thr=0.15)
-        return
+def _raised_dome_lateral(ctx, fr: _LateralFrame, spec, x, y, rng) -> None:
+    ctx.add_box(spec.kind, ctx.grid.rect_box(fr.lx0, fr.lx1, fr.dome_a - 0.04, fr.dome_p + fr.shape.lift))
 
-    if kind == "atelectasis":
-        for s in sides:
-            x, y = _place(an, s, zone if spec.zone else "lower", rng, 0.25, 0.7)
-            L = 0.05 + 0.05 * sev + rng.uniform(0, 0.02)
-            T = 0.007 + 0.008 * sev
-            th = rng.uniform(-0.35, 0.35) - s * 0.15
-            c, sn = math.cos(th), math.sin(th)
-            sl = g.win(x - L, x + L, y - L, y + L)
-            if sl is None:
-                continue
-            X, Y = g.X[sl] - x, g.Y[sl] - y
-            u = (c * X + sn * Y) / L
-            v = (-sn * X + c * Y) / T
-            m = np.clip(1.0 - u * u, 0.0, 1.0) * np.exp(-(v * v) * 1.5)
-            m *= 1.0 + 0.25 * _smooth_noise(rng, X.shape, 0.01 * g.rh)
-            m = np.clip(m, 0.0, 1.0) * _lung_mask_win(ctx, sl, (s,))
-            delta = m * (ctx.air[sl] * 0.9 + 0.05)
-            ctx.apply(kind, sl, delta.astype(_F), thr=0.2)
-        return
 
-    if kind in ("fibrosis", "interstitial"):
-        coarse = kind == "fibrosis"
-        for s in sides:
-            xc, al, am, ya, yd, cp = _lung_params(an, s)
-            if spec.zone is None and coarse:
-                zone = "lower"
-            lo, hi = {"upper": (0.0, 0.42), "middle": (0.3, 0.72), "lower": (0.55, 1.05)}[zone]
-            y0, y1 = ya + (yd - ya) * lo, ya + (yd - ya) * hi
-            x0, x1 = sorted((xc - s * am, xc + s * al))
-            sl = g.win(x0, x1, y0, y1)
-            if sl is None:
-                continue
-            X, Y = g.X[sl], g.Y[sl]
-            cell = (0.011 if coarse else 0.007) * (1.0 + 0.3 * sev)
-            nz = _smooth_noise(rng, X.shape, cell * g.rh)
-            net = np.exp(-((nz / (0.22 + 0.08 * sev)) ** 2))
-            band = _ss(Y, y0, y0 + 0.04) * _ss(Y, y1, y1 - 0.04)
-            rho, _, dx = _lung_shape(an, s, X, Y)
-            periph = np.clip(0.35 + rho, 0.0, 1.0) if coarse else 1.0
-            m = net * band * periph * ctx.lung_m[s][sl]
-            dens = (0.3 + 0.2 * sev) if coarse else (0.22 + 0.15 * sev)
-            delta = dens * m * (ctx.air[sl] + 0.05)
-            ctx.apply(kind, sl, delta.astype(_F), thr=0.25)
-        return
+# --- scoliosis (frontal only)
 
-    if kind == "pleural_thickening":
-        for s in sides:
-            xc, al, am, ya, yd, cp = _lung_params(an, s)
-            apical = zone == "upper"
-            y0, y1 = (ya - 0.01, ya + 0.12) if apical else (
-                (ya + 0.2 * (yd - ya), ya + 0.55 * (yd - ya)) if zone == "middle"
-                else (ya + 0.55 * (yd - ya), yd + cp))
-            x0, x1 = sorted((xc - s * am, xc + s * (al + 0.01)))
-            sl = g.win(x0, x1, y0, y1)
-            if sl is None:
-                continue
-            X, Y = g.X[sl], g.Y[sl]
-            rho, dia, dx = _lung_shape(an, s, X, Y)
-            t = max(0.007 + 0.007 * sev, 1.5 / g.rh) / al
-            m = _ss(rho, 1.0 - t - 0.006, 1.0 - t + 0.002) * _ss(Y, y0, y0 + 0.02) * _ss(Y, y1, y1 - 0.02)
-            m *= _ss(dx, -0.3 * am, 0.0)
-            m *= 1.0 + 0.2 * _smooth_noise(rng, X.shape, 0.02 * g.rh)
-            m = np.clip(m, 0.0, 1.0) * ctx.lung_m[s][sl]
-            delta = m * (ctx.air[sl] * 0.95 + 0.05)
-            ctx.apply(kind, sl, delta.astype(_F), thr=0.2)
-        return
 
-    if kind == "calcification":
-        s = sides[0]
-        if s > 0 and rng.random() < 0.6:  # calcified aortic knob rim
-            r = an.knob_r * 1.02
-            a0 = rng.uniform(-2.6, -2.2)
-            a1 = rng.uniform(-0.7, -0.2) if sev > 0 else a0 + 1.0
-            th = np.linspace(a0, a1, 24)
-            curve = np.stack([an.knob_x + r * np.cos(th), an.knob_y + r * np.sin(th)], axis=1)
-            st = _stroke(g, [curve], 0.0035 + 0.001 * sev)
-            if st is not None:
-                ssl, prof = st
-                ctx.apply(kind, ssl, (0.32 * prof).astype(_F), thr=0.2)
-            return
-        x, y = _place(an, s, zone, rng, 0.25, 0.8)
-        n = int(3 + 4 * sev + rng.integers(0, 3))
-        rad = 0.015 + 0.01 * sev
-        pts = np.array([x, y]) + rng.uniform(-rad, rad, size=(n, 2))
-        sl = g.win(x - rad - 0.01, x + rad + 0.01, y - rad - 0.01, y + rad + 0.01)
+def _scoliosis_modify(an: Anatomy, spec: LesionSpec, side: str, rng: np.random.Generator):
+    amp = (0.025 + 0.03 * _sev(spec)) * (1 if rng.random() < 0.5 else -1)
+    new = replace(an, scoliosis=amp, scoliosis_phase=float(rng.uniform(-0.4, 0.4)))
+
+    def boxes(fin, g):
+        ys = np.linspace(0.0, 1.0, 200)
+        xc = _spine_center(fin, ys)
+        moved = np.abs(xc - fin.spine_x) > 0.15 * abs(amp)
+        ys_m = ys[moved]
+        hw = fin.spine_hw * 1.3
+        return [g.rect_box(float(xc.min()) - hw, float(xc.max()) + hw, float(ys_m.min()),
+                           float(ys_m.max()))]
+    return new, boxes
+
+
+# --- aortic enlargement
+
+
+def _aortic_enlargement_modify(an: Anatomy, spec: LesionSpec, side: str, rng: np.random.Generator):
+    sev = _sev(spec)
+    k = 1.35 + 0.35 * sev
+    new = replace(an, knob_r=an.knob_r * k, knob_x=an.knob_x + (k - 1) * an.knob_r * 0.9,
+                  knob_y=an.knob_y - 0.2 * (k - 1) * an.knob_r,
+                  aorta_hw=an.aorta_hw * (1.1 + 0.2 * sev), aorta_bulge=0.012 + 0.016 * sev)
+
+    def boxes(fin, g):
+        ax = fin.knob_x - 0.35 * fin.knob_r
+        x0 = min(fin.knob_x - fin.knob_r, ax - fin.aorta_hw - 0.012)
+        x1 = max(fin.knob_x + fin.knob_r, ax + fin.aorta_hw + fin.aorta_bulge * 1.3)
+        y1 = fin.knob_y + 0.5 * (fin.abdomen_y + 0.02 - fin.knob_y)
+        return [g.rect_box(x0, x1, fin.knob_y - fin.knob_r, y1)]
+    return new, boxes
+
+
+def _aortic_enlargement_lateral(ctx, fr: _LateralFrame, spec, x, y, rng) -> None:
+    an, g, sev = fr.an, ctx.grid, _sev(spec)
+    sl = g.win(-0.1, 0.16, an.knob_y - 0.05, an.knob_y + 0.2)
+    if sl is not None:
+        Xw, Yw = g.X[sl], g.Y[sl]
+        ar_ = np.sqrt(((Xw - 0.03) / 0.085) ** 2 + ((Yw - an.knob_y - 0.06) / 0.075) ** 2)
+        ring = np.exp(-(((ar_ - 1.0) / (0.3 + 0.15 * sev)) ** 2)) * (Yw < an.knob_y + 0.09)
+        ctx.apply(spec.kind, sl, (0.08 * ring * (0.5 + ctx.air[sl])).astype(_F), thr=0.3)
+
+
+# --- nodule, mass, granuloma (discs)
+
+
+def _nodule_frontal(ctx: _Ctx, spec: LesionSpec, side: str, zone: str, rng: np.random.Generator):
+    sev = _sev(spec)
+    for _, x, y in _placed(ctx, side, zone, rng):
+        _disc(ctx, spec.kind, x, y, 0.011 + 0.007 * sev + rng.uniform(0, 0.003), 0.13 + 0.04 * sev,
+              lobes=0.05, rng=rng)
+
+
+def _nodule_lateral(ctx, fr: _LateralFrame, spec, x, y, rng) -> None:
+    _disc(ctx, spec.kind, x, y, 0.012 + 0.007 * _sev(spec), 0.12, rng=rng)
+
+
+def _mass_frontal(ctx: _Ctx, spec: LesionSpec, side: str, zone: str, rng: np.random.Generator):
+    sev = _sev(spec)
+    for _, x, y in _placed(ctx, side, zone, rng):
+        _disc(ctx, spec.kind, x, y, 0.04 + 0.03 * sev + rng.uniform(0, 0.01), 0.17 + 0.05 * sev,
+              lobes=0.15, rng=rng, sharp=0.1)
+
+
+def _mass_lateral(ctx, fr: _LateralFrame, spec, x, y, rng) -> None:
+    _disc(ctx, spec.kind, x, y, 0.045 + 0.03 * _sev(spec), 0.15, lobes=0.12, rng=rng)
+
+
+def _granuloma_frontal(ctx: _Ctx, spec: LesionSpec, side: str, zone: str, rng: np.random.Generator):
+    sev = _sev(spec)
+    for _, x, y in _placed(ctx, side, zone, rng):
+        _disc(ctx, spec.kind, x, y, 0.0055 + 0.0025 * sev, 0.42, sharp=0.6)
+
+
+def _granuloma_lateral(ctx, fr: _LateralFrame, spec, x, y, rng) -> None:
+    _disc(ctx, spec.kind, x, y, 0.006 + 0.002 * _sev(spec), 0.4, rng=rng)
+
+
+# --- opacity, consolidation, pneumonia, infiltrate (airspace blobs; parameters in the table)
+
+
+def _blob_frontal(ctx: _Ctx, spec: LesionSpec, side: str, zone: str, rng: np.random.Generator, *,
+                  size: float, strength: float, cell: float, patchy: float, hard: float):
+    sev = _sev(spec)
+    for s, x, y in _placed(ctx, side, zone, rng, 0.3, 0.75):
+        r = size * (1.0 + 0.7 * sev) * rng.uniform(0.85, 1.15)
+        _blob(ctx, spec.kind, s, x, y, r * rng.uniform(0.8, 1.15), r * rng.uniform(0.8, 1.2),
+              strength * (0.85 + 0.2 * sev), rng, cell, patchy, hard)
+
+
+def _blob_lateral(ctx, fr: _LateralFrame, spec, x, y, rng, *, strength: float) -> None:
+    size = 0.06 * (1.0 + 0.6 * _sev(spec))
+    _blob(ctx, spec.kind, -1, x, y, size, size * 0.9, strength, rng, 0.03, 0.6, 3.0)
+
+
+# --- edema
+
+
+def _kerley_b_lines(ctx: _Ctx, s: int, yd: float, sev: float, rng: np.random.Generator, sl, like):
+    """Kerley B lines at the lateral base of lung ``s``, as a profile over window ``sl``
+    (shaped like ``like``); None when none land in the image."""
+    an, g = ctx.an, ctx.grid
+    curves = []
+    for _ in range(int(4 + 6 * sev)):
+        yy = yd - rng.uniform(0.02, 0.14)
+        xl = _lung_x_at(an, s, yy, 1.0) - s * 0.004
+        curves.append(np.array([[xl, yy], [xl - s * rng.uniform(0.012, 0.025), yy]]))
+    st = _stroke(g, curves, 0.0025)
+    if st is None:
+        return None
+    ssl, prof = st
+    lines = np.zeros_like(like)
+    r0, c0 = sl[0].start, sl[1].start
+    a0, a1 = max(ssl[0].start, r0), min(ssl[0].stop, sl[0].stop)
+    b0, b1 = max(ssl[1].start, c0), min(ssl[1].stop, sl[1].stop)
+    if a1 > a0 and b1 > b0:
+        lines[a0 - r0:a1 - r0, b0 - c0:b1 - c0] = prof[
+            a0 - ssl[0].start:a1 - ssl[0].start, b0 - ssl[1].start:b1 - ssl[1].start]
+    return lines
+
+
+def _edema_frontal(ctx: _Ctx, spec: LesionSpec, side: str, zone: str, rng: np.random.Generator):
+    an, g = ctx.an, ctx.grid
+    sev = _sev(spec)
+    for s in _sides(side):
+        xc, al, am, ya, yd, cp = _lung_params(an, s)
+        hx, hy = s * 0.1, an.carina_y + 0.11
+        sl = g.win(*sorted((xc - s * am, xc + s * al)), ya, yd + cp)
         if sl is None:
-            return
+            continue
         X, Y = g.X[sl], g.Y[sl]
-        delta = np.zeros(X.shape, _F)
-        for px_, py_ in pts:
-            r = max(rng.uniform(0.0025, 0.0045), 0.9 / g.rh)
-            d2 = ((X - px_) ** 2 + (Y - py_) ** 2) / (r * r)
-            delta = np.maximum(delta, 0.38 * np.sqrt(np.clip(1.0 - d2, 0.0, 1.0)) ** 0.5)
-        ctx.apply(kind, sl, delta.astype(_F), thr=0.2)
-        return
+        rx, ry = 0.11 + 0.05 * sev, 0.12 + 0.04 * sev
+        d2 = ((X - hx) / rx) ** 2 + ((Y - hy) / ry) ** 2
+        rho, _, _ = _lung_shape(an, s, X, Y)
+        m = np.exp(-d2) * np.clip(1.15 - rho ** 3, 0.0, 1.0)
+        m *= 1.0 + 0.35 * _smooth_noise(rng, X.shape, 0.03 * g.rh)
+        m = np.clip(m, 0.0, 1.0) * ctx.lung_m[s][sl]
+        delta = (0.45 + 0.25 * sev) * m * (ctx.air[sl] + 0.05)
+        if sev > 0:  # Kerley B lines at the lateral bases
+            lines = _kerley_b_lines(ctx, s, yd, sev, rng, sl, delta)
+            if lines is not None:
+                delta = delta + 0.06 * lines * ctx.lung_m[s][sl]
+        ctx.apply(spec.kind, sl, delta.astype(_F), thr=0.2)
 
-    if kind == "hiatal_hernia":
-        r = 0.038 + 0.02 * sev + rng.uniform(0, 0.008)
-        x = 0.02 + rng.uniform(-0.01, 0.02)
-        y = an.dome_l - 0.55 * r
-        sl = g.win(x - r, x + r, y - r, y + r)
+
+def _edema_lateral(ctx, fr: _LateralFrame, spec, x, y, rng) -> None:  # perihilar haze
+    size = 0.06 * (1.0 + 0.6 * _sev(spec)) + 0.04
+    _blob(ctx, spec.kind, -1, 0.03, fr.hil_y, size, size * 0.9, 0.55, rng, 0.03, 0.6, 3.0)
+
+
+# --- pleural effusion
+
+
+def _pleural_effusion_frontal(ctx: _Ctx, spec: LesionSpec, side: str, zone: str, rng: np.random.Generator):
+    an, g = ctx.an, ctx.grid
+    sev = _sev(spec)
+    for s in _sides(side):
+        xc, al, am, ya, yd, cp = _lung_params(an, s)
+        h = 0.07 + 0.2 * sev ** 1.2 + rng.uniform(0, 0.03)  # rise above the costophrenic angle
+        y_lat = yd + cp - h
+        x0, x1 = sorted((xc - s * am, xc + s * (al + 0.01)))
+        sl = g.win(x0, x1, y_lat - 0.03, yd + cp + 0.01)
         if sl is None:
-            return
+            continue
+        X, Y = g.X[sl], g.Y[sl]
+        lat = (X - xc) * s / al  # 1 at the lateral wall
+        # meniscus: highest against the lateral wall, concave upwards
+        w = np.clip((1.0 - lat) * (1.0 / 1.5), 0.0, 1.0)
+        w = 1.0 - w
+        w *= w
+        ym = y_lat + (0.02 + 0.3 * h) * (1.0 - w)
+        fill = np.clip((Y - ym) * (1.0 / (0.02 + 1.5 / g.rh)), 0.0, 1.0)
+        m = fill * ctx.lung_m[s][sl]
+        delta = m * (ctx.air[sl] + ctx.V[sl])
+        ctx.apply(spec.kind, sl, delta.astype(_F), thr=0.15)
+
+
+def _pleural_effusion_lateral(ctx, fr: _LateralFrame, spec, x, y, rng) -> None:
+    g, sev = ctx.grid, _sev(spec)
+    lx0, lx1, dome_p = fr.lx0, fr.lx1, fr.dome_p
+    h = 0.04 + 0.18 * sev
+    sl = g.win(-0.05, lx1 + 0.02, dome_p - h - 0.08, dome_p + 0.02)
+    if sl is not None:
+        Xw, Yw = g.X[sl], g.Y[sl]
+        uu = np.clip((Xw - lx0) / (lx1 - lx0), 0.0, 1.0)
+        ym = dome_p - h + (0.04 + 0.5 * h) * (1.0 - uu) ** 1.5
+        m = np.clip((Yw - ym) * g.rh / (0.025 * g.rh + 1.0), 0.0, 1.0) * ctx.lung_m[-1][sl]
+        ctx.apply(spec.kind, sl, (m * (ctx.air[sl] * 0.9 + ctx.V[sl] + 0.04)).astype(_F))
+
+
+# --- pneumothorax (frontal only)
+
+
+def _pneumothorax_frontal(ctx: _Ctx, spec: LesionSpec, side: str, zone: str, rng: np.random.Generator):
+    an, g = ctx.an, ctx.grid
+    sev = _sev(spec)
+    for s in _sides(side):
+        xc, al, am, ya, yd, cp = _lung_params(an, s)
+        tau = 0.1 + 0.12 * sev + rng.uniform(0, 0.03)
+        ylim = ya + (yd - ya) * (0.4 + 0.45 * sev)
+        x0, x1 = sorted((xc - s * am, xc + s * al))
+        sl = g.win(x0, x1, ya - 0.01, ylim + 0.03)
+        if sl is None:
+            continue
+        X, Y = g.X[sl], g.Y[sl]
+        rho, dia, dx = _lung_shape(an, s, X, Y)
+        s_in = 1.0 - tau
+        region = _ss(rho, s_in - 0.004, s_in + 0.004) * _ss(Y, ylim + 0.03, ylim - 0.03)
+        region *= _ss(dx, -0.45 * am, -0.2 * am)
+        lm = ctx.lung_m[s][sl]
+        lucent = region * lm * (ctx.V[sl] + 0.07 * ctx.air[sl] + 0.03)
+        w = 0.0022 * (1.0 / max(al, 0.05))
+        line = np.exp(-(((rho - s_in) / w) ** 2)) * _ss(Y, ylim + 0.03, ylim - 0.03)
+        line *= _ss(dx, -0.45 * am, -0.2 * am) * lm
+        delta = 0.07 * line - lucent
+        ctx.apply(spec.kind, sl, delta.astype(_F), thr=0.15)
+
+
+# --- atelectasis
+
+
+def _atelectasis_frontal(ctx: _Ctx, spec: LesionSpec, side: str, zone: str, rng: np.random.Generator):
+    g = ctx.grid
+    sev = _sev(spec)
+    for s, x, y in _placed(ctx, side, zone if spec.zone else "lower", rng, 0.25, 0.7):
+        L = 0.05 + 0.05 * sev + rng.uniform(0, 0.02)
+        T = 0.007 + 0.008 * sev
+        th = rng.uniform(-0.35, 0.35) - s * 0.15
+        c, sn = math.cos(th), math.sin(th)
+        sl = g.win(x - L, x + L, y - L, y + L)
+        if sl is None:
+            continue
         X, Y = g.X[sl] - x, g.Y[sl] - y
-        d2 = (X * X + Y * Y) / (r * r)
-        inside = np.clip((1.0 - d2) * (0.3 * g.rh * r), 0.0, 1.0)
-        level = -0.25 * r
-        air = inside * np.clip((level - Y) * g.rh * 0.7, 0.0, 1.0)
-        wall = np.exp(-(((np.sqrt(d2) - 1.0) * r / 0.004) ** 2))
-        delta = 0.12 * inside * np.sqrt(np.clip(1.0 - d2, 0.0, 1.0)) + 0.06 * inside - 0.19 * air
-        delta += 0.03 * wall
-        ctx.apply(kind, sl, delta.astype(_F), thr=0.15)
-        return
+        u = (c * X + sn * Y) / L
+        v = (-sn * X + c * Y) / T
+        m = np.clip(1.0 - u * u, 0.0, 1.0) * np.exp(-(v * v) * 1.5)
+        m *= 1.0 + 0.25 * _smooth_noise(rng, X.shape, 0.01 * g.rh)
+        m = np.clip(m, 0.0, 1.0) * _lung_mask_win(ctx, sl, (s,))
+        delta = m * (ctx.air[sl] * 0.9 + 0.05)
+        ctx.apply(spec.kind, sl, delta.astype(_F), thr=0.2)
 
-    if kind == "fracture":
-        for s in sides:
-            rib = int(rng.integers(4, 9)) - 1 + 0.5 * an.rib_width
-            dd = rng.uniform(0.18, 0.26)
-            if zone == "upper":
-                rib = int(rng.integers(2, 5)) - 1 + 0.5 * an.rib_width
-            elif zone == "lower":
-                rib = int(rng.integers(6, 10)) - 1 + 0.5 * an.rib_width
-            y = _rib_phi_y(an, rib, dd)
-            x = an.spine_x + s * dd
-            hw = 0.03
-            sl = g.win(x - hw, x + hw, y - hw, y + hw)
-            if sl is None:
-                continue
-            X, Y = g.X[sl], g.Y[sl]
-            before = _rib_field(an, X, Y, s)
-            step = (0.009 + 0.007 * sev) * (1 if rng.random() < 0.5 else -1)
-            after = _rib_field(an, X, Y, s, step=step, x_step=dd)
-            # fracture line: a thin lucent gap across the rib, and a local window around it
-            gap = np.exp(-((((X - x) * s) / (0.0045 + 0.0015 * sev)) ** 2))
-            local = np.exp(-(((X - x) / 0.022) ** 2) - ((Y - y) / 0.02) ** 2)
-            after = after * (1.0 - 0.95 * gap)
-            delta = (_RIB * an.bone) * (after - before) * local
-            delta += 0.02 * local * np.exp(-(((X - x) / 0.008) ** 2)) * (before > 0.1)  # callus
-            ctx.apply(kind, sl, delta.astype(_F), thr=0.2)
-        return
 
-    if kind == "spondylosis":
-        n = int(2 + 2 * sev + rng.integers(0, 2))
-        y_start = rng.uniform(0.35, 0.7 - 0.056 * n)
-        curves = []
-        dens_pts = []
-        for i in range(n):
-            # disc level near y: find next end plate
-            yy = y_start + i * an.vert_h
-            t = (yy - 0.02) / an.vert_h + an.vert_phase
-            yd_ = (math.floor(t) + 0.83 - an.vert_phase) * an.vert_h + 0.02
-            cx = float(_spine_center(an, np.float64(yd_)))
-            hw = an.spine_hw * (0.85 + 0.35 * yd_)
-            for sd in (-1, 1):
-                if rng.random() < 0.8:
-                    ln = 0.007 + 0.008 * sev + rng.uniform(0, 0.004)
-                    for dy in (-0.008, 0.008):
-                        if rng.random() < 0.75:
-                            p0 = (cx + sd * hw * 0.9, yd_ + dy * 1.2)
-                            p1 = (cx + sd * (hw + ln), yd_ + dy * 0.3)
-                            curves.append(np.array([p0, p1]))
-                            dens_pts.append(p1)
-        if not curves:
-            cx = float(_spine_center(an, np.float64(y_start)))
-            curves.append(np.array([(cx + an.spine_hw * 0.9, y_start), (cx + an.spine_hw + 0.01, y_start)]))
-        st = _stroke(g, curves, 0.005)
-        if st is not None:
-            ssl, prof = st
-            ctx.apply(kind, ssl, (0.2 * an.bone * prof).astype(_F), thr=0.2)
-        return
+def _atelectasis_lateral(ctx, fr: _LateralFrame, spec, x, y, rng) -> None:
+    sev = _sev(spec)
+    _blob(ctx, spec.kind, -1, x, y, 0.06 + 0.03 * sev, 0.012 + 0.006 * sev, 0.9, rng, 0.02, 0.3, 4.0)
 
-    if kind == "device":
-        n = 1 if sev == 0 else (int(rng.integers(1, 3)) if sev == 0.5 else int(rng.integers(2, 4)))
-        choices = rng.permutation(["central_line", "ecg", "sternal_wires", "pacemaker", "tubes"])[:n]
-        s = sides[0]
-        curves, blobs = [], []
-        for dev in choices:
-            if dev == "central_line":
-                start = (s * rng.uniform(0.2, 0.28), an.clav_y_lat + rng.uniform(0.03, 0.06))
-                ctrl = [start, (s * 0.12, an.clav_y_med + 0.04), (s * 0.04 - 0.02, an.knob_y),
-                        (-0.025, an.carina_y + rng.uniform(0.05, 0.11))]
-                if s < 0 and rng.random() < 0.5:  # right internal jugular approach
-                    ctrl = [(-0.06, -0.01), (-0.045, 0.1), (-0.03, an.knob_y),
-                            (-0.025, an.carina_y + rng.uniform(0.05, 0.11))]
-                curves.append(_spline(ctrl, 24))
-            elif dev == "ecg":
-                for _ in range(int(rng.integers(3, 6))):
-                    cx_, cy_ = rng.uniform(-0.3, 0.3), rng.uniform(0.18, 0.7)
-                    blobs.append((cx_, cy_, 0.009))
-                    ex = cx_ + rng.uniform(-0.15, 0.15)
-                    curves.append(_spline([(cx_, cy_), ((cx_ + ex) / 2, cy_ + rng.uniform(0.05, 0.12)),
-                                           (ex, cy_ + rng.uniform(0.12, 0.25))], 16))
-            elif dev == "sternal_wires":
-                for i in range(int(rng.integers(4, 7))):
-                    yy = 0.26 + 0.055 * i
-                    xx = rng.uniform(-0.01, 0.01)
-                    th = np.linspace(0, 2 * np.pi, 20)
-                    curves.append(np.stack([xx + 0.009 * np.cos(th), yy + 0.005 * np.sin(th)], axis=1))
-            elif dev == "pacemaker":
-                px_ = s * rng.uniform(0.2, 0.27)
-                py_ = an.clav_y_lat + 0.07
-                blobs.append((px_, py_, 0.026))
-                curves.append(_spline([(px_, py_), (s * 0.1, an.clav_y_med + 0.03),
-                                       (-0.02, an.knob_y + 0.05), (-0.03, an.heart_y - 0.04),
-                                       (an.heart_x + 0.07, an.heart_y + 0.05)], 24))
-            else:  # endotracheal + nasogastric tubes
-                curves.append(np.array([(an.trachea_x - 0.006, -0.01), (an.trachea_x + 0.001, an.carina_y - 0.05)]))
-                curves.append(np.array([(an.trachea_x + 0.006, -0.01), (an.trachea_x + 0.013, an.carina_y - 0.05)]))
-                curves.append(_spline([(0.01, -0.01), (0.015, 0.4), (0.03, an.dome_l - 0.05),
-                                       (an.lung_off_l, an.dome_l + 0.06)], 24))
-        for bx, by, br in blobs:  # ECG electrode snaps / pacemaker generator as closed outlines
-            th = np.linspace(0, 2 * np.pi, 24)
-            for rr in np.linspace(br * 0.3, br, 4 if br > 0.015 else 2):
-                curves.append(np.stack([bx + rr * np.cos(th), by + 0.75 * rr * np.sin(th)], axis=1))
-        st = _stroke(g, curves, 0.003)
-        if st is not None:
-            ssl, prof = st
-            ctx.apply(kind, ssl, (0.3 * prof).astype(_F), thr=0.2)
-        return
 
-    raise AssertionError(f"unhandled lesion kind {kind}")
+# --- fibrosis (coarse, peripheral, basal by default) and interstitial (fine) reticulation
+
+
+def _reticular_frontal(ctx: _Ctx, spec: LesionSpec, side: str, zone: str, rng: np.random.Generator, *,
+                       coarse: bool):
+    an, g = ctx.an, ctx.grid
+    sev = _sev(spec)
+    if spec.zone is None and coarse:
+        zone = "lower"
+    for s in _sides(side):
+        xc, al, am, ya, yd, cp = _lung_params(an, s)
+        lo, hi = {"upper": (0.0, 0.42), "middle": (0.3, 0.72), "lower": (0.55, 1.05)}[zone]
+        y0, y1 = ya + (yd - ya) * lo, ya + (yd - ya) * hi
+        x0, x1 = sorted((xc - s * am, xc + s * al))
+        sl = g.win(x0, x1, y0, y1)
+        if sl is None:
+            continue
+        X, Y = g.X[sl], g.Y[sl]
+        cell = (0.011 if coarse else 0.007) * (1.0 + 0.3 * sev)
+        nz = _smooth_noise(rng, X.shape, cell * g.rh)
+        net = np.exp(-((nz / (0.22 + 0.08 * sev)) ** 2))
+        band = _ss(Y, y0, y0 + 0.04) * _ss(Y, y1, y1 - 0.04)
+        rho, _, dx = _lung_shape(an, s, X, Y)
+        periph = np.clip(0.35 + rho, 0.0, 1.0) if coarse else 1.0
+        m = net * band * periph * ctx.lung_m[s][sl]
+        dens = (0.3 + 0.2 * sev) if coarse else (0.22 + 0.15 * sev)
+        delta = dens * m * (ctx.air[sl] + 0.05)
+        ctx.apply(spec.kind, sl, delta.astype(_F), thr=0.25)
+
+
+def _reticular_lateral(ctx, fr: _LateralFrame, spec, x, y, rng, *, top: float, cell: float) -> None:
+    g, sev = ctx.grid, _sev(spec)
+    y0 = fr.apex + (fr.dome_a - fr.apex) * top
+    sl = g.win(fr.lx0, fr.lx1, y0, fr.dome_p)
+    if sl is not None:
+        nz = _smooth_noise(rng, g.X[sl].shape, cell * g.rh)
+        m = np.exp(-((nz / (0.22 + 0.08 * sev)) ** 2)) * ctx.lung_m[-1][sl] * _ss(g.Y[sl], y0, y0 + 0.05)
+        ctx.apply(spec.kind, sl, ((0.3 + 0.2 * sev) * m * (ctx.air[sl] + 0.05)).astype(_F), thr=0.25)
+
+
+# --- pleural thickening (frontal only)
+
+
+def _pleural_thickening_frontal(ctx: _Ctx, spec: LesionSpec, side: str, zone: str, rng: np.random.Generator):
+    an, g = ctx.an, ctx.grid
+    sev = _sev(spec)
+    for s in _sides(side):
+        xc, al, am, ya, yd, cp = _lung_params(an, s)
+        apical = zone == "upper"
+        y0, y1 = (ya - 0.01, ya + 0.12) if apical else (
+            (ya + 0.2 * (yd - ya), ya + 0.55 * (yd - ya)) if zone == "middle"
+            else (ya + 0.55 * (yd - ya), yd + cp))
+        x0, x1 = sorted((xc - s * am, xc + s * (al + 0.01)))
+        sl = g.win(x0, x1, y0, y1)
+        if sl is None:
+            continue
+        X, Y = g.X[sl], g.Y[sl]
+        rho, dia, dx = _lung_shape(an, s, X, Y)
+        t = max(0.007 + 0.007 * sev, 1.5 / g.rh) / al
+        m = _ss(rho, 1.0 - t - 0.006, 1.0 - t + 0.002) * _ss(Y, y0, y0 + 0.02) * _ss(Y, y1, y1 - 0.02)
+        m *= _ss(dx, -0.3 * am, 0.0)
+        m *= 1.0 + 0.2 * _smooth_noise(rng, X.shape, 0.02 * g.rh)
+        m = np.clip(m, 0.0, 1.0) * ctx.lung_m[s][sl]
+        delta = m * (ctx.air[sl] * 0.95 + 0.05)
+        ctx.apply(spec.kind, sl, delta.astype(_F), thr=0.2)
+
+
+# --- calcification (the aortic knob's rim, or a cluster of dense specks)
+
+
+def _calcification_frontal(ctx: _Ctx, spec: LesionSpec, side: str, zone: str, rng: np.random.Generator):
+    an, g = ctx.an, ctx.grid
+    kind, sev = spec.kind, _sev(spec)
+    s = _sides(side)[0]
+    if s > 0 and rng.random() < 0.6:  # calcified aortic knob rim
+        r = an.knob_r * 1.02
+        a0 = rng.uniform(-2.6, -2.2)
+        a1 = rng.uniform(-0.7, -0.2) if sev > 0 else a0 + 1.0
+        th = np.linspace(a0, a1, 24)
+        curve = np.stack([an.knob_x + r * np.cos(th), an.knob_y + r * np.sin(th)], axis=1)
+        _stroke_apply(ctx, kind, [curve], 0.0035 + 0.001 * sev, 0.32)
+        return
+    x, y = _place(an, s, zone, rng, 0.25, 0.8)
+    n = int(3 + 4 * sev + rng.integers(0, 3))
+    rad = 0.015 + 0.01 * sev
+    pts = np.array([x, y]) + rng.uniform(-rad, rad, size=(n, 2))
+    sl = g.win(x - rad - 0.01, x + rad + 0.01, y - rad - 0.01, y + rad + 0.01)
+    if sl is None:
+        return
+    X, Y = g.X[sl], g.Y[sl]
+    delta = np.zeros(X.shape, _F)
+    for px_, py_ in pts:
+        r = max(rng.uniform(0.0025, 0.0045), 0.9 / g.rh)
+        d2 = ((X - px_) ** 2 + (Y - py_) ** 2) / (r * r)
+        delta = np.maximum(delta, 0.38 * np.sqrt(np.clip(1.0 - d2, 0.0, 1.0)) ** 0.5)
+    ctx.apply(kind, sl, delta.astype(_F), thr=0.2)
+
+
+def _calcification_lateral(ctx, fr: _LateralFrame, spec, x, y, rng) -> None:  # the arch's rim
+    ar_c = np.linspace(-2.6, -0.6, 20)
+    curve = np.stack([0.03 + 0.085 * np.cos(ar_c), fr.an.knob_y + 0.06 + 0.075 * np.sin(ar_c)], axis=1)
+    _stroke_apply(ctx, spec.kind, [curve], 0.0035, 0.3)
+
+
+# --- hiatal hernia (a retrocardiac air-fluid bubble)
+
+
+def _hiatal_hernia_frontal(ctx: _Ctx, spec: LesionSpec, side: str, zone: str, rng: np.random.Generator):
+    an, g = ctx.an, ctx.grid
+    sev = _sev(spec)
+    r = 0.038 + 0.02 * sev + rng.uniform(0, 0.008)
+    x = 0.02 + rng.uniform(-0.01, 0.02)
+    y = an.dome_l - 0.55 * r
+    sl = g.win(x - r, x + r, y - r, y + r)
+    if sl is None:
+        return
+    X, Y = g.X[sl] - x, g.Y[sl] - y
+    d2 = (X * X + Y * Y) / (r * r)
+    inside = np.clip((1.0 - d2) * (0.3 * g.rh * r), 0.0, 1.0)
+    level = -0.25 * r
+    air = inside * np.clip((level - Y) * g.rh * 0.7, 0.0, 1.0)
+    wall = np.exp(-(((np.sqrt(d2) - 1.0) * r / 0.004) ** 2))
+    delta = 0.12 * inside * np.sqrt(np.clip(1.0 - d2, 0.0, 1.0)) + 0.06 * inside - 0.19 * air
+    delta += 0.03 * wall
+    ctx.apply(spec.kind, sl, delta.astype(_F), thr=0.15)
+
+
+def _hiatal_hernia_lateral(ctx, fr: _LateralFrame, spec, x, y, rng) -> None:
+    g = ctx.grid
+    r = 0.04 + 0.02 * _sev(spec)
+    cx_, cy_ = 0.06, fr.dome_a + 0.01
+    sl = g.win(cx_ - r, cx_ + r, cy_ - r, cy_ + r)
+    if sl is not None:
+        Xw, Yw = g.X[sl] - cx_, g.Y[sl] - cy_
+        d2 = (Xw * Xw + Yw * Yw) / (r * r)
+        inside = np.clip((1.0 - d2) * 0.3 * g.rh * r, 0.0, 1.0)
+        airp = inside * np.clip((-0.25 * r - Yw) * g.rh * 0.7, 0.0, 1.0)
+        ctx.apply(spec.kind, sl, (0.15 * inside - 0.2 * airp).astype(_F))
+
+
+# --- rib fracture (frontal only)
+
+
+def _fracture_frontal(ctx: _Ctx, spec: LesionSpec, side: str, zone: str, rng: np.random.Generator):
+    an, g = ctx.an, ctx.grid
+    sev = _sev(spec)
+    for s in _sides(side):
+        rib = int(rng.integers(4, 9)) - 1 + 0.5 * an.rib_width
+        dd = rng.uniform(0.18, 0.26)
+        if zone == "upper":
+            rib = int(rng.integers(2, 5)) - 1 + 0.5 * an.rib_width
+        elif zone == "lower":
+            rib = int(rng.integers(6, 10)) - 1 + 0.5 * an.rib_width
+        y = _rib_phi_y(an, rib, dd)
+        x = an.spine_x + s * dd
+        hw = 0.03
+        sl = g.win(x - hw, x + hw, y - hw, y + hw)
+        if sl is None:
+            continue
+        X, Y = g.X[sl], g.Y[sl]
+        before = _rib_field(an, X, Y, s)
+        step = (0.009 + 0.007 * sev) * (1 if rng.random() < 0.5 else -1)
+        after = _rib_field(an, X, Y, s, step=step, x_step=dd)
+        # fracture line: a thin lucent gap across the rib, and a local window around it
+        gap = np.exp(-((((X - x) * s) / (0.0045 + 0.0015 * sev)) ** 2))
+        local = np.exp(-(((X - x) / 0.022) ** 2) - ((Y - y) / 0.02) ** 2)
+        after = after * (1.0 - 0.95 * gap)
+        delta = (_RIB * an.bone) * (after - before) * local
+        delta += 0.02 * local * np.exp(-(((X - x) / 0.008) ** 2)) * (before > 0.1)  # callus
+        ctx.apply(spec.kind, sl, delta.astype(_F), thr=0.2)
+
+
+# --- spondylosis (osteophytes at the disc levels)
+
+
+def _spondylosis_frontal(ctx: _Ctx, spec: LesionSpec, side: str, zone: str, rng: np.random.Generator):
+    an = ctx.an
+    sev = _sev(spec)
+    n = int(2 + 2 * sev + rng.integers(0, 2))
+    y_start = rng.uniform(0.35, 0.7 - 0.056 * n)
+    curves = []
+    for i in range(n):
+        # disc level near y: find next end plate
+        yy = y_start + i * an.vert_h
+        t = (yy - 0.02) / an.vert_h + an.vert_phase
+        yd_ = (math.floor(t) + 0.83 - an.vert_phase) * an.vert_h + 0.02
+        cx = float(_spine_center(an, np.float64(yd_)))
+        hw = an.spine_hw * (0.85 + 0.35 * yd_)
+        for sd in (-1, 1):
+            if rng.random() < 0.8:
+                ln = 0.007 + 0.008 * sev + rng.uniform(0, 0.004)
+                for dy in (-0.008, 0.008):
+                    if rng.random() < 0.75:
+                        p0 = (cx + sd * hw * 0.9, yd_ + dy * 1.2)
+                        p1 = (cx + sd * (hw + ln), yd_ + dy * 0.3)
+                        curves.append(np.array([p0, p1]))
+    if not curves:
+        cx = float(_spine_center(an, np.float64(y_start)))
+        curves.append(np.array([(cx + an.spine_hw * 0.9, y_start), (cx + an.spine_hw + 0.01, y_start)]))
+    _stroke_apply(ctx, spec.kind, curves, 0.005, 0.2 * an.bone)
+
+
+def _spondylosis_lateral(ctx, fr: _LateralFrame, spec, x, y, rng) -> None:
+    an, sev = fr.an, _sev(spec)
+    curves = []
+    for k in range(int(3 + 2 * sev)):
+        yy = 0.45 + an.vert_h * k
+        xs = float(0.175 + 0.03 * np.sin(np.pi * yy)) - 0.036
+        curves.append(np.array([(xs + 0.004, yy - 0.012), (xs - 0.012 - 0.006 * sev, yy - 0.003)]))
+        curves.append(np.array([(xs + 0.004, yy + 0.012), (xs - 0.012 - 0.006 * sev, yy + 0.003)]))
+    _stroke_apply(ctx, spec.kind, curves, 0.005, 0.2)
+
+
+# --- device (lines, leads, wires, pacemaker, tubes: each adds curves and closed outlines)
+
+
+def _central_line(an: Anatomy, s: int, rng: np.random.Generator, curves: list, blobs: list) -> None:
+    start = (s * rng.uniform(0.2, 0.28), an.clav_y_lat + rng.uniform(0.03, 0.06))
+    ctrl = [start, (s * 0.12, an.clav_y_med + 0.04), (s * 0.04 - 0.02, an.knob_y),
+            (-0.025, an.carina_y + rng.uniform(0.05, 0.11))]
+    if s < 0 and rng.random() < 0.5:  # right internal jugular approach
+        ctrl = [(-0.06, -0.01), (-0.045, 0.1), (-0.03, an.knob_y),
+                (-0.025, an.carina_y + rng.uniform(0.05, 0.11))]
+    curves.append(_spline(ctrl, 24))
+
+
+def _ecg_leads(an: Anatomy, s: int, rng: np.random.Generator, curves: list, blobs: list) -> None:
+    for _ in range(int(rng.integers(3, 6))):
+        cx_, cy_ = rng.uniform(-0.3, 0.3), rng.uniform(0.18, 0.7)
+        blobs.append((cx_, cy_, 0.009))
+        ex = cx_ + rng.uniform(-0.15, 0.15)
+        curves.append(_spline([(cx_, cy_), ((cx_ + ex) / 2, cy_ + rng.uniform(0.05, 0.12)),
+                               (ex, cy_ + rng.uniform(0.12, 0.25))], 16))
+
+
+def _sternal_wires(an: Anatomy, s: int, rng: np.random.Generator, curves: list, blobs: list) -> None:
+    for i in range(int(rng.integers(4, 7))):
+        yy = 0.26 + 0.055 * i
+        xx = rng.uniform(-0.01, 0.01)
+        th = np.linspace(0, 2 * np.pi, 20)
+        curves.append(np.stack([xx + 0.009 * np.cos(th), yy + 0.005 * np.sin(th)], axis=1))
+
+
+def _pacemaker(an: Anatomy, s: int, rng: np.random.Generator, curves: list, blobs: list) -> None:
+    px_ = s * rng.uniform(0.2, 0.27)
+    py_ = an.clav_y_lat + 0.07
+    blobs.append((px_, py_, 0.026))
+    curves.append(_spline([(px_, py_), (s * 0.1, an.clav_y_med + 0.03),
+                           (-0.02, an.knob_y + 0.05), (-0.03, an.heart_y - 0.04),
+                           (an.heart_x + 0.07, an.heart_y + 0.05)], 24))
+
+
+def _tubes(an: Anatomy, s: int, rng: np.random.Generator, curves: list, blobs: list) -> None:
+    """Endotracheal + nasogastric tubes."""
+    curves.append(np.array([(an.trachea_x - 0.006, -0.01), (an.trachea_x + 0.001, an.carina_y - 0.05)]))
+    curves.append(np.array([(an.trachea_x + 0.006, -0.01), (an.trachea_x + 0.013, an.carina_y - 0.05)]))
+    curves.append(_spline([(0.01, -0.01), (0.015, 0.4), (0.03, an.dome_l - 0.05),
+                           (an.lung_off_l, an.dome_l + 0.06)], 24))
+
+
+#: device name -> what it adds (the order is part of the random draw of which ones appear)
+_DEVICES: dict[str, Callable] = {"central_line": _central_line, "ecg": _ecg_leads,
+                                 "sternal_wires": _sternal_wires, "pacemaker": _pacemaker, "tubes": _tubes}
+
+
+def _device_frontal(ctx: _Ctx, spec: LesionSpec, side: str, zone: str, rng: np.random.Generator):
+    an, sev = ctx.an, _sev(spec)
+    n = 1 if sev == 0 else (int(rng.integers(1, 3)) if sev == 0.5 else int(rng.integers(2, 4)))
+    choices = rng.permutation(list(_DEVICES))[:n]
+    s = _sides(side)[0]
+    curves, blobs = [], []
+    for dev in choices:
+        _DEVICES[str(dev)](an, s, rng, curves, blobs)
+    for bx, by, br in blobs:  # ECG electrode snaps / pacemaker generator as closed outlines
+        th = np.linspace(0, 2 * np.pi, 24)
+        for rr in np.linspace(br * 0.3, br, 4 if br > 0.015 else 2):
+            curves.append(np.stack([bx + rr * np.cos(th), by + 0.75 * rr * np.sin(th)], axis=1))
+    _stroke_apply(ctx, spec.kind, curves, 0.003, 0.3)
+
+
+def _device_lateral(ctx, fr: _LateralFrame, spec, x, y, rng) -> None:  # a line down the SVC
+    an = fr.an
+    curve = _spline([(-0.1, -0.01), (-0.07, 0.15), (-0.05, an.carina_y), (-0.06, an.carina_y + 0.1)], 24)
+    _stroke_apply(ctx, spec.kind, [curve], 0.003, 0.3)
+
+
+# ----------------------------------------------------------------------------------------------
+# the lesion table
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _LesionKind:
+    """How one lesion kind is rendered, in both views (signatures in the section header above).
+
+    A kind either changes the anatomy before it is drawn (``modify``: the frontal box comes from
+    the changed geometry) or draws into the attenuation map (``frontal``). On the lateral view
+    ``lateral_shape`` changes the lateral geometry and ``lateral`` draws (or boxes) the lesion; a
+    kind without ``lateral`` is not drawn there and gets no box.
+    """
+
+    modify: Callable | None = None
+    frontal: Callable | None = None
+    lateral_shape: Callable | None = None
+    lateral: Callable | None = None
+
+
+_LESIONS: dict[str, _LesionKind] = {
+    "cardiomegaly": _LesionKind(modify=_cardiomegaly_modify, lateral_shape=_cardiomegaly_lateral_shape,
+                                lateral=_cardiomegaly_lateral),
+    "emphysema": _LesionKind(modify=_emphysema_modify, lateral_shape=_emphysema_lateral_shape,
+                             lateral=_emphysema_lateral),
+    "hypoinflation": _LesionKind(modify=_raised_dome_modify, lateral_shape=_raised_dome_lateral_shape,
+                                 lateral=_raised_dome_lateral),
+    "elevated_diaphragm": _LesionKind(modify=_raised_dome_modify, lateral_shape=_raised_dome_lateral_shape,
+                                      lateral=_raised_dome_lateral),
+    "scoliosis": _LesionKind(modify=_scoliosis_modify),
+    "aortic_enlargement": _LesionKind(modify=_aortic_enlargement_modify, lateral=_aortic_enlargement_lateral),
+    "nodule": _LesionKind(frontal=_nodule_frontal, lateral=_nodule_lateral),
+    "mass": _LesionKind(frontal=_mass_frontal, lateral=_mass_lateral),
+    "granuloma": _LesionKind(frontal=_granuloma_frontal, lateral=_granuloma_lateral),
+    # blob parameters: size, strength, noise cell, patchiness, edge hardness
+    "opacity": _LesionKind(
+        frontal=functools.partial(_blob_frontal, size=0.055, strength=0.55, cell=0.03, patchy=0.7, hard=2.5),
+        lateral=functools.partial(_blob_lateral, strength=0.55)),
+    "consolidation": _LesionKind(
+        frontal=functools.partial(_blob_frontal, size=0.06, strength=0.95, cell=0.04, patchy=0.45, hard=3.5),
+        lateral=functools.partial(_blob_lateral, strength=0.9)),
+    "pneumonia": _LesionKind(
+        frontal=functools.partial(_blob_frontal, size=0.075, strength=0.85, cell=0.035, patchy=0.55, hard=3.0),
+        lateral=functools.partial(_blob_lateral, strength=0.85)),
+    "infiltrate": _LesionKind(
+        frontal=functools.partial(_blob_frontal, size=0.06, strength=0.5, cell=0.014, patchy=1.3, hard=2.5),
+        lateral=functools.partial(_blob_lateral, strength=0.55)),
+    "edema": _LesionKind(frontal=_edema_frontal, lateral=_edema_lateral),
+    "pleural_effusion": _LesionKind(frontal=_pleural_effusion_frontal, lateral=_pleural_effusion_lateral),
+    "pneumothorax": _LesionKind(frontal=_pneumothorax_frontal),
+    "atelectasis": _LesionKind(frontal=_atelectasis_frontal, lateral=_atelectasis_lateral),
+    "fibrosis": _LesionKind(frontal=functools.partial(_reticular_frontal, coarse=True),
+                            lateral=functools.partial(_reticular_lateral, top=0.55, cell=0.011)),
+    "interstitial": _LesionKind(frontal=functools.partial(_reticular_frontal, coarse=False),
+                                lateral=functools.partial(_reticular_lateral, top=0.3, cell=0.007)),
+    "pleural_thickening": _LesionKind(frontal=_pleural_thickening_frontal),
+    "calcification": _LesionKind(frontal=_calcification_frontal, lateral=_calcification_lateral),
+    "hiatal_hernia": _LesionKind(frontal=_hiatal_hernia_frontal, lateral=_hiatal_hernia_lateral),
+    "fracture": _LesionKind(frontal=_fracture_frontal),
+    "spondylosis": _LesionKind(frontal=_spondylosis_frontal, lateral=_spondylosis_lateral),
+    "device": _LesionKind(frontal=_device_frontal, lateral=_device_lateral),
+}
+assert set(_LESIONS) == set(LESION_KINDS), sorted(set(_LESIONS) ^ set(LESION_KINDS))
+assert all((k.modify is None) != (k.frontal is None) for k in _LESIONS.values())
 
 
 # ----------------------------------------------------------------------------------------------
@@ -1660,6 +2162,21 @@ def _streams(rng: np.random.Generator):
 # ----------------------------------------------------------------------------------------------
 
 
+def _draw_frontal_anatomy(ctx: _Ctx, tex_rng: np.random.Generator) -> None:
+    _draw_body(ctx, tex_rng)
+    _draw_lungs(ctx)
+    occ = _mediastinum(ctx)
+    ctx.air *= 1.0 - occ
+    ctx.A -= ctx.air
+    _draw_soft_extras(ctx)
+    _airways(ctx)
+    _draw_vessels(ctx, tex_rng, occ)
+    _draw_spine(ctx)
+    _draw_ribs(ctx)
+    _draw_clavicles(ctx)
+    _draw_shoulders(ctx)
+
+
 def render_frontal(anatomy: Anatomy, rows: int, cols: int, lesions: Sequence[LesionSpec],
                    rng: np.random.Generator, *, view: str = "PA") -> tuple[np.ndarray, list[Box]]:
     """Render a frontal (PA or AP) chest radiograph with ``lesions``.
@@ -1684,46 +2201,26 @@ def render_frontal(anatomy: Anatomy, rows: int, cols: int, lesions: Sequence[Les
         resolved.append((spec, side, zone, lrng))
     pending_boxes: list[tuple[str, Callable]] = []
     for spec, side, zone, lrng in resolved:
-        if spec.kind in _MODIFIERS:
-            an, fn = _modify(an, spec, side, lrng)
+        modify = _LESIONS[spec.kind].modify
+        if modify is not None:
+            an, fn = modify(an, spec, side, lrng)
             pending_boxes.append((spec.kind, fn))
 
     rh, cw = _work_shape(rows, cols)
     grid = _Grid(rh, cw, an.shift_x, an.shift_y, an.rotation)
     ctx = _Ctx(an, grid, view)
-    _draw_body(ctx, tex_rng)
-    _draw_lungs(ctx)
-    occ = _mediastinum(ctx)
-    ctx.air *= 1.0 - occ
-    ctx.A -= ctx.air
-    _draw_soft_extras(ctx)
-    _airways(ctx)
-    _draw_vessels(ctx, tex_rng, occ)
-    _draw_spine(ctx)
-    _draw_ribs(ctx)
-    _draw_clavicles(ctx)
-    _draw_shoulders(ctx)
-
+    _draw_frontal_anatomy(ctx, tex_rng)
     for kind, fn in pending_boxes:
         for b in fn(an, grid):
             ctx.add_box(kind, b)
     for spec, side, zone, lrng in resolved:
-        if spec.kind not in _MODIFIERS:
-            _draw_local(ctx, spec, side, zone, lrng)
+        draw = _LESIONS[spec.kind].frontal
+        if draw is not None:
+            draw(ctx, spec, side, zone, lrng)
 
     P = _film(an, ctx.A)
     img = _finish(an, P, rows, cols, noise_rng)
     return img, _to_boxes(ctx, rows, cols)
-
-
-# ----------------------------------------------------------------------------------------------
-# lateral view
-# ----------------------------------------------------------------------------------------------
-
-_LATERAL_KINDS = ("nodule", "mass", "granuloma", "opacity", "consolidation", "pneumonia",
-                  "infiltrate", "atelectasis", "pleural_effusion", "cardiomegaly", "hiatal_hernia",
-                  "edema", "spondylosis", "device", "calcification", "emphysema", "hypoinflation",
-                  "elevated_diaphragm", "fibrosis", "interstitial", "aortic_enlargement")
 
 
 def render_lateral(anatomy: Anatomy, rows: int, cols: int, lesions: Sequence[LesionSpec],
@@ -1739,236 +2236,24 @@ def render_lateral(anatomy: Anatomy, rows: int, cols: int, lesions: Sequence[Les
     _warm_allocator()
     tex_rng, noise_rng, les_seed = _streams(rng)
     an = anatomy
-    heart_k, emph, lift = 1.0, 0.0, 0.0
+    shape = _LateralShape()
     resolved = []
     for i, spec in enumerate(lesions):
-        lrng = np.random.default_rng([les_seed, i])
-        sev = _sev(spec)
-        if spec.kind == "cardiomegaly":
-            heart_k = max(heart_k, 1.22 + 0.15 * sev)
-        elif spec.kind == "emphysema":
-            emph = max(emph, 0.6 + 0.4 * sev)
-        elif spec.kind in ("hypoinflation", "elevated_diaphragm"):
-            lift = max(lift, 0.05 + 0.04 * sev)
-        resolved.append((spec, lrng))
+        change = _LESIONS[spec.kind].lateral_shape
+        if change is not None:
+            shape = change(shape, _sev(spec))
+        resolved.append((spec, np.random.default_rng([les_seed, i])))
 
     rh, cw = _work_shape(rows, cols)
-    g = _Grid(rh, cw, an.shift_x * 0.5, an.shift_y, an.rotation * 0.5)
-    ctx = _Ctx(an, g, "LL")
-    shape = (rh, cw)
-    # --- geometry (height units; anterior = image left) ---
-    def f_front(y):
-        return -0.3 + 0.06 * (1.0 - _ss(y, 0.02, 0.22)) + 0.03 * _ss(y, 0.7, 1.0)
-
-    def f_back(y):
-        return 0.3 + 0.015 * np.sin(np.pi * np.clip(y, 0, 1)) - 0.06 * (1.0 - _ss(y, 0.0, 0.18))
-
-    def f_spine(y):  # kyphotic spine (vertebral body centre)
-        return 0.175 + 0.03 * np.sin(np.pi * np.clip(y, 0.0, 1.0))
-
-    apex = min(an.apex_r, an.apex_l) - 0.015
-    dome_a = min(an.dome_r, an.dome_l) - 0.07 + 0.06 * emph - lift
-    dome_p = max(an.dome_r, an.dome_l) + 0.06 + 0.06 * emph - lift
-    lx0, lx1 = -0.255 - 0.01 * emph, 0.235
-    # body: the beam crosses the full chest width, so soft tissue is thick everywhere
-    mid = g.ylut(lambda y: 0.5 * (f_front(y) + f_back(y)))
-    inv_half = g.ylut(lambda y: 2.0 / (f_back(y) - f_front(y)))
-    half_px = g.ylut(lambda y: 0.5 * (f_back(y) - f_front(y)) * 0.7 * rh)
-    t = g.X - mid
-    t *= inv_half
-    np.abs(t, out=t)
-    body = 1.0 - t  # distance to the skin, in half-widths
-    body *= half_px
-    np.clip(body, 0.0, 1.0, out=body)
-    t *= t
-    np.subtract(1.0, t, out=t)
-    np.clip(t, 0.0, 1.0, out=t)
-    np.sqrt(t, out=t)
-    t *= 0.25
-    t += 0.75
-    t *= body
-    t *= (0.98 * an.tissue) * (1.0 + 0.03 * _smooth_noise(tex_rng, shape, rh / 6.0))
-    ctx.A += t
-    del t
-    # raised arms over the apices and upper posterior chest
-    sl = g.win(-0.35, 0.4, -0.02, 0.44)
-    if sl is not None:
-        X, Y = g.X[sl], g.Y[sl]
-        arm = np.exp(-(((X - 0.02 - 0.35 * (Y - 0.1)) * (1.0 / 0.09)) ** 2)) * g.ylut(lambda y: _ss(y, 0.42, 0.12), sl)
-        ctx.A[sl] += 0.12 * arm * body[sl]
-    # lung field
-    lc, la = 0.5 * (lx0 + lx1), 0.5 * (lx1 - lx0)
-    ycen = apex + 0.5 * (dome_p - apex)
-    lsl = g.win(lx0, lx1, apex, dome_p)
-    occ = np.zeros(shape, _F)
-    hil_y = an.carina_y + 0.07
-    ha, hb = 0.13 * heart_k, 0.118 * heart_k
-    hx, hy = -0.135 + 0.6 * (ha - 0.13), dome_a + 0.03 - 0.7 * hb
-    if lsl is not None:
-        X, Y = g.X[lsl], g.Y[lsl]
-        fy = g.ylut(lambda y: (np.maximum(ycen - y, 0.0) / (ycen - apex)) ** 3, lsl)
-        q = (X - lc) * (1.0 / la)
-        rho = q * q
-        rho += fy
-        np.sqrt(rho, out=rho)
-        u = np.clip((X - lx0) * (1.0 / (lx1 - lx0)), 0.0, 1.0)
-        dia = dome_a + (dome_p - dome_a) * u * u - (0.05 - 0.03 * emph) * np.sin(np.pi * u)
-        lung = np.clip((1.0 - rho) * (0.15 * rh), 0.0, 1.0) * np.clip((dia - Y) * (0.6 * rh), 0.0, 1.0)
-        ctx.lung_m[-1][lsl] = lung
-        rho *= rho
-        air = (an.lung_air * (0.85 + 0.3 * emph)) * lung * (0.55 + 0.45 * np.sqrt(np.clip(1.0 - rho, 0.0, 1.0)))
-        # heart: anterior, resting on the anterior diaphragm
-        hr2 = ((X - hx) * (1.0 / ha)) ** 2 + ((Y - hy) * (1.0 / hb)) ** 2
-        heart = np.clip((1.0 - hr2) * (0.06 * rh * hb), 0.0, 1.0)
-        # aortic arch over the hilum, ascending aorta in front, descending along the spine
-        arch_r = np.sqrt(((X - 0.03) * (1.0 / 0.085)) ** 2 + ((Y - an.knob_y - 0.06) * (1.0 / 0.075)) ** 2)
-        aorta = np.exp(-(((arch_r - 1.0) * (1.0 / 0.22)) ** 2)) * (Y < an.knob_y + 0.07)
-        asc = np.exp(-(((X + 0.055) * (1.0 / 0.022)) ** 2))
-        asc *= g.ylut(lambda y: _ss(y, an.knob_y + 0.05, an.knob_y + 0.08) * _ss(y, hy, hy - 0.05), lsl)
-        sxw = g.ylut(f_spine, lsl)
-        desc = np.exp(-(((X - sxw + 0.07) * (1.0 / 0.018)) ** 2))
-        desc *= g.ylut(lambda y: _ss(y, an.knob_y + 0.05, an.knob_y + 0.09), lsl)
-        vasc = np.maximum(np.maximum(aorta, asc), desc)
-        o = np.maximum(0.5 * heart, 0.3 * vasc)
-        occ[lsl] = o
-        air *= 1.0 - o
-        ctx.air[lsl] = air
-        ctx.A[lsl] -= air
-        ctx.A[lsl] += 0.04 * np.sqrt(np.clip(1.0 - hr2, 0.0, 1.0))
-    # hilum
-    sl = g.win(-0.1, 0.16, hil_y - 0.15, hil_y + 0.15)
-    if sl is not None:
-        X, Y = g.X[sl], g.Y[sl]
-        ctx.A[sl] += 0.09 * np.exp(-((X - 0.03) * (1.0 / 0.045)) ** 2 - ((Y - hil_y) * (1.0 / 0.055)) ** 2)
-    # trachea: lucent band running down and back to the carina
-    sl = g.win(-0.05, 0.06, -0.02, an.carina_y + 0.02)
-    if sl is not None:
-        X, Y = g.X[sl], g.Y[sl]
-        tx = -0.02 + 0.16 * np.clip(Y, 0.0, an.carina_y)
-        trach = np.clip(1.0 - ((X - tx) * (1.0 / 0.016)) ** 2, 0.0, 1.0)
-        trach *= g.ylut(lambda y: _ss(y, an.carina_y + 0.02, an.carina_y - 0.01), sl)
-        cur = ctx.A[sl]
-        cur -= 0.1 * np.sqrt(trach) * (cur > 0.3)
-    # sternum
-    sl = g.win(-0.32, -0.2, 0.15, 0.62)
-    if sl is not None:
-        X = g.X[sl]
-        stx = g.ylut(lambda y: f_front(y) + 0.018, sl)
-        ster = np.clip(1.0 - ((X - stx) * (1.0 / 0.011)) ** 2, 0.0, 1.0)
-        ster *= g.ylut(lambda y: _ss(y, 0.17, 0.2) * _ss(y, 0.6, 0.56), sl)
-        ctx.A[sl] += 0.1 * an.bone * np.sqrt(ster)
-    # spine: vertebral bodies and posterior elements
-    sl = g.win(0.1, 0.3, -0.02, 1.02)
-    if sl is not None:
-        X, Y = g.X[sl], g.Y[sl]
-        sxw = g.ylut(f_spine, sl)
-        vb = _spine_field(replace(an, spine_x=0.0, spine_hw=0.036, scoliosis=0.0), X - sxw, Y)
-        vb *= g.ylut(lambda y: 0.26 * an.bone * (1.0 - 0.25 * _ss(y, 0.4, 0.75)), sl)
-        post = np.exp(-(((X - sxw - 0.07) * (1.0 / 0.022)) ** 2)) * g.ylut(lambda y: _ss(y, 0.02, 0.08), sl)
-        vb += (0.08 * an.bone) * post
-        ctx.A[sl] += vb
-    # posterior ribs crossing obliquely
-    sl = g.win(-0.03, 0.33, 0.0, 0.88)
-    if sl is not None:
-        X, Y = g.X[sl], g.Y[sl]
-        rib_t = (Y - 0.5 * (X - 0.05) - 0.05) * (1.0 / 0.062)
-        rf = rib_t - np.floor(rib_t)
-        rib = _band_profile(rf, 0.4)
-        rib *= np.clip((X + 0.02) * (1.0 / 0.14), 0.0, 1.0)
-        rib *= body[sl]
-        rib *= g.ylut(lambda y: 0.05 * an.bone * _ss(y, 0.85, 0.7), sl)
-        ctx.A[sl] += rib
-    # pulmonary vessels radiating from the hilum
-    _draw_vessels(_with_anatomy(ctx, vessel=an.vessel * 0.6), tex_rng, occ, hx0=0.03, hila=False)
-    lung = ctx.lung_m[-1]
-    air = ctx.air
-
+    ctx = _Ctx(an, _Grid(rh, cw, an.shift_x * 0.5, an.shift_y, an.rotation * 0.5), "LL")
+    fr = _lateral_frame(an, shape)
+    _draw_lateral_anatomy(ctx, fr, tex_rng)
     for spec, lrng in resolved:
-        kind = spec.kind
-        sev = _sev(spec)
-        if kind not in _LATERAL_KINDS:
-            continue
-        zone = spec.zone or ("upper", "middle", "lower")[int(lrng.integers(0, 3))]
-        zy = {"upper": (0.12, 0.32), "middle": (0.38, 0.58), "lower": (0.62, 0.8)}[zone]
-        y = apex + (dome_a - apex) * lrng.uniform(*zy)
-        x = lrng.uniform(-0.08, 0.15) if zone != "lower" else lrng.uniform(0.0, 0.16)
-        if kind == "cardiomegaly":
-            ctx.add_box(kind, g.rect_box(hx - ha, hx + ha, hy - hb, min(hy + hb, dome_a + 0.04)))
-        elif kind == "emphysema":
-            ctx.add_box(kind, g.rect_box(lx0, lx1, apex, dome_p))
-        elif kind in ("hypoinflation", "elevated_diaphragm"):
-            ctx.add_box(kind, g.rect_box(lx0, lx1, dome_a - 0.04, dome_p + lift))
-        elif kind in ("nodule", "mass", "granuloma"):
-            r, d = {"nodule": (0.012 + 0.007 * sev, 0.12), "mass": (0.045 + 0.03 * sev, 0.15),
-                    "granuloma": (0.006 + 0.002 * sev, 0.4)}[kind]
-            _disc(ctx, kind, x, y, r, d, lobes=0.12 if kind == "mass" else 0.0, rng=lrng)
-        elif kind in ("opacity", "consolidation", "pneumonia", "infiltrate", "edema"):
-            size = 0.06 * (1.0 + 0.6 * sev) + (0.04 if kind == "edema" else 0.0)
-            if kind == "edema":
-                x, y = 0.03, hil_y
-            strength = {"consolidation": 0.9, "pneumonia": 0.85}.get(kind, 0.55)
-            _blob(ctx, kind, -1, x, y, size, size * 0.9, strength, lrng, 0.03, 0.6, 3.0)
-        elif kind == "atelectasis":
-            _blob(ctx, kind, -1, x, y, 0.06 + 0.03 * sev, 0.012 + 0.006 * sev, 0.9, lrng, 0.02, 0.3, 4.0)
-        elif kind in ("fibrosis", "interstitial"):
-            y0 = apex + (dome_a - apex) * (0.55 if kind == "fibrosis" else 0.3)
-            sl = g.win(lx0, lx1, y0, dome_p)
-            if sl is not None:
-                nz = _smooth_noise(lrng, g.X[sl].shape, (0.011 if kind == "fibrosis" else 0.007) * rh)
-                m = np.exp(-((nz / (0.22 + 0.08 * sev)) ** 2)) * lung[sl] * _ss(g.Y[sl], y0, y0 + 0.05)
-                ctx.apply(kind, sl, ((0.3 + 0.2 * sev) * m * (air[sl] + 0.05)).astype(_F), thr=0.25)
-        elif kind == "pleural_effusion":
-            h = 0.04 + 0.18 * sev
-            sl = g.win(-0.05, lx1 + 0.02, dome_p - h - 0.08, dome_p + 0.02)
-            if sl is not None:
-                Xw, Yw = g.X[sl], g.Y[sl]
-                uu = np.clip((Xw - lx0) / (lx1 - lx0), 0.0, 1.0)
-                ym = dome_p - h + (0.04 + 0.5 * h) * (1.0 - uu) ** 1.5
-                m = np.clip((Yw - ym) * rh / (0.025 * rh + 1.0), 0.0, 1.0) * lung[sl]
-                ctx.apply(kind, sl, (m * (air[sl] * 0.9 + ctx.V[sl] + 0.04)).astype(_F))
-        elif kind == "hiatal_hernia":
-            r = 0.04 + 0.02 * sev
-            cx_, cy_ = 0.06, dome_a + 0.01
-            sl = g.win(cx_ - r, cx_ + r, cy_ - r, cy_ + r)
-            if sl is not None:
-                Xw, Yw = g.X[sl] - cx_, g.Y[sl] - cy_
-                d2 = (Xw * Xw + Yw * Yw) / (r * r)
-                inside = np.clip((1.0 - d2) * 0.3 * rh * r, 0.0, 1.0)
-                airp = inside * np.clip((-0.25 * r - Yw) * rh * 0.7, 0.0, 1.0)
-                ctx.apply(kind, sl, (0.15 * inside - 0.2 * airp).astype(_F))
-        elif kind == "aortic_enlargement":
-            sl = g.win(-0.1, 0.16, an.knob_y - 0.05, an.knob_y + 0.2)
-            if sl is not None:
-                Xw, Yw = g.X[sl], g.Y[sl]
-                ar_ = np.sqrt(((Xw - 0.03) / 0.085) ** 2 + ((Yw - an.knob_y - 0.06) / 0.075) ** 2)
-                ring = np.exp(-(((ar_ - 1.0) / (0.3 + 0.15 * sev)) ** 2)) * (Yw < an.knob_y + 0.09)
-                ctx.apply(kind, sl, (0.08 * ring * (0.5 + air[sl])).astype(_F), thr=0.3)
-        elif kind == "spondylosis":
-            curves = []
-            for k in range(int(3 + 2 * sev)):
-                yy = 0.45 + an.vert_h * k
-                xs = float(0.175 + 0.03 * np.sin(np.pi * yy)) - 0.036
-                curves.append(np.array([(xs + 0.004, yy - 0.012), (xs - 0.012 - 0.006 * sev, yy - 0.003)]))
-                curves.append(np.array([(xs + 0.004, yy + 0.012), (xs - 0.012 - 0.006 * sev, yy + 0.003)]))
-            st = _stroke(g, curves, 0.005)
-            if st is not None:
-                ctx.apply(kind, st[0], (0.2 * st[1]).astype(_F), thr=0.2)
-        elif kind == "device":
-            curve = _spline([(-0.1, -0.01), (-0.07, 0.15), (-0.05, an.carina_y),
-                             (-0.06, an.carina_y + 0.1)], 24)
-            st = _stroke(g, [curve], 0.003)
-            if st is not None:
-                ctx.apply(kind, st[0], (0.3 * st[1]).astype(_F), thr=0.2)
-        elif kind == "calcification":
-            ar_c = np.linspace(-2.6, -0.6, 20)
-            curve = np.stack([0.03 + 0.085 * np.cos(ar_c), an.knob_y + 0.06 + 0.075 * np.sin(ar_c)], axis=1)
-            st = _stroke(g, [curve], 0.0035)
-            if st is not None:
-                ctx.apply(kind, st[0], (0.3 * st[1]).astype(_F), thr=0.2)
+        draw = _LESIONS[spec.kind].lateral
+        if draw is not None:
+            x, y = _lateral_place(fr, spec, lrng)
+            draw(ctx, fr, spec, x, y, lrng)
 
     P = _film(an, ctx.A, a0=0.8)
     img = _finish(an, P, rows, cols, noise_rng)
     return img, _to_boxes(ctx, rows, cols)
-
-
-assert set(_MODIFIERS) <= set(LESION_KINDS)
