@@ -6,7 +6,7 @@ Full-size 12-bit phantom radiographs (``offclip.pipeline.demo.phantom`` when imp
 smooth random field) are written as explicit VR little endian and as JPEG 2000 lossless, then
 timed in this one process, each method on the same files:
 
-* offclip -- ``decode_dicom`` + ``encode_image`` (PNG, and JPEG as an extra row);
+* offclip -- ``decode_dicom`` + ``encode_file_bytes`` (PNG, and JPEG as an extra row);
 * naive   -- ``pydicom.dcmread`` -> ``ds.pixel_array`` -> float min-max window at full size ->
              PIL resize (default bicubic) -> PNG save at Pillow's default compress level;
 * floor   -- read the file's bytes + decode (``np.frombuffer`` at the known pixel offset for
@@ -74,7 +74,7 @@ def write_files(out: Path, n: int, rows: int, columns: int, syntaxes) -> tuple[d
 
 # --- the three methods -------------------------------------------------------------------
 def run_offclip(path: Path, config: images.NormalizeConfig) -> bytes:
-    return images.encode_image(images.decode_dicom(path, config).pixels, config)
+    return images.encode_file_bytes(images.decode_dicom(path, config).pixels, config)
 
 
 def run_naive(path: Path, long_side: int) -> bytes:
@@ -112,7 +112,7 @@ def run_floor(path: Path, long_side: int, layout: tuple[int, int, int] | None) -
 
 def run_floor_png(path: Path, long_side: int, layout: tuple[int, int, int] | None, config) -> bytes:
     small = run_floor(path, long_side, layout)
-    return images.encode_image((small * (255 / 4095)).astype(np.uint8), config)  # 12 -> 8 bit, then PNG
+    return images.encode_file_bytes((small * (255 / 4095)).astype(np.uint8), config)  # 12 -> 8 bit, then PNG
 
 
 # --- timing --------------------------------------------------------------------------------

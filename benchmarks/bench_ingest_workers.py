@@ -47,7 +47,6 @@ import resource
 import sys
 import tempfile
 import time
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import pandas as pd
@@ -172,21 +171,17 @@ def one_run(world: Path, out: Path, workers: int, long_side: int, batch_size: in
             "images_per_s": summary.images / total}
 
 
-def _noop(_: int) -> int:
-    return os.getpid()
-
-
 _SAMPLES: list[bytes] = []  #: DICOM files for _compute (set before the pool forks)
 
 
 def _compute(units: int) -> float:
     """CPU-bound work with no file I/O: decode + resize + encode DICOMs held in memory."""
-    from offclip.pipeline.images import decode_dicom, encode_image
+    from offclip.pipeline.images import decode_dicom, encode_file_bytes
 
     config = NormalizeConfig()
     t = time.perf_counter()
     for i in range(units):
-        encode_image(decode_dicom(_SAMPLES[i % len(_SAMPLES)], config).pixels, config)
+        encode_file_bytes(decode_dicom(_SAMPLES[i % len(_SAMPLES)], config).pixels, config)
     return time.perf_counter() - t
 
 
@@ -214,12 +209,14 @@ def machine_scaling(world: Path, units: int, workers: int) -> dict:
 
 
 def pool_start_seconds(world: Path, out: Path, workers: int) -> float:
-    """Start a pool as run_ingest does (initializer builds the spaCy splitter), one task per
-    worker, shut down: the fixed cost of going parallel."""
+    """Start a pool as run_ingest does (``executor.ProcessExecutor``: each worker sets the stage
+    up, i.e. builds the spaCy splitter, when it starts), wait for every worker, shut down: the
+    fixed cost of going parallel."""
+    from offclip.pipeline.executor import ProcessExecutor
+
     t = time.perf_counter()
-    with ProcessPoolExecutor(max_workers=workers, initializer=ingest._init_worker,
-                             initargs=(str(world), str(out), NormalizeConfig(), {})) as pool:
-        list(pool.map(_noop, range(workers)))
+    with ProcessExecutor(ingest.IngestStage(world, out, NormalizeConfig()), workers) as pool:
+        pool.warm()
     return time.perf_counter() - t
 
 

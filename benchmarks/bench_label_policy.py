@@ -66,7 +66,8 @@ def mimic_style(classifiers: list[str]) -> dict:
 def openi_test(classifier: str) -> dict:
     from offclip.pipeline.classifier import (SentenceClassifier, mesh_label, openi_partition,
                                              report_sentences)
-    from offclip.pipeline.filtering import LABEL_POLICIES, policy_abnormal
+    from offclip.data_contracts.enums import LABEL_POLICIES
+    from offclip.pipeline.filtering import policy_abnormal
     from offclip.pipeline.labeler import RuleLabeler
     from offclip.pipeline.openi import find_sources, load_reports
     from offclip.pipeline.text import normalize_key
@@ -101,7 +102,8 @@ def openi_test(classifier: str) -> dict:
 
 def curated(out: str) -> dict:
     from offclip.pipeline.curate import read_curated
-    from offclip.pipeline.filtering import LABEL_POLICIES, filter_sentences
+    from offclip.data_contracts.enums import LABEL_POLICIES
+    from offclip.pipeline.filtering import filter_sentences
 
     s = read_curated(Path(out), "sentences")
     threshold = float(s["threshold"].iloc[0])

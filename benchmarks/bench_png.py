@@ -9,9 +9,9 @@ PNG writer does), then deflated by each candidate; per image the best of ``--rep
 every stream is checked to inflate back to the filtered rows:
 
 * zlib level 1, run-length strategy (offclip before) / Huffman only / default strategy;
-* zlib-ng level 1, run-length / Huffman only (offclip now, ``encode_image``'s level 1);
+* zlib-ng level 1, run-length / Huffman only (offclip now, ``encode_file_bytes``'s level 1);
 * ISA-L level 1 (``pip install isal``), when installed;
-* ``encode_image`` itself (filter + deflate + PNG chunks), and Pillow's PNG writer at level 1.
+* ``encode_file_bytes`` itself (filter + deflate + PNG chunks), and Pillow's PNG writer at level 1.
 """
 
 from __future__ import annotations
@@ -84,7 +84,7 @@ def main() -> None:
     filtered = [images.png_up_scanlines(p).tobytes() for p in pixels]
     config = images.NormalizeConfig(long_side=args.long_side)
     runs = {name: (fn, filtered) for name, fn in candidates().items()}
-    runs["encode_image (filter + deflate + chunks)"] = (lambda p: images.encode_image(p, config), pixels)
+    runs["encode_file_bytes (filter + deflate + chunks)"] = (lambda p: images.encode_file_bytes(p, config), pixels)
     runs["Pillow PNG, compress_level=1"] = (lambda p: _pillow(p), pixels)
 
     best = {name: [float("inf")] * len(pixels) for name in runs}

@@ -52,6 +52,7 @@ def plan(work: Path, out: Path) -> dict[str, list[str]]:
                        "--repeat", "2"],
         "shards_manifest": ["bench_shards_manifest.py", "--pairs", "500", "--naive-rows", "2000",
                             "--sentences", "200000"],
+        "contracts": ["bench_contracts.py", "--rows", "200000", "--repeat", "2"],
         "orchestration": ["bench_orchestration.py", "--world", str(world), "--classifier", str(clf)],
         "train": ["bench_train.py", "--shards", str(curated), "--steps", "4", "--warmup", "3", "--rounds", "2",
                   "--loader-batches", "10", "--num-workers", "0"],
@@ -98,6 +99,14 @@ def headline(name: str, r: dict) -> str:
         if name == "shards_manifest":
             return (f"shards {r['shards']['speedup']:.1f}x naive; manifest "
                     f"{r['manifest']['speedup_at_scale']:.0f}x row-by-row INSERT")
+        if name == "contracts":
+            res = r["results"]
+            if "pandera + Arrow" not in res:
+                return (f"{r['rows']:,} curated sentences: contract {res['contract (checks + Arrow)']['best_s']:.2f} s "
+                        f"(pandera not installed)")
+            return (f"{r['rows']:,} curated sentences: contract {res['contract (checks + Arrow)']['best_s']:.2f} s, "
+                    f"pandera {res['pandera (lazy=False)']['vs_contract']:.2f}x, pandera + Arrow "
+                    f"{res['pandera + Arrow']['vs_contract']:.2f}x")
         if name == "orchestration":
             d = r["direct_s"]
             return (f"{r['images']} images: thread runner {100 * (r['prefect_thread_s'] / d - 1):+.1f} %, "

@@ -5,16 +5,15 @@ from __future__ import annotations
 import pyarrow as pa
 
 from .contract import Column, Contract
-from .ingest import SPLITS
-
-FILTER_REASONS = ("normal_report", "abnormal_sentence", "normal_sentence_in_abnormal_report",
-                  "abnormal_report_without_abnormal_sentence")
-LABELS = ("normal", "abnormal")
-#: where a pair label came from (offclip.pipeline.labels.LABEL_SOURCES)
-LABEL_SOURCES = ("classifier", "chexpert", "negbio")
-NO_FINDING_VALUES = (1.0, 0.0, -1.0)
-#: sentence label policies (offclip.pipeline.filtering.LABEL_POLICIES)
-LABEL_POLICIES = ("cascade", "union", "classifier", "rules")
+from .enums import (  # noqa: F401  (FILTER_REASONS, LABELS, LABEL_SOURCES, LABEL_POLICIES: imported from here too)
+    FILTER_REASONS,
+    FRONTAL_VIEWS,
+    LABEL_POLICIES,
+    LABEL_SOURCES,
+    LABELS,
+    NO_FINDING_VALUES,
+    SPLITS,
+)
 
 CURATED_SENTENCES = Contract(
     "curated_sentences",
@@ -53,7 +52,7 @@ PAIRS = Contract(
         Column("folder", pa.string(), pattern=r"p\d\d"),
         Column("split", pa.string(), isin=SPLITS),
         Column("dicom_id", pa.string()),
-        Column("view", pa.string(), isin=("PA", "AP"), nullable=True),
+        Column("view", pa.string(), isin=FRONTAL_VIEWS, nullable=True),
         Column("image_path", pa.string(), doc="normalised image, relative to the output root"),
         Column("pair_label", pa.string(), isin=LABELS),
         Column("n_sentences", pa.int32(), min=1),

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pyarrow as pa
 
 from .contract import Column, Contract
-from .ingest import SPLITS
+from .enums import EVAL_DATASETS, SPLITS
+from .shards import SHARD_RECORD
 
 RUNS = Contract(
     "runs",
@@ -27,15 +28,11 @@ RUNS = Contract(
 SHARDS = Contract(
     "shards",
     (
-        Column("split", pa.string(), isin=SPLITS),
-        Column("name", pa.string(), pattern=r"[a-z]+-\d{6}\.tar"),
-        Column("path", pa.string(), unique=True),
-        Column("samples", pa.int32(), min=1),
-        Column("bytes", pa.int64(), min=1),
-        Column("sha256", pa.string(), pattern=r"[0-9a-f]{64}"),
-        Column("model_version", pa.string()),
+        *SHARD_RECORD.pick("split", "name"),
+        Column("path", pa.string(), unique=True, doc="shards/<split>/<name>, relative to the output root"),
+        *SHARD_RECORD.pick("samples", "bytes", "sha256", "model_version"),
     ),
-    doc="Complete shards (those with a completion record).",
+    doc="Complete shards (those with a completion record): their records' columns and the path.",
 )
 
 SAMPLES = Contract(
@@ -62,7 +59,7 @@ EVALUATIONS = Contract(
         Column("run_name", pa.string(), nullable=True, doc="the training run (model version)"),
         Column("loss", pa.string(), nullable=True, doc="training loss, from the model directory"),
         Column("seed", pa.int64(), nullable=True, doc="training seed, from the model directory"),
-        Column("dataset", pa.string(), doc="vindr-cxr, openi, chexpert, padchest"),
+        Column("dataset", pa.string(), doc=", ".join(EVAL_DATASETS)),
         Column("class_name", pa.string(), doc=f"a class of the dataset, or '{OVERALL}' for summary rows"),
         Column("metric", pa.string(), doc="auc, accuracy, threshold, fp, fn, pointing_game; summary: "
                                            "normal_auc, macro_auc, pointing_game, normal_fp, normal_fn, "

@@ -24,49 +24,28 @@ from prefect.artifacts import (
 from prefect.cache_policies import INPUTS, NO_CACHE, TASK_SOURCE
 from prefect.futures import as_completed
 
+from offclip.pipeline.executor import Executor
 from offclip.pipeline.images import NormalizeConfig
-from offclip.pipeline.ingest import (
-    BatchResult,
-    IngestConfig,
-    IngestPool,
-    IngestStage,
-    finish_ingest,
-    plan_ingest,
-)
+from offclip.pipeline.ingest import BatchResult, IngestConfig, IngestStage, finish_ingest, plan_ingest
 from offclip.pipeline.labels import check_label_source
 from offclip.pipeline.scan import ScanConfig, StudyEntry, parse_folders, parse_splits
 from offclip.flows.naming import run_namer
-from offclip.flows.runners import make_task_runner
+from offclip.flows.parameters import BuildParameters, flow_parameters
+from offclip.flows.runners import ingest_executor, make_task_runner
 
 #: a flow run stays at hundreds of task runs: ingest is cut into at most this many batches
 MAX_INGEST_BATCHES = 200
 CLASSIFIER_DIR = "classifier"
 
-_STAGES: dict[tuple, IngestStage] = {}
-#: process pools of the thread runner's ingest, by flow run (a task parameter names its pool)
-_POOLS: dict[str, IngestPool] = {}
-
-
-def _stage(source: str, out: str, normalize: NormalizeConfig) -> IngestStage:
-    """One ingest stage (spaCy loaded once) per worker process/thread pool."""
-    key = (source, out, normalize)
-    if key not in _STAGES:
-        stage = IngestStage(Path(source), Path(out), normalize)
-        stage.setup()
-        _STAGES[key] = stage
-    return _STAGES[key]
-
 
 # no Prefect cache: ingest has its own incremental skip (content hashes), and hashing the
 # batch's study entries for a cache key would cost more than it saves
 @task(name="ingest-batch", retries=2, retry_delay_seconds=2, tags=["offclip-io"], cache_policy=NO_CACHE)
-def ingest_batch(source: str, out: str, normalize: NormalizeConfig, batch: list[StudyEntry],
-                 previous: dict[int, str], pool: str | None = None) -> BatchResult:
-    """One batch's records (studies, images, sentences, rejects: ~100 kB per 64 studies)."""
-    if pool is not None and pool in _POOLS:  # thread runner: the decoding runs in the pool's processes
-        return _POOLS[pool].process(batch, previous)
-    stage = _stage(source, out, normalize)  # shared by concurrent tasks: state goes by argument
-    return stage.process_batch(batch, previous)
+def ingest_batch(executor: Executor, batch: list[StudyEntry], previous: dict[int, str]) -> BatchResult:
+    """One batch's records (studies, images, sentences, rejects: ~100 kB per 64 studies), made by
+    the executor the flow run owns and passes in (``flows/runners.py: ingest_executor``): its
+    process pool under the thread runner, the stage in place under the process and Dask runners."""
+    return executor.process(batch, previous)
 
 
 @task(name="train-classifier", cache_policy=INPUTS + TASK_SOURCE, persist_result=True)
@@ -133,46 +112,44 @@ def _path(value: str | None) -> Path | None:
     return Path(value) if value else None
 
 
-def run_stages(params: dict) -> dict:
+def run_stages(params: BuildParameters) -> dict:
     """The build inside the ``build-shards`` flow run: ingest batches go to the task runner
-    that ``params["task_runner"]`` names (entered here, not through a sub-flow: a flow run
-    costs ~1 s to start and stop); the other stages are one task each, run in place."""
+    that ``params.task_runner`` names (entered here, not through a sub-flow: a flow run costs
+    ~1 s to start and stop); the other stages are one task each, run in place."""
     logger = get_run_logger()
     started = dt.datetime.now(dt.timezone.utc)
-    out = Path(params["out"])
-    normalize = NormalizeConfig(long_side=params["image_size"], fmt=params["image_format"])
-    config = IngestConfig(source=Path(params["source"]), out=out, normalize=normalize,
-                          batch_size=params["batch_size"],
-                          scan=ScanConfig(Path(params["source"]), folders=parse_folders(params["folders"]),
-                                          splits=parse_splits(params["splits"]), prefer_pa=params["prefer_pa"],
-                                          seed=params["seed"], reports=_path(params.get("reports")),
-                                          metadata=_path(params.get("metadata")), workers=params["workers"]))
+    out = Path(params.out)
+    normalize = NormalizeConfig(long_side=params.image_size, fmt=params.image_format)
+    config = IngestConfig(source=Path(params.source), out=out, normalize=normalize,
+                          batch_size=params.batch_size,
+                          scan=ScanConfig(Path(params.source), folders=parse_folders(params.folders),
+                                          splits=parse_splits(params.splits), prefer_pa=params.prefer_pa,
+                                          seed=params.seed, reports=_path(params.reports),
+                                          metadata=_path(params.metadata), workers=params.workers))
     # MIMIC's label files: in the metadata directory when one is given, else in the source root
-    label_dirs = [d for d in (params.get("metadata"), params["source"]) if d]
-    check_label_source(params.get("label_source", "classifier"), label_dirs)  # fail before a long ingest
+    label_dirs = [d for d in (params.metadata, params.source) if d]
+    check_label_source(params.label_source, label_dirs)  # fail before a long ingest
     from offclip.pipeline.filtering import check_label_policy
 
-    check_label_policy(params.get("label_policy", "cascade"))
+    check_label_policy(params.label_policy)
     plan = plan_ingest(config, max_batches=MAX_INGEST_BATCHES)
     logger.info("source: %s", plan.source)
     logger.info("scan: %d studies (%d unchanged since the last run: not read), %d batches (%.1f s); %d scan rejects",
                 len(plan.studies), len(plan.unchanged), len(plan.batches), plan.scan_seconds, len(plan.rejects))
 
     # -- ingest, batched; a progress artifact follows the batches ------------------------------
-    # The thread runner's tasks share one GIL: their batches go to a pool of worker processes
-    # (decoding in parallel, as the direct path does); process and Dask runners run them in place.
-    pool = None
-    if params["task_runner"] == "thread" and params["workers"] > 1 and len(plan.batches) > 1:
-        pool = f"{out}@{started.isoformat()}"
-        _POOLS[pool] = IngestPool(config.source, out, normalize, params["workers"])  # workers start now
-    progress = create_progress_artifact(0.0, key="offclip-ingest-progress",
-                                        description="ingest: share of batches done")
-    runner = make_task_runner(params["task_runner"], workers=params["workers"], address=params["dask_address"])
-    try:
+    # The flow run owns one executor (made here, handed to every task, closed at the end): under
+    # the thread runner a pool of worker processes (the tasks share one GIL), under the process
+    # and Dask runners the stage in place in the runner's workers (flows/runners.py).
+    stage = IngestStage(config.source, out, normalize)
+    executor = ingest_executor(params.task_runner, stage, params.workers, len(plan.batches))  # workers start now
+    with executor:
+        progress = create_progress_artifact(0.0, key="offclip-ingest-progress",
+                                            description="ingest: share of batches done")
+        runner = make_task_runner(params.task_runner, workers=params.workers, address=params.dask_address)
         with runner:
-            futures = [runner.submit(ingest_batch, {"source": str(config.source), "out": str(out),
-                                                    "normalize": normalize, "batch": batch,
-                                                    "previous": plan.previous_for(batch), "pool": pool})
+            futures = [runner.submit(ingest_batch, {"executor": executor, "batch": batch,
+                                                    "previous": plan.previous_for(batch)})
                        for batch in plan.batches]
             done = 0
             for future in as_completed(futures):
@@ -184,29 +161,27 @@ def run_stages(params: dict) -> dict:
             result = BatchResult()
             for future in futures:  # merge in batch order: deterministic records
                 result.extend(future.result())
-    finally:
-        if pool:
-            _POOLS.pop(pool).close()
     ingest = finish_ingest(out, plan, result, (dt.datetime.now(dt.timezone.utc) - started).total_seconds())
     logger.info(ingest.to_text())
 
     # -- classifier: given, found under OUT/classifier, or trained now ---------------------------
-    classifier = params.get("classifier") or find_classifier(out)
+    classifier = params.classifier or find_classifier(out)
     if classifier is None:
         logger.info("no classifier version exists: training one on Open-I + this corpus's sentences (%s)",
-                    params["classifier_method"])
-        classifier = train_classifier_task(str(out / CLASSIFIER_DIR), params["classifier_method"],
-                                           params["seed"], params.get("openi"), str(out))
-    curated = curate_task(str(out), str(classifier), params.get("threshold"), params["prompting"],
-                          params.get("label_source", "classifier"), label_dirs, params.get("prompt_options"),
-                          params.get("label_policy", "cascade"))
-    shards = shards_task(str(out), params["shard_size"], params["shard_bytes"])
+                    params.classifier_method)
+        classifier = train_classifier_task(str(out / CLASSIFIER_DIR), params.classifier_method,
+                                           params.seed, params.openi, str(out))
+    curated = curate_task(str(out), str(classifier), params.threshold, params.prompting,
+                          params.label_source, label_dirs, params.prompt_options, params.label_policy)
+    shards = shards_task(str(out), params.shard_size, params.shard_bytes)
 
     from offclip.pipeline.manifest import run_record
 
     counts = {"studies": ingest.studies, "ingested": ingest.ingested, "rejected": ingest.rejected,
               "unchanged": ingest.skipped, **curated, **shards}
-    db = manifest_task(str(out), run_record("build-shards", started, params, counts, curated["model_version"]))
+    # the run's parameters, every one (defaults included), as the manifest's runs table keeps them
+    db = manifest_task(str(out), run_record("build-shards", started, params.model_dump(), counts,
+                                            curated["model_version"]))
     _artifacts(db, ingest.rejects_by_reason, counts)
     return {"manifest": db, "classifier": str(classifier), "new_studies": ingest.studies - ingest.skipped,
             **counts}
@@ -251,72 +226,25 @@ def disagreement_markdown(db: str, top: int = TOP_DISAGREEMENTS) -> str:
 
 
 @flow(name="offclip", flow_run_name=run_namer("build-shards"), log_prints=True)
-def build_shards(
-    source: str = "out/demo-world",
-    out: str = "out/curated",
-    reports: str | None = None,
-    metadata: str | None = None,
-    folders: str = "p10-p16",
-    splits: str = "all",
-    image_size: int = 512,
-    image_format: str = "png",
-    prefer_pa: bool = False,
-    batch_size: int = 128,
-    shard_size: int = 1000,
-    shard_bytes: int = 1 << 30,
-    classifier: str | None = None,
-    classifier_method: str = "finetune",
-    threshold: float | None = None,
-    prompting: str = "none",
-    prompt_options: dict | None = None,
-    label_source: str = "classifier",
-    label_policy: str = "cascade",
-    seed: int = 0,
-    openi: str | None = None,
-    task_runner: str = "thread",
-    workers: int = 2,
-    dask_address: str | None = None,
-    trigger_train: bool = True,
-    train_parameters: dict | None = None,
-) -> dict[str, Any]:
-    """Curate SOURCE (MIMIC-CXR or the demo world) into OUT: records, shards, manifest.
+@flow_parameters(BuildParameters)
+def build_shards(**parameters: Any) -> dict[str, Any]:
+    """Curate SOURCE (MIMIC-CXR or the demo world) into OUT: records, shards, manifest. When
+    ``trigger_train`` is on and the ``offclip/train`` deployment exists, a train run is started
+    on the new shards, with ``train_parameters`` on top of the shard directory, the seed and the
+    source's evaluation set.
 
-    ``source``: a MIMIC-CXR root, the DICOM or the JPG release (told from its files).
-    ``reports``: the reports' zip, .tar.gz or directory, read in place (default: the tree under
-    ``source`` or ``mimic-cxr-reports.zip`` in it; a JPG root needs it). ``metadata``: a
-    directory with the JPG release's CSVs, used beside a DICOM release.
-
-    ``batch_size``: studies per ingest task (the thread runner's process pool cuts each batch
-    into one chunk per worker, so fewer, larger tasks keep every worker busy).
-    ``label_source``: where pair labels come from: ``classifier`` (the paper's, default),
-    ``chexpert`` or ``negbio`` (MIMIC's mimic-cxr-2.0.0-{chexpert,negbio}.csv[.gz], found in
-    ``metadata`` or ``source``; the sentence filter follows ``label_policy``).
-    ``label_policy``: ``cascade`` (default: the rule labeler decides where it has an opinion,
-    the classifier where the rules find no finding word; abnormal recall never below the
-    rules'), ``union`` (abnormal when either says so), ``classifier`` or ``rules`` alone. A
-    classifier trained here (none given, none under ``OUT/classifier``) learns from Open-I's rule
-    labels plus those of this corpus's ingested sentences.
-    ``prompting``: ``none`` (default), ``template`` or ``openai``, with ``prompt_options`` for the
-    latter (``base_url``, ``model``, ``max_concurrency``, ``max_retries``, ``timeout``; or
-    ``$OFFCLIP_LLM_URL``/``_MODEL``/``_CONCURRENCY``). The API key only from
-    ``$OFFCLIP_LLM_API_KEY``: flow parameters are recorded in the manifest.
-    ``task_runner``: ``thread`` (default), ``process``, or ``dask`` (a local cluster of
-    ``workers`` processes, or the cluster at ``dask_address``). When ``trigger_train`` is on and
-    the ``offclip/train`` deployment exists, a train run is started on the new shards, with
-    ``train_parameters`` (e.g. ``{"max_steps": 100, "loss": "infonce"}``) on top of the shard
-    directory, the seed and the source's evaluation set.
+    The parameters, their types, defaults and descriptions are ``BuildParameters``
+    (``flows/parameters.py``): the flow takes them flat (``-p source=…``), reads them as one
+    validated model.
     """
-    params = {k: v for k, v in locals().items()}
-    if "api_key" in (prompt_options or {}):
-        raise ValueError("prompt_options: pass the API key as $OFFCLIP_LLM_API_KEY, not as a flow parameter "
-                         "(parameters are recorded in the manifest)")
+    params = BuildParameters(**parameters)
     result = {"flow_run": current_run_id(), **run_stages(params)}
-    if trigger_train:
-        parameters = {"shards": out, "seed": seed, **(train_parameters or {})}
-        eval_root = Path(source) / "eval" / "vindr-cxr"
-        if "eval_root" not in parameters and eval_root.is_dir():
-            parameters["eval_root"] = str(eval_root)
-        result["train_run"] = trigger_deployment("offclip/train", parameters)
+    if params.trigger_train:
+        settings = {"shards": params.out, "seed": params.seed, **(params.train_parameters or {})}
+        eval_root = Path(params.source) / "eval" / "vindr-cxr"
+        if "eval_root" not in settings and eval_root.is_dir():
+            settings["eval_root"] = str(eval_root)
+        result["train_run"] = trigger_deployment("offclip/train", settings)
     return result
 
 

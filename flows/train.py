@@ -31,6 +31,7 @@ from prefect.artifacts import (
 
 from offclip.flows.build import build_shards, current_run_id, trigger_deployment
 from offclip.flows.naming import run_namer
+from offclip.flows.parameters import EvaluateParameters, RetrainParameters, TrainParameters, flow_parameters
 from offclip.pipeline.manifest import MANIFEST_FILE, append_runs, query, run_record
 from offclip.pipeline.shards import complete_shards
 
@@ -155,47 +156,29 @@ def against_baseline_markdown(result: dict) -> str:
 
 
 @flow(name="offclip", flow_run_name=run_namer("train"), log_prints=True)
-def train(
-    shards: str = "out/curated",
-    run_dir: str | None = None,
-    config: str = "demo",
-    loss: str = "offclip",
-    abnormal_weight: float = 1.0,
-    seed: int = 0,
-    epochs: int | None = None,
-    batch_size: int | None = None,
-    lr: float | None = None,
-    max_steps: int | None = None,
-    device: str = "auto",
-    num_workers: int = 0,
-    text_model: str | None = None,
-    vision_model: str | None = None,
-    trigger_evaluate: bool = True,
-    eval_dataset: str = "vindr-cxr",
-    eval_root: str | None = None,
-    allow_shard_change: bool = False,
-    text_source: str | None = None,
-    baseline: bool = False,
-    init: str | None = None,
-) -> dict[str, Any]:
+@flow_parameters(TrainParameters)
+def train(**parameters: Any) -> dict[str, Any]:
     """Train the dual encoder on the shards under SHARDS (a build-shards output); the run goes
     to ``run_dir`` (default ``SHARDS/runs/<config>-<loss>[-report]-seed<S>-<digest>``; an
-    unfinished run there is resumed exactly). ``text_source``: ``filtered`` (the kept sentences,
-    OFF-CLIP's text; the config's default) or ``report`` (every sentence: a plain CLIP's).
-    ``baseline``: also train the plain CLIP (InfoNCE on whole reports, the same config, seed and
-    budget) beside it, so that the evaluation shows the model against it. Then start
-    ``offclip/evaluate`` on the model (and the baseline) when deployed. ``init``: a model directory
-    to refine (offclip's, a transformers ``CLIPModel`` or ``VisionTextDualEncoderModel``; saved in
-    the same format) instead of a fresh model of ``config``, whose training settings still apply."""
+    unfinished run there is resumed exactly), or refine the checkpoint ``init`` (saved in the
+    same format) with ``config``'s training settings. With ``baseline``, the plain CLIP (InfoNCE
+    on whole reports, the same config, seed and budget) is trained beside it. Then start
+    ``offclip/evaluate`` on the model (and the baseline) when deployed.
+
+    The parameters are ``TrainParameters`` (``flows/parameters.py``).
+    """
+    p = TrainParameters(**parameters)
+    shards, config, loss, seed, text_source = p.shards, p.config, p.loss, p.seed, p.text_source
     logger = get_run_logger()
     started = dt.datetime.now(dt.timezone.utc)
-    run = Path(run_dir) if run_dir else default_run_dir(shards, config, loss, seed, text_source, init)
+    run = Path(p.run_dir) if p.run_dir else default_run_dir(shards, config, loss, seed, text_source, p.init)
+    # what the training stage takes (None: the model config's own setting), as the manifest records it
     settings = {"shards": shards, "out": str(run), "config": config, "loss": loss,
-                "abnormal_weight": abnormal_weight, "seed": seed, "epochs": epochs, "batch_size": batch_size,
-                "lr": lr, "max_steps": max_steps, "device": device, "num_workers": num_workers,
-                "text_model": text_model, "vision_model": vision_model, "allow_shard_change": allow_shard_change, "text_source": text_source,
-                "init": init}
-    result = {"flow_run": current_run_id(), **train_task(settings)}  # None: the model config's own setting
+                "abnormal_weight": p.abnormal_weight, "seed": seed, "epochs": p.epochs, "batch_size": p.batch_size,
+                "lr": p.lr, "max_steps": p.max_steps, "device": p.device, "num_workers": p.num_workers,
+                "text_model": p.text_model, "vision_model": p.vision_model,
+                "allow_shard_change": p.allow_shard_change, "text_source": text_source, "init": p.init}
+    result = {"flow_run": current_run_id(), **train_task(settings)}
     db = Path(shards) / MANIFEST_FILE
     if db.is_file():
         append_runs(db, [run_record("train", started, settings,
@@ -214,46 +197,44 @@ def train(
                  + _png_markdown(result.get("plot_path"), "training curve"),
         description="training curve and where the model is",
     )
-    if baseline and (loss, text_source) != ("infonce", "report"):
-        base_run = run.with_name(f"{run.name}-baseline") if run_dir else default_run_dir(
-            shards, config, "infonce", seed, "report", init)
+    if p.baseline and (loss, text_source) != ("infonce", "report"):
+        base_run = run.with_name(f"{run.name}-baseline") if p.run_dir else default_run_dir(
+            shards, config, "infonce", seed, "report", p.init)
         logger.info("training the plain CLIP beside it (InfoNCE, whole reports) → %s", base_run)
         trained = train_task({**settings, "out": str(base_run), "loss": "infonce", "text_source": "report"})
         result["baseline_model_dir"] = trained["model_dir"]
-    if trigger_evaluate:
-        root = eval_root or default_eval_root(shards, eval_dataset)
+    if p.trigger_evaluate:
+        root = p.eval_root or default_eval_root(shards, p.eval_dataset)
         if root is None:
-            logger.warning("no evaluation set found for %s (pass eval_root): evaluate not triggered", eval_dataset)
+            logger.warning("no evaluation set found for %s (pass eval_root): evaluate not triggered", p.eval_dataset)
         else:
             result["evaluate_run"] = trigger_deployment(
-                "offclip/evaluate", {"model": result["model_dir"], "dataset": eval_dataset, "root": root,
+                "offclip/evaluate", {"model": result["model_dir"], "dataset": p.eval_dataset, "root": root,
                                      "manifest": str(db) if db.is_file() else None,
                                      **({"baseline": result["baseline_model_dir"]} if "baseline_model_dir" in result else {})})
     return result
 
 
 @flow(name="offclip", flow_run_name=run_namer("evaluate"), log_prints=True)
-def evaluate(
-    model: str,
-    dataset: str = "vindr-cxr",
-    root: str | None = None,
-    out: str | None = None,
-    manifest: str | None = None,
-    run_name: str | None = None,
-    prompts: str | None = None,
-    baseline: str | None = None,
-) -> dict[str, Any]:
+@flow_parameters(EvaluateParameters)
+def evaluate(**parameters: Any) -> dict[str, Any]:
     """Zero-shot evaluation of MODEL (a trained model directory) on DATASET at ROOT (VinDr-CXR,
     Open-I, CheXpert or PadChest in their own formats): per-class AUC (normal included),
     Youden accuracy, normal FP/FN, pointing game; JSON + ROC plot under ``out`` (default
     ``MODEL/../eval``), rows in the manifest's ``evaluations`` table when ``manifest`` is given.
     ``baseline``: a second model directory (e.g. the plain CLIP ``train(baseline=True)`` made),
     evaluated on the same set; the paired difference of MODEL against it, with a 95 % bootstrap
-    interval, is logged, kept as an artifact and recorded in the manifest."""
+    interval, is logged, kept as an artifact and recorded in the manifest.
+
+    The parameters are ``EvaluateParameters`` (``flows/parameters.py``).
+    """
+    p = EvaluateParameters(**parameters)
+    model, dataset, root, manifest, run_name, prompts, baseline = (
+        p.model, p.dataset, p.root, p.manifest, p.run_name, p.prompts, p.baseline)
     if root is None:
         raise ValueError(f"evaluate needs root: the {dataset} directory (a demo world has WORLD/eval/{dataset})")
     started = dt.datetime.now(dt.timezone.utc)
-    out = out or str(Path(model).parent / "eval")
+    out = p.out or str(Path(model).parent / "eval")
     name = run_name or Path(model).parent.name
     if baseline:
         base_name = Path(baseline).parent.name
@@ -289,39 +270,29 @@ def evaluate(
 
 
 @flow(name="offclip", flow_run_name=run_namer("retrain"), log_prints=True)
-def retrain(
-    source: str = "out/demo-world",
-    out: str = "out/curated",
-    folders: str = "p10-p16",
-    image_size: int = 512,
-    classifier: str | None = None,
-    seed: int = 0,
-    config: str = "demo",
-    loss: str = "offclip",
-    max_steps: int | None = None,
-    batch_size: int | None = None,
-    eval_dataset: str = "vindr-cxr",
-    eval_root: str | None = None,
-    force: bool = False,
-    task_runner: str = "thread",
-) -> dict[str, Any]:
+@flow_parameters(RetrainParameters)
+def retrain(**parameters: Any) -> dict[str, Any]:
     """Scheduled retraining: an incremental build-shards of SOURCE into OUT, then — only when it
-    added samples to the shards (or ``force``) — train on the shards and evaluate the model."""
+    added samples to the shards (or ``force``) — train on the shards and evaluate the model.
+
+    The parameters are ``RetrainParameters`` (``flows/parameters.py``).
+    """
+    p = RetrainParameters(**parameters)
     logger = get_run_logger()
-    built = build_shards(source=source, out=out, folders=folders, image_size=image_size, classifier=classifier,
-                         seed=seed, task_runner=task_runner, trigger_train=False)
+    built = build_shards(source=p.source, out=p.out, folders=p.folders, image_size=p.image_size,
+                         classifier=p.classifier, seed=p.seed, task_runner=p.task_runner, trigger_train=False)
     new = int(built.get("samples_written", 0))
-    if not new and not force:
+    if not new and not p.force:
         logger.info("nothing new: %d studies unchanged, no new samples in the shards; not retraining",
                     built.get("unchanged", 0))
         return {"skipped": True, "reason": "no new samples", "build": built}
-    trained = train(shards=out, config=config, loss=loss, seed=seed, max_steps=max_steps, batch_size=batch_size,
-                    trigger_evaluate=False)
-    root = eval_root or default_eval_root(out, eval_dataset)
+    trained = train(shards=p.out, config=p.config, loss=p.loss, seed=p.seed, max_steps=p.max_steps,
+                    batch_size=p.batch_size, trigger_evaluate=False)
+    root = p.eval_root or default_eval_root(p.out, p.eval_dataset)
     evaluated = None
     if root is None:
-        logger.warning("no evaluation set found for %s (pass eval_root): not evaluated", eval_dataset)
+        logger.warning("no evaluation set found for %s (pass eval_root): not evaluated", p.eval_dataset)
     else:
-        evaluated = evaluate(model=trained["model_dir"], dataset=eval_dataset, root=root,
-                             manifest=str(Path(out) / MANIFEST_FILE))
+        evaluated = evaluate(model=trained["model_dir"], dataset=p.eval_dataset, root=root,
+                             manifest=str(Path(p.out) / MANIFEST_FILE))
     return {"skipped": False, "new_samples": new, "build": built, "train": trained, "evaluate": evaluated}

@@ -51,6 +51,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from offclip.data_contracts.enums import TEXT_SOURCES
 from offclip.pipeline.shards import SHARD_DIR, ShardError, ShardRecord, complete_shards
 
 # Tokenisers are used in DataLoader workers (forked after the parent may have used them).
@@ -81,10 +82,10 @@ def _generator(*parts: Any) -> torch.Generator:
 # ------------------------------------------------------------------------------------------
 # text: one kept sentence per sample per epoch
 # ------------------------------------------------------------------------------------------
-#: where a sample's training text comes from: ``filtered`` — the sentences the filter kept
-#: (OFF-CLIP's text, the default); ``report`` — every sentence of the report (a plain CLIP's text,
-#: the ablation's baseline). Both read the sample's ``.json``; the pair label is the same.
-TEXT_SOURCES = ("filtered", "report")
+#: TEXT_SOURCES (data_contracts.enums), where a sample's training text comes from: ``filtered`` —
+#: the sentences the filter kept (OFF-CLIP's text, the default); ``report`` — every sentence of the
+#: report (a plain CLIP's text, the ablation's baseline). Both read the sample's ``.json``; the
+#: pair label is the same.
 
 
 def kept_sentences(sample: dict, source: str = "filtered") -> list[str]:

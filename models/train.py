@@ -65,10 +65,12 @@ from typing import Any, Callable
 import torch
 
 from offclip.pipeline.atomic import atomic_open, atomic_write_bytes, atomic_write_text
+from offclip.pipeline.numerics import warmup_factor
 
 from .adapters import ClipAdapter, load_adapter
 from .clip import build_model, load_model_config
-from .data import TEXT_SOURCES, derive_seed, make_loader, plan_epoch, split_records
+from ..data_contracts.enums import TEXT_SOURCES
+from .data import derive_seed, make_loader, plan_epoch, split_records
 from .losses import LOSSES, get_loss
 
 __all__ = ["TrainConfig", "TrainResult", "main", "train"]
@@ -303,13 +305,8 @@ class Schedule:
         self.plateau = (torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", **PLATEAU)
                         if kind == "plateau" else None)
 
-    def _factor(self, step: int) -> float:
-        if step < self.warmup:
-            return (step + 1) / self.warmup
-        if self.kind != "cosine":
-            return 1.0
-        progress = min(1.0, (step - self.warmup) / max(1, self.total - self.warmup))
-        return 0.5 * (1.0 + math.cos(math.pi * progress))
+    def _factor(self, step: int) -> float:  # the shared warm-up factor (pipeline.numerics)
+        return warmup_factor(step, self.warmup, self.total, "cosine" if self.kind == "cosine" else "constant")
 
     def step_batch(self) -> None:
         # plateau: the per-step scheduler only runs the warmup, so it never undoes a plateau cut
@@ -433,39 +430,122 @@ def train(config: TrainConfig, progress: bool = False,
             torch.distributed.destroy_process_group()
 
 
+@dataclass
+class _Run:
+    """What one training run works with: built by :func:`_setup`; the loop advances ``state``
+    (step, epoch, batch within the epoch, the epoch's loss sum: what a checkpoint resumes)."""
+
+    config: TrainConfig
+    hyper: dict
+    records: list
+    dist_info: _Dist
+    device: torch.device
+    adapter: ClipAdapter
+    model: torch.nn.Module  #: what the checkpoint holds (adapter.model)
+    loss_fn: Callable
+    amp_dtype: torch.dtype | None
+    text_cache: Any
+    image_cache: Any
+    batch_size: int
+    epochs: int
+    total_steps: int
+    optimizer: torch.optim.Optimizer
+    schedule: Schedule
+    scaler: torch.amp.GradScaler
+    state: dict = field(default_factory=lambda: {"step": 0, "epoch": 0, "batch_in_epoch": 0,
+                                                 "epoch_loss_sum": 0.0, "epoch_batches": 0})
+    resumed_from: int = 0
+    net: torch.nn.Module | None = None  #: the adapter, or its DistributedDataParallel wrapper
+
+    @property
+    def checkpoint_path(self) -> Path:
+        return Path(self.config.out) / CHECKPOINT
+
+    @property
+    def metrics_path(self) -> Path:
+        return Path(self.config.out) / METRICS_FILE
+
+
+@dataclass
+class _Tally:
+    """This call's counts (a resumed run counts from the resume)."""
+
+    checkpointed_at: int
+    images: int = 0
+    last_loss: float = float("nan")
+
+
 def _train(config: TrainConfig, model_config: dict, hyper: dict, records: list, dist_info: _Dist,
            device: torch.device, progress: bool, on_step: Callable[[dict], None] | None) -> TrainResult:
-    out = Path(config.out)
-    checkpoint_path, metrics_path = out / CHECKPOINT, out / METRICS_FILE
+    run = _setup(config, model_config, hyper, records, dist_info, device)
+    tally, seconds = _loop(run, progress, on_step)
+    return _finish(run, model_config, tally, seconds)
+
+
+# -- setup ---------------------------------------------------------------------------------
+def _setup(config: TrainConfig, model_config: dict, hyper: dict, records: list, dist_info: _Dist,
+           device: torch.device) -> _Run:
+    """The model, caches, step plan, optimizer and schedule of a run; resumed from its checkpoint
+    when there is one (``config.resume``)."""
     loss_fn = get_loss(config.loss, config.abnormal_weight)
     amp_dtype = _amp_dtype(config.amp, device)
+    adapter, model = _prepare_model(config, model_config, hyper, device)
+    text_cache, image_cache = _caches(config, hyper, records, adapter, device)
+    batch_size, epochs, schedule_steps, total_steps = _plan_steps(config, hyper, records, dist_info)
 
+    optimizer = torch.optim.AdamW(param_groups(model, hyper), betas=(0.9, 0.98), eps=1e-6)
+    schedule = Schedule(optimizer, hyper["schedule"], hyper["warmup_steps"], schedule_steps)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+    torch.manual_seed(derive_seed(config.seed, "train", dist_info.rank))
+    run = _Run(config, hyper, records, dist_info, device, adapter, model, loss_fn, amp_dtype, text_cache,
+               image_cache, batch_size, epochs, total_steps, optimizer, schedule, scaler)
+    _resume(run)
+    run.net = adapter
+    if dist_info.enabled:
+        run.net = torch.nn.parallel.DistributedDataParallel(
+            adapter, device_ids=[device.index] if device.type == "cuda" else None)
+    return run
+
+
+def _prepare_model(config: TrainConfig, model_config: dict, hyper: dict,
+                   device: torch.device) -> tuple[ClipAdapter, torch.nn.Module]:
+    """The adapter on ``device`` and its model (what the checkpoint holds); a frozen text tower
+    is set to eval mode (no dropout; kept so at every step)."""
     adapter = _initial_model(config, model_config)
-    model, tokenizer = adapter.model, adapter.tokenizer  # model: what the checkpoint holds
+    model = adapter.model
     adapter.to(device)
     if hyper["freeze_text"]:
         model.text_model.requires_grad_(False)
-        model.text_model.eval()  # no dropout in a frozen tower (kept in eval mode at every step)
-    # the loader follows the model: its input size (grayscale batches; the adapter repeats and
-    # normalises them as the checkpoint's processor says)
-    image_size, max_length = adapter.image_size, adapter.max_text_length
-    max_scale = math.log(adapter.max_logit_scale)
+        model.text_model.eval()
+    return adapter, model
+
+
+def _caches(config: TrainConfig, hyper: dict, records: list, adapter: ClipAdapter, device: torch.device):
+    """(text cache, image cache), each None when not used: a frozen text tower's features of every
+    sentence; the decoded training images when they fit ``image_cache_mb`` (and no workers). The
+    loader follows the model: its input size (grayscale batches; the adapter repeats and
+    normalises them as the checkpoint's processor says)."""
     text_cache = None
     if hyper["freeze_text"] and config.text_cache:
         from .caches import TextFeatures, shard_sentences
 
         sentences = shard_sentences(config.shards, records, config.split, hyper["text_source"])
-        text_cache = TextFeatures.for_run(adapter, tokenizer, sentences, max_length, device)
+        text_cache = TextFeatures.for_run(adapter, adapter.tokenizer, sentences, adapter.max_text_length, device)
     image_cache = None
     if config.image_cache_mb > 0 and config.num_workers == 0:
         from .caches import ImageCache
 
-        image_cache = ImageCache(image_size, config.image_cache_mb * 2**20)
+        image_cache = ImageCache(adapter.image_size, config.image_cache_mb * 2**20)
         if not image_cache.fits(sum(r.samples for r in records)):
             logger.info("training images do not fit the %d MiB image cache: read from the shards every epoch",
                         config.image_cache_mb)
             image_cache = None
+    return text_cache, image_cache
 
+
+def _plan_steps(config: TrainConfig, hyper: dict, records: list, dist_info: _Dist) -> tuple[int, int, int, int]:
+    """(batch size, epochs, the schedule's steps: every epoch's batches, this run's total steps:
+    truncated by ``max_steps``)."""
     batch_size, epochs = int(hyper["batch_size"]), int(hyper["epochs"])
     plans = [plan_epoch(records, epoch=e, seed=config.seed, batch_size=batch_size, shuffle=True,
                         rank=dist_info.rank, world_size=dist_info.world_size, num_workers=config.num_workers,
@@ -479,162 +559,205 @@ def _train(config: TrainConfig, model_config: dict, hyper: dict, records: list, 
         logger.warning("batch_size %d exceeds the %d samples per rank: each epoch is one batch of all of them",
                        batch_size, int(per_rank))
     total_steps = schedule_steps if config.max_steps is None else min(schedule_steps, config.max_steps)
+    return batch_size, epochs, schedule_steps, total_steps
 
-    optimizer = torch.optim.AdamW(param_groups(model, hyper), betas=(0.9, 0.98), eps=1e-6)
-    schedule = Schedule(optimizer, hyper["schedule"], hyper["warmup_steps"], schedule_steps)
-    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
-    torch.manual_seed(derive_seed(config.seed, "train", dist_info.rank))
 
-    state = {"step": 0, "epoch": 0, "batch_in_epoch": 0, "epoch_loss_sum": 0.0, "epoch_batches": 0}
-    resumed_from = 0
-    if config.resume and checkpoint_path.is_file():
-        ckpt = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
+def _resume(run: _Run) -> None:
+    """Load the checkpoint into ``run`` when resuming; rewrite metrics.jsonl to what the
+    checkpoint covers (a fresh start empties it)."""
+    config, dist_info = run.config, run.dist_info
+    if config.resume and run.checkpoint_path.is_file():
+        ckpt = torch.load(run.checkpoint_path, map_location="cpu", weights_only=True)
         _check_resumable(ckpt, config, dist_info)
-        _check_shard_set(ckpt, config, records)
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        schedule.load_state_dict(ckpt["scheduler"])
-        scaler.load_state_dict(ckpt["scaler"])
-        state = dict(ckpt["state"])
-        _set_rng_state(ckpt["rng"][dist_info.rank], device)
-        resumed_from = state["step"]
+        _check_shard_set(ckpt, config, run.records)
+        run.model.load_state_dict(ckpt["model"])
+        run.optimizer.load_state_dict(ckpt["optimizer"])
+        run.schedule.load_state_dict(ckpt["scheduler"])
+        run.scaler.load_state_dict(ckpt["scaler"])
+        run.state = dict(ckpt["state"])
+        _set_rng_state(ckpt["rng"][dist_info.rank], run.device)
+        run.resumed_from = run.state["step"]
         del ckpt
-        logger.info("resuming %s at step %d (epoch %d, batch %d)", out, state["step"], state["epoch"],
-                    state["batch_in_epoch"])
+        logger.info("resuming %s at step %d (epoch %d, batch %d)", config.out, run.state["step"],
+                    run.state["epoch"], run.state["batch_in_epoch"])
     if dist_info.main:
-        # the log keeps only what the checkpoint covers (a fresh start empties it)
-        rows = _read_metrics(metrics_path, state["step"]) if resumed_from else []
-        atomic_write_text(metrics_path, "".join(json.dumps(r) + "\n" for r in rows))
+        rows = _read_metrics(run.metrics_path, run.state["step"]) if run.resumed_from else []
+        atomic_write_text(run.metrics_path, "".join(json.dumps(r) + "\n" for r in rows))
 
-    net = adapter
-    if dist_info.enabled:
-        net = torch.nn.parallel.DistributedDataParallel(
-            adapter, device_ids=[device.index] if device.type == "cuda" else None)
 
-    def save_checkpoint() -> None:
-        rng = _all_gather_objects(_rng_state(device), dist_info)  # every rank's dropout stream
-        if not dist_info.main:
-            return
-        payload = {"format": CHECKPOINT_FORMAT, "config": config.to_dict(), "hyper": hyper,
-                   "world_size": dist_info.world_size, "state": dict(state), "model": model.state_dict(),
-                   "optimizer": optimizer.state_dict(), "scheduler": schedule.state_dict(),
-                   "scaler": scaler.state_dict(), "rng": rng, "shards": _shard_set(records)}
-        with atomic_open(checkpoint_path, "wb") as fh:
-            torch.save(payload, fh)
+def _save_checkpoint(run: _Run) -> None:
+    rng = _all_gather_objects(_rng_state(run.device), run.dist_info)  # every rank's dropout stream
+    if not run.dist_info.main:
+        return
+    payload = {"format": CHECKPOINT_FORMAT, "config": run.config.to_dict(), "hyper": run.hyper,
+               "world_size": run.dist_info.world_size, "state": dict(run.state), "model": run.model.state_dict(),
+               "optimizer": run.optimizer.state_dict(), "scheduler": run.schedule.state_dict(),
+               "scaler": run.scaler.state_dict(), "rng": rng, "shards": _shard_set(run.records)}
+    with atomic_open(run.checkpoint_path, "wb") as fh:
+        torch.save(payload, fh)
 
+
+# -- the loop ------------------------------------------------------------------------------
+@dataclass
+class _StepLog:
+    """Where each step's metrics go: the progress bar, metrics.jsonl (rank 0), ``on_step``."""
+
+    bar: Any
+    file: Any
+    on_step: Callable[[dict], None] | None
+    log_every: int
+    total_steps: int
+
+    def step(self, row: dict) -> None:
+        self.bar.update(1)
+        self.bar.set_postfix(loss=f"{row['loss']:.4f}", epoch=row["epoch"])
+        if row["step"] % self.log_every == 0 or row["step"] == self.total_steps:
+            if self.file is not None:
+                self.file.write(json.dumps(row) + "\n")  # one whole line per write
+                self.file.flush()
+            if self.on_step is not None:
+                self.on_step({**row, "total_steps": self.total_steps})
+
+
+def _loop(run: _Run, progress: bool, on_step: Callable[[dict], None] | None) -> tuple[_Tally, float]:
+    """Epochs until ``total_steps`` (or the last epoch); a checkpoint at the end. Returns this
+    call's tally and seconds."""
     from tqdm import tqdm
 
-    bar = tqdm(total=total_steps, initial=min(state["step"], total_steps), unit="step", desc="train",
-               disable=not (progress and dist_info.main))
-    metrics_file = open(metrics_path, "a", encoding="utf-8") if dist_info.main else None
+    state = run.state
+    bar = tqdm(total=run.total_steps, initial=min(state["step"], run.total_steps), unit="step", desc="train",
+               disable=not (progress and run.dist_info.main))
+    metrics_file = open(run.metrics_path, "a", encoding="utf-8") if run.dist_info.main else None
+    log = _StepLog(bar, metrics_file, on_step, run.config.log_every, run.total_steps)
     started = time.perf_counter()
-    images, last_loss, checkpointed_at = 0, float("nan"), state["step"]
+    tally = _Tally(checkpointed_at=state["step"])
     try:
-        while state["step"] < total_steps and state["epoch"] < epochs:
-            epoch = state["epoch"]
-            loader = make_loader(config.shards, config.split, tokenizer=tokenizer, max_length=max_length,
-                                 image_size=image_size, batch_size=batch_size, epoch=epoch, seed=config.seed,
-                                 train=True, num_workers=config.num_workers, skip_batches=state["batch_in_epoch"],
-                                 rank=dist_info.rank, world_size=dist_info.world_size,
-                                 pin_memory=device.type == "cuda", records=records,
-                                 text_source=hyper["text_source"], text_tokens=text_cache is None,
-                                 image_cache=image_cache)
-            tick = time.perf_counter()
-            for batch in loader:
-                batch = batch.to(device, non_blocking=True)
-                net.train()
-                if hyper["freeze_text"]:
-                    model.text_model.eval()  # a frozen tower never drops out (as in its cached features)
-                with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-                    if text_cache is not None:
-                        logits = net(batch.pixel_values,
-                                     text_features=text_cache.lookup(batch.texts).to(device, non_blocking=True))
-                    else:
-                        logits = net(batch.pixel_values, batch.input_ids, batch.attention_mask)
-                    loss = loss_fn(logits, batch.is_normal)
-                if not torch.isfinite(loss):
-                    raise FloatingPointError(f"non-finite loss {loss.item()} at step {state['step'] + 1} "
-                                             f"(epoch {epoch}, keys {batch.keys[:4]}...)")
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                scaler.unscale_(optimizer)
-                grad_norm = torch.nn.utils.clip_grad_norm_(
-                    model.parameters(), hyper["grad_clip"] if hyper["grad_clip"] > 0 else float("inf"))
-                lrs = _group_lr(optimizer, "text"), _group_lr(optimizer, "vision")  # this step's
-                scaler.step(optimizer)
-                scaler.update()
-                schedule.step_batch()
-                with torch.no_grad():
-                    model.logit_scale.clamp_(0.0, max_scale)
-
-                # one all-reduce: the mean loss, normal pairs and batch size over all ranks
-                summary = torch.tensor([loss.item(), float(batch.is_normal.sum()), float(len(batch))],
-                                       dtype=torch.float64, device=device)
-                if dist_info.enabled:
-                    torch.distributed.all_reduce(summary)
-                    summary[0] /= dist_info.world_size
-                step_loss, n_normal, n_images = summary[0].item(), int(summary[1]), int(summary[2])
-                state["step"] += 1
-                state["batch_in_epoch"] += 1
-                state["epoch_loss_sum"] += step_loss
-                state["epoch_batches"] += 1
-                images += n_images
-                last_loss = step_loss
-                now = time.perf_counter()
-                row = {"step": state["step"], "epoch": epoch, "batch": state["batch_in_epoch"], "loss": step_loss,
-                       "lr": lrs[0], "vision_lr": lrs[1],
-                       "logit_scale": float(model.logit_scale.detach().exp()), "grad_norm": float(grad_norm),
-                       "batch_size": n_images, "n_normal": n_normal,
-                       "images_per_second": n_images / max(now - tick, 1e-9)}
-                tick = now
-                bar.update(1)
-                bar.set_postfix(loss=f"{step_loss:.4f}", epoch=epoch)
-                if state["step"] % config.log_every == 0 or state["step"] == total_steps:
-                    if metrics_file is not None:
-                        metrics_file.write(json.dumps(row) + "\n")  # one whole line per write
-                        metrics_file.flush()
-                    if on_step is not None:
-                        on_step({**row, "total_steps": total_steps})
-                if state["step"] % config.checkpoint_every == 0:
-                    save_checkpoint()
-                    checkpointed_at = state["step"]
-                if state["step"] >= total_steps:
-                    break  # max_steps
-            if state["batch_in_epoch"] >= loader.plan.n_batches:  # the epoch is complete
-                schedule.step_epoch(state["epoch_loss_sum"] / max(1, state["epoch_batches"]))
-                state.update(epoch=epoch + 1, batch_in_epoch=0, epoch_loss_sum=0.0, epoch_batches=0)
-        if checkpointed_at != state["step"] or not checkpoint_path.is_file():
-            save_checkpoint()
+        while state["step"] < run.total_steps and state["epoch"] < run.epochs:
+            _run_epoch(run, tally, log)
+        if tally.checkpointed_at != state["step"] or not run.checkpoint_path.is_file():
+            _save_checkpoint(run)
     finally:
         bar.close()
         if metrics_file is not None:
             metrics_file.close()
-    seconds = time.perf_counter() - started
+    return tally, time.perf_counter() - started
 
-    model_dir = out / MODEL_DIR
-    rows = _read_metrics(metrics_path)
-    result = TrainResult(model_dir=model_dir, steps=state["step"], epochs=state["epoch"],
-                         final_loss=last_loss if images or not rows else rows[-1]["loss"],
+
+def _run_epoch(run: _Run, tally: _Tally, log: _StepLog) -> None:
+    """The rest of the current epoch (from its next batch), up to ``total_steps``."""
+    config, state, device = run.config, run.state, run.device
+    epoch = state["epoch"]
+    loader = make_loader(config.shards, config.split, tokenizer=run.adapter.tokenizer,
+                         max_length=run.adapter.max_text_length, image_size=run.adapter.image_size,
+                         batch_size=run.batch_size, epoch=epoch, seed=config.seed, train=True,
+                         num_workers=config.num_workers, skip_batches=state["batch_in_epoch"],
+                         rank=run.dist_info.rank, world_size=run.dist_info.world_size,
+                         pin_memory=device.type == "cuda", records=run.records,
+                         text_source=run.hyper["text_source"], text_tokens=run.text_cache is None,
+                         image_cache=run.image_cache)
+    tick = time.perf_counter()
+    for batch in loader:
+        batch = batch.to(device, non_blocking=True)
+        loss, grad_norm, lrs = _optimise(run, batch, epoch)
+        step_loss, n_normal, n_images = _reduce(run, loss, batch)
+        state["step"] += 1
+        state["batch_in_epoch"] += 1
+        state["epoch_loss_sum"] += step_loss
+        state["epoch_batches"] += 1
+        tally.images += n_images
+        tally.last_loss = step_loss
+        now = time.perf_counter()
+        log.step({"step": state["step"], "epoch": epoch, "batch": state["batch_in_epoch"], "loss": step_loss,
+                  "lr": lrs[0], "vision_lr": lrs[1],
+                  "logit_scale": float(run.model.logit_scale.detach().exp()), "grad_norm": float(grad_norm),
+                  "batch_size": n_images, "n_normal": n_normal,
+                  "images_per_second": n_images / max(now - tick, 1e-9)})
+        tick = now
+        if state["step"] % config.checkpoint_every == 0:
+            _save_checkpoint(run)
+            tally.checkpointed_at = state["step"]
+        if state["step"] >= run.total_steps:
+            break  # max_steps
+    if state["batch_in_epoch"] >= loader.plan.n_batches:  # the epoch is complete
+        run.schedule.step_epoch(state["epoch_loss_sum"] / max(1, state["epoch_batches"]))
+        state.update(epoch=epoch + 1, batch_in_epoch=0, epoch_loss_sum=0.0, epoch_batches=0)
+
+
+def _optimise(run: _Run, batch, epoch: int) -> tuple[torch.Tensor, torch.Tensor, tuple[float, float]]:
+    """One optimizer step on ``batch``: (loss, gradient norm before clipping, the step's learning
+    rates: text tower, vision)."""
+    model, hyper, optimizer = run.model, run.hyper, run.optimizer
+    run.net.train()
+    if hyper["freeze_text"]:
+        model.text_model.eval()  # a frozen tower never drops out (as in its cached features)
+    with torch.autocast(run.device.type, dtype=run.amp_dtype or torch.float32, enabled=run.amp_dtype is not None):
+        if run.text_cache is not None:
+            logits = run.net(batch.pixel_values,
+                             text_features=run.text_cache.lookup(batch.texts).to(run.device, non_blocking=True))
+        else:
+            logits = run.net(batch.pixel_values, batch.input_ids, batch.attention_mask)
+        loss = run.loss_fn(logits, batch.is_normal)
+    if not torch.isfinite(loss):
+        raise FloatingPointError(f"non-finite loss {loss.item()} at step {run.state['step'] + 1} "
+                                 f"(epoch {epoch}, keys {batch.keys[:4]}...)")
+    optimizer.zero_grad(set_to_none=True)
+    run.scaler.scale(loss).backward()
+    run.scaler.unscale_(optimizer)
+    grad_norm = torch.nn.utils.clip_grad_norm_(
+        model.parameters(), hyper["grad_clip"] if hyper["grad_clip"] > 0 else float("inf"))
+    lrs = _group_lr(optimizer, "text"), _group_lr(optimizer, "vision")  # this step's
+    run.scaler.step(optimizer)
+    run.scaler.update()
+    run.schedule.step_batch()
+    with torch.no_grad():
+        model.logit_scale.clamp_(0.0, math.log(run.adapter.max_logit_scale))
+    return loss, grad_norm, lrs
+
+
+def _reduce(run: _Run, loss: torch.Tensor, batch) -> tuple[float, int, int]:
+    """One all-reduce: (the mean loss, normal pairs, batch size) over all ranks."""
+    summary = torch.tensor([loss.item(), float(batch.is_normal.sum()), float(len(batch))],
+                           dtype=torch.float64, device=run.device)
+    if run.dist_info.enabled:
+        torch.distributed.all_reduce(summary)
+        summary[0] /= run.dist_info.world_size
+    return summary[0].item(), int(summary[1]), int(summary[2])
+
+
+# -- the end -------------------------------------------------------------------------------
+def _finish(run: _Run, model_config: dict, tally: _Tally, seconds: float) -> TrainResult:
+    """The result; on rank 0 the model (with its training metadata), the plot and train.json."""
+    config, state, out = run.config, run.state, Path(run.config.out)
+    rows = _read_metrics(run.metrics_path)
+    images = tally.images
+    result = TrainResult(model_dir=out / MODEL_DIR, steps=state["step"], epochs=state["epoch"],
+                         final_loss=tally.last_loss if images or not rows else rows[-1]["loss"],
                          seconds=seconds, images_per_second=images / seconds if seconds > 0 and images else 0.0,
-                         metrics_path=metrics_path, plot_path=None, resumed_from=resumed_from,
-                         total_steps=total_steps, hyper=hyper)
-    if dist_info.main:
-        extra = {"offclip_train": {
-            "loss": config.loss, "abnormal_weight": config.abnormal_weight, "seed": config.seed,
-            "text_source": hyper["text_source"],
-            "config": model_config.get("name"), "steps": state["step"], "epochs": state["epoch"],
-            "total_steps": total_steps, "world_size": dist_info.world_size, "hyper": hyper,
-            "train_config": config.to_dict(), "shards": _shard_metadata(config.shards, config.split, records),
-            "final_loss": result.final_loss}}
-        if config.init is not None:
-            extra["offclip_train"]["init"] = {"path": config.init, "format": adapter.kind}
-        adapter.save(model_dir, extra=extra)
+                         metrics_path=run.metrics_path, plot_path=None, resumed_from=run.resumed_from,
+                         total_steps=run.total_steps, hyper=run.hyper)
+    if run.dist_info.main:
+        run.adapter.save(out / MODEL_DIR, extra=_model_metadata(run, model_config, result))
         result.plot_path = _write_plot(rows, out / PLOT_FILE)
         atomic_write_text(out / SUMMARY_FILE, json.dumps({**result.to_dict(), "train_config": config.to_dict()},
                                                          indent=1, sort_keys=True) + "\n")
-    if dist_info.enabled:
+    if run.dist_info.enabled:
         torch.distributed.barrier()
     return result
+
+
+def _model_metadata(run: _Run, model_config: dict, result: TrainResult) -> dict:
+    """``offclip_train``: what the saved model records of its training."""
+    config, hyper, state = run.config, run.hyper, run.state
+    extra = {"offclip_train": {
+        "loss": config.loss, "abnormal_weight": config.abnormal_weight, "seed": config.seed,
+        "text_source": hyper["text_source"],
+        "config": model_config.get("name"), "steps": state["step"], "epochs": state["epoch"],
+        "total_steps": run.total_steps, "world_size": run.dist_info.world_size, "hyper": hyper,
+        "train_config": config.to_dict(), "shards": _shard_metadata(config.shards, config.split, run.records),
+        "final_loss": result.final_loss}}
+    if config.init is not None:
+        extra["offclip_train"]["init"] = {"path": config.init, "format": run.adapter.kind}
+    return extra
 
 
 def _initial_model(config: TrainConfig, model_config: dict) -> ClipAdapter:

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import inspect
+import json
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import Any, Callable, Optional, Union, get_args, get_origin
 
 import typer
 
 from . import __version__
+from .flows import parameters as flow_models
+from .flows.parameters import BuildParameters, EvaluateParameters, FlowParameters, TrainParameters
 
 app = typer.Typer(
     name="offclip",
@@ -78,11 +82,8 @@ def demo_world(
     typer.echo(json.dumps(asdict(summary), indent=2) if json_out else summary.to_text())
 
 
-REPORTS_HELP = ("The reports: mimic-cxr-reports.zip, its .tar.gz, or a directory with files/pXX/…/sSTUDY.txt; "
-                "read in place (default: the tree under SOURCE, or mimic-cxr-reports.zip/.tar.gz in SOURCE). "
-                "Needed for a MIMIC-CXR-JPG root.")
-METADATA_HELP = ("A directory with the JPG release's mimic-cxr-2.0.0-{metadata,split,chexpert,negbio}.csv.gz, "
-                 "used beside a DICOM release (searched before SOURCE).")
+REPORTS_HELP = flow_models.REPORTS
+METADATA_HELP = flow_models.METADATA
 
 
 @app.command("ingest")
@@ -190,13 +191,8 @@ def _fail(exc: Exception) -> None:
     raise typer.Exit(2)
 
 
-LABEL_SOURCE_HELP = ("Where pair labels come from: classifier (the paper's: any abnormal sentence), chexpert or "
-                     "negbio (MIMIC's mimic-cxr-2.0.0-<labeler>.csv[.gz]: No Finding = 1 → normal, a finding 1 or "
-                     "-1 → abnormal; a study it leaves unknown keeps the classifier's label). The sentence filter "
-                     "follows the label policy.")
-LABEL_POLICY_HELP = ("How a sentence's label follows from the classifier and the rule labeler (its teacher): cascade "
-                     "(default: the rules where they have an opinion, the classifier where they find no finding word; "
-                     "abnormal recall never below the rules'), union (abnormal when either says so), classifier, or rules.")
+LABEL_SOURCE_HELP = flow_models.LABEL_SOURCE
+LABEL_POLICY_HELP = flow_models.LABEL_POLICY
 
 
 @app.command("curate")
@@ -227,120 +223,177 @@ def curate(
         _fail(exc)
 
 
-@app.command("build-shards")
-def build_shards_cmd(
-    source: Path = typer.Argument(..., help="MIMIC-CXR root (DICOM or JPG release) or a demo world."),
-    out: Path = typer.Argument(Path("out/curated"), help="Curation output root."),
-    reports: Optional[Path] = typer.Option(None, "--reports", help=REPORTS_HELP),
-    metadata: Optional[Path] = typer.Option(None, "--metadata", help=METADATA_HELP),
-    folders: str = typer.Option("p10-p16", "--folders"),
-    splits: str = typer.Option("all", "--splits"),
-    image_size: int = typer.Option(512, "--image-size", min=16),
-    shard_size: int = typer.Option(1000, "--shard-size", min=1),
-    classifier: Optional[Path] = typer.Option(None, "--classifier", help="Default: OUT/classifier, trained on Open-I + this corpus's sentences if missing."),
-    prompting: str = typer.Option("none", "--prompting"),
-    label_source: str = typer.Option("classifier", "--label-source", help=LABEL_SOURCE_HELP + " The files are looked for in --metadata, then SOURCE."),
-    label_policy: str = typer.Option("cascade", "--label-policy", help=LABEL_POLICY_HELP),
-    seed: int = typer.Option(0, "--seed"),
-    task_runner: str = typer.Option("thread", "--task-runner", help="thread, process or dask."),
-    workers: int = typer.Option(2, "--workers", min=1),
-    dask_address: Optional[str] = typer.Option(None, "--dask-address", help="An existing Dask scheduler (tcp://host:8786)."),
-    trigger_train: bool = typer.Option(False, "--trigger-train/--no-trigger-train", help="Start offclip/train afterwards (when deployed)."),
-) -> None:
-    """Run the build-shards flow directly (no deployment): ingest → classify → filter → shards → manifest."""
-    import json
+# --- the flow commands: options derived from the flows' parameter models ----------------------
+# (flows/parameters.py). A field added there is an option of its command here, with the same
+# name, type, default, choices, bounds and help; what a command does differently is said below
+# in its decorator (positional arguments, required ones, defaults of a direct run).
 
+
+def _base_type(annotation: Any) -> tuple[Any, bool]:
+    """(the type without None, whether None is allowed)."""
+    if get_origin(annotation) is Union:
+        args = [a for a in get_args(annotation) if a is not type(None)]
+        return (args[0] if len(args) == 1 else Union[tuple(args)]), len(args) < len(get_args(annotation))
+    return annotation, False
+
+
+def _is_dict(annotation: Any) -> bool:
+    return annotation is dict or get_origin(annotation) is dict
+
+
+def _cli_parameter(name: str, field: Any, default: Any, argument: bool) -> inspect.Parameter:
+    """The Typer parameter of one model field: a path for a field marked PATH, a JSON string for
+    a dict, a --x/--no-x switch for a bool, a choice for a Literal, min/max from ge/le."""
+    base, optional = _base_type(field.annotation)
+    is_path = any(isinstance(m, flow_models.PathText) for m in field.metadata)
+    if is_path:
+        annotation: Any = Path
+    elif _is_dict(base):
+        annotation = str
+    else:
+        annotation = base
+    if optional:
+        annotation = Optional[annotation]
+    help_text = field.description
+    if argument:
+        info = typer.Argument(default, help=help_text, show_default=default is not ...)
+    else:
+        flag = "--" + name.replace("_", "-")
+        bounds = {}
+        for m in field.metadata:
+            if hasattr(m, "ge"):
+                bounds["min"] = m.ge
+            if hasattr(m, "le"):
+                bounds["max"] = m.le
+        decls = (f"{flag}/--no-{flag[2:]}",) if base is bool else (flag,)
+        if _is_dict(base):
+            help_text = f"{help_text} (JSON)"
+        info = typer.Option(default, *decls, help=help_text, **bounds)
+    return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=info, annotation=annotation)
+
+
+def _parameters_from(model: type[FlowParameters], values: dict[str, Any]) -> FlowParameters:
+    """MODEL from a command's option values (paths as text, dicts parsed from JSON); exit 2 with
+    each invalid option named."""
+    from pydantic import ValidationError
+
+    given = {}
+    for name, value in values.items():
+        field = model.model_fields[name]
+        if isinstance(value, Path):
+            value = str(value)
+        elif isinstance(value, str) and _is_dict(_base_type(field.annotation)[0]):
+            try:
+                value = json.loads(value)
+            except json.JSONDecodeError as exc:
+                _fail(ValueError(f"--{name.replace('_', '-')}: not JSON ({exc})"))
+        given[name] = value
+    try:
+        return model(**given)
+    except ValidationError as exc:
+        lines = [f"--{'.'.join(str(x) for x in e['loc']).replace('_', '-')}: {e['msg']}" for e in exc.errors()]
+        _fail(ValueError("invalid parameters:\n  " + "\n  ".join(lines)))
+
+
+#: the commands flow_command made, by name
+FLOW_COMMANDS: dict[str, Callable[..., None]] = {}
+
+
+def flow_command(name: str, model: type[FlowParameters], *, arguments: tuple[str, ...] = (),
+                 required: tuple[str, ...] = (), direct_defaults: Optional[dict[str, Any]] = None,
+                 on: Optional[typer.Typer] = None) -> Callable[[Callable[[Any], None]], Callable[..., None]]:
+    """Register command NAME (on ``on``, default the ``offclip`` app) whose parameters are
+    MODEL's fields: ``arguments`` positional (in field order), ``required`` without a default,
+    ``direct_defaults`` a direct run's own defaults (e.g. not starting the downstream deployment
+    unless asked); every other default is the model's. The decorated function receives the
+    validated model."""
+    direct_defaults = dict(direct_defaults or {})
+    unknown = (set(arguments) | set(required) | set(direct_defaults)) - set(model.model_fields)
+    if unknown:
+        raise ValueError(f"{name}: not fields of {model.__name__}: {sorted(unknown)}")
+
+    def decorate(body: Callable[[Any], None]) -> Callable[..., None]:
+        params = []
+        for field_name, field in model.model_fields.items():
+            if field_name in required:
+                default = ...
+            elif field_name in direct_defaults:
+                default = direct_defaults[field_name]
+            else:
+                default = field.default
+            params.append(_cli_parameter(field_name, field, default, field_name in arguments))
+
+        def command(**values: Any) -> None:
+            body(_parameters_from(model, values))
+
+        command.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
+        command.__annotations__ = {p.name: p.annotation for p in params}
+        command.__name__, command.__doc__ = body.__name__, body.__doc__
+        command.parameters_model = model  # type: ignore[attr-defined]
+        command.direct_defaults = {**direct_defaults, **{r: ... for r in required}}  # type: ignore[attr-defined]
+        (on or app).command(name)(command)
+        FLOW_COMMANDS[name] = command
+        return command
+
+    return decorate
+
+
+def _path(value: Optional[str]) -> Optional[Path]:
+    return Path(value) if value else None
+
+
+@flow_command("build-shards", BuildParameters, arguments=("source", "out"), required=("source",),
+              direct_defaults={"trigger_train": False})
+def build_shards_cmd(params: BuildParameters) -> None:
+    """Run the build-shards flow directly (no deployment): ingest → classify → filter → shards → manifest."""
     from .pipeline.sources import resolve_source
 
     try:  # what is missing is said before a server starts
-        resolve_source(source, reports, metadata)
+        resolve_source(Path(params.source), _path(params.reports), _path(params.metadata))
     except (FileNotFoundError, ValueError) as exc:
         typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
         raise typer.Exit(2)
     _direct_flow_run()
     from .flows.build import build_shards
 
-    result = build_shards(source=str(source), out=str(out), reports=str(reports) if reports else None,
-                          metadata=str(metadata) if metadata else None, folders=folders, splits=splits, image_size=image_size,
-                          shard_size=shard_size, classifier=str(classifier) if classifier else None,
-                          prompting=prompting, label_source=label_source, label_policy=label_policy, seed=seed,
-                          task_runner=task_runner,
-                          workers=workers, dask_address=dask_address, trigger_train=trigger_train)
+    result = build_shards(**params.model_dump())
     typer.echo(json.dumps(result, indent=2, default=str))
 
 
-INIT_HELP = ("A model directory to refine instead of training a fresh model: offclip's own (RUN/model), a "
-             "transformers CLIPModel or VisionTextDualEncoderModel (with its processor files). Its image size, "
-             "channels and normalisation come from its processor config; the result is saved in the same format. "
-             "--config then gives only the training settings.")
-
-
-@app.command("train")
-def train_cmd(
-    shards: Path = typer.Argument(Path("out/curated"), help="A build-shards output root (holds shards/)."),
-    run_dir: Optional[Path] = typer.Option(None, "--run-dir", help="Default: SHARDS/runs/<config>-<loss>-seed<S>-<digest>."),
-    config: str = typer.Option("demo", "--config", help="Model config: demo (CPU), tiny, tiny-resnet, paper (GPU) or a .json path."),
-    loss: str = typer.Option("offclip", "--loss", help="offclip or infonce."),
-    seed: int = typer.Option(0, "--seed"),
-    epochs: Optional[int] = typer.Option(None, "--epochs", min=1, help="Default: the config's."),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size", min=2),
-    lr: Optional[float] = typer.Option(None, "--lr"),
-    max_steps: Optional[int] = typer.Option(None, "--max-steps", min=1),
-    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:1 …"),
-    eval_root: Optional[Path] = typer.Option(None, "--eval-root", help="Evaluate afterwards on this VinDr-CXR-format set."),
-    text_source: Optional[str] = typer.Option(None, "--text-source",
-                                              help="Training text: filtered (the kept sentences; the default) or report (every sentence: a plain CLIP)."),
-    allow_shard_change: bool = typer.Option(False, "--allow-shard-change",
-                                            help="Resume a run although its shard set changed since the checkpoint (default: refuse)."),
-    init: Optional[Path] = typer.Option(None, "--init", help=INIT_HELP),
-) -> None:
+@flow_command("train", TrainParameters, arguments=("shards",), direct_defaults={"trigger_evaluate": False})
+def train_cmd(params: TrainParameters) -> None:
     """Run the train flow directly (no deployment): the dual encoder on the shards (or, with
     --init, a refinement of an existing CLIP checkpoint), then (with --eval-root) the evaluate flow
-    on the new model."""
-    import json
-
-    if init is not None:
+    on the new model (and the baseline)."""
+    if params.init is not None:
         from .models.adapters import model_format
 
         try:
-            model_format(init)
+            model_format(Path(params.init))
         except (FileNotFoundError, ValueError) as exc:
             _fail(exc)
     _direct_flow_run()
     from .flows.train import evaluate, train
 
-    result = train(shards=str(shards), run_dir=str(run_dir) if run_dir else None, config=config, loss=loss,
-                   seed=seed, epochs=epochs, batch_size=batch_size, lr=lr, max_steps=max_steps, device=device,
-                   trigger_evaluate=False, allow_shard_change=allow_shard_change, text_source=text_source,
-                   init=str(init) if init else None)
-    if eval_root:
-        db = shards / "manifest.duckdb"
-        result["evaluate"] = evaluate(model=result["model_dir"], root=str(eval_root),
-                                      manifest=str(db) if db.is_file() else None).get("summary")
+    result = train(**params.model_dump())
+    if params.eval_root and not params.trigger_evaluate:  # evaluated here, in this process
+        db = Path(params.shards) / "manifest.duckdb"
+        result["evaluate"] = evaluate(model=result["model_dir"], root=params.eval_root, dataset=params.eval_dataset,
+                                      manifest=str(db) if db.is_file() else None,
+                                      baseline=result.get("baseline_model_dir")).get("summary")
     typer.echo(json.dumps(result, indent=2, default=str))
 
 
-@app.command("evaluate")
-def evaluate_cmd(
-    model: Path = typer.Argument(..., help="A model directory: offclip's (RUN/model), a CLIPModel or a "
-                                 "VisionTextDualEncoderModel (with its processor files)."),
-    root: Path = typer.Argument(..., help="The evaluation set's directory, in its own format."),
-    dataset: str = typer.Option("vindr-cxr", "--dataset", help="vindr-cxr, openi, chexpert or padchest."),
-    out: Optional[Path] = typer.Option(None, "--out", help="JSON + ROC plot here (default: RUN/eval)."),
-    manifest: Optional[Path] = typer.Option(None, "--manifest", help="Record the figures in this manifest's evaluations table."),
-    prompts: Optional[Path] = typer.Option(None, "--prompts", help="Prompts JSON ({class: text or [texts]}; default: \"There is {finding}.\", normal \"There is no finding.\")."),
-) -> None:
+@flow_command("evaluate", EvaluateParameters, arguments=("model", "root"), required=("model", "root"))
+def evaluate_cmd(params: EvaluateParameters) -> None:
     """Run the evaluate flow directly: zero-shot AUC per class (normal included), normal FP/FN,
     pointing game."""
-    import json
-
     _direct_flow_run()
     from .flows.train import evaluate
 
-    if prompts is not None and not prompts.is_file():
-        _fail(FileNotFoundError(f"--prompts {prompts}: no such file"))
-    result = evaluate(model=str(model), dataset=dataset, root=str(root), out=str(out) if out else None,
-                      manifest=str(manifest) if manifest else None, prompts=str(prompts) if prompts else None)
+    if params.prompts is not None and not Path(params.prompts).is_file():
+        _fail(FileNotFoundError(f"--prompts {params.prompts}: no such file"))
+    result = evaluate(**params.model_dump())
     typer.echo(json.dumps(result.get("summary", {}), indent=2, default=str))
 
 

@@ -38,10 +38,11 @@ import pyarrow.parquet as pq
 
 from ..data_contracts.contract import Contract
 from ..data_contracts.curate import CURATED_SENTENCES, PAIRS, STUDY_LABELS
+from ..data_contracts.enums import ABNORMAL, CLASSIFIER, DEFAULT_LABEL_POLICY, NORMAL
 from .atomic import atomic_open
-from .filtering import DEFAULT_LABEL_POLICY, check_label_policy, filter_sentences
+from .filtering import check_label_policy, filter_sentences
 from .ingest import read_table
-from .labels import CLASSIFIER, StudyLabels, check_label_source, study_labels
+from .labels import StudyLabels, check_label_source, study_labels
 from .prompting import PROMPT_CACHE_FILE, PromptBackendError, PromptingStats, make_prompter
 from .scoring import Classifier, ScoreCache, ScoringStats, label_sentences, score_sentences
 
@@ -211,8 +212,8 @@ def run_curate(config: CurateConfig, classifier: Classifier | None = None) -> Cu
     _write(out, "pairs", PAIRS, pairs)
     _write_study_labels(out, labels)
     return CurateSummary(
-        pairs=len(pairs), normal=int((pairs["pair_label"] == "normal").sum()),
-        abnormal=int((pairs["pair_label"] == "abnormal").sum()), sentences=len(filtered),
+        pairs=len(pairs), normal=int((pairs["pair_label"] == NORMAL).sum()),
+        abnormal=int((pairs["pair_label"] == ABNORMAL).sum()), sentences=len(filtered),
         kept=int(filtered["kept"].sum()), dropped=int((~filtered["kept"]).sum()), scoring=stats,
         model_version=classifier.version, threshold=threshold, seconds=time.perf_counter() - start,
         label_source=config.label_source, label_fallback=fallback,

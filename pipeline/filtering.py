@@ -46,16 +46,18 @@ from typing import NamedTuple
 import numpy as np
 import pandas as pd
 
-KEEP_NORMAL_REPORT = "normal_report"  #: kept: the report is normal, all its sentences stay
-KEEP_ABNORMAL = "abnormal_sentence"  #: kept: an abnormal sentence of an abnormal report
-DROP_NORMAL_IN_ABNORMAL = "normal_sentence_in_abnormal_report"  #: dropped
-#: kept: the pair label (from a labeler) is abnormal but the classifier found no abnormal sentence
-KEEP_NO_ABNORMAL_SENTENCE = "abnormal_report_without_abnormal_sentence"
-REASONS = (KEEP_NORMAL_REPORT, KEEP_ABNORMAL, DROP_NORMAL_IN_ABNORMAL, KEEP_NO_ABNORMAL_SENTENCE)
+from ..data_contracts.enums import (  # noqa: F401  (the reasons and policies are imported from here too)
+    ABNORMAL,
+    DEFAULT_LABEL_POLICY,
+    DROP_NORMAL_IN_ABNORMAL,
+    KEEP_ABNORMAL,
+    KEEP_NO_ABNORMAL_SENTENCE,
+    KEEP_NORMAL_REPORT,
+    LABEL_POLICIES,
+    LABELS,
+    NORMAL,
+)
 
-#: sentence label policies (see the module docstring); curate's default is :data:`DEFAULT_LABEL_POLICY`
-LABEL_POLICIES = ("cascade", "union", "classifier", "rules")
-DEFAULT_LABEL_POLICY = "cascade"
 #: the rule labeler's rule when a sentence mentions no finding and no normal phrase (rules silent)
 RULES_SILENT = "no_finding"
 
@@ -126,20 +128,20 @@ def filter_sentences(scored: pd.DataFrame, threshold: float,
         raise ValueError(f"label policy {label_policy!r} needs the column(s) {', '.join(missing)}")
     s = scored.sort_values(["study_id", "index"], kind="stable").reset_index(drop=True)
     by_classifier = s["score"].to_numpy() >= threshold
-    rule_abnormal = (s["rule_label"] == "abnormal").to_numpy() if "rule_label" in s.columns else None
+    rule_abnormal = (s["rule_label"] == ABNORMAL).to_numpy() if "rule_label" in s.columns else None
     sentence_abnormal = policy_abnormal(by_classifier, rule_abnormal, label_policy,
                                         s["rule"].to_numpy() if "rule" in s.columns else None)
-    s["classifier_label"] = np.where(by_classifier, "abnormal", "normal")
+    s["classifier_label"] = np.where(by_classifier, ABNORMAL, NORMAL)
     has_abnormal = pd.Series(sentence_abnormal).groupby(s["study_id"].to_numpy()).transform("any").to_numpy()
     if pair_labels is None:
         report_abnormal = has_abnormal
     else:
         given = s["study_id"].map(pair_labels)
-        if given.isna().any() or not given.isin(("normal", "abnormal")).all():
-            bad = s.loc[given.isna() | ~given.isin(("normal", "abnormal")), "study_id"].unique()[:5].tolist()
+        if given.isna().any() or not given.isin(LABELS).all():
+            bad = s.loc[given.isna() | ~given.isin(LABELS), "study_id"].unique()[:5].tolist()
             raise ValueError(f"pair_labels must give normal/abnormal for every study: not for {bad}")
-        report_abnormal = (given == "abnormal").to_numpy()
-    s["label"] = np.where(sentence_abnormal, "abnormal", "normal")
+        report_abnormal = (given == ABNORMAL).to_numpy()
+    s["label"] = np.where(sentence_abnormal, ABNORMAL, NORMAL)
     s["kept"] = ~report_abnormal | sentence_abnormal | ~has_abnormal
     s["reason"] = np.select([~report_abnormal, sentence_abnormal, ~has_abnormal],
                             [KEEP_NORMAL_REPORT, KEEP_ABNORMAL, KEEP_NO_ABNORMAL_SENTENCE],
@@ -151,7 +153,7 @@ def filter_sentences(scored: pd.DataFrame, threshold: float,
     pairs = pd.DataFrame({
         "study_id": g["study_id"].first(),
         "subject_id": g["subject_id"].first(),
-        "pair_label": (np.where(g["label"].agg(lambda x: (x == "abnormal").any()), "abnormal", "normal")
+        "pair_label": (np.where(g["label"].agg(lambda x: (x == ABNORMAL).any()), ABNORMAL, NORMAL)
                        if pair_labels is None else pair_labels.reindex(g["study_id"].first()).to_numpy()),
         "n_sentences": g.size().astype("int32"),
         "n_kept": g["kept"].sum().astype("int32"),

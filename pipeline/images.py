@@ -4,7 +4,7 @@ The image half of the ingest stage (library code: no Prefect here)::
 
     decoded = decode_dicom(path, NormalizeConfig(long_side=512))   # raises ImageReject
     decoded = decode_jpeg(path, NormalizeConfig(long_side=512))    # MIMIC-CXR-JPG files
-    data = encode_image(decoded.pixels, config)                    # PNG or JPEG bytes
+    data = encode_file_bytes(decoded.pixels, config)               # PNG or JPEG bytes
 
 Order of operations, chosen for speed (the expensive part is touching every full-size pixel once)::
 
@@ -85,11 +85,10 @@ from pydicom.uid import (
 )
 from scipy import sparse
 
-__all__ = ["REJECT_REASONS", "DecodedImage", "ImageReject", "NormalizeConfig", "decode_dicom",
-           "decode_jpeg", "encode_image", "target_size"]
+from ..data_contracts.enums import IMAGE_REJECT_REASONS as REJECT_REASONS  # the reasons a decoder gives
 
-REJECT_REASONS = ("not_dicom", "truncated", "no_pixel_data", "unsupported_transfer_syntax",
-                  "unsupported_pixels", "decode_error", "not_jpeg")
+__all__ = ["REJECT_REASONS", "DecodedImage", "ImageReject", "NormalizeConfig", "decode_dicom",
+           "decode_jpeg", "encode_file_bytes", "target_size"]
 
 #: uncompressed syntaxes whose pixel buffer is read directly with ``np.frombuffer``
 _DIRECT_SYNTAXES = frozenset({ImplicitVRLittleEndian, ExplicitVRLittleEndian,
@@ -224,8 +223,9 @@ def decode_jpeg(source: str | os.PathLike | bytes, config: NormalizeConfig = Nor
     return _decode_or_reject(_decode_jpeg, source, config, "JPEG: ")
 
 
-def encode_image(pixels: np.ndarray, config: NormalizeConfig) -> bytes:
-    """``pixels`` (uint8 or uint16, 2-D) as PNG (8/16-bit grayscale) or JPEG (8-bit) bytes."""
+def encode_file_bytes(pixels: np.ndarray, config: NormalizeConfig) -> bytes:
+    """``pixels`` (uint8 or uint16, 2-D) as PNG (8/16-bit grayscale) or JPEG (8-bit) file bytes
+    (``config.fmt``). Not to be confused with the dual encoder's ``encode_image`` (an embedding)."""
     if pixels.ndim != 2 or pixels.dtype not in (np.uint8, np.uint16):
         raise ValueError(f"expected a 2-D uint8/uint16 array, got {pixels.dtype} {pixels.shape}")
     if config.fmt == "jpg":
@@ -753,7 +753,7 @@ def _shrink(stored: np.ndarray, size: tuple[int, int], bits_stored: int | None =
 
 def _area_resize(image: np.ndarray, rows: int, columns: int) -> np.ndarray:
     """Exact area averaging (each output pixel is the mean over its footprint), as two sparse
-    products; ~3x faster than PIL's BOX filter, which weights whole input pixels."""
+    products; faster than PIL's BOX filter (BENCHMARKS.md), which weights whole input pixels."""
     tall = _area_weights(image.shape[0], rows) @ image
     return np.ascontiguousarray((_area_weights(image.shape[1], columns) @ tall.T).T)
 
@@ -936,10 +936,11 @@ def png_up_scanlines(pixels: np.ndarray) -> np.ndarray:
 def _png_bytes(pixels: np.ndarray, level: int) -> bytes:
     """A grayscale PNG (8 or 16 bit), every row with the Up filter.
 
-    Hand-rolled because Pillow's adaptive per-row filter choice costs ~3x the compression itself
-    here. After the Up filter a radiograph is mostly small differences, so Huffman coding alone
-    (level 1) compresses as well as zlib's run-length search (within 0.2 %) and zlib-ng does it
-    ~2.4x faster than the standard library's zlib; levels 2-9 are zlib-ng's deflate levels. The
+    Hand-rolled because Pillow's adaptive per-row filter choice costs several times the
+    compression itself here. After the Up filter a radiograph is mostly small differences, so
+    Huffman coding alone (level 1) compresses as well as zlib's run-length search and zlib-ng
+    does it faster than the standard library's zlib (figures: BENCHMARKS.md, PNG and "Measured
+    figures moved out of docstrings"); levels 2-9 are zlib-ng's deflate levels. The
     stream is standard zlib (any PNG reader); its bytes are fixed for a given zlib-ng version.
     """
     rows, columns = pixels.shape

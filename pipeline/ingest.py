@@ -1,10 +1,11 @@
 """The ingest stage: scan → per study: report → sentences, frontal image → normalised image file.
 
-``IngestStage`` follows the setup/process_batch shape: ``setup()`` builds the sentence splitter
+``IngestStage`` is a stage of ``pipeline/executor.py``: ``setup()`` builds the sentence splitter
 once per worker, ``process_batch()`` takes a list of studies and returns typed records (studies,
-images, sentences, rejects). ``run_ingest`` drives it over worker processes and writes the four
-record tables as Parquet under ``OUT/ingest/``, each checked against its contract in
-``data_contracts`` and written atomically.
+images, sentences, rejects). ``run_ingest`` hands the batches to an executor (in this process,
+or a process pool: ``make_executor``) and writes the four record tables as Parquet under
+``OUT/ingest/``, each checked against its contract in ``data_contracts`` and written atomically;
+the ``build-shards`` flow hands its tasks' batches to an executor of the same layer.
 
 Incremental: a study whose selected image and report hash to the ``content_hash`` of the previous
 run (and whose output image still exists) is not decoded again; its previous records are kept.
@@ -20,10 +21,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import sys
-import threading
 import time
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,7 +31,8 @@ import pyarrow.parquet as pq
 from ..data_contracts.contract import Contract, frame
 from ..data_contracts.ingest import IMAGES, REJECTS, SENTENCES, STUDIES
 from .atomic import atomic_open, atomic_write_bytes
-from .images import DecodedImage, ImageReject, NormalizeConfig, decode_dicom, encode_image
+from .executor import forkserver_context, make_executor
+from .images import DecodedImage, ImageReject, NormalizeConfig, decode_dicom, encode_file_bytes
 from .scan import ScanConfig, StudyEntry, scan_source
 from .sources import read_report
 
@@ -118,6 +117,10 @@ def unchanged(source: Path, out: Path, study: StudyEntry, last: tuple[str | None
 
 
 class IngestStage:
+    """The ingest stage (``pipeline/executor.py``'s Stage): ``setup()`` loads the sentence
+    splitter (once per worker), ``process_batch(studies, previous)`` returns a batch's records,
+    ``merge`` joins a batch's chunks' records in order."""
+
     def __init__(self, source: Path, out: Path, normalize: NormalizeConfig,
                  previous_hashes: Previous | None = None) -> None:
         self.source, self.out, self.normalize = Path(source), Path(out), normalize
@@ -129,6 +132,17 @@ class IngestStage:
 
         if self.splitter is None:
             self.splitter = SentenceSplitter()
+
+    def __getstate__(self) -> dict:
+        # a stage travels to a worker without its set-up state: the worker sets it up there
+        return {**self.__dict__, "splitter": None}
+
+    @staticmethod
+    def merge(parts: list["BatchResult"]) -> "BatchResult":
+        result = BatchResult()
+        for part in parts:
+            result.extend(part)
+        return result
 
     def out_path(self, study: StudyEntry, dicom_id: str) -> str:
         return output_path(study, dicom_id, self.normalize.fmt)
@@ -229,7 +243,7 @@ class IngestStage:
                 row["status"] = "rejected"
                 reject("image", "image", exc.reason, exc.message, dicom_id, image.path)
                 continue
-            atomic_write_bytes(self.out / out_path, encode_image(decoded.pixels, self.normalize))
+            atomic_write_bytes(self.out / out_path, encode_file_bytes(decoded.pixels, self.normalize))
             self._fill_image_row(row, decoded, out_path)
             study_row.update(frontal_dicom_id=dicom_id, frontal_view=image.view_position,
                              n_sentences=len(sentences), content_hash=content_hash)
@@ -272,84 +286,11 @@ class IngestStage:
 
 
 # ------------------------------------------------------------------------------------------------
-_WORKER: IngestStage | None = None
-
-
-def _init_worker(source: str, out: str, normalize: NormalizeConfig, previous: Previous) -> None:
-    global _WORKER
-    _WORKER = IngestStage(Path(source), Path(out), normalize, previous)
-
-
-def _work(batch: list[StudyEntry], previous: Previous | None = None) -> BatchResult:
-    return _WORKER.process_batch(batch, previous)
-
-
-def _ready() -> int:
-    return os.getpid()
-
-
 def worker_context():
-    """The multiprocessing context for workers started from a process with threads (a flow run).
-
-    ``forkserver`` where the platform has it: one fresh, single-threaded process imports the
-    ingest code (and the caller's main module) once, and every worker is forked from it, so
-    workers start in milliseconds, and safely beside a server's threads; the server lives on for
-    later pools in this process. ``spawn`` elsewhere (each worker imports everything itself).
-    """
-    import multiprocessing
-
-    if "forkserver" not in multiprocessing.get_all_start_methods():
-        return multiprocessing.get_context("spawn")
-    ctx = multiprocessing.get_context("forkserver")
-    preload = ["__main__", __name__, f"{__package__}.text"]
-    main = getattr(sys.modules.get("__main__"), "__spec__", None)
-    if main is not None and main.name and not main.name.endswith("__main__"):
-        preload.append(main.name)  # e.g. ``python -m prefect.engine``: each worker would import it again
-    ctx.set_forkserver_preload(preload)  # no effect once this process's fork server runs
-    return ctx
-
-
-class IngestPool:
-    """Ingest workers in their own processes (one :class:`IngestStage` each, set up once), for
-    orchestrators whose tasks are threads: a thread task hands its batch over and waits, so the
-    decoding runs in parallel outside the GIL while the task keeps the bookkeeping (retries,
-    states, progress). A batch is cut into one chunk per worker, so one task keeps every worker
-    busy and a run needs fewer (larger) tasks for the same load balance. Workers come from
-    :func:`worker_context` (a plain fork of a process with server threads can deadlock) and start
-    as soon as the pool is made, in the background, so they set up while the caller is still
-    scanning and submitting. Records come back pickled (~100 kB per 64 studies), never arrays."""
-
-    def __init__(self, source: Path, out: Path, normalize: NormalizeConfig, workers: int) -> None:
-        self.workers = max(1, int(workers))
-        self._pool = ProcessPoolExecutor(max_workers=self.workers, mp_context=worker_context(),
-                                         initializer=_init_worker, initargs=(str(source), str(out), normalize, {}))
-        threading.Thread(target=self._start, daemon=True, name="offclip-ingest-pool-start").start()
-
-    def _start(self) -> None:
-        # the executor starts a worker per call that finds none idle: `workers` calls start them all
-        try:
-            for _ in range(self.workers):
-                self._pool.submit(_ready)
-        except RuntimeError:  # closed before it started: nothing to warm up
-            pass
-
-    def process(self, batch: list[StudyEntry], previous: Previous) -> BatchResult:
-        """The batch's records, in batch order (its chunks run in parallel)."""
-        size = -(-len(batch) // self.workers) or 1
-        chunks = [self._pool.submit(_work, batch[i:i + size], previous) for i in range(0, len(batch), size)]
-        result = BatchResult()
-        for chunk in chunks:
-            result.extend(chunk.result())
-        return result
-
-    def close(self) -> None:
-        self._pool.shutdown(wait=True, cancel_futures=True)
-
-    def __enter__(self) -> "IngestPool":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
+    """The multiprocessing context for ingest workers started from a process with threads (a
+    flow run): a fork server that imports the ingest code once (``executor.forkserver_context``),
+    ``spawn`` where the platform has no fork server."""
+    return forkserver_context([__name__, f"{__package__}.text"])
 
 
 @dataclass
@@ -486,7 +427,8 @@ def finish_ingest(out: Path, plan: IngestPlan, result: BatchResult, seconds: flo
 
 
 def run_ingest(config: IngestConfig) -> IngestSummary:
-    """The whole stage in this process (``workers=1``) or a process pool."""
+    """The whole stage in this process (``workers=1``, or a single batch) or a process pool of
+    ``workers`` (0: every core), through ``executor.make_executor``."""
     from tqdm import tqdm
 
     start = time.perf_counter()
@@ -495,21 +437,14 @@ def run_ingest(config: IngestConfig) -> IngestSummary:
     workers = config.workers or os.cpu_count() or 1
     bar = tqdm(total=len(plan.studies), initial=len(plan.unchanged) + len(plan.unchanged_rejected), unit="study",
                desc="ingest", disable=not config.progress)
+    # each batch carries its own part of the previous run (not all of it to every worker)
+    previous = [plan.previous_for(b) for b in plan.batches]
+    stage = IngestStage(config.source, config.out, config.normalize)
     try:
-        if workers == 1 or len(plan.batches) <= 1:
-            stage = IngestStage(config.source, config.out, config.normalize, plan.previous)
-            stage.setup()
-            for batch in plan.batches:
-                result.extend(stage.process_batch(batch))
+        with make_executor(stage, workers, len(plan.batches)) as executor:
+            for batch, done in zip(plan.batches, executor.map(plan.batches, previous)):
+                result.extend(done)
                 bar.update(len(batch))
-        else:
-            # each batch carries its own part of the previous run (not all of it to every worker)
-            with ProcessPoolExecutor(max_workers=workers, initializer=_init_worker,
-                                     initargs=(str(config.source), str(config.out), config.normalize, {})) as pool:
-                previous = [plan.previous_for(b) for b in plan.batches]
-                for batch, done in zip(plan.batches, pool.map(_work, plan.batches, previous)):
-                    result.extend(done)
-                    bar.update(len(batch))
     finally:
         bar.close()
     return finish_ingest(config.out, plan, result, time.perf_counter() - start)

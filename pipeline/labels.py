@@ -30,12 +30,16 @@ from typing import Iterable, NamedTuple, Sequence
 import numpy as np
 import pandas as pd
 
+from ..data_contracts.enums import (  # noqa: F401  (CLASSIFIER, LABELERS, LABEL_SOURCES: imported from here too)
+    ABNORMAL,
+    CLASSIFIER,
+    LABEL_SOURCES,
+    LABELERS,
+    NO_FINDING_VALUES,
+    NORMAL,
+)
 from .sources import find_csv
 
-CLASSIFIER = "classifier"
-LABELERS = ("chexpert", "negbio")
-#: where a pair label may come from: the sentence classifier (the paper's, the default) or a labeler
-LABEL_SOURCES = (CLASSIFIER,) + LABELERS
 LABEL_FILES = {"chexpert": "mimic-cxr-2.0.0-chexpert.csv", "negbio": "mimic-cxr-2.0.0-negbio.csv"}
 NO_FINDING = "No Finding"
 #: the 14 label columns, in the files' order
@@ -46,7 +50,7 @@ LABEL_COLUMNS = (
 )
 #: the columns whose 1.0 or -1.0 makes a study abnormal (all but No Finding)
 FINDING_COLUMNS = tuple(c for c in LABEL_COLUMNS if c != NO_FINDING)
-POSITIVE, NEGATIVE, UNCERTAIN = 1.0, 0.0, -1.0
+POSITIVE, NEGATIVE, UNCERTAIN = NO_FINDING_VALUES
 #: the rule's choice for -1.0 (see the module docstring)
 UNCERTAIN_IS_ABNORMAL = True
 
@@ -107,7 +111,7 @@ def labeler_labels(df: pd.DataFrame) -> pd.Series:
     finding_values = (POSITIVE, UNCERTAIN) if UNCERTAIN_IS_ABNORMAL else (POSITIVE,)
     normal = (df[NO_FINDING] == POSITIVE).to_numpy()
     finding = df[list(FINDING_COLUMNS)].isin(finding_values).any(axis=1).to_numpy()
-    label = np.select([normal, finding], ["normal", "abnormal"], default="")
+    label = np.select([normal, finding], [NORMAL, ABNORMAL], default="")
     return pd.Series(np.where(label == "", None, label), index=df.index, dtype=object)
 
 

@@ -191,8 +191,7 @@ def _shard_tables(out: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     root = out / SHARD_DIR
     for split_dir in sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []:
         for rec in complete_shards(out, split_dir.name):
-            shards.append({"split": rec.split, "name": rec.name, "path": rec.path, "samples": rec.samples,
-                           "bytes": rec.bytes, "sha256": rec.sha256, "model_version": rec.model_version})
+            shards.append({name: getattr(rec, name) for name in SHARDS.names})  # the record's columns and path
             samples += [{"key": k, "study_id": int(k), "split": rec.split, "shard": rec.name, "position": i}
                         for i, k in enumerate(rec.keys)]
     return (pd.DataFrame(shards, columns=SHARDS.names), pd.DataFrame(samples, columns=SAMPLES.names))

@@ -48,10 +48,10 @@ from typing import Protocol, Sequence
 
 import pyarrow as pa
 
+from ..data_contracts.enums import PROMPTERS
 from .scoring import DuckDBCache
 
 SEVERITY = ("minimal", "trace", "tiny", "small", "mild", "moderate", "large", "severe", "marked", "extensive")
-PROMPTERS = ("none", "template", "openai")
 
 
 class PromptBackendError(RuntimeError):

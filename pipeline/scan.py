@@ -20,10 +20,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ..data_contracts.enums import FRONTAL_VIEWS, LATERAL_VIEWS
 from .sources import Source, SourceError, index_reports, resolve_source
 
-FRONTAL = ("PA", "AP")
-LATERAL = ("LL", "RL", "LATERAL", "LAT", "LARGE LATERAL", "XTABLE LATERAL")
 DEFAULT_FOLDERS = tuple(f"p{i}" for i in range(10, 17))  #: the paper trains on p10–p16
 ALL_FOLDERS = tuple(f"p{i}" for i in range(10, 20))
 
@@ -68,9 +67,9 @@ def classify_view(view_position=None, view_code_meaning=None, device_description
     for source, value in candidates:
         if value:
             value = value.strip().upper()
-            if value in FRONTAL:
+            if value in FRONTAL_VIEWS:
                 return "frontal", value, source
-            if value in LATERAL:
+            if value in LATERAL_VIEWS:
                 return "lateral", value, source
             return "other", value, source
     return "unknown", None, "none"
@@ -337,20 +336,33 @@ def _fill_views(root: Path, studies: list[StudyEntry], config: ScanConfig) -> No
     if workers == 1 or len(jobs) < PARALLEL_HEADERS_FROM:
         results = _header_views(str(root), jobs)
     else:
-        from concurrent.futures import ProcessPoolExecutor
-
         from tqdm import tqdm
+
+        from .executor import ProcessExecutor
 
         size = max(64, -(-len(jobs) // (workers * 16)))
         chunks = [jobs[i:i + size] for i in range(0, len(jobs), size)]
         results = []
-        with ProcessPoolExecutor(max_workers=workers) as pool, \
+        with ProcessExecutor(HeaderViews(root), workers) as executor, \
                 tqdm(total=len(jobs), unit="header", desc="view headers", disable=not config.progress) as bar:
-            for chunk, done in zip(chunks, pool.map(_header_views, [str(root)] * len(chunks), chunks)):
+            for chunk, done in zip(chunks, executor.map(chunks)):
                 results.extend(done)
                 bar.update(len(chunk))
     for image, (view, position, source) in zip(todo, results):
         image.view, image.view_position, image.view_source = view, position, source
+
+
+class HeaderViews:
+    """Reading DICOM headers for their views as a stage of ``executor.py`` (nothing to set up)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = str(root)
+
+    def setup(self) -> None:
+        pass
+
+    def process_batch(self, jobs: list[tuple[str, str | None]]) -> list[tuple[str, str | None, str]]:
+        return _header_views(self.root, jobs)
 
 
 def _header_views(root: str, jobs: list[tuple[str, str | None]]) -> list[tuple[str, str | None, str]]:

@@ -26,18 +26,16 @@ import json
 import os
 import time
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 
+from ..data_contracts.enums import ABNORMAL, CLASSIFIER, SHARD_SPLITS
+from ..data_contracts.shards import SAMPLE_FIELDS, SHARD_RECORD  # noqa: F401  (SAMPLE_FIELDS: imported from here too)
 from .atomic import atomic_write_text, sha256_file
 
 SHARD_DIR = "shards"
-#: DICOM-derived fields a sample may carry (a whitelist: never names, birth dates, accessions)
-SAMPLE_FIELDS = ("subject_id", "study_id", "dicom_id", "view", "split", "folder", "pair_label",
-                 "classifier_version", "threshold", "image_size", "source_transfer_syntax",
-                 "source_photometric", "source_bits_stored", "sentences")
 
 
 class ShardError(RuntimeError):
@@ -49,23 +47,16 @@ class ShardConfig:
     out: Path  #: the curation output root (holds curate/ and images/)
     max_samples: int = 1000
     max_bytes: int = 1 << 30
-    splits: tuple[str, ...] = ("train", "validate", "test")
+    splits: tuple[str, ...] = SHARD_SPLITS
     mtime: int = 0  #: tar header mtime (fixed: byte-identical rebuilds)
     #: for tests of kill-and-resume: sleep this long after each shard
     pause_after_shard: float = 0.0
 
 
-@dataclass
-class ShardRecord:
-    split: str
-    name: str
-    samples: int
-    bytes: int
-    sha256: str
-    keys: list[str] = field(default_factory=list)
-    model_version: str = ""
-    #: where the pair labels came from (curate --label-source); records before it: classifier
-    label_source: str = "classifier"
+class ShardRecord(SHARD_RECORD.record_class("ShardRecord")):
+    """A shard's completion record (``_complete/<name>.json``): the fields of the contract
+    :data:`~offclip.data_contracts.shards.SHARD_RECORD`, in its order (split, name, samples, bytes,
+    sha256, keys, model_version, label_source)."""
 
     @property
     def path(self) -> str:
@@ -149,7 +140,7 @@ def _sample(row: dict, sentences: list[dict], image: dict, image_bytes: bytes, e
         ext: image_bytes,
         "txt": "\n".join(row["texts"]).encode("utf-8"),
         "json": json.dumps(meta, sort_keys=True, ensure_ascii=False).encode("utf-8"),
-        "cls": b"1" if row["pair_label"] == "abnormal" else b"0",
+        "cls": b"1" if row["pair_label"] == ABNORMAL else b"0",
     }
 
 
@@ -272,9 +263,9 @@ def _label_source(pairs: pd.DataFrame) -> str:
     """The label source of the curated pairs: a labeler's name when it labelled any of them (the
     others fell back to the classifier), else ``classifier`` (also for pairs older than the column)."""
     if "label_source" not in pairs.columns:
-        return "classifier"
-    labelers = sorted(set(pairs["label_source"]) - {"classifier"})
-    return labelers[0] if labelers else "classifier"
+        return CLASSIFIER
+    labelers = sorted(set(pairs["label_source"]) - {CLASSIFIER})
+    return labelers[0] if labelers else CLASSIFIER
 
 
 def shard_urls(out: Path, split: str) -> str:

@@ -6,16 +6,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from offclip.pipeline.filtering import (
+from offclip.data_contracts.enums import (
+    DEFAULT_LABEL_POLICY,
     DROP_NORMAL_IN_ABNORMAL,
     KEEP_ABNORMAL,
     KEEP_NORMAL_REPORT,
-    DEFAULT_LABEL_POLICY,
     LABEL_POLICIES,
-    decide,
-    filter_sentences,
-    policy_abnormal,
 )
+from offclip.pipeline.filtering import decide, filter_sentences, policy_abnormal
 
 
 def _reports(seed: int, n_reports: int = 120) -> pd.DataFrame:

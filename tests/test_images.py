@@ -29,7 +29,7 @@ from offclip.pipeline.images import (
     ImageReject,
     NormalizeConfig,
     decode_dicom,
-    encode_image,
+    encode_file_bytes,
     target_size,
 )
 
@@ -356,8 +356,8 @@ def test_direct_buffer_matches_pixel_array(tmp_path, monkeypatch, make):
 
 def test_deterministic(tmp_path):
     path = _write(tmp_path, "x.dcm", _dicom("j2k_lossless"))
-    first = encode_image(decode_dicom(path, SMALL).pixels, SMALL)
-    assert first == encode_image(decode_dicom(path, SMALL).pixels, SMALL)
+    first = encode_file_bytes(decode_dicom(path, SMALL).pixels, SMALL)
+    assert first == encode_file_bytes(decode_dicom(path, SMALL).pixels, SMALL)
 
 
 # ------------------------------------------------------------------------------------------
@@ -456,14 +456,14 @@ def test_reject_pickles():
 
 
 # ------------------------------------------------------------------------------------------
-# encode_image and config
+# encode_file_bytes and config
 # ------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("bits", [8, 16])
 @pytest.mark.parametrize("level", [0, 1, 6])
 def test_png_round_trip(bits, level):
     config = NormalizeConfig(long_side=64, out_bits=bits, png_compress_level=level)
     pixels = decode_dicom(_dicom(), config).pixels
-    data = encode_image(pixels, config)
+    data = encode_file_bytes(pixels, config)
     with Image.open(io.BytesIO(data)) as im:
         assert im.format == "PNG" and im.size == (53, 64)
         np.testing.assert_array_equal(np.asarray(im).astype(pixels.dtype), pixels)
@@ -471,7 +471,7 @@ def test_png_round_trip(bits, level):
 
 def test_jpeg_output(reference):
     config = NormalizeConfig(long_side=64, fmt="jpg", jpeg_quality=90)
-    with Image.open(io.BytesIO(encode_image(reference, config))) as im:
+    with Image.open(io.BytesIO(encode_file_bytes(reference, config))) as im:
         assert im.format == "JPEG" and im.mode == "L"
         assert _diff(np.asarray(im), reference).mean() < 2
 

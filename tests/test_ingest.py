@@ -15,14 +15,15 @@ from PIL import Image
 
 from offclip.data_contracts.contract import ContractViolation
 from offclip.data_contracts.ingest import REJECT_REASONS, STUDIES
+from offclip.pipeline.executor import ProcessExecutor
 from offclip.pipeline.images import NormalizeConfig
 from offclip.pipeline.ingest import (
     IngestConfig,
-    IngestPool,
     IngestStage,
     plan_ingest,
     read_table,
     run_ingest,
+    worker_context,
     write_table,
 )
 from offclip.pipeline.scan import ScanConfig, classify_view, scan
@@ -55,15 +56,16 @@ def ingested(small_world, tmp_path_factory):
 
 
 def test_pool_workers_return_the_in_process_records(small_world, tmp_path):
-    """The thread runner's process pool: each batch's records, pickled back from a spawned
-    worker, equal the same batch ingested in this process (and the images are written)."""
+    """The thread runner's executor (a process pool from the fork server, a batch cut into a
+    chunk per worker): each batch's records, pickled back from the workers and merged, equal the
+    same batch ingested in this process (and the images are written)."""
     world, _ = small_world
     normalize = NormalizeConfig(long_side=64)
     config = IngestConfig(source=world, out=tmp_path / "pool", scan=ScanConfig(world, folders=None),
                           normalize=normalize, batch_size=8)
     plan = plan_ingest(config)
     batches = plan.batches[:3]
-    with IngestPool(world, tmp_path / "pool", normalize, workers=2) as pool:
+    with ProcessExecutor(IngestStage(world, tmp_path / "pool", normalize), 2, mp_context=worker_context()) as pool:
         pooled = [pool.process(batch, {}) for batch in batches]
     stage = IngestStage(world, tmp_path / "here", normalize)
     for batch, got in zip(batches, pooled):

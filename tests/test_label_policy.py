@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from offclip.pipeline.filtering import LABEL_POLICIES, policy_abnormal
+from offclip.data_contracts.enums import LABEL_POLICIES
+from offclip.pipeline.filtering import policy_abnormal
 from offclip.pipeline.labeler import RuleLabeler
 
 DATA = Path(__file__).parent / "data" / "mimic_style_sentences.tsv"

@@ -14,8 +14,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from offclip.data_contracts.enums import KEEP_NO_ABNORMAL_SENTENCE
 from offclip.pipeline.curate import CurateConfig, read_curated, run_curate
-from offclip.pipeline.filtering import KEEP_NO_ABNORMAL_SENTENCE, filter_sentences
+from offclip.pipeline.filtering import filter_sentences
 from offclip.pipeline.labels import (
     FINDING_COLUMNS,
     LABEL_COLUMNS,

@@ -128,6 +128,12 @@ def test_down_refuses_a_pid_that_is_not_prefect(isolated):
     impostor = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "prefect", "server", "start"],
                                 start_new_session=True)
     try:
+        # Popen returns once the child has exec'd, but on a loaded machine /proc/PID/cmdline can
+        # still read empty for a moment (down() then reports "not running"): wait until both show.
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and not all(
+                Path(f"/proc/{p.pid}/cmdline").read_bytes().strip(b"\0") for p in (sleeper, impostor)):
+            time.sleep(0.05)
         lay.server_pid.write_text(f"{sleeper.pid}\n")
         lay.worker_pid.write_text(f"{impostor.pid}\n")
         result = service.down(home)

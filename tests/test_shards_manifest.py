@@ -20,10 +20,10 @@ import webdataset as wds
 from PIL import Image
 
 from offclip.data_contracts.contract import ContractViolation
+from offclip.data_contracts.shards import SAMPLE_FIELDS
 from offclip.pipeline.curate import read_curated
 from offclip.pipeline.manifest import append_runs, build_manifest, manifest_lock, query, run_record
 from offclip.pipeline.shards import (
-    SAMPLE_FIELDS,
     SHARD_DIR,
     ShardConfig,
     complete_shards,

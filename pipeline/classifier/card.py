@@ -17,12 +17,22 @@ def _fmt(x, pct=False) -> str:
 
 def model_card(info: Mapping[str, Any]) -> str:
     """README.md for a saved classifier (Hugging Face model card with YAML front matter)."""
-    method = info.get("method", "?")
-    test = (info.get("metrics") or {}).get("test") or {}
-    agree = test.get("rules_agreement") or {}
-    base = test.get("rules_baseline") or {}
+    metrics = info.get("metrics") or {}
     td = info.get("training_data") or {}
-    design = {
+    lines = [
+        *_front_matter(info),
+        *_use_section(info),
+        *_model_section(info),
+        *_training_section(info, td, metrics.get("corpus_heldout")),
+        *_evaluation_section(metrics.get("test") or {}),
+        *_LIMITATIONS,
+    ]
+    return "\n".join(lines)
+
+
+def _design(info: Mapping[str, Any]) -> str:
+    """What the method's model is, in words ("" for an unknown method)."""
+    return {
         "frozen": (
             "Frozen all-MiniLM-L6-v2 encoder; a logistic regression fitted on the BERT pooler "
             "output (`tanh(W_pool h_CLS + b)`, MiniLM's own pooler weights) of the distinct "
@@ -38,8 +48,11 @@ def model_card(info: Mapping[str, Any]) -> str:
             "layer) and fine-tuned end to end on the distinct rule-labelled training sentences "
             "(max length 64, dynamic padding, length-bucketed batches)."
         ),
-    }.get(method, "")
-    lines = [
+    }.get(info.get("method", "?"), "")
+
+
+def _front_matter(info: Mapping[str, Any]) -> list[str]:
+    return [
         "---",
         "library_name: transformers",
         "pipeline_tag: text-classification",
@@ -54,6 +67,11 @@ def model_card(info: Mapping[str, Any]) -> str:
         "P(abnormal) of one chest X-ray report sentence, as used by OFF-CLIP to remove normal "
         "sentences from abnormal reports. Labels: `0 = normal`, `1 = abnormal`.",
         "",
+    ]
+
+
+def _use_section(info: Mapping[str, Any]) -> list[str]:
+    return [
         "## Use",
         "",
         "```python",
@@ -68,15 +86,26 @@ def model_card(info: Mapping[str, Any]) -> str:
         "",
         "or `offclip.pipeline.classifier.SentenceClassifier.load(PATH).predict_proba(texts)`.",
         "",
+    ]
+
+
+def _model_section(info: Mapping[str, Any]) -> list[str]:
+    return [
         "## Model",
         "",
-        f"- Method: **{method}**. {design}",
+        f"- Method: **{info.get('method', '?')}**. {_design(info)}",
         f"- Decision threshold on P(abnormal): **{info.get('threshold')}**, calibrated on the Open-I "
         "dev partition at the report level (a report is abnormal iff one sentence has P >= t; "
         "t maximises balanced accuracy against MeSH).",
         f"- Version `{info.get('version')}`: hash of weights, configuration, tokenizer, max length "
         "and threshold.",
         "",
+    ]
+
+
+def _training_section(info: Mapping[str, Any], td: Mapping[str, Any],
+                      corpus_heldout: Mapping[str, Any] | None) -> list[str]:
+    return [
         "## Training data",
         "",
         f"- {td.get('source', 'n/a')} ({td.get('licence', '')}), partitioned by report uid "
@@ -86,8 +115,15 @@ def model_card(info: Mapping[str, Any]) -> str:
         f"{td.get('train_unique_sentences', 'n/a')} distinct, labelled by {td.get('labels', 'n/a')}: "
         f"{td.get('train_rule_abnormal', 'n/a')} abnormal / {td.get('train_rule_normal', 'n/a')} normal.",
         f"- Rules version: `{info.get('rules_version')}`.",
-        *_corpus_card(td.get("corpus"), (info.get("metrics") or {}).get("corpus_heldout")),
+        *_corpus_card(td.get("corpus"), corpus_heldout),
         "",
+    ]
+
+
+def _evaluation_section(test: Mapping[str, Any]) -> list[str]:
+    agree = test.get("rules_agreement") or {}
+    base = test.get("rules_baseline") or {}
+    return [
         "## Evaluation (Open-I test partition, MeSH ground truth)",
         "",
         "Normal = MeSH major `normal`; reports whose only MeSH is `No Indexing` are excluded; "
@@ -116,17 +152,20 @@ def model_card(info: Mapping[str, Any]) -> str:
         f"({_fmt(test.get('seen_in_train_unique'), True)} of the distinct ones) also occur in "
         "train reports: Open-I repeats its normal phrasing.",
         "",
-        "## Limitations",
-        "",
-        "- Trained on rule labels, not on human sentence labels; it learns the rules' errors.",
-        "- MeSH is a report-level label; sentence-level figures (a) assume every sentence of a "
-        "MeSH-normal report is normal.",
-        "- Open-I (Indiana) phrasing; MIMIC-CXR reports differ in style.",
-        "- Licence: base model Apache-2.0; the training text is Open-I (CC BY-NC-ND 4.0). offclip "
-        "trains this model at run time and does not redistribute it.",
-        "",
     ]
-    return "\n".join(lines)
+
+
+_LIMITATIONS = [
+    "## Limitations",
+    "",
+    "- Trained on rule labels, not on human sentence labels; it learns the rules' errors.",
+    "- MeSH is a report-level label; sentence-level figures (a) assume every sentence of a "
+    "MeSH-normal report is normal.",
+    "- Open-I (Indiana) phrasing; MIMIC-CXR reports differ in style.",
+    "- Licence: base model Apache-2.0; the training text is Open-I (CC BY-NC-ND 4.0). offclip "
+    "trains this model at run time and does not redistribute it.",
+    "",
+]
 
 
 def _corpus_card(corpus: Mapping[str, Any] | None, held: Mapping[str, Any] | None) -> list[str]:

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ..numerics import youden_cut
 from .plumbing import _as_binary
 
 if TYPE_CHECKING:
@@ -49,21 +50,13 @@ def _unique_probs(clf: SentenceClassifier, sentences: Iterable[str], batch_size:
 def calibrate_threshold(scores: Sequence[float], abnormal: Sequence[bool]) -> tuple[float, float]:
     """Threshold t on report scores (max sentence P) maximising balanced accuracy (Youden's J)
     of "abnormal iff score >= t"; t is the midpoint between the best cut's score and the next
-    lower distinct score. Returns (t, balanced accuracy)."""
-    s = np.asarray(scores, dtype=np.float64)
+    lower distinct score (:func:`offclip.pipeline.numerics.youden_cut`; ties: the highest
+    threshold). Returns (t, balanced accuracy)."""
     a = np.asarray(abnormal, dtype=bool)
-    n_pos, n_neg = int(a.sum()), int((~a).sum())
-    if n_pos == 0 or n_neg == 0:
+    if not a.any() or a.all():
         raise ValueError("calibration needs both normal and abnormal reports")
-    cands = np.unique(s)[::-1]  # descending
-    best = (-1.0, 0.5)
-    for i, t in enumerate(cands):
-        pred = s >= t
-        ba = 0.5 * ((pred & a).sum() / n_pos + (~pred & ~a).sum() / n_neg)
-        if ba > best[0] + 1e-12:
-            lower = cands[i + 1] if i + 1 < len(cands) else t
-            best = (float(ba), float((t + lower) / 2))
-    return best[1], best[0]
+    cut = youden_cut(scores, a, tie_tol=2e-12)
+    return float((cut.threshold + cut.lower) / 2), float(cut.balanced_accuracy)
 
 
 def _report_table(clf, reports, partition, split, sentences, batch_size):

@@ -12,8 +12,8 @@ from typing import Any
 
 import numpy as np
 
-#: Class index -> name of the saved model (``config.id2label``).
-LABELS = ("normal", "abnormal")
+from ...data_contracts.enums import LABELS  # class index -> name of the saved model (config.id2label)
+
 #: Token limit for training and inference (Open-I's longest sentences are ~60 word pieces).
 MAX_LENGTH = 64
 BASE_MODEL_NAME = "sentence-transformers/all-MiniLM-L6-v2"

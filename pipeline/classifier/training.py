@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from ..numerics import warmup_factor
 from .model import SentenceClassifier
 from .plumbing import (
     LABELS,
@@ -199,8 +200,7 @@ def _finetune(model, tokenizer, texts, y, *, seed, epochs, lr, batch_size, max_l
     steps_per_epoch = math.ceil(len(ids) / batch_size)
     total = max(1, steps_per_epoch * epochs)
     warm = max(1, int(0.06 * total))
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min((s + 1) / warm, max(0.0, (total - s) / max(1, total - warm))))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warmup_factor(s, warm, total, "linear"))
     loss_fn = nn.CrossEntropyLoss(weight=_class_weights(y, class_weight))
     lengths = np.fromiter((len(x) for x in ids), dtype=np.int64, count=len(ids))
     history: list[dict] = []

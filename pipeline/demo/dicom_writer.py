@@ -49,7 +49,6 @@ VIEW_CODES: dict[str, tuple[str, str]] = {
     "RL": ("R-10232", "right lateral"),
     "LATERAL": ("R-102CD", "lateral"),
 }
-FRONTAL_VIEWS = ("PA", "AP")
 
 
 def phantom_to_stored(phantom: np.ndarray, bits_stored: int, photometric: str) -> np.ndarray:

@@ -19,8 +19,8 @@ How it works
   ~700x580 demo size renders natively); larger outputs are bilinearly upsampled from it, then
   quantum-like noise (signal-dependent, detector-blurred) is added at the output resolution.
   Structures and lesions are computed only inside their own bounding windows, 1-D functions of
-  ``Y`` through lookup tables, and smooth fields at low resolution. A demo-size frontal takes
-  ~35-50 ms on one core, a 3000x2500 one ~0.15 s (most of it upsampling and noise).
+  ``Y`` through lookup tables, and smooth fields at low resolution. Render times: BENCHMARKS.md,
+  "Measured figures moved out of docstrings".
 * Lesions either modify the :class:`Anatomy` before drawing (cardiomegaly, emphysema,
   hypoinflation, elevated diaphragm, scoliosis, aortic enlargement; boxed from the geometry) or
   add a local change to the attenuation map (boxed from where that change is visible). One table,
@@ -42,6 +42,7 @@ from typing import Callable, Sequence
 import numpy as np
 from scipy import ndimage, sparse
 
+from ...data_contracts.enums import FRONTAL_VIEWS
 from .lesions import LESION_KINDS, Box, LesionSpec
 
 __all__ = [
@@ -164,7 +165,9 @@ def _n(rng: np.random.Generator, mu: float, sd: float, k: float = 2.5) -> float:
 
 
 def sample_anatomy(rng: np.random.Generator) -> Anatomy:
-    """Draw one study's anatomy (deterministic given ``rng``'s state)."""
+    """Draw one study's anatomy (deterministic given ``rng``'s state). The groups below draw in
+    a fixed order (keyword arguments are evaluated left to right): changing it changes every
+    demo world."""
     dome_r = _n(rng, 0.64, 0.025)
     dome_l = dome_r + _n(rng, 0.025, 0.006)
     apex_r = _n(rng, 0.115, 0.012)
@@ -174,6 +177,23 @@ def sample_anatomy(rng: np.random.Generator) -> Anatomy:
     lung_med = _n(rng, 0.114, 0.007)
     female = rng.random() < 0.4
     an = Anatomy(
+        **_sample_body(rng, chest_hw),
+        **_sample_lungs(rng, dome_r, dome_l, apex_r, lung_lat, lung_med),
+        **_sample_heart_mediastinum(rng, dome_l, heart_a),
+        **_sample_skeleton(rng),
+        **_sample_exposure(rng, female),
+    )
+    # keep normal studies normal: cardiothoracic ratio at most 0.5
+    ctr = cardiothoracic_ratio(an)
+    if ctr > 0.5:
+        k = 0.5 / ctr
+        an = replace(an, heart_a=an.heart_a * k, heart_b=an.heart_b * k)
+    return an
+
+
+def _sample_body(rng: np.random.Generator, chest_hw: float) -> dict:
+    """Patient position, neck, shoulders, chest width, soft tissue."""
+    return dict(
         shift_x=_n(rng, 0.0, 0.01),
         shift_y=_n(rng, 0.0, 0.01),
         rotation=math.radians(_n(rng, 0.0, 1.2)),
@@ -182,6 +202,13 @@ def sample_anatomy(rng: np.random.Generator) -> Anatomy:
         shoulder_y=_n(rng, 0.12, 0.012),
         chest_hw=chest_hw,
         tissue=_n(rng, 1.0, 0.05),
+    )
+
+
+def _sample_lungs(rng: np.random.Generator, dome_r: float, dome_l: float, apex_r: float, lung_lat: float,
+                  lung_med: float) -> dict:
+    """Lung fields, diaphragm, aeration and vessels."""
+    return dict(
         apex_r=apex_r,
         apex_l=apex_r + _n(rng, 0.005, 0.005),
         lung_off_r=_n(rng, 0.17, 0.007),
@@ -198,6 +225,12 @@ def sample_anatomy(rng: np.random.Generator) -> Anatomy:
         abdomen_y=dome_l,
         lung_air=_n(rng, 0.44, 0.03),
         vessel=_n(rng, 1.0, 0.12),
+    )
+
+
+def _sample_heart_mediastinum(rng: np.random.Generator, dome_l: float, heart_a: float) -> dict:
+    """Heart, mediastinum, aortic knob, trachea and carina."""
+    return dict(
         heart_x=_n(rng, 0.05, 0.008),
         heart_y=dome_l - _n(rng, 0.05, 0.008),
         heart_a=heart_a,
@@ -211,6 +244,12 @@ def sample_anatomy(rng: np.random.Generator) -> Anatomy:
         trachea_x=_n(rng, -0.006, 0.004),
         trachea_hw=_n(rng, 0.017, 0.0015),
         carina_y=_n(rng, 0.33, 0.012),
+    )
+
+
+def _sample_skeleton(rng: np.random.Generator) -> dict:
+    """Spine, ribs, clavicles, bone density."""
+    return dict(
         spine_x=_n(rng, 0.0, 0.003),
         spine_hw=_n(rng, 0.032, 0.0025),
         vert_h=_n(rng, 0.056, 0.003),
@@ -226,6 +265,12 @@ def sample_anatomy(rng: np.random.Generator) -> Anatomy:
         clav_x_lat=_n(rng, 0.30, 0.015),
         clav_th=_n(rng, 0.02, 0.002),
         bone=_n(rng, 1.0, 0.08),
+    )
+
+
+def _sample_exposure(rng: np.random.Generator, female: bool) -> dict:
+    """Breast shadow, stomach bubble, and the exposure: film curve, noise, fog."""
+    return dict(
         breast=_u(rng, 0.5, 1.0) if female else 0.0,
         stomach_bubble=_u(rng, 0.3, 1.2),
         exposure=_n(rng, 1.0, 0.06),
@@ -233,12 +278,6 @@ def sample_anatomy(rng: np.random.Generator) -> Anatomy:
         noise=_u(rng, 0.018, 0.045),
         fog=_u(rng, 0.01, 0.04),
     )
-    # keep normal studies normal: cardiothoracic ratio at most 0.5
-    ctr = cardiothoracic_ratio(an)
-    if ctr > 0.5:
-        k = 0.5 / ctr
-        an = replace(an, heart_a=an.heart_a * k, heart_b=an.heart_b * k)
-    return an
 
 
 def _apply_view(an: Anatomy, view: str) -> Anatomy:
@@ -2142,7 +2181,7 @@ def _warm_allocator() -> None:
 
     The renderer makes many short-lived image-sized temporaries. glibc's malloc serves blocks
     above its (adaptive) mmap threshold with fresh mmap()s, so each temporary costs hundreds of
-    page faults (~40% of a demo-size render). Freeing one large mmapped block raises that
+    page faults (a large share of a demo-size render: BENCHMARKS.md). Freeing one large mmapped block raises that
     threshold (and the heap trim threshold) for the rest of the process, exactly as a program
     that once handled a big array would; other allocators simply ignore this.
     """
@@ -2184,7 +2223,7 @@ def render_frontal(anatomy: Anatomy, rows: int, cols: int, lesions: Sequence[Les
     Returns ``(image, boxes)``: a float32 ``(rows, cols)`` array in [0, 1] (1 = dense/bright) and
     one :class:`Box` per rendered lesion (two, one per side, for bilateral ones), in pixels.
     """
-    if view not in ("PA", "AP"):
+    if view not in FRONTAL_VIEWS:
         raise ValueError(f"view must be 'PA' or 'AP', not {view!r}")
     lesions = list(lesions)
     _check_args(rows, cols, lesions)

@@ -43,10 +43,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from ...data_contracts.enums import FRONTAL_VIEWS
 from .. import openi
 from ..atomic import atomic_write_bytes, atomic_write_text, sha256_file
 from . import phantom, reports
-from .dicom_writer import FRONTAL_VIEWS, VIEW_CODES, ImageHeader, encode_dicom, phantom_to_stored
+from .dicom_writer import VIEW_CODES, ImageHeader, encode_dicom, phantom_to_stored
 from .lesions import LESION_KINDS
 from .plan import ImagePlan, StudyPlan, WorldPlanner
 

@@ -1,0 +1,88 @@
+"""Every enumerated value offclip's tables and JSON records may hold, defined once.
+
+The contracts (:mod:`.ingest`, :mod:`.curate`, :mod:`.manifest`, :mod:`.shards`) check their
+columns against these; the pipeline, the models and the flows import them from here (a stage
+that emits a value outside its enumeration fails the contract before anything is written; the
+tests check that every value a stage can emit is here).
+"""
+
+from __future__ import annotations
+
+# ------------------------------------------------------------------------------------- ingest
+
+#: MIMIC-CXR's official splits; ``unknown``: a study missing from mimic-cxr-2.0.0-split.csv
+SPLITS = ("train", "validate", "test", "unknown")
+#: the splits shards are written for (``ShardConfig.splits``)
+SHARD_SPLITS = ("train", "validate", "test")
+#: the view positions that make an image frontal (the ones a pair's image may have)
+FRONTAL_VIEWS = ("PA", "AP")
+#: the view positions (ViewPosition, or read from a description) that make an image lateral
+LATERAL_VIEWS = ("LL", "RL", "LATERAL", "LAT", "LARGE LATERAL", "XTABLE LATERAL")
+#: an image's view class (``images.view``)
+VIEWS = ("frontal", "lateral", "other", "unknown")
+#: the DICOM field that told an image's view, in the order they are tried; ``none``: no field did
+VIEW_SOURCES = ("ViewPosition", "ViewCodeSequence", "AcquisitionDeviceProcessingDescription",
+                "PerformedProcedureStepDescription", "none")
+STUDY_STATUSES = ("ingested", "rejected")
+IMAGE_STATUSES = ("selected", "not_selected", "rejected")
+#: the stage that rejected something, and what it rejected (``rejects.stage``, ``rejects.entity``)
+REJECT_STAGES = ("scan", "image", "report")
+REJECT_ENTITIES = ("study", "image", "report")
+
+#: Why a study, image or report could not be used. Every reject carries one of these codes.
+REJECT_REASONS: dict[str, str] = {
+    "missing_file": "a metadata or record-list row names an image file that does not exist",
+    "report_without_study": "a report whose study has no image in the metadata, record list or tree",
+    "not_dicom": "the file is not a DICOM Part 10 file",
+    "not_jpeg": "the file is not a JPEG image",
+    "truncated": "the DICOM file ends before its pixel data does",
+    "no_pixel_data": "the DICOM file has no Pixel Data element",
+    "unsupported_transfer_syntax": "no decoder for the file's transfer syntax is installed",
+    "unsupported_pixels": "pixel layout offclip does not handle (colour, multi-frame, …)",
+    "decode_error": "the pixel data could not be decoded",
+    "read_error": "the file could not be read",
+    "no_frontal": "the study has no usable frontal (PA/AP) image",
+    "no_report": "the study has no report file",
+    "empty_report": "the report file is empty",
+    "report_not_utf8": "the report is not valid UTF-8",
+    "report_no_text": "the report has no findings, impression or narrative text",
+}
+#: the reasons an image decoder can give (``offclip.pipeline.images.ImageReject``)
+IMAGE_REJECT_REASONS = ("not_dicom", "truncated", "no_pixel_data", "unsupported_transfer_syntax",
+                        "unsupported_pixels", "decode_error", "not_jpeg")
+
+# ------------------------------------------------------------------------------------- curate
+
+NORMAL, ABNORMAL = "normal", "abnormal"
+#: sentence, report and pair labels; the order is the sentence classifier's class index
+LABELS = (NORMAL, ABNORMAL)
+
+#: why a curated sentence was kept or dropped (``sentences.reason``; offclip.pipeline.filtering)
+KEEP_NORMAL_REPORT = "normal_report"  #: kept: the report is normal, all its sentences stay
+KEEP_ABNORMAL = "abnormal_sentence"  #: kept: an abnormal sentence of an abnormal report
+DROP_NORMAL_IN_ABNORMAL = "normal_sentence_in_abnormal_report"  #: dropped
+#: kept: the pair label (from a labeler) is abnormal but the classifier found no abnormal sentence
+KEEP_NO_ABNORMAL_SENTENCE = "abnormal_report_without_abnormal_sentence"
+FILTER_REASONS = (KEEP_NORMAL_REPORT, KEEP_ABNORMAL, DROP_NORMAL_IN_ABNORMAL, KEEP_NO_ABNORMAL_SENTENCE)
+
+#: sentence label policies (offclip.pipeline.filtering); curate's default is DEFAULT_LABEL_POLICY
+LABEL_POLICIES = ("cascade", "union", "classifier", "rules")
+DEFAULT_LABEL_POLICY = "cascade"
+
+#: where a pair label may come from: the sentence classifier (the paper's, the default) or one
+#: of MIMIC's labelers (offclip.pipeline.labels)
+CLASSIFIER = "classifier"
+LABELERS = ("chexpert", "negbio")
+LABEL_SOURCES = (CLASSIFIER,) + LABELERS
+#: the values of a labeler's ``No Finding`` column: positive, negative, uncertain (or blank)
+NO_FINDING_VALUES = (1.0, 0.0, -1.0)
+
+#: how kept sentences are rewritten (curate --prompting; offclip.pipeline.prompting)
+PROMPTERS = ("none", "template", "openai")
+
+# ------------------------------------------------------------------------------------- models
+
+#: the text a training sample shows: the filtered sentences or the whole report (models.data)
+TEXT_SOURCES = ("filtered", "report")
+#: the zero-shot evaluation sets (``evaluations.dataset``; models.evaluate)
+EVAL_DATASETS = ("vindr-cxr", "openi", "chexpert", "padchest")

@@ -1,0 +1,307 @@
+"""The parameters of the deployed flows: one typed model per flow, the single place a parameter
+is declared (name, type, default, description, validation).
+
+==================  ==================  ==========================================
+model               flow                used by
+==================  ==================  ==========================================
+BuildParameters     build_shards        offclip/build-shards, ``offclip build-shards``
+TrainParameters     train               offclip/train, ``offclip train``
+EvaluateParameters  evaluate            offclip/evaluate, ``offclip evaluate``
+RetrainParameters   retrain             offclip/retrain (the weekly schedule)
+==================  ==================  ==========================================
+
+Each flow keeps flat parameters (``prefect deployment run offclip/build-shards -p source=… -p
+out=…``, ``build_shards(source=…)``): :func:`flow_parameters` gives the flow function the
+signature of its model's fields (types with their constraints, defaults) and a Google-style
+``Args:`` section with their descriptions, which is what Prefect builds the deployment's
+parameter schema (the UI's form), and validates a run's parameters, from. The flow body then
+reads its parameters as one validated model. The command line derives its options from the
+same fields (``offclip/cli.py``); ``prefect.yaml`` gives only where a deployment departs from
+these defaults (``tests/test_flow_parameters.py`` holds all three to the models).
+
+No Prefect import here (the command line imports this module for its options); ``pipeline/``
+never imports it. The choices are the enumerations of ``data_contracts/enums.py`` (a module of
+constants) where it has them; the few spelled here have their library tuple beside heavy imports
+(torch, the classifier) and are held equal to it by the tests.
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+from typing import Annotated, Any, Callable, Literal, Optional, TypeVar
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic.fields import FieldInfo
+
+from offclip.data_contracts.enums import (
+    DEFAULT_LABEL_POLICY,
+    EVAL_DATASETS,
+    LABEL_POLICIES,
+    LABEL_SOURCES,
+    PROMPTERS,
+    TEXT_SOURCES,
+)
+from offclip.flows.runners import RUNNERS
+
+# -- choices ---------------------------------------------------------------------------------
+# Literal[tuple] is the Literal of the tuple's values: the enumerations are written once
+Prompting = Literal[PROMPTERS]  # type: ignore[valid-type]
+LabelSource = Literal[LABEL_SOURCES]  # type: ignore[valid-type]
+LabelPolicy = Literal[LABEL_POLICIES]  # type: ignore[valid-type]
+TextSource = Literal[TEXT_SOURCES]  # type: ignore[valid-type]
+Dataset = Literal[EVAL_DATASETS]  # type: ignore[valid-type]
+TaskRunner = Literal[RUNNERS]  # type: ignore[valid-type]
+#: pipeline.images.NormalizeConfig.fmt, pipeline.classifier.METHODS, models.losses.LOSSES
+ImageFormat = Literal["png", "jpg"]
+ClassifierMethod = Literal["finetune", "frozen"]
+Loss = Literal["offclip", "infonce"]
+
+
+class PathText:
+    """Marks a str field that names a file or directory: the command line reads it as a path
+    (normalised as ``pathlib`` does); flows and deployments take it as the string it is."""
+
+    def __repr__(self) -> str:
+        return "PathText()"
+
+
+PATH = PathText()
+
+
+def _no_api_key(options: dict | None) -> dict | None:
+    if options and "api_key" in options:
+        raise ValueError("pass the API key as $OFFCLIP_LLM_API_KEY, not as a flow parameter "
+                         "(parameters are recorded in the manifest)")
+    return options
+
+
+def _train_settings(settings: dict | None) -> dict | None:
+    """``train_parameters`` are train's own: unknown names and invalid values fail the build
+    before its ingest, not the train run it starts an hour later."""
+    if settings:
+        unknown = sorted(set(settings) - set(TrainParameters.model_fields))
+        if unknown:
+            raise ValueError(f"not a train parameter: {', '.join(unknown)} "
+                             f"(train takes: {', '.join(TrainParameters.model_fields)})")
+        TrainParameters.model_validate(settings)
+    return settings
+
+
+class FlowParameters(BaseModel):
+    """The parameters of one flow run: validated, immutable, no unknown names."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# -- descriptions the command line's ingest and curate commands share too ------------------
+REPORTS = ("The reports: mimic-cxr-reports.zip, its .tar.gz, or a directory with files/pXX/…/sSTUDY.txt; read in "
+           "place (default: the tree under the source, or mimic-cxr-reports.zip/.tar.gz in it). Needed for a "
+           "MIMIC-CXR-JPG root.")
+METADATA = ("A directory with the JPG release's mimic-cxr-2.0.0-{metadata,split,chexpert,negbio}.csv.gz, used "
+            "beside a DICOM release (searched before the source).")
+LABEL_SOURCE = ("Where pair labels come from: classifier (the paper's: any abnormal sentence), chexpert or negbio "
+                "(MIMIC's mimic-cxr-2.0.0-<labeler>.csv[.gz]: No Finding = 1 → normal, a finding 1 or -1 → "
+                "abnormal; a study it leaves unknown keeps the classifier's label). The sentence filter follows "
+                "the label policy.")
+LABEL_POLICY = ("How a sentence's label follows from the classifier and the rule labeler (its teacher): cascade "
+                "(default: the rules where they have an opinion, the classifier where they find no finding word; "
+                "abnormal recall never below the rules'), union (abnormal when either says so), classifier, or "
+                "rules.")
+INIT = ("A model directory to refine instead of training a fresh model: offclip's own (RUN/model), a transformers "
+        "CLIPModel or VisionTextDualEncoderModel (with its processor files). Its image size, channels and "
+        "normalisation come from its processor config; the result is saved in the same format. The model "
+        "config then gives only the training settings.")
+
+
+class BuildParameters(FlowParameters):
+    """``offclip/build-shards``: scan → ingest (batched) → classifier → curate → shards →
+    manifest, then (``trigger_train``) a train run on the new shards."""
+
+    source: Annotated[str, PATH] = Field(
+        "out/demo-world", description="A MIMIC-CXR root (the DICOM or the JPG release, told from its files) or a "
+        "demo world.")
+    out: Annotated[str, PATH] = Field(
+        "out/curated", description="The curation output root: records, images, shards, manifest.")
+    reports: Annotated[Optional[str], PATH] = Field(None, description=REPORTS)
+    metadata: Annotated[Optional[str], PATH] = Field(None, description=METADATA)
+    folders: str = Field(
+        "p10-p16", description="Patient folders to use: 'p10-p16' (the paper's), 'p10,p12', or 'all'.")
+    splits: str = Field("all", description="Splits to use: 'all' or e.g. 'train,validate'.")
+    image_size: int = Field(512, ge=16, description="Resize so the long side is N pixels (aspect kept).")
+    image_format: ImageFormat = Field("png", description="Image format: png or jpg.")
+    prefer_pa: bool = Field(
+        False, description="Pick PA over AP when a study has both (default: seeded random, as the paper).")
+    batch_size: int = Field(
+        128, ge=1, description="Studies per ingest task (the thread runner's process pool cuts each batch into "
+        "one chunk per worker, so fewer, larger tasks keep every worker busy).")
+    shard_size: int = Field(1000, ge=1, description="Samples per shard at most.")
+    shard_bytes: int = Field(1 << 30, ge=1, description="Bytes per shard at most.")
+    classifier: Annotated[Optional[str], PATH] = Field(
+        None, description="A saved sentence classifier (default: OUT/classifier, trained on Open-I + this "
+        "corpus's ingested sentences when missing).")
+    classifier_method: ClassifierMethod = Field(
+        "finetune", description="How a classifier trained here learns: finetune (better on Open-I dev) or frozen "
+        "(MiniLM features + linear head, ~5x faster).")
+    threshold: Optional[float] = Field(
+        None, ge=0.0, le=1.0, description="P(abnormal) threshold (default: the classifier's calibrated one).")
+    prompting: Prompting = Field(
+        "none", description="Text prompting: none, template, or openai (with prompt_options).")
+    prompt_options: Annotated[Optional[dict], AfterValidator(_no_api_key)] = Field(
+        None, description="For prompting openai: base_url, model, max_concurrency, max_retries, timeout (or "
+        "$OFFCLIP_LLM_URL/_MODEL/_CONCURRENCY). The API key only from $OFFCLIP_LLM_API_KEY: parameters are "
+        "recorded in the manifest.")
+    label_source: LabelSource = Field(
+        "classifier", description=LABEL_SOURCE + " The label files are looked for in metadata, then the source.")
+    label_policy: LabelPolicy = Field(DEFAULT_LABEL_POLICY, description=LABEL_POLICY)
+    seed: int = Field(
+        0, description="Seed of the per-study frontal choice and of a classifier trained here; passed on to train.")
+    openi: Annotated[Optional[str], PATH] = Field(
+        None, description="Directory with the Open-I files for a classifier trained here (default: "
+        "$OFFCLIP_OPENI, then the installed torchxrayvision wheel's data/).")
+    task_runner: TaskRunner = Field(
+        "thread", description="thread (Prefect's bookkeeping in threads, decoding in worker processes), "
+        "process, or dask (a local cluster of `workers` processes, or the one at dask_address).")
+    workers: int = Field(2, ge=1, description="Worker processes.")
+    dask_address: Optional[str] = Field(None, description="An existing Dask scheduler (tcp://host:8786).")
+    trigger_train: bool = Field(
+        True, description="Start offclip/train on the new shards afterwards (when deployed).")
+    train_parameters: Annotated[Optional[dict], AfterValidator(_train_settings)] = Field(
+        None, description="Train parameters for that run, on top of the shard directory, the seed and the "
+        "source's evaluation set, e.g. {\"max_steps\": 100, \"loss\": \"infonce\"}.")
+
+
+class TrainParameters(FlowParameters):
+    """``offclip/train``: the dual encoder on a shard set (or a refinement of a checkpoint), then
+    (``trigger_evaluate``) an evaluate run on the new model."""
+
+    shards: Annotated[str, PATH] = Field("out/curated", description="A build-shards output root (holds shards/).")
+    run_dir: Annotated[Optional[str], PATH] = Field(
+        None, description="Where the run goes (default: SHARDS/runs/<config>[-refine-<init>]-<loss>[-<text "
+        "source>]-seed<S>-<shards digest>); an unfinished run there is resumed exactly.")
+    config: str = Field(
+        "demo", description="Model config: demo (CPU), demo-192, tiny, tiny-resnet, paper (GPU) or a .json path.")
+    loss: Loss = Field("offclip", description="offclip (OFF-CLIP's loss) or infonce (a plain CLIP's).")
+    abnormal_weight: float = Field(1.0, ge=0.0, description="Weight of OFF-CLIP's abnormal InfoNCE term.")
+    seed: int = Field(0, description="Training seed.")
+    epochs: Optional[int] = Field(None, ge=1, description="Training epochs (default: the config's).")
+    batch_size: Optional[int] = Field(None, ge=2, description="Training batch size (default: the config's).")
+    lr: Optional[float] = Field(None, gt=0.0, description="Learning rate (default: the config's).")
+    max_steps: Optional[int] = Field(None, ge=1, description="Stop training after this many steps.")
+    device: str = Field("auto", description="auto, cpu, cuda, cuda:1 …")
+    num_workers: int = Field(0, ge=0, description="Data loader worker processes.")
+    text_model: Optional[str] = Field(None, description="A text encoder instead of the config's.")
+    vision_model: Optional[str] = Field(None, description="A vision encoder instead of the config's.")
+    trigger_evaluate: bool = Field(
+        True, description="Start offclip/evaluate on the new model (and the baseline) afterwards (when deployed).")
+    eval_dataset: Dataset = Field("vindr-cxr", description="The evaluation set's dataset.")
+    eval_root: Annotated[Optional[str], PATH] = Field(
+        None, description="The evaluation set, in its own format (default: eval/<eval_dataset> beside the source "
+        "the shards were built from).")
+    allow_shard_change: bool = Field(
+        False, description="Resume a run although its shard set changed since the checkpoint (default: refuse).")
+    text_source: Optional[TextSource] = Field(
+        None, description="Training text: filtered (the kept sentences, OFF-CLIP's; the config's default) or "
+        "report (every sentence: a plain CLIP's).")
+    baseline: bool = Field(
+        False, description="Also train the plain CLIP (InfoNCE on whole reports, the same config, seed and "
+        "budget) beside it, so that the evaluation shows the model against it.")
+    init: Annotated[Optional[str], PATH] = Field(None, description=INIT)
+
+
+class EvaluateParameters(FlowParameters):
+    """``offclip/evaluate``: zero-shot evaluation of a model on an evaluation set."""
+
+    model: Annotated[str, PATH] = Field(
+        description="A model directory: offclip's (RUN/model), a CLIPModel or a VisionTextDualEncoderModel (with "
+        "its processor files).")
+    dataset: Dataset = Field("vindr-cxr", description=f"The evaluation set's dataset: {', '.join(EVAL_DATASETS)}.")
+    root: Annotated[Optional[str], PATH] = Field(
+        None, description="The evaluation set's directory, in its own format (a demo world has "
+        "WORLD/eval/<dataset>).")
+    out: Annotated[Optional[str], PATH] = Field(None, description="JSON + ROC plot here (default: MODEL/../eval).")
+    manifest: Annotated[Optional[str], PATH] = Field(
+        None, description="Record the figures in this manifest's evaluations table.")
+    run_name: Optional[str] = Field(
+        None, description="The name the figures are recorded under (default: the model's run directory).")
+    prompts: Annotated[Optional[str], PATH] = Field(
+        None, description="Prompts JSON ({class: a text or a list of texts}; default: \"There is {finding}.\", normal "
+        "\"There is no finding.\").")
+    baseline: Annotated[Optional[str], PATH] = Field(
+        None, description="A second model directory (e.g. the plain CLIP a train run with baseline made), "
+        "evaluated on the same set: the paired difference against it, with a 95 % bootstrap interval, is "
+        "recorded.")
+
+
+def same_as(model: type[FlowParameters], name: str) -> Any:
+    """Field NAME of MODEL (type constraints, default, description), for a flow that passes it on."""
+    return copy.copy(model.model_fields[name])
+
+
+class RetrainParameters(FlowParameters):
+    """``offclip/retrain`` (scheduled): an incremental build-shards, then train and evaluate only
+    when the build added samples to the shards (or ``force``)."""
+
+    # the fields' own constraints and path marks come with them
+    source: str = same_as(BuildParameters, "source")
+    out: str = same_as(BuildParameters, "out")
+    folders: str = same_as(BuildParameters, "folders")
+    image_size: int = same_as(BuildParameters, "image_size")
+    classifier: Optional[str] = same_as(BuildParameters, "classifier")
+    seed: int = same_as(BuildParameters, "seed")
+    config: str = same_as(TrainParameters, "config")
+    loss: Loss = same_as(TrainParameters, "loss")
+    max_steps: Optional[int] = same_as(TrainParameters, "max_steps")
+    batch_size: Optional[int] = same_as(TrainParameters, "batch_size")
+    eval_dataset: Dataset = same_as(TrainParameters, "eval_dataset")
+    eval_root: Optional[str] = same_as(TrainParameters, "eval_root")
+    force: bool = Field(False, description="Train and evaluate even when the build added no sample.")
+    task_runner: TaskRunner = same_as(BuildParameters, "task_runner")
+
+
+#: the parameter model of each deployment in prefect.yaml
+DEPLOYMENTS: dict[str, type[FlowParameters]] = {
+    "build-shards": BuildParameters, "train": TrainParameters, "evaluate": EvaluateParameters,
+    "retrain": RetrainParameters,
+}
+
+
+def field_annotation(field: FieldInfo) -> Any:
+    """A field's type with its constraints and validators (``Annotated[int, Ge(16)]``): what a
+    flat parameter of that field is validated against."""
+    return Annotated[(field.annotation, *field.metadata)] if field.metadata else field.annotation
+
+
+def signature(model: type[FlowParameters]) -> inspect.Signature:
+    """Keyword-only parameters, one per field of MODEL, with its annotated type and default."""
+    return inspect.Signature([
+        inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=field_annotation(field),
+                          default=inspect.Parameter.empty if field.is_required() else field.default)
+        for name, field in model.model_fields.items()])
+
+
+def args_section(model: type[FlowParameters]) -> str:
+    """The fields' descriptions as a Google-style ``Args:`` section (Prefect's form reads it)."""
+    return "Args:\n" + "\n".join(f"    {name}: {' '.join((field.description or name).split())}"
+                                 for name, field in model.model_fields.items())
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def flow_parameters(model: type[FlowParameters]) -> Callable[[F], F]:
+    """Give a flow function ``def f(**parameters)`` the flat parameters of MODEL: the signature,
+    annotations and docstring ``Args:`` that Prefect's parameter schema and validation read. The
+    function itself is returned (its code, file and flow version stay its own); its body builds
+    ``MODEL(**parameters)``."""
+
+    def decorate(fn: F) -> F:
+        sig = signature(model)
+        fn.__signature__ = sig.replace(return_annotation=inspect.signature(fn).return_annotation)
+        fn.__annotations__ = {**{p.name: p.annotation for p in sig.parameters.values()},
+                              "return": fn.__annotations__.get("return", Any)}
+        fn.__doc__ = inspect.cleandoc(fn.__doc__ or "") + "\n\n" + args_section(model)
+        fn.parameters_model = model
+        return fn
+
+    return decorate

@@ -1,0 +1,43 @@
+"""The ROC plot of one evaluation."""
+
+from __future__ import annotations
+
+import io
+
+import pandas as pd
+
+from .datasets import NORMAL
+
+
+def roc_png(labels: pd.DataFrame, scores: pd.DataFrame, table: pd.DataFrame, title: str) -> bytes:
+    """One PNG: the ROC curve of the normal class and of every class with an AUC."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from sklearn.metrics import roc_curve
+
+    evaluable = [r for r in table.to_dict("records") if not pd.isna(r["auc"])]
+    fig, ax = plt.subplots(figsize=(10, 6), dpi=100)
+    try:
+        ax.plot([0, 1], [0, 1], color="0.7", linestyle=":", linewidth=1)
+        colours = plt.get_cmap("tab20")
+        for i, row in enumerate(evaluable):
+            name = row["class_name"]
+            known = labels[name].notna().to_numpy()
+            fpr, tpr, _ = roc_curve(labels[name].to_numpy()[known].astype(int), scores[name].to_numpy()[known])
+            style = {"color": "black", "linewidth": 2.5, "zorder": 3} if name == NORMAL else \
+                {"color": colours(i % 20), "linewidth": 1}
+            ax.plot(fpr, tpr, label=f"{name} (AUC {row['auc']:.3f}, n+ {row['n_pos']})", **style)
+        if not evaluable:
+            ax.text(0.5, 0.5, "no class has both labels", ha="center", va="center")
+        ax.set(xlabel="false positive rate", ylabel="true positive rate", title=title, xlim=(0, 1), ylim=(0, 1.01))
+        ax.set_aspect("equal")
+        if evaluable:
+            ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=7, frameon=False)
+        fig.tight_layout()
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", metadata={"Software": None})
+        return buf.getvalue()
+    finally:
+        plt.close(fig)
