@@ -40,7 +40,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .clip import EXTRA_FILENAME, OffClipModel, _quiet_transformers, load_model, save_model, write_side_files
+from .clip import (EXTRA_FILENAME, OffClipModel, _quiet_transformers, load_model, pair_logits, save_model,
+                   write_side_files)
 
 __all__ = ["FORMATS", "ClipAdapter", "ImageSpec", "load_adapter", "model_card", "model_format", "read_image_spec"]
 
@@ -257,16 +258,7 @@ class ClipAdapter(nn.Module):
     def forward(self, pixel_values: torch.Tensor, input_ids: torch.Tensor | None = None,
                 attention_mask: torch.Tensor | None = None, text_features: torch.Tensor | None = None) -> torch.Tensor:
         """B x B logits, row = image, column = text (as :meth:`OffClipModel.forward`)."""
-        image = self.encode_image(pixel_values)
-        if text_features is not None:
-            text = self.project_text(text_features)
-        elif input_ids is not None and attention_mask is not None:
-            text = self.encode_text(input_ids, attention_mask)
-        else:
-            raise ValueError("forward needs input_ids and attention_mask, or text_features")
-        if image.shape[0] != text.shape[0]:
-            raise ValueError(f"got {image.shape[0]} images but {text.shape[0]} texts; forward needs pairs")
-        return self.temperature_scale() * image @ text.t()
+        return pair_logits(self, pixel_values, input_ids, attention_mask, text_features)
 
     # -- saving ---------------------------------------------------------------------------------
 

@@ -312,18 +312,23 @@ class OffClipModel(PreTrainedModel):
     ) -> torch.Tensor:
         """B x B logits, row = image, column = text: ``scale * image_emb @ text_emb.T``. The text
         comes as tokens, or as pooled ``text_features`` (a frozen text tower's cached output)."""
-        image = self.encode_image(pixel_values)
-        if text_features is not None:
-            text = self.project_text(text_features)
-        elif input_ids is not None and attention_mask is not None:
-            text = self.encode_text(input_ids, attention_mask)
-        else:
-            raise ValueError("forward needs input_ids and attention_mask, or text_features")
-        if image.shape[0] != text.shape[0]:
-            raise ValueError(
-                f"got {image.shape[0]} images but {text.shape[0]} texts; forward needs pairs"
-            )
-        return self.temperature_scale() * image @ text.t()
+        return pair_logits(self, pixel_values, input_ids, attention_mask, text_features)
+
+
+def pair_logits(model, pixel_values: torch.Tensor, input_ids: torch.Tensor | None,
+                attention_mask: torch.Tensor | None, text_features: torch.Tensor | None) -> torch.Tensor:
+    """The forward of any dual encoder with ``encode_image``, ``encode_text``, ``project_text`` and
+    ``temperature_scale`` (:class:`OffClipModel`, :class:`offclip.models.adapters.ClipAdapter`)."""
+    image = model.encode_image(pixel_values)
+    if text_features is not None:
+        text = model.project_text(text_features)
+    elif input_ids is not None and attention_mask is not None:
+        text = model.encode_text(input_ids, attention_mask)
+    else:
+        raise ValueError("forward needs input_ids and attention_mask, or text_features")
+    if image.shape[0] != text.shape[0]:
+        raise ValueError(f"got {image.shape[0]} images but {text.shape[0]} texts; forward needs pairs")
+    return model.temperature_scale() * image @ text.t()
 
 
 # ----------------------------------------------------------------------------------------------
