@@ -343,16 +343,24 @@ def _running(pid: int) -> bool:
     return stat[stat.rindex(b")") + 2:][:1] not in (b"Z", b"X", b"x")
 
 
-def _cmdline(pid: int) -> list[str] | None:
-    """argv of a running process, or None (gone, zombie, or exiting: its cmdline is empty then)."""
-    if not _running(pid):
-        return None
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            raw = f.read()
-    except OSError:
-        return None
-    return [a.decode(errors="replace") for a in raw.split(b"\0") if a] or None
+def _cmdline(pid: int, settle_s: float = 1.0) -> list[str] | None:
+    """argv of a running process, or None (gone, zombie, or exiting: its cmdline is empty then).
+    A process that has only just been started also reads an empty cmdline for a moment (measured:
+    16 % of reads straight after ``subprocess.Popen`` on a loaded machine), so an empty read of a
+    live process is retried for up to ``settle_s``: a starting process shows its argv, an exiting
+    one becomes a zombie or goes."""
+    deadline = time.monotonic() + settle_s
+    while _running(pid):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                raw = f.read()
+        except OSError:
+            return None
+        argv = [a.decode(errors="replace") for a in raw.split(b"\0") if a]
+        if argv or time.monotonic() > deadline:
+            return argv or None
+        time.sleep(0.01)
+    return None
 
 
 def is_prefect_command(argv: list[str] | None, *subcommand: str) -> bool:
