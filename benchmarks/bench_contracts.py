@@ -48,7 +48,7 @@ sys.path.insert(0, str(ROOT))
 from offclip.data_contracts import enums  # noqa: E402
 from offclip.data_contracts.contract import Contract, ContractViolation  # noqa: E402
 from offclip.data_contracts.curate import CURATED_SENTENCES  # noqa: E402
-from offclip.pipeline.demo.seed_sentences import ABNORMAL_SENTENCES, NORMAL_SENTENCES  # noqa: E402
+from offclip.demo.seed_sentences import ABNORMAL_SENTENCES, NORMAL_SENTENCES  # noqa: E402
 
 _PANDAS_DTYPES = {pa.int64(): "int64", pa.int32(): "int32", pa.int16(): "int16", pa.float32(): "float32",
                   pa.float64(): "float64", pa.bool_(): "bool", pa.string(): str}

@@ -2,7 +2,7 @@
 
     python benchmarks/bench_ingest.py [--n 8] [--size 3056x2544] [--long-side 512] [--json PATH]
 
-Full-size 12-bit phantom radiographs (``offclip.pipeline.demo.phantom`` when importable, else a
+Full-size 12-bit phantom radiographs (``offclip.demo.phantom`` when importable, else a
 smooth random field) are written as explicit VR little endian and as JPEG 2000 lossless, then
 timed in this one process, each method on the same files:
 
@@ -35,7 +35,7 @@ import pydicom
 from PIL import Image
 
 from offclip.pipeline import images
-from offclip.pipeline.demo.dicom_writer import ImageHeader, encode_dicom, phantom_to_stored
+from offclip.demo.dicom_writer import ImageHeader, encode_dicom, phantom_to_stored
 
 SYNTAXES = ("explicit_le", "j2k_lossless")  #: what is written and timed (--syntaxes picks)
 GOAL_SPEEDUP = 5.0
@@ -46,7 +46,7 @@ def phantom_image(rows: int, columns: int, seed: int) -> tuple[np.ndarray, str]:
     """A float [0, 1] radiograph-like image and where it came from."""
     rng = np.random.default_rng(seed)
     try:
-        from offclip.pipeline.demo import phantom
+        from offclip.demo import phantom
 
         pixels, _ = phantom.render_frontal(phantom.sample_anatomy(rng), rows, columns, [], rng, view="PA")
         return np.asarray(pixels, dtype=np.float32), "demo.phantom.render_frontal"

@@ -96,7 +96,7 @@ def subset_world(world: Path, dest: Path, subset: str, studies: int | None) -> t
 
 
 def build_small_world(dest: Path, studies: int) -> Path:
-    from offclip.pipeline.demo.world import WorldConfig, build_world
+    from offclip.demo.world import WorldConfig, build_world
 
     build_world(WorldConfig(out=dest, studies=studies, seed=0, progress=False))
     return dest

@@ -75,7 +75,7 @@ def build_tree(root: Path, fraction: float, seed: int = 0) -> dict:
     import pandas as pd
 
     from offclip.pipeline import openi
-    from offclip.pipeline.demo import reports as demo_reports
+    from offclip.demo import reports as demo_reports
 
     marker = root / "tree.json"
     if marker.is_file():

@@ -23,12 +23,12 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from offclip.pipeline.demo.seed_sentences import ABNORMAL_SENTENCES, NORMAL_SENTENCES  # noqa: E402
+from offclip.demo.seed_sentences import ABNORMAL_SENTENCES, NORMAL_SENTENCES  # noqa: E402
 
 
 def small_world(dest: Path, studies: int = 60, scale: float | None = None, workers: int = 2) -> Path:
     """A demo world of ``studies`` studies at ``dest`` (built unless it is already there)."""
-    from offclip.pipeline.demo.world import DEFAULT_SCALE, WorldConfig, build_world
+    from offclip.demo.world import DEFAULT_SCALE, WorldConfig, build_world
 
     dest = Path(dest)
     if not (dest / "mimic-cxr-2.0.0-metadata.csv").is_file():

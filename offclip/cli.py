@@ -66,7 +66,7 @@ def demo_world(
     import json
     from dataclasses import asdict
 
-    from .pipeline.demo.world import WorldConfig, build_world
+    from .demo.world import WorldConfig, build_world
     from .pipeline.openi import OpenISourceError
 
     try:

@@ -127,6 +127,7 @@ __all__ = [
     "Mention",
     "RuleLabel",
     "RuleLabeler",
+    "SentenceReading",
     "LEXICON",
     "CATEGORIES",
     "KINDS",
@@ -157,6 +158,18 @@ class RuleLabel:
     label: str  #: "normal" | "abnormal"
     rule: str  #: id of the deciding rule (see the module docstring)
     mentions: tuple[Mention, ...]
+
+
+@dataclass(frozen=True)
+class SentenceReading:
+    """Everything the labeler found in one sentence (:meth:`RuleLabeler.read`): its label, and
+    every normal phrase an anatomy anchor formed with its predicate, in sentence order ("Heart size
+    and mediastinal contours are normal" -> ``("heart_size_normal", "cardiomediastinal_normal")``;
+    the label's ``rule`` names only the first). Per-observation labels (the demo world's CheXpert
+    columns) read the mentions' statuses and these phrases as explicit negatives."""
+
+    label: RuleLabel
+    normal_phrases: tuple[str, ...]
 
 
 # ------------------------------------------------------------------------------------ lexicon
@@ -848,6 +861,15 @@ class RuleLabeler:
             for text, doc in zip(chunk, self.nlp.tokenizer.pipe(chunk, batch_size=batch_size)):
                 done[text] = self._label_doc(doc)
         return [done[t] for t in texts]
+
+    def read(self, sentence: str) -> SentenceReading:
+        """:meth:`label` and the sentence's anchor normal phrases (:class:`SentenceReading`)."""
+        doc = self.nlp.make_doc(sentence or "")
+        if len(doc) == 0:
+            return SentenceReading(RuleLabel("normal", "no_finding", ()), ())
+        state = _Sentence(doc, self._matcher(doc), self._keys)
+        label = state.label()
+        return SentenceReading(label, tuple(nid for _, nid in sorted(state.normal_hits)))
 
     # --------------------------------------------------------------------------- internals
     def sentence_state(self, sentence: str) -> "_Sentence":

@@ -42,7 +42,7 @@ def openi_sources(openi_dir):
 @pytest.fixture(scope="session")
 def small_world(tmp_path_factory, openi_dir):
     """A 40-study world with every fault, at a small scale (built once, shared by many tests)."""
-    from offclip.pipeline.demo.world import WorldConfig, build_world
+    from offclip.demo.world import WorldConfig, build_world
 
     out = tmp_path_factory.mktemp("world") / "w"
     summary = build_world(WorldConfig(out=out, studies=40, seed=7, scale=0.08, faults=True,
@@ -52,7 +52,7 @@ def small_world(tmp_path_factory, openi_dir):
 
 # A real (tiny) sentence classifier: MiniLM features + a logistic-regression head trained on a
 # few hand-labelled radiology sentences. Real forward passes; trained once per session.
-from offclip.pipeline.demo.seed_sentences import ABNORMAL_SENTENCES, NORMAL_SENTENCES  # noqa: E402
+from offclip.demo.seed_sentences import ABNORMAL_SENTENCES, NORMAL_SENTENCES  # noqa: E402
 
 
 @pytest.fixture(scope="session")

@@ -285,7 +285,7 @@ def _literal_sets(tree: ast.AST):
 
 def test_no_enumeration_is_defined_twice():
     found = []
-    for folder in ("pipeline", "models", "flows", "offclip", "data_contracts"):
+    for folder in ("pipeline", "demo", "models", "flows", "offclip", "data_contracts"):
         for path in sorted((ROOT / folder).rglob("*.py")):
             if path.name == "enums.py" and path.parent.name == "data_contracts":
                 continue

@@ -14,7 +14,7 @@ import pydicom
 import pytest
 
 from offclip.models.evaluate import NORMAL, read_vindr
-from offclip.pipeline.demo.world import (
+from offclip.demo.world import (
     WorldConfig,
     build_world,
     eval_normal_count,

@@ -8,7 +8,7 @@ from collections import Counter
 import pytest
 
 from offclip.pipeline import openi
-from offclip.pipeline.demo.plan import SYNTAX_WEIGHTS, WorldPlanner
+from offclip.demo.plan import SYNTAX_WEIGHTS, WorldPlanner
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,7 @@
-"""The two world properties OFF-CLIP's problem needs (pipeline/demo/properties.py), on real
+"""The two world properties OFF-CLIP's problem needs (demo/properties.py), on real
 renders and the real Open-I reports."""
 
-from offclip.pipeline.demo.properties import normal_retrieval, normal_sentence_share
+from offclip.demo.properties import normal_retrieval, normal_sentence_share
 
 
 def test_normal_subjects_are_told_apart_by_their_images():

@@ -8,8 +8,8 @@ from collections import Counter
 
 import pytest
 
-from offclip.pipeline.demo.lesions import LESION_KINDS, LesionSpec
-from offclip.pipeline.demo.reports import (
+from offclip.demo.lesions import LESION_KINDS, LesionSpec
+from offclip.demo.reports import (
     CHEXPERT_COLUMNS,
     HEADER_LINE,
     MESH_LESION_KINDS,
@@ -174,6 +174,24 @@ def test_normal_report_is_no_finding_with_explicit_negatives():
     assert lesions_from_mesh(r) == [] and unmapped_terms(r) == []
 
 
+def test_text_is_read_by_the_pipeline_labeler():
+    """The demo's text side is the pipeline's RuleLabeler: what it finds in a sentence is what the
+    columns say, its anchor normal phrases included."""
+    from offclip.pipeline.labeler import RuleLabeler
+
+    sentence = "Cardiac and mediastinal silhouettes are normal."
+    assert RuleLabeler().read(sentence).normal_phrases == ("heart_size_normal", "cardiomediastinal_normal")
+    labels = chexpert_labels(report(findings=sentence))
+    assert labels["Cardiomegaly"] == 0.0 and labels["Enlarged Cardiomediastinum"] == 0.0
+    # the labeler reads a heart at the upper limits of normal as a borderline cardiomegaly
+    labels = chexpert_labels(report(findings="The heart is upper limits of normal in size."))
+    assert labels["Cardiomegaly"] == -1.0 and labels["No Finding"] is None
+    # de-identified words, split sentences: "no" in one sentence does not negate the next
+    labels = chexpert_labels(report(mesh=("Pleural Effusion/right",),
+                                    findings="No pneumothorax. Right ___ effusion is present."))
+    assert labels["Pneumothorax"] == 0.0 and labels["Pleural Effusion"] == 1.0
+
+
 def test_negation_gives_zero_and_mesh_gives_one():
     r = report(
         mesh=("Cardiomegaly/mild",),
@@ -266,6 +284,8 @@ def test_corpus_labels(corpus):
             # a normal report never gets a positive finding (nothing in MeSH to support one)
             assert all(labels[c] != 1.0 for c in CHEXPERT_COLUMNS if c != "No Finding"), r.uid
             no_finding += labels["No Finding"] == 1.0
+            if labels["No Finding"] is None:  # only a hedged finding takes No Finding away
+                assert -1.0 in labels.values(), r.uid
             effusion_negative += labels["Pleural Effusion"] == 0.0
         else:
             assert labels["No Finding"] is None
@@ -274,9 +294,10 @@ def test_corpus_labels(corpus):
         plain = [t for t in r.mesh_major if "borderline" not in t]
         if any(t.lower().startswith("cardiomegaly") for t in plain):
             assert labels["Cardiomegaly"] in (1.0, -1.0), r.uid
-    # measured: 1,388 / 1,391 normal reports are No Finding (3 hedge something), 75% state
-    # "no pleural effusion" explicitly
-    assert no_finding >= 0.99 * len(normal)
+    # measured: 1,367 / 1,391 normal reports are No Finding (24 hedge something: 23 the heart, 20
+    # of them "at the upper limits of normal", which the labeler reads as borderline cardiomegaly),
+    # 75% state "no pleural effusion" explicitly
+    assert no_finding >= 0.975 * len(normal)
     assert effusion_negative >= 0.6 * len(normal)
 
 

@@ -15,8 +15,8 @@ import pydicom
 import pytest
 from PIL import Image
 
-from offclip.pipeline.demo.dicom_writer import TRANSFER_SYNTAXES
-from offclip.pipeline.demo.world import (
+from offclip.demo.dicom_writer import TRANSFER_SYNTAXES
+from offclip.demo.world import (
     FAULT_KINDS,
     METADATA_COLUMNS,
     VINDR_LABELS,

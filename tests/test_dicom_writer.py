@@ -8,7 +8,7 @@ import numpy as np
 import pydicom
 import pytest
 
-from offclip.pipeline.demo.dicom_writer import (
+from offclip.demo.dicom_writer import (
     TRANSFER_SYNTAXES,
     ImageHeader,
     encode_dicom,
@@ -86,7 +86,7 @@ def test_bad_arguments_are_refused():
 
 
 def test_uids_are_deterministic_and_valid():
-    from offclip.pipeline.demo.dicom_writer import deterministic_uid
+    from offclip.demo.dicom_writer import deterministic_uid
 
     a, b = deterministic_uid("sop", "x"), deterministic_uid("sop", "x")
     assert a == b != deterministic_uid("sop", "y")

@@ -75,7 +75,7 @@ def test_the_models_import_without_prefect_and_pipeline_never_imports_prefect():
             "assert 'prefect' not in sys.modules, sorted(m for m in sys.modules if m.startswith('prefect'))")
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr
-    for path in (REPO / "pipeline").rglob("*.py"):
+    for path in [*(REPO / "pipeline").rglob("*.py"), *(REPO / "demo").rglob("*.py")]:
         for node in ast.walk(ast.parse(path.read_text(), str(path))):
             names = ([a.name for a in node.names] if isinstance(node, ast.Import)
                      else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])

@@ -17,7 +17,7 @@ from pydicom.sequence import Sequence
 from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian
 
 from offclip.pipeline import images
-from offclip.pipeline.demo.dicom_writer import (
+from offclip.demo.dicom_writer import (
     TRANSFER_SYNTAXES,
     ImageHeader,
     build_dataset,

@@ -593,3 +593,16 @@ def test_phase_decision_policy_order(lab):
     st.preds = []
     assert st.decide() == RuleLabel("normal", "negated_only", (negated,))
     assert st.decide() == st.decide()  # deciding twice changes nothing
+
+
+def test_read_gives_the_label_and_every_anchor_normal_phrase_in_order(lab):
+    reading = lab.read("Heart size and mediastinal contours are normal.")
+    assert reading.label == lab.label("Heart size and mediastinal contours are normal.")
+    assert reading.normal_phrases == ("heart_size_normal", "cardiomediastinal_normal")
+    assert reading.label.rule == "normal_phrase:heart_size_normal"  # the rule names the first only
+    mixed = lab.read("The lungs are clear. Mild cardiomegaly.")
+    assert mixed.label.label == "abnormal" and mixed.normal_phrases == ("lungs_clear",)
+    assert lab.read("").normal_phrases == () and lab.read("No pneumothorax.").normal_phrases == ()
+    for sentence in ("Stable cardiomegaly.", "No acute disease.", "Trachea is midline.",
+                     "The osseous structures are intact and the pleura is clear."):
+        assert lab.read(sentence).label == lab.label(sentence), sentence

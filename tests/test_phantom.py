@@ -1,4 +1,4 @@
-"""Tests for the synthetic chest radiograph renderer (offclip.pipeline.demo.phantom)."""
+"""Tests for the synthetic chest radiograph renderer (offclip.demo.phantom)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import time
 import numpy as np
 import pytest
 
-from offclip.pipeline.demo.lesions import LESION_KINDS, Box, LesionSpec
-from offclip.pipeline.demo.phantom import (
+from offclip.demo.lesions import LESION_KINDS, Box, LesionSpec
+from offclip.demo.phantom import (
     Anatomy,
     cardiothoracic_ratio,
     heart_width,
@@ -483,7 +483,7 @@ NOT_ON_LATERAL = {"pneumothorax", "pleural_thickening", "fracture", "scoliosis"}
 
 
 def test_lesion_table_has_one_row_per_kind_with_both_views():
-    from offclip.pipeline.demo.phantom import _LESIONS
+    from offclip.demo.phantom import _LESIONS
 
     assert set(_LESIONS) == set(LESION_KINDS)
     for kind, row in _LESIONS.items():

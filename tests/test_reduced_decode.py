@@ -23,8 +23,8 @@ from pydicom.sequence import Sequence
 from pydicom.uid import JPEG2000, JPEG2000Lossless
 
 from offclip.pipeline import images
-from offclip.pipeline.demo import phantom
-from offclip.pipeline.demo.dicom_writer import ImageHeader, build_dataset, encode_dicom, phantom_to_stored
+from offclip.demo import phantom
+from offclip.demo.dicom_writer import ImageHeader, build_dataset, encode_dicom, phantom_to_stored
 from offclip.pipeline.images import ImageReject, NormalizeConfig, decode_dicom, decode_jpeg, target_size
 
 RSNA = "1.2.276.0.7230010.3.1.4.8323329.6904.1517875201.850819.dcm"

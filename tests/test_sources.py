@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 
 from offclip.pipeline import scan as scan_mod
-from offclip.pipeline.demo.world import WorldConfig, build_world
+from offclip.demo.world import WorldConfig, build_world
 from offclip.pipeline.images import NormalizeConfig
 from offclip.pipeline.ingest import IngestConfig, plan_ingest, read_table, run_ingest
 from offclip.pipeline.scan import ScanConfig, scan_source

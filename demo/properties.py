@@ -12,7 +12,7 @@
    the finding): :func:`normal_sentence_share` splits the real Open-I reports the world uses into
    sentences (the ingest's splitter) and labels them with the rule labeler.
 
-``python -m offclip.pipeline.demo.properties [--n 200] [--seed 0]`` prints both as JSON.
+``python -m offclip.demo.properties [--n 200] [--seed 0]`` prints both as JSON.
 """
 
 from __future__ import annotations
@@ -69,9 +69,9 @@ def normal_retrieval(n: int = 200, seed: int = 0, rows: int = 320, cols: int = 2
 def normal_sentence_share(openi_dir: str | None = None) -> dict:
     """The share of normal sentences in abnormal reports of the real Open-I corpus (rule labels;
     a report is abnormal when any of its sentences is), the world's text as it is."""
-    from .. import openi
-    from ..labeler import RuleLabeler
-    from ..text import SentenceSplitter
+    from ..pipeline import openi
+    from ..pipeline.labeler import RuleLabeler
+    from ..pipeline.text import SentenceSplitter
     from .reports import mimic_report_text
 
     reports = openi.load_reports(openi.find_sources(openi_dir).reports_tgz)

@@ -13,7 +13,8 @@ Layout written under ``OUT``::
     offclip_demo/                                     ground truth: images, studies, lesion boxes,
                                                       world.json (parameters, counts; written last)
 
-Studies are rendered in parallel worker processes, one task per chunk of studies; every random
+Studies are rendered by the pipeline's executor layer (:class:`RenderStage`, one batch per chunk of
+studies, in worker processes with ``workers`` > 1); every random
 draw comes from generators seeded by (seed, report uid, image index), so the tree is
 byte-identical for the same sources, N, seed and scale whatever the number of workers.
 
@@ -36,16 +37,16 @@ import shutil
 import time
 import xml.etree.ElementTree as ET
 from collections import Counter
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from ...data_contracts.enums import FRONTAL_VIEWS
-from .. import openi
-from ..atomic import atomic_write_bytes, atomic_write_text, sha256_file
+from ..data_contracts.enums import FRONTAL_VIEWS
+from ..pipeline import openi
+from ..pipeline.atomic import atomic_write_bytes, atomic_write_text, sha256_file
+from ..pipeline.executor import make_executor
 from . import phantom, reports
 from .dicom_writer import VIEW_CODES, ImageHeader, encode_dicom, phantom_to_stored
 from .lesions import LESION_KINDS
@@ -378,9 +379,16 @@ def _render_eval_chunk(args: tuple[list[EvalRender], str, int]) -> list[dict]:
     return [_render_eval(item, Path(out), seed) for item in chunk]
 
 
-def _run_task(task: tuple) -> list[dict]:
-    kind, args = task
-    return _render_chunk(args) if kind == "studies" else _render_eval_chunk(args)
+class RenderStage:
+    """The render as an executor stage (:mod:`offclip.pipeline.executor`): a batch is one task,
+    ``("studies", chunk args)`` or ``("eval", chunk args)``; nothing to set up per worker."""
+
+    def setup(self) -> None:
+        pass
+
+    def process_batch(self, task: tuple) -> list[dict]:
+        kind, args = task
+        return _render_chunk(args) if kind == "studies" else _render_eval_chunk(args)
 
 
 # ------------------------------------------------------------------------------------------
@@ -468,15 +476,10 @@ def _render_all(plans: list[StudyPlan], out: Path, config: WorldConfig,
     bar = tqdm(total=total, unit="image" if renders else "study", desc="rendering", disable=not config.progress)
     results: list[list[dict]] = []
     try:
-        if workers == 1:
-            for task in tasks:
-                results.append(_run_task(task))
+        with make_executor(RenderStage(), workers, batches=len(tasks)) as executor:
+            for task, done in zip(tasks, executor.map(tasks)):
+                results.append(done)
                 bar.update(len(task[1][0]))
-        else:
-            with ProcessPoolExecutor(max_workers=workers) as pool:
-                for task, done in zip(tasks, pool.map(_run_task, tasks)):
-                    results.append(done)
-                    bar.update(len(task[1][0]))
     finally:
         bar.close()
     study_results = [r for (kind, _), done in zip(tasks, results) if kind == "studies" for r in done]

@@ -3,8 +3,8 @@
 The demo world needs thousands of MIMIC-CXR-shaped images whose findings are known exactly, so
 this module draws them from scratch: a per-study :class:`Anatomy` (sampled with
 :func:`sample_anatomy`) is rendered as a frontal (:func:`render_frontal`, PA or AP) or lateral
-(:func:`render_lateral`) radiograph, and every :class:`~offclip.pipeline.demo.lesions.LesionSpec`
-is drawn into it and reported back as a :class:`~offclip.pipeline.demo.lesions.Box`.
+(:func:`render_lateral`) radiograph, and every :class:`~offclip.demo.lesions.LesionSpec`
+is drawn into it and reported back as a :class:`~offclip.demo.lesions.Box`.
 
 How it works
 ------------
@@ -42,7 +42,7 @@ from typing import Callable, Sequence
 import numpy as np
 from scipy import ndimage, sparse
 
-from ...data_contracts.enums import FRONTAL_VIEWS
+from ..data_contracts.enums import FRONTAL_VIEWS
 from .lesions import LESION_KINDS, Box, LesionSpec
 
 __all__ = [

@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from ...data_contracts.enums import FRONTAL_VIEWS
-from ..openi import OpenIReport
+from ..data_contracts.enums import FRONTAL_VIEWS
+from ..pipeline.openi import OpenIReport
 from .dicom_writer import TRANSFER_SYNTAXES
 
 #: share of images per transfer syntax (every syntax appears once before the draw starts)
