@@ -140,11 +140,13 @@ def naive_manifest(out: Path, db: Path) -> int:
 
     sentences = pd.read_parquet(out / "curate/sentences.parquet")
     with duckdb.connect(str(db)) as con:
-        con.execute("CREATE TABLE sentences (study_id BIGINT, subject_id BIGINT, \"index\" INTEGER, section VARCHAR, "
-                    "text VARCHAR, key VARCHAR, score FLOAT, label VARCHAR, model_version VARCHAR, threshold FLOAT, "
-                    "kept BOOLEAN, reason VARCHAR, prompt VARCHAR)")
+        # the table takes the curated sentences' own columns (data_contracts/curate.py), so this
+        # baseline follows the contract as it grows; then one INSERT per row, the naive way
+        con.execute("CREATE TABLE sentences AS SELECT * FROM read_parquet(?) LIMIT 0",
+                    [str(out / "curate/sentences.parquet")])
         rows = [tuple(r) for r in sentences.itertuples(index=False)]
-        con.executemany("INSERT INTO sentences VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+        marks = ", ".join("?" * len(sentences.columns))
+        con.executemany(f"INSERT INTO sentences VALUES ({marks})", rows)
     return len(rows)
 
 
