@@ -86,7 +86,9 @@ def load_model_config(name: str | os.PathLike) -> dict:
     hyper-parameters.
     """
     path = Path(name)
-    if path.suffix == ".json" or path.exists():
+    # a file, or a name ending in .json, is a path; anything else is a shipped name first (a folder
+    # that happens to share a config's name, such as the repository's demo/, never shadows it)
+    if path.suffix == ".json" or path.is_file():
         if not path.is_file():
             raise FileNotFoundError(f"model config file not found: {path}")
     else:

@@ -11,6 +11,7 @@ import torch
 from transformers import AutoModel, ViTConfig, ViTModel
 
 from offclip.models.clip import (
+    CONFIG_DIR,
     EXTRA_FILENAME,
     OffClipConfig,
     OffClipModel,
@@ -387,3 +388,13 @@ def test_backward_through_offclip_loss_reaches_both_towers():
                  "text_model.embeddings.word_embeddings.weight"):
         grad = model.get_parameter(name).grad
         assert grad is not None and torch.isfinite(grad).all() and grad.abs().sum() > 0, name
+
+
+def test_a_folder_named_like_a_config_does_not_shadow_it(tmp_path, monkeypatch):
+    # the repository root holds demo/ (the demo world's package): `--config demo` run from there
+    # must still be the shipped config, and a file of that name still a path
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "demo").mkdir()
+    assert load_model_config("demo") == load_model_config(CONFIG_DIR / "demo.json")
+    (tmp_path / "tiny").write_text(json.dumps({"model": micro_config(), "train": {"batch_size": 4}}))
+    assert load_model_config("tiny")["train"]["batch_size"] == 4
