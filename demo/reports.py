@@ -342,7 +342,7 @@ def text_mentions(text: str) -> dict[str, list[float]]:
     for sentence in splitter.split(clean_text(text)):
         reading = labeler.read(sentence.text)
         for mention in reading.label.mentions:
-            if mention.category not in CHEXPERT_COLUMNS or mention.category == "No Finding":
+            if mention.category not in CHEXPERT_COLUMNS:  # "Other Finding": no column
                 continue
             value = _STATUS_VALUE[mention.status]
             if value == POSITIVE and mention.finding in UNCERTAIN_FINDINGS:

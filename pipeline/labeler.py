@@ -864,12 +864,7 @@ class RuleLabeler:
 
     def read(self, sentence: str) -> SentenceReading:
         """:meth:`label` and the sentence's anchor normal phrases (:class:`SentenceReading`)."""
-        doc = self.nlp.make_doc(sentence or "")
-        if len(doc) == 0:
-            return SentenceReading(RuleLabel("normal", "no_finding", ()), ())
-        state = _Sentence(doc, self._matcher(doc), self._keys)
-        label = state.label()
-        return SentenceReading(label, tuple(nid for _, nid in sorted(state.normal_hits)))
+        return self._read_doc(self.nlp.make_doc(sentence or ""))
 
     # --------------------------------------------------------------------------- internals
     def sentence_state(self, sentence: str) -> "_Sentence":
@@ -879,9 +874,14 @@ class RuleLabeler:
         return _Sentence(doc, self._matcher(doc), self._keys)
 
     def _label_doc(self, doc) -> RuleLabel:
+        return self._read_doc(doc).label
+
+    def _read_doc(self, doc) -> SentenceReading:
         if len(doc) == 0:
-            return RuleLabel("normal", "no_finding", ())
-        return _Sentence(doc, self._matcher(doc), self._keys).label()
+            return SentenceReading(RuleLabel("normal", "no_finding", ()), ())
+        state = _Sentence(doc, self._matcher(doc), self._keys)
+        label = state.label()
+        return SentenceReading(label, tuple(nid for _, nid in sorted(state.normal_hits)))
 
 
 class _Sentence:
