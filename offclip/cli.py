@@ -472,7 +472,10 @@ def manifest(
     build: bool = typer.Option(False, "--build", help="(Re)build the manifest from the records first."),
     db: Optional[Path] = typer.Option(None, "--db", help="Manifest file (default OUT/manifest.duckdb)."),
 ) -> None:
-    """Print a summary of the manifest: tables, label distribution, rejects, shard health, runs."""
+    """Print a summary of the manifest: tables, label distribution, rejects, shard health, runs.
+    Reads no file outside the manifest's folder (a view over one fails)."""
+    import duckdb
+
     from .pipeline.manifest import MANIFEST_FILE, build_manifest, summary
 
     path = db or out / MANIFEST_FILE
@@ -480,7 +483,7 @@ def manifest(
         if build:
             build_manifest(out, path)
         typer.echo(summary(path))
-    except FileNotFoundError as exc:
+    except (FileNotFoundError, duckdb.Error) as exc:
         _fail(exc)
 
 
@@ -491,8 +494,12 @@ def sql(
     fmt: str = typer.Option("table", "--format", help="table, csv, json or parquet."),
     out_file: Optional[Path] = typer.Option(None, "--out", help="Write the result here instead of stdout (needed for parquet)."),
     write: bool = typer.Option(False, "--write", help="Open the manifest read-write (default: read-only)."),
+    allow_external: bool = typer.Option(
+        False, "--allow-external",
+        help="Let the SQL use files outside the manifest's folder (default: that folder only)."),
 ) -> None:
-    """Run SQL on a manifest (read-only by default) and print or save the result."""
+    """Run SQL on a manifest (read-only by default) and print or save the result. DuckDB reads and
+    writes no file outside the manifest's folder unless --allow-external; read-only it writes none."""
     import duckdb
 
     from .pipeline.manifest import query
@@ -502,7 +509,7 @@ def sql(
     if fmt == "parquet" and out_file is None:
         _fail(ValueError("--format parquet needs --out FILE"))
     try:
-        df = query(db, query_text, write=write)
+        df = query(db, query_text, write=write, allow_external=allow_external)
     except (FileNotFoundError, duckdb.Error) as exc:
         _fail(exc)
     if fmt == "parquet":

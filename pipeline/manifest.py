@@ -293,15 +293,64 @@ def _load(con, name: str, table: pa.Table) -> None:
         con.unregister("incoming")
 
 
-def query(db: str | os.PathLike, sql: str, write: bool = False) -> pd.DataFrame:
-    """Run SQL on a manifest (read-only unless ``write``)."""
+#: statements with which DuckDB writes a file or opens another database file: refused on a manifest
+#: opened read-only (its ``allowed_directories`` let SQL read and write alike inside the folder)
+FILE_STATEMENTS = ("ATTACH", "COPY", "EXPORT")
+
+
+def open_manifest(db: str | os.PathLike, write: bool = False, allow_external: bool = False):
+    """A DuckDB connection to the manifest ``db`` (read-only unless ``write``; the caller closes
+    it), confined unless ``allow_external``: DuckDB touches no file outside the manifest's folder
+    (``allowed_directories`` = that folder, then ``enable_external_access = false``: no other file,
+    URL, extension install or load, secret store or Python variable; its temp directory
+    ``<db>.tmp`` stays inside) and ``lock_configuration`` keeps SQL from SETting any of it back."""
     import duckdb
 
-    if not Path(db).is_file():
+    db = Path(db)
+    if not db.is_file():
         raise FileNotFoundError(f"no manifest at {db}: build one with `offclip manifest OUT --build`")
-    with duckdb.connect(str(db), read_only=not write) as con:
-        relation = con.sql(sql)  # None for statements without a result
-        return relation.to_arrow_table().to_pandas() if relation is not None else pd.DataFrame()
+    con = duckdb.connect(str(db), read_only=not write)
+    if allow_external:
+        return con
+    root = db.resolve().parent
+    try:
+        locked, external, allowed = con.execute(
+            "SELECT current_setting('lock_configuration'), current_setting('enable_external_access'), "
+            "current_setting('allowed_directories')").fetchone()
+        if locked:  # DuckDB shares one instance per file in a process: another connection confined it
+            if external or root not in {Path(d) for d in allowed}:
+                raise duckdb.PermissionException(f"{db} is open in this process with another configuration")
+        else:
+            con.execute("SET allowed_directories = ?", [[str(root)]])  # only while external access is on
+            for setting in ("enable_external_access", "autoinstall_known_extensions", "autoload_known_extensions"):
+                con.execute(f"SET {setting} = false")
+            con.execute("SET lock_configuration = true")
+    except BaseException:
+        con.close()
+        raise
+    return con
+
+
+def query(db: str | os.PathLike, sql: str, write: bool = False, allow_external: bool = False) -> pd.DataFrame:
+    """Run SQL on a manifest: read-only unless ``write``, confined to the manifest's folder unless
+    ``allow_external`` (:func:`open_manifest`); read-only refuses :data:`FILE_STATEMENTS`."""
+    import duckdb
+
+    with open_manifest(db, write=write, allow_external=allow_external) as con:
+        refused = [] if write else sorted({s.type.name for s in con.extract_statements(sql)} & set(FILE_STATEMENTS))
+        if refused:
+            raise duckdb.PermissionException(
+                f"the manifest is open read-only: {', '.join(refused)} would write a file or open another "
+                "database (offclip sql --out FILE saves a result; --write allows it inside the manifest's folder)")
+        try:
+            relation = con.sql(sql)  # None for statements without a result
+            return relation.to_arrow_table().to_pandas() if relation is not None else pd.DataFrame()
+        except duckdb.PermissionException as exc:
+            if allow_external:
+                raise
+            raise duckdb.PermissionException(
+                f"{exc} (SQL on {db} may use files under {Path(db).resolve().parent} only; "
+                "offclip sql --allow-external lifts this)") from exc
 
 
 def summary(db: str | os.PathLike) -> str:
