@@ -40,6 +40,11 @@ REJECT_REASONS: dict[str, str] = {
     "unsupported_transfer_syntax": "no decoder for the file's transfer syntax is installed",
     "unsupported_pixels": "pixel layout offclip does not handle (colour, multi-frame, …)",
     "decode_error": "the pixel data could not be decoded",
+    "pixel_size_mismatch": "the pixel data's length, or the size its codestream declares, is not the header's "
+                           "Rows x Columns x samples x frames x bytes per sample",
+    "metadata_mismatch": "the image's Rows/Columns disagree with the metadata CSV's Rows/Columns for it",
+    "corrupt_data": "the compressed pixel data is malformed (a marker code inside entropy-coded data, lengths that do not add up)",
+    "unknown_transfer_syntax": "no Transfer Syntax UID and the pixel data is encapsulated: its compression is not told",
     "read_error": "the file could not be read",
     "no_frontal": "the study has no usable frontal (PA/AP) image",
     "no_report": "the study has no report file",
@@ -49,7 +54,8 @@ REJECT_REASONS: dict[str, str] = {
 }
 #: the reasons an image decoder can give (``offclip.pipeline.images.ImageReject``)
 IMAGE_REJECT_REASONS = ("not_dicom", "truncated", "no_pixel_data", "unsupported_transfer_syntax",
-                        "unsupported_pixels", "decode_error", "not_jpeg")
+                        "unsupported_pixels", "decode_error", "not_jpeg", "pixel_size_mismatch",
+                        "metadata_mismatch", "corrupt_data", "unknown_transfer_syntax")
 
 # ------------------------------------------------------------------------------------- curate
 

@@ -58,6 +58,7 @@ import io
 import math
 import mmap
 import os
+import re
 import struct
 import zlib
 from contextlib import contextmanager
@@ -82,6 +83,7 @@ from pydicom.uid import (
     ImplicitVRLittleEndian,
     JPEG2000,
     JPEG2000Lossless,
+    RLELossless,
 )
 from scipy import sparse
 
@@ -181,28 +183,40 @@ class _PixelInfo:
 # ------------------------------------------------------------------------------------------
 # public functions
 # ------------------------------------------------------------------------------------------
-def decode_dicom(source: str | os.PathLike | bytes, config: NormalizeConfig = NormalizeConfig()) -> DecodedImage:
+def decode_dicom(source: str | os.PathLike | bytes, config: NormalizeConfig = NormalizeConfig(),
+                 expect_size: tuple[int, int] | None = None) -> DecodedImage:
     """Decode ``source`` (a path or the file's bytes) to a normalised image; raises :class:`ImageReject`.
 
     A missing or unreadable path raises the usual ``OSError``: that is not a property of the image.
     Any other failure on a malformed file (odd header values, say) becomes a ``decode_error``.
+
+    Decode or reject, never guess (header arithmetic, before any pixel is decoded): the Pixel Data
+    length must be Rows x Columns x samples x frames x bytes per sample (one pad byte allowed), and a
+    codestream's own size (JPEG 2000 SIZ, JPEG SOF, RLE segments) the header's, else
+    ``pixel_size_mismatch``; ``expect_size`` (rows, columns), e.g. the metadata CSV's, must be the
+    header's, else ``metadata_mismatch``; a JPEG 2000 / JPEG codestream with a marker code inside its
+    entropy-coded data or tile-part lengths that do not add up is ``corrupt_data`` (the decoders
+    installed report nothing for such data: OpenJPEG and libjpeg decode garbage without a word);
+    encapsulated pixel data without a Transfer Syntax UID is ``unknown_transfer_syntax``.
     """
-    return _decode_or_reject(_decode, source, config, "")
+    return _decode_or_reject(_decode, source, config, "", expect_size)
 
 
-def _decode_or_reject(decode, source, config: NormalizeConfig, what: str) -> DecodedImage:
-    """``decode(buffer, config)``; any failure but an :class:`ImageReject` or a lack of memory
-    becomes a ``decode_error`` reject (the file is rejected, the batch goes on)."""
+def _decode_or_reject(decode, source, config: NormalizeConfig, what: str,
+                      expect_size: tuple[int, int] | None = None) -> DecodedImage:
+    """``decode(buffer, config, expect_size)``; any failure but an :class:`ImageReject` or a lack of
+    memory becomes a ``decode_error`` reject (the file is rejected, the batch goes on)."""
     with _buffer(source) as buf:
         try:
-            return decode(buf, config)
+            return decode(buf, config, expect_size)
         except (ImageReject, MemoryError):
             raise
         except Exception as exc:
             raise ImageReject("decode_error", f"{what}{type(exc).__name__}: {exc}") from exc
 
 
-def decode_jpeg(source: str | os.PathLike | bytes, config: NormalizeConfig = NormalizeConfig()) -> DecodedImage:
+def decode_jpeg(source: str | os.PathLike | bytes, config: NormalizeConfig = NormalizeConfig(),
+                expect_size: tuple[int, int] | None = None) -> DecodedImage:
     """Decode an 8-bit JPEG file (MIMIC-CXR-JPG) to a normalised image; raises :class:`ImageReject`.
 
     The JPEG's gray levels are display values (bright = dense) and are kept as they are
@@ -216,11 +230,13 @@ def decode_jpeg(source: str | os.PathLike | bytes, config: NormalizeConfig = Nor
     ``transfer_syntax`` "JPEG (MIMIC-CXR-JPG)", ``transfer_syntax_uid`` "", "MONOCHROME2", 8 bits.
 
     Reasons: ``truncated`` (empty, or cut before the image data or before its end), ``not_jpeg`` (no
-    JPEG start-of-image marker), ``unsupported_pixels`` (CMYK or other layouts), ``decode_error``.
-    A libjpeg *warning* (corrupt entropy data that it can resynchronise past) is not detected.
-    A missing or unreadable path raises the usual ``OSError``.
+    JPEG start-of-image marker), ``unsupported_pixels`` (CMYK or other layouts), ``corrupt_data`` (a
+    marker code inside the entropy-coded data: libjpeg would resynchronise past it and decode garbage
+    silently), ``metadata_mismatch`` (the JPEG's size is not ``expect_size``, the metadata CSV's
+    rows and columns), ``decode_error``. Corrupt entropy data without a stray marker code is not
+    detected (no decoder can). A missing or unreadable path raises the usual ``OSError``.
     """
-    return _decode_or_reject(_decode_jpeg, source, config, "JPEG: ")
+    return _decode_or_reject(_decode_jpeg, source, config, "JPEG: ", expect_size)
 
 
 def encode_file_bytes(pixels: np.ndarray, config: NormalizeConfig) -> bytes:
@@ -278,23 +294,26 @@ def _buffer(source) -> Iterator:
             pass
 
 
-def _decode(buf, config: NormalizeConfig) -> DecodedImage:
+def _decode(buf, config: NormalizeConfig, expect_size: tuple[int, int] | None = None) -> DecodedImage:
     if len(buf) == 0:
         raise ImageReject("truncated", "empty file")
     ds = _parse(buf)
     syntax = _transfer_syntax(ds)
     if "PixelData" not in ds:
         _reject_missing_pixels(ds, buf, syntax)
+    _check_syntax_told(ds, buf)
     _check_decodable(syntax)
     info = _pixel_info(ds)
+    _check_expected_size(info.rows, info.columns, expect_size, "DICOM header")
+    frame = _check_pixel_size(ds, buf, syntax, info)  # the complete first frame of compressed data
     size = target_size(info.rows, info.columns, config.long_side)
 
-    reduced = _reduced_j2k(ds, buf, syntax, info, size) if config.reduced_decode else None
+    reduced = _reduced_j2k(ds, syntax, info, size, frame) if config.reduced_decode else None
     if reduced is not None:  # a JPEG 2000 resolution level, resized; None: anything unusual
         small, scale = reduced
     else:
         scale = 1
-        stored, bits_to_enforce = _stored_pixels(ds, buf, syntax, info)
+        stored, bits_to_enforce = _stored_pixels(ds, buf, syntax, info, frame)
         if ds.get("ModalityLUTSequence"):
             if bits_to_enforce:
                 stored, bits_to_enforce = _valid_bits(stored, bits_to_enforce), None
@@ -394,9 +413,262 @@ def _pixel_info(ds: Dataset) -> _PixelInfo:
 
 
 # ------------------------------------------------------------------------------------------
+# decode or reject, never guess: sizes and structure from the headers, before any decoding
+# ------------------------------------------------------------------------------------------
+_UNDEFINED_LENGTH = 0xFFFFFFFF
+_J2K_FAMILY = frozenset(UID(f"1.2.840.10008.1.2.4.{n}") for n in (90, 91, 92, 93, 201, 202, 203))
+_JPEG_FAMILY = frozenset(UID(f"1.2.840.10008.1.2.4.{n}") for n in (50, 51, 57, 70, 80, 81))
+_JPEG_LS = frozenset({UID("1.2.840.10008.1.2.4.80"), UID("1.2.840.10008.1.2.4.81")})
+#: in a J2K tile-part's data (packet headers and code-block bytes) a 0xFF byte is never followed by
+#: 0x90 or more (bit stuffing; ISO/IEC 15444-1 Annex A/B/C), except SOP / EPH markers when COD allows them
+_J2K_MARKER_IN_DATA = re.compile(rb"\xff[\x90-\xff]")
+_J2K_MARKER_IN_DATA_SOP_EPH = re.compile(rb"\xff[\x90\x93-\xff]")
+#: the end of a JPEG scan's entropy-coded data: 0xFF followed by neither a stuffed 0x00 nor RSTn
+_JPEG_SCAN_END = re.compile(rb"\xff[^\x00\xd0-\xd7]")
+_JPEG_LS_SCAN_END = re.compile(rb"\xff[\x80-\xff]")  # JPEG-LS stuffs a 0 bit: data bytes after 0xFF are < 0x80
+#: markers that may follow a scan's data: EOI, DHT, SOS, DQT, DNL, DRI, DHP, EXP, COM, LSE, APPn
+_JPEG_AFTER_SCAN = frozenset({0xD9, 0xC4, 0xDA, 0xDB, 0xDC, 0xDD, 0xDE, 0xDF, 0xFE, 0xF8, *range(0xE0, 0xF0)})
+#: JPEG start-of-frame markers (SOF0-3, 5-7, 9-11, 13-15; JPEG-LS SOF55)
+_JPEG_SOF = frozenset({*range(0xC0, 0xC4), *range(0xC5, 0xC8), *range(0xC9, 0xCC), *range(0xCD, 0xD0), 0xF7})
+
+
+def _check_expected_size(rows: int, columns: int, expect: tuple[int, int] | None, what: str) -> None:
+    """``expect`` (rows, columns: the metadata CSV's) against the file's own; a difference rejects."""
+    if expect is None:
+        return
+    want_rows, want_columns = expect
+    if (rows, columns) != (want_rows, want_columns):
+        swapped = " (swapped)" if (rows, columns) == (want_columns, want_rows) else ""
+        raise ImageReject("metadata_mismatch", f"the {what} says Rows x Columns {rows}x{columns}, the metadata CSV "
+                                               f"{want_rows}x{want_columns}{swapped}")
+
+
+def _check_syntax_told(ds: Dataset, buf) -> None:
+    """Encapsulated (undefined-length) pixel data without a Transfer Syntax UID: which codec wrote
+    it is not told, so it is not decoded (a native bare dataset's encoding is what pydicom parsed)."""
+    meta = getattr(ds, "file_meta", None)
+    if meta is not None and meta.get("TransferSyntaxUID"):
+        return
+    elem = ds.get_item(_PIXEL_DATA, keep_deferred=True)
+    length = getattr(elem, "length", None)
+    if length != _UNDEFINED_LENGTH and not getattr(elem, "is_undefined_length", False):
+        return
+    head = b""
+    if isinstance(elem, RawDataElement) and elem.value is None:
+        head = bytes(buf[elem.value_tell: elem.value_tell + 64])
+    elif isinstance(elem, RawDataElement):
+        head = bytes(elem.value[:64])
+    looks = next((name for magic, name in ((_J2K_SOC_SIZ, "a JPEG 2000 codestream"), (b"\xff\xd8\xff", "a JPEG stream"))
+                  if head.find(magic) >= 0), "data of an unknown codec")
+    raise ImageReject("unknown_transfer_syntax",
+                      f"no Transfer Syntax UID in the file meta, and the pixel data is encapsulated (compressed; its "
+                      f"first fragment looks like {looks}): which syntax it is is not told")
+
+
+def _check_pixel_size(ds: Dataset, buf, syntax: UID, info: _PixelInfo) -> bytes | None:
+    """The Pixel Data's size against the header (header arithmetic, no decoding; rejects on a
+    difference); returns the complete first frame of encapsulated data (None: native, or cut)."""
+    expected = info.rows * info.columns * (info.bits_allocated // 8)  # one sample, one frame (_pixel_info)
+    if not syntax.is_encapsulated:
+        _check_native_length(ds, buf, syntax, info, expected)
+        return None
+    frame = _encapsulated_frame(ds, buf, syntax)
+    if frame is None:
+        return None
+    if syntax in _J2K_FAMILY:
+        _check_j2k(frame, syntax, info)
+    elif syntax in _JPEG_FAMILY:
+        _check_jpeg_frame(frame, syntax, info)
+    elif syntax == RLELossless and len(frame) >= 64:
+        segments = struct.unpack_from("<I", frame)[0]
+        if segments != info.bits_allocated // 8:
+            raise ImageReject("pixel_size_mismatch", f"the RLE header has {segments} segment(s), the header's one "
+                                                     f"sample of {info.bits_allocated} bits needs {info.bits_allocated // 8}")
+    return frame
+
+
+def _check_native_length(ds: Dataset, buf, syntax: UID, info: _PixelInfo, expected: int) -> None:
+    """Native pixel data: its declared length is Rows x Columns x bytes (+1 pad byte when odd);
+    a file that ends before its declared length is ``truncated``."""
+    elem = ds.get_item(_PIXEL_DATA, keep_deferred=True)
+    if isinstance(elem, RawDataElement) and elem.length != _UNDEFINED_LENGTH:
+        declared = elem.length
+        if elem.value is None and syntax != DeflatedExplicitVRLittleEndian:
+            available = max(0, min(declared, len(buf) - elem.value_tell))
+        else:
+            available = len(elem.value) if elem.value is not None else len(ds.PixelData or b"")
+    else:
+        declared = available = len(ds.PixelData or b"")
+    shape = f"{info.rows} rows x {info.columns} columns x 1 sample x 1 frame x {info.bits_allocated // 8} byte(s)"
+    if declared not in (expected, expected + (expected & 1)):
+        raise ImageReject("pixel_size_mismatch", f"the Pixel Data is {declared} bytes, the header's {shape} "
+                                                 f"= {expected} bytes")
+    if available < expected:
+        raise ImageReject("truncated", f"pixel data has {available} bytes, {shape} = {expected} expected "
+                                       "(the file ends before its Pixel Data does)")
+
+
+def _size_mismatch(what: str, found: tuple, info: _PixelInfo) -> ImageReject:
+    rows, columns, components, precision = found
+    return ImageReject("pixel_size_mismatch",
+                       f"the {what} is {rows} rows x {columns} columns x {components} component(s) of {precision} bits, "
+                       f"the header says {info.rows} x {info.columns} x 1 of at most {info.bits_allocated} bits")
+
+
+def _check_j2k(frame: bytes, syntax: UID, info: _PixelInfo) -> None:
+    start = frame.find(_J2K_SOC_SIZ, 0, 4096)  # 0, or inside a (non-conformant) JP2 wrapper
+    if start < 0 or len(frame) < start + 42:
+        return  # no codestream header to compare: the decoder says what it is
+    xsiz, ysiz, xosiz, yosiz = struct.unpack_from(">IIII", frame, start + 8)
+    components = struct.unpack_from(">H", frame, start + 40)[0]
+    precision = (frame[start + 42] & 0x7F) + 1 if len(frame) > start + 42 else 0
+    found = (ysiz - yosiz, xsiz - xosiz, components, precision)
+    if found[:3] != (info.rows, info.columns, 1) or precision > info.bits_allocated:
+        raise _size_mismatch("JPEG 2000 codestream (SIZ)", found, info)
+    if syntax in _J2K_SYNTAXES and start == 0 and _j2k_codestream(frame) is not None:
+        problem = _j2k_structure(frame)
+        if problem:
+            raise ImageReject("corrupt_data", f"{syntax.name}: {problem}")
+
+
+def _check_jpeg_frame(frame: bytes, syntax: UID, info: _PixelInfo) -> None:
+    found = _jpeg_sof(frame)
+    if found is not None and ((found[0] and found[0] != info.rows) or found[1:3] != (info.columns, 1)
+                              or found[3] > info.bits_allocated):
+        raise _size_mismatch("JPEG frame header (SOF)", found, info)
+    problem = _jpeg_structure(frame)
+    if problem:
+        raise ImageReject("corrupt_data", f"{syntax.name}: {problem}")
+
+
+def _jpeg_sof(data) -> tuple[int, int, int, int] | None:
+    """(lines, samples per line, components, precision) of a JPEG stream's SOF; None if not found."""
+    pos, end = 2, min(len(data), 1 << 20)
+    while pos + 4 <= end:
+        if data[pos] != 0xFF:
+            return None
+        marker = data[pos + 1]
+        if marker == 0xFF:
+            pos += 1
+            continue
+        length = (data[pos + 2] << 8) | data[pos + 3]
+        if marker in _JPEG_SOF:
+            if pos + 10 > len(data):
+                return None
+            precision, lines, samples, components = struct.unpack_from(">BHHB", data, pos + 4)
+            return lines, samples, components, precision
+        if marker == 0xDA:
+            return None
+        pos += 2 + length
+    return None
+
+
+def _jpeg_structure(data) -> str | None:
+    """What is wrong with a JPEG stream's marker structure, or None: each scan's entropy-coded data
+    must end at a marker that may follow a scan (EOI, DHT, SOS, ...), never at a stray marker code
+    (libjpeg warns "Corrupt JPEG data" on stderr and decodes garbage). A stream cut short is left to
+    the decoder (None)."""
+    end = len(data)
+    pos, ls, scans = 2, False, 0
+    while pos + 2 <= end:
+        if data[pos] != 0xFF:
+            return f"no marker where one must start (byte {pos})"
+        marker = data[pos + 1]
+        if marker == 0xFF:  # fill byte
+            pos += 1
+            continue
+        if marker == 0xD9:
+            return None
+        if 0xD0 <= marker <= 0xD7 or marker == 0x01:
+            pos += 2
+            continue
+        if pos + 4 > end:
+            return None
+        if marker == 0xF7:
+            ls = True
+        segment_end = pos + 2 + ((data[pos + 2] << 8) | data[pos + 3])
+        if marker != 0xDA:
+            pos = segment_end
+            continue
+        scans += 1
+        pattern = _JPEG_LS_SCAN_END if ls else _JPEG_SCAN_END
+        search = segment_end
+        while True:
+            found = pattern.search(data, search)
+            if found is None:
+                return None  # the stream ends inside the scan: cut short, the decoder's to say
+            pos = found.start()
+            while pos + 1 < end and data[pos + 1] == 0xFF:
+                pos += 1
+            if pos + 1 >= end:
+                return None
+            following = data[pos + 1]
+            if ls and 0xD0 <= following <= 0xD7:  # JPEG-LS restart marker
+                search = pos + 2
+                continue
+            break
+        if following not in _JPEG_AFTER_SCAN:
+            return f"marker code FF{following:02X} inside the entropy-coded data of scan {scans} (byte {pos})"
+    return None
+
+
+def _j2k_structure(codestream: bytes) -> str | None:
+    """What is wrong with a complete J2K codestream's tile-part structure, or None: the tile-parts
+    (SOT, Psot bytes each) must run from the main header to the EOC, and their data (packet headers
+    and code-block bytes, bit-stuffed) must hold no marker code 0xFF90-0xFFFF but the SOP / EPH
+    markers COD allows. OpenJPEG decodes a codestream with garbage in its code-block data without
+    a word; garbage that forms such a code (a 2 KB stretch does with probability ~97 %) is caught.
+    High-throughput code-blocks (HTJ2K) are not scanned."""
+    end = len(codestream) - (2 if codestream.endswith(b"\xff\xd9") else 3)  # the EOC's position
+    pos, sop_eph, ht = 2, False, False
+    while True:  # main header: SIZ, COD, QCD, ... up to the first SOT
+        if pos + 4 > end:
+            return "the main header runs into the end of the codestream"
+        marker, length = struct.unpack_from(">HH", codestream, pos)
+        if marker == 0xFF90:
+            break
+        if marker >> 8 != 0xFF or length < 2:
+            return f"no marker segment where the main header goes on (byte {pos})"
+        if marker == 0xFF52 and pos + 13 <= end:  # COD: Scod (SOP / EPH flags), ..., code-block style
+            sop_eph |= bool(codestream[pos + 4] & 0x06)
+            ht |= bool(codestream[pos + 12] & 0x40)
+        pos += 2 + length
+    while pos < end:
+        if codestream[pos: pos + 2] != b"\xff\x90" or pos + 12 > end:
+            return f"no tile-part (SOT) where the previous one ends (byte {pos})"
+        lsot, tile, psot = struct.unpack_from(">HHI", codestream, pos + 2)
+        part_end = pos + psot if psot else end
+        if psot and (psot < 14 or part_end > end):
+            return f"tile-part of tile {tile} at byte {pos} says {psot} bytes, {end - pos} are left before the EOC"
+        header = pos + 2 + lsot
+        while True:  # the tile-part header, up to SOD
+            if header + 2 > part_end:
+                return f"tile-part of tile {tile} at byte {pos} has no SOD"
+            marker = struct.unpack_from(">H", codestream, header)[0]
+            if marker == 0xFF93:
+                break
+            if marker >> 8 != 0xFF or header + 4 > part_end:
+                return f"no marker segment in the tile-part header of tile {tile} (byte {header})"
+            if marker == 0xFF52 and header + 13 <= part_end:
+                sop_eph |= bool(codestream[header + 4] & 0x06)
+                ht |= bool(codestream[header + 12] & 0x40)
+            header += 2 + struct.unpack_from(">H", codestream, header + 2)[0]
+        if not ht:
+            found = (_J2K_MARKER_IN_DATA_SOP_EPH if sop_eph else _J2K_MARKER_IN_DATA).search(
+                codestream, header + 2, part_end)
+            if found is not None:
+                code = codestream[found.start() + 1]
+                return (f"marker code FF{code:02X} inside the data of tile {tile} (byte {found.start()} of "
+                        f"{len(codestream)}): the entropy-coded data is corrupt")
+        pos = part_end
+    return None
+
+
+# ------------------------------------------------------------------------------------------
 # stored pixels
 # ------------------------------------------------------------------------------------------
-def _stored_pixels(ds: Dataset, buf, syntax: UID, info: _PixelInfo) -> tuple[np.ndarray, int | None]:
+def _stored_pixels(ds: Dataset, buf, syntax: UID, info: _PixelInfo,
+                   frame: bytes | None = None) -> tuple[np.ndarray, int | None]:
     """The full-size stored values, and the BitsStored still to enforce (None: already done).
 
     Direct reads leave clearing / sign-extending the bits above BitsStored to :func:`_shrink`,
@@ -405,6 +677,8 @@ def _stored_pixels(ds: Dataset, buf, syntax: UID, info: _PixelInfo) -> tuple[np.
     big_endian_bytes = syntax == ExplicitVRBigEndian and info.bits_allocated == 8  # OW byte swap
     if syntax in _DIRECT_SYNTAXES and not big_endian_bytes:
         return _direct_pixels(ds, buf, syntax, info), info.bits_stored
+    if syntax == RLELossless and frame is not None and _rle_decoder() is not None:
+        return _rle_pixels(frame, info), info.bits_stored  # bits above BitsStored: as a direct read
     return _decoded_pixels(ds, buf, syntax, info), None
 
 
@@ -460,6 +734,44 @@ def _value_bound(dtype: np.dtype, bits_stored: int | None) -> int:
     return (1 << bits) - 1 if dtype.kind == "u" else 1 << (bits - 1)
 
 
+@functools.lru_cache(maxsize=1)
+def _rle_decoder():
+    try:
+        from rle.rle import decode_segment  # pylibjpeg-rle, a dependency
+    except ImportError:
+        return None
+    return decode_segment
+
+
+def _rle_pixels(frame: bytes, info: _PixelInfo) -> np.ndarray:
+    """An RLE Lossless frame decoded segment by segment (pylibjpeg-rle), each segment's decoded
+    length checked against Rows x Columns: the plugins keep the first Rows x Columns bytes of a
+    longer segment without a word (a header with Rows halved decoded to the image's top half)."""
+    decode = _rle_decoder()
+    count = info.bits_allocated // 8  # the header's segment count (checked by _check_pixel_size)
+    offsets = [*struct.unpack_from(f"<{count}I", frame, 4), len(frame)]
+    expected = info.rows * info.columns
+    planes = []
+    for index in range(count):
+        try:
+            segment = decode(frame[offsets[index]: offsets[index + 1]])
+        except Exception as exc:
+            raise ImageReject("decode_error", f"RLE Lossless segment {index}: {type(exc).__name__}: {exc}") from exc
+        if len(segment) not in (expected, expected + 1):  # one pad byte allowed
+            raise ImageReject("pixel_size_mismatch",
+                              f"RLE segment {index} decodes to {len(segment)} bytes, the header's {info.rows} rows x "
+                              f"{info.columns} columns = {expected}")
+        planes.append(np.frombuffer(segment, dtype=np.uint8, count=expected))
+    if count == 1:
+        arr = planes[0]
+    else:  # segment 0: the most significant byte of each sample
+        arr = planes[0].astype(np.uint16) << np.uint16(8)
+        arr |= planes[1]
+    if info.signed:
+        arr = arr.view(np.int8 if count == 1 else np.int16)
+    return arr.reshape(info.rows, info.columns)
+
+
 def _decoded_pixels(ds: Dataset, buf, syntax: UID, info: _PixelInfo) -> np.ndarray:
     """Compressed (and odd) syntaxes: pydicom's decoders (pylibjpeg / Pillow plugins)."""
     try:
@@ -501,11 +813,14 @@ def _apply_lut_table(stored: np.ndarray, item: Dataset, syntax: UID, signed: boo
 # ------------------------------------------------------------------------------------------
 # decoding no more than needed: JPEG files, JPEG 2000 DICOMs at a reduced resolution
 # ------------------------------------------------------------------------------------------
-def _decode_jpeg(buf, config: NormalizeConfig) -> DecodedImage:
+def _decode_jpeg(buf, config: NormalizeConfig, expect_size: tuple[int, int] | None = None) -> DecodedImage:
     if len(buf) == 0:
         raise ImageReject("truncated", "empty file")
     if bytes(buf[:3]) != _JPEG_SOI:
         raise ImageReject("not_jpeg", f"no JPEG start-of-image marker (the file starts {bytes(buf[:8])!r})")
+    problem = _jpeg_structure(buf)
+    if problem:
+        raise ImageReject("corrupt_data", f"JPEG: {problem}")
     try:
         image = Image.open(io.BytesIO(buf), formats=("JPEG",))
     except (UnidentifiedImageError, OSError) as exc:  # Pillow: not identified, or "Truncated File Read"
@@ -514,6 +829,7 @@ def _decode_jpeg(buf, config: NormalizeConfig) -> DecodedImage:
         columns, rows = image.size
         if rows < 1 or columns < 1:
             raise ImageReject("unsupported_pixels", f"empty image ({rows}x{columns})")
+        _check_expected_size(rows, columns, expect_size, "JPEG")
         if image.mode not in ("L", "RGB"):
             raise ImageReject("unsupported_pixels", f"{image.mode} JPEG: only grayscale and RGB/YCbCr are handled")
         orientation = _exif_orientation(image)
@@ -581,19 +897,19 @@ def _orient(pixels: np.ndarray, orientation: int) -> np.ndarray:
     return np.ascontiguousarray(turned)
 
 
-def _reduced_j2k(ds: Dataset, buf, syntax: UID, info: _PixelInfo,
-                 size: tuple[int, int]) -> tuple[np.ndarray, int] | None:
+def _reduced_j2k(ds: Dataset, syntax: UID, info: _PixelInfo, size: tuple[int, int],
+                 frame: bytes | None) -> tuple[np.ndarray, int] | None:
     """A JPEG 2000 DICOM decoded at resolution level r and area-resampled to ``size`` (float32, stored
     units, as :func:`_shrink` gives), and 2**r. None: the full decode is the way (not JPEG 2000, small,
     r would be 0, or anything unusual); the full path then decodes the file or rejects it with its
-    reason, so nothing here rejects.
+    reason, so nothing here rejects. ``frame``: the complete first frame (:func:`_check_pixel_size`).
     """
     if (syntax not in _J2K_SYNTAXES or info.rows * info.columns < _REDUCE_MIN_PIXELS or info.signed
             or (info.rows >> 1) < size[0] or (info.columns >> 1) < size[1]
             or ds.get("ModalityLUTSequence") or int(ds.get("NumberOfFrames") or 1) != 1 or not _pillow_j2k()):
         return None
     try:
-        codestream = _j2k_codestream(ds, buf, syntax)
+        codestream = _j2k_codestream(frame)
         header = _j2k_header(codestream) if codestream is not None else None
         if header is None:
             return None
@@ -621,15 +937,26 @@ def _pillow_j2k() -> bool:
     return bool(features.check_codec("jpg_2000"))
 
 
-def _j2k_codestream(ds: Dataset, buf, syntax: UID) -> bytes | None:
-    """The one frame's J2K codestream; None unless it is complete (ends with the EOC marker)."""
-    data, offset, available = _pixel_buffer(ds, buf, syntax)
-    with memoryview(data) as view:
-        value = bytes(view[offset: offset + available])
-    if data is buf and value.rfind(_SEQUENCE_DELIMITER) < 0:
-        return None  # the file ends inside the encapsulated pixel data
-    frame = next(generate_frames(value, number_of_frames=1))
-    if not frame.startswith(_J2K_SOC_SIZ) or not (frame.endswith(b"\xff\xd9") or frame.endswith(b"\xff\xd9\x00")):
+def _encapsulated_frame(ds: Dataset, buf, syntax: UID) -> bytes | None:
+    """The first frame of encapsulated pixel data (its fragments joined); None when the file ends
+    inside the encapsulated value (or its items do not parse): the decoders then say why."""
+    try:
+        data, offset, available = _pixel_buffer(ds, buf, syntax)
+        with memoryview(data) as view:
+            value = bytes(view[offset: offset + available])
+        if data is buf and value.rfind(_SEQUENCE_DELIMITER) < 0:
+            return None  # the file ends inside the encapsulated pixel data
+        return next(generate_frames(value, number_of_frames=1))
+    except (ImageReject, MemoryError):
+        raise
+    except Exception:
+        return None
+
+
+def _j2k_codestream(frame: bytes | None) -> bytes | None:
+    """``frame`` when it is one complete J2K codestream (SOC SIZ ... EOC), else None."""
+    if frame is None or not frame.startswith(_J2K_SOC_SIZ) or not (
+            frame.endswith(b"\xff\xd9") or frame.endswith(b"\xff\xd9\x00")):
         return None  # a JP2 wrapper, or a cut / odd codestream
     return frame
 

@@ -33,7 +33,7 @@ from ..data_contracts.ingest import IMAGES, REJECTS, SENTENCES, STUDIES
 from .atomic import atomic_open, atomic_write_bytes
 from .executor import forkserver_context, make_executor
 from .images import DecodedImage, ImageReject, NormalizeConfig, decode_dicom, encode_file_bytes
-from .scan import ScanConfig, StudyEntry, scan_source
+from .scan import ImageEntry, ScanConfig, StudyEntry, scan_source
 from .sources import read_report
 
 log = logging.getLogger(__name__)
@@ -177,6 +177,9 @@ class IngestStage:
                 image_rows[image.dicom_id]["status"] = "rejected"
                 reject("scan", "image", "missing_file", f"metadata names {image.path}, which does not exist",
                        image.dicom_id, image.path)
+            elif image.header_error is not None:  # the scan read its header for the view and could not
+                image_rows[image.dicom_id]["status"] = "rejected"
+                reject("scan", "image", *image.header_error, image.dicom_id, image.path)
 
         study_row = {**ids, "folder": study.folder, "split": study.split, "report_path": study.report_path,
                      "n_images": len(study.images),
@@ -215,9 +218,12 @@ class IngestStage:
         # -- frontal image: try the candidates in the scan's (seeded) order -----------------------
         if not study.frontal_order:
             views = sorted({i.view_position or i.view for i in study.images if i.exists}) or ["none"]
-            reject("scan", "study", "no_frontal", f"no frontal image among existing views: {', '.join(views)}")
+            unread = [f"{i.path} ({i.header_error[0]})" for i in study.images if i.header_error is not None]
+            unread = f"; view unknown, header unreadable: {', '.join(unread)}" if unread else ""
+            reject("scan", "study", "no_frontal", f"no frontal image among existing views: {', '.join(views)}{unread}")
             return finish("no_frontal")
         by_id = {i.dicom_id: i for i in study.images}
+        failed = []  # "path (reason)" of the frontal images that could not be decoded
         for dicom_id in study.frontal_order:
             image = by_id[dicom_id]
             row = image_rows[dicom_id]
@@ -226,6 +232,7 @@ class IngestStage:
             except OSError as exc:
                 row["status"] = "rejected"
                 reject("image", "image", "read_error", f"{type(exc).__name__}: {exc}", dicom_id, image.path)
+                failed.append(f"{image.path} (read_error)")
                 continue
             digest = hashlib.sha256(data).hexdigest()
             row["file_sha256"] = digest
@@ -238,10 +245,11 @@ class IngestStage:
                     out.stamps[study.study_id] = stamp
                 return
             try:
-                decoded = self._decode(study, data)
+                decoded = self._decode(study, data, image)
             except ImageReject as exc:
                 row["status"] = "rejected"
-                reject("image", "image", exc.reason, exc.message, dicom_id, image.path)
+                reject("image", "image", exc.reason, f"{image.path}: {exc.message}", dicom_id, image.path)
+                failed.append(f"{image.path} ({exc.reason})")
                 continue
             atomic_write_bytes(self.out / out_path, encode_file_bytes(decoded.pixels, self.normalize))
             self._fill_image_row(row, decoded, out_path)
@@ -254,15 +262,21 @@ class IngestStage:
                 out.stamps[study.study_id] = stamp
             return finish(None)
         tried = len(study.frontal_order)
-        reject("image", "study", "no_frontal", f"none of the {tried} frontal image(s) could be decoded")
+        reject("image", "study", "no_frontal", f"none of the {tried} frontal image(s) could be decoded"
+                                               + (f"; not decoded: {', '.join(failed)}" if failed else ""))
         return finish("no_frontal")
 
-    def _decode(self, study: StudyEntry, data: bytes) -> DecodedImage:
+    def _decode(self, study: StudyEntry, data: bytes, image: ImageEntry | None = None) -> DecodedImage:
+        """The image decoded; the metadata CSV's Rows/Columns for it, when it gives both, must be
+        the file's (else a ``metadata_mismatch`` reject)."""
+        expect = None
+        if image is not None and image.rows and image.columns:
+            expect = (image.rows, image.columns)
         if study.image_kind == "jpg":
             from .images import decode_jpeg
 
-            return decode_jpeg(data, self.normalize)
-        return decode_dicom(data, self.normalize)
+            return decode_jpeg(data, self.normalize, expect)
+        return decode_dicom(data, self.normalize, expect)
 
     @staticmethod
     def _fill_image_row(row: dict, decoded: DecodedImage, out_path: str) -> None:

@@ -121,6 +121,11 @@ class ImageEntry:
     view_position: str | None = None
     view_source: str = "none"
     procedure: str | None = None  #: PerformedProcedureStepDescription from the metadata (weakest evidence)
+    rows: int | None = None  #: Rows from the metadata CSV (the decoder rejects a file whose header disagrees)
+    columns: int | None = None  #: Columns from the metadata CSV
+    #: (reason, message) when the scan read the header for the view and could not (ingest rejects the image)
+    header_error: tuple[str, str] | None = None
+
 
 
 @dataclass
@@ -253,7 +258,7 @@ def _rows_by_study(df: pd.DataFrame, config: ScanConfig, studies: dict[int, Stud
 
 def _from_metadata(root: Path, path: Path, config: ScanConfig, ext: str) -> dict[int, StudyEntry]:
     cols = ["dicom_id", "subject_id", "study_id", "ViewPosition", "ViewCodeSequence_CodeMeaning",
-            "PerformedProcedureStepDescription"]
+            "PerformedProcedureStepDescription", "Rows", "Columns"]
     df = pd.read_csv(path, dtype={"dicom_id": "string", "subject_id": "int64", "study_id": "int64"},
                      usecols=lambda c: c in cols, keep_default_na=True)
     for col in cols[3:]:
@@ -269,8 +274,18 @@ def _from_metadata(root: Path, path: Path, config: ScanConfig, ext: str) -> dict
         view, position, source = classify_view(row.ViewPosition, row.ViewCodeSequence_CodeMeaning)
         procedure = row.PerformedProcedureStepDescription
         study.images.append(ImageEntry(str(row.dicom_id), f"{study_dir}/{name}", listing.has(study_dir, name),
-                                       view, position, source, procedure if isinstance(procedure, str) else None))
+                                       view, position, source, procedure if isinstance(procedure, str) else None,
+                                       _dimension(row.Rows), _dimension(row.Columns)))
     return studies
+
+
+def _dimension(value) -> int | None:
+    """A metadata Rows / Columns value as an int (None when blank or not a positive whole number)."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return int(number) if number >= 1 and number.is_integer() else None
 
 
 def _from_record_list(root: Path, path: Path, config: ScanConfig) -> dict[int, StudyEntry]:
@@ -348,8 +363,8 @@ def _fill_views(root: Path, studies: list[StudyEntry], config: ScanConfig) -> No
             for chunk, done in zip(chunks, executor.map(chunks)):
                 results.extend(done)
                 bar.update(len(chunk))
-    for image, (view, position, source) in zip(todo, results):
-        image.view, image.view_position, image.view_source = view, position, source
+    for image, (view, position, source, error) in zip(todo, results):
+        image.view, image.view_position, image.view_source, image.header_error = view, position, source, error
 
 
 class HeaderViews:
@@ -361,11 +376,13 @@ class HeaderViews:
     def setup(self) -> None:
         pass
 
-    def process_batch(self, jobs: list[tuple[str, str | None]]) -> list[tuple[str, str | None, str]]:
+    def process_batch(self, jobs: list[tuple[str, str | None]]) -> list[tuple]:
         return _header_views(self.root, jobs)
 
 
-def _header_views(root: str, jobs: list[tuple[str, str | None]]) -> list[tuple[str, str | None, str]]:
+def _header_views(root: str, jobs: list[tuple[str, str | None]]) -> list[tuple]:
+    """(view, view position, source, error) per job; error: None, or (reason, message) when the
+    header could not be read (ingest rejects the image with it, naming the file)."""
     import pydicom
 
     out = []
@@ -376,8 +393,27 @@ def _header_views(root: str, jobs: list[tuple[str, str | None]]) -> list[tuple[s
                                                 "PerformedProcedureStepDescription",
                                                 "AcquisitionDeviceProcessingDescription"])
             code = ds.ViewCodeSequence[0].get("CodeMeaning") if ds.get("ViewCodeSequence") else None
-            out.append(classify_view(ds.get("ViewPosition"), code, ds.get("AcquisitionDeviceProcessingDescription"),
-                                     ds.get("PerformedProcedureStepDescription") or procedure))
-        except Exception:  # an unreadable file is rejected, with its reason, when decoded
-            out.append(classify_view(procedure=procedure))
+            out.append((*classify_view(ds.get("ViewPosition"), code, ds.get("AcquisitionDeviceProcessingDescription"),
+                                       ds.get("PerformedProcedureStepDescription") or procedure), None))
+        except Exception as exc:  # no view from it: ingest rejects the image with this reason
+            out.append((*classify_view(procedure=procedure), _header_error(os.path.join(root, path), path, exc)))
     return out
+
+
+def _header_error(full: str, path: str, exc: Exception) -> tuple[str, str]:
+    """(reason, message) of a header the view scan could not read: ``read_error`` (open / read
+    failed), ``truncated`` (0 bytes, or the header runs off the end), ``not_dicom``."""
+    from pydicom.errors import InvalidDicomError
+
+    detail = f"{type(exc).__name__}: {exc}"
+    if isinstance(exc, OSError):
+        return "read_error", f"{path}: cannot read the DICOM header ({type(exc).__name__}: {exc.strerror or exc})"
+    try:
+        size = os.path.getsize(full)
+    except OSError:
+        size = None
+    if size == 0:
+        return "truncated", f"{path}: empty file (0 bytes), no DICOM header to read the view from"
+    if isinstance(exc, InvalidDicomError):
+        return "not_dicom", f"{path}: not a DICOM file ({detail})"
+    return "truncated", f"{path}: the DICOM header could not be parsed ({detail}); file cut short?"

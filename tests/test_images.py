@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import pickle
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -504,3 +505,134 @@ def test_real_samples(samples):
     # 255, give or take one level where 255 * t lands exactly on .5 (rounding half up both ways)
     total = mono2.pixels.astype(np.int64) + mono1.pixels
     assert np.abs(total - 255).max() <= 1 and (total == 255).mean() > 0.95
+
+
+# ------------------------------------------------------------------------------------------
+# decode or reject, never guess (issue 26 point 2): on the real RSNA sample's pixels
+# ------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def rsna_pixels(samples) -> np.ndarray:
+    """The real 1024x1024 8-bit radiograph of the RSNA sample (its JPEG decoded once)."""
+    return pydicom.dcmread(samples[0]).pixel_array
+
+
+def _rsna_dataset(pixels: np.ndarray, syntax=ExplicitVRLittleEndian) -> Dataset:
+    """The RSNA sample's header with ``pixels`` as its image, native (or compressed to ``syntax``)."""
+    ds = pydicom.dcmread(RSNA)
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.Rows, ds.Columns = pixels.shape
+    ds.PixelData = np.ascontiguousarray(pixels).tobytes()
+    ds["PixelData"].VR = "OB"
+    if syntax != ExplicitVRLittleEndian:
+        ds.compress(syntax, np.ascontiguousarray(pixels), encoding_plugin="pylibjpeg", generate_instance_uid=False)
+    return ds
+
+
+def _garbage_in_the_middle(data: bytes, start: int, size: int = 2048) -> bytes:
+    """``size`` random bytes (seeded) written over the middle of ``data[start:]``."""
+    middle = start + (len(data) - start) // 2
+    noise = np.random.default_rng(0).integers(0, 256, size, dtype=np.uint8).tobytes()
+    return data[:middle] + noise + data[middle + size:]
+
+
+@pytest.mark.parametrize("config", [SMALL, NormalizeConfig(long_side=64, reduced_decode=False)])
+def test_pixel_data_larger_than_the_header_says_is_rejected(rsna_pixels, config):
+    """Rows halved in the header: the pixel data holds twice Rows x Columns. It used to become
+    the image's top half; now it is a reject naming both sizes, before any reshape."""
+    ds = _rsna_dataset(rsna_pixels)
+    ds.Rows = 512
+    reject = _reject(_save(ds), config)
+    assert reject.reason == "pixel_size_mismatch"
+    assert "1048576 bytes" in reject.message and "512 rows x 1024 columns" in reject.message
+    assert "= 524288 bytes" in reject.message
+    ds.Rows = 2048  # smaller than the header says, in a complete file: not "truncated"
+    assert _reject(_save(ds), config).reason == "pixel_size_mismatch"
+
+
+def test_odd_length_pixel_data_with_its_pad_byte_decodes(rsna_pixels):
+    ds = _rsna_dataset(np.ascontiguousarray(rsna_pixels[:511, :511]))  # 261121 bytes + 1 pad byte
+    assert decode_dicom(_save(ds), SMALL).original_rows == 511
+
+
+@pytest.mark.parametrize("syntax", [pydicom.uid.JPEG2000Lossless, pydicom.uid.RLELossless])
+def test_codestream_size_against_the_header(rsna_pixels, syntax):
+    """A compressed image whose codestream (J2K SIZ) or decoded segments (RLE) are not Rows x
+    Columns: a reject, not a reshape error (J2K) or a silent top half (RLE)."""
+    ds = _rsna_dataset(rsna_pixels, syntax)
+    assert decode_dicom(_save(ds), SMALL).original_rows == 1024  # the file itself is fine
+    ds.Rows = 512
+    reject = _reject(_save(ds))
+    assert reject.reason == "pixel_size_mismatch", reject
+    assert "1024" in reject.message and "512" in reject.message
+
+
+def test_rows_and_columns_swapped_are_caught_by_the_metadata(rsna_pixels):
+    """Rows and Columns swapped keep the length right (the pixels come out sheared): only other
+    evidence tells, here the metadata CSV's Rows/Columns (``expect_size``)."""
+    pixels = np.ascontiguousarray(rsna_pixels[:, :800])
+    ds = _rsna_dataset(pixels)
+    assert decode_dicom(_save(ds), SMALL, expect_size=(1024, 800)).original_columns == 800
+    ds.Rows, ds.Columns = 800, 1024
+    reject = _reject_with(_save(ds), expect_size=(1024, 800))
+    assert reject.reason == "metadata_mismatch"
+    assert "800x1024" in reject.message and "1024x800" in reject.message and "swapped" in reject.message
+
+
+def _reject_with(source, config: NormalizeConfig = SMALL, **kw) -> ImageReject:
+    with pytest.raises(ImageReject) as info:
+        decode_dicom(source, config, **kw)
+    return info.value
+
+
+@pytest.mark.parametrize("config", [NormalizeConfig(long_side=256), NormalizeConfig(long_side=256, reduced_decode=False)])
+def test_j2k_with_garbage_in_the_middle_is_corrupt_data(rsna_pixels, config):
+    """2 KB of garbage in the middle of a real J2K codestream. The installed decoders say nothing
+    (pylibjpeg-openjpeg installs its log handlers before it creates the codec, Pillow only an
+    error handler; OpenJPEG itself emits no warning for it either): they decode it with pixels
+    changed. The tile-part data now may not hold a marker code, and this garbage does."""
+    from openjpeg.utils import decode as openjpeg_decode
+
+    data = _save(_rsna_dataset(rsna_pixels, pydicom.uid.JPEG2000Lossless))
+    bad = _garbage_in_the_middle(data, data.find(b"\xff\x4f\xff\x51"))
+    frame = next(pydicom.encaps.generate_frames(pydicom.dcmread(io.BytesIO(bad)).PixelData, number_of_frames=1))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the decoder does not warn ...
+        silently = openjpeg_decode(frame)
+    assert (silently != rsna_pixels).mean() > 0.01  # ... and yet the pixels are wrong
+    reject = _reject(bad, config)
+    assert reject.reason == "corrupt_data" and "inside the data of tile 0" in reject.message
+
+
+def test_jpeg_with_garbage_in_the_middle_is_corrupt_data(samples, rsna_pixels):
+    """The real RSNA file (JPEG baseline) and the same JPEG as a MIMIC-CXR-JPG file, 2 KB of
+    garbage in the middle of the entropy-coded data: libjpeg resynchronises and decodes garbage
+    (no Python-visible warning); a stray marker code in the scan data is now a reject."""
+    data = samples[0].read_bytes()
+    bad = _garbage_in_the_middle(data, data.find(b"\xff\xda"))
+    assert (pydicom.dcmread(io.BytesIO(bad)).pixel_array != rsna_pixels).mean() > 0.01
+    assert _reject(bad).reason == "corrupt_data"
+    jpeg = next(pydicom.encaps.generate_frames(pydicom.dcmread(samples[0]).PixelData, number_of_frames=1))
+    assert images.decode_jpeg(jpeg, SMALL).original_rows == 1024
+    with pytest.raises(ImageReject) as info:
+        images.decode_jpeg(_garbage_in_the_middle(jpeg, jpeg.find(b"\xff\xda")), SMALL)
+    assert info.value.reason == "corrupt_data" and "inside the entropy-coded data" in info.value.message
+
+
+def test_jpeg_file_size_against_the_metadata(samples):
+    jpeg = next(pydicom.encaps.generate_frames(pydicom.dcmread(samples[0]).PixelData, number_of_frames=1))
+    assert images.decode_jpeg(jpeg, SMALL, expect_size=(1024, 1024)).original_rows == 1024
+    with pytest.raises(ImageReject) as info:
+        images.decode_jpeg(jpeg, SMALL, expect_size=(1024, 800))
+    assert info.value.reason == "metadata_mismatch" and "1024x800" in info.value.message
+
+
+def test_j2k_without_transfer_syntax_is_unknown_syntax_not_truncated(rsna_pixels):
+    """A JPEG 2000 DICOM whose file meta lost its TransferSyntaxUID: the compression is not told,
+    so it is not guessed (it used to be read as native pixel data and called ``truncated``)."""
+    ds = _rsna_dataset(rsna_pixels, pydicom.uid.JPEG2000Lossless)
+    del ds.file_meta.TransferSyntaxUID
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=False, implicit_vr=False, little_endian=True)
+    reject = _reject(buf.getvalue())
+    assert reject.reason == "unknown_transfer_syntax"
+    assert "JPEG 2000 codestream" in reject.message

@@ -244,3 +244,73 @@ def test_ingest_cli(small_world, tmp_path):
     bad = subprocess.run([sys.executable, "-m", "offclip.cli", "ingest", str(tmp_path), str(tmp_path / "o2")],
                          capture_output=True, text=True)
     assert bad.returncode == 2 and "not a MIMIC-CXR layout" in bad.stderr
+
+
+# ------------------------------------------------------------------------------------------
+# decode or reject, never guess (issue 26 point 2): the metadata's Rows/Columns, header-scan errors
+# ------------------------------------------------------------------------------------------
+def test_header_disagreeing_with_the_metadata_is_rejected_and_the_next_frontal_tried(small_world, tmp_path):
+    """A frontal DICOM rewritten with Rows and Columns swapped (native, same pixel data length: it
+    used to enter the outputs as sheared noise): a ``metadata_mismatch`` reject naming the file,
+    and the study's next frontal image is the one ingested."""
+    import pydicom
+    from pydicom.uid import ExplicitVRLittleEndian
+
+    world, _ = small_world
+    copy = tmp_path / "w"
+    shutil.copytree(world, copy)
+    studies = scan(ScanConfig(copy, folders=None))
+    study, frontal = next((s, i) for s in studies for i in s.images if s.report_path and len(s.frontal_order) == 1
+                          and i.dicom_id == s.frontal_order[0] and i.rows and i.columns and i.rows != i.columns)
+    # a second frontal image for the study: the same file under another dicom_id, with its metadata row
+    twin = frontal.dicom_id[:-1] + ("0" if frontal.dicom_id[-1] != "0" else "1")
+    shutil.copy(copy / frontal.path, copy / frontal.path.replace(frontal.dicom_id, twin))
+    metadata = pd.read_csv(copy / "mimic-cxr-2.0.0-metadata.csv", dtype=str, keep_default_na=False)
+    row = metadata[metadata["dicom_id"] == frontal.dicom_id].assign(dicom_id=twin)
+    pd.concat([metadata, row]).to_csv(copy / "mimic-cxr-2.0.0-metadata.csv", index=False)
+    studies = scan(ScanConfig(copy, folders=None))
+    study = next(s for s in studies if s.study_id == study.study_id)
+    assert len(study.frontal_order) == 2
+    first = next(i for i in study.images if i.dicom_id == study.frontal_order[0])
+    ds = pydicom.dcmread(copy / first.path)
+    pixels = ds.pixel_array
+    assert (first.rows, first.columns) == pixels.shape and first.rows != first.columns
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.PixelData = np.ascontiguousarray(pixels, dtype="<u2" if ds.BitsAllocated == 16 else np.uint8).tobytes()
+    ds["PixelData"].VR = "OW" if ds.BitsAllocated == 16 else "OB"
+    ds.Rows, ds.Columns = pixels.shape[1], pixels.shape[0]
+    ds.save_as(copy / first.path, enforce_file_format=True)
+
+    result = IngestStage(copy, tmp_path / "out", NormalizeConfig(long_side=64)).process_batch([study], {})
+    (row,) = [r for r in result.rejects if r["dicom_id"] == first.dicom_id]
+    assert row["reason"] == "metadata_mismatch" and first.path in row["message"]
+    assert f"{first.rows}x{first.columns}" in row["message"] and "swapped" in row["message"]
+    (studied,) = result.studies
+    assert studied["status"] == "ingested" and studied["frontal_dicom_id"] == study.frontal_order[1]
+    statuses = {r["dicom_id"]: r["status"] for r in result.images}
+    assert statuses[first.dicom_id] == "rejected" and statuses[study.frontal_order[1]] == "selected"
+
+
+@pytest.mark.parametrize("content,reason", [(b"", "truncated"), (b"Findings: none.\n" * 64, "not_dicom")])
+def test_unreadable_header_in_the_view_scan_is_a_reject_naming_the_file(small_world, tmp_path, content, reason):
+    """No metadata CSV: views come from the DICOM headers. A study's only frontal image emptied
+    (or overwritten with text) used to leave a bare ``no_frontal`` that never named the file; now
+    the image is a reject with its reason and its path, and the study's no_frontal names it."""
+    world, _ = small_world
+    copy = tmp_path / "w"
+    shutil.copytree(world, copy)
+    (copy / "mimic-cxr-2.0.0-metadata.csv").unlink()
+    study = next(s for s in scan(ScanConfig(copy, folders=None)) if len(s.frontal_order) == 1 and s.report_path)
+    image = next(i for i in study.images if i.dicom_id == study.frontal_order[0])
+    (copy / image.path).write_bytes(content)
+
+    (again,) = [s for s in scan(ScanConfig(copy, folders=None)) if s.study_id == study.study_id]
+    assert again.frontal_order == []
+    result = IngestStage(copy, tmp_path / "out", NormalizeConfig(long_side=64)).process_batch([again], {})
+    (row,) = [r for r in result.rejects if r["dicom_id"] == image.dicom_id]
+    assert (row["stage"], row["entity"], row["reason"], row["path"]) == ("scan", "image", reason, image.path)
+    assert image.path in row["message"]
+    (study_reject,) = [r for r in result.rejects if r["entity"] == "study"]
+    assert study_reject["reason"] == "no_frontal" and image.path in study_reject["message"]
+    assert result.studies[0]["status"] == "rejected"
+    assert {r["dicom_id"]: r["status"] for r in result.images}[image.dicom_id] == "rejected"
