@@ -45,11 +45,12 @@ REJECT_REASONS: dict[str, str] = {
     "metadata_mismatch": "the image's Rows/Columns disagree with the metadata CSV's Rows/Columns for it",
     "corrupt_data": "the compressed pixel data is malformed (a marker code inside entropy-coded data, lengths that do not add up)",
     "unknown_transfer_syntax": "no Transfer Syntax UID and the pixel data is encapsulated: its compression is not told",
-    "read_error": "the file could not be read",
+    "read_error": "the file, or the folder holding it, could not be read (permissions, an I/O error)",
     "no_frontal": "the study has no usable frontal (PA/AP) image",
     "no_report": "the study has no report file",
     "empty_report": "the report file is empty",
     "report_not_utf8": "the report is not valid UTF-8",
+    "report_too_large": "the report is larger than OFFCLIP_MAX_REPORT_BYTES (default 1,000,000 bytes); not read",
     "report_no_text": "the report has no findings, impression or narrative text",
 }
 #: the reasons an image decoder can give (``offclip.pipeline.images.ImageReject``)

@@ -34,7 +34,7 @@ from .atomic import atomic_open, atomic_write_bytes
 from .executor import forkserver_context, make_executor
 from .images import DecodedImage, ImageReject, NormalizeConfig, decode_dicom, encode_file_bytes
 from .scan import ImageEntry, ScanConfig, StudyEntry, scan_source
-from .sources import read_report
+from .sources import ReportTooLarge, max_report_bytes, read_report
 
 log = logging.getLogger(__name__)
 INGEST_DIR = "ingest"
@@ -132,6 +132,10 @@ class IngestStage:
 
         if self.splitter is None:
             self.splitter = SentenceSplitter()
+            # spaCy refuses texts over nlp.max_length (a guard for its parser, which a blank
+            # pipeline with a sentencizer does not run): the report size limit decides instead
+            nlp = self.splitter.nlp
+            nlp.max_length = max(nlp.max_length, max_report_bytes() + 1)
 
     def __getstate__(self) -> dict:
         # a stage travels to a worker without its set-up state: the worker sets it up there
@@ -175,8 +179,9 @@ class IngestStage:
             }
             if not image.exists:
                 image_rows[image.dicom_id]["status"] = "rejected"
-                reject("scan", "image", "missing_file", f"metadata names {image.path}, which does not exist",
-                       image.dicom_id, image.path)
+                if study.error is None:  # an unlisted folder is the study's read_error (below)
+                    reject("scan", "image", "missing_file", f"metadata names {image.path}, which does not exist",
+                           image.dicom_id, image.path)
             elif image.header_error is not None:  # the scan read its header for the view and could not
                 image_rows[image.dicom_id]["status"] = "rejected"
                 reject("scan", "image", *image.header_error, image.dicom_id, image.path)
@@ -196,6 +201,11 @@ class IngestStage:
                     out.stamps[study.study_id] = stamp
             out.studies.append(study_row)
             out.images.extend(image_rows.values())
+
+        if study.error is not None:  # the study folder could not be listed (scan.StudyEntry.error)
+            reject("scan", "study", "read_error", study.error,
+                   path=f"files/{study.folder}/p{study.subject_id}/s{study.study_id}")
+            return finish("read_error")
 
         # -- report ---------------------------------------------------------------------------
         text, reason, message = self._read_report(study)
@@ -287,8 +297,14 @@ class IngestStage:
     def _read_report(self, study: StudyEntry) -> tuple[str | None, str | None, str]:
         if study.report_path is None:
             return None, "no_report", f"no report s{study.study_id}.txt for this study in the report source"
+        limit = max_report_bytes()
+        if study.report_size is not None and study.report_size > limit:  # known from the index: not read
+            return None, "report_too_large", str(ReportTooLarge(study.report_path, study.report_size, limit))
         try:
-            data = study.report_data if study.report_data is not None else read_report(self.source, study.report_path)
+            data = study.report_data if study.report_data is not None else read_report(self.source, study.report_path,
+                                                                                           limit)
+        except ReportTooLarge as exc:  # grown since the scan, or a size the index did not know
+            return None, "report_too_large", str(exc)
         except (OSError, KeyError) as exc:
             return None, "read_error", f"{type(exc).__name__}: {exc}"
         if not data.strip():
@@ -318,14 +334,19 @@ class IngestSummary:
     rejects_by_reason: dict
     seconds: float
     out: str
+    #: directory symlinks the scan did not follow ("PATH -> TARGET (why)": loops, links back into
+    #: the tree; see sources.TreeWalk), also logged as a warning
+    skipped_links: list = field(default_factory=list)
 
     def to_text(self) -> str:
         reasons = ", ".join(f"{k} {v}" for k, v in self.rejects_by_reason.items()) or "none"
+        links = (f"\n  symlinks not followed {len(self.skipped_links)}: " + "; ".join(self.skipped_links[:5])
+                 + (" …" if len(self.skipped_links) > 5 else "")) if self.skipped_links else ""
         return (f"ingest → {self.out}\n"
                 f"  studies {self.studies}: ingested {self.ingested}, rejected {self.rejected}, "
                 f"unchanged {self.skipped}\n"
                 f"  images {self.images} · sentences {self.sentences} · {self.seconds:.1f} s\n"
-                f"  rejects {reasons}")
+                f"  rejects {reasons}" + links)
 
 
 def read_table(out: Path, name: str) -> pd.DataFrame:
@@ -357,6 +378,10 @@ class IngestPlan:
     unchanged: dict[int, str] = field(default_factory=dict)
     #: studies rejected last time whose inputs are unchanged: their records are kept as they are
     unchanged_rejected: dict[int, str] = field(default_factory=dict)
+    #: the folders scanned (None: every folder): a folder-level reject of an earlier run (a folder
+    #: it could not list) is replaced by this run's when its folder is among them
+    scan_folders: tuple[str, ...] | None = None
+    skipped_links: list[str] = field(default_factory=list)  #: the scan's (ScanResult.skipped_links)
 
     def previous_for(self, batch: list[StudyEntry]) -> Previous:
         return {s.study_id: self.previous[s.study_id] for s in batch if s.study_id in self.previous}
@@ -388,7 +413,7 @@ def plan_ingest(config: IngestConfig, max_batches: int | None = None) -> IngestP
         size = -(-len(todo) // max_batches)
     batches = [todo[i:i + size] for i in range(0, len(todo), size)]
     return IngestPlan(studies, batches, previous, scanned.rejects, scan_seconds, scanned.source.describe(), found,
-                      found_rejected)
+                      found_rejected, config.scan.folders, scanned.skipped_links)
 
 
 STAMPS = "stamps.parquet"
@@ -421,12 +446,14 @@ def finish_ingest(out: Path, plan: IngestPlan, result: BatchResult, seconds: flo
     result.stamps.update(plan.unchanged)
     result.stamps.update(plan.unchanged_rejected)
     scanned = {s.study_id for s in plan.studies}
-    _merge_and_write(out, result, scanned)
+    _merge_and_write(out, result, scanned, plan.scan_folders)
     _write_stamps(out, result, scanned)
     # the reject reasons of every scanned study, this run's and the unchanged ones' kept records
+    # (and of the folders this scan could not list)
     rejects = read_table(out, "rejects")
-    ids = scanned | {r["study_id"] for r in plan.rejects}
-    by_reason = rejects.loc[rejects["study_id"].isin(ids), "reason"].astype("string").value_counts()
+    ids = scanned | {r["study_id"] for r in plan.rejects if r["study_id"] is not None}
+    folder_level = rejects["study_id"].isna() & rejects["path"].isin([r["path"] for r in plan.rejects])
+    by_reason = rejects.loc[rejects["study_id"].isin(ids) | folder_level, "reason"].astype("string").value_counts()
     return IngestSummary(
         studies=len(plan.studies),
         ingested=sum(r["status"] == "ingested" for r in result.studies) + len(result.skipped),
@@ -437,6 +464,7 @@ def finish_ingest(out: Path, plan: IngestPlan, result: BatchResult, seconds: flo
         rejects_by_reason={str(k): int(v) for k, v in by_reason.items()},
         seconds=seconds,
         out=str(out),
+        skipped_links=list(plan.skipped_links),
     )
 
 
@@ -464,16 +492,23 @@ def run_ingest(config: IngestConfig) -> IngestSummary:
     return finish_ingest(config.out, plan, result, time.perf_counter() - start)
 
 
-def _merge_and_write(out: Path, result: BatchResult, scanned: set[int]) -> None:
+def _merge_and_write(out: Path, result: BatchResult, scanned: set[int],
+                     folders: tuple[str, ...] | None = None) -> None:
     """New records replace the previous run's for the studies processed now; the records of
     unchanged (skipped) studies and of studies outside this scan are kept. A study without
-    records of its own (a report for no study: a scan reject) counts as processed too."""
+    records of its own (a report for no study: a scan reject) counts as processed too. A
+    folder-level reject (a folder the scan could not list: no study id) of an earlier run is
+    replaced by this run's when its folder is among ``folders`` (None: every folder)."""
     processed = {r["study_id"] for r in result.studies} | {r["study_id"] for r in result.rejects
                                                            if r["stage"] == "scan" and r["entity"] == "report"}
-    if not processed and all((Path(out) / INGEST_DIR / f"{n}.parquet").is_file() for n in TABLES):
+    folder_rejects = [r for r in result.rejects if r["study_id"] is None]
+    old_rejects = read_table(out, "rejects")
+    stale = old_rejects["study_id"].isna() & old_rejects["path"].map(lambda p: _in_folders(p, folders)).astype(bool)
+    if not processed and not folder_rejects and not stale.any() \
+            and all((Path(out) / INGEST_DIR / f"{n}.parquet").is_file() for n in TABLES):
         return  # every study unchanged: the tables stay as they are (a re-run rewrites nothing)
     for name, contract in TABLES.items():
-        old = read_table(out, name)
+        old = old_rejects[~stale] if name == "rejects" else read_table(out, name)
         if "study_id" in old.columns and len(old):
             old = old[~old["study_id"].isin(processed)]
         new = frame(contract, getattr(result, name))
@@ -481,3 +516,12 @@ def _merge_and_write(out: Path, result: BatchResult, scanned: set[int]) -> None:
         sort = [c for c in ("subject_id", "study_id", "index", "dicom_id", "reason") if c in merged.columns]
         merged = merged.sort_values(sort, kind="stable", na_position="first").reset_index(drop=True)
         write_table(out, name, merged)
+
+
+def _in_folders(path, folders: tuple[str, ...] | None) -> bool:
+    """Whether a folder-level reject's path (``files/pXX/…``) is in the folders scanned."""
+    if folders is None or not isinstance(path, str):
+        return True
+    folder = next((p for p in path.replace(os.sep, "/").split("/") if len(p) == 3 and p[0] == "p" and p[1:].isdigit()),
+                  None)
+    return folder is None or folder in folders

@@ -11,6 +11,7 @@ tell, one header read each (in parallel).
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 from collections import defaultdict
@@ -21,7 +22,9 @@ import numpy as np
 import pandas as pd
 
 from ..data_contracts.enums import FRONTAL_VIEWS, LATERAL_VIEWS
-from .sources import Source, SourceError, index_reports, resolve_source
+from .sources import Source, SourceError, TreeWalk, index_reports, resolve_source
+
+log = logging.getLogger(__name__)
 
 DEFAULT_FOLDERS = tuple(f"p{i}" for i in range(10, 17))  #: the paper trains on p10–p16
 ALL_FOLDERS = tuple(f"p{i}" for i in range(10, 20))
@@ -127,7 +130,6 @@ class ImageEntry:
     header_error: tuple[str, str] | None = None
 
 
-
 @dataclass
 class StudyEntry:
     subject_id: int
@@ -141,13 +143,18 @@ class StudyEntry:
     report_data: bytes | None = None  #: the report itself, when its archive is read during the scan
     report_stamp: str | None = None  #: what changes when the report does (see ReportIndex.stamps)
     image_kind: str = "dicom"  #: dicom | jpg
+    report_size: int | None = None  #: the report's size when its index knows it (see ReportIndex.sizes)
+    #: why the study folder could not be listed (a ``read_error`` reject of ingest); None: listed
+    error: str | None = None
 
 
 @dataclass
 class ScanResult:
     studies: list[StudyEntry]
-    rejects: list[dict]  #: reject records of the scan (e.g. a report for no study)
+    rejects: list[dict]  #: reject records of the scan (e.g. a report for no study, a folder it could not list)
     source: Source
+    #: directory symlinks the walks did not follow ("PATH -> TARGET (why)"; see sources.TreeWalk)
+    skipped_links: list[str] = field(default_factory=list)
 
 
 def scan(config: ScanConfig) -> list[StudyEntry]:
@@ -164,17 +171,21 @@ def scan_source(config: ScanConfig) -> ScanResult:
     a ``report_without_study`` reject; a metadata row whose file is absent, a ``missing_file``
     reject of ingest.
     """
-    source = resolve_source(Path(config.root), config.reports, config.metadata)
+    walk = TreeWalk(Path(config.root) / "files")
+    source = resolve_source(Path(config.root), config.reports, config.metadata, walk=walk)
     root = source.root
-    reports = index_reports(source.reports, root, config.folders)
+    walk.unreadable.clear()  # what detect_image_kind met is met again below, with its folder filter
+    reports = index_reports(source.reports, root, config.folders, walk)
     splits = _read_splits(source.split)
     if source.metadata is not None:
         studies = _from_metadata(root, source.metadata, config, source.image_ext)
     elif source.record_list is not None:
         studies = _from_record_list(root, source.record_list, config)
     else:
-        studies = _from_tree(root, config, source.image_ext)
-    rejects = []
+        studies = _from_tree(root, config, source.image_ext, walk)
+    rejects = [_reject_folder(root, path, message) for path, message in sorted(walk.unreadable.items())]
+    if walk.skipped:
+        log.warning("scan: %d directory symlink(s) not followed: %s", len(walk.skipped), "; ".join(walk.messages()))
     for study_id, (subject_id, ref) in reports.refs.items():
         if study_id not in studies:
             split = splits.get(study_id, "unknown")
@@ -187,12 +198,28 @@ def scan_source(config: ScanConfig) -> ScanResult:
         study.report_path = found[1] if found else None
         study.report_data = reports.data.get(study.study_id)
         study.report_stamp = reports.stamps.get(study.study_id)
+        study.report_size = reports.sizes.get(study.study_id)
     selected = [s for s in studies.values() if config.splits is None or s.split in config.splits]
     _fill_views(root, selected, config)
     for study in selected:
         study.frontal_order = frontal_order(study, config.seed, config.prefer_pa)
     return ScanResult(sorted(selected, key=lambda s: (s.subject_id, s.study_id)),
-                      sorted(rejects, key=lambda r: (r["subject_id"], r["study_id"])), source)
+                      sorted(rejects, key=lambda r: (r["subject_id"] or 0, r["study_id"] or 0, r["path"])), source,
+                      walk.messages())
+
+
+_FOLDER_SUBJECT = re.compile(r"(?:^|/)p\d\d/p(\d+)(?:/|$)")
+
+
+def _reject_folder(root: Path, path: str, message: str) -> dict:
+    """A folder of the tree that could not be listed: what it holds is unknown, so the reject
+    names the folder (and its subject, for a subject folder); its studies are not in the scan."""
+    rel = os.path.relpath(path, root)
+    shown = path if rel.startswith("..") else rel
+    m = _FOLDER_SUBJECT.search(shown.replace(os.sep, "/"))
+    return {"stage": "scan", "entity": "study", "subject_id": int(m.group(1)) if m else None, "study_id": None,
+            "dicom_id": None, "path": shown, "reason": "read_error",
+            "message": f"cannot list the folder {shown}: {message}; nothing in it is read"}
 
 
 def _reject_orphan(subject_id: int, study_id: int, ref: str, source: Source) -> dict:
@@ -231,10 +258,11 @@ def _study(studies: dict[int, StudyEntry], subject_id: int, study_id: int, folde
 
 
 class _Listing:
-    """Directory listings of study folders, each read once."""
+    """Directory listings of study folders, each read once; those that cannot be listed
+    (permissions, a loop of symlinks) are kept in ``failed`` (study dir -> error)."""
 
     def __init__(self, root: Path) -> None:
-        self.root, self.cache = str(root), {}
+        self.root, self.cache, self.failed = str(root), {}, {}
 
     def has(self, study_dir: str, name: str) -> bool:
         names = self.cache.get(study_dir)
@@ -243,7 +271,18 @@ class _Listing:
                 names = self.cache[study_dir] = set(os.listdir(os.path.join(self.root, study_dir)))
             except (FileNotFoundError, NotADirectoryError):
                 names = self.cache[study_dir] = set()
+            except OSError as exc:
+                names = self.cache[study_dir] = set()
+                self.failed[study_dir] = f"{type(exc).__name__}: {exc.strerror or exc}"
         return name in names
+
+    def mark_failed(self, studies: dict[int, StudyEntry]) -> None:
+        """Give each study whose folder could not be listed its error (none on a healthy tree)."""
+        for study_dir, message in self.failed.items():
+            m = _STUDY_DIR.fullmatch(study_dir.rpartition("/")[2])
+            study = studies.get(int(m.group(1))) if m else None
+            if study is not None:
+                study.error = f"cannot list the study folder {study_dir}: {message}"
 
 
 def _rows_by_study(df: pd.DataFrame, config: ScanConfig, studies: dict[int, StudyEntry]):
@@ -276,6 +315,7 @@ def _from_metadata(root: Path, path: Path, config: ScanConfig, ext: str) -> dict
         study.images.append(ImageEntry(str(row.dicom_id), f"{study_dir}/{name}", listing.has(study_dir, name),
                                        view, position, source, procedure if isinstance(procedure, str) else None,
                                        _dimension(row.Rows), _dimension(row.Columns)))
+    listing.mark_failed(studies)
     return studies
 
 
@@ -302,27 +342,37 @@ def _from_record_list(root: Path, path: Path, config: ScanConfig) -> dict[int, S
         rel = str(row.path).lstrip("/")
         study_dir, _, name = rel.rpartition("/")
         study.images.append(ImageEntry(str(row.dicom_id), rel, listing.has(study_dir, name)))
+    listing.mark_failed(studies)
     return studies
 
 
-def _from_tree(root: Path, config: ScanConfig, ext: str) -> dict[int, StudyEntry]:
+def _from_tree(root: Path, config: ScanConfig, ext: str, walk: TreeWalk) -> dict[int, StudyEntry]:
+    """The ``files/pXX/pSUBJECT/sSTUDY/*`` tree, symlinks followed as ``walk`` allows; a folder
+    that cannot be listed is in ``walk.unreadable`` (a study folder: the study's ``error``)."""
     studies: dict[int, StudyEntry] = {}
-    for folder_dir in sorted((root / "files").iterdir()):
-        if not folder_dir.is_dir() or not _folder_ok(folder_dir.name, config):
+    walk.new_pass()
+    by_name = lambda e: e.name  # noqa: E731
+    for folder_dir in sorted(walk.scandir(root / "files"), key=by_name):
+        if not _folder_ok(folder_dir.name, config) or not walk.is_dir(folder_dir):
             continue
-        for subject_dir in sorted(folder_dir.iterdir()):
+        for subject_dir in sorted(walk.scandir(folder_dir.path), key=by_name):
             m = _SUBJECT_DIR.fullmatch(subject_dir.name)
-            if not (m and subject_dir.is_dir()):
+            if not (m and walk.is_dir(subject_dir)):
                 continue
             subject_id = int(m.group(1))
-            for entry in sorted(os.scandir(subject_dir), key=lambda e: e.name):
+            for entry in sorted(walk.scandir(subject_dir.path), key=by_name):
                 sm = _STUDY_DIR.fullmatch(entry.name)
-                if not (sm and entry.is_dir()):
+                if not (sm and walk.is_dir(entry)):
                     continue
                 study_id = int(sm.group(1))
-                files = sorted(f for f in os.listdir(entry.path) if f.lower().endswith(ext))
                 rel = f"files/{folder_dir.name}/{subject_dir.name}/{entry.name}"
                 study = _study(studies, subject_id, study_id, folder_dir.name)
+                try:
+                    files = sorted(f for f in os.listdir(entry.path) if f.lower().endswith(ext))
+                except OSError as exc:  # the study is a read_error reject of ingest
+                    study.images, study.error = [], f"cannot list the study folder {rel}: " \
+                                                     f"{type(exc).__name__}: {exc.strerror or exc}"
+                    continue
                 study.images = [ImageEntry(f[: -len(ext)], f"{rel}/{f}", True) for f in files]
     return studies
 
