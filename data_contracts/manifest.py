@@ -43,8 +43,22 @@ SAMPLES = Contract(
         Column("split", pa.string(), isin=SPLITS),
         Column("shard", pa.string()),
         Column("position", pa.int32(), min=0),
+        Column("digest", pa.string(), nullable=True,
+               doc="the digest the shard's record gives the sample (NULL: a record from before digests)"),
     ),
     doc="Which shard holds each sample.",
+)
+
+EXPECTED_SAMPLES = Contract(
+    "expected_samples",
+    (
+        Column("key", pa.string(), unique=True),
+        Column("study_id", pa.int64(), unique=True),
+        Column("split", pa.string(), isin=SPLITS),
+        Column("digest", pa.string(), doc="what the sample made from the current records would be"),
+    ),
+    doc="The sample every curated pair of a shard split should have (its digest): shard_health and "
+        "shard_mismatches compare the shards' samples with these.",
 )
 
 #: ``class_name`` of the summary rows of an evaluation (the per-class rows name a class)

@@ -70,6 +70,9 @@ SHARD_RECORD = Contract(
         Column("model_version", pa.string(), default=""),
         Column("label_source", pa.string(), isin=LABEL_SOURCES, default=CLASSIFIER,
                doc="where the pair labels came from (curate --label-source)"),
+        Column("digests", pa.list_(pa.string()), default=list,
+               doc="each sample's digest (offclip.pipeline.shards.sample_digest), in the order of keys: "
+                   "what the sample was made from; a record without them predates them and is rewritten"),
     ),
     doc="OUT/shards/<split>/_complete/<name>.json",
 )

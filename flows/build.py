@@ -92,7 +92,8 @@ def shards_task(out: str, shard_size: int, shard_bytes: int) -> dict:
     result = write_shards(ShardConfig(out=Path(out), max_samples=shard_size, max_bytes=shard_bytes))
     get_run_logger().info(result.to_text())
     return {"shards_written": len(result.written), "shards_kept": len(result.kept),
-            "samples_written": result.samples_written}
+            "samples_written": result.samples_written, "shards_rewritten": len(result.rewritten),
+            "shards_removed": len(result.removed), "samples_superseded": result.superseded}
 
 
 @task(name="manifest")

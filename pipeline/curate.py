@@ -43,7 +43,7 @@ from .atomic import atomic_open
 from .filtering import check_label_policy, filter_sentences
 from .ingest import read_table
 from .labels import StudyLabels, check_label_source, study_labels
-from .prompting import PROMPT_CACHE_FILE, PromptBackendError, PromptingStats, make_prompter
+from .prompting import PROMPT_CACHE_FILE, PromptBackendError, PromptCache, PromptingStats, make_prompter
 from .scoring import Classifier, ScoreCache, ScoringStats, label_sentences, score_sentences
 
 CURATE_DIR = "curate"
@@ -211,6 +211,12 @@ def run_curate(config: CurateConfig, classifier: Classifier | None = None) -> Cu
     differ = filtered["classifier_label"] != filtered["rule_label"]
     _write(out, "pairs", PAIRS, pairs)
     _write_study_labels(out, labels)
+    # the caches keep the text of the current corpus only: the old sentences of a study whose
+    # report was edited, or that was rejected or purged since, go (README: "Edited inputs and PHI")
+    ScoreCache.prune(out / CACHE_FILE, sentences["key"])
+    prompt_cache = options.get("cache", out / PROMPT_CACHE_FILE)
+    if isinstance(prompt_cache, (str, Path)):
+        PromptCache.prune(prompt_cache, (" ".join(t.split()) for t in filtered.loc[filtered["kept"], "text"]))
     return CurateSummary(
         pairs=len(pairs), normal=int((pairs["pair_label"] == NORMAL).sum()),
         abnormal=int((pairs["pair_label"] == ABNORMAL).sum()), sentences=len(filtered),

@@ -5,7 +5,7 @@ Arrow — never row-by-row inserts): ``runs``, ``studies``, ``images``, ``report
 ``pairs``, ``rejects``, ``shards``, ``samples``, ``evaluations``, ``study_labels`` (empty when
 curate found no MIMIC label file). Views answer the common questions:
 ``label_distribution``, ``sentences_dropped_per_report``, ``top_dropped_normal_sentences``,
-``reject_reasons``, ``shard_health``, ``latest_evaluations``, ``label_agreement``,
+``reject_reasons``, ``shard_health``, ``shard_mismatches``, ``latest_evaluations``, ``label_agreement``,
 ``label_agreement_summary``, ``classifier_rule_disagreements``, ``classifier_rule_agreement``,
 ``latest_differences``.
 
@@ -38,7 +38,7 @@ import pyarrow as pa
 
 from .. import __version__
 from ..data_contracts.curate import STUDY_LABELS
-from ..data_contracts.manifest import EVALUATIONS, OVERALL, RUNS, SAMPLES, SHARDS
+from ..data_contracts.manifest import EVALUATIONS, EXPECTED_SAMPLES, OVERALL, RUNS, SAMPLES, SHARDS
 
 MANIFEST_FILE = "manifest.duckdb"
 LOCK_TIMEOUT_S = 600.0  #: how long a writer waits for another one (a rebuild takes seconds)
@@ -80,12 +80,32 @@ VIEWS = {
     "reject_reasons": """
         SELECT stage, entity, reason, count(*) AS rejects FROM rejects
         GROUP BY stage, entity, reason ORDER BY rejects DESC, reason""",
+    # every sample of a shard that is not what the current records make (its digest differs: the
+    # report, image, a label or the filter's decision changed since it was written; or its study is
+    # no longer a pair, or is now of another split), and every pair of a shard split with no sample
+    "shard_mismatches": """
+        SELECT coalesce(e.split, s.split) AS split, s.shard, coalesce(s.key, e.key) AS key,
+               coalesce(s.study_id, e.study_id) AS study_id,
+               CASE WHEN s.key IS NULL THEN 'not_in_shards'
+                    WHEN e.key IS NULL THEN 'not_a_pair'
+                    WHEN s.split <> e.split THEN 'wrong_split'
+                    WHEN s.digest IS NULL THEN 'unverified'
+                    ELSE 'stale' END AS problem,
+               s.digest AS shard_digest, e.digest AS expected_digest
+        FROM samples s FULL JOIN expected_samples e USING (key)
+        WHERE s.key IS NULL OR e.key IS NULL OR s.split <> e.split OR s.digest IS DISTINCT FROM e.digest
+        ORDER BY split, study_id""",
     "shard_health": """
-        SELECT s.split, count(*) AS shards, sum(s.samples)::BIGINT AS samples, sum(s.bytes)::BIGINT AS bytes,
-               round(avg(s.samples), 1) AS mean_samples,
-               (SELECT count(*) FROM pairs p WHERE p.split = s.split) AS pairs,
-               (SELECT count(*) FROM pairs p WHERE p.split = s.split) - sum(s.samples)::BIGINT AS not_in_shards
-        FROM shards s GROUP BY s.split ORDER BY s.split""",
+        WITH per_split AS (
+            SELECT split, count(*) AS shards, sum(samples)::BIGINT AS samples, sum(bytes)::BIGINT AS bytes,
+                   round(avg(samples), 1) AS mean_samples
+            FROM shards GROUP BY split)
+        SELECT h.*, (SELECT count(*) FROM pairs p WHERE p.split = h.split) AS pairs,
+               (SELECT count(*) FROM shard_mismatches m WHERE m.split = h.split AND m.problem = 'not_in_shards')
+                   AS not_in_shards,
+               (SELECT count(*) FROM shard_mismatches m WHERE m.split = h.split AND m.problem <> 'not_in_shards')
+                   AS mismatched
+        FROM per_split h ORDER BY h.split""",
     # per study: the classifier's label beside MIMIC's CheXpert / NegBio labels (NULL = unknown);
     # an agreement flag is NULL when either of its two labels is unknown
     "label_agreement": """
@@ -192,8 +212,9 @@ def _shard_tables(out: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     for split_dir in sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []:
         for rec in complete_shards(out, split_dir.name):
             shards.append({name: getattr(rec, name) for name in SHARDS.names})  # the record's columns and path
-            samples += [{"key": k, "study_id": int(k), "split": rec.split, "shard": rec.name, "position": i}
-                        for i, k in enumerate(rec.keys)]
+            digests = rec.digests or [None] * len(rec.keys)  # a record from before digests: NULL
+            samples += [{"key": k, "study_id": int(k), "split": rec.split, "shard": rec.name, "position": i,
+                         "digest": d} for i, (k, d) in enumerate(zip(rec.keys, digests))]
     return (pd.DataFrame(shards, columns=SHARDS.names), pd.DataFrame(samples, columns=SAMPLES.names))
 
 
@@ -220,6 +241,11 @@ def _build_manifest(out: Path, db: Path, runs: list[dict] | None) -> Path:
     if runs:
         history = pd.concat([history, pd.DataFrame(runs)], ignore_index=True) if len(history) else pd.DataFrame(runs)
     shards, samples = _shard_tables(out)
+    expected = EXPECTED_SAMPLES.empty()
+    if (out / "curate/pairs.parquet").is_file():  # else the check below names what is missing
+        from .shards import SampleSource
+
+        expected = SampleSource(out).expected()
 
     tmp = db.with_name(f".{db.name}.{os.getpid()}.tmp")
     tmp.unlink(missing_ok=True)
@@ -238,6 +264,7 @@ def _build_manifest(out: Path, db: Path, runs: list[dict] | None) -> Path:
             _unique_sentences(con)
             _load(con, "shards", SHARDS.validate(shards))
             _load(con, "samples", SAMPLES.validate(samples))
+            _load(con, "expected_samples", EXPECTED_SAMPLES.validate(expected))
             _load(con, "evaluations", EVALUATIONS.validate(evaluations))
             labels = out / "curate/study_labels.parquet"  # optional: only when a label file was found
             if labels.is_file():

@@ -121,6 +121,8 @@ class PromptCache(DuckDBCache):
     """``llm_rewrites(text, model, prompt_version, answer, answered_at)`` in a DuckDB file (or in
     memory): each sentence is rewritten at most once per model and prompt version, ever."""
 
+    PRUNE_BY = {"llm_rewrites": "text"}
+
     def __init__(self, path: str | Path | None = None) -> None:
         super().__init__(path)
         self.con.execute(

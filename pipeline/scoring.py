@@ -8,10 +8,11 @@ studies, sends only text the cache has not seen to the model.
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol, Sequence
+from typing import Iterable, Protocol, Sequence
 
 import numpy as np
 import pandas as pd
@@ -29,6 +30,48 @@ class DuckDBCache:
     """A cache held in one DuckDB file (``self.con``): closed on exit of a ``with`` block."""
 
     con = None
+    #: per table, the column :meth:`prune` keeps rows by (a subclass names its tables)
+    PRUNE_BY: dict[str, str] = {}
+
+    @classmethod
+    def prune(cls, path: str | Path, keep: Iterable[str]) -> int:
+        """Keep only the rows of the cache file ``path`` whose ``PRUNE_BY`` column is in ``keep``
+        (the text of the current corpus): a study edited, rejected or purged since leaves nothing
+        behind. When a row goes, the file is rewritten — the kept rows copied into a new file
+        renamed over the old one — since a DELETE leaves the old bytes in the file's free blocks.
+        Returns the number of rows dropped (0: the file is left as it was)."""
+        import duckdb
+
+        path = Path(path)
+        if not path.is_file() or not cls.PRUNE_BY:
+            return 0
+        wanted = pa.table({"value": pa.array(sorted(set(keep)), pa.string())})
+        with duckdb.connect(str(path), read_only=True) as con:
+            con.register("wanted", wanted)
+            tables = {r[0] for r in con.execute("SHOW TABLES").fetchall()}
+            dropped = sum(con.execute(f"SELECT count(*) FROM {table} WHERE {column} NOT IN (SELECT value FROM wanted)")
+                          .fetchone()[0] for table, column in cls.PRUNE_BY.items() if table in tables)
+        if not dropped:
+            return 0
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.unlink(missing_ok=True)
+        try:
+            with cls(tmp) as new:  # the tables with their keys, as the class makes them
+                new.con.execute("ATTACH '{}' AS old (READ_ONLY)".format(str(path).replace("'", "''")))
+                new.con.register("wanted", wanted)
+                for table, column in cls.PRUNE_BY.items():
+                    if table in tables:
+                        new.con.execute(f"INSERT INTO {table} SELECT * FROM old.{table} "
+                                        f"WHERE {column} IN (SELECT value FROM wanted)")
+                new.con.execute("DETACH old")
+                new.con.execute("CHECKPOINT")
+            with open(tmp, "rb") as fh:
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+            Path(f"{tmp}.wal").unlink(missing_ok=True)
+        return dropped
 
     def __init__(self, path: str | Path | None = None) -> None:
         """Open (or create) the file at ``path``, or an in-memory database for None."""
@@ -53,6 +96,8 @@ class ScoreCache(DuckDBCache):
     """``sentence_scores(key, model_version, score, text)`` in a DuckDB file (or in memory), and
     beside it ``rule_labels(key, rules_version, label, rule)``: the rule labeler's verdict per
     unique key (:func:`label_sentences`)."""
+
+    PRUNE_BY = {"sentence_scores": "key", "rule_labels": "key"}
 
     def __init__(self, path: str | Path | None = None) -> None:
         super().__init__(path)

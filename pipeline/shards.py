@@ -26,7 +26,7 @@ import json
 import os
 import time
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
@@ -121,7 +121,73 @@ def recover_split(out: Path, split: str) -> list[str]:
     return removed
 
 
-def _sample(row: dict, sentences: list[dict], image: dict, image_bytes: bytes, ext: str) -> dict:
+class SampleSource:
+    """The curated records the samples of the shards are made from, read once: the pairs, every
+    sentence by study, the selected images' columns and the studies' content hashes (of the
+    source image and report bytes). :meth:`digest` says what a pair's sample is without reading
+    its image; :meth:`sample` makes the sample itself."""
+
+    def __init__(self, out: Path) -> None:
+        from .curate import read_curated
+        from .ingest import read_table
+
+        self.out = Path(out)
+        self.pairs = read_curated(self.out, "pairs")
+        sentences = read_curated(self.out, "sentences")
+        # plain dicts, grouped once: per-sample pandas lookups would dominate the write
+        self.images = read_table(self.out, "images").set_index("dicom_id")[
+            ["out_rows", "out_columns", "transfer_syntax", "photometric", "bits_stored"]].to_dict("index")
+        studies = read_table(self.out, "studies")
+        self.content_hashes = dict(zip(studies["study_id"].astype("int64").tolist(), studies["content_hash"].tolist()))
+        self.sentences: dict[int, list[dict]] = defaultdict(list)
+        for sentence in sentences.sort_values(["study_id", "index"]).to_dict("records"):
+            self.sentences[sentence["study_id"]].append(sentence)
+
+    def rows(self, split: str) -> list[dict]:
+        """The pairs of one split, by study id (the order samples are written in)."""
+        return self.pairs[self.pairs["split"] == split].sort_values("study_id").to_dict("records")
+
+    def members(self, row: dict) -> dict:
+        """The sample of ``row`` without its image bytes."""
+        return _sample(row, self.sentences[row["study_id"]], self.images[row["dicom_id"]])
+
+    def digest(self, row: dict, members: dict | None = None) -> str:
+        return sample_digest(members or self.members(row), _image_ext(row),
+                             self.content_hashes.get(int(row["study_id"])))
+
+    def sample(self, row: dict) -> tuple[dict, str]:
+        """The whole sample of ``row`` (its image read from the output root) and its digest."""
+        sample = self.members(row)
+        digest = self.digest(row, sample)
+        sample[_image_ext(row)] = (self.out / row["image_path"]).read_bytes()
+        return sample, digest
+
+    def expected(self, splits: tuple[str, ...] = SHARD_SPLITS) -> pd.DataFrame:
+        """Per pair of a shard split: key, study id, split and digest (the manifest's
+        ``expected_samples``)."""
+        rows = [(str(int(r["study_id"])), int(r["study_id"]), split, self.digest(r))
+                for split in splits for r in self.rows(split)]
+        return pd.DataFrame(rows, columns=["key", "study_id", "split", "digest"])
+
+
+def _image_ext(row: dict) -> str:
+    return Path(row["image_path"]).suffix.lstrip(".")
+
+
+def sample_digest(members: dict, ext: str, content_hash: str | None) -> str:
+    """What a sample is made of, as one SHA-256: its text, JSON and class members, the image's
+    format and the content hash of the source image and report it was made from. Any change to
+    the report, the image, a label, a score or the filter's decision changes it."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for name in ("txt", "json", "cls"):
+        h.update(name.encode() + b"\0" + members[name] + b"\0")
+    h.update(f"{ext}\0{content_hash or ''}".encode())
+    return h.hexdigest()
+
+
+def _sample(row: dict, sentences: list[dict], image: dict) -> dict:
     meta = {
         "subject_id": int(row["subject_id"]), "study_id": int(row["study_id"]), "dicom_id": row["dicom_id"],
         "view": row["view"], "split": row["split"], "folder": row["folder"], "pair_label": row["pair_label"],
@@ -137,7 +203,6 @@ def _sample(row: dict, sentences: list[dict], image: dict, image_bytes: bytes, e
     }
     return {
         "__key__": str(int(row["study_id"])),
-        ext: image_bytes,
         "txt": "\n".join(row["texts"]).encode("utf-8"),
         "json": json.dumps(meta, sort_keys=True, ensure_ascii=False).encode("utf-8"),
         "cls": b"1" if row["pair_label"] == ABNORMAL else b"0",
@@ -162,101 +227,125 @@ def _write_shard(directory: Path, name: str, samples: list[dict], mtime: int) ->
 
 @dataclass
 class ShardSummary:
-    written: list[ShardRecord]
-    kept: list[ShardRecord]
+    written: list[ShardRecord]  #: new shards and rewritten ones
+    kept: list[ShardRecord]  #: complete shards left as they were
     samples_written: int
     bytes_written: int
     seconds: float
+    #: shards rewritten because a sample they held changed (or is no longer a pair), by name
+    rewritten: list[str] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)  #: shards deleted: none of their samples is a pair
+    superseded: int = 0  #: samples replaced by their current version or dropped (no longer a pair)
 
     def to_text(self) -> str:
         rate = self.samples_written / self.seconds if self.seconds else 0.0
-        return (f"shards: {len(self.written)} new ({self.samples_written} samples, "
+        new = len(self.written) - len(self.rewritten)
+        text = (f"shards: {new} new ({self.samples_written} samples written, "
                 f"{self.bytes_written / 1e6:.1f} MB, {rate:.0f} samples/s), {len(self.kept)} kept as they were")
+        if self.rewritten or self.removed:
+            text += (f"; {len(self.rewritten)} rewritten, {len(self.removed)} removed: {self.superseded} samples "
+                     f"changed or no longer pairs ({', '.join((self.rewritten + self.removed)[:5])}"
+                     + (", …" if len(self.rewritten) + len(self.removed) > 5 else "") + ")")
+        return text
 
 
 def write_shards(config: ShardConfig, progress: bool = False) -> ShardSummary:
-    """Write the new shards of every split, each split under its writer lock."""
-    from .curate import read_curated
-    from .ingest import read_table
-
+    """Bring every split's shards in line with the curated records, each split under its writer
+    lock: new pairs go to new shards; a complete shard holding a sample whose digest is not that
+    of the current records (the report or image changed, a label, the filter's decision) or a
+    sample that is no longer a pair is rewritten under its own name with the current samples of
+    its keys (deleted when none is left); the other shards are kept as they are."""
     start = time.perf_counter()
     out = Path(config.out)
-    pairs = read_curated(out, "pairs")
-    sentences = read_curated(out, "sentences")
-    # plain dicts, grouped once: per-sample pandas lookups would dominate the write
-    images = read_table(out, "images").set_index("dicom_id")[
-        ["out_rows", "out_columns", "transfer_syntax", "photometric", "bits_stored"]].to_dict("index")
-    by_study: dict[int, list[dict]] = defaultdict(list)
-    for sentence in sentences.sort_values(["study_id", "index"]).to_dict("records"):
-        by_study[sentence["study_id"]].append(sentence)
-    written, kept = [], []
+    source = SampleSource(out)
+    result = ShardSummary([], [], 0, 0, 0.0)
     for split in config.splits:
         with split_lock(out, split):
-            written_here, kept_here = _write_split(config, out, split, pairs, by_study, images, progress)
-        written += written_here
-        kept += kept_here
-    return ShardSummary(written, kept, sum(r.samples for r in written), sum(r.bytes for r in written),
-                        time.perf_counter() - start)
+            _write_split(config, out, split, source, progress, result)
+    result.samples_written = sum(r.samples for r in result.written)
+    result.bytes_written = sum(r.bytes for r in result.written)
+    result.seconds = time.perf_counter() - start
+    return result
 
 
-def _write_split(config: ShardConfig, out: Path, split: str, pairs: pd.DataFrame, by_study: dict,
-                 images: dict, progress: bool) -> tuple[list[ShardRecord], list[ShardRecord]]:
-    """One split's new shards (the caller holds the split's lock)."""
+def _write_split(config: ShardConfig, out: Path, split: str, source: SampleSource, progress: bool,
+                 result: ShardSummary) -> None:
+    """One split's shards (the caller holds the split's lock)."""
     from tqdm import tqdm
 
     directory = out / SHARD_DIR / split
-    written: list[ShardRecord] = []
     recover_split(out, split)
     existing = complete_shards(out, split)
     versions = {r.model_version for r in existing}
-    todo = pairs[pairs["split"] == split].sort_values("study_id")
-    if versions and not versions <= set(todo["model_version"]):
+    rows = source.rows(split)
+    current_versions = {r["model_version"] for r in rows}
+    if versions and not versions <= current_versions:
         raise ShardError(f"{directory} holds shards of classifier {sorted(versions)}, the pairs are of "
-                         f"{sorted(set(todo['model_version']))}: remove the shard directory to rebuild")
+                         f"{sorted(current_versions)}: remove the shard directory to rebuild")
     # a rebuild with another label source would leave the old labels in the complete shards
-    source = _label_source(pairs)  # over all splits: a split may hold fallbacks only
+    label_source = _label_source(source.pairs)  # over all splits: a split may hold fallbacks only
     sources = {r.label_source for r in existing}
-    if sources and sources != {source}:
+    if sources and sources != {label_source}:
         raise ShardError(f"{directory} holds shards with pair labels from {sorted(sources)}, the pairs' labels "
-                         f"are from {source}: remove the shard directory to rebuild")
-    done = {k for r in existing for k in r.keys}
-    todo = todo[~todo["study_id"].astype(str).isin(done)]
-    version = str(todo["model_version"].iloc[0]) if len(todo) else ""
-    number = 1 + max((int(r.name.rsplit("-", 1)[1].split(".")[0]) for r in existing), default=-1)
-    batch: list[dict] = []
-    size = 0
-    bar = tqdm(total=len(todo), unit="sample", desc=f"shards/{split}", disable=not progress)
+                         f"are from {label_source}: remove the shard directory to rebuild")
+    current = {str(int(r["study_id"])): r for r in rows}
+    digests = {key: source.digest(row) for key, row in current.items()}
+    stale = [r for r in existing if list(r.digests) != [digests.get(k) for k in r.keys]]
+    version = str(rows[0]["model_version"]) if rows else ""
+    bar = tqdm(total=len(rows), unit="sample", desc=f"shards/{split}", disable=not progress)
 
-    def flush() -> None:
-        nonlocal batch, size, number
-        name = f"{split}-{number:06d}.tar"
-        nbytes, digest = _write_shard(directory, name, batch, config.mtime)
-        record = ShardRecord(split, name, len(batch), nbytes, digest, [s["__key__"] for s in batch],
-                             version, source)
+    def write(name: str, batch: list[tuple[dict, str]]) -> None:
+        nbytes, digest = _write_shard(directory, name, [s for s, _ in batch], config.mtime)
+        record = ShardRecord(split, name, len(batch), nbytes, digest, [s["__key__"] for s, _ in batch],
+                             version, label_source, [d for _, d in batch])
         atomic_write_text(directory / "_complete" / f"{name}.json",
                           json.dumps(record.__dict__, sort_keys=True) + "\n")
-        written.append(record)
+        result.written.append(record)
         bar.update(len(batch))
-        batch, size, number = [], 0, number + 1
         if config.pause_after_shard:
             time.sleep(config.pause_after_shard)
 
-    for row in todo.to_dict("records"):
-        data = (out / row["image_path"]).read_bytes()
-        ext = Path(row["image_path"]).suffix.lstrip(".")
-        sample = _sample(row, by_study[row["study_id"]], images[row["dicom_id"]], data, ext)
+    # -- shards holding a changed sample: rewritten under their own name, same keys in the same
+    # order minus those no longer pairs. The record goes first, so a reader never lists a shard
+    # whose tar is being replaced, and a kill meanwhile leaves a tar without a record, which the
+    # next writer removes (its pairs then go to new shards): nothing lost, nothing twice.
+    for record in stale:
+        keys = [k for k in record.keys if k in current]
+        result.superseded += sum(digests.get(k) != d for k, d in
+                                 zip(record.keys, record.digests or [None] * len(record.keys)))
+        (directory / "_complete" / f"{record.name}.json").unlink()
+        if keys:
+            write(record.name, [source.sample(current[k]) for k in keys])
+            result.rewritten.append(record.name)
+        else:
+            (directory / record.name).unlink(missing_ok=True)
+            result.removed.append(record.name)
+    stale_names = {r.name for r in stale}
+    kept = [r for r in existing if r.name not in stale_names]
+    result.kept += kept
+
+    # -- new pairs: new shards after the last one -------------------------------------------------
+    done = {k for r in kept for k in r.keys} | {k for r in stale for k in r.keys}
+    number = 1 + max((int(r.name.rsplit("-", 1)[1].split(".")[0]) for r in existing), default=-1)
+    batch: list[tuple[dict, str]] = []
+    size = 0
+    for key, row in current.items():
+        if key in done:
+            bar.update(1)
+            continue
+        sample, digest = source.sample(row)
         sample_size = sum(len(v) for k, v in sample.items() if k != "__key__")
         if batch and (len(batch) >= config.max_samples or size + sample_size > config.max_bytes):
-            flush()
-        batch.append(sample)
+            write(f"{split}-{number:06d}.tar", batch)
+            batch, size, number = [], 0, number + 1
+        batch.append((sample, digest))
         size += sample_size
     if batch:
-        flush()
+        write(f"{split}-{number:06d}.tar", batch)
     bar.close()
     records = complete_shards(out, split)
     atomic_write_text(directory / "sizes.json",
                       json.dumps({r.name: r.samples for r in records}, indent=1, sort_keys=True) + "\n")
-    return written, existing
 
 
 def _label_source(pairs: pd.DataFrame) -> str:

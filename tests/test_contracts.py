@@ -260,7 +260,7 @@ def test_shard_sample_json_follows_its_contract():
            "texts": ["Small effusion."]}
     image = {"out_rows": 64, "out_columns": 52, "transfer_syntax": "1.2.840.10008.1.2.1",
              "photometric": "MONOCHROME2", "bits_stored": 12}
-    meta = json.loads(_sample(row, sentences, image, b"png", "png")["json"])
+    meta = json.loads(_sample(row, sentences, image)["json"])
     assert tuple(sorted(meta)) == tuple(sorted(shard_contracts.SAMPLE_FIELDS))
     shard_contracts.SAMPLE.validate(pd.DataFrame([meta]))
     shard_contracts.SAMPLE_SENTENCE.validate(pd.DataFrame(meta["sentences"]))
