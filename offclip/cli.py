@@ -604,6 +604,9 @@ def status(
     home: Optional[Path] = typer.Option(None, "--home", help=_HOME_HELP, show_default=False),
     pool: str = typer.Option("offclip-process", "--pool", help="Work pool to look for."),
     json_out: bool = typer.Option(False, "--json", help="Print the status as JSON."),
+    show_secret: bool = typer.Option(False, "--show-secret",
+                                     help="Also print the server's auth string: the UI's login (paste it whole) "
+                                          "and PREFECT_API_AUTH_STRING. Never shown otherwise."),
 ) -> None:
     """Server health, API URL, worker, work pool and deployments (exit 1 when the server is down)."""
     import json
@@ -612,7 +615,17 @@ def status(
 
     _prefect_home_here(service, home)
     st = service.status(home, pool)
-    typer.echo(json.dumps(st.to_dict(), indent=2) if json_out else st.to_text())
+    data = st.to_dict()
+    secret = service.auth_string(home) if show_secret else None
+    if json_out:
+        if show_secret:
+            data["auth_string"] = secret
+        typer.echo(json.dumps(data, indent=2))
+    else:
+        typer.echo(st.to_text())
+        if show_secret:
+            typer.echo(f"\nauth string (UI login, PREFECT_API_AUTH_STRING): {secret}" if secret
+                       else "\nno auth string recorded (no server started by `offclip up` here)")
     if not st.ok:
         raise typer.Exit(1)
 

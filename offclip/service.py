@@ -8,15 +8,25 @@ Everything lives under one project-local *home* (default ``.offclip``)::
     <home>/logs/deploy.log   output of the last `prefect deploy --all`
     <home>/run/server.pid    pid of `prefect server start` (leader of its own process group)
     <home>/run/worker.pid    pid of `prefect worker start`
-    <home>/run/server.json   {"api_url", "host", "port", "pid", "prefect_home", "ui_url", "started_at"}
-    <home>/run/worker.json   {"pid", "name", "pool", "started_at"}
-    <home>/env.sh            export PREFECT_API_URL=http://127.0.0.1:PORT/api
+    <home>/run/server.json   {"api_url", "host", "port", "pid", "starttime", "token", "auth", "ui_url", ...}
+    <home>/run/worker.json   {"pid", "name", "pool", "api_url", "starttime", "token", "started_at"}
+    <home>/run/auth          the server's basic-auth string, "offclip:<secret>" (mode 0600)
+    <home>/env.sh            export PREFECT_API_URL=http://127.0.0.1:PORT/api PREFECT_API_AUTH_STRING=... (0600)
+
+The server requires that auth string on every API request (Prefect's ``server.api.auth_string``;
+its websockets check it too), allows cross-origin requests only from its own UI
+(``http://127.0.0.1:PORT``) and turns on Prefect's CSRF protection. The secret is made by ``up``
+(``secrets.token_urlsafe``) and handed only to its own clients: the worker's and ``prefect
+deploy``'s environment, :func:`client_env`, :func:`direct_run_env`, ``offclip wait``/``status``,
+and ``env.sh``. ``run/`` is created 0700 and every file in it, like ``env.sh``, 0600 from the start.
 
 The server and the worker are started detached (``start_new_session=True``), so they outlive the
-command that started them; ``down`` stops exactly the processes named in the pid files, and only
-after ``/proc/<pid>/cmdline`` shows they are still the prefect commands it started.
+command that started them. ``down`` stops only processes it started: the pid in a pid file must
+still have the start time (``/proc/<pid>/stat`` field 22) recorded when it was started, carry the
+random token put into its environment (``/proc/<pid>/environ``) and run the prefect command;
+anything else is refused, and its pid file kept.
 
-Other offclip code finds the server with :func:`api_url` (or :func:`client_env`).
+Other offclip code finds the server with :func:`api_url` and :func:`auth_string` (or :func:`client_env`).
 
 Known incompatibility: prefect 3.8.8's server needs ``fastapi<0.151`` — fastapi 0.151–0.154 make
 every ``/…/filter`` call answer 422 (``limit: None`` rejected), and fastapi ≥0.155 dropped the
@@ -31,6 +41,8 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import shlex
+import secrets
 import importlib.metadata
 import importlib.util
 import json
@@ -53,10 +65,20 @@ HEALTH_TIMEOUT_S = 120.0
 WORKER_TIMEOUT_S = 60.0
 DEPLOY_TIMEOUT_S = 600.0
 STOP_TIMEOUT_S = 15.0
+AUTH_USER = "offclip"
+#: the environment variable carrying the random token a process started by `up` is known by
+TOKEN_ENV = "OFFCLIP_PROCESS_TOKEN"
+#: the same for the temporary server of a direct run (see :func:`use_for_direct_runs`)
+DIRECT_RUN_TOKEN_ENV = "OFFCLIP_DIRECT_RUN_TOKEN"
 
-# Settings a user may have exported that would pull the stack out of its project-local home.
+# Settings a user may have exported that would pull the stack out of its project-local home, or
+# weaken it (its auth string, CORS and CSRF settings are offclip's own).
 _DROPPED_ENV = ("PREFECT_PROFILE", "PREFECT_PROFILES_PATH", "PREFECT_API_KEY",
-                "PREFECT_API_DATABASE_CONNECTION_URL", "PREFECT_SERVER_DATABASE_CONNECTION_URL")
+                "PREFECT_API_DATABASE_CONNECTION_URL", "PREFECT_SERVER_DATABASE_CONNECTION_URL",
+                "PREFECT_API_AUTH_STRING", "PREFECT_SERVER_API_AUTH_STRING",
+                "PREFECT_SERVER_API_CORS_ALLOWED_ORIGINS", "PREFECT_SERVER_CORS_ALLOWED_ORIGINS",
+                "PREFECT_SERVER_API_CSRF_PROTECTION_ENABLED", "PREFECT_SERVER_CSRF_PROTECTION_ENABLED",
+                "PREFECT_CLIENT_CSRF_SUPPORT_ENABLED", TOKEN_ENV, DIRECT_RUN_TOKEN_ENV)
 
 
 class ServiceError(RuntimeError):
@@ -92,6 +114,8 @@ class Layout:
     @property
     def worker_json(self) -> Path: return self.run / "worker.json"
     @property
+    def auth(self) -> Path: return self.run / "auth"
+    @property
     def env_sh(self) -> Path: return self.home / "env.sh"
 
 
@@ -123,13 +147,26 @@ def api_url(home: str | os.PathLike | None = None, *, check: bool = False) -> st
     return url
 
 
+def auth_string(home: str | os.PathLike | None = None) -> str | None:
+    """The basic-auth string (``offclip:<secret>``) of the server ``offclip up`` started under
+    ``home``, or None. Prefect clients take it as ``PREFECT_API_AUTH_STRING``; in the UI's login
+    the part after ``offclip:`` is the password."""
+    try:
+        return layout(home).auth.read_text().strip() or None
+    except OSError:
+        return None
+
+
 def client_env(home: str | os.PathLike | None = None, base: dict[str, str] | None = None) -> dict[str, str]:
-    """A copy of ``base`` (default ``os.environ``) with PREFECT_API_URL set to the project's server,
-    when ``offclip up`` started one under ``home``."""
+    """A copy of ``base`` (default ``os.environ``) with PREFECT_API_URL and PREFECT_API_AUTH_STRING
+    set to the project's server, when ``offclip up`` started one under ``home``."""
     env = dict(os.environ if base is None else base)
     url = api_url(home)
     if url:
         env["PREFECT_API_URL"] = url
+        auth = auth_string(home)
+        if auth:
+            env["PREFECT_API_AUTH_STRING"] = auth
     return env
 
 
@@ -160,10 +197,13 @@ def direct_run_env(home: str | os.PathLike | None = None, environ: dict[str, str
     ``prefect`` is imported (its settings are read once, at import):
 
     * ``$PREFECT_API_URL`` set by the user: used as it is;
-    * else the project's server, when ``offclip up`` runs one under ``home`` (and its
-      ``PREFECT_HOME``, so the client writes nowhere else);
+    * else the project's server, when ``offclip up`` runs one under ``home`` (its auth string,
+      and its ``PREFECT_HOME``, so the client writes nowhere else);
     * else Prefect's temporary server, with a start timeout that fits a cold start (a new
-      SQLite database's migrations outlast Prefect's default 20 s on 2 cores).
+      SQLite database's migrations outlast Prefect's default 20 s on 2 cores), a fresh auth
+      string of its own (Prefect passes the settings to the server it starts, and the client
+      sends it), and a token (``OFFCLIP_DIRECT_RUN_TOKEN``) the server inherits, by which
+      :func:`use_for_direct_runs`'s reaper finds it when the run is killed.
 
     Always: Prefect's analytics off (an offline tool must not log errors about phoning home)."""
     environ = dict(os.environ if environ is None else environ)
@@ -174,23 +214,55 @@ def direct_run_env(home: str | os.PathLike | None = None, environ: dict[str, str
     if url:
         env["PREFECT_API_URL"] = url
         env["PREFECT_HOME"] = environ.get("PREFECT_HOME") or str(layout(home).prefect_home)
+        auth = auth_string(home)
+        if auth:
+            env["PREFECT_API_AUTH_STRING"] = auth
         return DirectRun("project", url, env)
     env["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"] = environ.get(
         "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", str(TEMPORARY_SERVER_TIMEOUT_S))
+    auth = _new_auth_string()
+    env["PREFECT_SERVER_API_AUTH_STRING"] = env["PREFECT_API_AUTH_STRING"] = auth
+    env[DIRECT_RUN_TOKEN_ENV] = secrets.token_hex(16)
     return DirectRun("temporary", None, env)
 
 
 def use_for_direct_runs(home: str | os.PathLike | None = None) -> DirectRun:
     """:func:`direct_run_env` put into ``os.environ``, for a command that is about to import
     prefect. Where prefect is imported already (a caller that set it up, e.g. under a test
-    harness), its settings are the caller's and are left as they are."""
+    harness), its settings are the caller's and are left as they are.
+
+    For a temporary server it also starts a *reaper*: a small process (``offclip/_reaper.py``,
+    own session, no output) that waits for this process to end, however it ends, then stops the
+    temporary server if it is still there. Prefect starts that server (uvicorn) as a plain child
+    and stops it only from an ``atexit`` hook, so a run killed with SIGKILL (or dead of a signal
+    it does not handle) would leave it serving for good. The reaper knows the server by the token
+    it inherited (``/proc/<pid>/environ``) and Prefect's server command line, nothing else."""
     if "prefect" in sys.modules:
         from prefect.settings import PREFECT_API_URL
 
         return DirectRun("user", PREFECT_API_URL.value(), {})
     run = direct_run_env(home)
     os.environ.update(run.env)
+    if run.target == "temporary" and Path("/proc/self/environ").exists():
+        start_reaper(os.getpid(), run.env[DIRECT_RUN_TOKEN_ENV])
     return run
+
+
+def start_reaper(parent: int, token: str) -> subprocess.Popen:
+    """Start ``offclip/_reaper.py`` for the process ``parent`` (see :func:`use_for_direct_runs`).
+    Detached (its own session: a Ctrl-C or a kill of the run's process group does not take it
+    first), its standard streams on /dev/null (it must not hold a caller's output pipe open),
+    ``-I -S``: stdlib only, starts in ~20 ms."""
+    return subprocess.Popen([sys.executable, "-I", "-S", str(Path(__file__).with_name("_reaper.py")),
+                             str(parent), DIRECT_RUN_TOKEN_ENV, token],
+                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True, close_fds=True)
+
+
+def _new_auth_string() -> str:
+    """``offclip:<secret>``: Prefect's basic-auth form ``user:password`` (the UI's login asks for
+    the whole string); ``token_urlsafe`` has no ``:``."""
+    return f"{AUTH_USER}:{secrets.token_urlsafe(32)}"
 
 
 # --------------------------------------------------------------------------------------------
@@ -235,10 +307,12 @@ class UpResult:
         else:
             lines.append("worker   not started (--no-worker)")
         lines += [f"warning  {w}" for w in self.warnings]
-        lines += [f"logs     {self.logs}",
+        lines += [f"auth     basic: every API request needs the auth string (PREFECT_API_AUTH_STRING); "
+                  "UI login: paste the whole string, `offclip status --show-secret` prints it",
+                  f"logs     {self.logs}",
                   "",
-                  "Point Prefect clients at it (also in " + self.env_file + "):",
-                  f"  export PREFECT_API_URL={self.api_url}"]
+                  "Point Prefect clients at it (PREFECT_API_URL and PREFECT_API_AUTH_STRING):",
+                  f"  . {self.env_file}"]
         return "\n".join(lines)
 
 
@@ -284,6 +358,8 @@ class StatusResult:
     pool_exists: bool | None           # None: server down, unknown
     pool_status: str | None
     ui_url: str | None = None
+    auth: str | None = None            # "basic": the server requires the auth string (None: it does not)
+    env_file: str | None = None        # PREFECT_API_URL and PREFECT_API_AUTH_STRING, to source
     deployments: list[DeploymentInfo] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
 
@@ -312,7 +388,10 @@ class StatusResult:
             pool = f"{self.pool}: " + (f"present ({self.pool_status})" if self.pool_exists else "MISSING")
         lines = [f"home     {self.home}", f"server   {srv}"]
         if self.server_healthy:
-            lines.append(f"ui       {self.ui_url}" if self.ui_url else "ui       off (started with --no-ui)")
+            lines.append(f"ui       {self.ui_url}  (login: the auth string; `offclip status --show-secret`)"
+                         if self.ui_url else "ui       off (started with --no-ui)")
+            lines.append("auth     basic (PREFECT_API_AUTH_STRING, in " + f"{self.env_file})" if self.auth
+                         else "auth     NONE: anyone on this machine can use this server")
         lines += [f"worker   {wrk}", f"pool     {pool}"]
         if self.server_healthy:
             if self.deployments:
@@ -325,7 +404,8 @@ class StatusResult:
                 lines.append("deployments: none")
         lines += [f"error    {e}" for e in self.errors]
         if self.server_healthy:
-            lines += ["", f"export PREFECT_API_URL={self.api_url}"]
+            lines += ["", f"export PREFECT_API_URL={self.api_url}"
+                      + (f"   # and its auth string: . {self.env_file}" if self.auth else "")]
         return "\n".join(lines)
 
 
@@ -384,8 +464,70 @@ def is_prefect_command(argv: list[str] | None, *subcommand: str) -> bool:
 _ROLE_CMD = {"server": ("server", "start"), "worker": ("worker", "start")}
 
 
-def _owned_alive(pid: int | None, role: str) -> bool:
-    return pid is not None and is_prefect_command(_cmdline(pid), *_ROLE_CMD[role])
+def _starttime(pid: int) -> int | None:
+    """Field 22 of ``/proc/<pid>/stat``: when the process started, in clock ticks after boot. Set
+    at fork and never changed, so (pid, starttime) names one process of this boot."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+        # fields 3.. follow the ")" that closes the command name (which may hold spaces or ")")
+        return int(stat[stat.rindex(b")") + 2:].split()[22 - 3])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _boot_id() -> str | None:
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return None
+
+
+def _has_token(pid: int, token: str, name: str = TOKEN_ENV) -> bool:
+    """``name=token`` is in the environment ``pid`` was started with (``/proc/<pid>/environ``,
+    readable by the same user only)."""
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as f:
+            entries = f.read().split(b"\0")
+    except OSError:
+        return False
+    return f"{name}={token}".encode() in entries
+
+
+def _ownership(pid: int | None, role: str, state: dict | None) -> tuple[str, str]:
+    """("ours" | "gone" | "foreign" | "legacy", why). Ours: alive, with the start time and boot
+    recorded in ``state`` when `up` started it, the token `up` put into its environment, and
+    running ``prefect <role> start``. A command line alone (a look-alike, a reused pid) is not
+    enough. "legacy": a prefect ``role`` process under a state file with no start record (an
+    offclip from before the records)."""
+    if pid is None:
+        return "gone", "no pid"
+    argv = _cmdline(pid)
+    if argv is None:
+        return "gone", "not running"
+    state = state or {}
+    want = f"prefect {' '.join(_ROLE_CMD[role])}"
+    shown = f"cmdline: {' '.join(argv)[:120]!r}"
+    if state.get("pid") != pid:
+        if not state and is_prefect_command(argv, *_ROLE_CMD[role]):
+            return "legacy", f"pid {pid} runs {want} but there is no record of starting it ({shown})"
+        return "foreign", f"pid {pid} is not a process offclip recorded starting ({shown})"
+    if "starttime" not in state or "token" not in state:
+        if is_prefect_command(argv, *_ROLE_CMD[role]):
+            return "legacy", (f"pid {pid} runs {want} but its record has no start time or token "
+                              f"(started by an older offclip?) ({shown})")
+        return "foreign", f"pid {pid} is not {want} ({shown})"
+    if _starttime(pid) != state["starttime"] or (state.get("boot_id") and state["boot_id"] != _boot_id()):
+        return "foreign", f"pid {pid} is another process than the one started (its start time differs; {shown})"
+    if not _has_token(pid, state["token"]):
+        return "foreign", f"pid {pid} does not carry the token its start put into its environment ({shown})"
+    if not is_prefect_command(argv, *_ROLE_CMD[role]):
+        return "foreign", f"pid {pid} is not {want} ({shown})"
+    return "ours", ""
+
+
+def _owned_alive(pid: int | None, role: str, state: dict | None) -> bool:
+    return _ownership(pid, role, state)[0] == "ours"
 
 
 def _read_pid(path: Path) -> int | None:
@@ -402,10 +544,24 @@ def _read_json(path: Path) -> dict | None:
         return None
 
 
+def _private_dir(path: Path) -> None:
+    """``path`` as a directory only its owner can enter: made 0700 (a new home too); one left by an
+    older offclip with a looser mode is tightened."""
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if path.stat().st_mode & 0o077:
+        os.chmod(path, 0o700)
+
+
 def _write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Replace ``path`` with ``text``, atomically; the file is created 0600 (owner only) from the
+    start, never readable by others, even for a moment."""
+    if not path.parent.exists():
+        path.parent.mkdir(mode=0o700, parents=True)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
+    tmp.unlink(missing_ok=True)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
     os.replace(tmp, path)
 
 
@@ -431,14 +587,28 @@ def _signal(pid: int, sig: int) -> None:
         pass
 
 
-def stop_process(pid: int, role: str, timeout: float = STOP_TIMEOUT_S) -> str:
-    """SIGTERM the process group of ``pid`` if it is still the prefect ``role`` command, wait,
-    SIGKILL after ``timeout``. Returns what happened; never signals anything else."""
-    argv = _cmdline(pid)
-    if argv is None:
+def stop_process(pid: int, role: str, timeout: float = STOP_TIMEOUT_S, state: dict | None = None) -> str:
+    """SIGTERM the process group of ``pid`` if it is the ``role`` process `up` started (recorded in
+    ``state``: see :func:`_ownership`), wait, SIGKILL after ``timeout``. Returns what happened;
+    never signals anything else."""
+    owner, why = _ownership(pid, role, state)
+    if owner == "gone":
         return "not running"
-    if not is_prefect_command(argv, *_ROLE_CMD[role]):
-        return f"refused: pid {pid} is not `prefect {' '.join(_ROLE_CMD[role])}` (cmdline: {' '.join(argv)[:120]!r})"
+    if owner == "legacy":
+        return f"refused: {why}; if it is yours, stop it with `kill -TERM -- -{pid}`"
+    if owner != "ours":
+        return f"refused: {why}"
+    return _terminate(pid, timeout)
+
+
+def _stop_child(proc: subprocess.Popen, timeout: float = 5.0) -> None:
+    """Stop a process this very process started and has not reaped (its pid cannot have been reused)."""
+    if proc.poll() is None:
+        _terminate(proc.pid, timeout)
+    proc.wait()
+
+
+def _terminate(pid: int, timeout: float) -> str:
     _signal(pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -464,17 +634,21 @@ def _tail(path: Path, start: int = 0, lines: int = 30) -> str:
     return "\n".join(text.splitlines()[-lines:]) or "(log empty)"
 
 
-def _spawn(argv: list[str], env: dict[str, str], log: Path, cwd: Path) -> tuple[subprocess.Popen, int]:
+def _spawn(argv: list[str], env: dict[str, str], log: Path, cwd: Path) -> tuple[subprocess.Popen, int, dict]:
     """Start ``argv`` detached (own session, so own process group), output appended to ``log``.
-    Returns the process and the log offset where its output starts."""
+    Returns the process, the log offset where its output starts, and its start record
+    (``pid``, ``starttime``, ``boot_id``, ``token``: put into its environment as $OFFCLIP_PROCESS_TOKEN)
+    by which :func:`_ownership` knows it later."""
     log.parent.mkdir(parents=True, exist_ok=True)
+    token = secrets.token_hex(16)
     with open(log, "ab") as f:
         f.write(f"\n=== {dt.datetime.now().isoformat(timespec='seconds')} {' '.join(argv)}\n".encode())
         offset = f.tell()
-        proc = subprocess.Popen(argv, env=env, cwd=cwd, stdin=subprocess.DEVNULL, stdout=f,
+        proc = subprocess.Popen(argv, env={**env, TOKEN_ENV: token}, cwd=cwd, stdin=subprocess.DEVNULL, stdout=f,
                                 stderr=subprocess.STDOUT, start_new_session=True, close_fds=True,
                                 preexec_fn=_default_stop_signals)
-    return proc, offset
+    record = {"pid": proc.pid, "starttime": _starttime(proc.pid), "boot_id": _boot_id(), "token": token}
+    return proc, offset, record
 
 
 def _default_stop_signals() -> None:
@@ -499,11 +673,24 @@ def ui_url_for(port: int) -> str:
     return f"http://{HOST}:{port}"
 
 
-def stack_env(lay: Layout, port: int, base: dict[str, str] | None = None, ui: bool = True) -> dict[str, str]:
-    """Environment of the server, the worker and `prefect deploy`: project-local PREFECT_HOME,
-    no analytics, the UI (served at ``/``, its pages calling this server's API) unless ``ui`` is
-    off, and PREFECT_API_URL for the clients."""
+#: Prefect's CSRF protection on the server `up` starts: state-changing requests need a token from
+#: ``GET /api/csrf-token`` (itself behind the auth string). Prefect 3.8.8's clients (worker,
+#: ``prefect deploy``, flow runs, offclip's own) and its UI fetch and send it by themselves
+#: (``PREFECT_CLIENT_CSRF_SUPPORT_ENABLED``, on by default and set here); tests/test_service.py runs
+#: a worker, a deploy-free flow run and the CLI against it.
+CSRF_PROTECTION = True
+
+
+def stack_env(lay: Layout, port: int, base: dict[str, str] | None = None, ui: bool = True,
+              auth: str | None = None) -> dict[str, str]:
+    """Environment of the worker and `prefect deploy` (and, with :func:`server_env`'s additions,
+    the server): project-local PREFECT_HOME, no analytics, the UI (served at ``/``, its pages
+    calling this server's API) unless ``ui`` is off, and PREFECT_API_URL and, given ``auth``,
+    PREFECT_API_AUTH_STRING for the clients. A user's own auth, CORS and CSRF settings are dropped."""
     env = {k: v for k, v in (os.environ if base is None else base).items() if k not in _DROPPED_ENV}
+    if auth:
+        env["PREFECT_API_AUTH_STRING"] = auth
+    env["PREFECT_CLIENT_CSRF_SUPPORT_ENABLED"] = "true"
     env.update({
         "PREFECT_HOME": str(lay.prefect_home),
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
@@ -515,6 +702,20 @@ def stack_env(lay: Layout, port: int, base: dict[str, str] | None = None, ui: bo
         "PREFECT_API_URL": api_url_for(port),
         "PREFECT_WORKER_QUERY_SECONDS": "2",    # scheduled runs start within ~2 s
         "PYTHONUNBUFFERED": "1",
+    })
+    return env
+
+
+def server_env(lay: Layout, port: int, auth: str, ui: bool = True, base: dict[str, str] | None = None) -> dict[str, str]:
+    """Environment of `prefect server start`: :func:`stack_env`, plus basic auth on every API
+    request (``auth``, "user:password"), cross-origin requests allowed from its own UI's origin
+    only (Prefect's default is ``*``), and CSRF protection (:data:`CSRF_PROTECTION`)."""
+    env = stack_env(lay, port, base, ui=ui, auth=auth)
+    env.pop("PREFECT_API_URL")   # the server serves it; it is the clients' setting
+    env.update({
+        "PREFECT_SERVER_API_AUTH_STRING": auth,
+        "PREFECT_SERVER_API_CORS_ALLOWED_ORIGINS": ui_url_for(port),
+        "PREFECT_SERVER_API_CSRF_PROTECTION_ENABLED": "true" if CSRF_PROTECTION else "false",
     })
     return env
 
@@ -577,11 +778,29 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def _client(url: str) -> Iterator[Any]:
+def _client(url: str, auth: str | None = None) -> Iterator[Any]:
     from prefect.client.orchestration import SyncPrefectClient
 
-    with SyncPrefectClient(url) as client:
+    with SyncPrefectClient(url, auth_string=auth) as client:
         yield client
+
+
+def _auth_probe(url: str, auth: str | None, timeout: float = 5.0) -> tuple[int | None, int | None]:
+    """HTTP status of ``GET <url>/admin/version`` (status codes, None where it did not answer)
+    without credentials, and with ``auth``: an authenticating server answers 401, then 200."""
+    import base64
+
+    import httpx
+
+    codes: list[int | None] = []
+    with httpx.Client(trust_env=False, timeout=timeout) as client:
+        for a in (None, auth):
+            headers = {"Authorization": "Basic " + base64.b64encode(a.encode()).decode()} if a else {}
+            try:
+                codes.append(client.get(url.rstrip("/") + "/admin/version", headers=headers).status_code)
+            except httpx.HTTPError:
+                codes.append(None)
+    return codes[0], codes[1]
 
 
 # --------------------------------------------------------------------------------------------
@@ -602,64 +821,80 @@ def _wait_healthy(url: str, proc_alive, deadline: float, log: Path, offset: int,
 
 
 def _ensure_server(lay: Layout, port: int | None, timeout: float,
-                   ui: bool = True) -> tuple[str, int, int, bool, float | None]:
-    """(api_url, port, pid, reused, seconds_to_healthy)."""
+                   ui: bool = True) -> tuple[str, int, int, bool, float | None, str]:
+    """(api_url, port, pid, reused, seconds_to_healthy, auth_string)."""
     state = _read_json(lay.server_json) or {}
     pid = _read_pid(lay.server_pid)
-    if _owned_alive(pid, "server") and not state.get("port"):
+    owner, why = _ownership(pid, "server", state)
+    if owner == "legacy":
+        raise ServiceError(f"{why}. It was not started by this offclip, which runs the server with authentication "
+                           f"and records what it starts: if it is yours, stop it (`kill -TERM -- -{pid}`), "
+                           "then `offclip up`")
+    if owner == "ours" and not state.get("port"):
         raise ServiceError(f"a server (pid {pid}) from a previous `offclip up` is alive but {lay.server_json} "
-                           "is missing, so its port is unknown: run `offclip down` first")
-    if _owned_alive(pid, "server"):
+                           "has no port: run `offclip down` first")
+    if owner == "ours":
         old_port = int(state["port"])
         url = api_url_for(old_port)
         if port is not None and port != old_port:
             raise ServiceError(f"a server from a previous `offclip up` runs under {lay.home} on port {old_port} "
                                f"(pid {pid}); use --port {old_port}, or `offclip down` first")
+        auth = auth_string(lay.home)
+        if not state.get("auth") or not auth:
+            raise ServiceError(f"the server (pid {pid}) running under {lay.home} was started without authentication "
+                               "(by an older offclip): anyone on this machine could run code through it. "
+                               "Run `offclip down`, then `offclip up`")
         # Alive: healthy now, or still starting (a concurrent `up`): wait for it.
-        _wait_healthy(url, lambda: _owned_alive(pid, "server"), time.monotonic() + timeout,
+        _wait_healthy(url, lambda: _owned_alive(pid, "server", state), time.monotonic() + timeout,
                       lay.server_log, 0, f"the running server (pid {pid})")
-        return url, old_port, pid, True, None
+        anonymous, authorised = _auth_probe(url, auth)
+        if anonymous != 401 or authorised != 200:
+            raise ServiceError(f"the server (pid {pid}) at {url} does not enforce the auth string recorded in "
+                               f"{lay.auth} (without it: HTTP {anonymous}, with it: HTTP {authorised}). "
+                               "Run `offclip down`, then `offclip up`")
+        return url, old_port, pid, True, None, auth
 
     # Nothing (alive) of ours: clear stale files, then start one.
-    for p in (lay.server_pid, lay.server_json, lay.env_sh):
+    for p in (lay.server_pid, lay.server_json, lay.env_sh, lay.auth):
         p.unlink(missing_ok=True)
     port = DEFAULT_PORT if port is None else port
     url = api_url_for(port)
     if not _port_free(port):
         who = "a Prefect server not started by `offclip up` under this home" if health(url) else "another process"
         raise ServiceError(f"port {port} on {HOST} is in use by {who}; choose another with --port")
-    for d in (lay.prefect_home, lay.logs, lay.run):
+    lay.home.mkdir(mode=0o700, parents=True, exist_ok=True)   # a new home: owner only
+    _private_dir(lay.run)                                     # pid files, start records, the secret
+    for d in (lay.prefect_home, lay.logs):
         d.mkdir(parents=True, exist_ok=True)
-    env = stack_env(lay, port, ui=ui)
-    env.pop("PREFECT_API_URL")   # the server serves it; it is the clients' setting
+    auth = _new_auth_string()
+    _write_atomic(lay.auth, auth + "\n")
     t0 = time.monotonic()
-    proc, offset = _spawn(_prefect_argv("server", "start", "--host", HOST, "--port", str(port)),
-                          env, lay.server_log, cwd=lay.home)
+    proc, offset, record = _spawn(_prefect_argv("server", "start", "--host", HOST, "--port", str(port)),
+                                  server_env(lay, port, auth, ui=ui), lay.server_log, cwd=lay.home)
     _write_atomic(lay.server_pid, f"{proc.pid}\n")
     _write_atomic(lay.server_json, json.dumps({
-        "api_url": url, "host": HOST, "port": port, "pid": proc.pid, "prefect_home": str(lay.prefect_home),
-        "ui_url": ui_url_for(port) if ui else None,
+        "api_url": url, "host": HOST, "port": port, **record, "prefect_home": str(lay.prefect_home),
+        "ui_url": ui_url_for(port) if ui else None, "auth": "basic", "auth_user": AUTH_USER,
+        "cors_allowed_origins": ui_url_for(port), "csrf_protection": CSRF_PROTECTION,
         "started_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}, indent=2) + "\n")
     try:
         _wait_healthy(url, lambda: proc.poll() is None, t0 + timeout, lay.server_log, offset,
                       "`prefect server start`")
     except BaseException:      # also Ctrl-C: leave nothing half-started behind
-        if proc.poll() is None:
-            stop_process(proc.pid, "server", timeout=5)
-        proc.wait()
-        for p in (lay.server_pid, lay.server_json):
+        _stop_child(proc)
+        for p in (lay.server_pid, lay.server_json, lay.auth):
             p.unlink(missing_ok=True)
         raise
-    return url, port, proc.pid, False, time.monotonic() - t0
+    return url, port, proc.pid, False, time.monotonic() - t0, auth
 
 
-def ensure_pool(url: str, pool: str) -> bool:
+def ensure_pool(url: str, pool: str, auth: str | None = None) -> bool:
     """Create the process work pool ``pool`` unless it exists. True when created."""
     from prefect.client.schemas.actions import WorkPoolCreate
     from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
     from prefect.workers.process import ProcessWorker
 
-    with _client(url) as client:
+    with _client(url, auth) as client:
         try:
             existing = client.read_work_pool(pool)
         except ObjectNotFound:
@@ -692,7 +927,7 @@ def _declared_deployments(project: Path) -> list[dict] | None:
     return list(data.get("deployments") or [])
 
 
-def deploy(lay: Layout, port: int, project: Path, timeout: float = DEPLOY_TIMEOUT_S) -> str:
+def deploy(lay: Layout, port: int, project: Path, timeout: float = DEPLOY_TIMEOUT_S, auth: str | None = None) -> str:
     """``prefect --no-prompt deploy --all`` in ``project``; returns a note. Raises on failure."""
     declared = _declared_deployments(project)
     if declared is None:
@@ -706,7 +941,7 @@ def deploy(lay: Layout, port: int, project: Path, timeout: float = DEPLOY_TIMEOU
         f.flush()
         try:
             # prefect.yaml's pull step runs flows in this checkout: {{ $OFFCLIP_REPO }}
-            env = {**stack_env(lay, port), "OFFCLIP_REPO": str(Path(project).resolve())}
+            env = {**stack_env(lay, port, auth=auth), "OFFCLIP_REPO": str(Path(project).resolve())}
             rc = subprocess.run(argv, env=env, cwd=project, stdin=subprocess.DEVNULL,
                                 stdout=f, stderr=subprocess.STDOUT, timeout=timeout).returncode
         except subprocess.TimeoutExpired:
@@ -719,30 +954,34 @@ def deploy(lay: Layout, port: int, project: Path, timeout: float = DEPLOY_TIMEOU
 
 
 def _ensure_worker(lay: Layout, url: str, port: int, pool: str, project: Path,
-                   timeout: float) -> tuple[int, str, bool]:
+                   timeout: float, auth: str | None = None, server_reused: bool = False) -> tuple[int, str, bool]:
     """(pid, worker name, reused)."""
     pid = _read_pid(lay.worker_pid)
     state = _read_json(lay.worker_json) or {}
-    if _owned_alive(pid, "worker"):
+    owner, why = _ownership(pid, "worker", state)
+    if owner == "legacy":
+        raise ServiceError(f"{why}. If it is yours, stop it (`kill -TERM -- -{pid}`), then `offclip up`")
+    if owner == "ours":
         if state.get("pool") not in (None, pool):
             raise ServiceError(f"a worker from a previous `offclip up` serves pool {state['pool']!r} (pid {pid}); "
                                "`offclip down` first to switch pools")
-        if state.get("api_url") in (None, url):
+        if server_reused and state.get("api_url") in (None, url):
             return pid, state.get("name", "?"), True
-        stop_process(pid, "worker")     # ours, but polling a server that is gone: replace it
+        # ours, but polling a server that is gone (or one started since, with another secret): replace it
+        stop_process(pid, "worker", state=state)
     for p in (lay.worker_pid, lay.worker_json):
         p.unlink(missing_ok=True)
     name = f"offclip-{uuid.uuid4().hex[:8]}"
     t0 = time.monotonic()
-    proc, offset = _spawn(_prefect_argv("worker", "start", "--pool", pool, "--type", "process", "--name", name),
-                          stack_env(lay, port), lay.worker_log, cwd=project)
+    proc, offset, record = _spawn(_prefect_argv("worker", "start", "--pool", pool, "--type", "process", "--name", name),
+                                  stack_env(lay, port, auth=auth), lay.worker_log, cwd=project)
     _write_atomic(lay.worker_pid, f"{proc.pid}\n")
     _write_atomic(lay.worker_json, json.dumps({
-        "pid": proc.pid, "name": name, "pool": pool, "api_url": url,
+        **record, "name": name, "pool": pool, "api_url": url,
         "started_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}, indent=2) + "\n")
     # Wait until the worker has registered with the pool (its first heartbeat): it is then polling.
     try:
-        with _client(url) as client:
+        with _client(url, auth) as client:
             while True:
                 if proc.poll() is not None:
                     raise ServiceError(f"`prefect worker start` exited (code {proc.returncode}). "
@@ -754,9 +993,7 @@ def _ensure_worker(lay: Layout, url: str, port: int, pool: str, project: Path,
                                        f"Last lines of {lay.worker_log}:\n{_tail(lay.worker_log, offset)}")
                 time.sleep(0.5)
     except BaseException:
-        if proc.poll() is None:
-            stop_process(proc.pid, "worker", timeout=5)
-        proc.wait()
+        _stop_child(proc)
         for p in (lay.worker_pid, lay.worker_json):
             p.unlink(missing_ok=True)
         raise
@@ -783,14 +1020,16 @@ def up(home: str | os.PathLike | None = None, port: int | None = None, pool: str
     warnings = preflight()
     lay = layout(home)
     project_dir = Path(project).resolve() if project else find_project()
-    url, port, server_pid, reused, elapsed = _ensure_server(lay, port, timeout, ui)
+    url, port, server_pid, reused, elapsed, auth = _ensure_server(lay, port, timeout, ui)
     ui_url = (_read_json(lay.server_json) or {}).get("ui_url")
     if reused and ui and not ui_url:
         warnings.append("the running server was started with --no-ui: `offclip down`, then `offclip up` to serve the UI")
-    _write_atomic(lay.env_sh, f"# written by `offclip up`; source it to point Prefect clients at the project server\n"
-                              f"export PREFECT_API_URL={url}\n")
+    _write_atomic(lay.env_sh, "# written by `offclip up` (owner-only: it holds the server's secret); source it to\n"
+                              "# point Prefect clients at the project server\n"
+                              f"export PREFECT_API_URL={shlex.quote(url)}\n"
+                              f"export PREFECT_API_AUTH_STRING={shlex.quote(auth)}\n")
     try:
-        created = ensure_pool(url, pool)
+        created = ensure_pool(url, pool, auth)
     except ServiceError:
         raise
     except Exception as exc:   # the client's errors (HTTP status, connection) as one clear message
@@ -799,14 +1038,14 @@ def up(home: str | os.PathLike | None = None, port: int | None = None, pool: str
                       server_start_s=elapsed, ui_url=ui_url, pool=pool, pool_created=created, env_file=str(lay.env_sh),
                       logs=str(lay.logs), warnings=warnings)
     if deploy_flows:
-        result.deploy_note = deploy(lay, port, project_dir)
+        result.deploy_note = deploy(lay, port, project_dir, auth=auth)
         if result.deploy_note.startswith("deployed"):
-            result.deployed = [d.name for d in list_deployments(url)]
+            result.deployed = [d.name for d in list_deployments(url, auth)]
     else:
         result.deploy_note = "skipped (--no-deploy)"
     if worker:
         result.worker_pid, result.worker_name, result.worker_reused = _ensure_worker(
-            lay, url, port, pool, project_dir, worker_timeout)
+            lay, url, port, pool, project_dir, worker_timeout, auth=auth, server_reused=reused)
     return result
 
 
@@ -816,15 +1055,21 @@ def up(home: str | os.PathLike | None = None, port: int | None = None, pool: str
 
 def down(home: str | os.PathLike | None = None, timeout: float = STOP_TIMEOUT_S) -> DownResult:
     """Stop the worker, then the server, that ``up`` started under ``home``; remove their pid files.
-    A pid whose /proc cmdline is not the matching prefect command is left alone (reported as
-    refused) and its pid file removed as stale."""
+    Only a process `up` started is signalled (start time, environment token and command as
+    recorded: :func:`_ownership`); any other is left alone, reported as refused, and its pid file
+    and record kept (to look at, or to stop it by hand)."""
     lay = layout(home)
     result = DownResult(home=str(lay.home))
     for role, pid_file, extra in (("worker", lay.worker_pid, (lay.worker_json,)),
-                                  ("server", lay.server_pid, (lay.server_json, lay.env_sh))):
+                                  ("server", lay.server_pid, (lay.server_json, lay.env_sh, lay.auth))):
         pid = _read_pid(pid_file)
         if pid is not None:
-            result.stopped.append(ProcessStop(role, pid, stop_process(pid, role, timeout)))
+            outcome = stop_process(pid, role, timeout, state=_read_json(extra[0]))
+            if outcome.startswith("refused"):
+                outcome += f" — left running; {pid_file} kept"
+                result.stopped.append(ProcessStop(role, pid, outcome))
+                continue
+            result.stopped.append(ProcessStop(role, pid, outcome))
         for p in (pid_file, *extra):
             p.unlink(missing_ok=True)
     result.nothing_running = all(s.outcome == "not running" for s in result.stopped)
@@ -849,8 +1094,8 @@ def _describe_schedule(s: Any) -> str:
     return text + ("" if getattr(s, "active", True) else " (inactive)")
 
 
-def list_deployments(url: str) -> list[DeploymentInfo]:
-    with _client(url) as client:
+def list_deployments(url: str, auth: str | None = None) -> list[DeploymentInfo]:
+    with _client(url, auth) as client:
         deployments = client.read_deployments()
         flows = {}
         out = []
@@ -870,19 +1115,24 @@ def status(home: str | os.PathLike | None = None, pool: str = DEFAULT_POOL) -> S
     url = state.get("api_url")
     server_pid, worker_pid = _read_pid(lay.server_pid), _read_pid(lay.worker_pid)
     pool = wstate.get("pool") or pool
+    auth = auth_string(home)
     st = StatusResult(home=str(lay.home), api_url=url, server_pid=server_pid,
-                      server_alive=_owned_alive(server_pid, "server"), server_healthy=False,
-                      worker_pid=worker_pid, worker_alive=_owned_alive(worker_pid, "worker"),
+                      server_alive=_owned_alive(server_pid, "server", state), server_healthy=False,
+                      worker_pid=worker_pid, worker_alive=_owned_alive(worker_pid, "worker", wstate),
                       worker_name=wstate.get("name"), worker_status=None, pool=pool, pool_exists=None,
-                      pool_status=None, ui_url=state.get("ui_url"))
+                      pool_status=None, ui_url=state.get("ui_url"),
+                      auth=state.get("auth") if state.get("auth") and auth else None, env_file=str(lay.env_sh))
     if url and st.server_alive:
         st.server_healthy = health(url)
     if not st.server_healthy:
         return st
+    if not st.auth:
+        st.errors.append("the server was started without authentication (by an older offclip): "
+                         "`offclip down`, then `offclip up`")
     from prefect.exceptions import ObjectNotFound
 
     try:
-        with _client(url) as client:
+        with _client(url, auth) as client:
             try:
                 wp = client.read_work_pool(pool)
                 st.pool_exists = True
@@ -893,7 +1143,7 @@ def status(home: str | os.PathLike | None = None, pool: str = DEFAULT_POOL) -> S
                             st.worker_status = getattr(w.status, "value", w.status)
             except ObjectNotFound:
                 st.pool_exists = False
-        st.deployments = list_deployments(url)
+        st.deployments = list_deployments(url, auth)
     except Exception as exc:   # report, don't crash: status is what people run when things are wrong
         st.errors.append(f"querying {url}: {exc}")
     return st
@@ -911,15 +1161,18 @@ class FollowedRun:
     run_name: str | None = None
 
 
-def _resolve_url(home: str | os.PathLike | None, url: str | None) -> str:
-    """``url``, else the server `offclip up` started under ``home``, else ``$PREFECT_API_URL``."""
-    if url:
-        return url
-    found = api_url(home, check=True) or os.environ.get("PREFECT_API_URL")
+def _resolve_url(home: str | os.PathLike | None, url: str | None) -> tuple[str, str | None]:
+    """(url, auth string): ``url``, else the server `offclip up` started under ``home``, else
+    ``$PREFECT_API_URL``; the auth string of the project's server when it is that one, else
+    ``$PREFECT_API_AUTH_STRING``."""
+    project = api_url(home, check=not url)
+    found = url or project or os.environ.get("PREFECT_API_URL")
     if not found:
         raise RuntimeError(f"no offclip server is running under {resolve_home(home)} and PREFECT_API_URL is not "
                            "set: run `offclip up` first")
-    return found
+    if project and found.rstrip("/") == project.rstrip("/"):
+        return found, auth_string(home)
+    return found, os.environ.get("PREFECT_API_AUTH_STRING") or None
 
 
 def wait_for_runs(deployments: list[str], home: str | os.PathLike | None = None, timeout: float = 1800.0,
@@ -944,10 +1197,10 @@ def wait_for_runs(deployments: list[str], home: str | os.PathLike | None = None,
     from prefect.client.schemas.sorting import FlowRunSort
     from prefect.exceptions import ObjectNotFound
 
-    url = _resolve_url(home, url)
+    url, auth = _resolve_url(home, url)
     deadline = time.monotonic() + timeout
     followed: list[FollowedRun] = []
-    with _client(url) as client:
+    with _client(url, auth) as client:
         ids = {}
         for name in deployments:
             try:
