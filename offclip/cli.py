@@ -529,6 +529,49 @@ def sql(
         typer.echo(text, nl=False)
 
 
+@app.command("purge")
+def purge(
+    out: Path = typer.Argument(..., help="The curation output root (holds ingest/, curate/, shards/)."),
+    studies: list[str] = typer.Option(..., "--study", "-s",
+                                      help="A study id to remove (50414267 or s50414267); repeat, or comma-separate."),
+    prefect: bool = typer.Option(True, "--prefect/--no-prefect",
+                                 help="Also delete the Prefect artifacts that quote the studies' sentences."),
+    yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation."),
+) -> None:
+    """Remove studies from everything offclip wrote for them: ingest and curated records, image
+    files, shards (rewritten without them), caches, the manifest, and the Prefect artifacts that
+    quote their sentences. Fix or remove the report at the source first: a later build ingests
+    what the source holds then. Run it while no build writes into OUT."""
+    from .pipeline.purge import purge_studies, study_ids_from, unique_texts
+
+    try:
+        ids = study_ids_from(studies)
+        texts = unique_texts(out, ids)
+    except (ValueError, FileNotFoundError) as exc:
+        _fail(exc)
+    if not yes and not typer.confirm(f"Remove {len(ids)} studies from {out} (records, images, shards, caches, "
+                                     f"manifest{', Prefect artifacts' if prefect else ''})?"):
+        raise typer.Exit(1)
+    artifacts = None
+    if prefect and texts:  # first: a server that fails leaves the records as they were, to try again
+        from . import service
+
+        typer.echo(service.use_for_direct_runs().to_text().replace("flows run", "artifacts searched"), err=True)
+        from .flows.purge import delete_artifacts_quoting
+
+        try:
+            artifacts = delete_artifacts_quoting(texts)
+        except Exception as exc:  # noqa: BLE001 - the server's error, said as it is
+            _fail(RuntimeError(f"the Prefect artifacts could not be searched ({type(exc).__name__}: {exc}); nothing "
+                               f"was removed: start the server the builds ran on (offclip up), or pass --no-prefect"))
+    result = purge_studies(out, ids)
+    typer.echo(result.to_text())
+    if artifacts is not None:
+        typer.echo(artifacts.to_text())
+    elif prefect:
+        typer.echo("  Prefect artifacts: none to search for (no sentence of these studies is theirs alone)")
+
+
 # --- local Prefect stack: offclip up / down / status (library: offclip/service.py) -------------
 
 _HOME_HELP = "Project-local state: PREFECT_HOME (SQLite DB), logs/, run/ pid files (default $OFFCLIP_HOME or .offclip)."

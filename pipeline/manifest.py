@@ -247,6 +247,10 @@ def _build_manifest(out: Path, db: Path, runs: list[dict] | None) -> Path:
 
         expected = SampleSource(out).expected()
 
+    from .atomic import remove_dead_temps
+
+    for dead in remove_dead_temps(db):  # a rebuild killed before its rename (we hold the lock)
+        Path(f"{dead}.wal").unlink(missing_ok=True)
     tmp = db.with_name(f".{db.name}.{os.getpid()}.tmp")
     tmp.unlink(missing_ok=True)
     try:

@@ -53,6 +53,10 @@ class DuckDBCache:
                           .fetchone()[0] for table, column in cls.PRUNE_BY.items() if table in tables)
         if not dropped:
             return 0
+        from .atomic import remove_dead_temps
+
+        for dead in remove_dead_temps(path):  # a pruner killed before its rename
+            Path(f"{dead}.wal").unlink(missing_ok=True)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         tmp.unlink(missing_ok=True)
         try:

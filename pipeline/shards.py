@@ -51,6 +51,9 @@ class ShardConfig:
     mtime: int = 0  #: tar header mtime (fixed: byte-identical rebuilds)
     #: for tests of kill-and-resume: sleep this long after each shard
     pause_after_shard: float = 0.0
+    #: write shards for pairs no shard holds yet (off: only bring the existing shards in line with
+    #: the records, as ``offclip purge`` does)
+    add_new: bool = True
 
 
 class ShardRecord(SHARD_RECORD.record_class("ShardRecord")):
@@ -330,7 +333,7 @@ def _write_split(config: ShardConfig, out: Path, split: str, source: SampleSourc
     batch: list[tuple[dict, str]] = []
     size = 0
     for key, row in current.items():
-        if key in done:
+        if key in done or not config.add_new:
             bar.update(1)
             continue
         sample, digest = source.sample(row)
