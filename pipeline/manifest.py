@@ -396,6 +396,14 @@ def summary(db: str | os.PathLike) -> str:
         df = query(db, sql)
         lines.append(f"  {title}:")
         lines += ["    " + line for line in (df.to_string(index=False) if len(df) else "(none)").splitlines()]
+    # samples the shards hold that the records no longer make (a manifest from before has no such view)
+    if len(query(db, "SELECT 1 FROM duckdb_views() WHERE view_name = 'shard_mismatches'")):
+        df = query(db, "SELECT problem, count(*) AS samples, count(DISTINCT shard) AS shards, "
+                       "min(study_id) AS first_study FROM shard_mismatches GROUP BY problem ORDER BY problem")
+        if len(df):
+            lines.append("  shards out of step with the records (SELECT * FROM shard_mismatches; "
+                         "offclip shards OUT rewrites them):")
+            lines += ["    " + line for line in df.to_string(index=False).splitlines()]
     # the sentence filter's two opinions (a manifest from before the audit has no such view)
     if len(query(db, "SELECT 1 FROM duckdb_views() WHERE view_name = 'classifier_rule_agreement'")):
         df = query(db, "SELECT * FROM classifier_rule_agreement")
