@@ -33,7 +33,7 @@ import pandas as pd
 
 from ..data_contracts.enums import ABNORMAL, CLASSIFIER, SHARD_SPLITS
 from ..data_contracts.shards import SAMPLE_FIELDS, SHARD_RECORD  # noqa: F401  (SAMPLE_FIELDS: imported from here too)
-from .atomic import atomic_write_text, sha256_file
+from .atomic import _naming, atomic_write_text, sha256_file
 
 SHARD_DIR = "shards"
 
@@ -217,14 +217,24 @@ def _write_shard(directory: Path, name: str, samples: list[dict], mtime: int) ->
 
     final = directory / name
     tmp = directory / f".{name}.tmp"
-    with open(tmp, "wb") as fh:
-        writer = TarWriter(fh, encoder=False, mtime=mtime, user="offclip", group="offclip")
-        for sample in samples:
-            writer.write(sample)
-        writer.close()
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, final)
+    writer = None
+    try:
+        with open(tmp, "wb") as fh:
+            writer = TarWriter(fh, encoder=False, mtime=mtime, user="offclip", group="offclip")
+            for sample in samples:
+                writer.write(sample)
+            writer.close()
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, final)
+    except OSError as exc:  # a full disk: name the shard, leave no temporary file
+        if writer is not None:
+            # its file is closed: neither the tar nor its stream may write at exit
+            writer.tarstream.closed = True
+            if hasattr(writer.tarstream.fileobj, "closed"):
+                writer.tarstream.fileobj.closed = True
+        tmp.unlink(missing_ok=True)
+        raise _naming(exc, final, str(tmp)) from exc
     return final.stat().st_size, sha256_file(final)
 
 

@@ -293,6 +293,17 @@ def test_a_full_disk_names_the_file_being_written(tiny_disk):
     assert not [p for p in tiny_disk.rglob("*") if p.is_file()]  # no temporary file left behind
 
 
+def test_a_full_disk_while_writing_a_shard_names_the_shard(tiny_disk):
+    from offclip.pipeline.shards import _write_shard
+
+    rng = np.random.default_rng(1)
+    samples = [{"__key__": str(50_000_000 + i), "png": rng.bytes(30_000), "txt": b"x"} for i in range(4)]
+    with pytest.raises(OSError) as info:
+        _write_shard(tiny_disk, "train-000000.tar", samples, 0)
+    assert info.value.errno == 28 and str(tiny_disk / "train-000000.tar") in str(info.value)
+    assert not [p for p in tiny_disk.rglob("*") if p.is_file()]  # no temporary tar left behind
+
+
 _WRITER = """
 import sys, time
 from offclip.pipeline.atomic import atomic_open
