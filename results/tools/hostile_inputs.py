@@ -800,6 +800,7 @@ class Harness:
                 or any(n and n in (r["path"] or "") + " " + r["message"] for n in names)]
         reasons = sorted({r["reason"] for r in rows})
         named = [r for r in rows if any(n and n in (r["path"] or "") + " " + r["message"] for n in names)]
+        named.sort(key=lambda r: r["reason"] == "no_frontal")  # the file's own reject before the study's
 
         # good studies other than the target, as in the reference
         lost = []
