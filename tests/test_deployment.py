@@ -5,6 +5,7 @@ offclip/build-shards --watch` → (the worker runs the chained train and evaluat
 from __future__ import annotations
 
 import os
+import shlex
 import socket
 import subprocess
 import sys
@@ -33,12 +34,13 @@ def test_up_deployment_run_down(small_world, tiny_classifier, tmp_path):
     try:
         assert up.returncode == 0, up.stdout + up.stderr
         assert "offclip/build-shards" in up.stdout
-        env["PREFECT_API_URL"] = f"http://127.0.0.1:{port}/api"
-        run = subprocess.run(
-            [sys.executable, "-m", "prefect", "deployment", "run", "offclip/build-shards", "--watch",
-             "-p", f"source={world}", "-p", f"out={out}", "-p", f"classifier={tiny_classifier[1]}",
-             "-p", "image_size=64", "-p", 'train_parameters={"max_steps": 2, "batch_size": 8}'],
-            cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+        # as the README says: `. .offclip/env.sh && prefect deployment run …` (the server's
+        # address and its secret: without the secret the server answers 401)
+        command = [sys.executable, "-m", "prefect", "deployment", "run", "offclip/build-shards", "--watch",
+                   "-p", f"source={world}", "-p", f"out={out}", "-p", f"classifier={tiny_classifier[1]}",
+                   "-p", "image_size=64", "-p", 'train_parameters={"max_steps": 2, "batch_size": 8}']
+        run = subprocess.run(["bash", "-c", f'. {shlex.quote(str(home / "env.sh"))} && exec "$@"', "bash", *command],
+                             cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
         assert run.returncode == 0 and "Completed" in run.stdout, run.stdout[-3000:] + run.stderr[-3000:]
         pairs = read_curated(out, "pairs")
         assert len(pairs) > 0
