@@ -52,6 +52,9 @@ REJECT_REASONS: dict[str, str] = {
     "report_not_utf8": "the report is not valid UTF-8",
     "report_too_large": "the report is larger than OFFCLIP_MAX_REPORT_BYTES (default 1,000,000 bytes); not read",
     "report_no_text": "the report has no findings, impression or narrative text",
+    "report_not_text": "the report holds NUL or other control bytes: not plain text",
+    "metadata_row_invalid": "a metadata, split or record-list CSV row that cannot be read: wrong number of fields, "
+                            "or an id that is not a number",
 }
 #: the reasons an image decoder can give (``offclip.pipeline.images.ImageReject``)
 IMAGE_REJECT_REASONS = ("not_dicom", "truncated", "no_pixel_data", "unsupported_transfer_syntax",

@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -310,9 +311,19 @@ class IngestStage:
         if not data.strip():
             return None, "empty_report", f"{study.report_path} is empty ({len(data)} bytes)"
         try:
-            return data.decode("utf-8"), None, ""
+            text = data.decode("utf-8")
         except UnicodeDecodeError as exc:
             return None, "report_not_utf8", f"byte {exc.start}: {exc.reason} (0x{data[exc.start]:02x})"
+        bad = _CONTROL.search(text)
+        if bad:  # a plain-text report never holds NUL or other C0 controls: a corrupt file
+            offset = len(text[:bad.start()].encode("utf-8"))
+            return None, "report_not_text", (f"{study.report_path}: byte {offset} is the control character "
+                                              f"0x{ord(bad.group()):02x} ({bad.group()!r}): not plain text")
+        return text, None, ""
+
+
+#: C0 control characters other than tab, newline, form feed and carriage return (a report holding one is corrupt)
+_CONTROL = re.compile("[\x00-\x08\x0b\x0e-\x1f]")
 
 
 # ------------------------------------------------------------------------------------------------

@@ -11,6 +11,9 @@ tell, one header read each (in parallel).
 
 from __future__ import annotations
 
+import csv
+import gzip
+import io
 import logging
 import os
 import re
@@ -176,14 +179,16 @@ def scan_source(config: ScanConfig) -> ScanResult:
     root = source.root
     walk.unreadable.clear()  # what detect_image_kind met is met again below, with its folder filter
     reports = index_reports(source.reports, root, config.folders, walk)
-    splits = _read_splits(source.split)
+    csv_rejects: list[dict] = []  # CSV rows that cannot be read (metadata_row_invalid)
+    splits = _read_splits(source.split, root, csv_rejects)
     if source.metadata is not None:
-        studies = _from_metadata(root, source.metadata, config, source.image_ext)
+        studies = _from_metadata(root, source.metadata, config, source.image_ext, csv_rejects)
     elif source.record_list is not None:
-        studies = _from_record_list(root, source.record_list, config)
+        studies = _from_record_list(root, source.record_list, config, csv_rejects)
     else:
         studies = _from_tree(root, config, source.image_ext, walk)
     rejects = [_reject_folder(root, path, message) for path, message in sorted(walk.unreadable.items())]
+    rejects += csv_rejects
     if walk.skipped:
         log.warning("scan: %d directory symlink(s) not followed: %s", len(walk.skipped), "; ".join(walk.messages()))
     for study_id, (subject_id, ref) in reports.refs.items():
@@ -243,11 +248,127 @@ def _folder_ok(folder: str, config: ScanConfig) -> bool:
     return config.folders is None or folder in config.folders
 
 
-def _read_splits(path: Path | None) -> dict[int, str]:
+def _read_splits(path: Path | None, root: Path | None = None, rejects: list[dict] | None = None) -> dict[int, str]:
     if path is None:
         return {}
-    df = pd.read_csv(path, usecols=["study_id", "split"], dtype={"study_id": "int64", "split": "string"})
+    df = read_id_csv(path, {"study_id": "int64", "split": "string"}, root, rejects,
+                     keep=["study_id", "split"], required=["study_id", "split"])
     return dict(zip(df["study_id"].tolist(), df["split"].tolist()))
+
+
+_ID_COLUMNS = ("subject_id", "study_id")  #: the id columns a CSV row is useless without (and dicom_id)
+
+
+def read_id_csv(path: Path, dtype: dict[str, str], root: Path | None, rejects: list[dict] | None,
+                entity: str = "image", keep: list[str] | None = None,
+                required: list[str] | None = None) -> pd.DataFrame:
+    """A metadata, split or record-list CSV as a frame (``keep``: the columns kept when present,
+    None: all), one bad row never stopping the read: a row with the wrong number of fields, a
+    subject_id / study_id that is not a whole number or an empty dicom_id is left out and is a
+    ``metadata_row_invalid`` reject (appended to ``rejects``) naming the file and the line.
+
+    The common case is one typed read with pandas' C engine (every column read, so that a line
+    with an extra field is a ParserError rather than a silent shift of the columns kept); only
+    when it fails, or shows a bad row, is the file read again row by row to find the bad lines."""
+    try:
+        df = pd.read_csv(path, dtype=dtype)
+        ok = isinstance(df.index, pd.RangeIndex)  # not: a first row with an extra field taken for an index
+        ok = ok and not ("dicom_id" in dtype and "dicom_id" in df.columns and df["dicom_id"].isna().any())
+    except (pd.errors.ParserError, ValueError, OverflowError):  # a bad line, an id that is not a number
+        ok = False
+    if not ok:
+        df = _read_rows(path, dtype, root, rejects, entity)
+    missing = [c for c in required or () if c not in df.columns]
+    if missing:
+        raise SourceError(f"{path}: missing column(s) {', '.join(missing)}")
+    if keep is not None:
+        df = df[[c for c in df.columns if c in keep]]
+    return df
+
+
+def _read_rows(path: Path, dtype: dict[str, str], root: Path | None, rejects: list[dict] | None,
+               entity: str) -> pd.DataFrame:
+    """The slow path of :func:`read_id_csv`: the csv module finds the rows with the wrong number of
+    fields (and their line numbers), pandas reads the others with the ids as strings, and the
+    rows whose ids do not convert are left out too."""
+    shown = _shown(root, path)
+    opener = gzip.open if str(path).endswith(".gz") else open
+    good, lines, bad = [], [], []
+    with opener(path, "rt", encoding="utf-8", errors="replace", newline="") as fh:
+        reader = csv.reader(fh)
+        header = next(reader, [])
+        start = reader.line_num + 1
+        for row in reader:
+            line, start = start, reader.line_num + 1
+            if not row or row == [""]:
+                continue  # a blank line (pandas skips it too)
+            if len(row) != len(header):
+                bad.append((line, dict(zip(header, row)), f"{len(row)} fields where the header has {len(header)}"))
+            else:
+                good.append(row)
+                lines.append(line)
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows(good)
+    buf.seek(0)
+    text_ids = {c: ("string" if c in _ID_COLUMNS else t) for c, t in dtype.items()}
+    df = pd.read_csv(buf, dtype=text_ids)
+    keep = np.ones(len(df), dtype=bool)
+    why = [""] * len(df)
+    numbers = {}
+    for col in _ID_COLUMNS:
+        if col in df.columns and dtype.get(col) == "int64":
+            num = pd.to_numeric(df[col], errors="coerce")
+            valid = (num.notna() & (num == num.round())).to_numpy()
+            numbers[col] = num
+            for i in np.flatnonzero(~valid):
+                why[i] = why[i] or f"{col} {df[col].iloc[i]!r} is not a number"
+            keep &= valid
+    if "dicom_id" in dtype and "dicom_id" in df.columns:
+        empty = (df["dicom_id"].isna() | (df["dicom_id"].str.strip() == "")).to_numpy()
+        for i in np.flatnonzero(empty):
+            why[i] = why[i] or "no dicom_id"
+        keep &= ~empty
+    records = df.to_dict("records") if not keep.all() else []
+    for i in np.flatnonzero(~keep):
+        bad.append((lines[i], {c: v for c, v in records[i].items() if isinstance(v, str)}, why[i]))
+    for line, fields, reason in sorted(bad, key=lambda b: b[0]):
+        reject = _reject_row(shown, line, fields, reason, entity)
+        log.warning("scan: %s", reject["message"])
+        if rejects is not None:
+            rejects.append(reject)
+    df = df[keep].reset_index(drop=True)
+    for col in numbers:
+        df[col] = numbers[col][keep].astype("int64").to_numpy()
+    return df
+
+
+def _shown(root: Path | None, path: Path) -> str:
+    if root is None:
+        return str(path)
+    rel = os.path.relpath(path, root)
+    return str(path) if rel.startswith("..") else rel
+
+
+def _id(value) -> int | None:
+    try:
+        number = float(str(value).strip())
+    except ValueError:
+        return None
+    return int(number) if number.is_integer() and number > 0 else None
+
+
+def _reject_row(shown: str, line: int, fields: dict, reason: str, entity: str) -> dict:
+    """A CSV row that cannot be read: its study (and subject) when its ids still tell them."""
+    subject_id, study_id = _id(fields.get("subject_id")), _id(fields.get("study_id"))
+    dicom_id = fields.get("dicom_id") or None
+    first = ",".join(str(v) for v in list(fields.values())[:3])
+    study = f"; study s{study_id}'s other rows are used" if study_id is not None else ""
+    return {"stage": "scan", "entity": entity, "subject_id": subject_id, "study_id": study_id,
+            "dicom_id": dicom_id if entity == "image" and study_id is not None else None, "path": shown,
+            "reason": "metadata_row_invalid",
+            "message": f"{shown} line {line} ({first}…) cannot be read: {reason}; the row is left out{study}"}
 
 
 def _study(studies: dict[int, StudyEntry], subject_id: int, study_id: int, folder: str) -> StudyEntry:
@@ -295,11 +416,12 @@ def _rows_by_study(df: pd.DataFrame, config: ScanConfig, studies: dict[int, Stud
         yield row, _study(studies, row.subject_id, row.study_id, folder)
 
 
-def _from_metadata(root: Path, path: Path, config: ScanConfig, ext: str) -> dict[int, StudyEntry]:
+def _from_metadata(root: Path, path: Path, config: ScanConfig, ext: str,
+                   rejects: list[dict] | None = None) -> dict[int, StudyEntry]:
     cols = ["dicom_id", "subject_id", "study_id", "ViewPosition", "ViewCodeSequence_CodeMeaning",
             "PerformedProcedureStepDescription", "Rows", "Columns"]
-    df = pd.read_csv(path, dtype={"dicom_id": "string", "subject_id": "int64", "study_id": "int64"},
-                     usecols=lambda c: c in cols, keep_default_na=True)
+    df = read_id_csv(path, {"dicom_id": "string", "subject_id": "int64", "study_id": "int64"}, root, rejects,
+                     keep=cols, required=cols[:3])
     for col in cols[3:]:
         if col not in df.columns:
             df[col] = None
@@ -328,11 +450,12 @@ def _dimension(value) -> int | None:
     return int(number) if number >= 1 and number.is_integer() else None
 
 
-def _from_record_list(root: Path, path: Path, config: ScanConfig) -> dict[int, StudyEntry]:
+def _from_record_list(root: Path, path: Path, config: ScanConfig,
+                      rejects: list[dict] | None = None) -> dict[int, StudyEntry]:
     """The DICOM release's ``cxr-record-list.csv.gz``: subject_id, study_id, dicom_id, path
     (``files/pXX/pSUBJECT/sSTUDY/<dicom_id>.dcm``); views come from the headers."""
-    df = pd.read_csv(path, dtype={"dicom_id": "string", "subject_id": "int64", "study_id": "int64",
-                                  "path": "string"})
+    df = read_id_csv(path, {"dicom_id": "string", "subject_id": "int64", "study_id": "int64", "path": "string"},
+                     root, rejects)
     missing = {"subject_id", "study_id", "dicom_id", "path"} - set(df.columns)
     if missing:
         raise SourceError(f"{path}: not a cxr-record-list (missing columns {', '.join(sorted(missing))})")

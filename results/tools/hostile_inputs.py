@@ -593,7 +593,7 @@ def build_cases() -> list[Case]:
                                     b" COMPARISON:  Chest radiographs of ___.\n"),
              ("report_no_text",)),
         Case("report_nul_bytes", "report", "64 NUL bytes between two findings sentences",
-             report_bytes(_nul), ("report_not_utf8", "report_no_text", "decode_error", "ingested")),
+             report_bytes(_nul), ("report_not_text", "report_not_utf8", "report_no_text", "decode_error")),
         Case("report_missing", "report", "a good study's report deleted", report_missing, ("no_report",)),
         Case("report_without_study", "report", "a report for a study with no image or metadata row",
              report_without_study, ("report_without_study",)),
@@ -604,7 +604,7 @@ def build_cases() -> list[Case]:
              "(swapped and halved)", csv_rows_columns, ("ingested", "metadata_mismatch"), nonsquare,
              hint=(META,)),
         Case("csv_malformed_line", "metadata", "metadata line with an unquoted comma (13 fields for 12)",
-             csv_malformed_line, ("ingested", "*"), _picks(syntax=UNCOMPRESSED),
+             csv_malformed_line, ("ingested", "metadata_row_invalid", "*"), _picks(syntax=UNCOMPRESSED),
              hint=(META,), note="aim: the line skipped or rejected naming the CSV, the others intact"),
         # ---- edits between runs into the same output
         Case("report_edited_reingest", "rerun", "report edited (a sentence added) between two ingests "
