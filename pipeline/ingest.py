@@ -515,6 +515,8 @@ def _merge_and_write(out: Path, result: BatchResult, scanned: set[int],
     folder_rejects = [r for r in result.rejects if r["study_id"] is None]
     old_rejects = read_table(out, "rejects")
     stale = old_rejects["study_id"].isna() & old_rejects["path"].map(lambda p: _in_folders(p, folders)).astype(bool)
+    # a CSV row's reject is made again by every scan (the CSVs are read whole): the old one goes
+    stale |= old_rejects["reason"] == "metadata_row_invalid"
     if not processed and not folder_rejects and not stale.any() \
             and all((Path(out) / INGEST_DIR / f"{n}.parquet").is_file() for n in TABLES):
         return  # every study unchanged: the tables stay as they are (a re-run rewrites nothing)

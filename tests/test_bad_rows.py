@@ -107,6 +107,10 @@ def test_a_metadata_line_with_an_unquoted_comma_is_a_reject_and_the_rest_is_inge
     _write(src / META, lines)
     summary = _ingest(src, tmp_path / "out")
     _check(tmp_path / "out", baseline, META, i + 1, int(f[header.index("study_id")]), summary)
+    # a re-run over the unchanged tree (every study skipped) keeps one reject for the line, not two
+    again = _ingest(src, tmp_path / "out")
+    assert again.skipped == again.ingested
+    _check(tmp_path / "out", baseline, META, i + 1, int(f[header.index("study_id")]), again)
 
 
 def test_a_metadata_line_whose_first_row_has_an_extra_field_is_not_taken_for_an_index(small_world, baseline,
