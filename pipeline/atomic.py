@@ -121,6 +121,28 @@ def atomic_open(path: str | os.PathLike, mode: str = "wb", **kwargs) -> Iterator
         raise
 
 
+@contextmanager
+def atomic_database(path: str | os.PathLike) -> Iterator[Path]:
+    """A temporary sibling path for a database file that a database engine writes itself (DuckDB:
+    the file and its ``.wal``); on clean exit the file is fsynced and renamed over ``path``; the
+    temporary file and its ``.wal`` are gone either way. Dead writers' temporary files of
+    ``path`` (and their ``.wal``) are removed first."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for dead in remove_dead_temps(path):
+        Path(f"{dead}.wal").unlink(missing_ok=True)
+    tmp = path.with_name(f"{_temp_prefix(path)}db.tmp")
+    tmp.unlink(missing_ok=True)
+    try:
+        yield tmp
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+        Path(f"{tmp}.wal").unlink(missing_ok=True)
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     with atomic_open(path, "wb") as fh:
         fh.write(data)

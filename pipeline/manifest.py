@@ -247,13 +247,11 @@ def _build_manifest(out: Path, db: Path, runs: list[dict] | None) -> Path:
 
         expected = SampleSource(out).expected()
 
-    from .atomic import remove_dead_temps
+    from .atomic import atomic_database
 
-    for dead in remove_dead_temps(db):  # a rebuild killed before its rename (we hold the lock)
-        Path(f"{dead}.wal").unlink(missing_ok=True)
-    tmp = db.with_name(f".{db.name}.{os.getpid()}.tmp")
-    tmp.unlink(missing_ok=True)
-    try:
+    # a new file renamed over the old; a rebuild killed before its rename leaves a temporary file
+    # that the next one removes (it holds the lock)
+    with atomic_database(db) as tmp:
         with duckdb.connect(str(tmp)) as con:
             _load(con, "runs", RUNS.validate(history))
             parquet = {
@@ -283,12 +281,6 @@ def _build_manifest(out: Path, db: Path, runs: list[dict] | None) -> Path:
             for name, sql in {**VIEWS, **EVALUATION_VIEWS}.items():
                 con.execute(f"CREATE VIEW {name} AS {sql}")
             con.execute("CHECKPOINT")
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, db)
-    finally:
-        tmp.unlink(missing_ok=True)
-        Path(f"{tmp}.wal").unlink(missing_ok=True)
     return db
 
 

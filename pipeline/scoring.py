@@ -8,7 +8,6 @@ studies, sends only text the cache has not seen to the model.
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,28 +52,17 @@ class DuckDBCache:
                           .fetchone()[0] for table, column in cls.PRUNE_BY.items() if table in tables)
         if not dropped:
             return 0
-        from .atomic import remove_dead_temps
+        from .atomic import atomic_database
 
-        for dead in remove_dead_temps(path):  # a pruner killed before its rename
-            Path(f"{dead}.wal").unlink(missing_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.unlink(missing_ok=True)
-        try:
-            with cls(tmp) as new:  # the tables with their keys, as the class makes them
-                new.con.execute("ATTACH '{}' AS old (READ_ONLY)".format(str(path).replace("'", "''")))
-                new.con.register("wanted", wanted)
-                for table, column in cls.PRUNE_BY.items():
-                    if table in tables:
-                        new.con.execute(f"INSERT INTO {table} SELECT * FROM old.{table} "
-                                        f"WHERE {column} IN (SELECT value FROM wanted)")
-                new.con.execute("DETACH old")
-                new.con.execute("CHECKPOINT")
-            with open(tmp, "rb") as fh:
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
-            Path(f"{tmp}.wal").unlink(missing_ok=True)
+        with atomic_database(path) as tmp, cls(tmp) as new:  # the tables with their keys, as the class makes them
+            new.con.execute("ATTACH '{}' AS old (READ_ONLY)".format(str(path).replace("'", "''")))
+            new.con.register("wanted", wanted)
+            for table, column in cls.PRUNE_BY.items():
+                if table in tables:
+                    new.con.execute(f"INSERT INTO {table} SELECT * FROM old.{table} "
+                                    f"WHERE {column} IN (SELECT value FROM wanted)")
+            new.con.execute("DETACH old")
+            new.con.execute("CHECKPOINT")
         return dropped
 
     def __init__(self, path: str | Path | None = None) -> None:

@@ -100,6 +100,22 @@ def shards_out(curated, tmp_path_factory):
     return out
 
 
+@pytest.fixture
+def built(curated, tmp_path):
+    """A private copy of the curated output with shards (4 samples each) and a manifest: for tests
+    that write into it."""
+    import shutil
+
+    from offclip.pipeline.manifest import build_manifest
+    from offclip.pipeline.shards import ShardConfig, write_shards
+
+    out = tmp_path / "out"
+    shutil.copytree(curated[0], out)
+    write_shards(ShardConfig(out=out, max_samples=4))
+    build_manifest(out)
+    return out
+
+
 @pytest.fixture(scope="module")
 def prefect_server(tmp_path_factory):
     """A real Prefect test server (SQLite in a temporary PREFECT_HOME), one per test module."""

@@ -3,7 +3,6 @@ shards, caches, manifest — and from the Prefect artifacts that quote its sente
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import duckdb
@@ -15,17 +14,8 @@ from typer.testing import CliRunner
 from offclip.cli import app
 from offclip.pipeline.curate import CACHE_FILE, read_curated
 from offclip.pipeline.ingest import read_table
-from offclip.pipeline.manifest import build_manifest, query
-from offclip.pipeline.shards import SHARD_DIR, ShardConfig, complete_shards, write_shards
-
-
-@pytest.fixture
-def built(curated, tmp_path):
-    out = tmp_path / "out"
-    shutil.copytree(curated[0], out)
-    write_shards(ShardConfig(out=out, max_samples=4))
-    build_manifest(out)
-    return out
+from offclip.pipeline.manifest import query
+from offclip.pipeline.shards import complete_shards
 
 
 def _victim(out: Path) -> tuple[int, str]:

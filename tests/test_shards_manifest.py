@@ -35,16 +35,6 @@ from offclip.pipeline.shards import (
 PHI = ("PatientName", "PatientBirthDate", "AccessionNumber", "DEMO^", "patient_name", "birth", "accession")
 
 
-@pytest.fixture
-def built(curated, tmp_path):
-    """A private copy of the curated output with shards and a manifest."""
-    out = tmp_path / "out"
-    shutil.copytree(curated[0], out)
-    write_shards(ShardConfig(out=out, max_samples=4))
-    build_manifest(out)
-    return out
-
-
 def _shards(out: Path) -> dict[str, str]:
     return {str(p.relative_to(out)): p for p in sorted((out / SHARD_DIR).rglob("*.tar"))}
 
