@@ -359,7 +359,35 @@ def _reject_missing_pixels(ds: Dataset, buf, syntax: UID) -> None:
         raise ImageReject("truncated", "the Pixel Data element starts but the file ends before it does")
     if "FloatPixelData" in ds or "DoubleFloatPixelData" in ds:
         raise ImageReject("unsupported_pixels", "float pixel data is not supported")
+    if syntax != DeflatedExplicitVRLittleEndian:
+        cut = _element_cut_short(buf, syntax)
+        if cut:
+            raise ImageReject("truncated", f"the file ends inside its header ({cut}), before any pixel data")
+    if "Rows" not in ds or "Columns" not in ds:
+        raise ImageReject("truncated", "no Pixel Data element, and the header ends before the image's Rows and "
+                                       "Columns: a file cut short (or not an image)")
     raise ImageReject("no_pixel_data", "the dataset has no Pixel Data element")
+
+
+def _element_cut_short(buf, syntax: UID) -> str | None:
+    """The element the file ends inside (its declared length runs past the end of the file), or
+    None when every element of the dataset is whole. Reads element headers only."""
+    from pydicom.filereader import data_element_generator
+
+    start = 0
+    if bytes(buf[128:132]) == b"DICM" and len(buf) >= 144:  # after the file meta group (its length in (0002,0000))
+        start = 144 + int.from_bytes(bytes(buf[140:144]), "little")
+    fp = io.BytesIO(bytes(buf))
+    fp.seek(start)
+    try:
+        for raw in data_element_generator(fp, syntax.is_implicit_VR, syntax.is_little_endian, defer_size=1):
+            if raw.length != 0xFFFFFFFF and raw.value_tell + raw.length > len(buf):
+                return f"element {raw.tag} declares {raw.length} bytes, {len(buf) - raw.value_tell} are there"
+    except EOFError as exc:
+        return str(exc)
+    except Exception:  # noqa: BLE001 - a header pydicom cannot walk: not evidence of a cut
+        return None
+    return None
 
 
 def _transfer_syntax(ds: Dataset) -> UID:

@@ -401,6 +401,22 @@ def test_no_pixel_data():
     assert _reject(_save(ds)).reason == "no_pixel_data"
 
 
+def test_a_file_cut_inside_its_header_is_truncated_not_without_pixel_data():
+    """A file that ends inside its header (an element's value cut, or before the image's Rows and
+    Columns) is ``truncated``; a whole header without Pixel Data stays ``no_pixel_data``."""
+    data = _dicom()
+    ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
+    rows_at = data.find(b"\x28\x00\x10\x00")  # (0028,0010) Rows, explicit VR little endian
+    assert 300 < rows_at < len(data) - 1000
+    for cut in range(300, rows_at, 37):  # inside elements and on their boundaries, before Rows
+        reject = _reject(data[:cut])
+        assert reject.reason == "truncated", (cut, reject.message)
+    pixel_at = data.find(b"\xe0\x7f\x10\x00")
+    whole_header = data[:pixel_at]  # every element whole, Rows and Columns there, no Pixel Data
+    assert _reject(whole_header).reason == "no_pixel_data"
+    assert "Rows" in ds
+
+
 def test_unsupported_transfer_syntax(tmp_path):
     ds = pydicom.dcmread(io.BytesIO(_dicom()))
     ds.PixelData = encapsulate([ds.PixelData])
