@@ -12,8 +12,9 @@ already-split sentence in, a :class:`RuleLabel` out::
     [('pleural effusion', 'positive', ('small', 'left')), ('pneumothorax', 'negated', ())]
 
 Pipeline (built once in :class:`RuleLabeler`): a blank spaCy English tokenizer (``___`` kept
-whole) and one ``PhraseMatcher`` on ``LOWER`` that tags, in a single pass, the finding lexicon
-(:data:`LEXICON`: the 13 CheXpert finding observations, support devices, post-surgical change and the
+whole) and one ``PhraseMatcher`` on ``LOWER`` that tags, in a single pass, the vocabulary --
+data, not code: ``pipeline/vocabulary/`` holds it as reviewable phrase files, read once at import --
+the finding lexicon (:data:`LEXICON`, ``vocabulary/findings/<observation>.txt``: the 13 CheXpert finding observations, support devices, post-surgical change and the
 chronic / incidental findings radiologists report), anatomy *anchors* and their *predicates*
 ("heart" … "enlarged", "lungs" … "clear"), and the NegEx-style triggers. Plain Python then joins
 anchors with predicates, resolves overlaps (longest span wins), folds adjectival forms into the
@@ -112,7 +113,7 @@ next to it (four words before, six after, stopping at punctuation, conjunctions 
 findings); adverbs are normalised (``mildly`` → ``mild``). Granulomas are "Other Finding"
 (CheXpert's own mention list has no granuloma); nipple shadows are no finding; removed devices
 ("interval removal of the chest tube") are negated. :meth:`RuleLabeler.label_many` labels each
-distinct sentence once. Bump :data:`RULES_VERSION` whenever a rule or the lexicon changes.
+distinct sentence once. Bump :data:`RULES_VERSION` whenever a rule or a vocabulary file changes.
 """
 
 from __future__ import annotations
@@ -120,6 +121,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from itertools import islice
+from pathlib import Path
 from typing import Iterable
 
 __all__ = [
@@ -172,562 +174,100 @@ class SentenceReading:
     normal_phrases: tuple[str, ...]
 
 
-# ------------------------------------------------------------------------------------ lexicon
-# (canonical name, category, kind, phrases). Phrases: ";"-separated, bash-like "{a,b,}" brace
-# alternatives, every "-" also matches as a space and as nothing ("air-space" → "air space",
-# "airspace"); a leading "^" marks an adjectival form that folds into a finding right after it.
+# ------------------------------------------------------------------------------- vocabulary
+# The vocabulary is data: pipeline/vocabulary/ (findings/<CheXpert observation>.txt, anatomy.txt,
+# predicates.txt, combinations.txt, cues/<cue kind>.txt, modifiers.txt, scope_words.txt), read
+# once at import. Each file: "[section]" headers, one phrase (or a run of words) per line, "#"
+# comment lines. Phrases: bash-like "{a,b,}" brace alternatives, every "-" also matches as a space
+# and as nothing ("air-space" → "air space", "airspace"); a leading "^" marks an adjectival form
+# that folds into a finding right after it. In the tables below a phrase list is ";"-joined.
 
-LEXICON: tuple[tuple[str, str, str, str], ...] = (
-    # --- CheXpert observations
-    ("pleural effusion", "Pleural Effusion", "positive",
-     "effusion{,s}; pleural effusion{,s}; pleural fluid; hydrothorax; hemothorax; empyema;"
-     "fissural fluid; fluid in the {minor,major,horizontal,right,left,} fissure;"
-     "subpulmonic {effusion,effusions,fluid}; loculated {effusion,fluid}; layering effusion{,s};"
-     "pleural fluid collection"),
-    ("costophrenic angle blunting", "Pleural Effusion", "positive",
-     "blunting; blunted {costophrenic,cp} {angle,angles,sulcus,sulci,recess};"
-     "{costophrenic,cp} {angle,angles,sulcus} blunting"),
-    ("pneumothorax", "Pneumothorax", "positive",
-     "pneumothorax; pneumothoraces; pneumothoraxes; ptx; hydropneumothorax; hemopneumothorax;"
-     "hydro-pneumothorax"),
-    ("consolidation", "Consolidation", "positive",
-     "consolidation{,s}; ^consolidative; consolidated; air-space consolidation{,s};"
-     "consolidative {opacity,opacities,change,changes}; air bronchogram{,s}"),
-    ("airspace disease", "Lung Opacity", "positive",
-     "air-space disease{,s}; air-space process; air-space opacit{y,ies}; air-space opacification;"
-     "air-space filling; alveolar {opacity,opacities,disease,process,filling,infiltrate,infiltrates}"),
-    ("opacity", "Lung Opacity", "positive",
-     "opacit{y,ies}; opacification{,s}; opacified; densit{y,ies}; haziness; ^hazy;"
-     "ground-glass; ground-glass opacit{y,ies}; increased density; ^opaque"),
-    ("infiltrate", "Lung Opacity", "positive",
-     "infiltrate{,s}; infiltration{,s}; ^infiltrative"),
-    ("atelectasis", "Atelectasis", "positive",
-     "atelectasis; atelectases; ^atelectatic; atelectatic change{,s}; collapse; collapsed;"
-     "volume loss; lobar collapse"),
-    ("pulmonary edema", "Edema", "positive",
-     "edema; pulmonary edema; interstitial edema; alveolar edema; kerley {b,} lines; b-lines;"
-     "septal lines; fluid overload; ^edematous"),
-    ("vascular congestion", "Edema", "positive",
-     "vascular congestion; pulmonary {vascular,venous,} congestion; congestion; cephalization;"
-     "cephalized; {pulmonary,} {vascular,venous} engorgement; vascular redistribution;"
-     "pulmonary venous hypertension;"
-     "venous hypertension; interstitial congestion; vascular prominence"),
-    ("heart failure", "Edema", "positive",
-     "heart failure; congestive heart failure; chf; congestive failure"),
-    ("cardiomegaly", "Cardiomegaly", "positive",
-     "cardiomegaly; cardiac enlargement; enlarged heart; heart enlargement;"
-     "{left,right,} {ventricular,atrial} enlargement; {ventricular,atrial} {dilatation,dilation}"),
-    ("enlarged cardiomediastinum", "Enlarged Cardiomediastinum", "positive",
-     "widened mediastinum; mediastinal {widening,enlargement,prominence}; wide mediastinum;"
-     "widening of the mediastinum"),
-    ("nodule", "Lung Lesion", "positive",
-     "nodule{,s}; nodular {opacity,opacities,density,densities,opacification,focus,foci};"
-     "nodularity; micronodule{,s}; ^nodular; pulmonary nodule{,s}"),
-    ("mass", "Lung Lesion", "positive", "mass; masses; mass lesion{,s}; soft tissue mass{,es}"),
-    ("lesion", "Lung Lesion", "positive", "lesion{,s}"),
-    ("cavitary lesion", "Lung Lesion", "positive",
-     "cavity; cavities; cavitation; cavitary lesion{,s}; cavitary {nodule,nodules,mass};"
-     "^cavitary; ^cavitating"),
-    ("malignancy", "Lung Lesion", "positive",
-     "malignancy; malignancies; tumor{,s}; tumour{,s}; neoplasm{,s}; carcinoma; cancer;"
-     "^neoplastic; ^malignant; metastasis; metastases; metastatic disease; ^metastatic; lymphoma"),
-    ("fracture", "Fracture", "positive",
-     "fracture{,s}; fractured; fx; compression fracture{,s}; compression deformit{y,ies};"
-     "wedge deformit{y,ies}; wedging; loss of height; height loss;"
-     "post-traumatic {change,changes,deformity,deformities}"),
-    ("pleural thickening", "Pleural Other", "chronic",
-     "pleural thickening; apical pleural thickening; apical cap{,s}; apical pleural cap{,s};"
-     "pleural scarring; pleuro-parenchymal {scarring,scar,scars,thickening,opacity,opacities};"
-     "pleural-parenchymal {scarring,scar,scars,thickening}; fibrothorax; pleural {reaction,disease};"
-     "fissural thickening; thickening of the {minor,major,right,left,} fissure{,s};"
-     "{minor,major} fissure thickening; thickened {minor,major,} fissure{,s}; thickened pleura"),
-    ("pleural plaque", "Pleural Other", "chronic",
-     "pleural plaque{,s}; calcified pleural plaque{,s}; pleural calcification{,s}; plaque{,s}"),
-    ("pneumonia", "Pneumonia", "positive",
-     "pneumonia{,s}; bronchopneumonia; pneumonitis; aspiration pneumonia; ^pneumonic"),
-    ("infection", "Pneumonia", "positive",
-     "infection{,s}; infectious process; ^infectious; inflammatory process; ^inflammatory"),
-    ("aspiration", "Pneumonia", "positive", "aspiration"),
-    # --- support devices
-    ("pacemaker", "Support Devices", "device",
-     "pacemaker{,s}; pacer{,s}; {pacemaker,pacer,pacing} {lead,leads,wire,wires,generator,device};"
-     "generator; {pacing,pacer,pacemaker} xxxx;"
-     "{dual-chamber,dual-lead,single-lead,biventricular,transvenous,cardiac} pacemaker"),
-    ("defibrillator", "Support Devices", "device",
-     "defibrillator{,s}; icd; aicd; cardioverter-defibrillator; implantable cardioverter;"
-     "{icd,aicd,defibrillator} {lead,leads,wire,wires,generator,device}"),
-    ("loop recorder", "Support Devices", "device",
-     "loop recorder; {cardiac,implantable,implanted} loop recorder; event recorder"),
-    ("central venous catheter", "Support Devices", "device",
-     "central venous catheter{,s}; central {line,lines,catheter,catheters}; central venous line{,s};"
-     "cvc; {ij,internal jugular,jugular,subclavian} {line,lines,catheter,catheters,central line};"
-     "hickman {catheter,}; dialysis catheter{,s}; tunneled {catheter,dialysis catheter};"
-     "swan-ganz {catheter,}; pulmonary artery catheter; venous catheter{,s}; permacath;"
-     "venous line{,s}"),
-    ("picc", "Support Devices", "device",
-     "picc; picc line{,s}; picc catheter; peripherally inserted central {catheter,line}"),
-    ("port", "Support Devices", "device",
-     "port{,s}; port-a-cath; portacath; xxxx-a-xxxx; port-a-catheter; mediport; power port; porta cath;"
-     "{chest,infusion,venous,subcutaneous,chest wall} port; port catheter; port reservoir"),
-    ("endotracheal tube", "Support Devices", "device",
-     "endotracheal tube; et tube; ett; endotracheal"),
-    ("enteric tube", "Support Devices", "device",
-     "{ng,og,nasogastric,orogastric,feeding,enteric,gastric,dobhoff,dobbhoff,peg} tube{,s};"
-     "dobhoff; nasogastric; orogastric; g-tube; gastrostomy {tube,}"),
-    ("chest tube", "Support Devices", "device",
-     "chest tube{,s}; thoracostomy tube{,s}; pleural {catheter,drain,tube}; pigtail {catheter,}"),
-    ("tracheostomy", "Support Devices", "device",
-     "tracheostomy {tube,cannula,}; trach tube; tracheotomy"),
-    ("tube", "Support Devices", "device", "tube{,s}; tubing"),
-    ("catheter", "Support Devices", "device", "catheter{,s}; {catheter,xxxx,} tip{,s}"),
-    ("stent", "Support Devices", "device",
-     "stent{,s}; {coronary,biliary,esophageal,tracheal,bronchial,vascular,endovascular,svc} stent{,s};"
-     "stent graft{,s}; stent-graft"),
-    ("valve replacement", "Support Devices", "device",
-     "valve replacement{,s}; prosthetic {aortic,mitral,tricuspid,heart,cardiac,} valve{,s};"
-     "{aortic,mitral,tricuspid} valve {replacement,prosthesis,repair}; valve prosthes{is,es};"
-     "avr; mvr; tavr; tavi; mechanical valve{,s}; annuloplasty {ring,}; artificial valve;"
-     "bioprosthetic valve"),
-    ("orthopedic hardware", "Support Devices", "device",
-     "hardware; {orthopedic,orthopaedic,surgical,fixation,spinal,fusion,metallic} hardware;"
-     "screw{,s}; {fixation,metallic,surgical,orthopedic,compression} plate{,s}; plate and screws;"
-     "{fixation,surgical,spinal,harrington,metallic,fusion} rod{,s}; fixation; internal fixation;"
-     "arthroplasty; {shoulder,humeral,joint,hip} {prosthesis,arthroplasty,replacement}; prosthesis;"
-     "spinal fusion {hardware,}; {anterior,posterior,} cervical fusion; orif; pedicle screw{,s};"
-     "intramedullary {rod,nail}"),
-    ("wire", "Support Devices", "device",
-     "wire{,s}; cerclage {wire,wires}; {epicardial,surgical} wire{,s}"),
-    ("monitoring leads", "Support Devices", "device",
-     "{ekg,ecg,electrocardiographic,electrocardiogram,monitoring,telemetry,external,cardiac monitor,"
-     "monitor,overlying} {leads,lead,electrodes,electrode,wires,pads}; electrode{,s};"
-     "{defibrillator,defib} pads"),
-    ("support lines", "Support Devices", "device",
-     "lines and tubes; tubes and lines; support {lines,devices,apparatus};"
-     "{arterial,dialysis,femoral} line{,s}; midline catheter; all lines"),
-    ("drain", "Support Devices", "device",
-     "drain{,s}; {surgical,mediastinal,pericardial,jp,jackson-pratt,blake} drain{,s}"),
-    ("device", "Support Devices", "device",
-     "device{,s}; {cardiac,medical,implanted,electronic,implantable} device{,s};"
-     "ventricular assist device; lvad; iabp; intra-aortic balloon pump; balloon pump;"
-     "{nerve,spinal,spinal cord,vagal,vagus nerve,neural,neuro,} stimulator{,s}"),
-    ("embolization coils", "Support Devices", "device", "{embolization,} coil{,s}"),
-    ("ivc filter", "Support Devices", "device", "ivc filter; vena cava filter; ivc xxxx"),
-    ("septal occluder", "Support Devices", "device",
-     "{atrial septal,septal,asd,pfo} occluder{,s}; occluder device; occluder{,s}"),
-    ("shunt", "Support Devices", "device",
-     "{vp,ventriculoperitoneal} shunt{,s}; shunt {tubing,catheter}; shunt"),
-    ("breast implant", "Support Devices", "device",
-     "breast {implant,implants,prosthesis,prostheses,expander,expanders}; tissue expander{,s};"
-     "implant{,s}"),
-    ("gastric band", "Support Devices", "device",
-     "gastric band; lap-band; gastric banding; adjustable gastric band"),
-    # --- post-surgical change
-    ("sternotomy", "Support Devices", "postsurgical",
-     "sternotomy; median sternotomy; sternotomy {wire,wires,suture,sutures,changes,clips};"
-     "sternal {wire,wires,sutures,suture}; median sternotomy {wire,wires,sutures};"
-     "sternal cerclage wire{,s}; midline sternotomy {wire,wires,}"),
-    ("cabg", "Support Devices", "postsurgical",
-     "cabg; coronary artery bypass {graft,grafts,grafting,surgery};"
-     "coronary bypass {graft,grafts,grafting,surgery}; bypass {graft,grafts,grafting};"
-     "cabg {clips,changes}"),
-    ("surgical clips", "Support Devices", "postsurgical",
-     "surgical clip{,s}; clip{,s}; cholecystectomy clip{,s}; vascular clip{,s};"
-     "{axillary,mediastinal,neck,abdominal} clip{,s}"),
-    ("surgical sutures", "Support Devices", "postsurgical",
-     "{surgical,} staple{,s}; suture{,s}; suture material; surgical sutures; suture line{,s}"),
-    ("cholecystectomy", "Other Finding", "postsurgical", "cholecystectomy"),
-    ("mastectomy", "Other Finding", "postsurgical", "mastectomy; mastectomies; lumpectomy"),
-    ("lobectomy", "Other Finding", "postsurgical",
-     "lobectomy; pneumonectomy; segmentectomy; wedge resection{,s}; lung resection; resection"),
-    ("thoracotomy", "Other Finding", "postsurgical", "thoracotomy"),
-    ("vertebroplasty", "Other Finding", "postsurgical",
-     "vertebroplasty; vertebroplasties; kyphoplasty; kyphoplasties; vertebral augmentation"),
-    ("spinal fusion", "Other Finding", "postsurgical", "spinal fusion; fusion; laminectomy; discectomy"),
-    ("postsurgical change", "Other Finding", "postsurgical",
-     "post-surgical change{,s}; post-operative change{,s}; surgical change{,s}; ^post-surgical;"
-     "^post-operative; post-surgical appearance; post-treatment change{,s};"
-     "post-radiation change{,s}; radiation change{,s}; radiation fibrosis; ^status post; ^s/p;"
-     "fundoplication; esophagectomy; thyroidectomy; gastric bypass; gastric pull-through"),
-    # --- chronic and other findings
-    ("granuloma", "Other Finding", "chronic",
-     "granuloma{,s}; granulomata; calcified granuloma{,s}; granulomatous disease; ^granulomatous;"
-     "granulomatous {change,changes,process,infection}; histoplasmosis; histoplasmoma{,s}"),
-    ("calcified lymph node", "Other Finding", "chronic",
-     "calcified {right,left,bilateral,} {hilar,mediastinal,paratracheal,subcarinal,axillary,}"
-     " {lymph,} {node,nodes,xxxx};"
-     "nodal calcification{,s}; lymph node calcification{,s}; calcified adenopathy"),
-    ("scoliosis", "Other Finding", "chronic",
-     "scoliosis; ^scoliotic; dextroscoliosis; levoscoliosis; dextrocurvature; levocurvature;"
-     "curvature of the {thoracic,thoracolumbar,} spine; {spinal,spine} curvature; kyphoscoliosis;"
-     "curvature; dextro curvature; levo curvature;"
-     "scoliotic curvature; {dextroconvex,levoconvex} curvature"),
-    ("kyphosis", "Other Finding", "chronic",
-     "kyphosis; ^kyphotic; kyphotic curvature; hyperkyphosis"),
-    ("emphysema", "Other Finding", "chronic",
-     "emphysema; ^emphysematous; emphysematous change{,s}; {bullous,centrilobular,paraseptal} emphysema"),
-    ("hyperinflation", "Other Finding", "chronic",
-     "hyperinflation; hyper-inflated; hyperexpansion; hyper-expanded; over-inflation; over-inflated;"
-     "over-expanded; over-expansion; hyper-aeration; hyper-aerated; hyperlucency; hyperlucent;"
-     "hyperdistention; hyperdistension; hyperdistended;"
-     "flattened {hemidiaphragms,diaphragms,hemidiaphragm,diaphragm};"
-     "flattening of the {hemidiaphragms,diaphragms,diaphragm,hemidiaphragm};"
-     "increased {ap,anteroposterior,a-p} diameter; air trapping"),
-    ("copd", "Other Finding", "chronic",
-     "copd; chronic obstructive pulmonary disease; chronic obstructive lung disease;"
-     "obstructive lung disease; obstructive pulmonary disease; obstructive airway{,s} disease;"
-     "chronic airway{,s} disease; reactive airway{,s} disease"),
-    ("chronic lung disease", "Other Finding", "chronic",
-     "chronic lung disease; chronic lung changes; chronic {pulmonary,interstitial,parenchymal} changes;"
-     "chronic {pulmonary,parenchymal} disease; chronic changes"),
-    ("calcification", "Other Finding", "chronic",
-     "calcification{,s}; ^calcific; calcific {density,densities,focus,foci};"
-     "calcified {density,densities,focus,foci}; ^calcified"),
-    ("aortic calcification", "Other Finding", "chronic",
-     "aortic calcification{,s}; calcified aorta; calcified aortic {arch,knob,knuckle};"
-     "aortic {arch,knob} calcification{,s}; aortic atherosclerotic calcification{,s}"),
-    ("vascular calcification", "Other Finding", "chronic",
-     "vascular calcification{,s}; atherosclerotic calcification{,s};"
-     "{coronary,coronary artery,arterial,mitral annular,mitral annulus} calcification{,s};"
-     "calcified {vessels,arteries,vasculature}"),
-    ("tortuous aorta", "Other Finding", "chronic",
-     "tortuous; tortuosity; tortuous aorta; ectatic; ectasia; unfolded aorta;"
-     "unfolding of the {thoracic,} aorta; aortic {tortuosity,ectasia,unfolding};"
-     "uncoiled aorta; uncoiling of the aorta"),
-    ("aortic enlargement", "Other Finding", "positive",
-     "aortic aneurysm; aneurysm{,s}; aneurysmal dilatation; dilated aorta;"
-     "aortic {dilatation,dilation,enlargement}; ^aneurysmal"),
-    ("atherosclerosis", "Other Finding", "chronic",
-     "atherosclerosis; ^atherosclerotic;"
-     "atherosclerotic {change,changes,disease,plaque,plaques,vascular disease};"
-     "atheromatous {change,changes,disease,plaque}; arteriosclerosis; ^arteriosclerotic"),
-    ("degenerative change", "Other Finding", "chronic",
-     "degenerative change{,s}; degenerative disease; degenerative {disc,disk,joint} disease;"
-     "^degenerative; djd; arthritis; osteoarthritis; arthritic change{,s}; ^arthritic; arthropathy;"
-     "facet arthropathy; senescent change{,s}; disc space narrowing; disk space narrowing; degeneration;"
-     "hypertrophic change{,s}; diffuse idiopathic skeletal hyperostosis; hyperostosis; dish;"
-     "endplate {change,changes,sclerosis,irregularity,irregularities,spurring,degeneration}"),
-    ("spondylosis", "Other Finding", "chronic",
-     "spondylosis; ^spondylitic; ^spondylotic; spondylotic change{,s}; spondyloarthropathy"),
-    ("osteophytes", "Other Finding", "chronic",
-     "osteophyte{,s}; osteophytosis; ^osteophytic; spur{,s}; spurring; syndesmophyte{,s}"),
-    ("fibrosis", "Other Finding", "chronic",
-     "fibrosis; ^fibrotic; fibrotic change{,s}; pulmonary fibrosis"),
-    ("scarring", "Lung Opacity", "chronic",
-     "scar{,s}; scarring; scarred; parenchymal scarring; linear scarring; ^cicatricial"),
-    ("interstitial markings", "Lung Opacity", "positive",
-     "interstitial marking{,s};"
-     "interstitial {prominence,pattern,opacity,opacities,change,changes,thickening,infiltrate,"
-     "infiltrates,process,density,densities,accentuation,abnormality,abnormalities};"
-     "^reticular; reticulation; reticular {opacity,opacities,markings,pattern,densities,changes};"
-     "^reticulonodular; reticulonodular {opacity,opacities,markings,pattern,densities};"
-     "increased {lung,interstitial,bronchovascular,pulmonary,} markings;"
-     "{coarse,coarsened} {interstitial,lung,bronchovascular,} markings; honeycombing;"
-     "{increased,prominent,coarse,coarsened,} interstitial {lung,pulmonary} markings"),
-    ("interstitial lung disease", "Lung Opacity", "chronic",
-     "interstitial {lung,} disease; ild; interstitial pneumonitis; interstitial fibrosis"),
-    ("bronchiectasis", "Other Finding", "chronic",
-     "bronchiectasis; ^bronchiectatic; bronchiectatic change{,s}"),
-    ("peribronchial thickening", "Lung Opacity", "positive",
-     "peribronchial {thickening,cuffing,opacities,opacity,markings,infiltrates};"
-     "bronchial wall thickening; bronchitic {change,changes,markings}; airway{,s} thickening;"
-     "bronchial thickening; airway{,s} disease"),
-    ("bronchitis", "Other Finding", "positive", "bronchitis; bronchiolitis"),
-    ("hiatal hernia", "Other Finding", "chronic", "hiatal hernia{,s}; hiatus hernia{,s}"),
-    ("hernia", "Other Finding", "chronic",
-     "hernia{,s}; herniation; {bochdalek,morgagni,diaphragmatic} hernia"),
-    ("elevated hemidiaphragm", "Other Finding", "positive",
-     "eventration; elevated {hemidiaphragm,diaphragm,hemidiaphragms};"
-     "elevation of the {right,left,} {hemidiaphragm,diaphragm}"),
-    ("low lung volumes", "Other Finding", "positive",
-     "low lung volume{,s}; low volume{,s}; low inspiratory volume{,s}; hypo-inflation; hypo-inflated;"
-     "hypo-expansion; hypo-expanded; hypo-aeration; hypo-aerated; under-inflation; under-inflated;"
-     "poor inspiration; poor inspiratory effort; shallow inspiration; suboptimal inspiration;"
-     "{decreased,diminished,reduced,lower} lung volume{,s}; bronchovascular crowding;"
-     "vascular crowding; crowding of {the,} {bronchovascular,vascular} markings; hypoventilation;"
-     "hypoventilatory change{,s}; hypoventilated; low inspiration;"
-     "crowded {bronchovascular,vascular} markings"),
-    ("lymphadenopathy", "Other Finding", "positive",
-     "lymphadenopathy; adenopathy; {enlarged,prominent} {lymph,} node{,s}; lymph node enlargement;"
-     "{hilar,mediastinal,paratracheal,axillary,subcarinal} {adenopathy,lymphadenopathy}; bulky hila"),
-    ("hilar prominence", "Other Finding", "positive",
-     "{hilar,bihilar} {prominence,enlargement,fullness}; prominent hil{a,um};"
-     "{enlarged,full,bulky} hil{a,um};"
-     "prominence of the hil{a,um}"),
-    ("pericardial effusion", "Other Finding", "positive", "pericardial effusion{,s}; pericardial fluid"),
-    ("pulmonary hypertension", "Other Finding", "positive",
-     "pulmonary {arterial,artery,} hypertension;"
-     "{enlarged,prominent,dilated} {central,main,} pulmonary arter{y,ies};"
-     "pulmonary {artery,arterial} {enlargement,prominence,dilatation,dilation}"),
-    ("pneumoperitoneum", "Other Finding", "positive",
-     "pneumoperitoneum; {free,} {intraperitoneal,subdiaphragmatic,abdominal,peritoneal} {free,} air;"
-     "free air; air under the {diaphragm,diaphragms,hemidiaphragm,hemidiaphragms}"),
-    ("pneumomediastinum", "Other Finding", "positive",
-     "pneumomediastinum; mediastinal emphysema; pneumopericardium"),
-    ("subcutaneous emphysema", "Other Finding", "positive",
-     "subcutaneous {emphysema,air,gas}; soft tissue {emphysema,air,gas}"),
-    ("metabolic bone disease", "Other Finding", "chronic",
-     "{renal,} osteodystrophy; hyperparathyroidism; brown tumor{,s}; metabolic bone disease"),
-    ("soft tissue swelling", "Other Finding", "positive",
-     "soft tissue {edema,swelling}; subcutaneous edema; anasarca"),
-    ("epicardial fat", "Other Finding", "positive", "epicardial fat {pad,pads,}; pericardial fat pad{,s}"),
-    ("osteopenia", "Other Finding", "chronic",
-     "osteopenia; ^osteopenic; osteoporosis; ^osteoporotic; demineralization; ^demineralized;"
-     "osseous demineralization; bone loss"),
-    ("bone lesion", "Other Finding", "positive",
-     "{lytic,sclerotic,blastic,osteolytic,osteoblastic,bony,osseous,bone,expansile}"
-     " {lesion,lesions,focus,foci,density,densities}; bone island{,s}; enostos{is,es}"),
-    ("deformity", "Other Finding", "chronic",
-     "deformit{y,ies}; pectus {excavatum,carinatum,deformity}; ^deformed"),
-    ("cyst", "Other Finding", "positive",
-     "cyst{,s}; ^cystic; cystic {change,changes,lesion,lesions,lucency,lucencies,space,spaces};"
-     "pneumatocele{,s}"),
-    ("bulla", "Other Finding", "chronic",
-     "bulla; bullae; bullous {disease,change,changes}; ^bullous; bleb{,s}"),
-    ("lucency", "Other Finding", "positive", "lucenc{y,ies}"),
-    ("thickening", "Other Finding", "positive", "thickening"),
-    ("tuberculosis", "Other Finding", "positive",
-     "tuberculosis; tb; ^tuberculous; mycobacterial infection; ^mycobacterial"),
-    ("sarcoidosis", "Other Finding", "chronic", "sarcoidosis; sarcoid"),
-    ("foreign body", "Other Finding", "positive",
-     "foreign bod{y,ies}; {nipple,body} {ring,rings,piercing,piercings,jewelry}; piercing{,s};"
-     "jewelry; bullet{,s};"
-     "bullet fragment{,s}; shrapnel; buckshot;"
-     "metallic {fragment,fragments,foreign body,density,densities,object,objects}"),
-    ("air-fluid level", "Other Finding", "positive", "air-fluid level{,s}"),
-    ("dislocation", "Other Finding", "positive",
-     "dislocation{,s}; dislocated; subluxation{,s}; subluxed; malalignment"),
-    ("mediastinal shift", "Other Finding", "positive",
-     "{cardio-mediastinal,mediastinal} shift; tracheal deviation"),
-    ("situs anomaly", "Other Finding", "positive",
-     "dextrocardia; situs inversus; right-sided aortic arch; right aortic arch"),
-    ("organomegaly", "Other Finding", "positive",
-     "splenomegaly; hepatomegaly; cholelithiasis; gallstone{,s}"),
-    ("abnormality", "Other Finding", "positive",
-     "abnormalit{y,ies}; ^abnormal; disease{,s}"),
-)
+VOCABULARY_DIR = Path(__file__).resolve().parent / "vocabulary"
+_CUE_FILES = ("negation_pre", "negation_post", "pseudo_negation", "uncertainty_over_negation",
+              "uncertainty_pre", "uncertainty_post", "clause_breaks")
 
-# ----------------------------------------------------------------------- anchors + predicates
-#: Anatomy anchors: they name no finding, their predicate does ("heart" + "enlarged").
-ANCHORS: dict[str, str] = {
-    "heart": "heart; heart size; heart silhouette; heart shadow; cardiac silhouette{,s};"
-             "cardiac size; cardiac shadow; cardiac contour{,s}; cardiac; cardiac diameter;"
-             "heart contour{,s}",
-    "mediastinum": "mediastinum; mediastinal {contour,contours,silhouette,silhouettes,width,shadow,"
-                   "structures,configuration}; mediastinal; cardio-mediastinal {silhouette,"
-                   "silhouettes,contour,contours,shadow,structures,width}; cardio-mediastinal;"
-                   "superior mediastinum",
-    "hila": "hila; hilum; hili; hilar; bihilar; hilar {contour,contours,structures,regions,shadows}",
-    "vasculature": "{pulmonary,} vasculature; {pulmonary,} vascularity; {pulmonary,} vascular"
-                   " {markings,pattern}; pulmonary vessels; pulmonary xxxx; vessels;"
-                   "pulmonary {arterial,venous} {vasculature,markings}",
-    "lungs": "lung{,s}; lung fields; lung parenchyma; parenchyma; lung bases; lung zones",
-    "volumes": "{lung,inspiratory,} volume{,s}; lung inflation; inspiration; inspiratory effort",
-    "diaphragm": "diaphragm{,s}; hemi-diaphragm{,s}; diaphragmatic {contour,contours,}",
-    "aorta": "aorta; {thoracic,descending,ascending,abdominal} aorta;"
-             "aortic {arch,knob,knuckle,contour,root}; aortic",
-    "pulmonary arteries": "pulmonary arter{y,ies}; {central,main} pulmonary arter{y,ies};"
-                          "pulmonary {trunk,outflow tract}",
-    "costophrenic": "costophrenic {angle,angles,sulcus,sulci,recess,recesses}; costophrenic;"
-                    "{cp,c-p} {angle,angles}",
-    "interstitium": "lung markings; bronchovascular markings; {pulmonary,lung,} interstitium;"
-                    "interstitial markings",
-    "osseous": "{osseous,bony,skeletal,bone} structures; osseous; bones; bony thorax; skeleton;"
-               "{thoracic,} spine; ribs; {osseous,bony,skeletal} thorax",
-    "pleura": "pleural spaces; pleura; pleural space; pleural surfaces",
-    "trachea": "trachea",
-    "chest": "chest; study; exam; examination; radiograph{,s}; film{,s}; x-ray; chest x-ray",
-    "soft tissues": "soft tissue{,s}",
-}
-PREDICATES: dict[str, str] = {
-    "enlarged": "enlarged; enlargement; large; larger; increased; prominent; prominence; globular;"
-                "enlarging; increase in size; increased in size; dilated; dilatation; dilation;"
-                "widened; widening; wide; fullness; full; bulky",
-    "borderline": "borderline; borderline enlarged; borderline in size; upper limit{,s} {of,} normal;"
-                  "upper {limit,limits} of normal in size; upper normal; top normal; top-normal;"
-                  "high normal; high-normal; upper-normal; top normal in size; upper limits",
-    "low": "low; decreased; diminished; reduced; small; smaller; lower; poor; shallow; suboptimal",
-    "elevated": "elevated; elevation; raised; high; higher; high-riding",
-    "flattened": "flattened; flattening; flat",
-    "tortuous": "tortuous; tortuosity; ectatic; ectasia; unfolded; unfolding; uncoiled; uncoiling;"
-                "elongated",
-    "calcified": "calcified; calcification{,s}; calcific; atherosclerotic; atherosclerosis",
-    "blunted": "blunted; blunting; blunt",
-    "congested": "congested; congestion; engorged; engorgement; indistinct; indistinctness;"
-                 "cephalized; cephalization; redistribution; distended",
-    "coarse": "coarse; coarsened; coarsening; accentuated; accentuation",
-    "normal": "normal; low normal; low-normal; within normal limits; within limits of normal;"
-              "within the limits of normal;"
-              "normal limits; within the normal range; wnl; unremarkable; normal in size;"
-              "normal size; grossly normal; normal in caliber",
-    "clear": "clear; sharp; clear bilaterally",
-    "intact": "intact",
-    "midline": "midline",
-    "expanded": "expanded; well-expanded; well-aerated; aerated; inflated; well-inflated;"
-                "normally inflated; normally expanded; normally aerated; fully expanded;"
-                "adequately inflated; adequately expanded",
-}
-#: (anchor, predicate) → finding name (abnormal combinations; "!" marks uncertain by itself).
-_FINDING_COMBOS: dict[tuple[str, str], str] = {
-    ("heart", "enlarged"): "cardiomegaly",
-    ("heart", "borderline"): "!cardiomegaly",
-    ("mediastinum", "enlarged"): "enlarged cardiomediastinum",
-    ("mediastinum", "borderline"): "!enlarged cardiomediastinum",
-    ("hila", "enlarged"): "hilar prominence",
-    ("vasculature", "enlarged"): "vascular congestion",
-    ("vasculature", "congested"): "vascular congestion",
-    ("vasculature", "coarse"): "vascular congestion",
-    ("volumes", "low"): "low lung volumes",
-    ("lungs", "low"): "low lung volumes",
-    ("diaphragm", "elevated"): "elevated hemidiaphragm",
-    ("diaphragm", "flattened"): "hyperinflation",
-    ("aorta", "tortuous"): "tortuous aorta",
-    ("aorta", "calcified"): "aortic calcification",
-    ("aorta", "enlarged"): "aortic enlargement",
-    ("pulmonary arteries", "enlarged"): "pulmonary hypertension",
-    ("costophrenic", "blunted"): "costophrenic angle blunting",
-    ("interstitium", "enlarged"): "interstitial markings",
-    ("interstitium", "coarse"): "interstitial markings",
-}
-#: (anchor, predicate) → normal-phrase id.
-_NORMAL_COMBOS: dict[tuple[str, str], str] = {
-    ("lungs", "clear"): "lungs_clear",
-    ("lungs", "normal"): "lungs_clear",
-    ("lungs", "expanded"): "lungs_expanded",
-    ("volumes", "normal"): "lungs_expanded",
-    ("heart", "normal"): "heart_size_normal",
-    ("mediastinum", "normal"): "cardiomediastinal_normal",
-    ("hila", "normal"): "cardiomediastinal_normal",
-    ("vasculature", "normal"): "vasculature_normal",
-    ("osseous", "normal"): "osseous_intact",
-    ("osseous", "intact"): "osseous_intact",
-    ("pleura", "clear"): "pleura_clear",
-    ("pleura", "normal"): "pleura_clear",
-    ("costophrenic", "clear"): "pleura_clear",
-    ("costophrenic", "normal"): "pleura_clear",
-    ("trachea", "midline"): "trachea_midline",
-    ("trachea", "normal"): "trachea_midline",
-    ("chest", "normal"): "normal_chest",
-    ("diaphragm", "normal"): "diaphragm_normal",
-    ("soft tissues", "normal"): "soft_tissues_normal",
-    ("aorta", "normal"): "aorta_normal",
-    ("interstitium", "normal"): "lungs_clear",
-}
+
+def _sections(path: Path) -> dict[str, list[str]]:
+    """``[section]`` → its non-comment lines, in file order."""
+    out: dict[str, list[str]] = {}
+    current: list[str] | None = None
+    for n, raw in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.startswith("[") and line.endswith("]"):
+            current = out.setdefault(line[1:-1].strip(), [])
+            continue
+        if current is None:
+            raise ValueError(f"{path}:{n}: a line before any [section]")
+        current.append(line)
+    return out
+
+
+def _words(lines: list[str]) -> list[str]:
+    return [w for line in lines for w in line.split()]
+
+
+def _load_vocabulary():
+    v = VOCABULARY_DIR
+    lexicon: list[tuple[str, str, str, str]] = []
+    for category in CATEGORIES:
+        path = v / "findings" / f"{re.sub(r'[^a-z0-9]+', '_', category.lower())}.txt"
+        for header, lines in _sections(path).items():
+            name, _, kind = (x.strip() for x in header.partition("|"))
+            if kind not in KINDS:
+                raise ValueError(f"{path}: [{header}]: kind must be one of {KINDS}")
+            lexicon.append((name, category, kind, "; ".join(lines)))
+    anchors = {k: "; ".join(ls) for k, ls in _sections(v / "anatomy.txt").items()}
+    predicates = {k: "; ".join(ls) for k, ls in _sections(v / "predicates.txt").items()}
+    combos = _sections(v / "combinations.txt")
+    finding_combos: dict[tuple[str, str], str] = {}
+    normal_combos: dict[tuple[str, str], str] = {}
+    for table, lines in ((finding_combos, combos["findings"]), (normal_combos, combos["normal"])):
+        for line in lines:
+            pair, _, result = line.partition("=")
+            anchor, _, predicate = (x.strip() for x in pair.partition("+"))
+            result = result.strip()
+            if result.endswith("?"):
+                result = "!" + result[:-1].strip()
+            table[(anchor, predicate)] = result
+    triggers: dict[str, str] = {}
+    for name in _CUE_FILES:
+        for kind, lines in _sections(v / "cues" / f"{name}.txt").items():
+            triggers[kind] = "; ".join(lines)
+    mods = _sections(v / "modifiers.txt")
+    modifier_words: dict[str, str] = {}
+    for line in mods["modifiers"]:
+        if "=" in line:
+            word, _, norm = (x.strip() for x in line.partition("="))
+            modifier_words[word] = norm
+        else:
+            modifier_words.update((w, w) for w in line.split())
+    scope = {k: frozenset(_words(ls)) for k, ls in _sections(v / "scope_words.txt").items()}
+    return (tuple(lexicon), anchors, predicates, finding_combos, normal_combos, triggers,
+            modifier_words, frozenset(_words(mods["chronic"])), scope)
+
+
+(LEXICON, ANCHORS, PREDICATES, _FINDING_COMBOS, _NORMAL_COMBOS, TRIGGERS, _MODIFIER_WORDS,
+ _CHRONIC_MODS, _SCOPE) = _load_vocabulary()
+#: LEXICON: (canonical name, category, kind, ";"-joined phrases); ANCHORS / PREDICATES / TRIGGERS:
+#: name → ";"-joined phrases; _FINDING_COMBOS / _NORMAL_COMBOS: (anchor, predicate) → finding
+#: ("!" marks uncertain by itself) / normal-phrase id.
 _NORMAL_PREDS = frozenset({"normal", "clear", "intact", "midline", "expanded"})
-
-# ------------------------------------------------------------------------------------ triggers
-TRIGGERS: dict[str, str] = {
-    # pre-negation (negates mentions after it, in scope)
-    "preneg": "no; not; without; negative; negative for; free of; clear of; no evidence of; absence of;"
-              "absent; resolution of; resolved; removal of; ruled out; nor; neither; lack of;"
-              "no longer; no signs of; no sign of; never; no new; interval removal of",
-    # post-negation (negates the chain of mentions before it)
-    "postneg": "not seen; not identified; not present; not visualized; not demonstrated;"
-               "not evident; not appreciated; not noted; not detected; not visible; not apparent;"
-               "no longer {seen,visible,present,evident,identified,visualized,demonstrated};"
-               "resolved; has resolved; have resolved; absent; cleared; has cleared;"
-               "have cleared; removed; been removed; ruled out; excluded; negative",
-    # pseudo-negation: masks the cues it covers, negates nothing
-    "pseudo": "{no,not,without} {significant,interval,significant interval,definite,appreciable,"
-              "substantial,acute,xxxx,significantly,} {change,changes,changed,increase,increased,"
-              "progression,worsening,difference,different,decrease,enlargement};"
-              "not only; not significantly changed; not changed; no new or changed;"
-              "not well {seen,visualized,evaluated,assessed,demonstrated}; not fully excluded",
-    # uncertainty that wins over negation ("cannot exclude")
-    "unc_first": "can not {exclude,be excluded,rule out,be ruled out,be entirely excluded,"
-                 "be completely excluded,be entirely ruled out,be fully excluded};"
-                 "ca n't {exclude,rule out,be excluded}; not {be,} excluded; not {be,} ruled out;"
-                 "not {entirely,completely,totally,definitely} excluded; difficult to exclude;"
-                 "could not be excluded; not be entirely excluded; no evidence to rule out;"
-                 "difficult to {completely,entirely,} {exclude,rule out};"
-                 "can not {completely,entirely} {exclude,rule out};"
-                 "not {entirely,completely,totally,definitely} ruled out",
-    # pre-uncertainty
-    "preunc": "may; might; could; possible; possibly; probable; probably; likely; most likely;"
-              "questionable; question of; questioned; suspicious; suspicion; suspicion of;"
-              "suspected; suspect; concerning; concern for; worrisome; equivocal; indeterminate;"
-              "borderline; versus; vs; vs.; differential; differential includes;"
-              "differential diagnosis; suggest; suggests; suggested; suggesting; suggestive;"
-              "suggestive of; presumed; presumably; favor; favored; favoring; rule out; r / o;"
-              "to exclude; consider; considered; uncertain; unclear; vague;"
-              "could represent; may represent; might represent; cannot be determined; ?;"
-              "perhaps; potential; potentially; apparent; apparently",
-    # post-uncertainty
-    "postunc": "is suspected; are suspected; suspected; is questioned; questioned; is possible;"
-               "are possible; possible; versus; vs; vs.; ?; is not well seen; not well seen;"
-               "not well visualized; could be present; may be present; is not excluded;"
-               "is likely; are likely; is probable; is favored; or less likely; less likely",
-    # clause terminators
-    "term": "but; however; although; though; whereas; except; which; while; aside from;"
-            "apart from; other than; yet",
-}
 #: After "," or "and", a word that opens a new assertion and ends a pre-cue's scope.
-_BREAK_AFTER = frozenset("""
-there the a an this these it which stable unchanged again persistent persisting mild mildly
-moderate moderately severe severely marked markedly chronic old healed status postsurgical
-postoperative possible possibly probable probably likely questionable new minimal minimally
-slight slightly heart lungs lung mediastinum cardiac cardiomediastinal degenerative calcified
-atherosclerotic tortuous though otherwise he she patient interval redemonstrated left right
-""".split())
-_COPULAS = frozenset(
-    "is are was were be been being appear appears appeared remain remains remained seem seems "
-    "looks look".split()
-)
-#: Severity / extent / side / location / chronicity / character words kept as modifiers
-#: (normalised spelling on the right).
-_MODIFIER_WORDS: dict[str, str] = {w: w for w in """
-mild minimal slight small tiny trace moderate large severe marked extensive massive subtle
-borderline minor focal diffuse patchy multifocal scattered multiple few several numerous bilateral
-unilateral bibasilar bibasal streaky linear subsegmental segmental lobar platelike discoid nodular
-reticular confluent loculated layering left right basilar basal base bases apical apex apices
-upper middle mid lower lingula lingular perihilar hilar retrocardiac peripheral central
-costophrenic paratracheal mediastinal subpleural anterior posterior lateral medial thoracic lumbar
-cervical thoracolumbar chronic old healed remote prior stable unchanged new acute subacute
-persistent residual recurrent increased increasing decreased decreasing improved improving
-worsened worsening progressive resolving calcified noncalcified granulomatous atherosclerotic
-degenerative postinflammatory emphysematous interstitial dense punctate early developing
-""".split()}
-_MODIFIER_WORDS.update({
-    "mildly": "mild", "minimally": "minimal", "chronically": "chronic", "slightly": "slight",
-    "moderately": "moderate",
-    "severely": "severe", "markedly": "marked", "extensively": "extensive",
-    "bilaterally": "bilateral", "diffusely": "diffuse", "focally": "focal",
-    "bibasilar": "bibasilar", "biapical": "apical", "again": "again", "redemonstrated": "again",
-    "non-calcified": "noncalcified",
-})
-#: Modifiers that make a "positive"-kind finding chronic (rule prefix ``chronic``).
-_CHRONIC_MODS = frozenset({"old", "healed", "remote", "chronic", "calcified", "granulomatous",
-                           "postinflammatory"})
+_BREAK_AFTER = _SCOPE["break_after"]
+_COPULAS = _SCOPE["copulas"]
 #: Words a post-cue may reach back over (besides mentions and modifier words).
-_CHAIN_OK = frozenset("""
-is are was were be been being has have had appear appears appeared remain remains remained seen
-identified noted present demonstrated visualized evident appreciated detected now currently also
-either both the a an any or and nor , of in on at within size to xxxx ___ - definitely clearly
-lobe lobes side hemithorax zone zones region regions field fields space spaces angle angles
-spine aspect level segment vessels longer may might could would will can
-""".split())
+_CHAIN_OK = _SCOPE["chain"]
 #: Words between an anchor and a following predicate ("heart is not significantly enlarged").
-_GAP_FWD = frozenset("""
-is are was were be been appears appear appeared remains remain remained seems seem looks size
-sized in at of the to on mildly moderately severely markedly slightly minimally significantly not
-no longer now again still somewhat top upper also both bilaterally left right silhouette contour
-contours shadow xxxx ___ - well grossly otherwise and stably overall normally configuration near
-approaching
-""".split())
+_GAP_FWD = _SCOPE["gap_forward"]
 #: Words between a predicate and a following anchor ("enlargement of the cardiac silhouette").
-_GAP_BACK = frozenset("""
-the a an of in mildly moderately severely markedly slightly minimally left right bilateral both
-xxxx ___ - and thoracic descending ascending lung pulmonary
-""".split())
+_GAP_BACK = _SCOPE["gap_back"]
 #: Words a modifier may sit behind, before the finding ("old right rib fractures").
-_BEFORE_OK = frozenset("""
-a an the of - xxxx ___ very lobe is are there seen again in rib ribs lung lungs pulmonary pleural
-spine spinal vertebral body clavicle clavicular humeral chest wall soft tissue hemithorax side
-sided zone field aortic vascular thoracic lymph node t l c
-""".split())
+_BEFORE_OK = _SCOPE["before_modifier"]
 #: Words between an adjectival form and the finding it modifies.
-_ADJ_GAP = frozenset(_MODIFIER_WORDS) | {"-", "xxxx", "___", "a", "an", "the", "prior", "recent",
-                                         "median", "and", "pulmonary", "lung", "vascular"}
-_DISJUNCTIONS = frozenset({"or", "versus", "vs", "vs.", "/", "and/or"})
+_ADJ_GAP = frozenset(_MODIFIER_WORDS) | _SCOPE["adjective_gap"]
+_DISJUNCTIONS = _SCOPE["disjunctions"]
 _LIST_MARKER_RE = re.compile(r"^\s*(?:\(?\d{1,2}[.)]|[-*\u2022])\s+")
 _NORMAL_REGEXES: tuple[tuple[str, re.Pattern], ...] = (
     ("no_acute_process", re.compile(
