@@ -220,7 +220,7 @@ class IngestStage:
         # an unchanged *content* is still found by its hash below, before any decoding
         last_hash = previous.get(study.study_id, (None, None))[0]
         self.setup()  # here, not per batch: a re-run that skips every study never loads spaCy
-        sentences = self.splitter.split_report(text)
+        sentences = self.splitter.split_report(text, study_id=study.study_id)
         if not sentences:
             reject("report", "report", "report_no_text", "no findings, impression or narrative sentence",
                    path=study.report_path)

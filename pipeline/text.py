@@ -72,6 +72,7 @@ __all__ = [
     "SentenceSplitter",
     "parse_sections",
     "clinical_sections",
+    "report_sections",
     "normalize_key",
     "is_administrative",
     "CLINICAL_NAMES",
@@ -108,12 +109,40 @@ _LINE_RE = re.compile(
     re.M | re.X,
 )
 _PARA_BREAK_RE = re.compile(r"\n[ \t\r]*\n")
+_BANNER_OR_RULE_RE = re.compile(
+    r"[ \t]*(?:_{5,}|-{5,}|={5,}|\*{5,}|(?:FINAL|PRELIMINARY|PRELIM)[ \t]+(?:REPORT|ADDENDUM)[ \t]*:?)[ \t\r]*$")
 _TWO_LETTERS = re.compile(r"[A-Za-z]{2}")
+
+
+#: Misspelt and variant headers of MIMIC-CXR (MIMIC-CXR's own parser normalises the same ones).
+_MISSPELT = {
+    "IMPRESSON": "impression", "IMPRRESSION": "impression", "IMORESSION": "impression",
+    "IMPRESSOIN": "impression", "IMPRSSION": "impression", "IMPRESION": "impression",
+    "IMPERSSION": "impression", "MPRESSION": "impression", "IMPESSION": "impression",
+    "NDICATION": "impression",  # the reference's hand reading of its one report
+    "FINDINS": "findings", "FINDINDGS": "findings", "FINDGINGS": "findings", "FINDNGS": "findings",
+    "FINDNINGS": "findings", "FINIDNGS": "findings", "IDICATION": "indication",
+    "COMPARISION": "comparison", "COMPARSION": "comparison", "COMPARRISON": "comparison",
+    "COMPARISIONS": "comparison", "REFERENCE EXAM": "comparison",
+}
+#: A header naming the study itself ("CHEST, TWO VIEWS", "PORTABLE AP CHEST") heads its findings.
+_TITLE_RE = re.compile(
+    r"CHEST|PORTABLE|PA AND LAT|LATERAL AND PA|AP AND LATERAL|LATERAL AND AP|FRONTAL AND"
+    r"|TWO VIEWS|FRONTAL VIEW|PA VIEW|AP VIEW|ONE VIEW|LATERAL VIEW|BONE WINDOW|FRONTAL UPRIGHT"
+    r"|FRONTAL SEMI-UPRIGHT|RIBS"
+)
+
+
+def _is_title(header: str) -> bool:
+    """A free header that names the study (MIMIC-CXR's parser reads it as FINDINGS)."""
+    return bool(_TITLE_RE.search(" ".join(header.upper().split())))
 
 
 def _canonical(header: str) -> str:
     """Canonical section name of a header as written (``other`` when unknown)."""
     h = " ".join(header.upper().replace("(S)", "S").split())
+    if h in _MISSPELT:
+        return _MISSPELT[h]
     if "PROVISIONAL" in h or h == "PFI" or "(PFI)" in h:
         return "wet_read"
     if "FINDING" in h and ("IMPRESSION" in h or "CONCLUSION" in h):
@@ -122,6 +151,8 @@ def _canonical(header: str) -> str:
         return "findings"
     if "IMPRESSION" in h or "CONCLUSION" in h:
         return "impression"
+    if "FINDINGS" in h:  # ADDITIONAL FINDINGS, REFERENCE FINDINGS
+        return "findings"
     if "ADDENDUM" in h or "ADDENDA" in h:
         return "addendum"
     if h.startswith("WET READ"):
@@ -169,7 +200,7 @@ def _is_header(m: re.Match, text: str) -> bool:
         if a == 0 or not text[:a].strip():
             return True
         previous_line = text[text.rfind("\n", 0, a - 1) + 1 : a - 1]
-        return not previous_line.strip()
+        return not previous_line.strip() or _BANNER_OR_RULE_RE.match(previous_line) is not None
     return True
 
 
@@ -229,7 +260,9 @@ def parse_sections(report_text: str) -> list[Section]:
             header = " ".join(m.group("head").split())
             name = _canonical(header)
             if name == "other" and cur_name in _CONTAINERS:
-                continue  # a sub-heading (LUNGS:, PLEURA:) inside findings/impression
+                continue  # a sub-heading (LUNGS:, PLEURA:, CHEST WALL:) inside findings/impression
+            if name == "other" and _is_title(header):
+                name = "findings"  # "CHEST, TWO VIEWS:", "PORTABLE AP CHEST:"
         close(cur_name, cur_header, body_start, m.start())
         cur_name, cur_header, body_start = name, header, m.end()
     close(cur_name, cur_header, body_start, len(text))
@@ -286,34 +319,122 @@ def _adds_findings(s: Section) -> bool:
     )
 
 
-def _last_paragraph(sections: list[Section]) -> Section | None:
-    """The MIMIC-CXR authors' fallback: the last paragraph, taken from the last header-less or
-    free-header (``other``) narrative section."""
-    for s in reversed(sections):
-        if s.name != "other" or not _narrative(s):
-            continue
-        breaks = list(_PARA_BREAK_RE.finditer(s.text))
-        a = breaks[-1].end() if breaks else 0
-        a, b = _trimmed(s.text, a, len(s.text))
-        return Section("last_paragraph", "", s.text[a:b], s.start + a, s.start + b)
+def _renamed(s: Section, name: str, cut: int = 0) -> Section | None:
+    """``s`` as a ``name`` section, without its first ``cut`` characters; ``None`` if empty."""
+    a, b = _trimmed(s.text, cut, len(s.text))
+    return Section(name, "", s.text[a:b], s.start + a, s.start + b) if a < b else None
+
+
+def _group_end(sections: list[Section], i: int) -> int:
+    """Index after section ``i`` and the header-less sections that follow it: the extent of
+    section ``i`` as MIMIC-CXR's parser reads it (a section runs to the next header)."""
+    j = i + 1
+    while j < len(sections) and not sections[j].header and sections[j].name == "other":
+        j += 1
+    return j
+
+
+def _last_paragraph(sections: list[Section], text: str | None) -> list[Section]:
+    """The MIMIC-CXR authors' fallback: the report's last section (as their parser cuts it: from
+    the last header to the end) without its first paragraph. In a report without any header the
+    first paragraph counts from the report's start, so a ``FINAL REPORT`` banner followed by a
+    blank line is that paragraph; a header-less report of one paragraph is kept whole (MIMIC-CXR's
+    parser keeps nothing of it)."""
+    if not sections:
+        return []
+    g = max((i for i, s in enumerate(sections) if s.header), default=0)
+    first = sections[g]
+    if text is not None:
+        brk = _PARA_BREAK_RE.search(text, first.start if first.header else 0)
+        cut = brk.end() if brk is not None else None
+    else:  # only the sections' text is known: the break inside the first of them
+        brk = _PARA_BREAK_RE.search(first.text)
+        cut = first.start + brk.end() if brk is not None else (first.end if g + 1 < len(sections) else None)
+    if cut is None:
+        if first.header:
+            return []
+        cut = first.start  # offclip: a report of one header-less paragraph is kept whole
+    out = []
+    for s in sections[g:]:
+        if s.end > cut:
+            piece = _renamed(s, "last_paragraph", max(0, cut - s.start))
+            if piece is not None:
+                out.append(piece)
+    return out
+
+
+def _written_in_comparison(sections: list[Section]) -> list[Section]:
+    """The last COMPARISON section with the narrative after it, when it holds more than one
+    sentence (a report written there); a bare reference to priors ("None.", "___.") is not."""
+    i = next((i for i in range(len(sections) - 1, -1, -1) if sections[i].name == "comparison"), None)
+    if i is None:
+        return []
+    out = [p for p in (_renamed(s, "comparison") for s in sections[i:_group_end(sections, i)]) if p]
+    if len(_rough_sentences(" ".join(" ".join(p.text for p in out).split()))) < 2:
+        return []
+    return out
+
+
+def _is_impression(s: Section) -> bool:
+    # a provisional read (PFI) is MIMIC-CXR's "impression" when no later impression replaces it
+    return s.name in ("impression", "findings_impression") or (
+        s.name == "wet_read" and "IMPRESSION" in s.header.upper())
+
+
+def clinical_sections(sections: list[Section], text: str | None = None) -> list[Section]:
+    """The sections OFF-CLIP uses, in report order, as MIMIC-CXR's own parser picks them: the
+    *last* non-empty findings and the *last* non-empty impression (incl. CONCLUSION, FINDINGS AND
+    IMPRESSION and a provisional PFI impression), plus addenda that add findings (offclip keeps
+    those; the reference does not). When the report has neither findings nor impression text:
+    the last section without its first paragraph (``last_paragraph``), else a COMPARISON that
+    holds more than one sentence (``comparison``). ``text`` is the report (needed by the
+    fallbacks; without it, the break that ends the first paragraph is looked for in the
+    sections' own text)."""
+    keep: dict[int, Section] = {}
+    last_f = next((s for s in reversed(sections) if s.text and s.name == "findings"), None)
+    last_i = next((s for s in reversed(sections) if s.text and _is_impression(s)), None)
+    for s in (last_f, last_i):
+        if s is not None:
+            keep[s.start] = s
+    for s in sections:
+        if s.text and s.name == "addendum" and _adds_findings(s):
+            keep[s.start] = s
+    if last_f is None and last_i is None:
+        for fb in _last_paragraph(sections, text) or _written_in_comparison(sections):
+            if not any(k.start < fb.end and fb.start < k.end for k in keep.values()):
+                keep[fb.start] = fb  # (a kept addendum is not taken twice)
+    return [keep[k] for k in sorted(keep)]
+
+
+def _study_rule(sections: list[Section], text: str, study_id: int | None) -> list[Section] | None:
+    """MIMIC-CXR's hand-checked studies (:mod:`offclip.pipeline.section_rules`); ``None`` when the
+    study has no rule (or its section is not in this text)."""
+    if study_id is None:
+        return None
+    from offclip.pipeline.section_rules import RANGE_BY_STUDY, SECTION_BY_STUDY
+
+    if study_id in RANGE_BY_STUDY:
+        a, b = (min(x, len(text)) for x in RANGE_BY_STUDY[study_id])
+        a, b = _trimmed(text, a, b)
+        return [Section("custom", "", text[a:b], a, b)] if a < b else []
+    name = SECTION_BY_STUDY.get(study_id)
+    if name is None:
+        return None
+    want = {"recommendations": "recommendation"}.get(name, name)
+    for i in range(len(sections) - 1, -1, -1):
+        s = sections[i]
+        if s.name == want or (want == "note" and s.header.upper() == "NOTE"):
+            return [p for p in (_renamed(x, "custom") for x in sections[i:_group_end(sections, i)]) if p]
     return None
 
 
-def clinical_sections(sections: list[Section]) -> list[Section]:
-    """The sections OFF-CLIP uses, in report order: non-empty findings, impression (incl.
-    CONCLUSION), findings_impression, and addenda that add findings; when the report has
-    neither findings nor impression text, the last paragraph (``last_paragraph``)."""
-    out = [
-        s
-        for s in sections
-        if s.text and (s.name in CLINICAL_NAMES or (s.name == "addendum" and _adds_findings(s)))
-    ]
-    if not any(s.name in CLINICAL_NAMES for s in out):
-        lp = _last_paragraph(sections)
-        if lp is not None and lp.text:
-            out.append(lp)
-            out.sort(key=lambda s: s.start)
-    return out
+def report_sections(report_text: str, study_id: int | None = None) -> list[Section]:
+    """The sections of a report that OFF-CLIP keeps: :func:`clinical_sections` of
+    :func:`parse_sections`, or the hand-checked rule of MIMIC-CXR study ``study_id``."""
+    text = report_text or ""
+    sections = parse_sections(text)
+    ruled = _study_rule(sections, text, study_id)
+    return ruled if ruled is not None else clinical_sections(sections, text)
 
 
 # ---------------------------------------------------------------------------------- sentences
@@ -590,20 +711,24 @@ class SentenceSplitter:
             return []
         return self._sentences(self.nlp(text), section, offset, 0)
 
-    def split_report(self, report_text: str) -> list[Sentence]:
-        """parse_sections → clinical_sections → split; ``index`` runs across the report.
-        Administrative sentences of addenda (:func:`is_administrative`) are left out."""
-        secs = clinical_sections(parse_sections(report_text))
+    def split_report(self, report_text: str, study_id: int | None = None) -> list[Sentence]:
+        """report_sections → split; ``index`` runs across the report. ``study_id`` (MIMIC-CXR's)
+        applies that study's hand-checked section rule, if any. Administrative sentences of
+        addenda (:func:`is_administrative`) are left out."""
+        secs = report_sections(report_text, study_id)
         return self._report(secs, iter(self.nlp.pipe([s.text for s in secs])))
 
-    def pipe(self, texts: Iterable[str], batch_size: int = 256) -> Iterator[list[Sentence]]:
-        """:meth:`split_report` for many reports, batching the spaCy work with ``nlp.pipe``."""
+    def pipe(self, texts: Iterable[str], batch_size: int = 256,
+             study_ids: Iterable[int | None] | None = None) -> Iterator[list[Sentence]]:
+        """:meth:`split_report` for many reports, batching the spaCy work with ``nlp.pipe``;
+        ``study_ids`` (one per text) as in :meth:`split_report`."""
         it = iter(texts)
+        ids = iter(study_ids) if study_ids is not None else None
         while True:
             chunk = list(islice(it, batch_size))
             if not chunk:
                 return
-            plans = [clinical_sections(parse_sections(t)) for t in chunk]
+            plans = [report_sections(t, next(ids) if ids is not None else None) for t in chunk]
             docs = iter(self.nlp.pipe((s.text for secs in plans for s in secs), batch_size=batch_size))
             for secs in plans:
                 yield self._report(secs, docs)
