@@ -131,7 +131,7 @@ def test_sentences_records(ingested):
         text = (world / "files" / folder / f"p{group['subject_id'].iloc[0]}" / f"s{study_id}.txt").read_text()
         for s in group.itertuples():
             assert " ".join(text[s.start:s.end].split()).endswith(s.text[-5:])
-    assert set(sentences["section"]) <= {"findings", "impression", "findings_impression", "addendum", "last_paragraph", "other"}
+    assert set(sentences["section"]) <= {"findings", "impression", "findings_impression", "addendum", "last_paragraph", "comparison", "custom", "other"}
     assert (sentences["key"] == sentences["key"].str.lower()).all()
 
 
