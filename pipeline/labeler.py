@@ -135,7 +135,7 @@ __all__ = [
     "KINDS",
 ]
 
-RULES_VERSION = "rules-1"
+RULES_VERSION = "rules-2"
 
 CATEGORIES = (
     "Enlarged Cardiomediastinum", "Cardiomegaly", "Lung Opacity", "Lung Lesion", "Edema",
