@@ -1,7 +1,7 @@
 """Re-tabulate a compare directory from its runs' saved evaluations, without re-evaluating: the
 per-arm table, the paired differences with bootstrap intervals and the per-class AUC, for the
 seeds given (every arm must have each). Writes OUT/compare-seeds<S>.md and prints it.
-Usage: tabulate.py COMPARE_DIR SHARDS EVAL_ROOT SEEDS(comma) [EPOCHS] [CONFIG]"""
+Usage: tabulate_ablation.py COMPARE_DIR SHARDS EVAL_ROOT SEEDS(comma) [EPOCHS] [CONFIG]"""
 import json, re, sys
 from pathlib import Path
 from types import SimpleNamespace
