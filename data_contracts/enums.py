@@ -96,3 +96,7 @@ PROMPTERS = ("none", "template", "openai")
 TEXT_SOURCES = ("filtered", "report")
 #: the zero-shot evaluation sets (``evaluations.dataset``; models.evaluate)
 EVAL_DATASETS = ("vindr-cxr", "openi", "chexpert", "padchest")
+#: evaluation protocols (``evaluations.protocol``; models.evaluate.protocols): ``offclip`` every class of the
+#: label file with "There is {finding}."; ``paper`` OFF-CLIP's official validation (models/evaluate/protocols.json)
+EVAL_PROTOCOLS = ("offclip", "paper")
+DEFAULT_EVAL_PROTOCOL = "offclip"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pyarrow as pa
 
 from .contract import Column, Contract
-from .enums import EVAL_DATASETS, SPLITS
+from .enums import EVAL_DATASETS, EVAL_PROTOCOLS, SPLITS
 from .shards import SHARD_RECORD
 
 RUNS = Contract(
@@ -82,6 +82,9 @@ EVALUATIONS = Contract(
                                                           "of a class with one label value)"),
         Column("n_pos", pa.int64(), nullable=True, min=0),
         Column("n_neg", pa.int64(), nullable=True, min=0),
+        Column("protocol", pa.string(), nullable=True, isin=EVAL_PROTOCOLS,
+               doc="the evaluation protocol (models.evaluate.protocols); NULL in rows recorded before it "
+                   "existed, which were all 'offclip'"),
     ),
     doc="Zero-shot evaluation figures, long format: one row per (evaluation, class, metric).",
     keys=(("evaluation_id", "class_name", "metric"),),

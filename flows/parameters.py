@@ -36,7 +36,9 @@ from pydantic.fields import FieldInfo
 
 from offclip.data_contracts.enums import (
     DEFAULT_LABEL_POLICY,
+    DEFAULT_EVAL_PROTOCOL,
     EVAL_DATASETS,
+    EVAL_PROTOCOLS,
     LABEL_POLICIES,
     LABEL_SOURCES,
     PROMPTERS,
@@ -51,6 +53,7 @@ LabelSource = Literal[LABEL_SOURCES]  # type: ignore[valid-type]
 LabelPolicy = Literal[LABEL_POLICIES]  # type: ignore[valid-type]
 TextSource = Literal[TEXT_SOURCES]  # type: ignore[valid-type]
 Dataset = Literal[EVAL_DATASETS]  # type: ignore[valid-type]
+EvalProtocol = Literal[EVAL_PROTOCOLS]  # type: ignore[valid-type]
 TaskRunner = Literal[RUNNERS]  # type: ignore[valid-type]
 #: pipeline.images.NormalizeConfig.fmt, pipeline.classifier.METHODS, models.losses.LOSSES
 ImageFormat = Literal["png", "jpg"]
@@ -231,6 +234,10 @@ class EvaluateParameters(FlowParameters):
         None, description="A second model directory (e.g. the plain CLIP a train run with baseline made), "
         "evaluated on the same set: the paired difference against it, with a 95 % bootstrap interval, is "
         "recorded.")
+    protocol: EvalProtocol = Field(
+        DEFAULT_EVAL_PROTOCOL, description="The evaluation protocol: offclip (every class of the label file, "
+        "\"There is {finding}.\") or paper (OFF-CLIP's official validation: its class lists, prompts and image "
+        "filter per dataset, models/evaluate/protocols.json; PadChest's 192 query labels are not there).")
 
 
 def same_as(model: type[FlowParameters], name: str) -> Any:

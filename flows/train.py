@@ -107,17 +107,18 @@ def train_task(config: dict) -> dict:
 
 @task(name="evaluate-model", retries=1, retry_delay_seconds=5)
 def evaluate_task(model: str, dataset: str, root: str, out: str, manifest: str | None, run_name: str | None,
-                  prompts: str | None = None) -> dict:
+                  prompts: str | None = None, protocol: str = "offclip") -> dict:
     from offclip.models.evaluate import evaluate as run_evaluation
 
     result = run_evaluation(model, dataset, root, out=Path(out), manifest=Path(manifest) if manifest else None,
-                            run_name=run_name, prompts=prompts)
+                            run_name=run_name, prompts=prompts, protocol=protocol)
     return result.to_dict()
 
 
 @task(name="evaluate-against-baseline", retries=1, retry_delay_seconds=5)
 def evaluate_against_task(model: str, baseline: str, dataset: str, root: str, out: str, baseline_out: str,
                           manifest: str | None, run_name: str, baseline_name: str, prompts: str | None = None,
+                          protocol: str = "offclip",
                           n_boot: int = 2000) -> dict:
     """Evaluate MODEL and BASELINE on the same set, then the paired difference of the model
     against the baseline (normal AUC, macro AUC, prompt-free normal AUC) with its 95 % bootstrap
@@ -129,12 +130,12 @@ def evaluate_against_task(model: str, baseline: str, dataset: str, root: str, ou
     for name, path, where in ((run_name, model, out), (baseline_name, baseline, baseline_out)):
         results[name, 0] = run_evaluation(path, dataset, root, out=Path(where),
                                           manifest=Path(manifest) if manifest else None, run_name=name,
-                                          prompts=prompts)
+                                          prompts=prompts, protocol=protocol)
     differences = paired_differences(results, baseline_name, (0,), Path(root), n_boot=n_boot,
                                      progress=get_run_logger().info)
     if manifest and differences:
         record_differences(Path(manifest), differences, dataset, {run_name: f"{run_name}-vs-{baseline_name}"},
-                           {run_name: results[run_name, 0].loss})
+                           {run_name: results[run_name, 0].loss}, protocol=protocol)
     return {**results[run_name, 0].to_dict(), "baseline": results[baseline_name, 0].to_dict(),
             "differences": differences}
 
@@ -234,21 +235,23 @@ def evaluate(**parameters: Any) -> dict[str, Any]:
     if root is None:
         raise ValueError(f"evaluate needs root: the {dataset} directory (a demo world has WORLD/eval/{dataset})")
     started = dt.datetime.now(dt.timezone.utc)
-    out = p.out or str(Path(model).parent / "eval")
+    # another protocol's files go beside the default's, not over them
+    out = p.out or str(Path(model).parent / ("eval" if p.protocol == "offclip" else f"eval-{p.protocol}"))
     name = run_name or Path(model).parent.name
     if baseline:
         base_name = Path(baseline).parent.name
         if base_name == name:
             base_name = f"{base_name}-baseline"
         result = {"flow_run": current_run_id(),
-                  **evaluate_against_task(model, baseline, dataset, root, out, str(Path(baseline).parent / "eval"),
-                                          manifest, name, base_name, prompts)}
+                  **evaluate_against_task(model, baseline, dataset, root, out, str(Path(baseline).parent / Path(out).name) if not p.out else str(Path(baseline).parent / "eval"),
+                                          manifest, name, base_name, prompts, p.protocol)}
         table = against_baseline_markdown(result)
         print(f"{dataset}: {name} against the baseline {base_name}\n{table}")
         create_markdown_artifact(key="offclip-eval-vs-baseline", markdown=f"## against the baseline\n\n{table}",
                                  description="the model against the plain CLIP, paired, with 95 % intervals")
     else:
-        result = {"flow_run": current_run_id(), **evaluate_task(model, dataset, root, out, manifest, name, prompts)}
+        result = {"flow_run": current_run_id(), **evaluate_task(model, dataset, root, out, manifest, name, prompts,
+                                                                   p.protocol)}
     summary = result.get("summary", {})
     if manifest:
         append_runs(manifest, [run_record("evaluate", started, {"model": model, "dataset": dataset, "root": root},

@@ -97,8 +97,17 @@ class CompareConfig:
     #: every arm trains a fresh model of ``config`` (whose "train" section gives the hyper-parameters
     #: either way)
     init: Path | None = None
+    #: the evaluation protocol (models.evaluate.protocols): ``offclip`` (every class, "There is
+    #: {finding}."), ``paper`` (OFF-CLIP's official classes, prompts and filter), or ``both``: every
+    #: run evaluated under each, one set of tables per protocol in compare-both.md
+    protocol: str = "offclip"
 
     def __post_init__(self) -> None:
+        from .evaluate.protocols import protocol_names
+
+        chosen = protocol_names(self.protocol)  # raises on an unknown protocol
+        if self.prompts is not None and "paper" in chosen:
+            raise ValueError("--prompts applies to the offclip protocol only: the paper protocol has its own prompts")
         for arm in (*self.arms, self.baseline):
             if arm not in ARMS:
                 raise ValueError(f"unknown arm {arm!r}; arms are {', '.join(ARMS)}")
@@ -121,6 +130,9 @@ class CompareResult:
     files: dict = field(default_factory=dict)
     n_images: int = 0
     n_normal: int = 0
+    #: per protocol evaluated: evaluation_set, runs, differences (``runs``, ``summary`` and
+    #: ``differences`` above are the first protocol's)
+    by_protocol: dict = field(default_factory=dict)
 
 
 def run_dir(out: Path, arm: str, seed: int) -> Path:
@@ -132,13 +144,18 @@ def run_compare(config: CompareConfig, progress: Callable[[str], None] = print) 
     from .evaluate import NORMAL, _json_safe, evaluate
     from .train import TrainConfig, train
 
+    from .evaluate.protocols import DEFAULT_PROTOCOL, protocol_names
+
     out = Path(config.out)
     tag = f"-{Path(config.prompts).stem}" if config.prompts else ""  #: names a prompt set's outputs
+    protocols = protocol_names(config.protocol)
+    ptag = "" if protocols == (DEFAULT_PROTOCOL,) else f"-{config.protocol}"  #: names a protocol's outputs
     origin = f":refine-{Path(config.init).name}" if config.init else ""  #: tells refinements apart in the manifest
     manifest = config.manifest or (Path(config.shards) / "manifest.duckdb")
     manifest = manifest if Path(manifest).is_file() else None
     arms = list(dict.fromkeys([config.baseline, *config.arms]))  # the baseline is always run
-    rows, evaluations = [], {}
+    rows = {p: [] for p in protocols}
+    evaluations = {p: {} for p in protocols}
     total, done = len(arms) * len(config.seeds), 0
     for seed in config.seeds:
         for arm in arms:
@@ -150,43 +167,65 @@ def run_compare(config: CompareConfig, progress: Callable[[str], None] = print) 
                                         text_source=text, seed=seed, epochs=config.epochs,
                                         batch_size=config.batch_size, device=config.device,
                                         max_steps=config.max_steps, init=str(config.init) if config.init else None))
-            result = evaluate(trained.model_dir, config.dataset, config.eval_root, out=run / f"eval{tag}",
-                              device=config.device, prompts=config.prompts, manifest=manifest,
-                              run_name=f"compare{origin}:{arm}:seed{seed}{tag}")
-            evaluations[arm, seed] = result
-            summary = result.summary
-            rows.append({"arm": arm, "loss": loss, "text": text, "seed": seed,
-                         **{m: summary.get(m) for m in METRICS}, "steps": trained.steps,
-                         "train_seconds": round(trained.seconds, 1)})
-            progress(f"compare: {arm} seed {seed}: " + ", ".join(f"{m} {_fmt(summary.get(m))}" for m in METRICS[:3]))
+            for protocol in protocols:
+                other = "" if protocol == DEFAULT_PROTOCOL else f"-{protocol}"
+                result = evaluate(trained.model_dir, config.dataset, config.eval_root, out=run / f"eval{tag}{other}",
+                                  device=config.device, prompts=config.prompts if not other else None,
+                                  manifest=manifest, protocol=protocol,
+                                  run_name=f"compare{origin}:{arm}:seed{seed}{tag}{other.replace('-', ':')}")
+                evaluations[protocol][arm, seed] = result
+                summary = result.summary
+                rows[protocol].append({"arm": arm, "loss": loss, "text": text, "seed": seed,
+                                       **{m: summary.get(m) for m in METRICS}, "steps": trained.steps,
+                                       "train_seconds": round(trained.seconds, 1)})
+                progress(f"compare: {arm} seed {seed}{f' ({protocol} protocol)' if other else ''}: "
+                         + ", ".join(f"{m} {_fmt(summary.get(m))}" for m in METRICS[:3]))
 
-    labels = evaluations[config.baseline, config.seeds[0]].labels
-    abnormal = abnormal_classes(labels)
-    differences = paired_differences(evaluations, config.baseline, config.seeds, config.eval_root,
-                                     resample=config.resample, n_boot=config.n_boot,
-                                     progress=lambda line: progress(f"compare: {line}"))
-
-    runs = pd.DataFrame(rows)
-    summary = summarise(runs)
-    n_images, n_normal = len(labels), int(labels[NORMAL].sum())
-    markdown = to_markdown(runs, summary, differences, config, n_images, n_normal)
-    per_class = per_class_auc({key: r.classes.to_dict("records") for key, r in evaluations.items()})
-    markdown += "\n\n" + per_class_markdown(per_class, labels=ARMS)
-    files = {"json": out / f"compare{tag}.json", "markdown": out / f"compare{tag}.md"}
-    atomic_write_text(files["json"], json.dumps(_json_safe({
-        "config": {k: (list(v) if isinstance(v, tuple) else str(v) if isinstance(v, Path) else v)
-                   for k, v in config.__dict__.items()},
-        "evaluation_set": {"root": str(config.eval_root), "dataset": config.dataset, "n_images": n_images,
-                           "n_normal": n_normal, "abnormal_classes": abnormal},
-        "runs": rows, "differences": differences}), indent=1) + "\n")
+    sections, saved, first = [], {}, None
+    for protocol in protocols:
+        other = "" if protocol == DEFAULT_PROTOCOL else f"-{protocol}"
+        labels = evaluations[protocol][config.baseline, config.seeds[0]].labels
+        abnormal = abnormal_classes(labels)
+        differences = paired_differences(evaluations[protocol], config.baseline, config.seeds, config.eval_root,
+                                         resample=config.resample, n_boot=config.n_boot,
+                                         progress=lambda line: progress(f"compare: {line}"))
+        runs = pd.DataFrame(rows[protocol])
+        summary = summarise(runs)
+        n_images, n_normal = len(labels), int(labels[NORMAL].sum())
+        markdown = to_markdown(runs, summary, differences, config, n_images, n_normal, protocol=protocol)
+        per_class = per_class_auc({key: r.classes.to_dict("records") for key, r in evaluations[protocol].items()})
+        markdown += "\n\n" + per_class_markdown(per_class, labels=ARMS)
+        if len(protocols) > 1:
+            markdown = f"## Protocol `{protocol}`\n\n" + markdown
+        sections.append(markdown)
+        saved[protocol] = {
+            "evaluation_set": {"root": str(config.eval_root), "dataset": config.dataset, "n_images": n_images,
+                               "n_normal": n_normal, "abnormal_classes": abnormal},
+            "runs": rows[protocol], "differences": differences}
+        if manifest is not None:
+            arms_run = dict.fromkeys(d["arm"] for d in differences)
+            record_differences(manifest, differences, config.dataset,
+                               {a: f"compare{origin}:{a}-vs-{config.baseline}{tag}{other.replace('-', ':')}"
+                                for a in arms_run},
+                               {a: ARMS[a][0] for a in arms_run}, protocol=protocol)
+        if first is None:
+            first = (runs, summary, differences, n_images, n_normal)
+    markdown = "\n\n".join(sections)
+    files = {"json": out / f"compare{tag}{ptag}.json", "markdown": out / f"compare{tag}{ptag}.md"}
+    config_json = {k: (list(v) if isinstance(v, tuple) else str(v) if isinstance(v, Path) else v)
+                   for k, v in config.__dict__.items()}
+    if len(protocols) == 1:  # one protocol: the layout every reader of compare.json knows
+        content = {"config": config_json, **saved[protocols[0]]}
+    else:
+        content = {"config": config_json, "protocols": saved}
+    atomic_write_text(files["json"], json.dumps(_json_safe(content), indent=1) + "\n")
     atomic_write_text(files["markdown"], markdown + "\n")
     if manifest is not None:
-        arms_run = dict.fromkeys(d["arm"] for d in differences)
-        record_differences(manifest, differences, config.dataset,
-                           {a: f"compare{origin}:{a}-vs-{config.baseline}{tag}" for a in arms_run},
-                           {a: ARMS[a][0] for a in arms_run})
         files["manifest"] = manifest
-    return CompareResult(runs, summary, differences, markdown, files, n_images, n_normal)
+    runs, summary, differences, n_images, n_normal = first
+    result = CompareResult(runs, summary, differences, markdown, files, n_images, n_normal)
+    result.by_protocol = {p: saved[p] for p in protocols}
+    return result
 
 
 def abnormal_classes(labels: pd.DataFrame) -> list[str]:
@@ -260,7 +299,7 @@ def eval_groups(eval_root: Path, image_ids: list[str], resample: str = "auto") -
 
 
 def record_differences(manifest: Path, differences: list[dict], dataset: str, run_names: dict[str, str],
-                       losses: dict[str, str | None]) -> None:
+                       losses: dict[str, str | None], protocol: str = "offclip") -> None:
     """The pooled differences as rows of the manifest's ``evaluations`` (one evaluation per arm,
     named ``run_names[arm]``, e.g. ``compare:<arm>-vs-<baseline>``; metrics ``delta_<metric>``,
     ``…_low``, ``…_high``)."""
@@ -273,7 +312,7 @@ def record_differences(manifest: Path, differences: list[dict], dataset: str, ru
         evaluation_id = str(uuid.uuid4())
         base = {"evaluation_id": evaluation_id, "evaluated_at": now, "model_dir": None,
                 "run_name": run_names[arm], "loss": losses.get(arm), "seed": None,
-                "dataset": dataset, "class_name": OVERALL}
+                "dataset": dataset, "class_name": OVERALL, "protocol": protocol}
         for d in (d for d in differences if d["arm"] == arm):
             for suffix, key in (("", "estimate"), ("_low", "low"), ("_high", "high")):
                 rows.append({**base, "metric": f"delta_{d['metric']}{suffix}", "value": float(d[key]),
@@ -332,8 +371,11 @@ def _cell(mean: float, sd: float, digits: int) -> str:
 
 
 def to_markdown(runs: pd.DataFrame, summary: pd.DataFrame, differences: list[dict], config: CompareConfig,
-                n_images: int, n_normal: int) -> str:
+                n_images: int, n_normal: int, protocol: str = "offclip") -> str:
     prompts = f"prompts `{config.prompts}`" if config.prompts else "the default prompts"
+    if protocol != "offclip":
+        prompts = (f"the `{protocol}` protocol (its classes, prompts and image filter: "
+                   "models/evaluate/protocols.json)")
     seeds = ", ".join(map(str, config.seeds))
     start = f"refining `{config.init}`" if config.init else "from scratch"
     lines = [f"Config `{config.config}` ({start}), seeds {seeds}; evaluated on `{config.eval_root}` "

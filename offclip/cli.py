@@ -419,6 +419,10 @@ def compare_cmd(
                                         "CLIPModel or VisionTextDualEncoderModel): the paper's setting. Default: "
                                         "every arm trains a fresh model of --config. Default --out: "
                                         "SHARDS/compare-refine-<dir name>."),
+    protocol: str = typer.Option("offclip", "--protocol", help="The evaluation protocol: offclip (every class, "
+                                 "\"There is {finding}.\"), paper (OFF-CLIP's official classes, prompts and image "
+                                 "filter), or both (each run evaluated under both; one set of tables per protocol "
+                                 "in compare-both.md)."),
 ) -> None:
     """The ablation on the demo world: each arm (loss × training text) trained with the same config
     and seeds, evaluated on the same VinDr-format set; the paired difference of every arm against
@@ -434,7 +438,7 @@ def compare_cmd(
                                  seeds=tuple(int(s) for s in seeds.split(",") if s.strip()), arms=parse_arms(arms),
                                  baseline=baseline, config=config, epochs=epochs, batch_size=batch_size,
                                  device=device, max_steps=max_steps, prompts=prompts, n_boot=n_boot,
-                                 resample=resample)
+                                 resample=resample, protocol=protocol)
     except (FileNotFoundError, ValueError) as exc:
         _fail(exc)
     result = run_compare(settings, progress=lambda m: typer.echo(m, err=True))

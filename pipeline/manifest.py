@@ -144,12 +144,12 @@ EVALUATION_VIEWS = {
         WITH evaluation AS (
             SELECT evaluation_id, any_value(evaluated_at) AS evaluated_at, any_value(model_dir) AS model_dir,
                    any_value(run_name) AS run_name, any_value(loss) AS loss, any_value(seed) AS seed,
-                   any_value(dataset) AS dataset
+                   any_value(dataset) AS dataset, any_value(coalesce(protocol, 'offclip')) AS protocol
             FROM evaluations GROUP BY evaluation_id
             HAVING count(*) FILTER (WHERE NOT starts_with(metric, 'delta_')) > 0),  -- not the differences
         latest AS (
             SELECT * FROM evaluation
-            QUALIFY row_number() OVER (PARTITION BY coalesce(model_dir, run_name, evaluation_id), dataset
+            QUALIFY row_number() OVER (PARTITION BY coalesce(model_dir, run_name, evaluation_id), dataset, protocol
                                        ORDER BY evaluated_at DESC, evaluation_id DESC) = 1)
         SELECT l.dataset, l.run_name, l.model_dir, l.loss, l.seed, l.evaluated_at, l.evaluation_id,
                max(e.value) FILTER (WHERE e.metric = 'normal_auc') AS normal_auc,
@@ -162,7 +162,8 @@ EVALUATION_VIEWS = {
                max(e.value) FILTER (WHERE e.metric = 'normal_auc_centroid') AS normal_auc_centroid,
                max(e.value) FILTER (WHERE e.metric = 'cos_centred_normal_normal') AS cos_centred_normal_normal,
                max(e.value) FILTER (WHERE e.metric = 'cos_centred_abnormal_abnormal') AS cos_centred_abnormal_abnormal,
-               max(e.value) FILTER (WHERE e.metric = 'cos_centred_normal_abnormal') AS cos_centred_normal_abnormal
+               max(e.value) FILTER (WHERE e.metric = 'cos_centred_normal_abnormal') AS cos_centred_normal_abnormal,
+               l.protocol
         FROM latest l JOIN evaluations e ON e.evaluation_id = l.evaluation_id AND e.class_name = '{OVERALL}'
         GROUP BY ALL ORDER BY l.dataset, l.run_name, l.model_dir""",
     # the most recent paired comparison of each "<model>-vs-<baseline>" (compare, or evaluate with
@@ -237,7 +238,10 @@ def _build_manifest(out: Path, db: Path, runs: list[dict] | None) -> Path:
             if "runs" in tables:
                 history = old.sql("SELECT * FROM runs").to_arrow_table().to_pandas()
             if "evaluations" in tables:
-                evaluations = old.sql(f"SELECT {', '.join(EVALUATIONS.names)} FROM evaluations").to_arrow_table().to_pandas()
+                present = [r[0] for r in old.execute("DESCRIBE evaluations").fetchall()]
+                evaluations = old.sql(f"SELECT {', '.join(c for c in EVALUATIONS.names if c in present)} "
+                                      "FROM evaluations").to_arrow_table().to_pandas()
+                evaluations = _with_nullable_columns(evaluations)  # a manifest written before a column existed
     if runs:
         history = pd.concat([history, pd.DataFrame(runs)], ignore_index=True) if len(history) else pd.DataFrame(runs)
     shards, samples = _shard_tables(out)
@@ -427,18 +431,36 @@ def append_runs(db: str | os.PathLike, runs: list[dict]) -> int:
     return len(runs)
 
 
+def _with_nullable_columns(rows: pd.DataFrame) -> pd.DataFrame:
+    """``rows`` with every nullable :data:`EVALUATIONS` column it lacks added as NULL (rows from
+    writers, or manifests, older than the column: ``protocol``)."""
+    missing = {c.name: None for c in EVALUATIONS.columns if c.nullable and c.name not in rows.columns}
+    return rows.assign(**missing) if missing else rows
+
+
+def _duckdb_type(arrow_type) -> str:
+    import pyarrow as pa
+
+    return {pa.string(): "VARCHAR", pa.float64(): "DOUBLE", pa.int64(): "BIGINT"}[arrow_type]
+
+
 def record_evaluations(db: str | os.PathLike, rows: pd.DataFrame) -> int:
     """Append evaluation rows (contract :data:`EVALUATIONS`) to the ``evaluations`` table of the
     DuckDB file ``db`` in one transaction; the table (and its views) are created when missing, and
     so is the file (a stand-alone results database). Returns the number of rows added."""
     import duckdb
 
-    table = EVALUATIONS.validate(rows)  # raises ContractViolation before anything is written
+    table = EVALUATIONS.validate(_with_nullable_columns(rows))  # raises ContractViolation before anything is written
     with manifest_lock(db), duckdb.connect(str(db)) as con:
         con.register("incoming", table)
         try:
             con.execute("BEGIN")
             exists = "evaluations" in {r[0] for r in con.execute("SHOW TABLES").fetchall()}
+            if exists:  # a table written before a nullable column existed gets it (NULL in its old rows)
+                present = {r[0] for r in con.execute("DESCRIBE evaluations").fetchall()}
+                for column in EVALUATIONS.columns:
+                    if column.name not in present:
+                        con.execute(f"ALTER TABLE evaluations ADD COLUMN {column.name} {_duckdb_type(column.type)}")
             if not exists:
                 con.execute("CREATE TABLE evaluations AS SELECT * FROM incoming LIMIT 0")
                 for name, sql in EVALUATION_VIEWS.items():

@@ -528,3 +528,83 @@ def test_build_manifest_keeps_evaluations(shards_out, tmp_path):
     latest = query(db, "SELECT * FROM latest_evaluations")
     assert list(latest["evaluation_id"]) == ["e2"] and latest["normal_auc"][0] == pytest.approx(0.7)
     assert list(query(db, "SELECT stage FROM runs")["stage"]) == ["shards"]
+
+
+# ------------------------------------------------------------------------------------------
+# the paper's protocol (issue 28 point 3): models/evaluate/protocols.json
+# ------------------------------------------------------------------------------------------
+PAPER_VINDR = ["Aortic enlargement", "Atelectasis", "Calcification", "Cardiomegaly", "Consolidation", "Edema",
+               "Emphysema", "Enlarged PA", "Infiltration", "Lung Opacity", "Nodule/Mass", "Pleural effusion",
+               "Pleural thickening", "Pneumothorax", "Lung tumor", "Pneumonia"]
+
+
+def test_paper_protocol_on_vindr_scores_its_17_classes_with_its_prompts(small_world, tiny_model_dir, tmp_path):
+    from sklearn.metrics import roc_auc_score
+
+    world, _ = small_world
+    root = world / "eval" / "vindr-cxr"
+    db = tmp_path / "results.duckdb"
+    result = evaluate(tiny_model_dir, "vindr-cxr", root, protocol="paper", batch_size=8, manifest=db)
+    assert list(result.scores.columns) == PAPER_VINDR + [NORMAL]  # exactly its classes, in its order
+    assert result.prompts[NORMAL] == ["There is no finding"]
+    assert result.prompts["Aortic enlargement"] == ["There is aortic enlargement"]
+    assert result.prompts["Nodule/Mass"] == ["There is nodule/mass"]
+    assert result.protocol == "paper" and result.to_dict()["protocol"] == "paper"
+    # only images with a positive among the 17 columns
+    raw = pd.read_csv(root / "annotations/image_labels_test.csv", dtype={"image_id": str}).set_index("image_id")
+    keep = raw[PAPER_VINDR + ["No finding"]].max(axis=1) == 1
+    assert (~keep).any(), "the demo world must hold an image with no positive among the paper's classes"
+    assert sorted(result.scores.index) == sorted(raw.index[keep])
+    # scores are the sigmoid of the cosine; the normal AUC is against "There is no finding"
+    default = evaluate(tiny_model_dir, "vindr-cxr", root, batch_size=8,
+                       prompts={NORMAL: "There is no finding"})
+    cos = default.scores.loc[result.scores.index, NORMAL]
+    np.testing.assert_allclose(result.scores[NORMAL], 1 / (1 + np.exp(-cos)), rtol=1e-6)
+    labels = raw.loc[result.scores.index, "No finding"]
+    assert result.summary["normal_auc"] == pytest.approx(roc_auc_score(labels, result.scores[NORMAL]))
+    rows = query(db, "SELECT DISTINCT protocol FROM evaluations")
+    assert list(rows["protocol"]) == ["paper"]
+
+
+def test_default_protocol_is_unchanged(small_world, tiny_model_dir):
+    world, _ = small_world
+    root = world / "eval" / "vindr-cxr"
+    result = evaluate(tiny_model_dir, "vindr-cxr", root, batch_size=8)
+    explicit = evaluate(tiny_model_dir, "vindr-cxr", root, batch_size=8, protocol="offclip")
+    assert result.protocol == "offclip" and len(result.classes) == 28
+    assert result.prompts[NORMAL] == ["There is no finding."]
+    pd.testing.assert_frame_equal(result.scores, explicit.scores)
+    assert set(result.manifest_rows()["protocol"]) == {"offclip"}
+
+
+def test_openi_labels_automatic_map_to_the_papers_18_pathologies():
+    from offclip.models.evaluate.protocols import load_protocol, openi_paper_labels
+
+    spec = load_protocol("paper", "openi")
+    assert len(spec.classes) == 18 and spec.normal_prompt == "There is no finding"
+    text = "Pulmonary Atelectases;Infiltrate;Pleural Thickening;Calcified Granuloma;normal"
+    assert openi_paper_labels(text, spec) == ["Atelectasis", "Infiltration", "Pleural_Thickening",
+                                              "Calcified Granuloma", "Granuloma"]
+    assert openi_paper_labels("Cardiomegaly/mild;Opacity/lung", spec) == ["Cardiomegaly", "Opacity"]
+    assert openi_paper_labels("normal", spec) == [NORMAL]
+    assert openi_paper_labels("", spec) == [NORMAL]
+
+
+def test_paper_protocol_on_openi_and_padchest_and_the_data_file(small_world):
+    from offclip.models.evaluate.protocols import PROTOCOLS_FILE, load_protocol, read_openi_protocol
+
+    world, _ = small_world
+    openi = read_openi_protocol(world / "eval" / "openi", load_protocol("paper", "openi"))
+    assert len(openi.classes) == 19 and openi.classes[-1] == NORMAL
+    assert (openi.labels.sum(axis=1) >= 1).all()  # No_Finding where nothing matched
+    with pytest.raises(ValueError, match="192 PadChest query labels"):
+        load_protocol("paper", "padchest")
+    with pytest.raises(ValueError, match="unknown evaluation protocol"):
+        load_protocol("nope", "vindr-cxr")
+    # the data file installs with the package
+    import fnmatch
+    import tomllib
+
+    config = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
+    globs = config["tool"]["setuptools"]["package-data"]["offclip.models"]
+    assert any(fnmatch.fnmatch(f"evaluate/{PROTOCOLS_FILE.name}", g) for g in globs)

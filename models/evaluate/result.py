@@ -41,13 +41,14 @@ class EvalResult:
     labels: pd.DataFrame = field(default_factory=pd.DataFrame)  #: index image_id, one 0/1/NaN column per class
     #: index image_id: the prompt-free normal score (NaN column when the training texts are unknown)
     centroid_scores: pd.Series = field(default_factory=lambda: pd.Series(dtype=float))
+    protocol: str = "offclip"  #: the evaluation protocol (models.evaluate.protocols)
 
     def to_dict(self) -> dict:
         """Plain Python (NaN stays NaN here; the JSON file writes it as null)."""
         return {
             "dataset": self.dataset, "root": self.root, "evaluation_id": self.evaluation_id,
             "evaluated_at": self.evaluated_at.isoformat(), "model_dir": self.model_dir,
-            "run_name": self.run_name, "loss": self.loss, "seed": self.seed,
+            "run_name": self.run_name, "loss": self.loss, "seed": self.seed, "protocol": self.protocol,
             "summary": dict(self.summary),
             "classes": [_plain_row(r) for r in self.classes.to_dict("records")],
             "rejects": list(self.rejects), "notes": list(self.notes), "prompts": dict(self.prompts),
@@ -75,7 +76,8 @@ class EvalResult:
     def manifest_rows(self) -> pd.DataFrame:
         """Long rows for the manifest's ``evaluations`` table (contract :data:`EVALUATIONS`)."""
         base = {"evaluation_id": self.evaluation_id, "evaluated_at": self.evaluated_at, "model_dir": self.model_dir,
-                "run_name": self.run_name, "loss": self.loss, "seed": self.seed, "dataset": self.dataset}
+                "run_name": self.run_name, "loss": self.loss, "seed": self.seed, "dataset": self.dataset,
+                "protocol": self.protocol}
         rows = []
         for r in self.classes.to_dict("records"):
             counts = {"n_pos": r["n_pos"], "n_neg": r["n_neg"]}

@@ -25,6 +25,7 @@ from .images import EvalImageError, Geometry, PreparedImage, load_eval_image
 from .metrics import _class_table, _mechanism, _summary, pointing_hit
 from .plots import roc_png
 from .prompts import build_prompts
+from .protocols import DEFAULT_PROTOCOL, PROTOCOLS, apply_protocol, load_protocol, protocol_scores, read_openi_protocol
 from .result import CENTROID, EvalResult, _json_safe
 
 
@@ -69,7 +70,7 @@ def _model_info(extra: dict) -> tuple[str | None, int | None]:
 def evaluate(model_dir_or_model, dataset: str, root: str | os.PathLike, prompts=None, out: Path | None = None,
              batch_size: int = 32, device: str = "auto", manifest: Path | None = None,
              run_name: str | None = None, workers: int = 0, normal_texts: Iterable[str] | None = None,
-             **reader_options) -> EvalResult:
+             protocol: str = DEFAULT_PROTOCOL, **reader_options) -> EvalResult:
     """Zero-shot evaluation of a model on ``dataset`` at ``root``. The model: a saved directory
     (offclip's, a transformers ``CLIPModel`` or ``VisionTextDualEncoderModel``: each at its own
     input size and normalisation, :mod:`offclip.models.adapters`), a ``ClipAdapter``, or an
@@ -77,6 +78,9 @@ def evaluate(model_dir_or_model, dataset: str, root: str | os.PathLike, prompts=
     ``out/<dataset>_scores.parquet`` (per image: every class score, the prompt-free normal score
     and the labels); with ``manifest``: rows appended to its ``evaluations`` table. ``workers``:
     image-decoding threads (0: up to 8). ``reader_options`` go to the dataset's reader.
+    ``protocol`` (:mod:`.protocols`): ``offclip`` every class of the label file with the default
+    prompts (or ``prompts``); ``paper`` OFF-CLIP's official class lists, prompts, image filter and
+    sigmoid score (``prompts`` must then be None).
 
     Beside the AUCs, the *mechanism* metrics: how compact the normal images' embeddings are
     (mean cosine among normals, among abnormals, and across; raw and after centring), and a
@@ -90,7 +94,18 @@ def evaluate(model_dir_or_model, dataset: str, root: str | os.PathLike, prompts=
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     evaluated_at = dt.datetime.now(dt.timezone.utc)
-    eval_set = read_eval_set(dataset, root, **reader_options)
+    spec = load_protocol(protocol, dataset)
+    if spec is not None and prompts is not None:
+        raise ValueError(f"protocol {protocol!r} has its own prompts: leave prompts out (or use protocol "
+                         f"{DEFAULT_PROTOCOL!r})")
+    if spec is not None and spec.labels.get("column") == "labels_automatic":
+        eval_set = read_openi_protocol(root, spec)
+    elif spec is not None:
+        eval_set = apply_protocol(read_eval_set(dataset, root, **reader_options), spec)
+    else:
+        eval_set = read_eval_set(dataset, root, **reader_options)
+    if spec is not None:
+        prompts = spec.prompts
     model, tokenizer, model_dir, extra = _open_model(model_dir_or_model)
     loss, seed = _model_info(extra)
     torch_device = _resolve_device(device)
@@ -115,6 +130,7 @@ def evaluate(model_dir_or_model, dataset: str, root: str | os.PathLike, prompts=
 
     scores = pd.DataFrame(np.concatenate(score_rows) if score_rows else np.zeros((0, len(names))),
                           index=pd.Index(ids, name="image_id"), columns=names)
+    scores = protocol_scores(scores, spec)  # the paper's sigmoid; the cosines themselves by default
     pointing = pd.DataFrame(pointing_rows, columns=["image_id", "class_name", "x", "y", "hit"])
     labels = eval_set.labels.loc[ids]
     table = _class_table(labels, scores, pointing, class_prompts)
@@ -128,7 +144,7 @@ def evaluate(model_dir_or_model, dataset: str, root: str | os.PathLike, prompts=
         notes.append("no pointing game: the model's vision tower gives no square patch grid")
     result = EvalResult(dataset, str(root), str(uuid.uuid4()), evaluated_at, model_dir, run_name, loss, seed, table,
                         summary, scores, pointing, rejects, notes, all_prompts, labels=labels,
-                        centroid_scores=centroid_scores)
+                        centroid_scores=centroid_scores, protocol=protocol)
     if out is not None:
         _write_files(result, Path(out), eval_set.labels.loc[ids], f"{dataset}: {run_name or model_dir or 'model'}")
     if manifest is not None:
@@ -291,10 +307,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--run-name", help="the model's run name (model version) for the manifest")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--protocol", default=DEFAULT_PROTOCOL, choices=PROTOCOLS,
+                        help="paper: OFF-CLIP's official classes, prompts and image filter (protocols.json)")
     args = parser.parse_args(argv)
     result = evaluate(args.model, args.dataset, args.root, prompts=args.prompts,
                       out=Path(args.out) if args.out else None, batch_size=args.batch_size, device=args.device,
-                      manifest=Path(args.manifest) if args.manifest else None, run_name=args.run_name)
+                      manifest=Path(args.manifest) if args.manifest else None, run_name=args.run_name,
+                      protocol=args.protocol)
     print(result.table())
     print()
     print("  ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in result.summary.items()))
