@@ -17,6 +17,9 @@ backward, gradient clipping, optimizer step, ``logit_scale`` clamp, ``loss.item(
                    PNG decode → augmentation → tokenisation, in ``--num-workers`` DataLoader
                    workers; a new loader per epoch, as the trainer makes them);
 
+``--text-layers`` times whole trainer runs (caches on) of the frozen text tower (``demo``) against
+its top 4 layers trainable on cached lower-layer states (``demo-text4``): ms/step and the ratio.
+
 ``--trainer`` times something else: whole runs of the trainer itself (``offclip.models.train.train``,
 ``--trainer-epochs`` epochs, a fresh run directory each) without its caches (``plain``: the frozen
 text tower run at every step, every image read and decoded every epoch) and with them (``cached``:
@@ -280,6 +283,42 @@ def main_trainer(args) -> int:
     return 0
 
 
+def main_text_layers(args) -> int:
+    """Whole trainer runs (caches on) of the frozen text tower (``demo``) and of its top layers
+    trainable on cached lower-layer states (``--text-config``, default ``demo-text4``), interleaved;
+    the ratio of their step times."""
+    from offclip.models.train import TrainConfig, train
+
+    configs = {"frozen": args.frozen_config, "top-layers": args.text_config}
+    runs = []
+    with tempfile.TemporaryDirectory(prefix="offclip-bench-text-") as tmp:
+        for _ in range(args.rounds):
+            for mode, config in configs.items():
+                out = Path(tmp) / f"{mode}-{time.monotonic_ns()}"
+                t = time.perf_counter()
+                result = train(TrainConfig(shards=args.shards, out=out, config=config, epochs=args.trainer_epochs,
+                                           batch_size=args.batch_size, device=args.device, checkpoint_every=10**9))
+                wall = time.perf_counter() - t
+                runs.append({"mode": mode, "config": config, "steps": result.steps, "wall_s": wall,
+                             "train_s": result.seconds, "step_s": result.seconds / result.steps,
+                             "images_per_s": result.images_per_second})
+                r = runs[-1]
+                print(f"  {mode:<10} ({config}) {r['steps']} steps: {1000 * r['step_s']:7.1f} ms/step, "
+                      f"{r['images_per_s']:7.1f} images/s (wall {wall:.1f} s with caches)", flush=True)
+    best = {}
+    for r in runs:
+        if r["mode"] not in best or r["step_s"] < best[r["mode"]]["step_s"]:
+            best[r["mode"]] = r
+    ratio = best["top-layers"]["step_s"] / best["frozen"]["step_s"]
+    print(f"\nstep time, {args.text_config} / {args.frozen_config} (best of {args.rounds}): {ratio:.2f}x "
+          f"(goal <= 2x)")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({"mode": "text-layers", "runs": runs, "best": best, "ratio": ratio,
+                                         "threads": torch.get_num_threads()}, indent=2) + "\n")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--config", default="tiny", help="a model config (models/configs) name or path")
@@ -300,10 +339,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--trainer", action="store_true",
                     help="time whole trainer runs without and with the text and image caches (needs --shards)")
     ap.add_argument("--trainer-epochs", type=int, default=3, help="epochs of each --trainer run")
+    ap.add_argument("--text-layers", action="store_true",
+                    help="time trainer runs of the frozen text tower against its top layers trainable (needs --shards)")
+    ap.add_argument("--frozen-config", default="demo", help="the frozen-text config of --text-layers")
+    ap.add_argument("--text-config", default="demo-text4", help="the top-layers config of --text-layers")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.text_layers:
+        if args.shards is None:
+            raise SystemExit("--text-layers needs --shards ROOT")
+        return main_text_layers(args)
     if args.trainer:
         if args.shards is None:
             raise SystemExit("--trainer needs --shards ROOT")

@@ -241,6 +241,14 @@ class ClipAdapter(nn.Module):
             return self.model.text_features(input_ids, attention_mask)
         return self.model.text_model(input_ids=input_ids, attention_mask=attention_mask).pooler_output
 
+    def text_features_from_hidden(self, hidden: torch.Tensor, attention_mask: torch.Tensor,
+                                  layer: int) -> torch.Tensor:
+        """Pooled text features from cached hidden states entering encoder layer ``layer``
+        (offclip models only: :meth:`OffClipModel.text_features_from_hidden`)."""
+        if self.kind != "offclip":
+            raise ValueError(f"training the top text layers on cached states needs an offclip model, not {self.kind}")
+        return self.model.text_features_from_hidden(hidden, attention_mask, layer)
+
     def project_text(self, features: torch.Tensor) -> torch.Tensor:
         """L2-normalised text embeddings [B, D] from pooled text features."""
         return F.normalize(self.model.text_projection(features), dim=-1)
@@ -256,9 +264,10 @@ class ClipAdapter(nn.Module):
         return self.logit_scale.exp().clamp(max=self.max_logit_scale)
 
     def forward(self, pixel_values: torch.Tensor, input_ids: torch.Tensor | None = None,
-                attention_mask: torch.Tensor | None = None, text_features: torch.Tensor | None = None) -> torch.Tensor:
+                attention_mask: torch.Tensor | None = None, text_features: torch.Tensor | None = None,
+                text_hidden: tuple | None = None) -> torch.Tensor:
         """B x B logits, row = image, column = text (as :meth:`OffClipModel.forward`)."""
-        return pair_logits(self, pixel_values, input_ids, attention_mask, text_features)
+        return pair_logits(self, pixel_values, input_ids, attention_mask, text_features, text_hidden)
 
     # -- saving ---------------------------------------------------------------------------------
 

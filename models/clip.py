@@ -294,6 +294,32 @@ class OffClipModel(PreTrainedModel):
         mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
         return (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
 
+    def _text_layers(self, hidden: torch.Tensor, attention_mask: torch.Tensor, start: int,
+                     stop: int | None = None) -> torch.Tensor:
+        """Run the text tower's encoder layers ``start`` .. ``stop - 1`` on ``hidden`` [B, L, H]."""
+        from transformers.masking_utils import create_bidirectional_mask
+
+        mask = create_bidirectional_mask(config=self.text_model.config, inputs_embeds=hidden,
+                                         attention_mask=attention_mask)
+        for layer in self.text_model.encoder.layer[start:stop]:
+            hidden = layer(hidden, mask)
+        return hidden
+
+    def text_hidden_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, layer: int) -> torch.Tensor:
+        """The text tower's hidden states [B, L, H] entering encoder layer ``layer`` (0: the
+        embeddings): what a run that trains only the layers from ``layer`` on caches per sentence."""
+        hidden = self.text_model.embeddings(input_ids=input_ids)
+        return self._text_layers(hidden, attention_mask, 0, layer)
+
+    def text_features_from_hidden(self, hidden: torch.Tensor, attention_mask: torch.Tensor,
+                                  layer: int) -> torch.Tensor:
+        """Pooled text features [B, H] from the hidden states entering encoder layer ``layer``
+        (:meth:`text_hidden_states`): the remaining layers, then the mean of non-padding tokens
+        (the same result as :meth:`text_features`, up to float rounding)."""
+        hidden = self._text_layers(hidden, attention_mask, layer)
+        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+        return (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
+
     def project_text(self, features: torch.Tensor) -> torch.Tensor:
         """L2-normalised text embeddings [B, D] from pooled text features [B, H]."""
         return F.normalize(self.text_projection(features), dim=-1)
@@ -311,18 +337,24 @@ class OffClipModel(PreTrainedModel):
     def forward(
         self, pixel_values: torch.Tensor, input_ids: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None, text_features: torch.Tensor | None = None,
+        text_hidden: tuple | None = None,
     ) -> torch.Tensor:
         """B x B logits, row = image, column = text: ``scale * image_emb @ text_emb.T``. The text
-        comes as tokens, or as pooled ``text_features`` (a frozen text tower's cached output)."""
-        return pair_logits(self, pixel_values, input_ids, attention_mask, text_features)
+        comes as tokens, as pooled ``text_features`` (a frozen text tower's cached output), or as
+        ``text_hidden = (hidden [B, L, H], attention_mask [B, L], layer)``: the cached hidden
+        states entering encoder layer ``layer``, run through the top layers here."""
+        return pair_logits(self, pixel_values, input_ids, attention_mask, text_features, text_hidden)
 
 
 def pair_logits(model, pixel_values: torch.Tensor, input_ids: torch.Tensor | None,
-                attention_mask: torch.Tensor | None, text_features: torch.Tensor | None) -> torch.Tensor:
+                attention_mask: torch.Tensor | None, text_features: torch.Tensor | None,
+                text_hidden: tuple | None = None) -> torch.Tensor:
     """The forward of any dual encoder with ``encode_image``, ``encode_text``, ``project_text`` and
     ``temperature_scale`` (:class:`OffClipModel`, :class:`offclip.models.adapters.ClipAdapter`)."""
     image = model.encode_image(pixel_values)
-    if text_features is not None:
+    if text_hidden is not None:
+        text = model.project_text(model.text_features_from_hidden(*text_hidden))
+    elif text_features is not None:
         text = model.project_text(text_features)
     elif input_ids is not None and attention_mask is not None:
         text = model.encode_text(input_ids, attention_mask)

@@ -37,6 +37,11 @@ Design notes:
 * **Batches**: see :mod:`offclip.models.data`: the last, smaller batch of an epoch is kept (a batch
   size above the data gives one batch per epoch, with a warning), a final batch of one is merged
   into the batch before it (a contrastive loss needs B >= 2).
+* **A partly trainable text tower** (model config ``train.text_trainable_layers``: N > 0): the
+  top N encoder layers of the text tower train with ``text_lr`` (default ``lr``) and their own
+  warm-up ``text_warmup_steps`` (default ``warmup_steps``); the embeddings and lower layers are
+  frozen (eval mode) and the hidden states they give each unique sentence are computed once per
+  run (:class:`offclip.models.caches.TextHidden`), so each step runs only the top layers.
 * **Optimisation**: AdamW with two learning rates, ``lr`` for the text tower and ``vision_lr``
   (default ``lr``) for the vision tower, projections and ``logit_scale``; no weight decay on
   biases, norm weights and ``logit_scale`` (every tensor with fewer than 2 dimensions). Linear
@@ -181,6 +186,18 @@ def resolve_hyper(config: TrainConfig, model_config: dict) -> dict:
     # only the vision tower and both projections learn — half the compute, and no collapse of a
     # small-data text tower
     hyper["freeze_text"] = bool(section.get("freeze_text", False))
+    # the paper's last-layers setting ("text_trainable_layers": N > 0): only the top N encoder
+    # layers of the text tower train (with the text projection), with their own text_lr and
+    # text_warmup_steps; the embeddings and lower layers stay frozen, and the hidden states they
+    # give each unique sentence are computed once per run (caches.TextHidden). 0: freeze_text decides
+    hyper["text_trainable_layers"] = int(section.get("text_trainable_layers", 0) or 0)
+    if hyper["text_trainable_layers"] < 0:
+        raise ValueError(f"text_trainable_layers must be >= 0, got {hyper['text_trainable_layers']}")
+    if hyper["text_trainable_layers"]:
+        hyper["freeze_text"] = False
+    hyper["text_lr"] = float(section.get("text_lr", hyper["lr"]) if config.lr is None else config.lr)
+    hyper["text_warmup_steps"] = int(section.get("text_warmup_steps", hyper["warmup_steps"])
+                                     if config.warmup_steps is None else config.warmup_steps)
     hyper["grad_clip"] = float(hyper["grad_clip"] or 0.0)
     hyper["text_source"] = config.text_source or section.get("text_source") or "filtered"
     if hyper["text_source"] not in TEXT_SOURCES:
@@ -288,7 +305,7 @@ def param_groups(model: torch.nn.Module, hyper: dict) -> list[dict]:
     out = []
     for (tower, decay), params in sorted(groups.items()):
         out.append({"params": params, "name": f"{tower}{'' if decay else '_no_decay'}",
-                    "lr": hyper["lr"] if tower == "text" else hyper["vision_lr"],
+                    "lr": hyper.get("text_lr", hyper["lr"]) if tower == "text" else hyper["vision_lr"],
                     "weight_decay": hyper["weight_decay"] if decay else 0.0})
     return out
 
@@ -296,26 +313,41 @@ def param_groups(model: torch.nn.Module, hyper: dict) -> list[dict]:
 class Schedule:
     """Linear warmup over ``warmup_steps``, then cosine decay to 0 at ``total_steps`` (stepped per
     batch), or, with ``plateau``, ReduceLROnPlateau on the epoch's mean loss (stepped per epoch,
-    once warmup is over)."""
+    once warmup is over). ``text_warmup_steps`` (default ``warmup_steps``): the warm-up of the
+    parameter groups named ``text*`` (the text tower's own)."""
 
-    def __init__(self, optimizer: torch.optim.Optimizer, kind: str, warmup_steps: int, total_steps: int):
+    def __init__(self, optimizer: torch.optim.Optimizer, kind: str, warmup_steps: int, total_steps: int,
+                 text_warmup_steps: int | None = None):
         self.kind, self.warmup, self.total = kind, max(0, int(warmup_steps)), max(1, int(total_steps))
+        self.text_warmup = self.warmup if text_warmup_steps is None else max(0, int(text_warmup_steps))
         self.steps = 0
-        self.per_step = torch.optim.lr_scheduler.LambdaLR(optimizer, self._factor)
+        if self.text_warmup == self.warmup:
+            lambdas = self._factor
+        else:
+            lambdas = [self._text_factor if str(g.get("name", "")).startswith("text") else self._factor
+                       for g in optimizer.param_groups]
+        self.per_step = torch.optim.lr_scheduler.LambdaLR(optimizer, lambdas)
         self.plateau = (torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", **PLATEAU)
                         if kind == "plateau" else None)
 
     def _factor(self, step: int) -> float:  # the shared warm-up factor (pipeline.numerics)
         return warmup_factor(step, self.warmup, self.total, "cosine" if self.kind == "cosine" else "constant")
 
+    def _text_factor(self, step: int) -> float:
+        return warmup_factor(step, self.text_warmup, self.total, "cosine" if self.kind == "cosine" else "constant")
+
+    @property
+    def longest_warmup(self) -> int:
+        return max(self.warmup, self.text_warmup)
+
     def step_batch(self) -> None:
         # plateau: the per-step scheduler only runs the warmup, so it never undoes a plateau cut
-        if self.kind == "cosine" or self.steps < self.warmup:
+        if self.kind == "cosine" or self.steps < self.longest_warmup:
             self.per_step.step()
         self.steps += 1
 
     def step_epoch(self, mean_loss: float) -> None:
-        if self.plateau is not None and self.steps >= self.warmup:
+        if self.plateau is not None and self.steps >= self.longest_warmup:
             self.plateau.step(mean_loss)
 
     def state_dict(self) -> dict:
@@ -494,7 +526,8 @@ def _setup(config: TrainConfig, model_config: dict, hyper: dict, records: list, 
     batch_size, epochs, schedule_steps, total_steps = _plan_steps(config, hyper, records, dist_info)
 
     optimizer = torch.optim.AdamW(param_groups(model, hyper), betas=(0.9, 0.98), eps=1e-6)
-    schedule = Schedule(optimizer, hyper["schedule"], hyper["warmup_steps"], schedule_steps)
+    schedule = Schedule(optimizer, hyper["schedule"], hyper["warmup_steps"], schedule_steps,
+                        hyper.get("text_warmup_steps"))
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
     torch.manual_seed(derive_seed(config.seed, "train", dist_info.rank))
     run = _Run(config, hyper, records, dist_info, device, adapter, model, loss_fn, amp_dtype, text_cache,
@@ -517,7 +550,38 @@ def _prepare_model(config: TrainConfig, model_config: dict, hyper: dict,
     if hyper["freeze_text"]:
         model.text_model.requires_grad_(False)
         model.text_model.eval()
+    elif hyper.get("text_trainable_layers"):
+        _freeze_lower_text_layers(adapter, hyper["text_trainable_layers"])
     return adapter, model
+
+
+def text_layer_split(adapter: ClipAdapter, trainable: int) -> int:
+    """The first trainable encoder layer of the text tower when the top ``trainable`` train."""
+    if adapter.kind != "offclip":
+        raise ValueError(f"text_trainable_layers needs an offclip model (a BERT-like text tower), not {adapter.kind}")
+    n_layers = len(adapter.model.text_model.encoder.layer)
+    if trainable > n_layers:
+        raise ValueError(f"text_trainable_layers {trainable} exceeds the text tower's {n_layers} layers")
+    return n_layers - trainable
+
+
+def _freeze_lower_text_layers(adapter: ClipAdapter, trainable: int) -> None:
+    """Freeze the text tower's embeddings and every encoder layer below the top ``trainable``."""
+    start = text_layer_split(adapter, trainable)
+    text_model = adapter.model.text_model
+    text_model.requires_grad_(False)
+    for layer in text_model.encoder.layer[start:]:
+        layer.requires_grad_(True)
+    _text_modes(adapter.model, trainable)
+
+
+def _text_modes(model: torch.nn.Module, trainable: int) -> None:
+    """The frozen part of a partly trainable text tower in eval mode (no dropout, as in its cached
+    states), the top ``trainable`` layers in the model's mode."""
+    model.text_model.eval()
+    start = len(model.text_model.encoder.layer) - trainable
+    for layer in model.text_model.encoder.layer[start:]:
+        layer.train(model.training)
 
 
 def _caches(config: TrainConfig, hyper: dict, records: list, adapter: ClipAdapter, device: torch.device):
@@ -526,7 +590,13 @@ def _caches(config: TrainConfig, hyper: dict, records: list, adapter: ClipAdapte
     loader follows the model: its input size (grayscale batches; the adapter repeats and
     normalises them as the checkpoint's processor says)."""
     text_cache = None
-    if hyper["freeze_text"] and config.text_cache:
+    if hyper.get("text_trainable_layers") and config.text_cache:
+        from .caches import TextHidden, shard_sentences
+
+        sentences = shard_sentences(config.shards, records, config.split, hyper["text_source"])
+        text_cache = TextHidden.for_run(adapter.model, adapter.tokenizer, sentences, adapter.max_text_length, device,
+                                        text_layer_split(adapter, hyper["text_trainable_layers"]))
+    elif hyper["freeze_text"] and config.text_cache:
         from .caches import TextFeatures, shard_sentences
 
         sentences = shard_sentences(config.shards, records, config.split, hyper["text_source"])
@@ -690,8 +760,15 @@ def _optimise(run: _Run, batch, epoch: int) -> tuple[torch.Tensor, torch.Tensor,
     run.net.train()
     if hyper["freeze_text"]:
         model.text_model.eval()  # a frozen tower never drops out (as in its cached features)
+    elif hyper.get("text_trainable_layers"):
+        _text_modes(model, hyper["text_trainable_layers"])
     with torch.autocast(run.device.type, dtype=run.amp_dtype or torch.float32, enabled=run.amp_dtype is not None):
-        if run.text_cache is not None:
+        if hasattr(run.text_cache, "layer"):  # the top text layers run on cached hidden states
+            hidden, mask = run.text_cache.lookup(batch.texts)
+            logits = run.net(batch.pixel_values, text_hidden=(hidden.to(run.device, non_blocking=True),
+                                                               mask.to(run.device, non_blocking=True),
+                                                               run.text_cache.layer))
+        elif run.text_cache is not None:
             logits = run.net(batch.pixel_values,
                              text_features=run.text_cache.lookup(batch.texts).to(run.device, non_blocking=True))
         else:
