@@ -256,6 +256,15 @@ def run_trainer(config: str, shards: Path, epochs: int, batch_size: int | None, 
             "train_s": result.seconds, "steps_per_s": result.steps / wall, "images_per_s": images / wall}
 
 
+def _best(runs: list[dict], key: str) -> dict[str, dict]:
+    """Per mode, the run with the smallest ``key`` (best of the rounds)."""
+    best: dict[str, dict] = {}
+    for r in runs:
+        if r["mode"] not in best or r[key] < best[r["mode"]][key]:
+            best[r["mode"]] = r
+    return best
+
+
 def main_trainer(args) -> int:
     with tempfile.TemporaryDirectory(prefix="offclip-bench-trainer-") as tmp:
         runs = []
@@ -266,10 +275,7 @@ def main_trainer(args) -> int:
                 r = runs[-1]
                 print(f"  {r['mode']:<8} {r['steps']} steps in {r['wall_s']:6.1f} s: {r['steps_per_s']:6.2f} steps/s, "
                       f"{r['images_per_s']:7.1f} images/s", flush=True)
-    best = {}
-    for r in runs:
-        if r["mode"] not in best or r["wall_s"] < best[r["mode"]]["wall_s"]:
-            best[r["mode"]] = r
+    best = _best(runs, "wall_s")
     ratio = best["plain"]["wall_s"] / best["cached"]["wall_s"]
     print(f"\ntrainer, config {args.config}, {args.trainer_epochs} epochs, best of {args.rounds}: plain "
           f"{best['plain']['steps_per_s']:.2f} steps/s, cached {best['cached']['steps_per_s']:.2f} steps/s "
@@ -305,10 +311,7 @@ def main_text_layers(args) -> int:
                 r = runs[-1]
                 print(f"  {mode:<10} ({config}) {r['steps']} steps: {1000 * r['step_s']:7.1f} ms/step, "
                       f"{r['images_per_s']:7.1f} images/s (wall {wall:.1f} s with caches)", flush=True)
-    best = {}
-    for r in runs:
-        if r["mode"] not in best or r["step_s"] < best[r["mode"]]["step_s"]:
-            best[r["mode"]] = r
+    best = _best(runs, "step_s")
     ratio = best["top-layers"]["step_s"] / best["frozen"]["step_s"]
     print(f"\nstep time, {args.text_config} / {args.frozen_config} (best of {args.rounds}): {ratio:.2f}x "
           f"(goal <= 2x)")

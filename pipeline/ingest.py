@@ -405,7 +405,7 @@ def plan_ingest(config: IngestConfig, max_batches: int | None = None) -> IngestP
     scanned = scan_source(config.scan)
     studies = scanned.studies
     previous_studies = read_table(config.out, "studies")
-    stamps = _read_stamps(config.out)
+    stamps = read_stamps(config.out)
     previous = {int(r.study_id): (r.content_hash, stamps.get(int(r.study_id)))
                 for r in previous_studies.itertuples()
                 if r.status == "ingested" and isinstance(r.content_hash, str)}
@@ -430,7 +430,7 @@ def plan_ingest(config: IngestConfig, max_batches: int | None = None) -> IngestP
 STAMPS = "stamps.parquet"
 
 
-def _read_stamps(out: Path) -> dict[int, str]:
+def read_stamps(out: Path) -> dict[int, str]:
     path = Path(out) / INGEST_DIR / STAMPS
     if not path.is_file():
         return {}
@@ -440,10 +440,15 @@ def _read_stamps(out: Path) -> dict[int, str]:
 
 def _write_stamps(out: Path, result: BatchResult, scanned: set[int]) -> None:
     """Stamps of this run; those of studies outside this scan are kept (like their records)."""
+    stamps = {k: v for k, v in read_stamps(out).items() if k not in scanned}
+    stamps.update(result.stamps)
+    save_stamps(out, stamps)
+
+
+def save_stamps(out: Path, stamps: dict[int, str]) -> None:
+    """Write ``OUT/ingest/stamps.parquet`` (study id -> stamp), atomically."""
     import pyarrow as pa
 
-    stamps = {k: v for k, v in _read_stamps(out).items() if k not in scanned}
-    stamps.update(result.stamps)
     ids = sorted(stamps)
     table = pa.table({"study_id": pa.array(ids, pa.int64()), "stamp": pa.array([stamps[i] for i in ids], pa.string())})
     with atomic_open(Path(out) / INGEST_DIR / STAMPS, "wb") as fh:

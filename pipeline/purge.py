@@ -28,7 +28,7 @@ from typing import Iterable
 
 from ..data_contracts.curate import CURATED_SENTENCES, PAIRS, STUDY_LABELS
 from .curate import CACHE_FILE, CURATE_DIR, _write, read_curated
-from .ingest import INGEST_DIR, STAMPS, TABLES, read_table, write_table
+from .ingest import INGEST_DIR, STAMPS, TABLES, read_stamps, read_table, save_stamps, write_table
 from .prompting import PROMPT_CACHE_FILE, PromptCache
 from .scoring import ScoreCache
 
@@ -144,22 +144,11 @@ def _unique_texts(sentences, mine) -> list[str]:
 
 
 def _purge_stamps(out: Path, wanted: set[int], result: PurgeResult) -> None:
-    import pyarrow.parquet as pq
-
-    from .atomic import atomic_open
-
-    path = out / INGEST_DIR / STAMPS
-    if not path.is_file():
-        return
-    stamps = pq.read_table(path).to_pandas()
-    drop = stamps["study_id"].isin(wanted)
-    result.rows[f"ingest/{Path(STAMPS).stem}"] = int(drop.sum())
-    if drop.any():
-        import pyarrow as pa
-
-        with atomic_open(path, "wb") as fh:
-            pq.write_table(pa.Table.from_pandas(stamps[~drop].reset_index(drop=True), preserve_index=False), fh,
-                           compression="zstd")
+    stamps = read_stamps(out)
+    kept = {k: v for k, v in stamps.items() if k not in wanted}
+    result.rows[f"ingest/{Path(STAMPS).stem}"] = len(stamps) - len(kept)
+    if len(kept) < len(stamps):
+        save_stamps(out, kept)
 
 
 def _remove_empty_dirs(directory: Path, stop: Path) -> None:
