@@ -210,6 +210,10 @@ class TrainParameters(FlowParameters):
         False, description="Also train the plain CLIP (InfoNCE on whole reports, the same config, seed and "
         "budget) beside it, so that the evaluation shows the model against it.")
     init: Annotated[Optional[str], PATH] = Field(None, description=INIT)
+    trace_every: int = Field(
+        0, ge=0, description="Every this many steps, measure the embedding geometry of 256 held-out samples "
+        "(normal/abnormal spread of images and texts, normal image–text cosine, logit scale) into "
+        "RUN/geometry.jsonl; 0: never.")
 
 
 class EvaluateParameters(FlowParameters):

@@ -178,7 +178,8 @@ def train(**parameters: Any) -> dict[str, Any]:
                 "abnormal_weight": p.abnormal_weight, "seed": seed, "epochs": p.epochs, "batch_size": p.batch_size,
                 "lr": p.lr, "max_steps": p.max_steps, "device": p.device, "num_workers": p.num_workers,
                 "text_model": p.text_model, "vision_model": p.vision_model,
-                "allow_shard_change": p.allow_shard_change, "text_source": text_source, "init": p.init}
+                "allow_shard_change": p.allow_shard_change, "text_source": text_source, "init": p.init,
+                "trace_every": p.trace_every}
     result = {"flow_run": current_run_id(), **train_task(settings)}
     db = Path(shards) / MANIFEST_FILE
     if db.is_file():

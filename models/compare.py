@@ -101,6 +101,8 @@ class CompareConfig:
     #: {finding}."), ``paper`` (OFF-CLIP's official classes, prompts and filter), or ``both``: every
     #: run evaluated under each, one set of tables per protocol in compare-both.md
     protocol: str = "offclip"
+    #: every run measures its embedding geometry every this many steps (models.geometry); 0: never
+    trace_every: int = 0
 
     def __post_init__(self) -> None:
         from .evaluate.protocols import protocol_names
@@ -166,7 +168,8 @@ def run_compare(config: CompareConfig, progress: Callable[[str], None] = print) 
             trained = train(TrainConfig(shards=Path(config.shards), out=run, config=config.config, loss=loss,
                                         text_source=text, seed=seed, epochs=config.epochs,
                                         batch_size=config.batch_size, device=config.device,
-                                        max_steps=config.max_steps, init=str(config.init) if config.init else None))
+                                        max_steps=config.max_steps, init=str(config.init) if config.init else None,
+                                        trace_every=config.trace_every))
             for protocol in protocols:
                 other = "" if protocol == DEFAULT_PROTOCOL else f"-{protocol}"
                 result = evaluate(trained.model_dir, config.dataset, config.eval_root, out=run / f"eval{tag}{other}",

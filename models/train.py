@@ -94,7 +94,7 @@ AMP_MODES = ("auto", "bf16", "fp16", "off")
 HYPER_KEYS = ("epochs", "batch_size", "lr", "weight_decay", "warmup_steps", "schedule", "grad_clip")
 #: settings that may change between a run and its resumption (the others must match)
 RESUMABLE_CHANGES = ("out", "max_steps", "checkpoint_every", "resume", "log_every", "device", "allow_shard_change",
-                     "text_cache", "image_cache_mb")
+                     "text_cache", "image_cache_mb", "trace_every", "trace_samples")
 #: ReduceLROnPlateau settings of schedule="plateau"
 PLATEAU = {"factor": 0.5, "patience": 1}
 
@@ -138,6 +138,10 @@ class TrainConfig:
     #: transformers CLIPModel or VisionTextDualEncoderModel: models.adapters); the config's
     #: "model" section is then unused, its "train" section still gives the hyper-parameters
     init: str | None = None
+    #: measure the embedding geometry of a fixed held-out probe every this many steps (and at
+    #: the first and last) into RUN/geometry.jsonl (models.geometry); 0: never
+    trace_every: int = 0
+    trace_samples: int = 256  #: the probe's size (validation samples, first by key)
 
     def __post_init__(self):
         self.shards, self.out = Path(self.shards), Path(self.out)
@@ -488,6 +492,13 @@ class _Run:
                                                  "epoch_loss_sum": 0.0, "epoch_batches": 0})
     resumed_from: int = 0
     net: torch.nn.Module | None = None  #: the adapter, or its DistributedDataParallel wrapper
+    probe: Any = None  #: a models.geometry.GeometryProbe (rank 0, with trace_every)
+
+    @property
+    def geometry_path(self) -> Path:
+        from .geometry import GEOMETRY_FILE
+
+        return Path(self.config.out) / GEOMETRY_FILE
 
     @property
     def checkpoint_path(self) -> Path:
@@ -532,6 +543,11 @@ def _setup(config: TrainConfig, model_config: dict, hyper: dict, records: list, 
     torch.manual_seed(derive_seed(config.seed, "train", dist_info.rank))
     run = _Run(config, hyper, records, dist_info, device, adapter, model, loss_fn, amp_dtype, text_cache,
                image_cache, batch_size, epochs, total_steps, optimizer, schedule, scaler)
+    if config.trace_every and dist_info.main:
+        from .geometry import GeometryProbe
+
+        run.probe = GeometryProbe.from_shards(config.shards, adapter.image_size, hyper["text_source"],
+                                              max_samples=config.trace_samples)
     _resume(run)
     run.net = adapter
     if dist_info.enabled:
@@ -653,6 +669,11 @@ def _resume(run: _Run) -> None:
     if dist_info.main:
         rows = _read_metrics(run.metrics_path, run.state["step"]) if run.resumed_from else []
         atomic_write_text(run.metrics_path, "".join(json.dumps(r) + "\n" for r in rows))
+        if run.probe is not None:
+            from .geometry import read_geometry
+
+            rows = read_geometry(run.config.out, run.state["step"]) if run.resumed_from else []
+            atomic_write_text(run.geometry_path, "".join(json.dumps(r) + "\n" for r in rows))
 
 
 def _save_checkpoint(run: _Run) -> None:
@@ -701,6 +722,8 @@ def _loop(run: _Run, progress: bool, on_step: Callable[[dict], None] | None) -> 
     log = _StepLog(bar, metrics_file, on_step, run.config.log_every, run.total_steps)
     started = time.perf_counter()
     tally = _Tally(checkpointed_at=state["step"])
+    if state["step"] == 0:
+        _trace(run)
     try:
         while state["step"] < run.total_steps and state["epoch"] < run.epochs:
             _run_epoch(run, tally, log)
@@ -742,7 +765,9 @@ def _run_epoch(run: _Run, tally: _Tally, log: _StepLog) -> None:
                   "logit_scale": float(run.model.logit_scale.detach().exp()), "grad_norm": float(grad_norm),
                   "batch_size": n_images, "n_normal": n_normal,
                   "images_per_second": n_images / max(now - tick, 1e-9)})
-        tick = now
+        if state["step"] % max(1, config.trace_every) == 0 or state["step"] == run.total_steps:
+            _trace(run)
+        tick = time.perf_counter()
         if state["step"] % config.checkpoint_every == 0:
             _save_checkpoint(run)
             tally.checkpointed_at = state["step"]
@@ -751,6 +776,15 @@ def _run_epoch(run: _Run, tally: _Tally, log: _StepLog) -> None:
     if state["batch_in_epoch"] >= loader.plan.n_batches:  # the epoch is complete
         run.schedule.step_epoch(state["epoch_loss_sum"] / max(1, state["epoch_batches"]))
         state.update(epoch=epoch + 1, batch_in_epoch=0, epoch_loss_sum=0.0, epoch_batches=0)
+
+
+def _trace(run: _Run) -> None:
+    """One line of RUN/geometry.jsonl when the run traces (rank 0): the probe's geometry now."""
+    if run.probe is None:
+        return
+    row = {"step": run.state["step"], "epoch": run.state["epoch"], **run.probe.measure(run.adapter, run.device)}
+    with open(run.geometry_path, "a", encoding="utf-8") as fh:
+        fh.write(json.dumps(row) + "\n")  # one whole line per write
 
 
 def _optimise(run: _Run, batch, epoch: int) -> tuple[torch.Tensor, torch.Tensor, tuple[float, float]]:
@@ -939,6 +973,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--vision-model")
     p.add_argument("--split", default="train")
     p.add_argument("--log-every", type=int, default=1)
+    p.add_argument("--trace-every", type=int, default=0,
+                   help="measure the embedding geometry of a held-out probe every N steps (RUN/geometry.jsonl)")
     p.add_argument("--progress", action="store_true", help="show a progress bar")
     return p
 

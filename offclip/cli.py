@@ -423,6 +423,9 @@ def compare_cmd(
                                  "\"There is {finding}.\"), paper (OFF-CLIP's official classes, prompts and image "
                                  "filter), or both (each run evaluated under both; one set of tables per protocol "
                                  "in compare-both.md)."),
+    trace_every: int = typer.Option(0, "--trace-every", min=0, help="Every run measures the embedding geometry of "
+                                    "256 held-out samples every this many steps (RUN/geometry.jsonl; see "
+                                    "results/tools/geometry_trace.py); 0: never."),
 ) -> None:
     """The ablation on the demo world: each arm (loss × training text) trained with the same config
     and seeds, evaluated on the same VinDr-format set; the paired difference of every arm against
@@ -438,7 +441,7 @@ def compare_cmd(
                                  seeds=tuple(int(s) for s in seeds.split(",") if s.strip()), arms=parse_arms(arms),
                                  baseline=baseline, config=config, epochs=epochs, batch_size=batch_size,
                                  device=device, max_steps=max_steps, prompts=prompts, n_boot=n_boot,
-                                 resample=resample, protocol=protocol)
+                                 resample=resample, protocol=protocol, trace_every=trace_every)
     except (FileNotFoundError, ValueError) as exc:
         _fail(exc)
     result = run_compare(settings, progress=lambda m: typer.echo(m, err=True))

@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Issue 28 points 4-5: the ablation in the paper's setting (a text tower whose top 4 layers learn,
+# every arm refining one trained plain CLIP), under both evaluation protocols, with the embedding
+# geometry traced; then the from-scratch geometry runs (frozen vs trainable text). Resumable: a
+# finished run is found finished (compare re-evaluates it), an unfinished one resumes exactly.
+#
+#   results/tools/paper_setting.sh BENCH CLASSIFIER
+#
+# BENCH/w4k: `offclip demo-world BENCH/w4k --studies 3955 --seed 0 --eval-images 1000`
+# BENCH/c4k: `offclip build-shards BENCH/w4k BENCH/c4k --folders all --image-size 192 --classifier CLASSIFIER`
+set -euo pipefail
+BENCH=${1:?BENCH directory}
+PY=${PY:-.venv/bin/python}
+OFFCLIP=${OFFCLIP:-.venv/bin/offclip}
+SEEDS=${SEEDS:-0,1,2,3,4}
+EVAL=$BENCH/w4k/eval/vindr-cxr
+
+# 1. the plain CLIP every arm refines: InfoNCE on whole reports, demo-text4, 12 epochs, seed 100
+#    (a seed no arm uses)
+$PY -m offclip.models.train --shards "$BENCH/c4k" --out "$BENCH/base-text4" --config demo-text4 \
+    --loss infonce --text-source report --seed 100 --trace-every 100
+
+# 2. the four arms refining it (demo-text4-refine: 6 epochs), both protocols, geometry every 50 steps
+$OFFCLIP compare "$BENCH/c4k" "$EVAL" --init "$BENCH/base-text4/model" --config demo-text4-refine \
+    --seeds "$SEEDS" --protocol both --trace-every 50 --out "$BENCH/refine-text4"
+
+# 3. from scratch, seed 0, the geometry traced: frozen text (demo) and trainable top 4 (demo-text4)
+for config in demo demo-text4; do
+  $OFFCLIP compare "$BENCH/c4k" "$EVAL" --config $config --seeds 0 --trace-every 60 \
+      --arms infonce/filtered,offclip/filtered --out "$BENCH/scratch-$config"
+done
+echo "paper_setting: done"
