@@ -9,7 +9,7 @@ Inputs are synthetic but contract-valid curated outputs (real PNG files, real Pa
   ``webdataset.ShardWriter`` re-encode it.
 - **manifest**: ``build_manifest`` (Parquet → DuckDB through Arrow) vs row-by-row
   ``INSERT … VALUES`` (``executemany``) of the same sentences table.
-- **queries**: the README's example queries on a manifest with ``--sentences`` rows.
+- **queries**: the example queries of docs/shards-and-manifest.md on a manifest with ``--sentences`` rows.
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ the *stage* (where the decoding happens, set up once per worker). Per runner:
 
 For clusters, Ray works the same way through ``prefect-ray``'s ``RayTaskRunner`` (add a branch
 here once the package is installed), and a Kubernetes work pool runs the whole flow in pods —
-see the README's "Scaling out" section.
+see docs/orchestration.md, "Scaling out".
 """
 
 from __future__ import annotations

@@ -212,7 +212,8 @@ def run_curate(config: CurateConfig, classifier: Classifier | None = None) -> Cu
     _write(out, "pairs", PAIRS, pairs)
     _write_study_labels(out, labels)
     # the caches keep the text of the current corpus only: the old sentences of a study whose
-    # report was edited, or that was rejected or purged since, go (README: "Edited inputs and PHI")
+    # report was edited, or that was rejected or purged since, go (docs/shards-and-manifest.md:
+    # "Edited inputs, PHI and offclip purge")
     ScoreCache.prune(out / CACHE_FILE, sentences["key"])
     prompt_cache = options.get("cache", out / PROMPT_CACHE_FILE)
     if isinstance(prompt_cache, (str, Path)):

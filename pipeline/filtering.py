@@ -23,7 +23,7 @@ finding the classifier missed, and an empty text would lose the pair).
     Abnormal recall is never below the rules': a finding the student misses in wording its
     training data lacked ("free intraperitoneal air") is still caught; and the classifier's
     false positives on sentences the rules read as normal ("The hila are unremarkable.") do not
-    count. Measured in the README (a held-out set of MIMIC-style sentences and the demo world).
+    count. Measured in docs/curation.md (a held-out set of MIMIC-style sentences and the demo world).
 ``union``
     abnormal when the classifier **or** the rules say so: abnormal recall never below either's,
     at the cost of both one's false positives on normal sentences.

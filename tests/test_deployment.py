@@ -34,7 +34,7 @@ def test_up_deployment_run_down(small_world, tiny_classifier, tmp_path):
     try:
         assert up.returncode == 0, up.stdout + up.stderr
         assert "offclip/build-shards" in up.stdout
-        # as the README says: `. .offclip/env.sh && prefect deployment run …` (the server's
+        # as docs/orchestration.md says: `. .offclip/env.sh && prefect deployment run …` (the server's
         # address and its secret: without the secret the server answers 401)
         command = [sys.executable, "-m", "prefect", "deployment", "run", "offclip/build-shards", "--watch",
                    "-p", f"source={world}", "-p", f"out={out}", "-p", f"classifier={tiny_classifier[1]}",

@@ -5,7 +5,7 @@ line starts with a space, ``___`` for de-identified text), one per form: study t
 no headers, misspelt headers, CONCLUSION, combined headers, addenda, sub-headings, text written
 inside COMPARISON, lower-case headers, wrapped lines, INDICATION/HISTORY variants and studies with
 a hand-assigned rule in MIMIC-CXR's own parser. ``expected.json`` holds, per report, the text
-offclip should keep (written from the sectioning rules, README "Report sections against
+offclip should keep (written from the sectioning rules, docs/mimic.md "Report sections against
 MIMIC-CXR's parser"), whether MIMIC-CXR's parser keeps the same and, if not, why offclip departs.
 """
 

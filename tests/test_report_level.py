@@ -5,7 +5,7 @@ The 66 hand-written reports of tests/data/mimic_sections/ go through what ingest
 the rule labeler, the label policy, filter_sentences); the kept sentences, their labels and the
 pair label are compared with ``expected_labels.json``, a radiologist's reading of each report
 written by hand (devices, post-surgical change, chronic and hedged findings are abnormal, as the
-README's labeling policy says).
+labeling policy in docs/curation.md says).
 """
 
 from __future__ import annotations
