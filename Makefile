@@ -36,14 +36,13 @@ setup: $(STAMP)
 demo: setup
 	$(BIN)/offclip demo-world $(DEMO_DIR) --studies $(DEMO_STUDIES) --seed 0 --eval-images $(DEMO_EVAL_IMAGES) --overwrite
 	$(BIN)/offclip up
-	. .offclip/env.sh && HF_HUB_OFFLINE=1 $(BIN)/prefect deployment run offclip/build-shards --watch \
+	. .offclip/env.sh && HF_HUB_OFFLINE=1 $(BIN)/prefect deployment run offclip/build-shards \
 		-p source=$(DEMO_DIR) -p out=$(DEMO_OUT) -p folders=all -p 'train_parameters={"baseline": true}' \
 		&& $(BIN)/offclip wait offclip/build-shards offclip/train offclip/evaluate --timeout 1800 \
 		|| { $(BIN)/offclip down; exit 1; }
-	$(BIN)/offclip manifest $(DEMO_OUT)
-	$(BIN)/offclip sql "SELECT run_name, n_images, normal_auc, macro_auc, pointing_game, normal_fp, normal_fn, normal_auc_centroid FROM latest_evaluations" --db $(DEMO_OUT)/manifest.duckdb
-	$(BIN)/offclip sql "SELECT comparison, metric, difference, ci_low, ci_high, n_images FROM latest_differences" --db $(DEMO_OUT)/manifest.duckdb
 	$(BIN)/offclip down
+	@echo
+	@$(BIN)/offclip answer $(DEMO_OUT)
 
 test: setup
 	$(BIN)/python -m pytest -n 2 $(PYTEST_ARGS) tests

@@ -29,6 +29,7 @@ from offclip.pipeline.images import NormalizeConfig
 from offclip.pipeline.ingest import BatchResult, IngestConfig, IngestStage, finish_ingest, plan_ingest
 from offclip.pipeline.labels import check_label_source
 from offclip.pipeline.scan import ScanConfig, StudyEntry, parse_folders, parse_splits
+from offclip.flows.artifacts import short, table_rows
 from offclip.flows.naming import run_namer
 from offclip.flows.parameters import BuildParameters, flow_parameters
 from offclip.flows.runners import ingest_executor, make_task_runner
@@ -146,7 +147,7 @@ def run_stages(params: BuildParameters) -> dict:
     executor = ingest_executor(params.task_runner, stage, params.workers, len(plan.batches))  # workers start now
     with executor:
         progress = create_progress_artifact(0.0, key="offclip-ingest-progress",
-                                            description="ingest: share of batches done")
+                                            description=f"ingest: 0/{len(plan.batches)} batches of studies")
         runner = make_task_runner(params.task_runner, workers=params.workers, address=params.dask_address)
         with runner:
             futures = [runner.submit(ingest_batch, {"executor": executor, "batch": batch,
@@ -156,9 +157,10 @@ def run_stages(params: BuildParameters) -> dict:
             for future in as_completed(futures):
                 future.result()
                 done += 1
-                update_progress_artifact(progress, 100.0 * done / max(1, len(futures)))
+                update_progress_artifact(progress, 100.0 * done / max(1, len(futures)),
+                                         description=f"ingest: {done}/{len(futures)} batches of studies")
             if not futures:  # every study unchanged since the last run
-                update_progress_artifact(progress, 100.0)
+                update_progress_artifact(progress, 100.0, description="ingest: every study unchanged since the last run")
             result = BatchResult()
             for future in futures:  # merge in batch order: deterministic records
                 result.extend(future.result())
@@ -193,8 +195,8 @@ def _artifacts(db: str, rejects: dict, counts: dict) -> None:
 
     create_table_artifact(
         key="offclip-build-counts",
-        table=[{"what": k, "count": v} for k, v in counts.items() if isinstance(v, (int, float))]
-        + [{"what": f"reject: {k}", "count": v} for k, v in rejects.items()],
+        table=table_rows([{"what": k, "count": v} for k, v in counts.items() if isinstance(v, (int, float))]
+                         + [{"what": f"reject: {k}", "count": v} for k, v in rejects.items()]),
         description="build-shards: counts and reject reasons",
     )
     labels = query(db, "SELECT * FROM label_distribution")
@@ -218,8 +220,10 @@ def disagreement_markdown(db: str, top: int = TOP_DISAGREEMENTS) -> str:
     from offclip.pipeline.manifest import query
 
     agreement = query(db, "SELECT * FROM classifier_rule_agreement")
-    worst = query(db, f"SELECT text, reports, round(score, 3) AS score, classifier_label, rule_label, rule, label "
+    # the labels first, the sentence last and cut: a long sentence must not push them out of view
+    worst = query(db, f"SELECT classifier_label, rule_label, label, reports, round(score, 3) AS score, rule, text "
                       f"FROM classifier_rule_disagreements LIMIT {int(top)}")
+    worst["text"] = [short(t, markdown=True) for t in worst["text"]]
     text = "### Sentence filter: classifier × rules\n\n" + agreement.to_markdown(index=False)
     text += (f"\n\n### Top {top} classifier/rule disagreements (by reports touched)\n\n"
              + (worst.to_markdown(index=False) if len(worst) else "(none)"))

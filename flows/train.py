@@ -30,6 +30,7 @@ from prefect.artifacts import (
 )
 
 from offclip.flows.build import build_shards, current_run_id, trigger_deployment
+from offclip.flows.artifacts import finite, markdown_on_root, table_rows
 from offclip.flows.naming import run_namer
 from offclip.flows.parameters import EvaluateParameters, RetrainParameters, TrainParameters, flow_parameters
 from offclip.pipeline.manifest import MANIFEST_FILE, append_runs, query, run_record
@@ -72,6 +73,14 @@ def default_eval_root(shards: str | Path, dataset: str = "vindr-cxr") -> str | N
     return str(root) if root is not None and root.is_dir() else None
 
 
+def _cell(value: Any) -> str:
+    """A summary value as a markdown cell: 4 decimals for a float, "–" for an undefined one."""
+    value = finite(value)
+    if value is None:
+        return "–"
+    return f"{value:.4f}" if isinstance(value, float) else str(value)
+
+
 def _png_markdown(path: Path | None, title: str) -> str:
     """A PNG inlined into an artifact (the Prefect UI renders data URIs; the file may be remote)."""
     if path is None or not Path(path).is_file():
@@ -81,28 +90,73 @@ def _png_markdown(path: Path | None, title: str) -> str:
 
 
 # a retry resumes from the run's last checkpoint (exact resume), so it costs at most 50 steps
-@task(name="train-model", retries=1, retry_delay_seconds=5)
-def train_task(config: dict) -> dict:
+@task(name="train-model", task_run_name="train {label}", retries=1, retry_delay_seconds=5)
+def train_task(config: dict, label: str = "model") -> dict:
+    """One training run; its progress artifact (key ``offclip-train-progress-<slug of label>``)
+    says what trains, the step, the loss and the time left (``offclip wait`` prints it)."""
     from offclip.models.train import TrainConfig, train
 
     logger = get_run_logger()
-    progress = create_progress_artifact(0.0, key="offclip-train-progress", description="train: share of steps done")
-    last = {"t": 0.0}
+    key = "offclip-train-progress-" + "".join(c if c.isalnum() else "-" for c in label.lower()).strip("-")
+    progress = create_progress_artifact(0.0, key=key[:64], description=f"{label}: starting")
+    last = {"t": 0.0, "started": time.monotonic(), "first_step": None}
 
     def on_step(metrics: dict) -> None:
         total = metrics.get("total_steps") or 0
         now = time.monotonic()
+        if last["first_step"] is None:
+            last["first_step"], last["first_t"] = metrics["step"] - 1, now - 1e-9
         if total and (now - last["t"] >= PROGRESS_EVERY_S or metrics["step"] >= total):
-            update_progress_artifact(progress, min(100.0, 100.0 * metrics["step"] / total))
+            done = metrics["step"] - last["first_step"]
+            left = (total - metrics["step"]) * (now - last["first_t"]) / max(done, 1)
+            update_progress_artifact(progress, min(100.0, 100.0 * metrics["step"] / total),
+                                     description=progress_line(label, metrics["step"], total, metrics["loss"], left))
             last["t"] = now
         if metrics["step"] % 50 == 0:
-            logger.info("step %d: loss %.4f", metrics["step"], metrics["loss"])
+            logger.info("%s: step %d/%d, loss %.4f", label, metrics["step"], total, metrics["loss"])
 
     result = train(TrainConfig(**config), on_step=on_step)
-    update_progress_artifact(progress, 100.0)
-    logger.info("trained %d steps in %.0f s (%.1f images/s): %s", result.steps, result.seconds,
+    update_progress_artifact(progress, 100.0, description=f"{label}: trained, {result.steps} steps, final loss "
+                                                          f"{result.final_loss:.4f}")
+    logger.info("%s: trained %d steps in %.0f s (%.1f images/s): %s", label, result.steps, result.seconds,
                 result.images_per_second, result.model_dir)
     return result.to_dict()
+
+
+def model_label(loss: str, text_source: str | None, config: str) -> str:
+    """What a model is, in the ablation's words: ``OFF-CLIP``, ``plain CLIP (baseline)``,
+    ``filter only (InfoNCE on filtered text)``, ``loss only (OFF-CLIP loss on whole reports)``."""
+    from offclip.models.clip import load_model_config
+
+    if text_source is None:
+        text_source = load_model_config(config).get("train", {}).get("text_source") or "filtered"
+    return {("offclip", "filtered"): "OFF-CLIP", ("infonce", "report"): "plain CLIP (baseline)",
+            ("infonce", "filtered"): "filter only (InfoNCE on filtered text)",
+            ("offclip", "report"): "loss only (OFF-CLIP loss on whole reports)"}.get(
+        (loss, text_source), f"{loss} on {text_source} text")
+
+
+def _train_artifacts(result: dict, label: str, run_name: str, config: str, seed: int, key: str) -> None:
+    """A trained model's metrics table and its summary with the training curve, under ``key``."""
+    create_table_artifact(
+        key=f"{key}-metrics",
+        table=table_rows({"metric": k, "value": v} for k, v in result.items() if isinstance(v, (int, float))),
+        description=f"{label}: training metrics ({run_name})",
+    )
+    create_markdown_artifact(
+        key=f"{key}-summary",
+        markdown=f"## {label}\n\nRun `{run_name}`: config `{config}`, seed {seed}, {result['steps']} steps, "
+                 f"final loss {result['final_loss']:.4f}, {result['images_per_second']:.1f} images/s.\n\n"
+                 f"Model: `{result['model_dir']}`" + _png_markdown(result.get("plot_path"), "training curve"),
+        description=f"{label}: training curve and where the model is",
+    )
+
+
+def progress_line(label: str, step: int, total: int, loss: float, seconds_left: float) -> str:
+    """``plain CLIP (baseline): step 630/1,260 · loss 3.214 · about 2 min left``: what a person
+    waiting reads (the progress artifact's description; ``offclip wait`` prints it)."""
+    left = f"about {seconds_left / 60:.0f} min left" if seconds_left >= 90 else f"about {seconds_left:.0f} s left"
+    return f"{label}: step {step:,}/{total:,} · loss {loss:.3f} · {left}"
 
 
 @task(name="evaluate-model", retries=1, retry_delay_seconds=5)
@@ -180,30 +234,29 @@ def train(**parameters: Any) -> dict[str, Any]:
                 "text_model": p.text_model, "vision_model": p.vision_model,
                 "allow_shard_change": p.allow_shard_change, "text_source": text_source, "init": p.init,
                 "trace_every": p.trace_every}
-    result = {"flow_run": current_run_id(), **train_task(settings)}
+    label = model_label(loss, text_source, config)
+    base_label = model_label("infonce", "report", config)
+    if p.baseline and label != base_label:
+        logger.info("two models train, one after the other: %s, then %s (the same config, seed and steps)",
+                    label, base_label)
+    result = {"flow_run": current_run_id(), **train_task(settings, label=label)}
     db = Path(shards) / MANIFEST_FILE
     if db.is_file():
         append_runs(db, [run_record("train", started, settings,
                                     {k: result[k] for k in ("steps", "epochs", "final_loss", "images_per_second")},
                                     model_version=Path(result["model_dir"]).parent.name)])
-    create_table_artifact(
-        key="offclip-train-metrics",
-        table=[{"metric": k, "value": v} for k, v in result.items() if isinstance(v, (int, float))],
-        description=f"train: {run.name}",
-    )
-    create_markdown_artifact(
-        key="offclip-train-summary",
-        markdown=f"## offclip train: `{run.name}`\n\nloss `{loss}`, config `{config}`, seed {seed}: "
-                 f"{result['steps']} steps, final loss {result['final_loss']:.4f}, "
-                 f"{result['images_per_second']:.1f} images/s.\n\nModel: `{result['model_dir']}`"
-                 + _png_markdown(result.get("plot_path"), "training curve"),
-        description="training curve and where the model is",
-    )
-    if p.baseline and (loss, text_source) != ("infonce", "report"):
+    _train_artifacts(result, label, run.name, config, seed, key="offclip-train")
+    if p.baseline and label != base_label:
         base_run = run.with_name(f"{run.name}-baseline") if p.run_dir else default_run_dir(
             shards, config, "infonce", seed, "report", p.init)
-        logger.info("training the plain CLIP beside it (InfoNCE, whole reports) → %s", base_run)
-        trained = train_task({**settings, "out": str(base_run), "loss": "infonce", "text_source": "report"})
+        logger.info("training the %s beside it → %s", base_label, base_run)
+        base_settings = {**settings, "out": str(base_run), "loss": "infonce", "text_source": "report"}
+        trained = train_task(base_settings, label=base_label)
+        if db.is_file():
+            append_runs(db, [run_record("train", started, base_settings,
+                                        {k: trained[k] for k in ("steps", "epochs", "final_loss", "images_per_second")},
+                                        model_version=base_run.name)])
+        _train_artifacts(trained, base_label, base_run.name, config, seed, key="offclip-baseline-train")
         result["baseline_model_dir"] = trained["model_dir"]
     if p.trigger_evaluate:
         root = p.eval_root or default_eval_root(shards, p.eval_dataset)
@@ -250,6 +303,15 @@ def evaluate(**parameters: Any) -> dict[str, Any]:
         print(f"{dataset}: {name} against the baseline {base_name}\n{table}")
         create_markdown_artifact(key="offclip-eval-vs-baseline", markdown=f"## against the baseline\n\n{table}",
                                  description="the model against the plain CLIP, paired, with 95 % intervals")
+        from offclip.models.answer import answer_text
+
+        answer = answer_text(result["summary"], result["baseline"]["summary"], result["differences"],
+                             model_label={"offclip": "OFF-CLIP"}.get(result.get("loss"), name), dataset=dataset)
+        print(answer)
+        markdown = f"## The answer\n\n{answer.replace(chr(10) + '  ', chr(10) + '- ')}\n\n{table}\n\nModel `{model}`, baseline `{baseline}`."
+        description = "the answer: the model against the plain CLIP, with 95 % intervals"
+        create_markdown_artifact(key="offclip-answer", markdown=markdown, description=description)
+        markdown_on_root("offclip-answer", markdown, description)
     else:
         result = {"flow_run": current_run_id(), **evaluate_task(model, dataset, root, out, manifest, name, prompts,
                                                                    p.protocol)}
@@ -258,19 +320,30 @@ def evaluate(**parameters: Any) -> dict[str, Any]:
         append_runs(manifest, [run_record("evaluate", started, {"model": model, "dataset": dataset, "root": root},
                                           {k: v for k, v in summary.items() if isinstance(v, (int, float))},
                                           model_version=run_name or Path(model).parent.name)])
-    create_table_artifact(
-        key="offclip-eval-metrics",
-        table=[{k: v for k, v in row.items()} for row in result.get("classes", [])],
-        description=f"evaluate {dataset}: per-class metrics",
-    )
-    lines = "\n".join(f"| {k} | {v} |" for k, v in summary.items() if not isinstance(v, (dict, list)))
-    create_markdown_artifact(
-        key="offclip-eval-summary",
-        markdown=f"## offclip evaluate: {dataset}\n\nModel `{model}`\n\n| metric | value |\n|---|---|\n{lines}"
-                 + _png_markdown(Path(out) / f"{dataset}_roc.png", "ROC curves"),
-        description="summary metrics and ROC curves",
-    )
+    _eval_artifacts(result, dataset, model, Path(out), key="offclip-eval")
+    if baseline:
+        _eval_artifacts(result["baseline"], dataset, baseline, Path(baseline).parent / "eval", key="offclip-baseline-eval",
+                        label="plain CLIP (baseline)")
     return result
+
+
+def _eval_artifacts(result: dict, dataset: str, model: str, out: Path, key: str, label: str = "") -> None:
+    """One evaluated model's per-class table and its summary with the ROC plot, under ``key``."""
+    what = f"{label}: " if label else ""
+    create_table_artifact(
+        key=f"{key}-metrics",
+        table=table_rows(result.get("classes", []), first=("class_name", "kind", "auc"), last=("prompt",),
+                         text=("prompt",)),
+        description=f"{what}evaluate {dataset}: per-class metrics",
+    )
+    summary = result.get("summary", {})
+    lines = "\n".join(f"| {k} | {_cell(v)} |" for k, v in summary.items() if not isinstance(v, (dict, list)))
+    create_markdown_artifact(
+        key=f"{key}-summary",
+        markdown=f"## {what}offclip evaluate: {dataset}\n\nModel `{model}`\n\n| metric | value |\n|---|---|\n{lines}"
+                 + _png_markdown(Path(result.get("files", {}).get("roc") or out / f"{dataset}_roc.png"), "ROC curves"),
+        description=f"{what}summary metrics and ROC curves",
+    )
 
 
 @flow(name="offclip", flow_run_name=run_namer("retrain"), log_prints=True)

@@ -494,6 +494,38 @@ def manifest(
         _fail(exc)
 
 
+@app.command("answer")
+def answer(
+    out: Path = typer.Argument(..., help="The curation output root (holds manifest.duckdb)."),
+    db: Optional[Path] = typer.Option(None, "--db", help="Manifest file (default OUT/manifest.duckdb)."),
+    home: Optional[Path] = typer.Option(None, "--home", help="State directory of `offclip up` (default "
+                                        "$OFFCLIP_HOME or ./.offclip).", show_default=False),
+) -> None:
+    """The answer in plain sentences: the newest model evaluated against its plain-CLIP baseline
+    (normal AUC, macro AUC, each difference with its 95 % interval, what one run can show), and
+    where to browse it. What `make demo` ends with."""
+    import duckdb
+
+    from .models.answer import latest_answer
+    from .pipeline.manifest import MANIFEST_FILE
+
+    path = db or out / MANIFEST_FILE
+    try:
+        text = latest_answer(path)
+    except (FileNotFoundError, duckdb.Error) as exc:
+        _fail(exc)
+    if text is None:
+        _fail(ValueError(f"{path} holds no model evaluated against a baseline yet (train with "
+                         "-p 'train_parameters={\"baseline\": true}', or `offclip train --baseline --eval-root …`)"))
+    typer.echo(text)
+    from . import service
+
+    ui = service.last_ui_url(home)
+    where = f"{ui}/artifacts/key/offclip-answer" if ui else "the UI address it prints, Artifacts → offclip-answer"
+    typer.echo(f"Browse it: `offclip up`, then {where} (also on the build-shards run's Artifacts tab; the "
+               "per-class tables and ROC plots are on the evaluate run). Login: `offclip status --show-secret`.")
+
+
 @app.command("sql")
 def sql(
     query_text: str = typer.Argument(..., metavar="SQL", help="The query, e.g. \"SELECT * FROM label_distribution\"."),

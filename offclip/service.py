@@ -673,6 +673,11 @@ def ui_url_for(port: int) -> str:
     return f"http://{HOST}:{port}"
 
 
+def last_ui_url(home: str | os.PathLike | None = None) -> str:
+    """The UI of the running server, else the address a new `offclip up` serves it at."""
+    return (_read_json(layout(home).server_json) or {}).get("ui_url") or ui_url_for(DEFAULT_PORT)
+
+
 #: Prefect's CSRF protection on the server `up` starts: state-changing requests need a token from
 #: ``GET /api/csrf-token`` (itself behind the auth string). Prefect 3.8.8's clients (worker,
 #: ``prefect deploy``, flow runs, offclip's own) and its UI fetch and send it by themselves
@@ -1175,11 +1180,39 @@ def _resolve_url(home: str | os.PathLike | None, url: str | None) -> tuple[str, 
     return found, os.environ.get("PREFECT_API_AUTH_STRING") or None
 
 
+class _ProgressFollower:
+    """The progress artifacts of the followed runs, printed at a steady rate: each unfinished
+    one's description every ``every`` seconds, a finished one's once."""
+
+    def __init__(self, every: float) -> None:
+        self.every, self.last, self.finished = every, 0.0, set()
+
+    def report(self, client, flow_run_id, echo) -> None:
+        from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, ArtifactFilterType
+
+        now = time.monotonic()
+        due = now - self.last >= self.every
+        artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(
+            flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]), type=ArtifactFilterType(any_=["progress"])))
+        for artifact in sorted(artifacts, key=lambda a: a.created or 0):
+            if artifact.id in self.finished or not artifact.description:
+                continue
+            done = float(artifact.data or 0.0) >= 100.0
+            if done or due:
+                echo(f"  {artifact.description}")
+            if done:
+                self.finished.add(artifact.id)
+        if due:
+            self.last = now
+
+
 def wait_for_runs(deployments: list[str], home: str | os.PathLike | None = None, timeout: float = 1800.0,
                   poll: float = 3.0, echo=print, run: str | None = None,
-                  url: str | None = None) -> list[FollowedRun]:
+                  url: str | None = None, progress_every: float = 30.0) -> list[FollowedRun]:
     """Follow a chain of runs (``offclip/build-shards`` → ``offclip/train`` → ``offclip/evaluate``)
-    to its end, run by run.
+    to its end, run by run. While a run is running, its progress artifacts (what trains, the
+    step, the loss, the time left) are printed every ``progress_every`` seconds, and once more
+    when each finishes: what a person waiting reads, not Prefect's event stream.
 
     The first run is ``run`` (a flow run id of the first deployment), else that deployment's
     newest run (waited for while there is none). Each next run is the one the run before it
@@ -1215,6 +1248,7 @@ def wait_for_runs(deployments: list[str], home: str | os.PathLike | None = None,
             runs = client.read_flow_runs(flow_run_filter=flt, sort=FlowRunSort.EXPECTED_START_TIME_DESC, limit=1)
             return runs[0] if runs else None
 
+        progress = _ProgressFollower(progress_every)
         parent = None
         for position, name in enumerate(deployments):
             if parent is not None and not (parent.state and parent.state.is_completed()):
@@ -1243,6 +1277,8 @@ def wait_for_runs(deployments: list[str], home: str | os.PathLike | None = None,
                 if state != last:
                     echo(f"{name}: {state}" + (f" (flow run {current.name}, {current.id})" if current else ""))
                     last = state
+                if current is not None and (state == "Running" or (current.state and current.state.is_final())):
+                    progress.report(client, current.id, echo)  # at the end too: the lines of what finished
                 if (current and current.state and current.state.is_final()) or time.monotonic() > deadline:
                     break
                 time.sleep(poll)

@@ -1,6 +1,7 @@
-"""The user path end to end, with real processes: `offclip up` → `prefect deployment run
-offclip/build-shards --watch` → (the worker runs the chained train and evaluate runs) →
-`offclip down` on a small demo world (the slow test)."""
+"""The user path end to end, with real processes, as `make demo` takes it: `offclip up` →
+`prefect deployment run offclip/build-shards` → `offclip wait` (the worker runs the chained train
+and evaluate runs; the model and its plain-CLIP baseline) → `offclip answer` → `offclip down` on a
+small demo world (the slow test)."""
 
 from __future__ import annotations
 
@@ -36,31 +37,44 @@ def test_up_deployment_run_down(small_world, tiny_classifier, tmp_path):
         assert "offclip/build-shards" in up.stdout
         # as docs/orchestration.md says: `. .offclip/env.sh && prefect deployment run …` (the server's
         # address and its secret: without the secret the server answers 401)
-        command = [sys.executable, "-m", "prefect", "deployment", "run", "offclip/build-shards", "--watch",
+        # as make demo does: start the run, then `offclip wait` follows it and the runs it starts
+        command = [sys.executable, "-m", "prefect", "deployment", "run", "offclip/build-shards",
                    "-p", f"source={world}", "-p", f"out={out}", "-p", f"classifier={tiny_classifier[1]}",
-                   "-p", "image_size=64", "-p", 'train_parameters={"max_steps": 2, "batch_size": 8}']
+                   "-p", "image_size=64", "-p", 'train_parameters={"max_steps": 2, "batch_size": 8, "baseline": true}']
         run = subprocess.run(["bash", "-c", f'. {shlex.quote(str(home / "env.sh"))} && exec "$@"', "bash", *command],
-                             cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
-        assert run.returncode == 0 and "Completed" in run.stdout, run.stdout[-3000:] + run.stderr[-3000:]
+                             cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+        assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+        # build-shards started offclip/train, which started offclip/evaluate: `offclip wait`
+        # follows the three to their end, printing what trains instead of Prefect's event stream
+        wait = subprocess.run(offclip + ["wait", "offclip/build-shards", "offclip/train", "offclip/evaluate",
+                                         "--home", str(home), "--timeout", "540"],
+                              cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+        assert wait.returncode == 0, wait.stdout + wait.stderr
+        for name in ("build-shards", "train", "evaluate"):
+            assert f"offclip/{name}: Completed" in wait.stdout
+        assert "ingest: " in wait.stdout and " batches of studies" in wait.stdout
+        # two models train, one after the other, each saying so
+        assert "OFF-CLIP: trained, 2 steps" in wait.stdout
+        assert "plain CLIP (baseline): trained, 2 steps" in wait.stdout
         pairs = read_curated(out, "pairs")
         assert len(pairs) > 0
         shards = query(out / "manifest.duckdb", "SELECT sum(samples)::BIGINT AS n FROM shards")
         assert shards["n"][0] == len(pairs)
-        # build-shards started offclip/train, which started offclip/evaluate: `offclip wait`
-        # follows both to their end
-        wait = subprocess.run(offclip + ["wait", "offclip/build-shards", "offclip/train", "offclip/evaluate",
-                                         "--home", str(home), "--timeout", "420"],
-                              cwd=REPO, env=env, capture_output=True, text=True, timeout=480)
-        assert wait.returncode == 0, wait.stdout + wait.stderr
-        for name in ("build-shards", "train", "evaluate"):
-            assert f"offclip/{name}: Completed" in wait.stdout
+        # the answer in sentences, from the manifest, and where to browse it
+        answer = subprocess.run(offclip + ["answer", str(out), "--home", str(home)], cwd=REPO, env=env,
+                                capture_output=True, text=True, timeout=120)
+        assert answer.returncode == 0, answer.stdout + answer.stderr
+        assert "OFF-CLIP against the plain CLIP on vindr-cxr" in answer.stdout
+        assert "95 % interval" in answer.stdout and "one training seed" in answer.stdout
+        assert f"http://127.0.0.1:{port}/artifacts/key/offclip-answer" in answer.stdout
         # each run is named from its parameters (what the UI lists)
         assert f"(flow run build-shards · {world.name} → out · " in wait.stdout
         assert "(flow run train · offclip · seed 0 · demo · out · " in wait.stdout
         assert "(flow run evaluate · vindr-cxr · demo-offclip-seed0-" in wait.stdout
-        (run_dir,) = (out / "runs").iterdir()
-        evaluations = query(out / "manifest.duckdb", "SELECT DISTINCT model_dir FROM evaluations")
-        assert list(evaluations["model_dir"]) == [str(run_dir / "model")]
+        run_dirs = sorted((out / "runs").iterdir())
+        assert [d.name.split("-")[1] for d in run_dirs] == ["infonce", "offclip"]  # the baseline, the model
+        evaluations = query(out / "manifest.duckdb", "SELECT DISTINCT model_dir FROM evaluations WHERE model_dir IS NOT NULL ORDER BY 1")
+        assert list(evaluations["model_dir"]) == [str(d / "model") for d in run_dirs]
     finally:
         down = subprocess.run(offclip + ["down", "--home", str(home)], cwd=REPO, env=env,
                               capture_output=True, text=True, timeout=120)
