@@ -34,8 +34,8 @@ def answer_text(model: dict, baseline: dict, differences: list[dict], *, model_l
     by_metric = {d["metric"]: d for d in differences}
     n_images = model.get("n_images")
     first = differences[0] if differences else {}
-    unit = (f"{first['n_groups']:,} held-out reports" if first.get("n_groups") else f"{n_images:,} images"
-            if n_images else "the evaluation set")
+    unit = (f"{first['n_groups']:,} held-out reports" if first.get("n_groups") else
+            "evaluation set (by report when a demo world says which images render one report)")
     lines = [f"{model_label} against {baseline_label} on {dataset}"
              + (f" ({n_images:,} images, {model.get('n_normal'):,} of them normal)" if n_images and
                 model.get("n_normal") is not None else "") + ":"]

@@ -227,3 +227,37 @@ def test_wait_follows_the_runs_each_run_created_not_the_newest(tmp_path):
     assert followed[0].run_id == str(lonely.id) and followed[1].state == "missing"
     with pytest.raises(ValueError, match="is not a run of offclip/wait-train"):
         service.wait_for_runs(chain[1:], run=str(build.id), url=url, timeout=5, echo=lines.append)
+
+
+def test_two_runs_print_the_same_answer_and_the_baseline_has_its_own_artifacts(shards_out, small_world, tmp_path):
+    """Issue 29 point 5: one commit, one set of printed numbers — two train(baseline) + evaluate
+    chains on copies of the same shards give the same answer, figure for figure; and the
+    baseline is a first-class run in the UI (its own metrics table, curve, per-class table, ROC)."""
+    import json
+
+    from prefect.artifacts import Artifact
+
+    from offclip.flows.train import evaluate, train
+    from offclip.models.answer import latest_answer
+
+    _deploy("evaluate")
+    eval_root = small_world[0] / "eval" / "vindr-cxr"
+    answers = []
+    for copy in ("a", "b"):
+        shards = tmp_path / copy
+        shutil.copytree(shards_out, shards)
+        result = train(shards=str(shards), max_steps=3, batch_size=8, eval_root=str(eval_root), baseline=True)
+        run, _ = _flow_run(result["evaluate_run"])
+        evaluate(**run.parameters)
+        answers.append(latest_answer(shards / "manifest.duckdb"))
+    assert answers[0] is not None and "OFF-CLIP against the plain CLIP" in answers[0]
+    assert answers[0] == answers[1]
+    for key in ("offclip-baseline-train-metrics", "offclip-baseline-train-summary", "offclip-baseline-eval-metrics",
+                "offclip-baseline-eval-summary", "offclip-train-summary", "offclip-answer"):
+        assert Artifact.get(key) is not None, key
+    assert "plain CLIP (baseline)" in Artifact.get("offclip-baseline-train-summary").data
+    assert "ROC curves" in Artifact.get("offclip-baseline-eval-summary").data
+    rows = json.loads(Artifact.get("offclip-baseline-eval-metrics").data,  # strict JSON: no Infinity, no NaN
+                      parse_constant=lambda c: pytest.fail(f"{c} in an artifact's JSON"))
+    assert list(rows[0])[:3] == ["class_name", "kind", "auc"]
+    assert "The answer" in Artifact.get("offclip-answer").data
