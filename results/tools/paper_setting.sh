@@ -34,9 +34,12 @@ done
 $OFFCLIP compare "$BENCH/c4k" "$EVAL" --init "$BENCH/base-text4/model" --config demo-text4-refine \
     --seeds "$SEEDS" --protocol both --trace-every 105 --out "$BENCH/refine-text4"
 
-# 3. from scratch, seed 0, the geometry traced: frozen text (demo) and trainable top 4 (demo-text4)
+# 3. from scratch, seed 0, the geometry traced (no evaluation: the trace is what is asked of these):
+#    the two filtered arms, loss off and on, with frozen text (demo) and trainable top 4 (demo-text4)
 for config in demo demo-text4; do
-  $OFFCLIP compare "$BENCH/c4k" "$EVAL" --config $config --seeds 0 --trace-every 105 \
-      --arms infonce/filtered,offclip/filtered --out "$BENCH/scratch-$config"
+  for loss in infonce offclip; do
+    $PY -m offclip.models.train --shards "$BENCH/c4k" --out "$BENCH/scratch-$config/$loss-filtered-seed0" \
+        --config $config --loss $loss --text-source filtered --seed 0 --trace-every 105
+  done
 done
 echo "paper_setting: done"
