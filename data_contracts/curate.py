@@ -15,6 +15,17 @@ from .enums import (  # noqa: F401  (FILTER_REASONS, LABELS, LABEL_SOURCES, LABE
     SPLITS,
 )
 
+#: One concept, two names. The version of the sentence classifier (``SentenceClassifier.version``)
+#: that scored a sentence is ``model_version`` in the curated tables, the shards' completion records
+#: and the manifest (the name its SQL users query), and ``classifier_version`` in each shard
+#: sample's JSON (the name a reader of a shard sees beside the image). Neither is renamed: the
+#: sample JSON's name is part of every shard's bytes and digest (renaming it rewrites every shard
+#: and breaks readers of existing ones), the tables' is part of every manifest query. For one
+#: sample the two are always equal (pipeline/shards.py writes one from the other; tested in
+#: tests/test_parameter_names.py).
+CLASSIFIER_VERSION_DOC = ("the sentence classifier's version (SentenceClassifier.version) that scored the text; "
+                          "a shard sample's JSON calls it classifier_version")
+
 CURATED_SENTENCES = Contract(
     "curated_sentences",
     (
@@ -33,7 +44,7 @@ CURATED_SENTENCES = Contract(
         Column("label_policy", pa.string(), isin=LABEL_POLICIES,
                doc="how label follows from classifier_label and rule_label (cascade: the rules, the classifier "
                    "where the rules are silent; union: abnormal if either is)"),
-        Column("model_version", pa.string()),
+        Column("model_version", pa.string(), doc=CLASSIFIER_VERSION_DOC),
         Column("threshold", pa.float32(), min=0.0, max=1.0),
         Column("kept", pa.bool_()),
         Column("reason", pa.string(), isin=FILTER_REASONS),
@@ -59,7 +70,7 @@ PAIRS = Contract(
         Column("n_kept", pa.int32(), min=1),
         Column("max_score", pa.float32(), min=0.0, max=1.0),
         Column("texts", pa.list_(pa.string()), doc="kept sentences (prompts when prompting is on)"),
-        Column("model_version", pa.string()),
+        Column("model_version", pa.string(), doc=CLASSIFIER_VERSION_DOC),
         Column("threshold", pa.float32(), min=0.0, max=1.0),
         Column("label_source", pa.string(), isin=LABEL_SOURCES,
                doc="where pair_label came from: the classifier, or MIMIC's CheXpert / NegBio labels "

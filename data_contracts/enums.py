@@ -92,6 +92,9 @@ PROMPTERS = ("none", "template", "openai")
 
 # ------------------------------------------------------------------------------------- models
 
+#: the model config a training run uses unless told (models/configs/<name>.json): ``TrainConfig``,
+#: ``python -m offclip.models.train``, ``offclip train``/``compare`` and the train flow all read it here
+DEFAULT_MODEL_CONFIG = "demo"
 #: the text a training sample shows: the filtered sentences or the whole report (models.data)
 TEXT_SOURCES = ("filtered", "report")
 #: the zero-shot evaluation sets (``evaluations.dataset``; models.evaluate)

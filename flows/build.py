@@ -11,6 +11,7 @@ summaries, never arrays.
 from __future__ import annotations
 
 import datetime as dt
+import os
 from pathlib import Path
 from typing import Any
 
@@ -121,13 +122,14 @@ def run_stages(params: BuildParameters) -> dict:
     logger = get_run_logger()
     started = dt.datetime.now(dt.timezone.utc)
     out = Path(params.out)
+    workers = params.workers or os.cpu_count() or 1  # 0: one per CPU core
     normalize = NormalizeConfig(long_side=params.image_size, fmt=params.image_format)
     config = IngestConfig(source=Path(params.source), out=out, normalize=normalize,
                           batch_size=params.batch_size,
                           scan=ScanConfig(Path(params.source), folders=parse_folders(params.folders),
                                           splits=parse_splits(params.splits), prefer_pa=params.prefer_pa,
                                           seed=params.seed, reports=_path(params.reports),
-                                          metadata=_path(params.metadata), workers=params.workers))
+                                          metadata=_path(params.metadata), workers=workers))
     # MIMIC's label files: in the metadata directory when one is given, else in the source root
     label_dirs = [d for d in (params.metadata, params.source) if d]
     check_label_source(params.label_source, label_dirs)  # fail before a long ingest
@@ -144,11 +146,11 @@ def run_stages(params: BuildParameters) -> dict:
     # the thread runner a pool of worker processes (the tasks share one GIL), under the process
     # and Dask runners the stage in place in the runner's workers (flows/runners.py).
     stage = IngestStage(config.source, out, normalize)
-    executor = ingest_executor(params.task_runner, stage, params.workers, len(plan.batches))  # workers start now
+    executor = ingest_executor(params.task_runner, stage, workers, len(plan.batches))  # workers start now
     with executor:
         progress = create_progress_artifact(0.0, key="offclip-ingest-progress",
                                             description=f"ingest: 0/{len(plan.batches)} batches of studies")
-        runner = make_task_runner(params.task_runner, workers=params.workers, address=params.dask_address)
+        runner = make_task_runner(params.task_runner, workers=workers, address=params.dask_address)
         with runner:
             futures = [runner.submit(ingest_batch, {"executor": executor, "batch": batch,
                                                     "previous": plan.previous_for(batch)})

@@ -11,6 +11,8 @@ import datetime as dt
 from pathlib import PurePath
 from typing import Callable
 
+from offclip.data_contracts.enums import DEFAULT_MODEL_CONFIG
+
 SEP = " · "
 
 
@@ -32,7 +34,7 @@ def run_name(kind: str, parameters: dict, when: dt.datetime | None = None) -> st
     if kind == "build-shards":
         parts = [f"{_leaf(p.get('source'))} → {_leaf(p.get('out'))}"]
     elif kind == "train":
-        config = str(p.get("config") or "demo")
+        config = str(p.get("config") or DEFAULT_MODEL_CONFIG)
         parts = [p.get("loss", "offclip"), f"seed {p.get('seed', 0)}",
                  PurePath(config).stem if config.endswith(".json") else config,
                  _leaf(p.get("run_dir")) or _leaf(p.get("shards"))]

@@ -1,14 +1,20 @@
 """The parameters of the deployed flows: one typed model per flow, the single place a parameter
 is declared (name, type, default, description, validation).
 
-==================  ==================  ==========================================
-model               flow                used by
-==================  ==================  ==========================================
-BuildParameters     build_shards        offclip/build-shards, ``offclip build-shards``
-TrainParameters     train               offclip/train, ``offclip train``
-EvaluateParameters  evaluate            offclip/evaluate, ``offclip evaluate``
-RetrainParameters   retrain             offclip/retrain (the weekly schedule)
-==================  ==================  ==========================================
+=========================  ============  ==================================================================
+model                      flow          used by
+=========================  ============  ==================================================================
+BuildParameters            build_shards  offclip/build-shards, ``offclip build-shards``
+TrainParameters            train         offclip/train, ``offclip train``, ``python -m offclip.models.train``
+                                         (and torchrun), ``offclip compare`` (the options it shares)
+EvaluateParameters         evaluate      offclip/evaluate, ``offclip evaluate``,
+                                         ``python -m offclip.models.evaluate``
+RetrainParameters          retrain       offclip/retrain (the weekly schedule)
+IngestParameters           –             ``offclip ingest`` (build-shards' ingest settings, same fields)
+CurateParameters           –             ``offclip curate`` (build-shards' curation settings)
+ShardsParameters           –             ``offclip shards`` (build-shards' shard settings)
+ClassifierTrainParameters  –             ``offclip classifier train``, ``python -m offclip.pipeline.classifier``
+=========================  ============  ==================================================================
 
 Each flow keeps flat parameters (``prefect deployment run offclip/build-shards -p source=… -p
 out=…``, ``build_shards(source=…)``): :func:`flow_parameters` gives the flow function the
@@ -19,6 +25,15 @@ reads its parameters as one validated model. The command line derives its option
 same fields (``offclip/cli.py``); ``prefect.yaml`` gives only where a deployment departs from
 these defaults (``tests/test_flow_parameters.py`` holds all three to the models).
 
+One setting has one name and one default wherever it is given: the commands that run a stage of
+build-shards alone take that stage's fields of :class:`BuildParameters` (:func:`same_as`: the
+type, default and description are the flow's), and the ``python -m`` entry points that keep
+argparse (``torchrun -m offclip.models.train``) build their options from the same fields
+(:class:`ParameterParser`). An old spelling of an option (``--long-side`` for ``--image-size``)
+stays a hidden alias that warns, naming the new one (:func:`deprecated`).
+``tests/test_parameter_names.py`` holds every entry point to one name and one default per
+setting.
+
 No Prefect import here (the command line imports this module for its options); ``pipeline/``
 never imports it. The choices are the enumerations of ``data_contracts/enums.py`` (a module of
 constants) where it has them; the few spelled here have their library tuple beside heavy imports
@@ -27,16 +42,20 @@ constants) where it has them; the few spelled here have their library tuple besi
 
 from __future__ import annotations
 
+import argparse
 import copy
 import inspect
-from typing import Annotated, Any, Callable, Literal, Optional, TypeVar
+import os
+import sys
+from typing import Annotated, Any, Callable, Iterable, Literal, Optional, TypeVar, Union, get_args, get_origin
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 from pydantic.fields import FieldInfo
 
 from offclip.data_contracts.enums import (
     DEFAULT_LABEL_POLICY,
     DEFAULT_EVAL_PROTOCOL,
+    DEFAULT_MODEL_CONFIG,
     EVAL_DATASETS,
     EVAL_PROTOCOLS,
     LABEL_POLICIES,
@@ -136,8 +155,8 @@ class BuildParameters(FlowParameters):
     prefer_pa: bool = Field(
         False, description="Pick PA over AP when a study has both (default: seeded random, as the paper).")
     batch_size: int = Field(
-        128, ge=1, description="Studies per ingest task (the thread runner's process pool cuts each batch into "
-        "one chunk per worker, so fewer, larger tasks keep every worker busy).")
+        128, ge=1, description="Studies per ingest batch (a batch is cut into one chunk per worker process, so "
+        "fewer, larger batches keep every worker busy).")
     shard_size: int = Field(1000, ge=1, description="Samples per shard at most.")
     shard_bytes: int = Field(1 << 30, ge=1, description="Bytes per shard at most.")
     classifier: Annotated[Optional[str], PATH] = Field(
@@ -165,7 +184,9 @@ class BuildParameters(FlowParameters):
     task_runner: TaskRunner = Field(
         "thread", description="thread (Prefect's bookkeeping in threads, decoding in worker processes), "
         "process, or dask (a local cluster of `workers` processes, or the one at dask_address).")
-    workers: int = Field(2, ge=1, description="Worker processes.")
+    workers: int = Field(
+        0, ge=0, description="Worker processes, 0: one per CPU core (ingest's decoding pool; the process and "
+        "local Dask task runners' workers).")
     dask_address: Optional[str] = Field(None, description="An existing Dask scheduler (tcp://host:8786).")
     trigger_train: bool = Field(
         True, description="Start offclip/train on the new shards afterwards (when deployed).")
@@ -183,7 +204,8 @@ class TrainParameters(FlowParameters):
         None, description="Where the run goes (default: SHARDS/runs/<config>[-refine-<init>]-<loss>[-<text "
         "source>]-seed<S>-<shards digest>); an unfinished run there is resumed exactly.")
     config: str = Field(
-        "demo", description="Model config: demo (CPU), demo-192, tiny, tiny-resnet, paper (GPU) or a .json path.")
+        DEFAULT_MODEL_CONFIG, description="Model config: demo (CPU), demo-192, demo-text4, tiny, tiny-resnet, "
+        "paper (GPU) or a .json path.")
     loss: Loss = Field("offclip", description="offclip (OFF-CLIP's loss) or infonce (a plain CLIP's).")
     abnormal_weight: float = Field(1.0, ge=0.0, description="Weight of OFF-CLIP's abnormal InfoNCE term.")
     seed: int = Field(0, description="Training seed.")
@@ -270,6 +292,78 @@ class RetrainParameters(FlowParameters):
     task_runner: TaskRunner = same_as(BuildParameters, "task_runner")
 
 
+# -- the commands that run one stage of build-shards alone: the flow's fields, the same names ----
+class IngestParameters(FlowParameters):
+    """``offclip ingest``: scan → pick one frontal image per study → normalise it → split the
+    report into sentences (build-shards' first stage, with its settings)."""
+
+    source: str = same_as(BuildParameters, "source")
+    out: str = same_as(BuildParameters, "out")
+    reports: Optional[str] = same_as(BuildParameters, "reports")
+    metadata: Optional[str] = same_as(BuildParameters, "metadata")
+    folders: str = same_as(BuildParameters, "folders")
+    splits: str = same_as(BuildParameters, "splits")
+    prefer_pa: bool = same_as(BuildParameters, "prefer_pa")
+    seed: int = Field(0, description="Seed of the per-study frontal choice.")
+    image_size: int = same_as(BuildParameters, "image_size")
+    pad_square: bool = Field(False, description="Zero-pad the image to image_size × image_size.")
+    image_format: ImageFormat = same_as(BuildParameters, "image_format")
+    bits: Literal[8, 16] = Field(8, description="Bits per pixel: 8 or 16 (16 needs png).")
+    batch_size: int = same_as(BuildParameters, "batch_size")
+    workers: int = same_as(BuildParameters, "workers")
+
+
+class CurateParameters(FlowParameters):
+    """``offclip curate``: score every sentence, filter normal sentences out of abnormal reports,
+    label the pairs (build-shards' curation stage, with its settings)."""
+
+    out: str = same_as(BuildParameters, "out")
+    classifier: Annotated[Optional[str], PATH] = Field(
+        None, description="A saved sentence classifier (offclip classifier train).")
+    threshold: Optional[float] = same_as(BuildParameters, "threshold")
+    prompting: Prompting = same_as(BuildParameters, "prompting")
+    prompt_options: Optional[dict] = same_as(BuildParameters, "prompt_options")
+    label_source: LabelSource = Field(
+        "classifier", description=LABEL_SOURCE + " The label files are looked for in each label_dir, in order.")
+    label_dir: Annotated[tuple[str, ...], PATH] = Field(
+        (), description="A directory holding mimic-cxr-2.0.0-{chexpert,negbio}.csv[.gz], e.g. the MIMIC-CXR-JPG "
+        "root (repeatable, searched in order). Without one: no study_labels.parquet.")
+    label_policy: LabelPolicy = same_as(BuildParameters, "label_policy")
+
+
+class ShardsParameters(FlowParameters):
+    """``offclip shards``: WebDataset shards (one set per split) and the manifest (build-shards'
+    last stages, with its settings)."""
+
+    out: str = same_as(BuildParameters, "out")
+    shard_size: int = same_as(BuildParameters, "shard_size")
+    shard_bytes: int = same_as(BuildParameters, "shard_bytes")
+
+
+class ClassifierTrainParameters(FlowParameters):
+    """``offclip classifier train``: the sentence classifier on rule-labelled Open-I sentences
+    (plus the corpus's), as build-shards trains it when it finds none."""
+
+    out: Annotated[str, PATH] = Field(
+        "out/curated/classifier", description="Where to save it (Hugging Face layout + model card).")
+    classifier_method: ClassifierMethod = same_as(BuildParameters, "classifier_method")
+    seed: int = Field(0, description="Seed of the classifier's training.")
+    openi: Optional[str] = same_as(BuildParameters, "openi")
+    corpus: Annotated[Optional[str], PATH] = Field(
+        None, description="A curation output root where ingest has run: also learn from the rule labels of its "
+        "distinct sentences (those not in Open-I; 10 % held out to measure agreement).")
+    corpus_limit: int = Field(
+        20_000, ge=0, description="At most this many distinct corpus sentences join training (a uniform keyed-hash "
+        "sample).")
+
+
+#: the parameter model of each command that runs one stage of build-shards (or trains its classifier)
+STAGE_COMMANDS: dict[str, type[FlowParameters]] = {
+    "ingest": IngestParameters, "curate": CurateParameters, "shards": ShardsParameters,
+    "classifier train": ClassifierTrainParameters,
+}
+
+
 #: the parameter model of each deployment in prefect.yaml
 DEPLOYMENTS: dict[str, type[FlowParameters]] = {
     "build-shards": BuildParameters, "train": TrainParameters, "evaluate": EvaluateParameters,
@@ -316,3 +410,119 @@ def flow_parameters(model: type[FlowParameters]) -> Callable[[F], F]:
         return fn
 
     return decorate
+
+
+
+# -- old spellings, and the ``python -m`` entry points that keep argparse -----------------------
+
+def option_flag(name: str) -> str:
+    """The command-line spelling of field NAME: ``image_size`` → ``--image-size``."""
+    return "--" + name.replace("_", "-")
+
+
+def deprecated(old: str, new: str) -> None:
+    """The one-line warning an old spelling of an option prints (on stderr; under torchrun only
+    rank 0 says it)."""
+    if os.environ.get("RANK", "0") == "0":
+        print(f"warning: {old} is deprecated, use {new} (the same setting)", file=sys.stderr)
+
+
+def _without_none(annotation: Any) -> tuple[Any, bool]:
+    """(the type without None, whether None is allowed)."""
+    if get_origin(annotation) is Union:
+        args = [a for a in get_args(annotation) if a is not type(None)]
+        return (args[0] if len(args) == 1 else Union[tuple(args)]), len(args) < len(get_args(annotation))
+    return annotation, False
+
+
+class _Alias(argparse.Action):
+    """An old spelling: stores into the new option's destination and warns."""
+
+    def __init__(self, option_strings, dest, new: str = "", **kwargs):
+        self.new = new
+        super().__init__(option_strings, dest, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        deprecated(option_string or self.option_strings[0], self.new)
+        setattr(namespace, self.dest, values)
+
+
+class ParameterParser(argparse.ArgumentParser):
+    """The argparse command line of a ``python -m`` entry point that stays argparse (what
+    ``torchrun -m offclip.models.train`` launches) whose options for a parameter model's fields
+    are made from the fields (:meth:`add_fields`): ``--name-with-dashes``, the model's default,
+    its description as help, its choices, its constraints (checked as the model checks them:
+    ``--epochs 0`` is refused here as on ``offclip train``). Its own options are added as usual."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        #: the fields this command line needs although their model has a default: name → flag
+        self.required_fields: dict[str, str] = {}
+        #: the fields it takes: name → model
+        self.fields: dict[str, type[FlowParameters]] = {}
+
+    def add_fields(self, model: type[FlowParameters], names: Iterable[str], *, required: Iterable[str] = (),
+                   aliases: Optional[dict[str, tuple[str, ...]]] = None,
+                   helps: Optional[dict[str, str]] = None) -> None:
+        """An option per field NAMES of MODEL; ``required`` ones without a default here,
+        ``aliases`` their old spellings (hidden, warning), ``helps`` a help of this entry point's
+        own (its default differs: required)."""
+        required, aliases, helps = set(required), aliases or {}, helps or {}
+        for name in names:
+            field = model.model_fields[name]
+            flag = option_flag(name)
+            base, _ = _without_none(field.annotation)
+            help_text = helps.get(name) or field.description or name
+            if name in required or field.is_required():
+                self.required_fields[name] = flag
+                help_text = f"{help_text} (required)"
+                default = None
+            else:
+                default = field.default
+            self.fields[name] = model
+            if base is bool:
+                action = argparse.BooleanOptionalAction if default else "store_true"
+                self.add_argument(flag, dest=name, action=action, default=bool(default), help=help_text)
+                if aliases.get(name):
+                    raise ValueError(f"{name}: a switch takes no alias here")
+                continue
+            kind = _argument_type(name, field)
+            choices = _literal_choices(base)
+            self.add_argument(flag, dest=name, type=kind, default=default, choices=choices,
+                              metavar=name.upper() if choices is None else None,
+                              help=help_text + ("" if default is None else " (default: %(default)s)"))
+            for old in aliases.get(name, ()):
+                self.add_argument(old, dest=name, type=kind, choices=choices, default=argparse.SUPPRESS,
+                                  action=_Alias, new=flag, help=argparse.SUPPRESS)
+
+    def parse_known_args(self, args=None, namespace=None):  # type: ignore[override]
+        parsed, rest = super().parse_known_args(args, namespace)
+        missing = [flag for name, flag in self.required_fields.items() if getattr(parsed, name, None) is None]
+        if missing:
+            self.error(f"the following arguments are required: {', '.join(missing)}")
+        return parsed, rest
+
+
+def _literal_choices(annotation: Any) -> Optional[tuple]:
+    return get_args(annotation) if get_origin(annotation) is Literal else None
+
+
+def _argument_type(name: str, field: FieldInfo) -> Callable[[str], Any]:
+    """Text → the field's value, validated as the model validates it (lax: "5" is an int)."""
+    base, _ = _without_none(field.annotation)
+    if get_origin(base) is dict or base is dict or get_origin(base) in (list, tuple):
+        raise ValueError(f"{name}: a {base} field has no argparse option here")
+    adapter = TypeAdapter(Annotated[(base, *field.metadata)] if field.metadata else base)
+    literal = _literal_choices(base)
+
+    def convert(text: str) -> Any:
+        value: Any = text
+        if literal and all(isinstance(c, int) for c in literal):
+            value = int(text)
+        try:
+            return adapter.validate_python(value)
+        except ValidationError as exc:
+            raise argparse.ArgumentTypeError(exc.errors()[0]["msg"]) from None
+
+    convert.__name__ = getattr(base, "__name__", name)
+    return convert

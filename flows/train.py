@@ -290,7 +290,9 @@ def evaluate(**parameters: Any) -> dict[str, Any]:
         raise ValueError(f"evaluate needs root: the {dataset} directory (a demo world has WORLD/eval/{dataset})")
     started = dt.datetime.now(dt.timezone.utc)
     # another protocol's files go beside the default's, not over them
-    out = p.out or str(Path(model).parent / ("eval" if p.protocol == "offclip" else f"eval-{p.protocol}"))
+    from offclip.models.evaluate.runner import default_out
+
+    out = p.out or str(default_out(model, p.protocol))
     name = run_name or Path(model).parent.name
     if baseline:
         base_name = Path(baseline).parent.name

@@ -38,6 +38,7 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
+from ..data_contracts.enums import DEFAULT_MODEL_CONFIG
 from ..pipeline.atomic import atomic_write_text
 
 #: arm name → (loss, text source, what it is)
@@ -76,7 +77,7 @@ class CompareConfig:
     seeds: tuple[int, ...] = (0, 1, 2, 3, 4)
     arms: tuple[str, ...] = tuple(ARMS)
     baseline: str = BASELINE
-    config: str = "demo"
+    config: str = DEFAULT_MODEL_CONFIG
     epochs: int | None = None
     batch_size: int | None = None
     device: str = "auto"

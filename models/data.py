@@ -286,7 +286,7 @@ def plan_epoch(records: Sequence[ShardRecord], *, epoch: int, seed: int, batch_s
         random.Random(derive_seed(seed, "shards", epoch)).shuffle(shards)
     if len(shards) < world_size:
         raise ShardError(f"{len(shards)} shard(s) cannot be split over {world_size} ranks: "
-                         "write smaller shards (offclip shards --max-samples) or use fewer processes")
+                         "write smaller shards (offclip shards --shard-size) or use fewer processes")
     workers = max(1, num_workers)
 
     def layout(r: int) -> tuple[list[list[ShardRecord]], list[list[int]]]:

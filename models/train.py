@@ -1,7 +1,9 @@
 """Train the OFF-CLIP dual encoder on curated WebDataset shards: exactly resumable, deterministic.
 
-    python -m offclip.models.train --shards out/curated --out out/run [--config tiny] [--loss offclip]
-    torchrun --nproc-per-node 2 -m offclip.models.train --shards out/curated --out out/run
+    python -m offclip.models.train --shards out/curated --run-dir out/run [--config demo] [--loss offclip]
+    torchrun --nproc-per-node 2 -m offclip.models.train --shards out/curated --run-dir out/run
+
+(the options it shares with ``offclip train`` are TrainParameters' fields, flows/parameters.py)
 
 or from Python::
 
@@ -74,7 +76,7 @@ from offclip.pipeline.numerics import warmup_factor
 
 from .adapters import ClipAdapter, load_adapter
 from .clip import build_model, load_model_config
-from ..data_contracts.enums import TEXT_SOURCES
+from ..data_contracts.enums import DEFAULT_MODEL_CONFIG, TEXT_SOURCES
 from .data import derive_seed, make_loader, plan_epoch, split_records
 from .losses import LOSSES, get_loss
 
@@ -103,7 +105,7 @@ PLATEAU = {"factor": 0.5, "patience": 1}
 class TrainConfig:
     shards: Path  #: the curation output root (holds shards/<split>/)
     out: Path  #: the run directory
-    config: str = "tiny"  #: a model config name or .json path (models/configs)
+    config: str = DEFAULT_MODEL_CONFIG  #: a model config name or .json path (models/configs)
     loss: str = "offclip"  #: offclip | infonce
     abnormal_weight: float = 1.0
     epochs: int | None = None  #: None: the model config's "train" value (also the next six)
@@ -938,43 +940,35 @@ def _check_shard_set(ckpt: dict, config: TrainConfig, records: list) -> None:
 # command line (what torchrun launches)
 # ------------------------------------------------------------------------------------------
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m offclip.models.train",
-                                description="Train the OFF-CLIP dual encoder on curated WebDataset shards "
-                                            "(resumes OUT/checkpoint/last.pt when present).")
-    p.add_argument("--shards", required=True, type=Path, help="the curation output root (holds shards/)")
-    p.add_argument("--out", required=True, type=Path, help="the run directory")
-    p.add_argument("--config", default="tiny", help="model config name or .json path (default tiny)")
-    p.add_argument("--loss", default="offclip", choices=sorted(LOSSES))
-    p.add_argument("--abnormal-weight", type=float, default=1.0)
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--lr", type=float)
-    p.add_argument("--weight-decay", type=float)
-    p.add_argument("--warmup-steps", type=int)
-    p.add_argument("--schedule", choices=SCHEDULES)
-    p.add_argument("--grad-clip", type=float)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--max-steps", type=int)
+    """The options a train run shares with ``offclip train`` and the train flow are made from
+    their fields (``flows/parameters.py`` TrainParameters: one name, one default); the trainer's
+    own follow. ``--out`` is the old spelling of ``--run-dir``."""
+    from offclip.flows.parameters import ParameterParser, TrainParameters
+
+    p = ParameterParser(prog="python -m offclip.models.train",
+                        description="Train the OFF-CLIP dual encoder on curated WebDataset shards "
+                                    "(resumes RUN_DIR/checkpoint/last.pt when present).")
+    p.add_fields(TrainParameters, ("shards", "run_dir"), required=("run_dir",), aliases={"run_dir": ("--out",)},
+                 helps={"run_dir": "The run directory; an unfinished run there is resumed exactly."})
+    p.add_fields(TrainParameters, ("config", "loss", "abnormal_weight", "epochs", "batch_size", "lr"))
+    p.add_argument("--weight-decay", type=float, help="default: the config's")
+    p.add_argument("--warmup-steps", type=int, help="default: the config's")
+    p.add_argument("--schedule", choices=SCHEDULES, help="default: the config's")
+    p.add_argument("--grad-clip", type=float, help="default: the config's (0: no clipping)")
+    p.add_fields(TrainParameters, ("seed", "max_steps"))
     p.add_argument("--amp", default="auto", choices=AMP_MODES)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--num-workers", type=int, default=0)
+    p.add_fields(TrainParameters, ("device", "num_workers"))
     p.add_argument("--checkpoint-every", type=int, default=50)
     p.add_argument("--no-resume", dest="resume", action="store_false", help="start fresh even if a checkpoint exists")
-    p.add_argument("--text-source", choices=TEXT_SOURCES,
-                   help="training text: filtered (kept sentences; the config's, else the default) or report (every sentence)")
+    p.add_fields(TrainParameters, ("text_source",))
     p.add_argument("--no-text-cache", dest="text_cache", action="store_false",
                    help="run the frozen text tower at every step (default: each sentence once)")
     p.add_argument("--image-cache-mb", type=int, default=2048,
                    help="MiB of decoded training images kept in memory (0: decode every epoch)")
-    p.add_argument("--allow-shard-change", action="store_true",
-                   help="resume although the shard set differs from the checkpoint's (default: refuse)")
-    p.add_argument("--init", help="a model directory to refine (offclip, CLIPModel or VisionTextDualEncoderModel)")
-    p.add_argument("--text-model")
-    p.add_argument("--vision-model")
+    p.add_fields(TrainParameters, ("allow_shard_change", "init", "text_model", "vision_model"))
     p.add_argument("--split", default="train")
     p.add_argument("--log-every", type=int, default=1)
-    p.add_argument("--trace-every", type=int, default=0,
-                   help="measure the embedding geometry of a held-out probe every N steps (RUN/geometry.jsonl)")
+    p.add_fields(TrainParameters, ("trace_every",))
     p.add_argument("--progress", action="store_true", help="show a progress bar")
     return p
 
@@ -982,6 +976,7 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = vars(_parser().parse_args(argv))
     show = args.pop("progress")
+    args["out"] = args.pop("run_dir")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     config = TrainConfig(**{f.name: args[f.name] for f in fields(TrainConfig) if f.name in args})
     result = train(config, progress=show)

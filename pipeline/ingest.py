@@ -48,7 +48,7 @@ class IngestConfig:
     out: Path
     scan: ScanConfig | None = None  #: default: ScanConfig(source)
     normalize: NormalizeConfig = field(default_factory=NormalizeConfig)
-    batch_size: int = 64
+    batch_size: int = 128  #: studies per batch (the flows' and `offclip ingest`'s default too)
     workers: int = 0  #: 0 -> all cores; 1 -> in this process
     progress: bool = True
 

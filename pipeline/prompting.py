@@ -244,7 +244,7 @@ class OpenAIPrompter:
                  flush_every: int = 256) -> None:
         self.base_url = (base_url or os.environ.get("OFFCLIP_LLM_URL") or "").rstrip("/")
         if not self.base_url:
-            raise PromptBackendError("the openai prompter needs an endpoint: --llm-url or $OFFCLIP_LLM_URL "
+            raise PromptBackendError("the openai prompter needs an endpoint: prompt_options base_url or $OFFCLIP_LLM_URL "
                                      "(e.g. http://127.0.0.1:8000/v1)")
         self.url = f"{self.base_url}/chat/completions"
         self.model = model or os.environ.get("OFFCLIP_LLM_MODEL", "default")

@@ -194,6 +194,7 @@ def _sample(row: dict, sentences: list[dict], image: dict) -> dict:
     meta = {
         "subject_id": int(row["subject_id"]), "study_id": int(row["study_id"]), "dicom_id": row["dicom_id"],
         "view": row["view"], "split": row["split"], "folder": row["folder"], "pair_label": row["pair_label"],
+        # the pair's model_version under the sample JSON's name (data_contracts.curate.CLASSIFIER_VERSION_DOC)
         "classifier_version": row["model_version"], "threshold": round(float(row["threshold"]), 6),
         "image_size": [int(image["out_rows"]), int(image["out_columns"])],
         "source_transfer_syntax": image["transfer_syntax"], "source_photometric": image["photometric"],

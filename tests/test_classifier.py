@@ -445,4 +445,4 @@ def test_package_layout_and_one_command_line():
     help_ = subprocess.run([sys.executable, "-m", "offclip.pipeline.classifier", "--help"],
                            capture_output=True, text=True, check=True).stdout
     assert "python -m offclip.pipeline.classifier" in help_
-    assert "--corpus" in help_ and "--method" in help_
+    assert "--corpus" in help_ and "--classifier-method" in help_

@@ -235,7 +235,7 @@ def test_ingest_cli(small_world, tmp_path):
 
     world, _ = small_world
     run = subprocess.run([sys.executable, "-m", "offclip.cli", "ingest", str(world), str(tmp_path / "o"),
-                          "--folders", "p10-p13", "--long-side", "64", "--workers", "1", "--quiet"],
+                          "--folders", "p10-p13", "--image-size", "64", "--workers", "1", "--quiet"],
                          capture_output=True, text=True)
     assert run.returncode == 0, run.stderr
     studies = read_table(tmp_path / "o", "studies")

@@ -119,8 +119,8 @@ def test_offclip_and_infonce_differ_on_batches_with_normal_pairs(shards_out, tmp
     runs = {}
     for loss in ("offclip", "infonce"):
         with caplog.at_level(logging.WARNING, logger="offclip.models.train"):
-            runs[loss] = train(TrainConfig(shards=shards_out, out=tmp_path / loss, loss=loss, batch_size=32,
-                                           max_steps=1))
+            runs[loss] = train(TrainConfig(shards=shards_out, out=tmp_path / loss, config="tiny", loss=loss,
+                                           batch_size=32, max_steps=1))
         row = json.loads((tmp_path / loss / "metrics.jsonl").read_text())
         assert row["n_normal"] >= 2 and row["batch_size"] == 21
     assert "exceeds" in caplog.text
@@ -158,7 +158,7 @@ def test_torchrun_ddp_on_cpu(shards_out, tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     done = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-         "-m", "offclip.models.train", "--shards", str(shards_out), "--out", str(out),
+         "-m", "offclip.models.train", "--shards", str(shards_out), "--run-dir", str(out), "--config", "tiny",
          "--max-steps", "2", "--batch-size", "4"],
         env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]

@@ -4,7 +4,6 @@ and ``python -m offclip.models.evaluate`` (:func:`main`)."""
 
 from __future__ import annotations
 
-import argparse
 import datetime as dt
 import io
 import json
@@ -20,12 +19,12 @@ import numpy as np
 import pandas as pd
 
 from ...pipeline.atomic import atomic_write_bytes, atomic_write_text
-from .datasets import DATASETS, NORMAL, VINDR_BOX_NUMERIC, EvalImage, EvalSet, read_eval_set
+from .datasets import NORMAL, VINDR_BOX_NUMERIC, EvalImage, EvalSet, read_eval_set
 from .images import EvalImageError, Geometry, PreparedImage, load_eval_image
 from .metrics import _class_table, _mechanism, _summary, pointing_hit
 from .plots import roc_png
 from .prompts import build_prompts
-from .protocols import DEFAULT_PROTOCOL, PROTOCOLS, apply_protocol, load_protocol, protocol_scores, read_openi_protocol
+from .protocols import DEFAULT_PROTOCOL, apply_protocol, load_protocol, protocol_scores, read_openi_protocol
 from .result import CENTROID, EvalResult, _json_safe
 
 
@@ -295,21 +294,30 @@ def _point(image_id: str, patch, boxes: pd.DataFrame, text: dict, geometry: Geom
 # ------------------------------------------------------------------------------------------
 # python -m offclip.models.evaluate
 # ------------------------------------------------------------------------------------------
-def main(argv: list[str] | None = None) -> int:
+def default_out(model: str | os.PathLike, protocol: str = DEFAULT_PROTOCOL) -> Path:
+    """Where an evaluation of MODEL writes unless told: ``MODEL/../eval`` (another protocol's
+    files beside it, ``eval-<protocol>``); the evaluate flow's default too."""
+    return Path(model).parent / ("eval" if protocol == DEFAULT_PROTOCOL else f"eval-{protocol}")
+
+
+def _parser():
+    """The options it shares with ``offclip evaluate`` and the evaluate flow are made from their
+    fields (``flows/parameters.py`` EvaluateParameters: one name, one default)."""
+    from offclip.flows.parameters import EvaluateParameters, ParameterParser, TrainParameters
+
     description = sys.modules[__package__].__doc__.splitlines()[0]  # the package docstring's first line
-    parser = argparse.ArgumentParser(prog="python -m offclip.models.evaluate", description=description)
-    parser.add_argument("--model", required=True, help="a model directory: offclip's, a CLIPModel or a VisionTextDualEncoderModel")
-    parser.add_argument("--dataset", required=True, choices=DATASETS)
-    parser.add_argument("--root", required=True, help="the dataset directory")
-    parser.add_argument("--out", help="write <dataset>.json and <dataset>_roc.png here")
-    parser.add_argument("--manifest", help="append the figures to this DuckDB file's evaluations table")
-    parser.add_argument("--prompts", help="JSON file: {class: text or [texts], '*': template}")
-    parser.add_argument("--run-name", help="the model's run name (model version) for the manifest")
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--protocol", default=DEFAULT_PROTOCOL, choices=PROTOCOLS,
-                        help="paper: OFF-CLIP's official classes, prompts and image filter (protocols.json)")
-    args = parser.parse_args(argv)
+    parser = ParameterParser(prog="python -m offclip.models.evaluate", description=description)
+    parser.add_fields(EvaluateParameters, ("model", "dataset", "root"), required=("root",))
+    parser.add_fields(EvaluateParameters, ("out", "manifest", "prompts", "run_name"))
+    parser.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default: %(default)s)")
+    parser.add_fields(TrainParameters, ("device",))
+    parser.add_fields(EvaluateParameters, ("protocol",))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    args.out = args.out or str(default_out(args.model, args.protocol))
     result = evaluate(args.model, args.dataset, args.root, prompts=args.prompts,
                       out=Path(args.out) if args.out else None, batch_size=args.batch_size, device=args.device,
                       manifest=Path(args.manifest) if args.manifest else None, run_name=args.run_name,
