@@ -31,13 +31,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..data_contracts.enums import SHARD_SPLITS
 from .stats import compactness
 
 GEOMETRY_FILE = "geometry.jsonl"
 NORMAL_PROMPT = "There is no finding."
 _PAIRS = ("normal_normal", "abnormal_abnormal", "normal_abnormal")
-#: where the probe's samples come from, in order: held-out first
-PROBE_SPLITS = ("validate", "test", "train")
+#: where the probe's samples come from, in order: the held-out splits first, training last
+PROBE_SPLITS = (*SHARD_SPLITS[1:], SHARD_SPLITS[0])
 
 
 @dataclass

@@ -17,7 +17,7 @@ EVAL=$BENCH/w4k/eval/vindr-cxr
 
 # 1. the plain CLIP every arm refines: InfoNCE on whole reports, demo-text4, 12 epochs, seed 100
 #    (a seed no arm uses)
-$PY -m offclip.models.train --shards "$BENCH/c4k" --out "$BENCH/base-text4" --config demo-text4 \
+$PY -m offclip.models.train --shards "$BENCH/c4k" --run-dir "$BENCH/base-text4" --config demo-text4 \
     --loss infonce --text-source report --seed 100 --trace-every 100
 
 # 1b. where every refinement starts: the baseline evaluated under both protocols
@@ -38,7 +38,7 @@ $OFFCLIP compare "$BENCH/c4k" "$EVAL" --init "$BENCH/base-text4/model" --config 
 #    the two filtered arms, loss off and on, with frozen text (demo) and trainable top 4 (demo-text4)
 for config in demo demo-text4; do
   for loss in infonce offclip; do
-    $PY -m offclip.models.train --shards "$BENCH/c4k" --out "$BENCH/scratch-$config/$loss-filtered-seed0" \
+    $PY -m offclip.models.train --shards "$BENCH/c4k" --run-dir "$BENCH/scratch-$config/$loss-filtered-seed0" \
         --config $config --loss $loss --text-source filtered --seed 0 --trace-every 105
   done
 done
