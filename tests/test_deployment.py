@@ -51,11 +51,11 @@ def test_up_deployment_run_down(small_world, tiny_classifier, tmp_path):
                               cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
         assert wait.returncode == 0, wait.stdout + wait.stderr
         for name in ("build-shards", "train", "evaluate"):
-            assert f"offclip/{name}: Completed" in wait.stdout
-        assert "ingest: " in wait.stdout and " batches of studies" in wait.stdout
+            assert f"offclip/{name}: Completed" in wait.stdout, wait.stdout
+        assert "ingest: " in wait.stdout and " batches of studies" in wait.stdout, wait.stdout
         # two models train, one after the other, each saying so
-        assert "OFF-CLIP: trained, 2 steps" in wait.stdout
-        assert "plain CLIP (baseline): trained, 2 steps" in wait.stdout
+        assert "OFF-CLIP: trained, 2 steps" in wait.stdout, wait.stdout
+        assert "plain CLIP (baseline): trained, 2 steps" in wait.stdout, wait.stdout
         pairs = read_curated(out, "pairs")
         assert len(pairs) > 0
         shards = query(out / "manifest.duckdb", "SELECT sum(samples)::BIGINT AS n FROM shards")
@@ -64,13 +64,13 @@ def test_up_deployment_run_down(small_world, tiny_classifier, tmp_path):
         answer = subprocess.run(offclip + ["answer", str(out), "--home", str(home)], cwd=REPO, env=env,
                                 capture_output=True, text=True, timeout=120)
         assert answer.returncode == 0, answer.stdout + answer.stderr
-        assert "OFF-CLIP against the plain CLIP on vindr-cxr" in answer.stdout
-        assert "95 % interval" in answer.stdout and "one training seed" in answer.stdout
-        assert f"http://127.0.0.1:{port}/artifacts/key/offclip-answer" in answer.stdout
+        assert "OFF-CLIP against the plain CLIP on vindr-cxr" in answer.stdout, answer.stdout
+        assert "95 % interval" in answer.stdout and "one training seed" in answer.stdout, answer.stdout
+        assert f"http://127.0.0.1:{port}/artifacts/key/offclip-answer" in answer.stdout, answer.stdout
         # each run is named from its parameters (what the UI lists)
-        assert f"(flow run build-shards · {world.name} → out · " in wait.stdout
-        assert "(flow run train · offclip · seed 0 · demo · out · " in wait.stdout
-        assert "(flow run evaluate · vindr-cxr · demo-offclip-seed0-" in wait.stdout
+        assert f"(flow run build-shards · {world.name} → out · " in wait.stdout, wait.stdout
+        assert "(flow run train · offclip · seed 0 · demo · out · " in wait.stdout, wait.stdout
+        assert "(flow run evaluate · vindr-cxr · demo-offclip-seed0-" in wait.stdout, wait.stdout
         run_dirs = sorted((out / "runs").iterdir())
         assert [d.name.split("-")[1] for d in run_dirs] == ["infonce", "offclip"]  # the baseline, the model
         evaluations = query(out / "manifest.duckdb", "SELECT DISTINCT model_dir FROM evaluations WHERE model_dir IS NOT NULL ORDER BY 1")
