@@ -36,7 +36,7 @@ $OFFCLIP compare "$BENCH/c4k" "$EVAL" --init "$BENCH/base-text4/model" --config 
 
 # 3. from scratch, seed 0, the geometry traced (no evaluation: the trace is what is asked of these):
 #    the two filtered arms, loss off and on, with frozen text (demo) and trainable top 4 (demo-text4)
-for config in demo demo-text4; do
+for config in ${SCRATCH_CONFIGS:-demo demo-text4}; do  # the figures in docs/ablation.md: SCRATCH_CONFIGS=demo
   for loss in infonce offclip; do
     $PY -m offclip.models.train --shards "$BENCH/c4k" --run-dir "$BENCH/scratch-$config/$loss-filtered-seed0" \
         --config $config --loss $loss --text-source filtered --seed 0 --trace-every 105
