@@ -58,7 +58,15 @@ def train_classifier_task(out_dir: str, method: str, seed: int, openi: str | Non
     from offclip.pipeline.classifier import train_from_openi
 
     logger = get_run_logger()
-    metrics = train_from_openi(openi, out_dir, method=method, seed=seed, corpus=corpus, progress=logger.info)
+    what = f"sentence classifier ({method})"
+    artifact = create_progress_artifact(0.0, key="offclip-classifier-progress", description=f"{what}: starting")
+
+    def progress(message: str) -> None:  # the log line, and what `offclip wait` prints
+        logger.info(message)
+        update_progress_artifact(artifact, 0.0, description=f"{what}: {short(message, 120)}")
+
+    metrics = train_from_openi(openi, out_dir, method=method, seed=seed, corpus=corpus, progress=progress)
+    update_progress_artifact(artifact, 100.0, description=f"{what}: trained, version {metrics.get('version')}")
     logger.info("classifier %s trained: test %s", metrics.get("version"), metrics.get("test"))
     return out_dir
 

@@ -109,7 +109,8 @@ def train_task(config: dict, label: str = "model") -> dict:
         if total and (now - last["t"] >= PROGRESS_EVERY_S or metrics["step"] >= total):
             done = metrics["step"] - last["first_step"]
             left = (total - metrics["step"]) * (now - last["first_t"]) / max(done, 1)
-            update_progress_artifact(progress, min(100.0, 100.0 * metrics["step"] / total),
+            # below 100 until the run is over: 100 is the "trained" line, the one `offclip wait` prints last
+            update_progress_artifact(progress, min(99.0, 100.0 * metrics["step"] / total),
                                      description=progress_line(label, metrics["step"], total, metrics["loss"], left))
             last["t"] = now
         if metrics["step"] % 50 == 0:
@@ -181,10 +182,17 @@ def evaluate_against_task(model: str, baseline: str, dataset: str, root: str, ou
     from offclip.models.evaluate import evaluate as run_evaluation
 
     results = {}
-    for name, path, where in ((run_name, model, out), (baseline_name, baseline, baseline_out)):
+    for name, path, where, label in ((run_name, model, out, "the model"),
+                                     (baseline_name, baseline, baseline_out, "plain CLIP (baseline)")):
+        artifact = create_progress_artifact(0.0, key=f"offclip-eval-progress-{'baseline' if where == baseline_out else 'model'}",
+                                            description=f"evaluating {label} on {dataset}")
         results[name, 0] = run_evaluation(path, dataset, root, out=Path(where),
                                           manifest=Path(manifest) if manifest else None, run_name=name,
                                           prompts=prompts, protocol=protocol)
+        summary = results[name, 0].summary
+        update_progress_artifact(artifact, 100.0, description=(
+            f"evaluated {label} on {dataset}: {summary.get('n_images')} images, normal AUC "
+            f"{_cell(summary.get('normal_auc'))[:5]}, macro AUC {_cell(summary.get('macro_auc'))[:5]}"))
     differences = paired_differences(results, baseline_name, (0,), Path(root), n_boot=n_boot,
                                      progress=get_run_logger().info)
     if manifest and differences:

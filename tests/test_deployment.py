@@ -56,6 +56,8 @@ def test_up_deployment_run_down(small_world, tiny_classifier, tmp_path):
         # two models train, one after the other, each saying so
         assert "OFF-CLIP: trained, 2 steps" in wait.stdout, wait.stdout
         assert "plain CLIP (baseline): trained, 2 steps" in wait.stdout, wait.stdout
+        assert "evaluated the model on vindr-cxr: " in wait.stdout, wait.stdout
+        assert "evaluated plain CLIP (baseline) on vindr-cxr: " in wait.stdout, wait.stdout
         pairs = read_curated(out, "pairs")
         assert len(pairs) > 0
         shards = query(out / "manifest.duckdb", "SELECT sum(samples)::BIGINT AS n FROM shards")

@@ -1,0 +1,134 @@
+"""The tables of docs/ablation.md's "paper's setting" section, regenerated from the runs of
+results/tools/paper_setting.sh (never typed).
+
+    python results/tools/paper_setting_tables.py /work/bench [--doc docs/ablation.md] [--results results/paper-setting]
+
+Reads BENCH/refine-text4/compare-both.json (the refinement ablation, both protocols),
+BENCH/base-text4 (the plain CLIP every arm refines: its evaluations and training record) and the
+geometry traces; copies the compare tables and the geometry table/plot under ``--results``, and
+rewrites the block between ``<!-- paper-setting:start -->`` and ``<!-- paper-setting:end -->`` in
+``--doc``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+START, END = "<!-- paper-setting:start -->", "<!-- paper-setting:end -->"
+ARM_WORDS = {"infonce/report": "control: InfoNCE on whole reports, refined", "infonce/filtered": "filter only",
+             "offclip/report": "loss only", "offclip/filtered": "OFF-CLIP (both)"}
+ORDER = ("infonce/report", "infonce/filtered", "offclip/report", "offclip/filtered")
+
+
+def _ms(values: list[float], digits: int = 3) -> str:
+    values = [v for v in values if v is not None]
+    if not values:
+        return "–"
+    sd = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{statistics.mean(values):.{digits}f} ± {sd:.{digits}f}"
+
+
+def _d(d: dict | None) -> str:
+    if d is None:
+        return "–"
+    bold = "**" if d["low"] > 0 or d["high"] < 0 else ""
+    return f"{bold}{d['estimate']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}]{bold}"
+
+
+def _seeds(d: dict | None) -> str:
+    return " ".join(f"{v:+.2f}" for v in d["per_seed"]) if d else "–"
+
+
+def protocol_tables(saved: dict, base: dict | None) -> str:
+    runs, diffs = saved["runs"], saved["differences"]
+    ev = saved["evaluation_set"]
+    lines = [f"{ev['n_images']:,} images ({ev['n_normal']:,} normal), {len(ev['abnormal_classes'])} abnormal classes "
+             "in the macro AUC.", "",
+             "| arm | normal AUC | macro AUC | normal FP / FN | normal AUC, prompt-free | cos normal–normal images, centred |",
+             "|---|---|---|---|---|---|"]
+    if base is not None:
+        lines.append(f"| the starting plain CLIP (before refinement) | {base['normal_auc']:.3f} | {base['macro_auc']:.3f} | "
+                     f"{base['normal_fp']} / {base['normal_fn']} | {base['normal_auc_centroid']:.3f} | "
+                     f"{base['cos_centred_normal_normal']:.3f} |")
+    for arm in ORDER:
+        rows = [r for r in runs if r["arm"] == arm]
+        if not rows:
+            continue
+        fp = statistics.mean(r["normal_fp"] for r in rows)
+        fn = statistics.mean(r["normal_fn"] for r in rows)
+        lines.append(f"| {arm} ({ARM_WORDS[arm]}) | {_ms([r['normal_auc'] for r in rows])} | "
+                     f"{_ms([r['macro_auc'] for r in rows])} | {fp:.0f} / {fn:.0f} | "
+                     f"{_ms([r['normal_auc_centroid'] for r in rows])} | "
+                     f"{_ms([r['cos_centred_normal_normal'] for r in rows])} |")
+    lines += ["", "Paired differences against the control (the same baseline refined with InfoNCE on whole reports "
+              "for the same steps), pooled over seeds, 95 % intervals from resampling the "
+              f"{diffs[0].get('n_groups') or diffs[0]['n_images']} held-out reports; then seed by seed:", "",
+              "| arm | Δ normal AUC | per seed | Δ macro AUC | per seed | Δ normal AUC, prompt-free |",
+              "|---|---|---|---|---|---|"]
+    for arm in ORDER[1:]:
+        by = {d["metric"]: d for d in diffs if d["arm"] == arm}
+        if not by:
+            continue
+        lines.append(f"| {ARM_WORDS[arm]} | {_d(by.get('normal_auc'))} | {_seeds(by.get('normal_auc'))} | "
+                     f"{_d(by.get('macro_auc'))} | {_seeds(by.get('macro_auc'))} | {_d(by.get('normal_auc_centroid'))} |")
+    return "\n".join(lines)
+
+
+def base_summary(bench: Path, protocol: str) -> dict | None:
+    path = bench / "base-text4" / f"eval-{protocol}" / "vindr-cxr.json"
+    return json.loads(path.read_text())["summary"] if path.is_file() else None
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("bench", type=Path)
+    parser.add_argument("--doc", type=Path, default=Path("docs/ablation.md"))
+    parser.add_argument("--results", type=Path, default=Path("results/paper-setting"))
+    args = parser.parse_args(argv)
+    bench, results = args.bench, args.results
+    results.mkdir(parents=True, exist_ok=True)
+    refine = bench / "refine-text4"
+    data = json.loads((refine / "compare-both.json").read_text())
+    for name in ("compare-both.md", "compare-both.json"):
+        shutil.copyfile(refine / name, results / name)
+    train = json.loads((bench / "base-text4" / "train.json").read_text())
+    seeds = sorted({r["seed"] for r in data["protocols"]["offclip"]["runs"]})
+    parts = [f"The plain CLIP every arm refines: `demo-text4`, InfoNCE on whole reports, seed 100, "
+             f"{train['steps']:,} steps ({train['epochs']} epochs); each arm: `demo-text4-refine`, "
+             f"{data['protocols']['offclip']['runs'][0]['steps']:,} steps, seeds {', '.join(map(str, seeds))}."]
+    for protocol, title in (("offclip", "offclip's protocol (every class, \"There is {finding}.\")"),
+                            ("paper", "the paper's protocol (VinDr's 16 classes + No finding, its prompts, "
+                                      "images with a positive among them, sigmoid scores)")):
+        parts += ["", f"**Under {title}.** " + protocol_tables(data["protocols"][protocol],
+                                                                  base_summary(bench, protocol))]
+    geometry = [
+        ("plain CLIP from scratch, trainable top 4 (the starting model)", bench / "base-text4"),
+        ("frozen text, scratch, InfoNCE filtered", bench / "scratch-demo" / "infonce-filtered-seed0"),
+        ("frozen text, scratch, OFF-CLIP filtered", bench / "scratch-demo" / "offclip-filtered-seed0"),
+        ("top-4 text, refined, InfoNCE filtered", refine / "infonce-filtered-seed0"),
+        ("top-4 text, refined, OFF-CLIP filtered", refine / "offclip-filtered-seed0"),
+    ]
+    present = [f"{label}={path}" for label, path in geometry if (path / "geometry.jsonl").is_file()]
+    subprocess.run([sys.executable, "results/tools/geometry_trace.py", "--out", str(results / "geometry"), *present],
+                   check=True, capture_output=True)
+    parts += ["", "**The geometry over training** (seed 0; `results/tools/geometry_trace.py`, plot "
+              "[`results/paper-setting/geometry/geometry.png`](../results/paper-setting/geometry/geometry.png)):", "",
+              (results / "geometry" / "geometry.md").read_text().strip()]
+    block = "\n".join(parts)
+    (results / "summary.md").write_text(block + "\n", encoding="utf-8")
+    text = args.doc.read_text(encoding="utf-8")
+    if START in text and END in text:
+        before, rest = text.split(START, 1)
+        args.doc.write_text(f"{before}{START}\n{block}\n{END}{rest.split(END, 1)[1]}", encoding="utf-8")
+    print(block)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
