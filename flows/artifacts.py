@@ -42,16 +42,21 @@ def short(text: Any, limit: int = CELL_CHARS, markdown: bool = False) -> Any:
     return text.replace("|", "\\|") if markdown else text
 
 
+def _rounded(value: Any, digits: int = 4) -> Any:
+    """Floats to ``digits`` decimals: a table cell reads 0.7467, not 0.7467279411764706."""
+    return round(value, digits) if isinstance(value, float) else value
+
+
 def table_rows(rows: Iterable[dict], *, first: tuple[str, ...] = (), last: tuple[str, ...] = (),
                text: tuple[str, ...] = ()) -> list[dict]:
-    """Rows for ``create_table_artifact``: every value :func:`finite`, the ``first`` columns
+    """Rows for ``create_table_artifact``: every value :func:`finite` (floats to 4 decimals), the ``first`` columns
     leading (the labels a reader needs in view), the ``last`` trailing, ``text`` columns
     :func:`short`."""
     out = []
     for row in rows:
         keys = [k for k in first if k in row] + [k for k in row if k not in first and k not in last] \
             + [k for k in last if k in row]
-        out.append({k: short(finite(row[k])) if k in text else finite(row[k]) for k in keys})
+        out.append({k: short(finite(row[k])) if k in text else _rounded(finite(row[k])) for k in keys})
     return out
 
 

@@ -18,7 +18,7 @@ from offclip.models.evaluate.plots import ROC_CLASSES, plotted_classes, roc_png
 
 
 def test_table_rows_are_strict_json_with_labels_first():
-    rows = [{"prompt": "There is no finding. " * 10, "auc": np.float64(0.71), "threshold": math.inf,
+    rows = [{"prompt": "There is no finding. " * 10, "auc": np.float64(0.7467279411764706), "threshold": math.inf,
              "class_name": "No finding", "fp": math.nan, "n_pos": np.int64(680)},
             {"prompt": "There is edema.", "auc": math.nan, "threshold": -math.inf, "class_name": "Edema",
              "fp": 3.0, "n_pos": 0}]
@@ -28,6 +28,7 @@ def test_table_rows_are_strict_json_with_labels_first():
     assert out[0]["threshold"] == "+inf" and out[1]["threshold"] == "-inf"
     assert out[0]["fp"] is None and out[1]["auc"] is None
     assert out[0]["n_pos"] == 680 and isinstance(out[0]["n_pos"], int)
+    assert out[0]["auc"] == 0.7467  # 4 decimals in a cell
     assert len(out[0]["prompt"]) == 80 and out[0]["prompt"].endswith("…")
     assert json.loads(text)[1]["prompt"] == "There is edema."
 
