@@ -42,4 +42,9 @@ for config in ${SCRATCH_CONFIGS:-demo demo-text4}; do  # the figures in docs/abl
         --config $config --loss $loss --text-source filtered --seed 0 --trace-every 105
   done
 done
+# 4. the off-diagonal term alone (abnormal_weight 0: no abnormal-only InfoNCE beside it), refined as the
+#    arms, filtered text, seed 0, traced: which of OFF-CLIP's two terms moves the normal images
+$PY -m offclip.models.train --shards "$BENCH/c4k" --run-dir "$BENCH/refine-offdiag-only/offclip-filtered-aw0-seed0" \
+    --config demo-text4-refine --init "$BENCH/base-text4/model" --loss offclip --abnormal-weight 0 \
+    --text-source filtered --seed 0 --trace-every 105
 echo "paper_setting: done"

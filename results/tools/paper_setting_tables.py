@@ -113,6 +113,8 @@ def main(argv: list[str] | None = None) -> int:
         ("frozen text, scratch, OFF-CLIP filtered", bench / "scratch-demo" / "offclip-filtered-seed0"),
         ("top-4 text, refined, InfoNCE filtered", refine / "infonce-filtered-seed0"),
         ("top-4 text, refined, OFF-CLIP filtered", refine / "offclip-filtered-seed0"),
+        ("top-4 text, refined, off-diagonal term alone (abnormal_weight 0), filtered",
+         bench / "refine-offdiag-only" / "offclip-filtered-aw0-seed0"),
     ]
     present = [f"{label}={path}" for label, path in geometry if (path / "geometry.jsonl").is_file()]
     subprocess.run([sys.executable, "results/tools/geometry_trace.py", "--out", str(results / "geometry"), *present],
