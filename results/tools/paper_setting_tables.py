@@ -107,21 +107,28 @@ def main(argv: list[str] | None = None) -> int:
                                       "images with a positive among them, sigmoid scores)")):
         parts += ["", f"**Under {title}.** " + protocol_tables(data["protocols"][protocol],
                                                                   base_summary(bench, protocol))]
-    geometry = [
-        ("plain CLIP from scratch, trainable top 4 (the starting model)", bench / "base-text4"),
-        ("frozen text, scratch, InfoNCE filtered", bench / "scratch-demo" / "infonce-filtered-seed0"),
-        ("frozen text, scratch, OFF-CLIP filtered", bench / "scratch-demo" / "offclip-filtered-seed0"),
-        ("top-4 text, refined, InfoNCE filtered", refine / "infonce-filtered-seed0"),
-        ("top-4 text, refined, OFF-CLIP filtered", refine / "offclip-filtered-seed0"),
-        ("top-4 text, refined, off-diagonal term alone (abnormal_weight 0), filtered",
-         bench / "refine-offdiag-only" / "offclip-filtered-aw0-seed0"),
-    ]
-    present = [f"{label}={path}" for label, path in geometry if (path / "geometry.jsonl").is_file()]
-    subprocess.run([sys.executable, "results/tools/geometry_trace.py", "--out", str(results / "geometry"), *present],
-                   check=True, capture_output=True)
-    parts += ["", "**The geometry over training** (seed 0; `results/tools/geometry_trace.py`, plot "
-              "[`results/paper-setting/geometry/geometry.png`](../results/paper-setting/geometry/geometry.png)):", "",
-              (results / "geometry" / "geometry.md").read_text().strip()]
+    groups = {
+        "refined": ("trainable top-4 text, refining the starting CLIP", [
+            ("control (InfoNCE, report)", refine / "infonce-report-seed0"),
+            ("filter only", refine / "infonce-filtered-seed0"),
+            ("loss only", refine / "offclip-report-seed0"),
+            ("OFF-CLIP", refine / "offclip-filtered-seed0"),
+            ("off-diagonal term alone, filtered", bench / "refine-offdiag-only" / "offclip-filtered-aw0-seed0")]),
+        "frozen": ("frozen text, from scratch (the `demo` config, 12 epochs), and the starting CLIP's own training", [
+            ("frozen: InfoNCE, filtered", bench / "scratch-demo" / "infonce-filtered-seed0"),
+            ("frozen: OFF-CLIP, filtered", bench / "scratch-demo" / "offclip-filtered-seed0"),
+            ("top-4 from scratch: InfoNCE, report (the starting CLIP)", bench / "base-text4")]),
+    }
+    for name, (title, runs) in groups.items():
+        present = [f"{label}={path}" for label, path in runs if (path / "geometry.jsonl").is_file()]
+        if not present:
+            continue
+        out = results / f"geometry-{name}"
+        subprocess.run([sys.executable, "results/tools/geometry_trace.py", "--out", str(out), *present],
+                       check=True, capture_output=True)
+        parts += ["", f"**The geometry over training: {title}** (seed 0; `results/tools/geometry_trace.py`, plot "
+                  f"[`{out}/geometry.png`](../{out}/geometry.png)):", "",
+                  (out / "geometry.md").read_text().strip()]
     block = "\n".join(parts)
     (results / "summary.md").write_text(block + "\n", encoding="utf-8")
     text = args.doc.read_text(encoding="utf-8")
