@@ -43,6 +43,7 @@ demo: setup
 	$(BIN)/offclip demo-world $(DEMO_DIR) --studies $(DEMO_STUDIES) --seed 0 --eval-images $(DEMO_EVAL_IMAGES) --overwrite
 	$(BIN)/offclip up
 	. .offclip/env.sh && HF_HUB_OFFLINE=1 $(BIN)/prefect deployment run offclip/build-shards \
+		--flow-run-name "build-shards · $(notdir $(DEMO_DIR)) → $(notdir $(DEMO_OUT)) (make demo)" \
 		-p source=$(DEMO_DIR) -p out=$(DEMO_OUT) -p folders=all -p classifier_method=$(DEMO_CLASSIFIER_METHOD) \
 		-p image_size=$(DEMO_IMAGE_SIZE) -p 'train_parameters={"baseline": true}' \
 		&& $(BIN)/offclip wait offclip/build-shards offclip/train offclip/evaluate --timeout 1800 \
