@@ -54,7 +54,7 @@ def block(out: Path, wall: str | None, commit: str) -> str:
     table.append(f"| difference [95 % CI, reports resampled] | {diff('normal_auc')} | {diff('macro_auc')} | | "
                  f"{diff('normal_auc_centroid')} |")
     head = (f"What `make demo` printed at commit `{commit}` on a clean clone with an empty home"
-            + (f" ({wall} wall on 2 cores)" if wall else "") +
+            + (f" (wall time: {wall})" if wall else "") +
             f": {model['n_images']:,} evaluation images (VinDr-format renders of the held-out reports), one seed, "
             f"{pairs:,} training pairs. Its last lines:")
     answer = latest_answer(db)
