@@ -7,7 +7,8 @@ Reads BENCH/refine-text4/compare-both.json (the refinement ablation, both protoc
 BENCH/base-text4 (the plain CLIP every arm refines: its evaluations and training record) and the
 geometry traces; copies the compare tables and the geometry table/plot under ``--results``, and
 rewrites the block between ``<!-- paper-setting:start -->`` and ``<!-- paper-setting:end -->`` in
-``--doc``.
+``--doc``, and README.md's headline table between ``<!-- headline:start -->`` and
+``<!-- headline:end -->``.
 """
 
 from __future__ import annotations
@@ -80,6 +81,24 @@ def protocol_tables(saved: dict, base: dict | None) -> str:
     return "\n".join(lines)
 
 
+def headline(data: dict) -> str:
+    """README's headline table: per arm, offclip's protocol (mean ± sd, Δ with interval) and the
+    paper's (Δ normal / Δ macro)."""
+    own, paper = data["protocols"]["offclip"], data["protocols"]["paper"]
+    names = {"infonce/report": "control (plain CLIP, refined)", "infonce/filtered": "filter only",
+             "offclip/report": "loss only", "offclip/filtered": "OFF-CLIP"}
+    lines = ["| arm | normal AUC | macro AUC | Δ normal AUC [95 % CI] | Δ macro AUC [95 % CI] | "
+             "paper's protocol: Δ normal / Δ macro |", "|---|---|---|---|---|---|"]
+    for arm in ORDER:
+        rows = [r for r in own["runs"] if r["arm"] == arm]
+        by = {d["metric"]: d for d in own["differences"] if d["arm"] == arm}
+        pb = {d["metric"]: d for d in paper["differences"] if d["arm"] == arm}
+        lines.append(f"| {names[arm]} | {_ms([r['normal_auc'] for r in rows])} | {_ms([r['macro_auc'] for r in rows])} | "
+                     f"{_d(by.get('normal_auc'))} | {_d(by.get('macro_auc'))} | "
+                     + (f"{pb['normal_auc']['estimate']:+.3f} / {pb['macro_auc']['estimate']:+.3f} |" if pb else "– |"))
+    return "\n".join(lines)
+
+
 def base_summary(bench: Path, protocol: str) -> dict | None:
     path = bench / "base-text4" / f"eval-{protocol}" / "vindr-cxr.json"
     return json.loads(path.read_text())["summary"] if path.is_file() else None
@@ -130,6 +149,13 @@ def main(argv: list[str] | None = None) -> int:
                   f"[`{out}/geometry.png`](../{out}/geometry.png)):", "",
                   (out / "geometry.md").read_text().strip()]
     block = "\n".join(parts)
+    readme = Path("README.md")
+    marks = ("<!-- headline:start -->", "<!-- headline:end -->")
+    text = readme.read_text(encoding="utf-8")
+    if marks[0] in text and marks[1] in text:
+        before, rest = text.split(marks[0], 1)
+        readme.write_text(f"{before}{marks[0]}\n{headline(data)}\n{marks[1]}{rest.split(marks[1], 1)[1]}",
+                          encoding="utf-8")
     (results / "summary.md").write_text(block + "\n", encoding="utf-8")
     text = args.doc.read_text(encoding="utf-8")
     if START in text and END in text:
