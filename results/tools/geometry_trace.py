@@ -92,7 +92,11 @@ def main(argv: list[str] | None = None) -> int:
         label, _, run = spec.partition("=")
         if not run:
             parser.error(f"{spec!r}: LABEL=RUN_DIR")
-        runs[label] = read(Path(run))
+        rows = read(Path(run))
+        if not rows:
+            print(f"{label}: {run}/geometry.jsonl holds no measurement yet: left out", file=sys.stderr)
+            continue
+        runs[label] = rows
     args.out.mkdir(parents=True, exist_ok=True)
     text = table(runs)
     (args.out / "geometry.md").write_text(text + "\n", encoding="utf-8")
