@@ -73,12 +73,12 @@ def default_eval_root(shards: str | Path, dataset: str = "vindr-cxr") -> str | N
     return str(root) if root is not None and root.is_dir() else None
 
 
-def _cell(value: Any) -> str:
-    """A summary value as a markdown cell: 4 decimals for a float, "–" for an undefined one."""
+def _cell(value: Any, digits: int = 4) -> str:
+    """A summary value as a markdown cell: ``digits`` decimals for a float, "–" for an undefined one."""
     value = finite(value)
     if value is None:
         return "–"
-    return f"{value:.4f}" if isinstance(value, float) else str(value)
+    return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
 
 
 def _png_markdown(path: Path | None, title: str) -> str:
@@ -99,7 +99,7 @@ def train_task(config: dict, label: str = "model") -> dict:
     logger = get_run_logger()
     key = "offclip-train-progress-" + "".join(c if c.isalnum() else "-" for c in label.lower()).strip("-")
     progress = create_progress_artifact(0.0, key=key[:64], description=f"{label}: starting")
-    last = {"t": 0.0, "started": time.monotonic(), "first_step": None}
+    last = {"t": 0.0, "first_step": None}
 
     def on_step(metrics: dict) -> None:
         total = metrics.get("total_steps") or 0
@@ -125,16 +125,23 @@ def train_task(config: dict, label: str = "model") -> dict:
 
 
 def model_label(loss: str, text_source: str | None, config: str) -> str:
-    """What a model is, in the ablation's words: ``OFF-CLIP``, ``plain CLIP (baseline)``,
-    ``filter only (InfoNCE on filtered text)``, ``loss only (OFF-CLIP loss on whole reports)``."""
+    """What a model is, in the ablation's words (``models.compare.ARMS``): ``OFF-CLIP``, ``plain
+    CLIP (baseline)``, ``filter only``, ``loss only``."""
     from offclip.models.clip import load_model_config
+    from offclip.models.compare import ARMS
 
     if text_source is None:
         text_source = load_model_config(config).get("train", {}).get("text_source") or "filtered"
-    return {("offclip", "filtered"): "OFF-CLIP", ("infonce", "report"): "plain CLIP (baseline)",
-            ("infonce", "filtered"): "filter only (InfoNCE on filtered text)",
-            ("offclip", "report"): "loss only (OFF-CLIP loss on whole reports)"}.get(
-        (loss, text_source), f"{loss} on {text_source} text")
+    arm = ARMS.get(f"{loss}/{text_source}")
+    return arm[2] if arm else f"{loss} on {text_source} text"
+
+
+def _record_train(db: Path, started: dt.datetime, settings: dict, result: dict) -> None:
+    """The training run's row in the manifest's ``runs`` table (when the manifest exists)."""
+    if db.is_file():
+        append_runs(db, [run_record("train", started, settings,
+                                    {k: result[k] for k in ("steps", "epochs", "final_loss", "images_per_second")},
+                                    model_version=Path(result["model_dir"]).parent.name)])
 
 
 def _train_artifacts(result: dict, label: str, run_name: str, config: str, seed: int, key: str) -> None:
@@ -182,9 +189,9 @@ def evaluate_against_task(model: str, baseline: str, dataset: str, root: str, ou
     from offclip.models.evaluate import evaluate as run_evaluation
 
     results = {}
-    for name, path, where, label in ((run_name, model, out, "the model"),
-                                     (baseline_name, baseline, baseline_out, "plain CLIP (baseline)")):
-        artifact = create_progress_artifact(0.0, key=f"offclip-eval-progress-{'baseline' if where == baseline_out else 'model'}",
+    for name, path, where, label, role in ((run_name, model, out, "the model", "model"),
+                                           (baseline_name, baseline, baseline_out, "plain CLIP (baseline)", "baseline")):
+        artifact = create_progress_artifact(0.0, key=f"offclip-eval-progress-{role}",
                                             description=f"evaluating {label} on {dataset}")
         results[name, 0] = run_evaluation(path, dataset, root, out=Path(where),
                                           manifest=Path(manifest) if manifest else None, run_name=name,
@@ -192,7 +199,7 @@ def evaluate_against_task(model: str, baseline: str, dataset: str, root: str, ou
         summary = results[name, 0].summary
         update_progress_artifact(artifact, 100.0, description=(
             f"evaluated {label} on {dataset}: {summary.get('n_images')} images, normal AUC "
-            f"{_cell(summary.get('normal_auc'))[:5]}, macro AUC {_cell(summary.get('macro_auc'))[:5]}"))
+            f"{_cell(summary.get('normal_auc'), 3)}, macro AUC {_cell(summary.get('macro_auc'), 3)}"))
     differences = paired_differences(results, baseline_name, (0,), Path(root), n_boot=n_boot,
                                      progress=get_run_logger().info)
     if manifest and differences:
@@ -249,10 +256,7 @@ def train(**parameters: Any) -> dict[str, Any]:
                     label, base_label)
     result = {"flow_run": current_run_id(), **train_task(settings, label=label)}
     db = Path(shards) / MANIFEST_FILE
-    if db.is_file():
-        append_runs(db, [run_record("train", started, settings,
-                                    {k: result[k] for k in ("steps", "epochs", "final_loss", "images_per_second")},
-                                    model_version=Path(result["model_dir"]).parent.name)])
+    _record_train(db, started, settings, result)
     _train_artifacts(result, label, run.name, config, seed, key="offclip-train")
     if p.baseline and label != base_label:
         base_run = run.with_name(f"{run.name}-baseline") if p.run_dir else default_run_dir(
@@ -260,10 +264,7 @@ def train(**parameters: Any) -> dict[str, Any]:
         logger.info("training the %s beside it → %s", base_label, base_run)
         base_settings = {**settings, "out": str(base_run), "loss": "infonce", "text_source": "report"}
         trained = train_task(base_settings, label=base_label)
-        if db.is_file():
-            append_runs(db, [run_record("train", started, base_settings,
-                                        {k: trained[k] for k in ("steps", "epochs", "final_loss", "images_per_second")},
-                                        model_version=base_run.name)])
+        _record_train(db, started, base_settings, trained)
         _train_artifacts(trained, base_label, base_run.name, config, seed, key="offclip-baseline-train")
         result["baseline_model_dir"] = trained["model_dir"]
     if p.trigger_evaluate:
