@@ -58,9 +58,11 @@ def answer_text(model: dict, baseline: dict, differences: list[dict], *, model_l
     return "\n".join(lines)
 
 
-def latest_answer(db: str | Path) -> str | None:
-    """The answer for the newest model-against-baseline comparison the manifest holds (not
-    ``compare``'s), or None when there is none."""
+def latest_comparison(db: str | Path) -> dict | None:
+    """The newest model-against-baseline comparison the manifest holds (not ``compare``'s):
+    ``model_run``, ``baseline_run``, ``dataset``, their ``model`` and ``baseline`` rows of
+    ``latest_evaluations`` (offclip protocol) and the ``differences`` rows of
+    ``latest_differences``; None when there is none."""
     from ..pipeline.manifest import query
 
     diffs = query(db, "SELECT * FROM latest_differences WHERE comparison NOT LIKE 'compare%' "
@@ -78,9 +80,18 @@ def latest_answer(db: str | Path) -> str | None:
     summaries = {r["run_name"]: r for r in evals.to_dict("records")}
     if model_run not in summaries or baseline_run not in summaries:
         return None
+    return {"model_run": model_run, "baseline_run": baseline_run, "dataset": dataset,
+            "model": summaries[model_run], "baseline": summaries[baseline_run],
+            "differences": rows.to_dict("records")}
+
+
+def latest_answer(db: str | Path) -> str | None:
+    """The answer for :func:`latest_comparison`, or None when there is none."""
+    found = latest_comparison(db)
+    if found is None:
+        return None
     differences = [{"metric": r["metric"], "estimate": r["difference"], "low": r["ci_low"], "high": r["ci_high"],
-                    "n_images": r.get("n_images"), "n_groups": r.get("n_groups")}
-                   for r in rows.to_dict("records")]
-    model = summaries[model_run]
-    label = {"offclip": "OFF-CLIP", "infonce": "the InfoNCE model"}.get(model.get("loss"), model_run)
-    return answer_text(model, summaries[baseline_run], differences, model_label=label, dataset=dataset)
+                    "n_images": r.get("n_images"), "n_groups": r.get("n_groups")} for r in found["differences"]]
+    model = found["model"]
+    label = {"offclip": "OFF-CLIP", "infonce": "the InfoNCE model"}.get(model.get("loss"), found["model_run"])
+    return answer_text(model, found["baseline"], differences, model_label=label, dataset=found["dataset"])

@@ -27,19 +27,16 @@ def _f(value, signed: bool = False) -> str:
 
 
 def block(out: Path, wall: str | None, commit: str) -> str:
-    from offclip.models.answer import SEPARATOR, latest_answer
+    from offclip.models.answer import latest_answer, latest_comparison
     from offclip.pipeline.manifest import query
 
     db = out / "manifest.duckdb"
-    diffs = query(db, "SELECT * FROM latest_differences WHERE comparison NOT LIKE 'compare%' ORDER BY evaluated_at DESC")
-    if not len(diffs):
+    found = latest_comparison(db)
+    if found is None:
         raise SystemExit(f"{db}: no model evaluated against a baseline (run `make demo` first)")
-    comparison = diffs["comparison"].iloc[0]
-    rows = {r["metric"]: r for r in diffs[diffs["comparison"] == comparison].to_dict("records")}
-    model_run, base_run = comparison.rsplit(SEPARATOR, 1)
-    evals = query(db, "SELECT * FROM latest_evaluations WHERE protocol = 'offclip'")
-    by_run = {r["run_name"]: r for r in evals.to_dict("records")}
-    model, base = by_run[model_run], by_run[base_run]
+    rows = {r["metric"]: r for r in found["differences"]}
+    model_run, base_run = found["model_run"], found["baseline_run"]
+    model, base = found["model"], found["baseline"]
     pairs = query(db, "SELECT count(*) AS n FROM pairs WHERE split = 'train'")["n"].iloc[0]
 
     def diff(metric: str) -> str:
