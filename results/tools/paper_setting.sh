@@ -4,7 +4,11 @@
 # geometry traced; then the from-scratch geometry runs (frozen vs trainable text). Resumable: a
 # finished run is found finished (compare re-evaluates it), an unfinished one resumes exactly.
 #
-#   results/tools/paper_setting.sh BENCH CLASSIFIER
+#   results/tools/paper_setting.sh BENCH
+#
+# BASE_CONFIG=demo-text4-192 TAG=-192 SEEDS=0 STEPS=12 results/tools/paper_setting.sh BENCH: the same
+# ablation from a 192-px starting CLIP (the pointing game's 6x6 grid; BENCH/base-text4-192,
+# BENCH/refine-text4-192), steps 1-2 only.
 #
 # BENCH/w4k: `offclip demo-world BENCH/w4k --studies 3955 --seed 0 --eval-images 1000`
 # BENCH/c4k: `offclip build-shards BENCH/w4k BENCH/c4k --folders all --image-size 192 --classifier CLASSIFIER`
@@ -14,25 +18,30 @@ PY=${PY:-.venv/bin/python}
 OFFCLIP=${OFFCLIP:-.venv/bin/offclip}
 SEEDS=${SEEDS:-0,1,2}
 EVAL=$BENCH/w4k/eval/vindr-cxr
+BASE_CONFIG=${BASE_CONFIG:-demo-text4}
+TAG=${TAG:-}
+STEPS=${STEPS:-1234}
+BASE=$BENCH/base-text4$TAG
 
 # 1. the plain CLIP every arm refines: InfoNCE on whole reports, demo-text4, 12 epochs, seed 100
 #    (a seed no arm uses)
-$PY -m offclip.models.train --shards "$BENCH/c4k" --run-dir "$BENCH/base-text4" --config demo-text4 \
+$PY -m offclip.models.train --shards "$BENCH/c4k" --run-dir "$BASE" --config $BASE_CONFIG \
     --loss infonce --text-source report --seed 100 --trace-every 100
 
 # 1b. where every refinement starts: the baseline evaluated under both protocols
 for protocol in offclip paper; do
-  [ -f "$BENCH/base-text4/eval-$protocol/vindr-cxr.json" ] || $PY -c "
+  [ -f "$BASE/eval-$protocol/vindr-cxr.json" ] || $PY -c "
 import sys; from pathlib import Path; from offclip.models.evaluate import evaluate
 r = evaluate(Path(sys.argv[1]), 'vindr-cxr', Path(sys.argv[2]), out=Path(sys.argv[3]), protocol=sys.argv[4])
 print(sys.argv[4], {k: r.summary[k] for k in ('normal_auc', 'macro_auc')})" \
-      "$BENCH/base-text4/model" "$EVAL" "$BENCH/base-text4/eval-$protocol" $protocol
+      "$BASE/model" "$EVAL" "$BASE/eval-$protocol" $protocol
 done
 
 # 2. the four arms refining it (demo-text4-refine: 6 epochs), seeds 0-2 (5 do not fit the session on 2
 #    cores: a refinement with both evaluations takes ~5 min), both protocols, geometry once an epoch
-$OFFCLIP compare "$BENCH/c4k" "$EVAL" --init "$BENCH/base-text4/model" --config demo-text4-refine \
-    --seeds "$SEEDS" --protocol both --trace-every 105 --out "$BENCH/refine-text4"
+$OFFCLIP compare "$BENCH/c4k" "$EVAL" --init "$BASE/model" --config demo-text4-refine \
+    --seeds "$SEEDS" --protocol both --trace-every 105 --out "$BENCH/refine-text4$TAG"
+[[ $STEPS == *3* || $STEPS == *4* ]] || { echo "paper_setting: done (steps $STEPS)"; exit 0; }
 
 # 3. from scratch, seed 0, the geometry traced (no evaluation: the trace is what is asked of these):
 #    the two filtered arms, loss off and on, with frozen text (demo) and trainable top 4 (demo-text4)
