@@ -349,7 +349,8 @@ def test_direct_buffer_matches_pixel_array(tmp_path, monkeypatch, make):
     path = _write(tmp_path, "x.dcm", make())
     direct = decode_dicom(path, SMALL)
     assert np.array_equal(decode_dicom(path.read_bytes(), SMALL).pixels, direct.pixels)  # bytes == path
-    monkeypatch.setattr(images, "_DIRECT_SYNTAXES", frozenset())
+    monkeypatch.setattr(images.dicom, "_DIRECT_SYNTAXES", frozenset())
+    monkeypatch.setattr(images.pixels, "_DIRECT_SYNTAXES", frozenset())
     via_pydicom = decode_dicom(path, SMALL)
     np.testing.assert_array_equal(via_pydicom.pixels, direct.pixels)
     assert via_pydicom.window_source == direct.window_source
@@ -432,7 +433,7 @@ def test_unavailable_decoder(monkeypatch):
         is_available = False
         missing_dependencies = ["pylibjpeg-openjpeg>=2.0"]
 
-    monkeypatch.setattr(images, "get_decoder", lambda uid: Missing())
+    monkeypatch.setattr(images.dicom, "get_decoder", lambda uid: Missing())
     reject = _reject(_dicom("j2k_lossless"))
     assert reject.reason == "unsupported_transfer_syntax"
     assert "JPEG 2000 Image Compression (Lossless Only)" in reject.message and "openjpeg" in reject.message

@@ -388,7 +388,7 @@ def test_fallback_precision_above_bits_stored(j2k):
 
 
 def test_fallback_without_pillow_openjpeg(monkeypatch, j2k):
-    monkeypatch.setattr(images, "_pillow_j2k", lambda: False)
+    monkeypatch.setattr(images.j2k, "_pillow_j2k", lambda: False)
     _assert_full_path(j2k["mono2"])
 
 
