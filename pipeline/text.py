@@ -52,6 +52,8 @@ def _import_spacy_without_torch() -> None:
     Ingest workers start fresh interpreters, so each one would pay it. While spaCy loads,
     ``torch`` is hidden when no one has imported it yet, and restored right after: a later
     ``import torch`` works as usual; only thinc's own torch shims stay off in that process.
+    Called where spaCy is first needed (:class:`SentenceSplitter`): importing this module
+    neither loads spaCy nor touches ``sys.modules["torch"]``.
     """
     if "spacy" in sys.modules or "torch" in sys.modules:
         return
@@ -62,9 +64,6 @@ def _import_spacy_without_torch() -> None:
         if sys.modules.get("torch", 0) is None:
             del sys.modules["torch"]
 
-
-_import_spacy_without_torch()
-from spacy.attrs import IDX, IS_SPACE, ORTH, SENT_START, SPACY  # noqa: E402
 
 __all__ = [
     "Section",
@@ -515,6 +514,8 @@ class _Tokens:
     __slots__ = ("words", "space", "ws", "idx", "n", "nxt", "prv", "nl", "text", "paragraph_starts")
 
     def __init__(self, doc):
+        from spacy.attrs import IDX, IS_SPACE, ORTH, SPACY  # loaded: a Doc exists
+
         # Columns straight from the Doc's C arrays: no Token objects (the hot path).
         rows = doc.to_array([ORTH, IDX, IS_SPACE, SPACY]).tolist() if len(doc) else []
         strings = doc.vocab.strings
@@ -673,6 +674,7 @@ class SentenceSplitter:
     a boundary-repair component). Build once and reuse; :meth:`pipe` for corpora."""
 
     def __init__(self):
+        _import_spacy_without_torch()
         import spacy
         from spacy.language import Language
         from spacy.pipeline import Sentencizer
@@ -757,6 +759,8 @@ class SentenceSplitter:
     def _sentences(self, doc, section: str, offset: int, first_index: int) -> list[Sentence]:
         t = doc.user_data.get(_COMPONENT)
         if t is None:  # a Doc that did not go through the pipeline's component
+            from spacy.attrs import SENT_START
+
             guesses = np.flatnonzero(doc.to_array(SENT_START) == 1).tolist() if len(doc) else []
             t, start = _boundaries(doc, guesses, self._terminal)
         else:
@@ -815,6 +819,8 @@ class _Fixer:
     def __call__(self, doc):
         if len(doc) == 0:
             return doc
+        from spacy.attrs import SENT_START
+
         guesses = np.flatnonzero(doc.to_array(SENT_START) == 1).tolist()
         t, start = _boundaries(doc, guesses, self.terminal)
         flags = np.fromiter((1 if x else _NOT_START for x in start), dtype=np.uint64, count=len(start))
