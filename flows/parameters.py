@@ -13,7 +13,7 @@ RetrainParameters          retrain       offclip/retrain (the weekly schedule)
 IngestParameters           –             ``offclip ingest`` (build-shards' ingest settings, same fields)
 CurateParameters           –             ``offclip curate`` (build-shards' curation settings)
 ShardsParameters           –             ``offclip shards`` (build-shards' shard settings)
-ClassifierTrainParameters  –             ``offclip classifier train``, ``python -m offclip.pipeline.classifier``
+ClassifierTrainParameters  –             ``offclip classifier train``
 =========================  ============  ==================================================================
 
 Each flow keeps flat parameters (``prefect deployment run offclip/build-shards -p source=… -p

@@ -395,7 +395,7 @@ def test_evaluate_module_defaults_are_the_flows():
 
 
 def test_classifier_module_is_the_typer_command():
-    help_ = subprocess.run([sys.executable, "-m", "offclip.pipeline.classifier", "--help"], capture_output=True,
+    help_ = subprocess.run([sys.executable, "-m", "offclip.cli", "classifier", "train", "--help"], capture_output=True,
                            text=True, check=True, timeout=120).stdout
     visible, _ = _typer_options(typer.main.get_command(app).commands["classifier"].commands["train"])
     for flag in visible:
