@@ -14,11 +14,19 @@ from pathlib import Path
 
 import pytest
 
-from offclip import service
+from offclip import stack
+from offclip.stack import processes
 
 pytestmark = pytest.mark.skipif(not Path("/proc/self/cmdline").exists(), reason="needs Linux /proc")
 
 POOL = "offclip-process"
+
+
+def _free_port() -> int:
+    """A port on 127.0.0.1 free at this moment (the kernel's pick)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def _alive(pid: int) -> bool:
@@ -28,6 +36,18 @@ def _alive(pid: int) -> bool:
     except OSError:
         return False
     return stat[stat.rindex(b")") + 2:][:1] not in (b"Z", b"X")
+
+
+def _pids() -> list[int]:
+    return [int(d) for d in os.listdir("/proc") if d.isdigit()]
+
+
+def _pgid(pid: int) -> int | None:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_bytes()
+    except OSError:
+        return None
+    return int(stat[stat.rindex(b")") + 2:].split()[2])
 
 
 @pytest.fixture
@@ -44,8 +64,8 @@ def test_up_status_down_real_processes(isolated):
     from offclip.cli import app
 
     home = isolated / "home"
-    port = service.free_port()
-    lay = service.layout(home)
+    port = _free_port()
+    lay = stack.layout(home)
     url = f"http://127.0.0.1:{port}/api"
     t0 = time.monotonic()
     # started as a script's background job is (`offclip up &`, cron, CI): SIGINT ignored, which
@@ -54,22 +74,22 @@ def test_up_status_down_real_processes(isolated):
     previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         try:
-            first = service.up(home, port, POOL, deploy_flows=False, project=isolated)
+            first = stack.up(home, port, POOL, deploy_flows=False, project=isolated)
         finally:
             signal.signal(signal.SIGINT, previous)
         assert first.api_url == url and not first.server_reused and first.pool_created
-        assert service.health(url)
+        assert stack.health(url)
         assert first.worker_pid and _alive(first.worker_pid) and _alive(first.server_pid)
         assert lay.server_pid.read_text().strip() == str(first.server_pid)
         assert lay.worker_pid.read_text().strip() == str(first.worker_pid)
         assert (lay.prefect_home / "prefect.db").is_file()          # the SQLite DB is project-local
-        auth = service.auth_string(home)
+        auth = stack.auth_string(home)
         assert auth and auth.startswith("offclip:")
         assert f"export PREFECT_API_URL={url}\n" in lay.env_sh.read_text()
         assert lay.env_sh.read_text().strip().endswith(f"export PREFECT_API_AUTH_STRING={auth}")
-        assert service.api_url(home) == url and service.api_url(home, check=True) == url
-        assert service.client_env(home, base={})["PREFECT_API_URL"] == url
-        assert service.client_env(home, base={})["PREFECT_API_AUTH_STRING"] == auth
+        assert stack.api_url(home) == url and stack.api_url(home, check=True) == url
+        assert stack.client_env(home, base={})["PREFECT_API_URL"] == url
+        assert stack.client_env(home, base={})["PREFECT_API_AUTH_STRING"] == auth
 
         # The Prefect UI is served (by default): its page at /, its settings naming this server's API
         import httpx
@@ -82,7 +102,7 @@ def test_up_status_down_real_processes(isolated):
         assert first.ui_url == f"http://127.0.0.1:{port}" and first.ui_url in first.to_text()
 
         # a direct flow run (offclip build-shards, train, evaluate) goes to this server
-        direct = service.direct_run_env(home, environ={})
+        direct = stack.direct_run_env(home, environ={})
         assert direct.target == "project" and direct.env["PREFECT_API_URL"] == url
         assert direct.env["PREFECT_HOME"] == str(lay.prefect_home)
         assert direct.env["PREFECT_API_AUTH_STRING"] == auth
@@ -98,11 +118,11 @@ def test_up_status_down_real_processes(isolated):
                 assert first.worker_name in [w.name for w in client.read_workers_for_work_pool(POOL)]
 
         # Idempotent: the same server and worker, the pool left as it is.
-        again = service.up(home, None, POOL, deploy_flows=False, project=isolated)
+        again = stack.up(home, None, POOL, deploy_flows=False, project=isolated)
         assert again.server_reused and again.server_pid == first.server_pid and again.port == port
         assert again.worker_reused and again.worker_pid == first.worker_pid and not again.pool_created
 
-        st = service.status(home)
+        st = stack.status(home)
         assert st.ok and st.server_alive and st.server_healthy and st.api_url == url
         assert st.worker_alive and st.worker_pid == first.worker_pid and st.worker_status == "ONLINE"
         assert st.pool_exists and st.deployments == [] and not st.errors
@@ -111,26 +131,32 @@ def test_up_status_down_real_processes(isolated):
         assert out.exit_code == 0, out.output
         assert f"export PREFECT_API_URL={url}" in out.output and "ONLINE" in out.output
     finally:
-        stopped = service.down(home)
+        stopped = stack.down(home)
     elapsed = time.monotonic() - t0
 
     assert {s.role: s.outcome for s in stopped.stopped} == {"worker": "terminated", "server": "terminated"}
     assert not _alive(first.server_pid) and not _alive(first.worker_pid)
+    # nothing of the stack is left: no process in the server's or the worker's process group, the port free
+    groups = {first.server_pid, first.worker_pid}
+    assert not [pid for pid in _pids() if _pgid(pid) in groups and _alive(pid)]
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)    # as a new server binds it
+        s.bind(("127.0.0.1", port))
     assert not any(p.exists() for p in (lay.server_pid, lay.worker_pid, lay.server_json, lay.worker_json, lay.env_sh,
                                         lay.auth))
-    assert not service.health(url)
-    assert service.api_url(home) is None
+    assert not stack.health(url)
+    assert stack.api_url(home) is None
 
-    second = service.down(home)
+    second = stack.down(home)
     assert second.nothing_running and "nothing running" in second.to_text()
-    st = service.status(home)
+    st = stack.status(home)
     assert not st.ok and not st.server_alive and not st.worker_alive
     print(f"up/up/status/down: {elapsed:.1f} s (server healthy after {first.server_start_s:.1f} s)")
 
 
 def test_down_refuses_a_pid_that_is_not_prefect(isolated):
     home = isolated / "home"
-    lay = service.layout(home)
+    lay = stack.layout(home)
     lay.run.mkdir(parents=True)
     sleeper = subprocess.Popen(["sleep", "60"], start_new_session=True)
     # A Python process whose argv merely mentions prefect is not `prefect server start` either.
@@ -139,7 +165,7 @@ def test_down_refuses_a_pid_that_is_not_prefect(isolated):
     try:
         lay.server_pid.write_text(f"{sleeper.pid}\n")
         lay.worker_pid.write_text(f"{impostor.pid}\n")
-        result = service.down(home)
+        result = stack.down(home)
         outcomes = {s.role: s.outcome for s in result.stopped}
         assert outcomes["server"].startswith("refused") and "sleep" in outcomes["server"]
         assert outcomes["worker"].startswith("refused")
@@ -163,7 +189,7 @@ def _decoy(tmp: Path, *args: str) -> subprocess.Popen:
     script.chmod(0o755)
     proc = subprocess.Popen([str(script), *args], start_new_session=True)
     for _ in range(200):     # until it has exec'd the script
-        if service._cmdline(proc.pid) and service._cmdline(proc.pid)[1:2] == [str(script)]:
+        if processes.cmdline(proc.pid) and processes.cmdline(proc.pid)[1:2] == [str(script)]:
             break
         time.sleep(0.01)
     return proc
@@ -180,19 +206,19 @@ def test_down_stops_no_look_alike(isolated):
     from offclip.cli import app
 
     home = isolated / "home"
-    lay = service.layout(home)
+    lay = stack.layout(home)
     lay.run.mkdir(parents=True)
     server = _decoy(isolated, "server", "start", "--host", "127.0.0.1", "--port", "4999")
     worker = _decoy(isolated, "worker", "start", "--pool", POOL)
     try:
-        assert service.is_prefect_command(service._cmdline(server.pid), "server", "start")
-        assert service.is_prefect_command(service._cmdline(worker.pid), "worker", "start")
+        assert stack.is_prefect_command(processes.cmdline(server.pid), "server", "start")
+        assert stack.is_prefect_command(processes.cmdline(worker.pid), "worker", "start")
         lay.server_pid.write_text(f"{server.pid}\n")          # the pid file only, no record
         lay.worker_pid.write_text(f"{worker.pid}\n")
         starttime = int(Path(f"/proc/{worker.pid}/stat").read_bytes().rsplit(b")", 1)[1].split()[19])
         lay.worker_json.write_text(json.dumps({"pid": worker.pid, "starttime": starttime,
                                                "token": "0" * 32, "pool": POOL}))
-        st = service.status(home)
+        st = stack.status(home)
         assert not st.server_alive and not st.worker_alive
         out = CliRunner().invoke(app, ["down", "--home", str(home)])
         assert out.exit_code == 1, out.output
@@ -201,8 +227,8 @@ def test_down_stops_no_look_alike(isolated):
         assert server.poll() is None and worker.poll() is None            # both survive
         assert lay.server_pid.read_text().strip() == str(server.pid)      # pid files kept
         assert lay.worker_pid.read_text().strip() == str(worker.pid) and lay.worker_json.exists()
-        with pytest.raises(service.ServiceError, match="no record of starting it"):
-            service.up(home, service.free_port(), deploy_flows=False, worker=False, project=isolated)
+        with pytest.raises(stack.ServiceError, match="no record of starting it"):
+            stack.up(home, _free_port(), deploy_flows=False, worker=False, project=isolated)
         assert server.poll() is None
     finally:
         for p in (server, worker):
@@ -211,7 +237,7 @@ def test_down_stops_no_look_alike(isolated):
 
 
 def test_prefect_command_recognition():
-    ok = service.is_prefect_command
+    ok = stack.is_prefect_command
     assert ok(["/v/bin/python3", "-m", "prefect", "server", "start", "--port", "1"], "server", "start")
     assert ok(["/v/bin/python3", "/v/bin/prefect", "worker", "start", "--pool", "p"], "worker", "start")
     assert ok(["prefect", "server", "start"], "server", "start")
@@ -226,34 +252,34 @@ def test_up_refuses_a_port_in_use(isolated):
         s.bind(("127.0.0.1", 0))
         s.listen()
         port = s.getsockname()[1]
-        with pytest.raises(service.ServiceError, match=f"port {port} .* in use by another process"):
-            service.up(isolated / "home", port, deploy_flows=False, worker=False, project=isolated)
-    assert not service.layout(isolated / "home").server_pid.exists()
+        with pytest.raises(stack.ServiceError, match=f"port {port} .* in use by another process"):
+            stack.up(isolated / "home", port, deploy_flows=False, worker=False, project=isolated)
+    assert not stack.layout(isolated / "home").server_pid.exists()
 
 
 def test_nothing_to_stop_or_report(isolated):
-    result = service.down(isolated / "empty")
+    result = stack.down(isolated / "empty")
     assert result.nothing_running and result.stopped == []
-    st = service.status(isolated / "empty")
+    st = stack.status(isolated / "empty")
     assert not st.ok and st.api_url is None and st.pool_exists is None
-    assert service.api_url(isolated / "empty") is None
+    assert stack.api_url(isolated / "empty") is None
     assert "server   down" in st.to_text()
 
 
 def test_no_deployments_declared_is_a_note(isolated):
     (isolated / "prefect.yaml").write_text("name: x\nprefect-version: 3.8.8\ndeployments: []\n")
-    note = service.deploy(service.layout(isolated / "home"), 1, isolated)
+    note = stack.deploy(stack.layout(isolated / "home"), 1, isolated)
     assert note.startswith("skipped") and "declares no deployments" in note
-    assert service.deploy(service.layout(isolated / "home"), 1, isolated / "nowhere").startswith("skipped: no prefect.yaml")
+    assert stack.deploy(stack.layout(isolated / "home"), 1, isolated / "nowhere").startswith("skipped: no prefect.yaml")
 
 
 def test_stack_env_serves_the_ui_unless_turned_off(isolated):
-    lay = service.layout(isolated / "home")
-    on = service.stack_env(lay, 4321, base={"PREFECT_PROFILE": "x", "PATH": "/bin"})
+    lay = stack.layout(isolated / "home")
+    on = stack.stack_env(lay, 4321, base={"PREFECT_PROFILE": "x", "PATH": "/bin"})
     assert on["PREFECT_UI_ENABLED"] == on["PREFECT_SERVER_UI_ENABLED"] == "true"
     assert on["PREFECT_UI_API_URL"] == on["PREFECT_API_URL"] == "http://127.0.0.1:4321/api"
     assert on["PREFECT_SERVER_ANALYTICS_ENABLED"] == "false" and "PREFECT_PROFILE" not in on
-    off = service.stack_env(lay, 4321, base={}, ui=False)
+    off = stack.stack_env(lay, 4321, base={}, ui=False)
     assert off["PREFECT_UI_ENABLED"] == off["PREFECT_SERVER_UI_ENABLED"] == "false"
 
 
@@ -264,12 +290,41 @@ def test_a_just_started_process_is_read_with_its_argv():
         proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "prefect", "server", "start"],
                                 start_new_session=True)
         try:
-            argv = service._cmdline(proc.pid)
+            argv = processes.cmdline(proc.pid)
             assert argv is not None and argv[-3:] == ["prefect", "server", "start"]
         finally:
             proc.kill()
             proc.wait()
-    assert service._cmdline(proc.pid) is None          # gone: None at once
+    assert processes.cmdline(proc.pid) is None          # gone: None at once
+
+
+def test_private_files_are_owner_only_and_replaced_whole(tmp_path):
+    """The records, the secret and env.sh are written by offclip.pipeline.atomic: 0600 from the
+    start (mkstemp), replacing a looser file of an older offclip, no temporary file left."""
+    from offclip.stack.home import private_dir, write_private
+
+    run = tmp_path / "home" / "run"
+    run.mkdir(parents=True, mode=0o755)
+    old = run / "auth"
+    old.write_text("old\n")
+    old.chmod(0o644)
+    private_dir(run)
+    write_private(old, "offclip:secret\n")
+    write_private(tmp_path / "new-home" / "env.sh", "export X=1\n")
+    assert old.read_text() == "offclip:secret\n" and stat.S_IMODE(old.stat().st_mode) == 0o600
+    assert stat.S_IMODE(run.stat().st_mode) == 0o700
+    assert stat.S_IMODE((tmp_path / "new-home").stat().st_mode) == 0o700
+    assert stat.S_IMODE((tmp_path / "new-home" / "env.sh").stat().st_mode) == 0o600
+    assert sorted(p.name for p in run.iterdir()) == ["auth"]
+
+
+def test_service_keeps_the_stacks_public_names():
+    """offclip.service, which other commands and tests import, is the stack's public API re-exported."""
+    from offclip import service
+
+    assert set(service.__all__) == set(stack.__all__)
+    for name in stack.__all__:
+        assert getattr(service, name) is getattr(stack, name), name
 
 
 # --------------------------------------------------------------------------------------------
@@ -285,12 +340,12 @@ def secured(tmp_path_factory):
         for name in ("PREFECT_API_URL", "PREFECT_API_AUTH_STRING"):
             mp.delenv(name, raising=False)
         home = tmp / "home"
-        result = service.up(home, service.free_port(), POOL, deploy_flows=False, project=tmp)
+        result = stack.up(home, _free_port(), POOL, deploy_flows=False, project=tmp)
         try:
             yield {"home": home, "tmp": tmp, "up": result, "url": result.api_url,
-                   "auth": getattr(service, "auth_string", lambda _: None)(home), "lay": service.layout(home)}
+                   "auth": stack.auth_string(home), "lay": stack.layout(home)}
         finally:
-            service.down(home)
+            stack.down(home)
 
 
 def _basic(auth: str) -> dict[str, str]:
@@ -416,7 +471,8 @@ def test_the_secret_is_private_and_reaches_only_the_stacks_clients(secured):
     assert f"export PREFECT_API_AUTH_STRING={auth}" in env_sh and f"export PREFECT_API_URL={url}" in env_sh
     up_pid, worker_pid = secured["up"].server_pid, secured["up"].worker_pid
     for pid in (up_pid, worker_pid):          # not in a command line (world-readable), in the environment
-        assert auth not in " ".join(service._cmdline(pid)) and service._has_token(pid, auth, "PREFECT_API_AUTH_STRING")
+        assert auth not in " ".join(processes.cmdline(pid))
+        assert processes.has_token(pid, auth, "PREFECT_API_AUTH_STRING")
     assert auth not in lay.server_log.read_text() and auth not in secured["up"].to_text()
 
     # the prefect CLI after `. env.sh` (make demo's path), and not without it
@@ -431,7 +487,7 @@ def test_the_secret_is_private_and_reaches_only_the_stacks_clients(secured):
 
     # offclip wait / status use the secret by themselves; status shows it only when asked
     with pytest.raises(ValueError, match="does not exist"):
-        service.wait_for_runs(["nope/nope"], home=home, timeout=5)
+        stack.wait_for_runs(["nope/nope"], home=home, timeout=5)
     out = CliRunner().invoke(app, ["status", "--home", str(home)])
     assert out.exit_code == 0 and "auth     basic" in out.output and auth not in out.output, out.output
     out = CliRunner().invoke(app, ["status", "--home", str(home), "--show-secret"])
@@ -440,11 +496,11 @@ def test_the_secret_is_private_and_reaches_only_the_stacks_clients(secured):
 
 def test_a_reused_server_keeps_its_secret(secured):
     home, lay = secured["home"], secured["lay"]
-    again = service.up(home, None, POOL, deploy_flows=False, project=secured["tmp"])
+    again = stack.up(home, None, POOL, deploy_flows=False, project=secured["tmp"])
     assert again.server_reused and again.server_pid == secured["up"].server_pid
     assert again.worker_reused and again.worker_pid == secured["up"].worker_pid
     assert f"PREFECT_API_AUTH_STRING={secured['auth']}" in lay.env_sh.read_text()
-    assert service.auth_string(home) == secured["auth"]
+    assert stack.auth_string(home) == secured["auth"]
 
 
 def test_a_server_started_without_a_secret_is_refused(secured, tmp_path):
@@ -453,19 +509,19 @@ def test_a_server_started_without_a_secret_is_refused(secured, tmp_path):
     `up` refuses to reuse either, saying what to do, and touches nothing."""
     lay = secured["lay"]
     pid, port = secured["up"].server_pid, secured["up"].port
-    old = service.layout(tmp_path / "old-home")
+    old = stack.layout(tmp_path / "old-home")
     old.run.mkdir(parents=True)
     old.server_pid.write_text(f"{pid}\n")
     old.server_json.write_text(json.dumps({"api_url": secured["url"], "port": port, "pid": pid}))
-    with pytest.raises(service.ServiceError, match="older offclip"):
-        service.up(old.home, None, deploy_flows=False, worker=False, project=tmp_path)
-    result = service.down(old.home)
+    with pytest.raises(stack.ServiceError, match="older offclip"):
+        stack.up(old.home, None, deploy_flows=False, worker=False, project=tmp_path)
+    result = stack.down(old.home)
     assert result.stopped[0].outcome.startswith("refused") and "kill -TERM" in result.stopped[0].outcome
     assert old.server_pid.exists()
 
     record = json.loads(lay.server_json.read_text())
     record.pop("auth")
     old.server_json.write_text(json.dumps(record))      # ours (start time, token), but no auth recorded
-    with pytest.raises(service.ServiceError, match="without authentication"):
-        service.up(old.home, None, deploy_flows=False, worker=False, project=tmp_path)
-    assert service.health(secured["url"]) and service.status(secured["home"]).server_alive
+    with pytest.raises(stack.ServiceError, match="without authentication"):
+        stack.up(old.home, None, deploy_flows=False, worker=False, project=tmp_path)
+    assert stack.health(secured["url"]) and stack.status(secured["home"]).server_alive

@@ -1,7 +1,7 @@
 """Stop a direct run's temporary Prefect server once the run's process is gone, however it ended.
 
 Run as ``python -I -S _reaper.py PARENT_PID TOKEN_NAME TOKEN`` by
-:func:`offclip.service.use_for_direct_runs` (stdlib only: it must start fast and import nothing of
+:func:`offclip.stack.direct.use_for_direct_runs` (stdlib only: it must start fast and import nothing of
 the project). Prefect 3.8.8 starts the temporary server (``python -m uvicorn ...
 prefect.server.api.server:create_app``) as a plain child and stops it only from an ``atexit``
 hook, so a run killed with SIGKILL leaves it serving. This process waits until PARENT_PID is no
