@@ -688,17 +688,17 @@ def purge(
         typer.echo("  Prefect artifacts: none to search for (no sentence of these studies is theirs alone)")
 
 
-# --- local Prefect stack: offclip up / down / status (library: offclip/service.py) -------------
+# --- local Prefect stack: offclip up / down / status / wait (library: offclip/stack/) --------------
 
 _HOME_HELP = "Project-local state: PREFECT_HOME (SQLite DB), logs/, run/ pid files (default $OFFCLIP_HOME or .offclip)."
 
 
-def _prefect_home_here(service, home: Optional[Path]) -> None:
+def _prefect_home_here(stack, home: Optional[Path]) -> None:
     """This process imports prefect for its client, which creates $PREFECT_HOME (~/.prefect by
     default): point it at the project-local one unless the user chose one."""
     import os
 
-    os.environ.setdefault("PREFECT_HOME", str(service.layout(home).prefect_home))
+    os.environ.setdefault("PREFECT_HOME", str(stack.layout(home).prefect_home))
 
 
 @app.command("up")
@@ -714,14 +714,14 @@ def up(
                                            help="Directory holding prefect.yaml [default: nearest one above the cwd]."),
 ) -> None:
     """Start (or reuse) a local Prefect server with its UI, create the work pool, deploy prefect.yaml, start a worker."""
-    from . import service
+    from . import stack
 
-    _prefect_home_here(service, home)
+    _prefect_home_here(stack, home)
     typer.echo("starting the local Prefect stack (a fresh server takes ~10-30 s) ...", err=True)
     try:
-        result = service.up(home, port, pool, deploy_flows=not no_deploy, worker=not no_worker, project=project,
+        result = stack.up(home, port, pool, deploy_flows=not no_deploy, worker=not no_worker, project=project,
                             ui=not no_ui)
-    except service.ServiceError as exc:
+    except stack.ServiceError as exc:
         _fail(exc)
     typer.echo(result.to_text())
 
@@ -735,10 +735,10 @@ def wait(
 ) -> None:
     """Follow chained runs to their end: the first deployment's run (--run, else its newest), then
     the run each one started of the next deployment; exit 1 unless all completed."""
-    from . import service
+    from . import stack
 
     try:
-        followed = service.wait_for_runs(deployments, home=home, timeout=timeout, echo=typer.echo, run=run)
+        followed = stack.wait_for_runs(deployments, home=home, timeout=timeout, echo=typer.echo, run=run)
     except (RuntimeError, ValueError) as exc:
         _fail(exc)
     if any(f.state != "Completed" for f in followed):
@@ -750,9 +750,9 @@ def down(
     home: Optional[Path] = typer.Option(None, "--home", help=_HOME_HELP, show_default=False),
 ) -> None:
     """Stop the worker and the server `offclip up` started (only those; pid files checked against /proc)."""
-    from . import service
+    from . import stack
 
-    result = service.down(home)
+    result = stack.down(home)
     typer.echo(result.to_text())
     if any(s.outcome.startswith("refused") for s in result.stopped):
         raise typer.Exit(1)
@@ -770,12 +770,12 @@ def status(
     """Server health, API URL, worker, work pool and deployments (exit 1 when the server is down)."""
     import json
 
-    from . import service
+    from . import stack
 
-    _prefect_home_here(service, home)
-    st = service.status(home, pool)
+    _prefect_home_here(stack, home)
+    st = stack.status(home, pool)
     data = st.to_dict()
-    secret = service.auth_string(home) if show_secret else None
+    secret = stack.auth_string(home) if show_secret else None
     if json_out:
         if show_secret:
             data["auth_string"] = secret
