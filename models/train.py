@@ -53,392 +53,48 @@ Design notes:
   off on CPU. **DDP**: when ``WORLD_SIZE > 1`` (torchrun) the process group is initialised (nccl
   on CUDA, gloo on CPU), the model is wrapped in DistributedDataParallel and each rank reads its
   own shards; the contrastive loss is computed within each rank's batch.
+* **Modules**: the settings are :mod:`.train_config`, the process group :mod:`.distributed`, the
+  optimizer groups and schedule :mod:`.schedule`, the checkpoint and the run directory's other
+  files :mod:`.checkpoint`; this module sets a run up, runs its loop and finishes it.
 """
 
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import logging
 import math
 import os
 import sys
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
 
-from offclip.pipeline.atomic import atomic_open, atomic_write_bytes, atomic_write_text
-from offclip.pipeline.numerics import warmup_factor
+from offclip.pipeline.atomic import atomic_write_text
 
 from .adapters import ClipAdapter, load_adapter
+from .checkpoint import _read_metrics, _resume, _save_checkpoint, _shard_metadata, _write_plot
 from .clip import build_model, load_model_config
-from ..data_contracts.enums import DEFAULT_MODEL_CONFIG, TEXT_SOURCES
 from .data import derive_seed, make_loader, plan_epoch, split_records
-from .losses import LOSSES, get_loss
+from .distributed import _Dist, _init_distributed
+from .losses import get_loss
+from .schedule import Schedule, param_groups
+from .train_config import (AMP_MODES, CHECKPOINT, METRICS_FILE, MODEL_DIR, PLOT_FILE, SCHEDULES, SUMMARY_FILE,
+                           TrainConfig, TrainResult, _amp_dtype, _check_config, _device, resolve_hyper)
+
+# the rest of what this module defined before its split: still importable from here
+from .checkpoint import CHECKPOINT_FORMAT, RESUMABLE_CHANGES, _check_resumable, _check_shard_set  # noqa: F401
+from .checkpoint import _rng_state, _set_rng_state, _shard_set  # noqa: F401
+from .distributed import _all_gather_objects  # noqa: F401
+from .schedule import PLATEAU  # noqa: F401
+from .train_config import HYPER_KEYS  # noqa: F401
 
 __all__ = ["TrainConfig", "TrainResult", "main", "train"]
 
 logger = logging.getLogger(__name__)
-
-CHECKPOINT = Path("checkpoint") / "last.pt"
-MODEL_DIR = "model"
-METRICS_FILE = "metrics.jsonl"
-PLOT_FILE = "training_curve.png"
-SUMMARY_FILE = "train.json"
-CHECKPOINT_FORMAT = 1
-SCHEDULES = ("cosine", "plateau")
-AMP_MODES = ("auto", "bf16", "fp16", "off")
-#: the model config's "train" keys a TrainConfig can override (None = take the config's)
-HYPER_KEYS = ("epochs", "batch_size", "lr", "weight_decay", "warmup_steps", "schedule", "grad_clip")
-#: settings that may change between a run and its resumption (the others must match)
-RESUMABLE_CHANGES = ("out", "max_steps", "checkpoint_every", "resume", "log_every", "device", "allow_shard_change",
-                     "text_cache", "image_cache_mb", "trace_every", "trace_samples")
-#: ReduceLROnPlateau settings of schedule="plateau"
-PLATEAU = {"factor": 0.5, "patience": 1}
-
-
-@dataclass
-class TrainConfig:
-    shards: Path  #: the curation output root (holds shards/<split>/)
-    out: Path  #: the run directory
-    config: str = DEFAULT_MODEL_CONFIG  #: a model config name or .json path (models/configs)
-    loss: str = "offclip"  #: offclip | infonce
-    abnormal_weight: float = 1.0
-    epochs: int | None = None  #: None: the model config's "train" value (also the next six)
-    batch_size: int | None = None
-    lr: float | None = None  #: given here, it sets both the text tower's lr and vision_lr
-    weight_decay: float | None = None
-    warmup_steps: int | None = None
-    schedule: str | None = None  #: cosine | plateau
-    grad_clip: float | None = None  #: 0 = no clipping
-    seed: int = 0
-    max_steps: int | None = None  #: stop after this many steps in all (the schedule still spans epochs)
-    amp: str = "auto"  #: auto | bf16 | fp16 | off
-    device: str = "auto"  #: auto | cpu | cuda | cuda:N
-    num_workers: int = 0  #: DataLoader workers per rank
-    checkpoint_every: int = 50  #: steps (a checkpoint is also written when the run stops)
-    resume: bool = True  #: continue from OUT/checkpoint/last.pt when it exists
-    text_model: str | None = None  #: a local HF directory for the text tower (see build_model)
-    vision_model: str | None = None
-    split: str = "train"
-    log_every: int = 1  #: steps between two metrics lines / on_step calls
-    #: resume although the shard set differs from the checkpoint's (default: refuse, naming the change)
-    allow_shard_change: bool = False
-    #: the training text: "filtered" (kept sentences) or "report" (every sentence); None: the
-    #: model config's train.text_source, else "filtered"
-    text_source: str | None = None
-    #: with a frozen text tower: embed each unique sentence once at the start, not at every step
-    text_cache: bool = True
-    #: keep the decoded, resized training images in memory (num_workers=0) when they fit this
-    #: many MiB; 0: read and decode every epoch
-    image_cache_mb: int = 2048
-    #: a model directory to refine instead of building one from the config (offclip's own, a
-    #: transformers CLIPModel or VisionTextDualEncoderModel: models.adapters); the config's
-    #: "model" section is then unused, its "train" section still gives the hyper-parameters
-    init: str | None = None
-    #: measure the embedding geometry of a fixed held-out probe every this many steps (and at
-    #: the first and last) into RUN/geometry.jsonl (models.geometry); 0: never
-    trace_every: int = 0
-    trace_samples: int = 256  #: the probe's size (validation samples, first by key)
-
-    def __post_init__(self):
-        self.shards, self.out = Path(self.shards), Path(self.out)
-        for name in ("text_model", "vision_model", "init"):
-            if getattr(self, name) is not None:
-                setattr(self, name, str(getattr(self, name)))
-
-    def to_dict(self) -> dict:
-        return {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(self).items()}
-
-
-@dataclass
-class TrainResult:
-    model_dir: Path
-    steps: int  #: optimizer steps done in all (resumed ones included)
-    epochs: int  #: complete epochs
-    final_loss: float  #: the loss of the last step
-    seconds: float  #: training time of this call (resumed runs: since the resume)
-    images_per_second: float  #: over this call's steps (all ranks)
-    metrics_path: Path
-    plot_path: Path | None
-    resumed_from: int  #: the step the run resumed from (0: a fresh start)
-    total_steps: int = 0  #: the run's planned length (min(epochs' batches, max_steps))
-    hyper: dict = field(default_factory=dict)  #: the resolved hyper-parameters
-
-    def to_dict(self) -> dict:
-        return {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(self).items()}
-
-
-# ------------------------------------------------------------------------------------------
-# settings
-# ------------------------------------------------------------------------------------------
-def resolve_hyper(config: TrainConfig, model_config: dict) -> dict:
-    """The hyper-parameters of the run: TrainConfig values, else the model config's "train"."""
-    section = model_config.get("train", {})
-    hyper = {}
-    for key in HYPER_KEYS:
-        value = getattr(config, key)
-        hyper[key] = section.get(key) if value is None else value
-    missing = [k for k in HYPER_KEYS if hyper[k] is None and k != "grad_clip"]
-    if missing:
-        raise ValueError(f"model config {model_config.get('name')!r} has no train setting for {missing}: "
-                         "pass them in the TrainConfig")
-    hyper["vision_lr"] = section.get("vision_lr", hyper["lr"]) if config.lr is None else config.lr
-    # a frozen text tower (config "freeze_text": true): the pretrained sentence space is kept and
-    # only the vision tower and both projections learn — half the compute, and no collapse of a
-    # small-data text tower
-    hyper["freeze_text"] = bool(section.get("freeze_text", False))
-    # the paper's last-layers setting ("text_trainable_layers": N > 0): only the top N encoder
-    # layers of the text tower train (with the text projection), with their own text_lr and
-    # text_warmup_steps; the embeddings and lower layers stay frozen, and the hidden states they
-    # give each unique sentence are computed once per run (caches.TextHidden). 0: freeze_text decides
-    hyper["text_trainable_layers"] = int(section.get("text_trainable_layers", 0) or 0)
-    if hyper["text_trainable_layers"] < 0:
-        raise ValueError(f"text_trainable_layers must be >= 0, got {hyper['text_trainable_layers']}")
-    if hyper["text_trainable_layers"]:
-        hyper["freeze_text"] = False
-    hyper["text_lr"] = float(section.get("text_lr", hyper["lr"]) if config.lr is None else config.lr)
-    hyper["text_warmup_steps"] = int(section.get("text_warmup_steps", hyper["warmup_steps"])
-                                     if config.warmup_steps is None else config.warmup_steps)
-    hyper["grad_clip"] = float(hyper["grad_clip"] or 0.0)
-    hyper["text_source"] = config.text_source or section.get("text_source") or "filtered"
-    if hyper["text_source"] not in TEXT_SOURCES:
-        raise ValueError(f"unknown text_source {hyper['text_source']!r}; available: {', '.join(TEXT_SOURCES)}")
-    if hyper["schedule"] not in SCHEDULES:
-        raise ValueError(f"unknown schedule {hyper['schedule']!r}; available: {', '.join(SCHEDULES)}")
-    for key in ("epochs", "batch_size"):
-        if int(hyper[key]) < 1:
-            raise ValueError(f"{key} must be >= 1, got {hyper[key]}")
-    if hyper["batch_size"] < 2:
-        raise ValueError("batch_size must be >= 2: a contrastive loss needs at least two pairs per batch")
-    return hyper
-
-
-def _check_config(config: TrainConfig) -> None:
-    if config.loss not in LOSSES:
-        raise ValueError(f"unknown loss {config.loss!r}; available: {', '.join(sorted(LOSSES))}")
-    if config.amp not in AMP_MODES:
-        raise ValueError(f"unknown amp mode {config.amp!r}; available: {', '.join(AMP_MODES)}")
-    if config.max_steps is not None and config.max_steps < 0:
-        raise ValueError(f"max_steps must be >= 0, got {config.max_steps}")
-    if config.checkpoint_every < 1 or config.log_every < 1:
-        raise ValueError("checkpoint_every and log_every must be >= 1")
-    if config.num_workers < 0:
-        raise ValueError(f"num_workers must be >= 0, got {config.num_workers}")
-    if config.init is not None and (config.text_model is not None or config.vision_model is not None):
-        raise ValueError("init starts from a whole model: text_model and vision_model cannot be given with it")
-
-
-def _device(name: str, local_rank: int) -> torch.device:
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(name)
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise RuntimeError(f"device {name!r} asked for, but CUDA is not available")
-        if device.index is None:
-            device = torch.device("cuda", local_rank)
-        torch.cuda.set_device(device)
-    return device
-
-
-def _amp_dtype(mode: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype, or None for full precision."""
-    if device.type != "cuda" or mode == "off":
-        if mode in ("bf16", "fp16") and device.type != "cuda":
-            logger.warning("amp=%s ignored on %s: training in float32", mode, device)
-        return None
-    if mode == "auto":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.bfloat16 if mode == "bf16" else torch.float16
-
-
-# ------------------------------------------------------------------------------------------
-# distributed
-# ------------------------------------------------------------------------------------------
-@dataclass
-class _Dist:
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-    owns_group: bool = False  #: we initialised the process group (and tear it down)
-
-    @property
-    def enabled(self) -> bool:
-        return self.world_size > 1
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-
-def _init_distributed(device_name: str) -> _Dist:
-    dist = torch.distributed
-    if dist.is_available() and dist.is_initialized():
-        return _Dist(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)))
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return _Dist()
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    cuda = device_name != "cpu" and torch.cuda.is_available()
-    dist.init_process_group(backend="nccl" if cuda else "gloo")
-    return _Dist(dist.get_rank(), dist.get_world_size(), local_rank, owns_group=True)
-
-
-def _all_gather_objects(value: Any, dist_info: _Dist) -> list:
-    if not dist_info.enabled:
-        return [value]
-    out: list = [None] * dist_info.world_size
-    torch.distributed.all_gather_object(out, value)
-    return out
-
-
-# ------------------------------------------------------------------------------------------
-# optimizer and schedule
-# ------------------------------------------------------------------------------------------
-def param_groups(model: torch.nn.Module, hyper: dict) -> list[dict]:
-    """AdamW groups: (text tower | the rest) x (decayed | not decayed: tensors with < 2 dims)."""
-    groups: dict[tuple[str, bool], list] = {}
-    for name, param in model.named_parameters():
-        if not param.requires_grad:
-            continue
-        tower = "text" if name.startswith("text_model.") else "vision"
-        groups.setdefault((tower, param.ndim >= 2), []).append(param)
-    out = []
-    for (tower, decay), params in sorted(groups.items()):
-        out.append({"params": params, "name": f"{tower}{'' if decay else '_no_decay'}",
-                    "lr": hyper.get("text_lr", hyper["lr"]) if tower == "text" else hyper["vision_lr"],
-                    "weight_decay": hyper["weight_decay"] if decay else 0.0})
-    return out
-
-
-class Schedule:
-    """Linear warmup over ``warmup_steps``, then cosine decay to 0 at ``total_steps`` (stepped per
-    batch), or, with ``plateau``, ReduceLROnPlateau on the epoch's mean loss (stepped per epoch,
-    once warmup is over). ``text_warmup_steps`` (default ``warmup_steps``): the warm-up of the
-    parameter groups named ``text*`` (the text tower's own)."""
-
-    def __init__(self, optimizer: torch.optim.Optimizer, kind: str, warmup_steps: int, total_steps: int,
-                 text_warmup_steps: int | None = None):
-        self.kind, self.warmup, self.total = kind, max(0, int(warmup_steps)), max(1, int(total_steps))
-        self.text_warmup = self.warmup if text_warmup_steps is None else max(0, int(text_warmup_steps))
-        self.steps = 0
-        if self.text_warmup == self.warmup:
-            lambdas = self._factor
-        else:
-            lambdas = [self._text_factor if str(g.get("name", "")).startswith("text") else self._factor
-                       for g in optimizer.param_groups]
-        self.per_step = torch.optim.lr_scheduler.LambdaLR(optimizer, lambdas)
-        self.plateau = (torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", **PLATEAU)
-                        if kind == "plateau" else None)
-
-    def _factor(self, step: int) -> float:  # the shared warm-up factor (pipeline.numerics)
-        return warmup_factor(step, self.warmup, self.total, "cosine" if self.kind == "cosine" else "constant")
-
-    def _text_factor(self, step: int) -> float:
-        return warmup_factor(step, self.text_warmup, self.total, "cosine" if self.kind == "cosine" else "constant")
-
-    @property
-    def longest_warmup(self) -> int:
-        return max(self.warmup, self.text_warmup)
-
-    def step_batch(self) -> None:
-        # plateau: the per-step scheduler only runs the warmup, so it never undoes a plateau cut
-        if self.kind == "cosine" or self.steps < self.longest_warmup:
-            self.per_step.step()
-        self.steps += 1
-
-    def step_epoch(self, mean_loss: float) -> None:
-        if self.plateau is not None and self.steps >= self.longest_warmup:
-            self.plateau.step(mean_loss)
-
-    def state_dict(self) -> dict:
-        return {"steps": self.steps, "per_step": self.per_step.state_dict(),
-                "plateau": self.plateau.state_dict() if self.plateau is not None else None}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.steps = state["steps"]
-        self.per_step.load_state_dict(state["per_step"])
-        if self.plateau is not None:
-            self.plateau.load_state_dict(state["plateau"])
-
-
-# ------------------------------------------------------------------------------------------
-# files
-# ------------------------------------------------------------------------------------------
-def _rng_state(device: torch.device) -> dict:
-    state = {"torch": torch.get_rng_state()}
-    if device.type == "cuda":
-        state["cuda"] = torch.cuda.get_rng_state(device)
-    return state
-
-
-def _set_rng_state(state: dict, device: torch.device) -> None:
-    torch.set_rng_state(state["torch"])
-    if device.type == "cuda" and "cuda" in state:
-        torch.cuda.set_rng_state(state["cuda"], device)
-
-
-def _read_metrics(path: Path, up_to_step: int | None = None) -> list[dict]:
-    """The complete lines of metrics.jsonl (a torn last line is ignored), up to a step."""
-    if not path.is_file():
-        return []
-    rows = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if up_to_step is None or row.get("step", 0) <= up_to_step:
-            rows.append(row)
-    return rows
-
-
-def _write_plot(rows: list[dict], path: Path) -> Path | None:
-    """Loss and learning rate against step (matplotlib's Agg canvas: no display, no global
-    backend change); None when matplotlib is not installed or there is nothing to plot."""
-    try:
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.figure import Figure
-    except ImportError:
-        logger.warning("matplotlib is not installed: no %s", path.name)
-        return None
-    if not rows:
-        return None
-    steps = [r["step"] for r in rows]
-    figure = Figure(figsize=(8, 5.5))
-    FigureCanvasAgg(figure)
-    loss_ax, lr_ax = figure.subplots(2, 1, sharex=True)
-    loss_ax.plot(steps, [r["loss"] for r in rows], lw=1, label="step loss")
-    loss_ax.set_ylabel("loss")
-    loss_ax.grid(alpha=0.3)
-    lr_ax.plot(steps, [r["lr"] for r in rows], lw=1, label="lr (text tower)")
-    if any(r.get("vision_lr") != r["lr"] for r in rows):
-        lr_ax.plot(steps, [r["vision_lr"] for r in rows], lw=1, label="vision_lr (vision, projections)")
-    lr_ax.set_ylabel("learning rate")
-    lr_ax.set_xlabel("step")
-    lr_ax.grid(alpha=0.3)
-    lr_ax.legend(loc="best", fontsize=8)
-    figure.tight_layout()
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=100)
-    atomic_write_bytes(path, buffer.getvalue())
-    return path
-
-
-def _shard_set(records: list) -> list[dict]:
-    """What a run records of its shard set (checkpoint and model metadata): name, samples, sha256."""
-    return [{"name": r.name, "samples": r.samples, "sha256": r.sha256} for r in records]
-
-
-def _shard_metadata(shards: Path, split: str, records: list) -> dict:
-    return {"root": str(shards), "split": split, "samples": sum(r.samples for r in records),
-            "classifier_versions": sorted({r.model_version for r in records if r.model_version}),
-            "shards": _shard_set(records)}
 
 
 # ------------------------------------------------------------------------------------------
@@ -650,46 +306,6 @@ def _plan_steps(config: TrainConfig, hyper: dict, records: list, dist_info: _Dis
     return batch_size, epochs, schedule_steps, total_steps
 
 
-def _resume(run: _Run) -> None:
-    """Load the checkpoint into ``run`` when resuming; rewrite metrics.jsonl to what the
-    checkpoint covers (a fresh start empties it)."""
-    config, dist_info = run.config, run.dist_info
-    if config.resume and run.checkpoint_path.is_file():
-        ckpt = torch.load(run.checkpoint_path, map_location="cpu", weights_only=True)
-        _check_resumable(ckpt, config, dist_info)
-        _check_shard_set(ckpt, config, run.records)
-        run.model.load_state_dict(ckpt["model"])
-        run.optimizer.load_state_dict(ckpt["optimizer"])
-        run.schedule.load_state_dict(ckpt["scheduler"])
-        run.scaler.load_state_dict(ckpt["scaler"])
-        run.state = dict(ckpt["state"])
-        _set_rng_state(ckpt["rng"][dist_info.rank], run.device)
-        run.resumed_from = run.state["step"]
-        del ckpt
-        logger.info("resuming %s at step %d (epoch %d, batch %d)", config.out, run.state["step"],
-                    run.state["epoch"], run.state["batch_in_epoch"])
-    if dist_info.main:
-        rows = _read_metrics(run.metrics_path, run.state["step"]) if run.resumed_from else []
-        atomic_write_text(run.metrics_path, "".join(json.dumps(r) + "\n" for r in rows))
-        if run.probe is not None:
-            from .geometry import read_geometry
-
-            rows = read_geometry(run.config.out, run.state["step"]) if run.resumed_from else []
-            atomic_write_text(run.geometry_path, "".join(json.dumps(r) + "\n" for r in rows))
-
-
-def _save_checkpoint(run: _Run) -> None:
-    rng = _all_gather_objects(_rng_state(run.device), run.dist_info)  # every rank's dropout stream
-    if not run.dist_info.main:
-        return
-    payload = {"format": CHECKPOINT_FORMAT, "config": run.config.to_dict(), "hyper": run.hyper,
-               "world_size": run.dist_info.world_size, "state": dict(run.state), "model": run.model.state_dict(),
-               "optimizer": run.optimizer.state_dict(), "scheduler": run.schedule.state_dict(),
-               "scaler": run.scaler.state_dict(), "rng": rng, "shards": _shard_set(run.records)}
-    with atomic_open(run.checkpoint_path, "wb") as fh:
-        torch.save(payload, fh)
-
-
 # -- the loop ------------------------------------------------------------------------------
 @dataclass
 class _StepLog:
@@ -891,49 +507,6 @@ def _group_lr(optimizer: torch.optim.Optimizer, name: str) -> float:
         if group["name"] == name:
             return float(group["lr"])
     return float(optimizer.param_groups[0]["lr"])
-
-
-def _check_resumable(ckpt: dict, config: TrainConfig, dist_info: _Dist) -> None:
-    if ckpt.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"checkpoint format {ckpt.get('format')} is not {CHECKPOINT_FORMAT}: "
-                         "start a fresh run (another out, or resume=False)")
-    saved, now = dict(ckpt["config"]), config.to_dict()
-    for key in ("shards", "init"):  # the same directory, however it was spelled
-        if saved.get(key) and now[key]:
-            saved[key], now[key] = (str(Path(p).resolve()) for p in (saved[key], now[key]))
-    changed = {k: (saved.get(k), now[k]) for k in now if k not in RESUMABLE_CHANGES and saved.get(k) != now[k]}
-    if ckpt.get("world_size", 1) != dist_info.world_size:
-        changed["world_size"] = (ckpt.get("world_size", 1), dist_info.world_size)
-    if changed:
-        detail = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in sorted(changed.items()))
-        raise ValueError(f"the checkpoint in {config.out} was made with other settings ({detail}); "
-                         "resume with the same ones, or start a fresh run (another out, or resume=False)")
-
-
-def _check_shard_set(ckpt: dict, config: TrainConfig, records: list) -> None:
-    """Refuse to resume on another shard set than the checkpoint's (unless allowed): the epoch
-    plans, hence which batches were already seen, depend on it."""
-    saved = ckpt.get("shards")
-    if saved is None:  # a checkpoint from before shard sets were recorded: nothing to compare
-        logger.warning("the checkpoint in %s does not record its shard set: resuming unchecked", config.out)
-        return
-    before = {s["name"]: s["sha256"] for s in saved}
-    now = {r.name: r.sha256 for r in records}
-    if before == now:
-        return
-    added = sorted(set(now) - set(before))
-    removed = sorted(set(before) - set(now))
-    changed = sorted(n for n in set(now) & set(before) if now[n] != before[n])
-    detail = "; ".join(f"{what}: {', '.join(names[:5])}" + (f" (+{len(names) - 5} more)" if len(names) > 5 else "")
-                       for what, names in (("added", added), ("removed", removed), ("changed", changed)) if names)
-    if config.allow_shard_change:
-        logger.warning("resuming %s on a changed shard set (%s): allowed; the rest of the run reads the new set",
-                       config.out, detail)
-        return
-    raise ValueError(f"the shard set of split {config.split!r} under {config.shards} changed since the checkpoint in "
-                     f"{config.out} was written ({detail}): resuming would not continue the same run. Resume "
-                     "anyway on the new set with --allow-shard-change (allow_shard_change=True), or start a "
-                     "fresh run (another out, or resume=False)")
 
 
 # ------------------------------------------------------------------------------------------
