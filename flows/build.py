@@ -11,7 +11,6 @@ summaries, never arrays.
 from __future__ import annotations
 
 import datetime as dt
-import os
 from pathlib import Path
 from typing import Any
 
@@ -23,29 +22,29 @@ from prefect.artifacts import (
     update_progress_artifact,
 )
 from prefect.cache_policies import INPUTS, NO_CACHE, TASK_SOURCE
-from prefect.futures import as_completed
 
+from offclip.pipeline.curate import CurateConfig, CurateSummary
 from offclip.pipeline.executor import Executor
 from offclip.pipeline.images import NormalizeConfig
-from offclip.pipeline.ingest import BatchResult, IngestConfig, IngestStage, finish_ingest, plan_ingest
-from offclip.pipeline.labels import check_label_source
+from offclip.pipeline.ingest import BatchResult, IngestConfig, IngestPlan, Previous, run_ingest
+from offclip.pipeline.layout import classifier_dir
 from offclip.pipeline.scan import ScanConfig, StudyEntry, parse_folders, parse_splits
+from offclip.pipeline.shards import ShardConfig, ShardSummary
 from offclip.flows.artifacts import short, table_rows
 from offclip.flows.naming import run_namer
 from offclip.flows.parameters import BuildParameters, flow_parameters
-from offclip.flows.runners import ingest_executor, make_task_runner
+from offclip.flows.runners import task_executor_factory
 
 #: a flow run stays at hundreds of task runs: ingest is cut into at most this many batches
 MAX_INGEST_BATCHES = 200
-CLASSIFIER_DIR = "classifier"
 
 
 # no Prefect cache: ingest has its own incremental skip (content hashes), and hashing the
 # batch's study entries for a cache key would cost more than it saves
 @task(name="ingest-batch", retries=2, retry_delay_seconds=2, tags=["offclip-io"], cache_policy=NO_CACHE)
-def ingest_batch(executor: Executor, batch: list[StudyEntry], previous: dict[int, str]) -> BatchResult:
+def ingest_batch(executor: Executor, batch: list[StudyEntry], previous: Previous) -> BatchResult:
     """One batch's records (studies, images, sentences, rejects: ~100 kB per 64 studies), made by
-    the executor the flow run owns and passes in (``flows/runners.py: ingest_executor``): its
+    the executor the flow run owns and passes in (``flows/runners.py: TaskExecutor``): its
     process pool under the thread runner, the stage in place under the process and Dask runners."""
     return executor.process(batch, previous)
 
@@ -72,38 +71,21 @@ def train_classifier_task(out_dir: str, method: str, seed: int, openi: str | Non
 
 
 @task(name="curate")
-def curate_task(out: str, classifier: str, threshold: float | None, prompting: str,
-                label_source: str = "classifier", label_dirs: list[str] | None = None,
-                prompt_options: dict | None = None, label_policy: str = "cascade") -> dict:
-    from offclip.pipeline.curate import CurateConfig, run_curate
+def curate_task(config: CurateConfig) -> CurateSummary:
+    from offclip.pipeline.curate import run_curate
 
-    summary = run_curate(CurateConfig(out=Path(out), classifier=Path(classifier), threshold=threshold,
-                                      prompting=prompting, prompt_options=dict(prompt_options or {}),
-                                      label_source=label_source, label_dirs=[Path(d) for d in label_dirs or []],
-                                      label_policy=label_policy))
+    summary = run_curate(config)
     get_run_logger().info(summary.to_text())
-    prompt = summary.prompt_stats
-    if prompt is not None:
-        prompt = {"prompt_unique": prompt.unique, "prompt_cached": prompt.cached,
-                  "prompt_model_calls": prompt.model_calls, "prompt_retries": prompt.retries}
-    return {**(prompt or {}), "pairs": summary.pairs, "normal": summary.normal, "abnormal": summary.abnormal,
-            "sentences": summary.sentences, "kept": summary.kept, "dropped": summary.dropped,
-            "model_calls": summary.scoring.model_calls, "unique_sentences": summary.scoring.unique,
-            "model_version": summary.model_version, "threshold": summary.threshold,
-            "label_source": summary.label_source, "label_fallback": summary.label_fallback,
-            "label_policy": summary.label_policy, "classifier_rule_disagreements": summary.disagreements,
-            "classifier_rule_disagreement_reports": summary.disagreement_reports}
+    return summary
 
 
 @task(name="write-shards", retries=1)
-def shards_task(out: str, shard_size: int, shard_bytes: int) -> dict:
-    from offclip.pipeline.shards import ShardConfig, write_shards
+def shards_task(config: ShardConfig) -> ShardSummary:
+    from offclip.pipeline.shards import write_shards
 
-    result = write_shards(ShardConfig(out=Path(out), max_samples=shard_size, max_bytes=shard_bytes))
-    get_run_logger().info(result.to_text())
-    return {"shards_written": len(result.written), "shards_kept": len(result.kept),
-            "samples_written": result.samples_written, "shards_rewritten": len(result.rewritten),
-            "shards_removed": len(result.removed), "samples_superseded": result.superseded}
+    summary = write_shards(config)
+    get_run_logger().info(summary.to_text())
+    return summary
 
 
 @task(name="manifest")
@@ -115,7 +97,7 @@ def manifest_task(out: str, run: dict) -> str:
 
 def find_classifier(out: Path) -> Path | None:
     """A saved classifier under OUT/classifier (the one build-shards trains when none exists)."""
-    path = out / CLASSIFIER_DIR
+    path = classifier_dir(out)
     return path if (path / "offclip.json").is_file() else None
 
 
@@ -123,80 +105,78 @@ def _path(value: str | None) -> Path | None:
     return Path(value) if value else None
 
 
+class IngestArtifacts:
+    """``run_ingest``'s report in a flow run: the plan in the run's log, the batches in a progress
+    artifact (what the UI shows and ``offclip wait`` prints)."""
+
+    def __init__(self) -> None:
+        self.logger, self.artifact = get_run_logger(), None
+
+    def planned(self, plan: IngestPlan) -> None:
+        self.logger.info("source: %s", plan.source)
+        self.logger.info("scan: %d studies (%d unchanged since the last run: not read), %d batches (%.1f s); "
+                         "%d scan rejects", len(plan.studies), len(plan.unchanged), len(plan.batches),
+                         plan.scan_seconds, len(plan.rejects))
+        self.artifact = create_progress_artifact(0.0, key="offclip-ingest-progress",
+                                                 description=f"ingest: 0/{len(plan.batches)} batches of studies")
+        if not plan.batches:
+            update_progress_artifact(self.artifact, 100.0, description="ingest: every study unchanged since the last run")
+
+    def batch_done(self, batch: list[StudyEntry], done: int, total: int) -> None:
+        update_progress_artifact(self.artifact, 100.0 * done / total, description=f"ingest: {done}/{total} batches of studies")
+
+    def close(self) -> None:
+        pass
+
+
 def run_stages(params: BuildParameters) -> dict:
-    """The build inside the ``build-shards`` flow run: ingest batches go to the task runner
-    that ``params.task_runner`` names (entered here, not through a sub-flow: a flow run costs
-    ~1 s to start and stop); the other stages are one task each, run in place."""
+    """The build inside the ``build-shards`` flow run: ingest through the same driver as
+    ``offclip ingest`` (``run_ingest``), its batches as tasks on the task runner that
+    ``params.task_runner`` names (entered here, not through a sub-flow: a flow run costs ~1 s to
+    start and stop); the other stages are one task each, run in place, each returning its own
+    summary."""
     logger = get_run_logger()
     started = dt.datetime.now(dt.timezone.utc)
     out = Path(params.out)
-    workers = params.workers or os.cpu_count() or 1  # 0: one per CPU core
     normalize = NormalizeConfig(long_side=params.image_size, fmt=params.image_format)
     config = IngestConfig(source=Path(params.source), out=out, normalize=normalize,
-                          batch_size=params.batch_size,
+                          batch_size=params.batch_size, workers=params.workers, progress=False,
                           scan=ScanConfig(Path(params.source), folders=parse_folders(params.folders),
                                           splits=parse_splits(params.splits), prefer_pa=params.prefer_pa,
                                           seed=params.seed, reports=_path(params.reports),
-                                          metadata=_path(params.metadata), workers=workers))
-    # MIMIC's label files: in the metadata directory when one is given, else in the source root
-    label_dirs = [d for d in (params.metadata, params.source) if d]
-    check_label_source(params.label_source, label_dirs)  # fail before a long ingest
-    from offclip.pipeline.filtering import check_label_policy
+                                          metadata=_path(params.metadata), workers=params.workers))
+    # made (and so checked: the label files, the policy) before a long ingest; MIMIC's label files
+    # are in the metadata directory when one is given, else in the source root; the classifier is
+    # the one given, else OUT/classifier (trained below when there is none)
+    curate = CurateConfig(out=out, classifier=Path(params.classifier) if params.classifier else classifier_dir(out),
+                          threshold=params.threshold, prompting=params.prompting,
+                          prompt_options=dict(params.prompt_options or {}), label_source=params.label_source,
+                          label_dirs=[Path(d) for d in (params.metadata, params.source) if d],
+                          label_policy=params.label_policy)
 
-    check_label_policy(params.label_policy)
-    plan = plan_ingest(config, max_batches=MAX_INGEST_BATCHES)
-    logger.info("source: %s", plan.source)
-    logger.info("scan: %d studies (%d unchanged since the last run: not read), %d batches (%.1f s); %d scan rejects",
-                len(plan.studies), len(plan.unchanged), len(plan.batches), plan.scan_seconds, len(plan.rejects))
-
-    # -- ingest, batched; a progress artifact follows the batches ------------------------------
-    # The flow run owns one executor (made here, handed to every task, closed at the end): under
-    # the thread runner a pool of worker processes (the tasks share one GIL), under the process
-    # and Dask runners the stage in place in the runner's workers (flows/runners.py).
-    stage = IngestStage(config.source, out, normalize)
-    executor = ingest_executor(params.task_runner, stage, workers, len(plan.batches))  # workers start now
-    with executor:
-        progress = create_progress_artifact(0.0, key="offclip-ingest-progress",
-                                            description=f"ingest: 0/{len(plan.batches)} batches of studies")
-        runner = make_task_runner(params.task_runner, workers=workers, address=params.dask_address)
-        with runner:
-            futures = [runner.submit(ingest_batch, {"executor": executor, "batch": batch,
-                                                    "previous": plan.previous_for(batch)})
-                       for batch in plan.batches]
-            done = 0
-            for future in as_completed(futures):
-                future.result()
-                done += 1
-                update_progress_artifact(progress, 100.0 * done / max(1, len(futures)),
-                                         description=f"ingest: {done}/{len(futures)} batches of studies")
-            if not futures:  # every study unchanged since the last run
-                update_progress_artifact(progress, 100.0, description="ingest: every study unchanged since the last run")
-            result = BatchResult()
-            for future in futures:  # merge in batch order: deterministic records
-                result.extend(future.result())
-    ingest = finish_ingest(out, plan, result, (dt.datetime.now(dt.timezone.utc) - started).total_seconds())
+    # -- ingest: the flow run owns the executor (made once the plan is known, closed at the end):
+    # under the thread runner a pool of worker processes (the tasks share one GIL), under the
+    # process and Dask runners the stage in place in the runner's workers (flows/runners.py)
+    executor = task_executor_factory(ingest_batch, params.task_runner, params.workers, params.dask_address)
+    ingest = run_ingest(config, executor, max_batches=MAX_INGEST_BATCHES, report=IngestArtifacts())
     logger.info(ingest.to_text())
 
     # -- classifier: given, found under OUT/classifier, or trained now ---------------------------
-    classifier = params.classifier or find_classifier(out)
-    if classifier is None:
+    if not params.classifier and find_classifier(out) is None:
         logger.info("no classifier version exists: training one on Open-I + this corpus's sentences (%s)",
                     params.classifier_method)
-        classifier = train_classifier_task(str(out / CLASSIFIER_DIR), params.classifier_method,
-                                           params.seed, params.openi, str(out))
-    curated = curate_task(str(out), str(classifier), params.threshold, params.prompting,
-                          params.label_source, label_dirs, params.prompt_options, params.label_policy)
-    shards = shards_task(str(out), params.shard_size, params.shard_bytes)
+        train_classifier_task(str(curate.classifier), params.classifier_method, params.seed, params.openi, str(out))
+    curated = curate_task(curate)
+    shards = shards_task(ShardConfig(out=out, max_samples=params.shard_size, max_bytes=params.shard_bytes))
 
     from offclip.pipeline.manifest import run_record
 
-    counts = {"studies": ingest.studies, "ingested": ingest.ingested, "rejected": ingest.rejected,
-              "unchanged": ingest.skipped, **curated, **shards}
+    counts = {**ingest.counts(), **curated.counts(), **shards.counts()}
     # the run's parameters, every one (defaults included), as the manifest's runs table keeps them
     db = manifest_task(str(out), run_record("build-shards", started, params.model_dump(), counts,
-                                            curated["model_version"]))
+                                            curated.model_version))
     _artifacts(db, ingest.rejects_by_reason, counts)
-    return {"manifest": db, "classifier": str(classifier), "new_studies": ingest.studies - ingest.skipped,
+    return {"manifest": db, "classifier": str(curate.classifier), "new_studies": ingest.studies - ingest.skipped,
             **counts}
 
 

@@ -33,7 +33,8 @@ from offclip.flows.build import build_shards, current_run_id, trigger_deployment
 from offclip.flows.artifacts import finite, markdown_on_root, table_rows
 from offclip.flows.naming import run_namer
 from offclip.flows.parameters import EvaluateParameters, RetrainParameters, TrainParameters, flow_parameters
-from offclip.pipeline.manifest import MANIFEST_FILE, append_runs, query, run_record
+from offclip.pipeline.layout import MANIFEST_FILE
+from offclip.pipeline.manifest import append_runs, query, run_record
 from offclip.pipeline.shards import complete_shards
 
 #: seconds between two updates of the training progress artifact (each is an API call)

@@ -52,7 +52,8 @@ import torch.nn.functional as F
 from PIL import Image
 
 from offclip.data_contracts.enums import TEXT_SOURCES
-from offclip.pipeline.shards import SHARD_DIR, ShardError, ShardRecord, complete_shards
+from offclip.pipeline.layout import split_dir
+from offclip.pipeline.shards import ShardError, ShardRecord, complete_shards
 
 # Tokenisers are used in DataLoader workers (forked after the parent may have used them).
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -218,7 +219,7 @@ def split_records(out: str | os.PathLike, split: str) -> list[ShardRecord]:
     """The complete shards of ``split`` under the curation root ``out`` (clear error when none)."""
     records = complete_shards(Path(out), split)
     if not records:
-        raise ShardError(f"no complete shards for split {split!r} under {Path(out) / SHARD_DIR / split} "
+        raise ShardError(f"no complete shards for split {split!r} under {split_dir(out, split)} "
                          f"(build them first: `offclip shards {out}`)")
     return records
 

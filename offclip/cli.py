@@ -423,10 +423,10 @@ def curate(params: CurateParameters) -> None:
               direct_defaults={"trigger_train": False})
 def build_shards_cmd(params: BuildParameters) -> None:
     """Run the build-shards flow directly (no deployment): ingest → classify → filter → shards → manifest."""
-    from .pipeline.sources import resolve_source
+    from .pipeline.sources import check_source
 
     try:  # what is missing is said before a server starts
-        resolve_source(Path(params.source), _path(params.reports), _path(params.metadata))
+        check_source(Path(params.source), _path(params.reports), _path(params.metadata))
     except (FileNotFoundError, ValueError) as exc:
         typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
         raise typer.Exit(2)
@@ -560,7 +560,8 @@ def manifest(
     Reads no file outside the manifest's folder (a view over one fails)."""
     import duckdb
 
-    from .pipeline.manifest import MANIFEST_FILE, build_manifest, summary
+    from .pipeline.layout import MANIFEST_FILE
+    from .pipeline.manifest import build_manifest, summary
 
     path = db or out / MANIFEST_FILE
     try:
@@ -584,7 +585,7 @@ def answer(
     import duckdb
 
     from .models.answer import latest_answer
-    from .pipeline.manifest import MANIFEST_FILE
+    from .pipeline.layout import MANIFEST_FILE
 
     path = db or out / MANIFEST_FILE
     try:

@@ -43,11 +43,10 @@ from .atomic import atomic_open
 from .filtering import check_label_policy, filter_sentences
 from .ingest import read_table
 from .labels import StudyLabels, check_label_source, study_labels
-from .prompting import PROMPT_CACHE_FILE, PromptBackendError, PromptCache, PromptingStats, make_prompter
+from .layout import CURATE_DIR, PROMPT_CACHE_FILE, SCORE_CACHE_FILE, curate_table
+from .prompting import PromptBackendError, PromptCache, PromptingStats, make_prompter
 from .scoring import Classifier, ScoreCache, ScoringStats, label_sentences, score_sentences
 
-CURATE_DIR = "curate"
-CACHE_FILE = "cache/sentence_scores.duckdb"
 
 
 @dataclass
@@ -66,6 +65,14 @@ class CurateConfig:
     #: cascade | union | classifier | rules: how a sentence's label follows from the classifier and
     #: the rules (offclip.pipeline.filtering)
     label_policy: str = DEFAULT_LABEL_POLICY
+
+    def __post_init__(self) -> None:
+        # checked where the settings enter, so a build fails before a long ingest: an unknown label
+        # source or policy, a labeler's missing file
+        self.out = Path(self.out)
+        self.label_dirs = [Path(d) for d in self.label_dirs]
+        check_label_source(self.label_source, self.label_dirs)
+        check_label_policy(self.label_policy)
 
 
 @dataclass
@@ -98,6 +105,19 @@ class CurateSummary:
     disagreements: int = 0
     disagreement_reports: int = 0
 
+    def counts(self) -> dict:
+        """The figures a run record keeps (the manifest's ``runs.counts``), by their names there."""
+        prompt = self.prompt_stats
+        prompt = {} if prompt is None else {"prompt_unique": prompt.unique, "prompt_cached": prompt.cached,
+                                            "prompt_model_calls": prompt.model_calls, "prompt_retries": prompt.retries}
+        return {**prompt, "pairs": self.pairs, "normal": self.normal, "abnormal": self.abnormal,
+                "sentences": self.sentences, "kept": self.kept, "dropped": self.dropped,
+                "model_calls": self.scoring.model_calls, "unique_sentences": self.scoring.unique,
+                "model_version": self.model_version, "threshold": self.threshold,
+                "label_source": self.label_source, "label_fallback": self.label_fallback,
+                "label_policy": self.label_policy, "classifier_rule_disagreements": self.disagreements,
+                "classifier_rule_disagreement_reports": self.disagreement_reports}
+
     def to_text(self) -> str:
         s = self.scoring
         text = (f"curate: {self.pairs} pairs — normal {self.normal}, abnormal {self.abnormal} "
@@ -128,20 +148,18 @@ class CurateSummary:
 
 def _write(out: Path, name: str, contract: Contract, df: pd.DataFrame) -> None:
     table = contract.validate(df)
-    with atomic_open(Path(out) / CURATE_DIR / f"{name}.parquet", "wb") as fh:
+    with atomic_open(curate_table(out, name), "wb") as fh:
         pq.write_table(table, fh, compression="zstd")
 
 
 def read_curated(out: Path, name: str) -> pd.DataFrame:
-    return pq.read_table(Path(out) / CURATE_DIR / f"{name}.parquet").to_pandas()
+    return pq.read_table(curate_table(out, name)).to_pandas()
 
 
 def run_curate(config: CurateConfig, classifier: Classifier | None = None) -> CurateSummary:
     start = time.perf_counter()
     out = Path(config.out)
-    label_dirs = [Path(d) for d in config.label_dirs]
-    check_label_source(config.label_source, label_dirs)  # before loading a model or scoring
-    check_label_policy(config.label_policy)
+    label_dirs = config.label_dirs  # checked by CurateConfig
     if classifier is None:
         if config.classifier is None:
             raise ValueError("no classifier: pass a saved classifier directory (offclip classifier train)")
@@ -157,7 +175,7 @@ def run_curate(config: CurateConfig, classifier: Classifier | None = None) -> Cu
     if sentences.empty:
         raise ValueError(f"{out} has no ingested sentences: run `offclip ingest` first")
 
-    with ScoreCache(out / CACHE_FILE) as cache:
+    with ScoreCache(out / SCORE_CACHE_FILE) as cache:
         scored, stats = score_sentences(sentences, classifier, cache, batch_size=config.batch_size)
         from .labeler import RuleLabeler
 
@@ -214,7 +232,7 @@ def run_curate(config: CurateConfig, classifier: Classifier | None = None) -> Cu
     # the caches keep the text of the current corpus only: the old sentences of a study whose
     # report was edited, or that was rejected or purged since, go (docs/shards-and-manifest.md:
     # "Edited inputs, PHI and offclip purge")
-    ScoreCache.prune(out / CACHE_FILE, sentences["key"])
+    ScoreCache.prune(out / SCORE_CACHE_FILE, sentences["key"])
     prompt_cache = options.get("cache", out / PROMPT_CACHE_FILE)
     if isinstance(prompt_cache, (str, Path)):
         PromptCache.prune(prompt_cache, (" ".join(t.split()) for t in filtered.loc[filtered["kept"], "text"]))
@@ -246,4 +264,4 @@ def _write_study_labels(out: Path, labels: StudyLabels) -> None:
     if labels.files:
         _write(out, "study_labels", STUDY_LABELS, labels.frame[STUDY_LABELS.names])
     else:
-        (Path(out) / CURATE_DIR / "study_labels.parquet").unlink(missing_ok=True)
+        curate_table(out, "study_labels").unlink(missing_ok=True)

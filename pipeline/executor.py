@@ -25,7 +25,9 @@ Executors, both with the same calls (``map`` over batches, ``process`` one batch
   worker busy). Results come back pickled, in batch order. It stays in the process that made it
   (pickling it is an error: a pool cannot travel).
 
-:func:`make_executor` picks between them. An exception a stage raises in ``process_batch``
+:func:`make_executor` picks between them, and :func:`resolve_workers` says what a ``workers``
+setting of 0 means: the one place that decides parallelism (the ingest driver, the scan's header
+reads and the build-shards flow all ask these two). An exception a stage raises in ``process_batch``
 propagates to the caller (the stage itself turns bad *input* into its result: the ingest stage's
 reject records); the executor never swallows it.
 """
@@ -189,13 +191,24 @@ class ProcessExecutor(Generic[R]):
 Executor = InlineExecutor | ProcessExecutor
 
 
-def make_executor(stage: Stage[R], workers: int, batches: int | None = None, mp_context=None) -> Executor:
-    """An inline executor for one worker (or at most one batch: a pool would only add its start),
-    else a process pool of ``workers`` (``mp_context``: how its processes start; default the
-    platform's)."""
-    if workers <= 1 or (batches is not None and batches <= 1):
+def resolve_workers(workers: int) -> int:
+    """What a ``workers`` setting means: 0 (the default everywhere) one per CPU core, else itself."""
+    return int(workers) or os.cpu_count() or 1
+
+
+def make_executor(stage: Stage[R], workers: int, batches: int | None = None, *,
+                  in_runner_workers: bool = False, from_threads: bool = False) -> Executor:
+    """Where a stage's batches run, the one rule: in place (:class:`InlineExecutor`) for one
+    worker, at most one batch (a pool would only add its start), or when the batches already run
+    in a task runner's own worker processes (``in_runner_workers``: Prefect's process runner,
+    Dask); else a pool of ``workers`` processes (0: one per core). A pool made in a process with
+    threads (``from_threads``: a flow run) starts its workers from a fork server that imports the
+    stage's ``preload`` modules once (:func:`forkserver_context`); otherwise the platform's default."""
+    workers = resolve_workers(workers)
+    if in_runner_workers or workers <= 1 or (batches is not None and batches <= 1):
         return InlineExecutor(stage)
-    return ProcessExecutor(stage, workers, mp_context=mp_context)
+    context = forkserver_context(getattr(stage, "preload", ())) if from_threads else None
+    return ProcessExecutor(stage, workers, mp_context=context)
 
 
 def forkserver_context(preload: Sequence[str]):

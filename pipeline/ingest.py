@@ -2,10 +2,12 @@
 
 ``IngestStage`` is a stage of ``pipeline/executor.py``: ``setup()`` builds the sentence splitter
 once per worker, ``process_batch()`` takes a list of studies and returns typed records (studies,
-images, sentences, rejects). ``run_ingest`` hands the batches to an executor (in this process,
-or a process pool: ``make_executor``) and writes the four record tables as Parquet under
-``OUT/ingest/``, each checked against its contract in ``data_contracts`` and written atomically;
-the ``build-shards`` flow hands its tasks' batches to an executor of the same layer.
+images, sentences, rejects). :func:`run_ingest` is the one driver, for ``offclip ingest`` and
+the ``build-shards`` flow alike: plan (scan, incremental skip, batches) → the executor the caller's
+factory makes (default ``executor.make_executor``: this process or a process pool; the flow's runs
+each batch as a Prefect task) → merge in batch order → the four record tables as Parquet under
+``OUT/ingest/`` (``layout.py``), each checked against its contract in ``data_contracts`` and
+written atomically.
 
 Incremental: a study whose selected image and report hash to the ``content_hash`` of the previous
 run (and whose output image still exists) is not decoded again; its previous records are kept.
@@ -25,6 +27,7 @@ import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable, Protocol
 
 import pandas as pd
 import pyarrow.parquet as pq
@@ -32,14 +35,14 @@ import pyarrow.parquet as pq
 from ..data_contracts.contract import Contract, frame
 from ..data_contracts.ingest import IMAGES, REJECTS, SENTENCES, STUDIES
 from .atomic import atomic_open, atomic_write_bytes
-from .executor import forkserver_context, make_executor
+from .executor import Executor, make_executor
 from .images import DecodedImage, ImageReject, NormalizeConfig, decode_dicom, encode_file_bytes
+from .layout import INGEST_TABLES, STAMPS_FILE, image_path, ingest_table
 from .scan import ImageEntry, ScanConfig, StudyEntry, scan_source
 from .sources import ReportTooLarge, max_report_bytes, read_report
 
 log = logging.getLogger(__name__)
-INGEST_DIR = "ingest"
-TABLES: dict[str, Contract] = {"studies": STUDIES, "images": IMAGES, "sentences": SENTENCES, "rejects": REJECTS}
+TABLES: dict[str, Contract] = dict(zip(INGEST_TABLES, (STUDIES, IMAGES, SENTENCES, REJECTS)))
 
 
 @dataclass
@@ -49,7 +52,7 @@ class IngestConfig:
     scan: ScanConfig | None = None  #: default: ScanConfig(source)
     normalize: NormalizeConfig = field(default_factory=NormalizeConfig)
     batch_size: int = 128  #: studies per batch (the flows' and `offclip ingest`'s default too)
-    workers: int = 0  #: 0 -> all cores; 1 -> in this process
+    workers: int = 0  #: 0 -> one per CPU core; 1 -> in this process (executor.resolve_workers)
     progress: bool = True
 
     def __post_init__(self) -> None:
@@ -89,8 +92,7 @@ def image_stamp(path: Path, report_key: str) -> str | None:
 
 def output_path(study: StudyEntry, dicom_id: str, fmt: str) -> str:
     """Where a study's normalised image goes, relative to the output root."""
-    ext = "jpg" if fmt == "jpg" else "png"
-    return f"images/{study.folder}/p{study.subject_id}/s{study.study_id}/{dicom_id}.{ext}"
+    return image_path(study.folder, study.subject_id, study.study_id, dicom_id, fmt)
 
 
 def study_stamp(source: Path, study: StudyEntry) -> str | None:
@@ -122,10 +124,11 @@ class IngestStage:
     splitter (once per worker), ``process_batch(studies, previous)`` returns a batch's records,
     ``merge`` joins a batch's chunks' records in order."""
 
-    def __init__(self, source: Path, out: Path, normalize: NormalizeConfig,
-                 previous_hashes: Previous | None = None) -> None:
+    #: what a fork server imports once for a pool of this stage's workers (executor.make_executor)
+    preload = (__name__, f"{__package__}.text")
+
+    def __init__(self, source: Path, out: Path, normalize: NormalizeConfig) -> None:
         self.source, self.out, self.normalize = Path(source), Path(out), normalize
-        self.previous = previous_hashes or {}
         self.splitter = None
 
     def setup(self) -> None:
@@ -154,9 +157,9 @@ class IngestStage:
 
     # -- one batch ---------------------------------------------------------------------------
     def process_batch(self, studies: list[StudyEntry], previous: Previous | None = None) -> BatchResult:
-        """Ingest a batch. ``previous`` (content hashes of the last run) defaults to the stage's
-        own; pass it per call when one stage serves concurrent batches."""
-        previous = self.previous if previous is None else previous
+        """Ingest a batch. ``previous``: the last run's content hashes and stamps of (at least)
+        these studies (``IngestPlan.previous_for``); none: every study is new."""
+        previous = previous or {}
         result = BatchResult()
         for study in studies:
             self._process_study(study, result, previous)
@@ -327,13 +330,6 @@ _CONTROL = re.compile("[\x00-\x08\x0b\x0e-\x1f]")
 
 
 # ------------------------------------------------------------------------------------------------
-def worker_context():
-    """The multiprocessing context for ingest workers started from a process with threads (a
-    flow run): a fork server that imports the ingest code once (``executor.forkserver_context``),
-    ``spawn`` where the platform has no fork server."""
-    return forkserver_context([__name__, f"{__package__}.text"])
-
-
 @dataclass
 class IngestSummary:
     studies: int
@@ -349,6 +345,11 @@ class IngestSummary:
     #: the tree; see sources.TreeWalk), also logged as a warning
     skipped_links: list = field(default_factory=list)
 
+    def counts(self) -> dict:
+        """The figures a run record keeps (the manifest's ``runs.counts``), by their names there."""
+        return {"studies": self.studies, "ingested": self.ingested, "rejected": self.rejected,
+                "unchanged": self.skipped}
+
     def to_text(self) -> str:
         reasons = ", ".join(f"{k} {v}" for k, v in self.rejects_by_reason.items()) or "none"
         links = (f"\n  symlinks not followed {len(self.skipped_links)}: " + "; ".join(self.skipped_links[:5])
@@ -361,14 +362,14 @@ class IngestSummary:
 
 
 def read_table(out: Path, name: str) -> pd.DataFrame:
-    path = Path(out) / INGEST_DIR / f"{name}.parquet"
+    path = ingest_table(out, name)
     return pq.read_table(path).to_pandas() if path.is_file() else TABLES[name].empty()
 
 
 def write_table(out: Path, name: str, df: pd.DataFrame) -> Path:
     """Validate against the contract, then write atomically."""
     table = TABLES[name].validate(df)
-    path = Path(out) / INGEST_DIR / f"{name}.parquet"
+    path = ingest_table(out, name)
     with atomic_open(path, "wb") as fh:
         pq.write_table(table, fh, compression="zstd")
     return path
@@ -427,11 +428,8 @@ def plan_ingest(config: IngestConfig, max_batches: int | None = None) -> IngestP
                       found_rejected, config.scan.folders, scanned.skipped_links)
 
 
-STAMPS = "stamps.parquet"
-
-
 def read_stamps(out: Path) -> dict[int, str]:
-    path = Path(out) / INGEST_DIR / STAMPS
+    path = Path(out) / STAMPS_FILE
     if not path.is_file():
         return {}
     df = pq.read_table(path).to_pandas()
@@ -451,7 +449,7 @@ def save_stamps(out: Path, stamps: dict[int, str]) -> None:
 
     ids = sorted(stamps)
     table = pa.table({"study_id": pa.array(ids, pa.int64()), "stamp": pa.array([stamps[i] for i in ids], pa.string())})
-    with atomic_open(Path(out) / INGEST_DIR / STAMPS, "wb") as fh:
+    with atomic_open(Path(out) / STAMPS_FILE, "wb") as fh:
         pq.write_table(table, fh, compression="zstd")
 
 
@@ -484,27 +482,63 @@ def finish_ingest(out: Path, plan: IngestPlan, result: BatchResult, seconds: flo
     )
 
 
-def run_ingest(config: IngestConfig) -> IngestSummary:
-    """The whole stage in this process (``workers=1``, or a single batch) or a process pool of
-    ``workers`` (0: every core), through ``executor.make_executor``."""
-    from tqdm import tqdm
+#: makes a run's executor once its batches are known: (stage, number of batches) -> executor
+ExecutorFactory = Callable[["IngestStage", int], Executor]
 
+
+class IngestReport(Protocol):
+    """What a driver is told as ingest runs: ``offclip ingest``'s progress bar
+    (:class:`ProgressBar`), the flow's log and progress artifact (``flows/build.py``)."""
+
+    def planned(self, plan: IngestPlan) -> None: ...
+
+    def batch_done(self, batch: list[StudyEntry], done: int, total: int) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class ProgressBar:
+    """A tqdm bar over the studies (``IngestConfig.progress``): the CLI's report."""
+
+    def __init__(self, enabled: bool = True) -> None:
+        self.enabled, self.bar = enabled, None
+
+    def planned(self, plan: IngestPlan) -> None:
+        from tqdm import tqdm
+
+        self.bar = tqdm(total=len(plan.studies), initial=len(plan.unchanged) + len(plan.unchanged_rejected),
+                        unit="study", desc="ingest", disable=not self.enabled)
+
+    def batch_done(self, batch: list[StudyEntry], done: int, total: int) -> None:
+        self.bar.update(len(batch))
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def run_ingest(config: IngestConfig, executor: ExecutorFactory | None = None, *,
+               max_batches: int | None = None, report: IngestReport | None = None) -> IngestSummary:
+    """The ingest stage, the one driver: plan (``max_batches`` bounds the number of batches),
+    run every batch on the executor that ``executor(stage, batches)`` makes (default:
+    ``executor.make_executor`` with ``config.workers``: this process, or a process pool), merge
+    the records in batch order, write the tables. ``report`` (default: a progress bar when
+    ``config.progress``) is told the plan and each batch as its result is merged."""
     start = time.perf_counter()
-    plan = plan_ingest(config)
-    result = BatchResult()
-    workers = config.workers or os.cpu_count() or 1
-    bar = tqdm(total=len(plan.studies), initial=len(plan.unchanged) + len(plan.unchanged_rejected), unit="study",
-               desc="ingest", disable=not config.progress)
+    plan = plan_ingest(config, max_batches)
+    report = report or ProgressBar(config.progress)
+    report.planned(plan)
+    factory = executor or (lambda stage, batches: make_executor(stage, config.workers, batches))
     # each batch carries its own part of the previous run (not all of it to every worker)
     previous = [plan.previous_for(b) for b in plan.batches]
-    stage = IngestStage(config.source, config.out, config.normalize)
+    result = BatchResult()
     try:
-        with make_executor(stage, workers, len(plan.batches)) as executor:
-            for batch, done in zip(plan.batches, executor.map(plan.batches, previous)):
-                result.extend(done)
-                bar.update(len(batch))
+        with factory(IngestStage(config.source, config.out, config.normalize), len(plan.batches)) as pool:
+            for done, (batch, part) in enumerate(zip(plan.batches, pool.map(plan.batches, previous)), 1):
+                result.extend(part)  # in batch order: deterministic records
+                report.batch_done(batch, done, len(plan.batches))
     finally:
-        bar.close()
+        report.close()
     return finish_ingest(config.out, plan, result, time.perf_counter() - start)
 
 
@@ -523,7 +557,7 @@ def _merge_and_write(out: Path, result: BatchResult, scanned: set[int],
     # a CSV row's reject is made again by every scan (the CSVs are read whole): the old one goes
     stale |= old_rejects["reason"] == "metadata_row_invalid"
     if not processed and not folder_rejects and not stale.any() \
-            and all((Path(out) / INGEST_DIR / f"{n}.parquet").is_file() for n in TABLES):
+            and all(ingest_table(out, n).is_file() for n in TABLES):
         return  # every study unchanged: the tables stay as they are (a re-run rewrites nothing)
     for name, contract in TABLES.items():
         old = old_rejects[~stale] if name == "rejects" else read_table(out, name)

@@ -39,8 +39,8 @@ import pyarrow as pa
 from .. import __version__
 from ..data_contracts.curate import STUDY_LABELS
 from ..data_contracts.manifest import EVALUATIONS, EXPECTED_SAMPLES, OVERALL, RUNS, SAMPLES, SHARDS
+from .layout import MANIFEST_FILE, SHARD_DIR, curate_table, ingest_table
 
-MANIFEST_FILE = "manifest.duckdb"
 LOCK_TIMEOUT_S = 600.0  #: how long a writer waits for another one (a rebuild takes seconds)
 
 
@@ -206,7 +206,7 @@ def run_record(stage: str, started: dt.datetime, parameters: dict, counts: dict,
 
 
 def _shard_tables(out: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
-    from .shards import SHARD_DIR, complete_shards
+    from .shards import complete_shards
 
     shards, samples = [], []
     root = out / SHARD_DIR
@@ -246,7 +246,7 @@ def _build_manifest(out: Path, db: Path, runs: list[dict] | None) -> Path:
         history = pd.concat([history, pd.DataFrame(runs)], ignore_index=True) if len(history) else pd.DataFrame(runs)
     shards, samples = _shard_tables(out)
     expected = EXPECTED_SAMPLES.empty()
-    if (out / "curate/pairs.parquet").is_file():  # else the check below names what is missing
+    if curate_table(out, "pairs").is_file():  # else the check below names what is missing
         from .shards import SampleSource
 
         expected = SampleSource(out).expected()
@@ -259,9 +259,9 @@ def _build_manifest(out: Path, db: Path, runs: list[dict] | None) -> Path:
         with duckdb.connect(str(tmp)) as con:
             _load(con, "runs", RUNS.validate(history))
             parquet = {
-                "studies": out / "ingest/studies.parquet", "images": out / "ingest/images.parquet",
-                "rejects": out / "ingest/rejects.parquet", "sentences": out / "curate/sentences.parquet",
-                "pairs": out / "curate/pairs.parquet",
+                "studies": ingest_table(out, "studies"), "images": ingest_table(out, "images"),
+                "rejects": ingest_table(out, "rejects"), "sentences": curate_table(out, "sentences"),
+                "pairs": curate_table(out, "pairs"),
             }
             for name, path in parquet.items():
                 if not path.is_file():
@@ -272,7 +272,7 @@ def _build_manifest(out: Path, db: Path, runs: list[dict] | None) -> Path:
             _load(con, "samples", SAMPLES.validate(samples))
             _load(con, "expected_samples", EXPECTED_SAMPLES.validate(expected))
             _load(con, "evaluations", EVALUATIONS.validate(evaluations))
-            labels = out / "curate/study_labels.parquet"  # optional: only when a label file was found
+            labels = curate_table(out, "study_labels")  # optional: only when a label file was found
             if labels.is_file():
                 con.execute("CREATE TABLE study_labels AS SELECT * FROM read_parquet(?)", [str(labels)])
             else:

@@ -104,7 +104,6 @@ class TemplatePrompter:
         return [template_sentence(lab) or text for lab, text in zip(labels, sentences)]
 
 
-PROMPT_CACHE_FILE = "cache/llm_rewrites.duckdb"  #: the openai prompter's cache, under curate's OUT
 #: bumped when the answer's post-processing changes; part of every prompt version
 ANSWER_FORMAT = 1
 FLUSH_SECONDS = 5.0  #: answers are committed to the cache at least this often (and every flush_every)

@@ -27,9 +27,11 @@ from pathlib import Path
 from typing import Iterable
 
 from ..data_contracts.curate import CURATED_SENTENCES, PAIRS, STUDY_LABELS
-from .curate import CACHE_FILE, CURATE_DIR, _write, read_curated
-from .ingest import INGEST_DIR, STAMPS, TABLES, read_stamps, read_table, save_stamps, write_table
-from .prompting import PROMPT_CACHE_FILE, PromptCache
+from .curate import _write, read_curated
+from .ingest import TABLES, read_stamps, read_table, save_stamps, write_table
+from .layout import (CURATE_DIR, INGEST_DIR, MANIFEST_FILE, PROMPT_CACHE_FILE, SCORE_CACHE_FILE, SHARD_DIR, STAMPS_FILE,
+                     curate_table, ingest_table)
+from .prompting import PromptCache
 from .scoring import ScoreCache
 
 
@@ -69,7 +71,7 @@ def purge_studies(out: str | Path, study_ids: Iterable[int]) -> PurgeResult:
     docstring). Run it while no build writes into ``out``."""
     out = Path(out)
     ids = sorted({int(s) for s in study_ids})
-    if not (out / INGEST_DIR / "studies.parquet").is_file():
+    if not ingest_table(out, "studies").is_file():
         raise FileNotFoundError(f"{out} holds no ingest records ({INGEST_DIR}/studies.parquet): not a curation output")
     result = PurgeResult(out, ids, [])
     wanted = set(ids)
@@ -86,7 +88,7 @@ def purge_studies(out: str | Path, study_ids: Iterable[int]) -> PurgeResult:
         table = sentences if name == "sentences" else images if name == "images" else read_table(out, name)
         drop = table["study_id"].isin(wanted)
         found |= set(table.loc[drop, "study_id"].astype("int64"))
-        result.rows[f"ingest/{name}"] = int(drop.sum())
+        result.rows[f"{INGEST_DIR}/{name}"] = int(drop.sum())
         if drop.any():
             write_table(out, name, table[~drop].reset_index(drop=True))
     _purge_stamps(out, wanted, result)
@@ -100,33 +102,33 @@ def purge_studies(out: str | Path, study_ids: Iterable[int]) -> PurgeResult:
     # -- curated records ---------------------------------------------------------------------------
     contracts = {"sentences": CURATED_SENTENCES, "pairs": PAIRS, "study_labels": STUDY_LABELS}
     for name, contract in contracts.items():
-        if not (out / CURATE_DIR / f"{name}.parquet").is_file():
+        if not curate_table(out, name).is_file():
             continue
         table = read_curated(out, name)
         drop = table["study_id"].isin(wanted)
         found |= set(table.loc[drop, "study_id"].astype("int64"))
-        result.rows[f"curate/{name}"] = int(drop.sum())
+        result.rows[f"{CURATE_DIR}/{name}"] = int(drop.sum())
         if drop.any():
             _write(out, name, contract, table[~drop].reset_index(drop=True))
     result.found = sorted(found)
 
     # -- shards: rewritten without them --------------------------------------------------------------
-    from .shards import SHARD_DIR, ShardConfig, write_shards
+    from .shards import ShardConfig, write_shards
 
-    if (out / SHARD_DIR).is_dir() and (out / CURATE_DIR / "pairs.parquet").is_file():
+    if (out / SHARD_DIR).is_dir() and curate_table(out, "pairs").is_file():
         shards = write_shards(ShardConfig(out=out, add_new=False))
         result.shards_rewritten, result.shards_removed = shards.rewritten, shards.removed
 
     # -- caches: the text of the remaining corpus only ---------------------------------------------
     remaining = sentences[~mine]
-    result.cache_rows[CACHE_FILE] = ScoreCache.prune(out / CACHE_FILE, remaining["key"])
+    result.cache_rows[SCORE_CACHE_FILE] = ScoreCache.prune(out / SCORE_CACHE_FILE, remaining["key"])
     result.cache_rows[PROMPT_CACHE_FILE] = PromptCache.prune(
         out / PROMPT_CACHE_FILE, (" ".join(t.split()) for t in remaining["text"]))
 
     # -- the manifest, rebuilt from the records ------------------------------------------------------
-    from .manifest import MANIFEST_FILE, build_manifest
+    from .manifest import build_manifest
 
-    if (out / MANIFEST_FILE).is_file() and (out / CURATE_DIR / "pairs.parquet").is_file():
+    if (out / MANIFEST_FILE).is_file() and curate_table(out, "pairs").is_file():
         result.manifest = build_manifest(out)
     return result
 
@@ -146,7 +148,7 @@ def _unique_texts(sentences, mine) -> list[str]:
 def _purge_stamps(out: Path, wanted: set[int], result: PurgeResult) -> None:
     stamps = read_stamps(out)
     kept = {k: v for k, v in stamps.items() if k not in wanted}
-    result.rows[f"ingest/{Path(STAMPS).stem}"] = len(stamps) - len(kept)
+    result.rows[STAMPS_FILE.removesuffix(".parquet")] = len(stamps) - len(kept)
     if len(kept) < len(stamps):
         save_stamps(out, kept)
 

@@ -111,7 +111,6 @@ class ScanConfig:
     splits: tuple[str, ...] | None = None  #: None = every split
     prefer_pa: bool = False  #: choose PA over AP when a study has both (the paper picks at random)
     seed: int = 0
-    read_headers: bool = True  #: read DICOM headers of images whose view the metadata lacks
     reports: Path | None = None  #: a reports directory, .zip or .tar.gz (default: found in the root)
     metadata: Path | None = None  #: a directory with the JPG release's CSVs (used beside a DICOM release)
     workers: int = 0  #: processes for header reads (0 -> all cores)
@@ -160,13 +159,9 @@ class ScanResult:
     skipped_links: list[str] = field(default_factory=list)
 
 
-def scan(config: ScanConfig) -> list[StudyEntry]:
-    """All studies under ``config.root`` that pass the folder and split filters, sorted by id."""
-    return scan_source(config).studies
-
-
 def scan_source(config: ScanConfig) -> ScanResult:
-    """The studies (as :func:`scan`), the scan's reject records and the resolved source.
+    """The studies under ``config.root`` that pass the folder and split filters (sorted by id),
+    the scan's reject records and the resolved source.
 
     Studies come from the metadata CSV when there is one (the root's or ``--metadata``'s), else
     from the DICOM release's record list, else from the directory tree; reports from the report
@@ -515,23 +510,25 @@ def _fill_views(root: Path, studies: list[StudyEntry], config: ScanConfig) -> No
     todo = [i for s in studies for i in s.images if i.view == "unknown" and i.exists]
     if not todo:
         return
-    if not config.read_headers or studies[0].image_kind != "dicom":
+    if studies[0].image_kind != "dicom":
         for image in todo:
             image.view, image.view_position, image.view_source = classify_view(procedure=image.procedure)
         return
     jobs = [(image.path, image.procedure) for image in todo]
-    workers = config.workers or os.cpu_count() or 1
+    from .executor import resolve_workers
+
+    workers = resolve_workers(config.workers)
     if workers == 1 or len(jobs) < PARALLEL_HEADERS_FROM:
         results = _header_views(str(root), jobs)
     else:
         from tqdm import tqdm
 
-        from .executor import ProcessExecutor
+        from .executor import make_executor
 
         size = max(64, -(-len(jobs) // (workers * 16)))
         chunks = [jobs[i:i + size] for i in range(0, len(jobs), size)]
         results = []
-        with ProcessExecutor(HeaderViews(root), workers) as executor, \
+        with make_executor(HeaderViews(root), workers, len(chunks)) as executor, \
                 tqdm(total=len(jobs), unit="header", desc="view headers", disable=not config.progress) as bar:
             for chunk, done in zip(chunks, executor.map(chunks)):
                 results.extend(done)

@@ -23,7 +23,6 @@ reader that runs during a write sees the complete shards and nothing of the one 
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -33,9 +32,9 @@ import pandas as pd
 
 from ..data_contracts.enums import ABNORMAL, CLASSIFIER, SHARD_SPLITS
 from ..data_contracts.shards import SAMPLE_FIELDS, SHARD_RECORD  # noqa: F401  (SAMPLE_FIELDS: imported from here too)
-from .atomic import _naming, atomic_write_text, sha256_file
+from .atomic import atomic_open, atomic_write_text, sha256_file
+from .layout import SHARD_DIR, split_dir
 
-SHARD_DIR = "shards"
 
 
 class ShardError(RuntimeError):
@@ -70,7 +69,7 @@ def complete_shards(out: Path, split: str) -> list[ShardRecord]:
     """The complete shards of one split: those with a completion record and their tar (of the
     recorded size). Read-only: it never removes anything, so it is safe while a writer works
     (debris of an interrupted build is the writer's to clear: :func:`recover_split`)."""
-    directory = Path(out) / SHARD_DIR / split
+    directory = split_dir(out, split)
     records_dir = directory / "_complete"
     if not records_dir.is_dir():
         return []
@@ -91,7 +90,7 @@ def split_lock(out: Path, split: str, timeout: float = -1):
     per split at a time; readers never take it."""
     from filelock import FileLock
 
-    directory = Path(out) / SHARD_DIR / split
+    directory = split_dir(out, split)
     directory.mkdir(parents=True, exist_ok=True)
     return FileLock(str(directory / ".lock"), timeout=timeout)
 
@@ -100,7 +99,7 @@ def recover_split(out: Path, split: str) -> list[str]:
     """Clear what an interrupted build left in one split (call it holding :func:`split_lock`):
     temporary files, final-named shards without a completion record (renamed, never recorded),
     records without their shard. Returns the removed paths, relative to the split directory."""
-    directory = Path(out) / SHARD_DIR / split
+    directory = split_dir(out, split)
     records_dir = directory / "_complete"
     removed: list[str] = []
     if not directory.is_dir():
@@ -217,25 +216,22 @@ def _write_shard(directory: Path, name: str, samples: list[dict], mtime: int) ->
     from webdataset import TarWriter
 
     final = directory / name
-    tmp = directory / f".{name}.tmp"
     writer = None
     try:
-        with open(tmp, "wb") as fh:
+        # atomic_open: a temporary sibling (recover_split clears one a killed writer left), fsync,
+        # rename; an error names the shard and leaves no temporary file
+        with atomic_open(final, "wb") as fh:
             writer = TarWriter(fh, encoder=False, mtime=mtime, user="offclip", group="offclip")
             for sample in samples:
                 writer.write(sample)
             writer.close()
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, final)
-    except OSError as exc:  # a full disk: name the shard, leave no temporary file
+    except OSError:  # a full disk
         if writer is not None:
             # its file is closed: neither the tar nor its stream may write at exit
             writer.tarstream.closed = True
             if hasattr(writer.tarstream.fileobj, "closed"):
                 writer.tarstream.fileobj.closed = True
-        tmp.unlink(missing_ok=True)
-        raise _naming(exc, final, str(tmp)) from exc
+        raise
     return final.stat().st_size, sha256_file(final)
 
 
@@ -250,6 +246,12 @@ class ShardSummary:
     rewritten: list[str] = field(default_factory=list)
     removed: list[str] = field(default_factory=list)  #: shards deleted: none of their samples is a pair
     superseded: int = 0  #: samples replaced by their current version or dropped (no longer a pair)
+
+    def counts(self) -> dict:
+        """The figures a run record keeps (the manifest's ``runs.counts``), by their names there."""
+        return {"shards_written": len(self.written), "shards_kept": len(self.kept),
+                "samples_written": self.samples_written, "shards_rewritten": len(self.rewritten),
+                "shards_removed": len(self.removed), "samples_superseded": self.superseded}
 
     def to_text(self) -> str:
         rate = self.samples_written / self.seconds if self.seconds else 0.0
@@ -287,7 +289,7 @@ def _write_split(config: ShardConfig, out: Path, split: str, source: SampleSourc
     """One split's shards (the caller holds the split's lock)."""
     from tqdm import tqdm
 
-    directory = out / SHARD_DIR / split
+    directory = split_dir(out, split)
     recover_split(out, split)
     existing = complete_shards(out, split)
     versions = {r.model_version for r in existing}
@@ -375,10 +377,10 @@ def shard_urls(out: Path, split: str) -> str:
     """A brace-expanded WebDataset URL for a split's complete shards (open_clip's --train-data)."""
     records = complete_shards(out, split)
     if not records:
-        raise ShardError(f"no complete shards for split {split!r} under {Path(out) / SHARD_DIR / split}")
+        raise ShardError(f"no complete shards for split {split!r} under {split_dir(out, split)}")
     first, last = records[0].name, records[-1].name
     numbers = [int(r.name.rsplit("-", 1)[1][:-4]) for r in records]
     if numbers != list(range(numbers[0], numbers[-1] + 1)):
         return ",".join(str(Path(out) / r.path) for r in records)
-    return str(Path(out) / SHARD_DIR / split / f"{split}-{{{first.rsplit('-', 1)[1][:-4]}..{last.rsplit('-', 1)[1][:-4]}}}.tar")
+    return str(split_dir(out, split) / f"{split}-{{{first.rsplit('-', 1)[1][:-4]}..{last.rsplit('-', 1)[1][:-4]}}}.tar")
 

@@ -340,7 +340,6 @@ class Source:
     split: Path | None
     record_list: Path | None  #: cxr-record-list.csv[.gz] (the DICOM release)
     reports: Path  #: a directory or an archive
-    metadata_dirs: list[Path] = field(default_factory=list)  #: where the label CSVs are looked for too
 
     def describe(self) -> str:
         parts = [f"{self.image_kind} images under {self.root}/files",
@@ -365,6 +364,18 @@ def detect_image_kind(root: Path, walk: TreeWalk | None = None) -> str | None:
     return None
 
 
+def check_source(root: Path, reports: Path | None = None, metadata: Path | None = None) -> None:
+    """The paths a user gave, checked where they enter (a command line, before a server starts;
+    :func:`resolve_source` again): the root's ``files/``, ``--reports``, ``--metadata``. Reads no file."""
+    if not (Path(root) / "files").is_dir():
+        raise FileNotFoundError(f"{root} has no files/ directory: not a MIMIC-CXR layout (DICOM or JPG release)")
+    if reports is not None and not Path(reports).exists():
+        raise SourceError(f"--reports {reports}: no such file or directory")
+    if metadata is not None and not Path(metadata).is_dir():
+        raise SourceError(f"--metadata {metadata}: not a directory (give the folder holding "
+                          f"{METADATA_CSV}.gz and its sibling CSVs)")
+
+
 def resolve_source(root: Path, reports: Path | None = None, metadata: Path | None = None,
                    image_kind: str | None = None, walk: TreeWalk | None = None) -> Source:
     """What ``root`` holds and where its reports and metadata are; clear errors for what is
@@ -372,13 +383,7 @@ def resolve_source(root: Path, reports: Path | None = None, metadata: Path | Non
     ``walk`` collects the symlinks skipped and the folders that could not be listed."""
     root = Path(root)
     walk = walk if walk is not None else TreeWalk(root / "files")
-    if not (root / "files").is_dir():
-        raise FileNotFoundError(f"{root} has no files/ directory: not a MIMIC-CXR layout (DICOM or JPG release)")
-    if reports is not None and not Path(reports).exists():
-        raise SourceError(f"--reports {reports}: no such file or directory")
-    if metadata is not None and not Path(metadata).is_dir():
-        raise SourceError(f"--metadata {metadata}: not a directory (give the folder holding "
-                          f"{METADATA_CSV}.gz and its sibling CSVs)")
+    check_source(root, reports, metadata)
     dirs = ([Path(metadata)] if metadata is not None else []) + [root]
     kind = image_kind or detect_image_kind(root, walk)
     meta = find_csv(dirs, METADATA_CSV)
@@ -401,7 +406,7 @@ def resolve_source(root: Path, reports: Path | None = None, metadata: Path | Non
             f"{', '.join(str(d) for d in dirs)}: a JPG has no header to tell its view; pass --metadata DIR")
     return Source(root=root, image_kind=kind, image_ext=".dcm" if kind == "dicom" else ".jpg",
                   metadata=meta, split=find_csv(dirs, SPLIT_CSV), record_list=records,
-                  reports=Path(reports), metadata_dirs=dirs)
+                  reports=Path(reports))
 
 
 def _has_tree_reports(root: Path, walk: TreeWalk, subjects: int = 20) -> bool:

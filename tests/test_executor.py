@@ -54,7 +54,6 @@ def test_inline_executor_sets_up_once_and_keeps_order():
 def test_process_executor_sets_up_once_per_worker_and_keeps_order():
     batches = [[i, i + 1] for i in range(0, 40, 2)]
     with ProcessExecutor(Counting(), workers=2) as executor:
-        executor.warm()  # both workers started and set up
         got = list(executor.map(batches, range(len(batches))))
         merged = executor.process(list(range(9)), 5)
     assert [g["out"] for g in got] == [[x * 10 + k for x in b] for k, b in enumerate(batches)]
@@ -147,13 +146,14 @@ def test_the_flow_passes_its_executor_to_the_tasks_and_keeps_no_registry():
     assert list(inspect.signature(build.ingest_batch.fn).parameters) == ["executor", "batch", "previous"]
     assert not [name for name, value in vars(build).items() if isinstance(value, dict) and name.startswith("_") and not name.startswith("__")]
     stage = Counting()
-    assert isinstance(runners.ingest_executor("process", stage, 2, 5), InlineExecutor)
-    assert isinstance(runners.ingest_executor("dask", stage, 2, 5), InlineExecutor)
-    assert isinstance(runners.ingest_executor("thread", stage, 1, 5), InlineExecutor)
-    with runners.ingest_executor("thread", stage, 2, 5) as executor:
-        assert isinstance(executor, ProcessExecutor) and executor.workers == 2
+    # the executor each runner's ingest tasks hand their batches to: the rule is make_executor's
+    for kind in ("process", "dask"):
+        assert isinstance(runners.task_executor_factory(build.ingest_batch, kind, 2)(stage, 5).inner, InlineExecutor)
+    assert isinstance(runners.task_executor_factory(build.ingest_batch, "thread", 1)(stage, 5).inner, InlineExecutor)
+    with runners.task_executor_factory(build.ingest_batch, "thread", 2)(stage, 5) as executor:
+        assert isinstance(executor.inner, ProcessExecutor) and executor.inner.workers == 2
     with pytest.raises(ValueError, match="task_runner"):
-        runners.ingest_executor("ray", stage, 2, 5)
+        runners.task_executor_factory(build.ingest_batch, "ray", 2)
 
 
 def test_the_scans_parallel_header_reads_equal_the_serial_ones(small_world, monkeypatch):
@@ -162,10 +162,10 @@ def test_the_scans_parallel_header_reads_equal_the_serial_ones(small_world, monk
     import copy
 
     from offclip.pipeline import scan as scan_module
-    from offclip.pipeline.scan import ScanConfig, scan
+    from offclip.pipeline.scan import ScanConfig, scan_source
 
     world, _ = small_world
-    studies = scan(ScanConfig(world, folders=None))
+    studies = scan_source(ScanConfig(world, folders=None)).studies
     for study in studies:
         for image in study.images:
             image.view = "unknown"  # as if no metadata told any view: every header is read

@@ -15,7 +15,7 @@ from PIL import Image
 
 from offclip.data_contracts.contract import ContractViolation
 from offclip.data_contracts.ingest import REJECT_REASONS, STUDIES
-from offclip.pipeline.executor import ProcessExecutor
+from offclip.pipeline.executor import ProcessExecutor, make_executor
 from offclip.pipeline.images import NormalizeConfig
 from offclip.pipeline.ingest import (
     IngestConfig,
@@ -23,10 +23,13 @@ from offclip.pipeline.ingest import (
     plan_ingest,
     read_table,
     run_ingest,
-    worker_context,
     write_table,
 )
-from offclip.pipeline.scan import ScanConfig, classify_view, scan
+from offclip.pipeline.scan import ScanConfig, classify_view, scan_source
+
+
+def scan(config: ScanConfig) -> list:
+    return scan_source(config).studies
 
 FAULT_REASON = {
     "truncated_dicom": "truncated",
@@ -65,7 +68,8 @@ def test_pool_workers_return_the_in_process_records(small_world, tmp_path):
                           normalize=normalize, batch_size=8)
     plan = plan_ingest(config)
     batches = plan.batches[:3]
-    with ProcessExecutor(IngestStage(world, tmp_path / "pool", normalize), 2, mp_context=worker_context()) as pool:
+    with make_executor(IngestStage(world, tmp_path / "pool", normalize), 2, from_threads=True) as pool:
+        assert isinstance(pool, ProcessExecutor)
         pooled = [pool.process(batch, {}) for batch in batches]
     stage = IngestStage(world, tmp_path / "here", normalize)
     for batch, got in zip(batches, pooled):

@@ -20,9 +20,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from offclip.pipeline.curate import CURATE_DIR, CurateConfig, read_curated, run_curate
+from offclip.pipeline.curate import CurateConfig, read_curated, run_curate
+from offclip.pipeline.layout import CURATE_DIR, PROMPT_CACHE_FILE
 from offclip.pipeline.ingest import write_table
-from offclip.pipeline.prompting import (PROMPT_CACHE_FILE, OpenAIPrompter, PromptBackendError, PromptCache,
+from offclip.pipeline.prompting import (OpenAIPrompter, PromptBackendError, PromptCache,
                                         _retry_after, make_prompter)
 from offclip.pipeline.text import normalize_key
 

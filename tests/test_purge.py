@@ -12,7 +12,8 @@ import webdataset as wds
 from typer.testing import CliRunner
 
 from offclip.cli import app
-from offclip.pipeline.curate import CACHE_FILE, read_curated
+from offclip.pipeline.curate import read_curated
+from offclip.pipeline.layout import SCORE_CACHE_FILE as CACHE_FILE
 from offclip.pipeline.ingest import read_table
 from offclip.pipeline.manifest import query
 from offclip.pipeline.shards import complete_shards

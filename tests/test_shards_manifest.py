@@ -22,9 +22,9 @@ from PIL import Image
 from offclip.data_contracts.contract import ContractViolation
 from offclip.data_contracts.shards import SAMPLE_FIELDS
 from offclip.pipeline.curate import read_curated
+from offclip.pipeline.layout import SHARD_DIR
 from offclip.pipeline.manifest import append_runs, build_manifest, manifest_lock, query, run_record
 from offclip.pipeline.shards import (
-    SHARD_DIR,
     ShardConfig,
     complete_shards,
     shard_urls,

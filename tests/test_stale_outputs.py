@@ -12,12 +12,14 @@ import duckdb
 import pytest
 import webdataset as wds
 
-from offclip.pipeline.curate import CACHE_FILE, CurateConfig, read_curated, run_curate
+from offclip.pipeline.curate import CurateConfig, read_curated, run_curate
+from offclip.pipeline.layout import SCORE_CACHE_FILE as CACHE_FILE
+from offclip.pipeline.layout import SHARD_DIR
 from offclip.pipeline.images import NormalizeConfig
 from offclip.pipeline.ingest import IngestConfig, read_table, run_ingest
 from offclip.pipeline.manifest import build_manifest, query
 from offclip.pipeline.scan import ScanConfig
-from offclip.pipeline.shards import SHARD_DIR, ShardConfig, complete_shards, write_shards
+from offclip.pipeline.shards import ShardConfig, complete_shards, write_shards
 
 OLD = "Left upper lobe mass is concerning for malignancy"
 NEW = "Left upper lobe opacity may represent atelectasis"
