@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import dataclasses
 import re
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Iterable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -61,8 +61,14 @@ class Column:
 
 
 def _python_type(t: pa.DataType) -> type:
-    for test, py in ((pa.types.is_boolean, bool), (pa.types.is_integer, int), (pa.types.is_floating, float),
-                     (pa.types.is_string, str), (pa.types.is_list, list), (pa.types.is_struct, dict)):
+    for test, py in (
+        (pa.types.is_boolean, bool),
+        (pa.types.is_integer, int),
+        (pa.types.is_floating, float),
+        (pa.types.is_string, str),
+        (pa.types.is_list, list),
+        (pa.types.is_struct, dict),
+    ):
         if test(t):
             return py
     return object
@@ -123,7 +129,9 @@ class Contract:
             self._check(col, df[col.name])
         for key in self.keys:
             dup = df.duplicated(list(key), keep="first").to_numpy()
-            self._fail_if(col_name=",".join(key), rule="unique key", mask=dup, values=df.loc[dup, list(key)].values.tolist())
+            self._fail_if(
+                col_name=",".join(key), rule="unique key", mask=dup, values=df.loc[dup, list(key)].values.tolist()
+            )
         try:
             return pa.Table.from_pandas(df[self.names], schema=self.schema, preserve_index=False)
         except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as exc:
@@ -142,7 +150,7 @@ class Contract:
                 detail = f"{s.dtype} column; {col_exc}"
             rows, values = [], []
             for start in range(0, len(s), 65536):  # chunks, then values: a few bad rows in a large column
-                chunk = s.iloc[start:start + 65536]
+                chunk = s.iloc[start : start + 65536]
                 try:
                     pa.array(chunk, type=col.type, from_pandas=True)
                     continue

@@ -21,8 +21,13 @@ LATERAL_VIEWS = ("LL", "RL", "LATERAL", "LAT", "LARGE LATERAL", "XTABLE LATERAL"
 #: an image's view class (``images.view``)
 VIEWS = ("frontal", "lateral", "other", "unknown")
 #: the DICOM field that told an image's view, in the order they are tried; ``none``: no field did
-VIEW_SOURCES = ("ViewPosition", "ViewCodeSequence", "AcquisitionDeviceProcessingDescription",
-                "PerformedProcedureStepDescription", "none")
+VIEW_SOURCES = (
+    "ViewPosition",
+    "ViewCodeSequence",
+    "AcquisitionDeviceProcessingDescription",
+    "PerformedProcedureStepDescription",
+    "none",
+)
 STUDY_STATUSES = ("ingested", "rejected")
 IMAGE_STATUSES = ("selected", "not_selected", "rejected")
 #: the stage that rejected something, and what it rejected (``rejects.stage``, ``rejects.entity``)
@@ -41,9 +46,10 @@ REJECT_REASONS: dict[str, str] = {
     "unsupported_pixels": "pixel layout offclip does not handle (colour, multi-frame, …)",
     "decode_error": "the pixel data could not be decoded",
     "pixel_size_mismatch": "the pixel data's length, or the size its codestream declares, is not the header's "
-                           "Rows x Columns x samples x frames x bytes per sample",
+    "Rows x Columns x samples x frames x bytes per sample",
     "metadata_mismatch": "the image's Rows/Columns disagree with the metadata CSV's Rows/Columns for it",
-    "corrupt_data": "the compressed pixel data is malformed (a marker code inside entropy-coded data, lengths that do not add up)",
+    "corrupt_data": "the compressed pixel data is malformed (a marker code inside entropy-coded data, "
+    "lengths that do not add up)",
     "unknown_transfer_syntax": "no Transfer Syntax UID and the pixel data is encapsulated: its compression is not told",
     "read_error": "the file, or the folder holding it, could not be read (permissions, an I/O error)",
     "no_frontal": "the study has no usable frontal (PA/AP) image",
@@ -54,12 +60,22 @@ REJECT_REASONS: dict[str, str] = {
     "report_no_text": "the report has no findings, impression or narrative text",
     "report_not_text": "the report holds NUL or other control bytes: not plain text",
     "metadata_row_invalid": "a metadata, split or record-list CSV row that cannot be read: wrong number of fields, "
-                            "or an id that is not a number",
+    "or an id that is not a number",
 }
 #: the reasons an image decoder can give (``offclip.pipeline.images.ImageReject``)
-IMAGE_REJECT_REASONS = ("not_dicom", "truncated", "no_pixel_data", "unsupported_transfer_syntax",
-                        "unsupported_pixels", "decode_error", "not_jpeg", "pixel_size_mismatch",
-                        "metadata_mismatch", "corrupt_data", "unknown_transfer_syntax")
+IMAGE_REJECT_REASONS = (
+    "not_dicom",
+    "truncated",
+    "no_pixel_data",
+    "unsupported_transfer_syntax",
+    "unsupported_pixels",
+    "decode_error",
+    "not_jpeg",
+    "pixel_size_mismatch",
+    "metadata_mismatch",
+    "corrupt_data",
+    "unknown_transfer_syntax",
+)
 
 # ------------------------------------------------------------------------------------- curate
 

@@ -43,8 +43,12 @@ SAMPLES = Contract(
         Column("split", pa.string(), isin=SPLITS),
         Column("shard", pa.string()),
         Column("position", pa.int32(), min=0),
-        Column("digest", pa.string(), nullable=True,
-               doc="the digest the shard's record gives the sample (NULL: a record from before digests)"),
+        Column(
+            "digest",
+            pa.string(),
+            nullable=True,
+            doc="the digest the shard's record gives the sample (NULL: a record from before digests)",
+        ),
     ),
     doc="Which shard holds each sample.",
 )
@@ -58,7 +62,7 @@ EXPECTED_SAMPLES = Contract(
         Column("digest", pa.string(), doc="what the sample made from the current records would be"),
     ),
     doc="The sample every curated pair of a shard split should have (its digest): shard_health and "
-        "shard_mismatches compare the shards' samples with these.",
+    "shard_mismatches compare the shards' samples with these.",
 )
 
 #: ``class_name`` of the summary rows of an evaluation (the per-class rows name a class)
@@ -75,16 +79,29 @@ EVALUATIONS = Contract(
         Column("seed", pa.int64(), nullable=True, doc="training seed, from the model directory"),
         Column("dataset", pa.string(), doc=", ".join(EVAL_DATASETS)),
         Column("class_name", pa.string(), doc=f"a class of the dataset, or '{OVERALL}' for summary rows"),
-        Column("metric", pa.string(), doc="auc, accuracy, threshold, fp, fn, pointing_game; summary: "
-                                           "normal_auc, macro_auc, pointing_game, normal_fp, normal_fn, "
-                                           "n_images, rejects"),
-        Column("value", pa.float64(), nullable=True, doc="NULL when the metric is undefined (e.g. AUC "
-                                                          "of a class with one label value)"),
+        Column(
+            "metric",
+            pa.string(),
+            doc="auc, accuracy, threshold, fp, fn, pointing_game; summary: "
+            "normal_auc, macro_auc, pointing_game, normal_fp, normal_fn, "
+            "n_images, rejects",
+        ),
+        Column(
+            "value",
+            pa.float64(),
+            nullable=True,
+            doc="NULL when the metric is undefined (e.g. AUC of a class with one label value)",
+        ),
         Column("n_pos", pa.int64(), nullable=True, min=0),
         Column("n_neg", pa.int64(), nullable=True, min=0),
-        Column("protocol", pa.string(), nullable=True, isin=EVAL_PROTOCOLS,
-               doc="the evaluation protocol (models.evaluate.protocols); NULL in rows recorded before it "
-                   "existed, which were all 'offclip'"),
+        Column(
+            "protocol",
+            pa.string(),
+            nullable=True,
+            isin=EVAL_PROTOCOLS,
+            doc="the evaluation protocol (models.evaluate.protocols); NULL in rows recorded before it "
+            "existed, which were all 'offclip'",
+        ),
     ),
     doc="Zero-shot evaluation figures, long format: one row per (evaluation, class, metric).",
     keys=(("evaluation_id", "class_name", "metric"),),

@@ -43,9 +43,12 @@ SAMPLE = Contract(
         Column("split", pa.string(), isin=SPLITS),
         Column("folder", pa.string(), pattern=r"p\d\d"),
         Column("pair_label", pa.string(), isin=LABELS),
-        Column("classifier_version", pa.string(),
-               doc="the pair's model_version (curate's pairs table, the shard record, the manifest): the sentence "
-                   "classifier's version, named for what it is here (data_contracts.curate.CLASSIFIER_VERSION_DOC)"),
+        Column(
+            "classifier_version",
+            pa.string(),
+            doc="the pair's model_version (curate's pairs table, the shard record, the manifest): the sentence "
+            "classifier's version, named for what it is here (data_contracts.curate.CLASSIFIER_VERSION_DOC)",
+        ),
         Column("threshold", pa.float64(), min=0.0, max=1.0, doc="rounded to 6 decimals"),
         Column("image_size", pa.list_(pa.int32()), doc="[rows, columns] of the normalised image"),
         Column("source_transfer_syntax", pa.string(), nullable=True),
@@ -71,11 +74,20 @@ SHARD_RECORD = Contract(
         Column("sha256", pa.string(), pattern=r"[0-9a-f]{64}"),
         Column("keys", pa.list_(pa.string()), default=list, doc="the samples' keys (study ids), in shard order"),
         Column("model_version", pa.string(), default="", doc=CLASSIFIER_VERSION_DOC + " (of the shard's samples)"),
-        Column("label_source", pa.string(), isin=LABEL_SOURCES, default=CLASSIFIER,
-               doc="where the pair labels came from (curate --label-source)"),
-        Column("digests", pa.list_(pa.string()), default=list,
-               doc="each sample's digest (offclip.pipeline.shards.sample_digest), in the order of keys: "
-                   "what the sample was made from; a record without them predates them and is rewritten"),
+        Column(
+            "label_source",
+            pa.string(),
+            isin=LABEL_SOURCES,
+            default=CLASSIFIER,
+            doc="where the pair labels came from (curate --label-source)",
+        ),
+        Column(
+            "digests",
+            pa.list_(pa.string()),
+            default=list,
+            doc="each sample's digest (offclip.pipeline.shards.sample_digest), in the order of keys: "
+            "what the sample was made from; a record without them predates them and is rewritten",
+        ),
     ),
     doc="OUT/shards/<split>/_complete/<name>.json",
 )

@@ -9,7 +9,8 @@ turns offclip's rows and texts into what an artifact may hold.
 from __future__ import annotations
 
 import math
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 #: characters of free text (a sentence, a prompt) kept in an artifact's table cell
 CELL_CHARS = 80
@@ -38,7 +39,7 @@ def short(text: Any, limit: int = CELL_CHARS, markdown: bool = False) -> Any:
         return text
     text = " ".join(text.split())
     if len(text) > limit:
-        text = text[:limit - 1].rstrip() + "…"
+        text = text[: limit - 1].rstrip() + "…"
     return text.replace("|", "\\|") if markdown else text
 
 
@@ -47,15 +48,19 @@ def _rounded(value: Any, digits: int = 4) -> Any:
     return round(value, digits) if isinstance(value, float) else value
 
 
-def table_rows(rows: Iterable[dict], *, first: tuple[str, ...] = (), last: tuple[str, ...] = (),
-               text: tuple[str, ...] = ()) -> list[dict]:
+def table_rows(
+    rows: Iterable[dict], *, first: tuple[str, ...] = (), last: tuple[str, ...] = (), text: tuple[str, ...] = ()
+) -> list[dict]:
     """Rows for ``create_table_artifact``: every value :func:`finite` (floats to 4 decimals), the ``first`` columns
     leading (the labels a reader needs in view), the ``last`` trailing, ``text`` columns
     :func:`short`."""
     out = []
     for row in rows:
-        keys = [k for k in first if k in row] + [k for k in row if k not in first and k not in last] \
+        keys = (
+            [k for k in first if k in row]
+            + [k for k in row if k not in first and k not in last]
             + [k for k in last if k in row]
+        )
         out.append({k: short(finite(row[k])) if k in text else _rounded(finite(row[k])) for k in keys})
     return out
 
@@ -90,6 +95,7 @@ def markdown_on_root(key: str, markdown: str, description: str) -> str | None:
     if root is None or root == str(flow_run.id):
         return None
     with get_client(sync_client=True) as client:
-        client.create_artifact(ArtifactCreate(key=key, type="markdown", data=markdown, description=description,
-                                              flow_run_id=root))
+        client.create_artifact(
+            ArtifactCreate(key=key, type="markdown", data=markdown, description=description, flow_run_id=root)
+        )
     return root

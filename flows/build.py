@@ -23,6 +23,10 @@ from prefect.artifacts import (
 )
 from prefect.cache_policies import INPUTS, NO_CACHE, TASK_SOURCE
 
+from offclip.flows.artifacts import short, table_rows
+from offclip.flows.naming import run_namer
+from offclip.flows.parameters import BuildParameters, flow_parameters
+from offclip.flows.runners import task_executor_factory
 from offclip.pipeline.curate import CurateConfig, CurateSummary
 from offclip.pipeline.executor import Executor
 from offclip.pipeline.images import NormalizeConfig
@@ -30,10 +34,6 @@ from offclip.pipeline.ingest import BatchResult, IngestConfig, IngestPlan, Previ
 from offclip.pipeline.layout import classifier_dir
 from offclip.pipeline.scan import ScanConfig, StudyEntry, parse_folders, parse_splits
 from offclip.pipeline.shards import ShardConfig, ShardSummary
-from offclip.flows.artifacts import short, table_rows
-from offclip.flows.naming import run_namer
-from offclip.flows.parameters import BuildParameters, flow_parameters
-from offclip.flows.runners import task_executor_factory
 
 #: a flow run stays at hundreds of task runs: ingest is cut into at most this many batches
 MAX_INGEST_BATCHES = 200
@@ -50,8 +50,7 @@ def ingest_batch(executor: Executor, batch: list[StudyEntry], previous: Previous
 
 
 @task(name="train-classifier", cache_policy=INPUTS + TASK_SOURCE, persist_result=True)
-def train_classifier_task(out_dir: str, method: str, seed: int, openi: str | None,
-                          corpus: str | None = None) -> str:
+def train_classifier_task(out_dir: str, method: str, seed: int, openi: str | None, corpus: str | None = None) -> str:
     """Train on Open-I's rule labels plus those of ``corpus``'s ingested sentences (the corpus
     being curated: ingest has run)."""
     from offclip.pipeline.classifier import train_from_openi
@@ -114,16 +113,26 @@ class IngestArtifacts:
 
     def planned(self, plan: IngestPlan) -> None:
         self.logger.info("source: %s", plan.source)
-        self.logger.info("scan: %d studies (%d unchanged since the last run: not read), %d batches (%.1f s); "
-                         "%d scan rejects", len(plan.studies), len(plan.unchanged), len(plan.batches),
-                         plan.scan_seconds, len(plan.rejects))
-        self.artifact = create_progress_artifact(0.0, key="offclip-ingest-progress",
-                                                 description=f"ingest: 0/{len(plan.batches)} batches of studies")
+        self.logger.info(
+            "scan: %d studies (%d unchanged since the last run: not read), %d batches (%.1f s); %d scan rejects",
+            len(plan.studies),
+            len(plan.unchanged),
+            len(plan.batches),
+            plan.scan_seconds,
+            len(plan.rejects),
+        )
+        self.artifact = create_progress_artifact(
+            0.0, key="offclip-ingest-progress", description=f"ingest: 0/{len(plan.batches)} batches of studies"
+        )
         if not plan.batches:
-            update_progress_artifact(self.artifact, 100.0, description="ingest: every study unchanged since the last run")
+            update_progress_artifact(
+                self.artifact, 100.0, description="ingest: every study unchanged since the last run"
+            )
 
     def batch_done(self, batch: list[StudyEntry], done: int, total: int) -> None:
-        update_progress_artifact(self.artifact, 100.0 * done / total, description=f"ingest: {done}/{total} batches of studies")
+        update_progress_artifact(
+            self.artifact, 100.0 * done / total, description=f"ingest: {done}/{total} batches of studies"
+        )
 
     def close(self) -> None:
         pass
@@ -136,23 +145,40 @@ def run_stages(params: BuildParameters) -> dict:
     start and stop); the other stages are one task each, run in place, each returning its own
     summary."""
     logger = get_run_logger()
-    started = dt.datetime.now(dt.timezone.utc)
+    started = dt.datetime.now(dt.UTC)
     out = Path(params.out)
     normalize = NormalizeConfig(long_side=params.image_size, fmt=params.image_format)
-    config = IngestConfig(source=Path(params.source), out=out, normalize=normalize,
-                          batch_size=params.batch_size, workers=params.workers, progress=False,
-                          scan=ScanConfig(Path(params.source), folders=parse_folders(params.folders),
-                                          splits=parse_splits(params.splits), prefer_pa=params.prefer_pa,
-                                          seed=params.seed, reports=_path(params.reports),
-                                          metadata=_path(params.metadata), workers=params.workers))
+    config = IngestConfig(
+        source=Path(params.source),
+        out=out,
+        normalize=normalize,
+        batch_size=params.batch_size,
+        workers=params.workers,
+        progress=False,
+        scan=ScanConfig(
+            Path(params.source),
+            folders=parse_folders(params.folders),
+            splits=parse_splits(params.splits),
+            prefer_pa=params.prefer_pa,
+            seed=params.seed,
+            reports=_path(params.reports),
+            metadata=_path(params.metadata),
+            workers=params.workers,
+        ),
+    )
     # made (and so checked: the label files, the policy) before a long ingest; MIMIC's label files
     # are in the metadata directory when one is given, else in the source root; the classifier is
     # the one given, else OUT/classifier (trained below when there is none)
-    curate = CurateConfig(out=out, classifier=Path(params.classifier) if params.classifier else classifier_dir(out),
-                          threshold=params.threshold, prompting=params.prompting,
-                          prompt_options=dict(params.prompt_options or {}), label_source=params.label_source,
-                          label_dirs=[Path(d) for d in (params.metadata, params.source) if d],
-                          label_policy=params.label_policy)
+    curate = CurateConfig(
+        out=out,
+        classifier=Path(params.classifier) if params.classifier else classifier_dir(out),
+        threshold=params.threshold,
+        prompting=params.prompting,
+        prompt_options=dict(params.prompt_options or {}),
+        label_source=params.label_source,
+        label_dirs=[Path(d) for d in (params.metadata, params.source) if d],
+        label_policy=params.label_policy,
+    )
 
     # -- ingest: the flow run owns the executor (made once the plan is known, closed at the end):
     # under the thread runner a pool of worker processes (the tasks share one GIL), under the
@@ -163,8 +189,10 @@ def run_stages(params: BuildParameters) -> dict:
 
     # -- classifier: given, found under OUT/classifier, or trained now ---------------------------
     if not params.classifier and find_classifier(out) is None:
-        logger.info("no classifier version exists: training one on Open-I + this corpus's sentences (%s)",
-                    params.classifier_method)
+        logger.info(
+            "no classifier version exists: training one on Open-I + this corpus's sentences (%s)",
+            params.classifier_method,
+        )
         train_classifier_task(str(curate.classifier), params.classifier_method, params.seed, params.openi, str(out))
     curated = curate_task(curate)
     shards = shards_task(ShardConfig(out=out, max_samples=params.shard_size, max_bytes=params.shard_bytes))
@@ -173,11 +201,16 @@ def run_stages(params: BuildParameters) -> dict:
 
     counts = {**ingest.counts(), **curated.counts(), **shards.counts()}
     # the run's parameters, every one (defaults included), as the manifest's runs table keeps them
-    db = manifest_task(str(out), run_record("build-shards", started, params.model_dump(), counts,
-                                            curated.model_version))
+    db = manifest_task(
+        str(out), run_record("build-shards", started, params.model_dump(), counts, curated.model_version)
+    )
     _artifacts(db, ingest.rejects_by_reason, counts)
-    return {"manifest": db, "classifier": str(curate.classifier), "new_studies": ingest.studies - ingest.skipped,
-            **counts}
+    return {
+        "manifest": db,
+        "classifier": str(curate.classifier),
+        "new_studies": ingest.studies - ingest.skipped,
+        **counts,
+    }
 
 
 def _artifacts(db: str, rejects: dict, counts: dict) -> None:
@@ -185,17 +218,23 @@ def _artifacts(db: str, rejects: dict, counts: dict) -> None:
 
     create_table_artifact(
         key="offclip-build-counts",
-        table=table_rows([{"what": k, "count": v} for k, v in counts.items() if isinstance(v, (int, float))]
-                         + [{"what": f"reject: {k}", "count": v} for k, v in rejects.items()]),
+        table=table_rows(
+            [{"what": k, "count": v} for k, v in counts.items() if isinstance(v, (int, float))]
+            + [{"what": f"reject: {k}", "count": v} for k, v in rejects.items()]
+        ),
         description="build-shards: counts and reject reasons",
     )
     labels = query(db, "SELECT * FROM label_distribution")
     health = query(db, "SELECT * FROM shard_health")
     create_markdown_artifact(
         key="offclip-build-summary",
-        markdown="## offclip build-shards\n\n### Pair labels\n\n" + labels.to_markdown(index=False)
-        + "\n\n### Shards\n\n" + health.to_markdown(index=False)
-        + "\n\n" + disagreement_markdown(db) + f"\n\nManifest: `{db}`\n",
+        markdown="## offclip build-shards\n\n### Pair labels\n\n"
+        + labels.to_markdown(index=False)
+        + "\n\n### Shards\n\n"
+        + health.to_markdown(index=False)
+        + "\n\n"
+        + disagreement_markdown(db)
+        + f"\n\nManifest: `{db}`\n",
         description="label distribution, shard health, classifier/rule disagreements",
     )
 
@@ -211,12 +250,16 @@ def disagreement_markdown(db: str, top: int = TOP_DISAGREEMENTS) -> str:
 
     agreement = query(db, "SELECT * FROM classifier_rule_agreement")
     # the labels first, the sentence last and cut: a long sentence must not push them out of view
-    worst = query(db, f"SELECT classifier_label, rule_label, label, reports, round(score, 3) AS score, rule, text "
-                      f"FROM classifier_rule_disagreements LIMIT {int(top)}")
+    worst = query(
+        db,
+        f"SELECT classifier_label, rule_label, label, reports, round(score, 3) AS score, rule, text "
+        f"FROM classifier_rule_disagreements LIMIT {int(top)}",
+    )
     worst["text"] = [short(t, markdown=True) for t in worst["text"]]
     text = "### Sentence filter: classifier × rules\n\n" + agreement.to_markdown(index=False)
-    text += (f"\n\n### Top {top} classifier/rule disagreements (by reports touched)\n\n"
-             + (worst.to_markdown(index=False) if len(worst) else "(none)"))
+    text += f"\n\n### Top {top} classifier/rule disagreements (by reports touched)\n\n" + (
+        worst.to_markdown(index=False) if len(worst) else "(none)"
+    )
     return text
 
 
@@ -265,4 +308,3 @@ def trigger_deployment(deployment: str, parameters: dict) -> str | None:
         return None
     logger.info("triggered %s: flow run %s (%s)", deployment, run.name, run.id)
     return str(run.id)
-

@@ -8,8 +8,8 @@ Each flow passes ``flow_run_name=run_namer(...)``; Prefect calls it when the run
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Callable
 from pathlib import PurePath
-from typing import Callable
 
 from offclip.data_contracts.enums import DEFAULT_MODEL_CONFIG
 
@@ -24,8 +24,8 @@ def _leaf(path: object) -> str | None:
 
 
 def _stamp(when: dt.datetime | None) -> str:
-    when = when or dt.datetime.now(dt.timezone.utc)
-    return when.astimezone(dt.timezone.utc).strftime("%Y-%m-%d %H:%M")
+    when = when or dt.datetime.now(dt.UTC)
+    return when.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M")
 
 
 def run_name(kind: str, parameters: dict, when: dt.datetime | None = None) -> str:
@@ -35,9 +35,12 @@ def run_name(kind: str, parameters: dict, when: dt.datetime | None = None) -> st
         parts = [f"{_leaf(p.get('source'))} → {_leaf(p.get('out'))}"]
     elif kind == "train":
         config = str(p.get("config") or DEFAULT_MODEL_CONFIG)
-        parts = [p.get("loss", "offclip"), f"seed {p.get('seed', 0)}",
-                 PurePath(config).stem if config.endswith(".json") else config,
-                 _leaf(p.get("run_dir")) or _leaf(p.get("shards"))]
+        parts = [
+            p.get("loss", "offclip"),
+            f"seed {p.get('seed', 0)}",
+            PurePath(config).stem if config.endswith(".json") else config,
+            _leaf(p.get("run_dir")) or _leaf(p.get("shards")),
+        ]
         if p.get("text_source") not in (None, "filtered"):
             parts.insert(1, f"{p['text_source']} text")
     elif kind == "evaluate":

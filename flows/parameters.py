@@ -47,14 +47,15 @@ import copy
 import inspect
 import os
 import sys
-from typing import Annotated, Any, Callable, Iterable, Literal, Optional, TypeVar, Union, get_args, get_origin
+from collections.abc import Callable, Iterable
+from typing import Annotated, Any, Literal, Optional, TypeVar, Union, get_args, get_origin
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 from pydantic.fields import FieldInfo
 
 from offclip.data_contracts.enums import (
-    DEFAULT_LABEL_POLICY,
     DEFAULT_EVAL_PROTOCOL,
+    DEFAULT_LABEL_POLICY,
     DEFAULT_MODEL_CONFIG,
     EVAL_DATASETS,
     EVAL_PROTOCOLS,
@@ -93,8 +94,10 @@ PATH = PathText()
 
 def _no_api_key(options: dict | None) -> dict | None:
     if options and "api_key" in options:
-        raise ValueError("pass the API key as $OFFCLIP_LLM_API_KEY, not as a flow parameter "
-                         "(parameters are recorded in the manifest)")
+        raise ValueError(
+            "pass the API key as $OFFCLIP_LLM_API_KEY, not as a flow parameter "
+            "(parameters are recorded in the manifest)"
+        )
     return options
 
 
@@ -104,8 +107,9 @@ def _train_settings(settings: dict | None) -> dict | None:
     if settings:
         unknown = sorted(set(settings) - set(TrainParameters.model_fields))
         if unknown:
-            raise ValueError(f"not a train parameter: {', '.join(unknown)} "
-                             f"(train takes: {', '.join(TrainParameters.model_fields)})")
+            raise ValueError(
+                f"not a train parameter: {', '.join(unknown)} (train takes: {', '.join(TrainParameters.model_fields)})"
+            )
         TrainParameters.model_validate(settings)
     return settings
 
@@ -117,23 +121,33 @@ class FlowParameters(BaseModel):
 
 
 # -- descriptions the command line's ingest and curate commands share too ------------------
-REPORTS = ("The reports: mimic-cxr-reports.zip, its .tar.gz, or a directory with files/pXX/…/sSTUDY.txt; read in "
-           "place (default: the tree under the source, or mimic-cxr-reports.zip/.tar.gz in it). Needed for a "
-           "MIMIC-CXR-JPG root.")
-METADATA = ("A directory with the JPG release's mimic-cxr-2.0.0-{metadata,split,chexpert,negbio}.csv.gz, used "
-            "beside a DICOM release (searched before the source).")
-LABEL_SOURCE = ("Where pair labels come from: classifier (the paper's: any abnormal sentence), chexpert or negbio "
-                "(MIMIC's mimic-cxr-2.0.0-<labeler>.csv[.gz]: No Finding = 1 → normal, a finding 1 or -1 → "
-                "abnormal; a study it leaves unknown keeps the classifier's label). The sentence filter follows "
-                "the label policy.")
-LABEL_POLICY = ("How a sentence's label follows from the classifier and the rule labeler (its teacher): cascade "
-                "(default: the rules where they have an opinion, the classifier where they find no finding word; "
-                "abnormal recall never below the rules'), union (abnormal when either says so), classifier, or "
-                "rules.")
-INIT = ("A model directory to refine instead of training a fresh model: offclip's own (RUN/model), a transformers "
-        "CLIPModel or VisionTextDualEncoderModel (with its processor files). Its image size, channels and "
-        "normalisation come from its processor config; the result is saved in the same format. The model "
-        "config then gives only the training settings.")
+REPORTS = (
+    "The reports: mimic-cxr-reports.zip, its .tar.gz, or a directory with files/pXX/…/sSTUDY.txt; read in "
+    "place (default: the tree under the source, or mimic-cxr-reports.zip/.tar.gz in it). Needed for a "
+    "MIMIC-CXR-JPG root."
+)
+METADATA = (
+    "A directory with the JPG release's mimic-cxr-2.0.0-{metadata,split,chexpert,negbio}.csv.gz, used "
+    "beside a DICOM release (searched before the source)."
+)
+LABEL_SOURCE = (
+    "Where pair labels come from: classifier (the paper's: any abnormal sentence), chexpert or negbio "
+    "(MIMIC's mimic-cxr-2.0.0-<labeler>.csv[.gz]: No Finding = 1 → normal, a finding 1 or -1 → "
+    "abnormal; a study it leaves unknown keeps the classifier's label). The sentence filter follows "
+    "the label policy."
+)
+LABEL_POLICY = (
+    "How a sentence's label follows from the classifier and the rule labeler (its teacher): cascade "
+    "(default: the rules where they have an opinion, the classifier where they find no finding word; "
+    "abnormal recall never below the rules'), union (abnormal when either says so), classifier, or "
+    "rules."
+)
+INIT = (
+    "A model directory to refine instead of training a fresh model: offclip's own (RUN/model), a transformers "
+    "CLIPModel or VisionTextDualEncoderModel (with its processor files). Its image size, channels and "
+    "normalisation come from its processor config; the result is saved in the same format. The model "
+    "config then gives only the training settings."
+)
 
 
 class BuildParameters(FlowParameters):
@@ -141,58 +155,79 @@ class BuildParameters(FlowParameters):
     manifest, then (``trigger_train``) a train run on the new shards."""
 
     source: Annotated[str, PATH] = Field(
-        "out/demo-world", description="A MIMIC-CXR root (the DICOM or the JPG release, told from its files) or a "
-        "demo world.")
+        "out/demo-world",
+        description="A MIMIC-CXR root (the DICOM or the JPG release, told from its files) or a demo world.",
+    )
     out: Annotated[str, PATH] = Field(
-        "out/curated", description="The curation output root: records, images, shards, manifest.")
+        "out/curated", description="The curation output root: records, images, shards, manifest."
+    )
     reports: Annotated[Optional[str], PATH] = Field(None, description=REPORTS)
     metadata: Annotated[Optional[str], PATH] = Field(None, description=METADATA)
-    folders: str = Field(
-        "p10-p16", description="Patient folders to use: 'p10-p16' (the paper's), 'p10,p12', or 'all'.")
+    folders: str = Field("p10-p16", description="Patient folders to use: 'p10-p16' (the paper's), 'p10,p12', or 'all'.")
     splits: str = Field("all", description="Splits to use: 'all' or e.g. 'train,validate'.")
     image_size: int = Field(512, ge=16, description="Resize so the long side is N pixels (aspect kept).")
     image_format: ImageFormat = Field("png", description="Image format: png or jpg.")
     prefer_pa: bool = Field(
-        False, description="Pick PA over AP when a study has both (default: seeded random, as the paper).")
+        False, description="Pick PA over AP when a study has both (default: seeded random, as the paper)."
+    )
     batch_size: int = Field(
-        128, ge=1, description="Studies per ingest batch (a batch is cut into one chunk per worker process, so "
-        "fewer, larger batches keep every worker busy).")
+        128,
+        ge=1,
+        description="Studies per ingest batch (a batch is cut into one chunk per worker process, so "
+        "fewer, larger batches keep every worker busy).",
+    )
     shard_size: int = Field(1000, ge=1, description="Samples per shard at most.")
     shard_bytes: int = Field(1 << 30, ge=1, description="Bytes per shard at most.")
     classifier: Annotated[Optional[str], PATH] = Field(
-        None, description="A saved sentence classifier (default: OUT/classifier, trained on Open-I + this "
-        "corpus's ingested sentences when missing).")
+        None,
+        description="A saved sentence classifier (default: OUT/classifier, trained on Open-I + this "
+        "corpus's ingested sentences when missing).",
+    )
     classifier_method: ClassifierMethod = Field(
-        "finetune", description="How a classifier trained here learns: finetune (better on Open-I dev) or frozen "
-        "(MiniLM features + linear head, ~5x faster).")
+        "finetune",
+        description="How a classifier trained here learns: finetune (better on Open-I dev) or frozen "
+        "(MiniLM features + linear head, ~5x faster).",
+    )
     threshold: Optional[float] = Field(
-        None, ge=0.0, le=1.0, description="P(abnormal) threshold (default: the classifier's calibrated one).")
-    prompting: Prompting = Field(
-        "none", description="Text prompting: none, template, or openai (with prompt_options).")
+        None, ge=0.0, le=1.0, description="P(abnormal) threshold (default: the classifier's calibrated one)."
+    )
+    prompting: Prompting = Field("none", description="Text prompting: none, template, or openai (with prompt_options).")
     prompt_options: Annotated[Optional[dict], AfterValidator(_no_api_key)] = Field(
-        None, description="For prompting openai: base_url, model, max_concurrency, max_retries, timeout (or "
+        None,
+        description="For prompting openai: base_url, model, max_concurrency, max_retries, timeout (or "
         "$OFFCLIP_LLM_URL/_MODEL/_CONCURRENCY). The API key only from $OFFCLIP_LLM_API_KEY: parameters are "
-        "recorded in the manifest.")
+        "recorded in the manifest.",
+    )
     label_source: LabelSource = Field(
-        "classifier", description=LABEL_SOURCE + " The label files are looked for in metadata, then the source.")
+        "classifier", description=LABEL_SOURCE + " The label files are looked for in metadata, then the source."
+    )
     label_policy: LabelPolicy = Field(DEFAULT_LABEL_POLICY, description=LABEL_POLICY)
     seed: int = Field(
-        0, description="Seed of the per-study frontal choice and of a classifier trained here; passed on to train.")
+        0, description="Seed of the per-study frontal choice and of a classifier trained here; passed on to train."
+    )
     openi: Annotated[Optional[str], PATH] = Field(
-        None, description="Directory with the Open-I files for a classifier trained here (default: "
-        "$OFFCLIP_OPENI, then the installed torchxrayvision wheel's data/).")
+        None,
+        description="Directory with the Open-I files for a classifier trained here (default: "
+        "$OFFCLIP_OPENI, then the installed torchxrayvision wheel's data/).",
+    )
     task_runner: TaskRunner = Field(
-        "thread", description="thread (Prefect's bookkeeping in threads, decoding in worker processes), "
-        "process, or dask (a local cluster of `workers` processes, or the one at dask_address).")
+        "thread",
+        description="thread (Prefect's bookkeeping in threads, decoding in worker processes), "
+        "process, or dask (a local cluster of `workers` processes, or the one at dask_address).",
+    )
     workers: int = Field(
-        0, ge=0, description="Worker processes, 0: one per CPU core (ingest's decoding pool; the process and "
-        "local Dask task runners' workers).")
+        0,
+        ge=0,
+        description="Worker processes, 0: one per CPU core (ingest's decoding pool; the process and "
+        "local Dask task runners' workers).",
+    )
     dask_address: Optional[str] = Field(None, description="An existing Dask scheduler (tcp://host:8786).")
-    trigger_train: bool = Field(
-        True, description="Start offclip/train on the new shards afterwards (when deployed).")
+    trigger_train: bool = Field(True, description="Start offclip/train on the new shards afterwards (when deployed).")
     train_parameters: Annotated[Optional[dict], AfterValidator(_train_settings)] = Field(
-        None, description="Train parameters for that run, on top of the shard directory, the seed and the "
-        "source's evaluation set, e.g. {\"max_steps\": 100, \"loss\": \"infonce\"}.")
+        None,
+        description="Train parameters for that run, on top of the shard directory, the seed and the "
+        'source\'s evaluation set, e.g. {"max_steps": 100, "loss": "infonce"}.',
+    )
 
 
 class TrainParameters(FlowParameters):
@@ -201,11 +236,14 @@ class TrainParameters(FlowParameters):
 
     shards: Annotated[str, PATH] = Field("out/curated", description="A build-shards output root (holds shards/).")
     run_dir: Annotated[Optional[str], PATH] = Field(
-        None, description="Where the run goes (default: SHARDS/runs/<config>[-refine-<init>]-<loss>[-<text "
-        "source>]-seed<S>-<shards digest>); an unfinished run there is resumed exactly.")
+        None,
+        description="Where the run goes (default: SHARDS/runs/<config>[-refine-<init>]-<loss>[-<text "
+        "source>]-seed<S>-<shards digest>); an unfinished run there is resumed exactly.",
+    )
     config: str = Field(
-        DEFAULT_MODEL_CONFIG, description="Model config: demo (CPU), demo-192, demo-text4, tiny, tiny-resnet, "
-        "paper (GPU) or a .json path.")
+        DEFAULT_MODEL_CONFIG,
+        description="Model config: demo (CPU), demo-192, demo-text4, tiny, tiny-resnet, paper (GPU) or a .json path.",
+    )
     loss: Loss = Field("offclip", description="offclip (OFF-CLIP's loss) or infonce (a plain CLIP's).")
     abnormal_weight: float = Field(1.0, ge=0.0, description="Weight of OFF-CLIP's abnormal InfoNCE term.")
     seed: int = Field(0, description="Training seed.")
@@ -218,24 +256,35 @@ class TrainParameters(FlowParameters):
     text_model: Optional[str] = Field(None, description="A text encoder instead of the config's.")
     vision_model: Optional[str] = Field(None, description="A vision encoder instead of the config's.")
     trigger_evaluate: bool = Field(
-        True, description="Start offclip/evaluate on the new model (and the baseline) afterwards (when deployed).")
+        True, description="Start offclip/evaluate on the new model (and the baseline) afterwards (when deployed)."
+    )
     eval_dataset: Dataset = Field("vindr-cxr", description="The evaluation set's dataset.")
     eval_root: Annotated[Optional[str], PATH] = Field(
-        None, description="The evaluation set, in its own format (default: eval/<eval_dataset> beside the source "
-        "the shards were built from).")
+        None,
+        description="The evaluation set, in its own format (default: eval/<eval_dataset> beside the source "
+        "the shards were built from).",
+    )
     allow_shard_change: bool = Field(
-        False, description="Resume a run although its shard set changed since the checkpoint (default: refuse).")
+        False, description="Resume a run although its shard set changed since the checkpoint (default: refuse)."
+    )
     text_source: Optional[TextSource] = Field(
-        None, description="Training text: filtered (the kept sentences, OFF-CLIP's; the config's default) or "
-        "report (every sentence: a plain CLIP's).")
+        None,
+        description="Training text: filtered (the kept sentences, OFF-CLIP's; the config's default) or "
+        "report (every sentence: a plain CLIP's).",
+    )
     baseline: bool = Field(
-        False, description="Also train the plain CLIP (InfoNCE on whole reports, the same config, seed and "
-        "budget) beside it, so that the evaluation shows the model against it.")
+        False,
+        description="Also train the plain CLIP (InfoNCE on whole reports, the same config, seed and "
+        "budget) beside it, so that the evaluation shows the model against it.",
+    )
     init: Annotated[Optional[str], PATH] = Field(None, description=INIT)
     trace_every: int = Field(
-        0, ge=0, description="Every this many steps, measure the embedding geometry of 256 held-out samples "
+        0,
+        ge=0,
+        description="Every this many steps, measure the embedding geometry of 256 held-out samples "
         "(normal/abnormal spread of images and texts, normal image–text cosine, logit scale) into "
-        "RUN/geometry.jsonl; 0: never.")
+        "RUN/geometry.jsonl; 0: never.",
+    )
 
 
 class EvaluateParameters(FlowParameters):
@@ -243,27 +292,36 @@ class EvaluateParameters(FlowParameters):
 
     model: Annotated[str, PATH] = Field(
         description="A model directory: offclip's (RUN/model), a CLIPModel or a VisionTextDualEncoderModel (with "
-        "its processor files).")
+        "its processor files)."
+    )
     dataset: Dataset = Field("vindr-cxr", description=f"The evaluation set's dataset: {', '.join(EVAL_DATASETS)}.")
     root: Annotated[Optional[str], PATH] = Field(
-        None, description="The evaluation set's directory, in its own format (a demo world has "
-        "WORLD/eval/<dataset>).")
+        None, description="The evaluation set's directory, in its own format (a demo world has WORLD/eval/<dataset>)."
+    )
     out: Annotated[Optional[str], PATH] = Field(None, description="JSON + ROC plot here (default: MODEL/../eval).")
     manifest: Annotated[Optional[str], PATH] = Field(
-        None, description="Record the figures in this manifest's evaluations table.")
+        None, description="Record the figures in this manifest's evaluations table."
+    )
     run_name: Optional[str] = Field(
-        None, description="The name the figures are recorded under (default: the model's run directory).")
+        None, description="The name the figures are recorded under (default: the model's run directory)."
+    )
     prompts: Annotated[Optional[str], PATH] = Field(
-        None, description="Prompts JSON ({class: a text or a list of texts}; default: \"There is {finding}.\", normal "
-        "\"There is no finding.\").")
+        None,
+        description='Prompts JSON ({class: a text or a list of texts}; default: "There is {finding}.", normal '
+        '"There is no finding.").',
+    )
     baseline: Annotated[Optional[str], PATH] = Field(
-        None, description="A second model directory (e.g. the plain CLIP a train run with baseline made), "
+        None,
+        description="A second model directory (e.g. the plain CLIP a train run with baseline made), "
         "evaluated on the same set: the paired difference against it, with a 95 % bootstrap interval, is "
-        "recorded.")
+        "recorded.",
+    )
     protocol: EvalProtocol = Field(
-        DEFAULT_EVAL_PROTOCOL, description="The evaluation protocol: offclip (every class of the label file, "
-        "\"There is {finding}.\") or paper (OFF-CLIP's official validation: its class lists, prompts and image "
-        "filter per dataset, models/evaluate/protocols.json; PadChest's 192 query labels are not there).")
+        DEFAULT_EVAL_PROTOCOL,
+        description="The evaluation protocol: offclip (every class of the label file, "
+        '"There is {finding}.") or paper (OFF-CLIP\'s official validation: its class lists, prompts and image '
+        "filter per dataset, models/evaluate/protocols.json; PadChest's 192 query labels are not there).",
+    )
 
 
 def same_as(model: type[FlowParameters], name: str) -> Any:
@@ -319,15 +377,19 @@ class CurateParameters(FlowParameters):
 
     out: str = same_as(BuildParameters, "out")
     classifier: Annotated[Optional[str], PATH] = Field(
-        None, description="A saved sentence classifier (offclip classifier train).")
+        None, description="A saved sentence classifier (offclip classifier train)."
+    )
     threshold: Optional[float] = same_as(BuildParameters, "threshold")
     prompting: Prompting = same_as(BuildParameters, "prompting")
     prompt_options: Optional[dict] = same_as(BuildParameters, "prompt_options")
     label_source: LabelSource = Field(
-        "classifier", description=LABEL_SOURCE + " The label files are looked for in each label_dir, in order.")
+        "classifier", description=LABEL_SOURCE + " The label files are looked for in each label_dir, in order."
+    )
     label_dir: Annotated[tuple[str, ...], PATH] = Field(
-        (), description="A directory holding mimic-cxr-2.0.0-{chexpert,negbio}.csv[.gz], e.g. the MIMIC-CXR-JPG "
-        "root (repeatable, searched in order). Without one: no study_labels.parquet.")
+        (),
+        description="A directory holding mimic-cxr-2.0.0-{chexpert,negbio}.csv[.gz], e.g. the MIMIC-CXR-JPG "
+        "root (repeatable, searched in order). Without one: no study_labels.parquet.",
+    )
     label_policy: LabelPolicy = same_as(BuildParameters, "label_policy")
 
 
@@ -345,28 +407,37 @@ class ClassifierTrainParameters(FlowParameters):
     (plus the corpus's), as build-shards trains it when it finds none."""
 
     out: Annotated[str, PATH] = Field(
-        "out/curated/classifier", description="Where to save it (Hugging Face layout + model card).")
+        "out/curated/classifier", description="Where to save it (Hugging Face layout + model card)."
+    )
     classifier_method: ClassifierMethod = same_as(BuildParameters, "classifier_method")
     seed: int = Field(0, description="Seed of the classifier's training.")
     openi: Optional[str] = same_as(BuildParameters, "openi")
     corpus: Annotated[Optional[str], PATH] = Field(
-        None, description="A curation output root where ingest has run: also learn from the rule labels of its "
-        "distinct sentences (those not in Open-I; 10 % held out to measure agreement).")
+        None,
+        description="A curation output root where ingest has run: also learn from the rule labels of its "
+        "distinct sentences (those not in Open-I; 10 % held out to measure agreement).",
+    )
     corpus_limit: int = Field(
-        20_000, ge=0, description="At most this many distinct corpus sentences join training (a uniform keyed-hash "
-        "sample).")
+        20_000,
+        ge=0,
+        description="At most this many distinct corpus sentences join training (a uniform keyed-hash sample).",
+    )
 
 
 #: the parameter model of each command that runs one stage of build-shards (or trains its classifier)
 STAGE_COMMANDS: dict[str, type[FlowParameters]] = {
-    "ingest": IngestParameters, "curate": CurateParameters, "shards": ShardsParameters,
+    "ingest": IngestParameters,
+    "curate": CurateParameters,
+    "shards": ShardsParameters,
     "classifier train": ClassifierTrainParameters,
 }
 
 
 #: the parameter model of each deployment in prefect.yaml
 DEPLOYMENTS: dict[str, type[FlowParameters]] = {
-    "build-shards": BuildParameters, "train": TrainParameters, "evaluate": EvaluateParameters,
+    "build-shards": BuildParameters,
+    "train": TrainParameters,
+    "evaluate": EvaluateParameters,
     "retrain": RetrainParameters,
 }
 
@@ -379,16 +450,24 @@ def field_annotation(field: FieldInfo) -> Any:
 
 def signature(model: type[FlowParameters]) -> inspect.Signature:
     """Keyword-only parameters, one per field of MODEL, with its annotated type and default."""
-    return inspect.Signature([
-        inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=field_annotation(field),
-                          default=inspect.Parameter.empty if field.is_required() else field.default)
-        for name, field in model.model_fields.items()])
+    return inspect.Signature(
+        [
+            inspect.Parameter(
+                name,
+                inspect.Parameter.KEYWORD_ONLY,
+                annotation=field_annotation(field),
+                default=inspect.Parameter.empty if field.is_required() else field.default,
+            )
+            for name, field in model.model_fields.items()
+        ]
+    )
 
 
 def args_section(model: type[FlowParameters]) -> str:
     """The fields' descriptions as a Google-style ``Args:`` section (Prefect's form reads it)."""
-    return "Args:\n" + "\n".join(f"    {name}: {' '.join((field.description or name).split())}"
-                                 for name, field in model.model_fields.items())
+    return "Args:\n" + "\n".join(
+        f"    {name}: {' '.join((field.description or name).split())}" for name, field in model.model_fields.items()
+    )
 
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -403,8 +482,10 @@ def flow_parameters(model: type[FlowParameters]) -> Callable[[F], F]:
     def decorate(fn: F) -> F:
         sig = signature(model)
         fn.__signature__ = sig.replace(return_annotation=inspect.signature(fn).return_annotation)
-        fn.__annotations__ = {**{p.name: p.annotation for p in sig.parameters.values()},
-                              "return": fn.__annotations__.get("return", Any)}
+        fn.__annotations__ = {
+            **{p.name: p.annotation for p in sig.parameters.values()},
+            "return": fn.__annotations__.get("return", Any),
+        }
         fn.__doc__ = inspect.cleandoc(fn.__doc__ or "") + "\n\n" + args_section(model)
         fn.parameters_model = model
         return fn
@@ -412,8 +493,8 @@ def flow_parameters(model: type[FlowParameters]) -> Callable[[F], F]:
     return decorate
 
 
-
 # -- old spellings, and the ``python -m`` entry points that keep argparse -----------------------
+
 
 def option_flag(name: str) -> str:
     """The command-line spelling of field NAME: ``image_size`` → ``--image-size``."""
@@ -461,9 +542,15 @@ class ParameterParser(argparse.ArgumentParser):
         #: the fields it takes: name → model
         self.fields: dict[str, type[FlowParameters]] = {}
 
-    def add_fields(self, model: type[FlowParameters], names: Iterable[str], *, required: Iterable[str] = (),
-                   aliases: Optional[dict[str, tuple[str, ...]]] = None,
-                   helps: Optional[dict[str, str]] = None) -> None:
+    def add_fields(
+        self,
+        model: type[FlowParameters],
+        names: Iterable[str],
+        *,
+        required: Iterable[str] = (),
+        aliases: Optional[dict[str, tuple[str, ...]]] = None,
+        helps: Optional[dict[str, str]] = None,
+    ) -> None:
         """An option per field NAMES of MODEL; ``required`` ones without a default here,
         ``aliases`` their old spellings (hidden, warning), ``helps`` a help of this entry point's
         own (its default differs: required)."""
@@ -488,12 +575,26 @@ class ParameterParser(argparse.ArgumentParser):
                 continue
             kind = _argument_type(name, field)
             choices = _literal_choices(base)
-            self.add_argument(flag, dest=name, type=kind, default=default, choices=choices,
-                              metavar=name.upper() if choices is None else None,
-                              help=help_text + ("" if default is None else " (default: %(default)s)"))
+            self.add_argument(
+                flag,
+                dest=name,
+                type=kind,
+                default=default,
+                choices=choices,
+                metavar=name.upper() if choices is None else None,
+                help=help_text + ("" if default is None else " (default: %(default)s)"),
+            )
             for old in aliases.get(name, ()):
-                self.add_argument(old, dest=name, type=kind, choices=choices, default=argparse.SUPPRESS,
-                                  action=_Alias, new=flag, help=argparse.SUPPRESS)
+                self.add_argument(
+                    old,
+                    dest=name,
+                    type=kind,
+                    choices=choices,
+                    default=argparse.SUPPRESS,
+                    action=_Alias,
+                    new=flag,
+                    help=argparse.SUPPRESS,
+                )
 
     def parse_known_args(self, args=None, namespace=None):  # type: ignore[override]
         parsed, rest = super().parse_known_args(args, namespace)

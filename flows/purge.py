@@ -23,8 +23,9 @@ class ArtifactPurge:
 
     def to_text(self) -> str:
         text = f"  Prefect artifacts: {self.searched} searched, {len(self.deleted)} deleted"
-        return text + (f" ({', '.join(self.deleted[:5])}{', …' if len(self.deleted) > 5 else ''})"
-                       if self.deleted else "")
+        return text + (
+            f" ({', '.join(self.deleted[:5])}{', …' if len(self.deleted) > 5 else ''})" if self.deleted else ""
+        )
 
 
 def _forms(text: str) -> set[str]:
@@ -51,7 +52,9 @@ def delete_artifacts_quoting(texts: list[str]) -> ArtifactPurge:
             offset += len(page)
             result.searched += len(page)
             for artifact in page:
-                data = artifact.data if isinstance(artifact.data, str) else json.dumps(artifact.data, ensure_ascii=False)
+                data = (
+                    artifact.data if isinstance(artifact.data, str) else json.dumps(artifact.data, ensure_ascii=False)
+                )
                 haystack = f"{data}\n{artifact.description or ''}"
                 if any(f in haystack for f in forms):
                     doomed.append(artifact)

@@ -23,7 +23,8 @@ see docs/orchestration.md, "Scaling out".
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
 
 from offclip.pipeline.executor import Executor, Stage, make_executor
 
@@ -41,12 +42,14 @@ class TaskExecutor:
         self.task, self.runner, self.inner, self.names = task, runner, inner, tuple(names)
 
     def map(self, batches: Iterable[Any], *args: Iterable[Any]) -> Iterator[Any]:
-        futures = [self.runner.submit(self.task, {"executor": self.inner, **dict(zip(self.names, items))})
-                   for items in zip(batches, *args)]
+        futures = [
+            self.runner.submit(self.task, {"executor": self.inner, **dict(zip(self.names, items))})
+            for items in zip(batches, *args)
+        ]
         for future in futures:  # in batch order: deterministic records
             yield future.result()
 
-    def __enter__(self) -> "TaskExecutor":
+    def __enter__(self) -> TaskExecutor:
         self.inner.__enter__()
         try:
             self.runner.__enter__()
@@ -62,8 +65,9 @@ class TaskExecutor:
             self.inner.__exit__(*exc)
 
 
-def task_executor_factory(task: Any, kind: str, workers: int, address: str | None = None,
-                          names: Iterable[str] = ("batch", "previous")) -> Callable[[Stage, int], TaskExecutor]:
+def task_executor_factory(
+    task: Any, kind: str, workers: int, address: str | None = None, names: Iterable[str] = ("batch", "previous")
+) -> Callable[[Stage, int], TaskExecutor]:
     """What ``run_ingest`` takes as its executor factory in a flow run: (stage, batches) -> a
     :class:`TaskExecutor` on the ``kind`` runner with ``workers`` workers (0: one per core)."""
     if kind not in RUNNERS:
@@ -97,6 +101,7 @@ def make_task_runner(kind: str, workers: int = 2, address: str | None = None):
             raise RuntimeError("task_runner='dask' needs prefect-dask: pip install prefect-dask") from exc
         if address:
             return DaskTaskRunner(address=address)
-        return DaskTaskRunner(cluster_kwargs={"n_workers": workers, "threads_per_worker": 1,
-                                              "processes": True, "dashboard_address": None})
+        return DaskTaskRunner(
+            cluster_kwargs={"n_workers": workers, "threads_per_worker": 1, "processes": True, "dashboard_address": None}
+        )
     raise ValueError(f"task_runner must be one of {RUNNERS}, not {kind!r}")

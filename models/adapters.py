@@ -40,8 +40,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .clip import (EXTRA_FILENAME, OffClipModel, _quiet_transformers, load_model, pair_logits, save_model,
-                   write_side_files)
+from .clip import (
+    EXTRA_FILENAME,
+    OffClipModel,
+    _quiet_transformers,
+    load_model,
+    pair_logits,
+    save_model,
+    write_side_files,
+)
 
 __all__ = ["FORMATS", "ClipAdapter", "ImageSpec", "load_adapter", "model_card", "model_format", "read_image_spec"]
 
@@ -119,9 +126,11 @@ def read_image_spec(path: str | os.PathLike, vision_config) -> ImageSpec:
     path = Path(path)
     found = _image_processor_config(path)
     if found is None:
-        raise ValueError(f"{path} has no image processor config ({' or '.join(PROCESSOR_FILES)}): offclip reads "
-                         "the input size, mean and std from it; save the model's processor beside the model "
-                         "(processor.save_pretrained(DIR))")
+        raise ValueError(
+            f"{path} has no image processor config ({' or '.join(PROCESSOR_FILES)}): offclip reads "
+            "the input size, mean and std from it; save the model's processor beside the model "
+            "(processor.save_pretrained(DIR))"
+        )
     config, name = found
     where = f"{path / name}"
     channels = int(getattr(vision_config, "num_channels", 3))
@@ -146,9 +155,17 @@ class ClipAdapter(nn.Module):
     module docstring. ``model`` is the wrapped transformers model: what a checkpoint's state
     dict holds and what :meth:`save` writes."""
 
-    def __init__(self, model: nn.Module, tokenizer, kind: str, image: ImageSpec, max_text_length: int,
-                 max_logit_scale: float, processor_files: dict[str, bytes] | None = None,
-                 source: str | None = None):
+    def __init__(
+        self,
+        model: nn.Module,
+        tokenizer,
+        kind: str,
+        image: ImageSpec,
+        max_text_length: int,
+        max_logit_scale: float,
+        processor_files: dict[str, bytes] | None = None,
+        source: str | None = None,
+    ):
         super().__init__()
         if kind not in FORMATS:
             raise ValueError(f"unknown model format {kind!r}; supported: {_supported()}")
@@ -160,12 +177,15 @@ class ClipAdapter(nn.Module):
         self.register_buffer("pixel_std", torch.tensor(image.std).view(1, -1, 1, 1), persistent=False)
 
     @classmethod
-    def from_offclip(cls, model: OffClipModel, tokenizer, source: str | None = None) -> "ClipAdapter":
+    def from_offclip(cls, model: OffClipModel, tokenizer, source: str | None = None) -> ClipAdapter:
         """Wrap offclip's own model (it normalises its pixels itself)."""
         config = model.config
-        image = ImageSpec(int(config.image_size), int(model.vision_channels),
-                          (float(config.image_mean),) * model.vision_channels,
-                          (float(config.image_std),) * model.vision_channels)
+        image = ImageSpec(
+            int(config.image_size),
+            int(model.vision_channels),
+            (float(config.image_mean),) * model.vision_channels,
+            (float(config.image_std),) * model.vision_channels,
+        )
         return cls(model, tokenizer, "offclip", image, config.max_text_length, config.max_logit_scale, source=source)
 
     @property
@@ -195,8 +215,10 @@ class ClipAdapter(nn.Module):
         if channels == 1 and self.image.channels != 1:
             pixel_values = pixel_values.expand(-1, self.image.channels, -1, -1)
         elif channels != self.image.channels:
-            raise ValueError(f"pixel_values has {channels} channels; the vision tower takes 1 (grayscale, "
-                             f"repeated) or {self.image.channels}")
+            raise ValueError(
+                f"pixel_values has {channels} channels; the vision tower takes 1 (grayscale, "
+                f"repeated) or {self.image.channels}"
+            )
         dtype = self.model.visual_projection.weight.dtype
         return ((pixel_values - self.pixel_mean) / self.pixel_std).to(dtype)
 
@@ -241,8 +263,7 @@ class ClipAdapter(nn.Module):
             return self.model.text_features(input_ids, attention_mask)
         return self.model.text_model(input_ids=input_ids, attention_mask=attention_mask).pooler_output
 
-    def text_features_from_hidden(self, hidden: torch.Tensor, attention_mask: torch.Tensor,
-                                  layer: int) -> torch.Tensor:
+    def text_features_from_hidden(self, hidden: torch.Tensor, attention_mask: torch.Tensor, layer: int) -> torch.Tensor:
         """Pooled text features from cached hidden states entering encoder layer ``layer``
         (offclip models only: :meth:`OffClipModel.text_features_from_hidden`)."""
         if self.kind != "offclip":
@@ -263,9 +284,14 @@ class ClipAdapter(nn.Module):
         """``exp(logit_scale)`` clamped to ``max_logit_scale`` (the multiplier of cosine sims)."""
         return self.logit_scale.exp().clamp(max=self.max_logit_scale)
 
-    def forward(self, pixel_values: torch.Tensor, input_ids: torch.Tensor | None = None,
-                attention_mask: torch.Tensor | None = None, text_features: torch.Tensor | None = None,
-                text_hidden: tuple | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        text_features: torch.Tensor | None = None,
+        text_hidden: tuple | None = None,
+    ) -> torch.Tensor:
         """B x B logits, row = image, column = text (as :meth:`OffClipModel.forward`)."""
         return pair_logits(self, pixel_values, input_ids, attention_mask, text_features, text_hidden)
 
@@ -298,14 +324,17 @@ def model_format(path: str | os.PathLike) -> str:
         raise FileNotFoundError(f"model directory not found: {path}")
     if not config.is_file():
         found = ", ".join(sorted(p.name for p in path.iterdir())[:8]) or "nothing"
-        raise ValueError(f"{path} is not a saved model: no config.json (found: {found}); supported formats: "
-                         f"{_supported()}")
+        raise ValueError(
+            f"{path} is not a saved model: no config.json (found: {found}); supported formats: {_supported()}"
+        )
     data = json.loads(config.read_text(encoding="utf-8"))
     kind = data.get("model_type")
     if kind not in FORMATS:
         arch = ", ".join(data.get("architectures") or []) or "no architectures listed"
-        raise ValueError(f"{path}: config.json has model_type {kind!r} ({arch}), not a CLIP-style dual encoder "
-                         f"offclip can train and evaluate; supported formats: {_supported()}")
+        raise ValueError(
+            f"{path}: config.json has model_type {kind!r} ({arch}), not a CLIP-style dual encoder "
+            f"offclip can train and evaluate; supported formats: {_supported()}"
+        )
     return kind
 
 
@@ -326,10 +355,14 @@ def load_adapter(path: str | os.PathLike) -> ClipAdapter:
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(path))
     except (OSError, ValueError) as exc:
-        raise ValueError(f"{path}: no usable tokenizer beside the model ({exc}); save the model's processor "
-                         "or tokenizer into the directory") from exc
-    limits = [getattr(model.config.text_config, "max_position_embeddings", None),
-              getattr(tokenizer, "model_max_length", None)]
+        raise ValueError(
+            f"{path}: no usable tokenizer beside the model ({exc}); save the model's processor "
+            "or tokenizer into the directory"
+        ) from exc
+    limits = [
+        getattr(model.config.text_config, "max_position_embeddings", None),
+        getattr(tokenizer, "model_max_length", None),
+    ]
     max_length = min(int(n) for n in limits if n and n < 1_000_000)
     files = {name: (path / name).read_bytes() for name in PROCESSOR_FILES if (path / name).is_file()}
     return ClipAdapter(model, tokenizer, kind, image, max_length, MAX_LOGIT_SCALE, files, source=str(path))
@@ -338,10 +371,10 @@ def load_adapter(path: str | os.PathLike) -> ClipAdapter:
 HOW_TO_LOAD = {
     "offclip": "from offclip.models.clip import load_model\nmodel, tokenizer = load_model(DIR)",
     "clip": "from transformers import CLIPModel, CLIPProcessor\n"
-            "model = CLIPModel.from_pretrained(DIR)\nprocessor = CLIPProcessor.from_pretrained(DIR)",
+    "model = CLIPModel.from_pretrained(DIR)\nprocessor = CLIPProcessor.from_pretrained(DIR)",
     "vision-text-dual-encoder": "from transformers import AutoTokenizer, VisionTextDualEncoderModel\n"
-                                "model = VisionTextDualEncoderModel.from_pretrained(DIR)\n"
-                                "tokenizer = AutoTokenizer.from_pretrained(DIR)",
+    "model = VisionTextDualEncoderModel.from_pretrained(DIR)\n"
+    "tokenizer = AutoTokenizer.from_pretrained(DIR)",
 }
 
 
@@ -350,23 +383,48 @@ def model_card(kind: str, extra: dict) -> str:
     train = extra.get("offclip_train") or {}
     shards = train.get("shards") or {}
     init = train.get("init")
-    origin = (f"refined from `{init['path']}` ({FORMATS.get(init.get('format'), init.get('format'))})"
-              if init else f"trained from scratch (model config `{train.get('config')}`)")
-    rows = [("format", FORMATS[kind]), ("origin", origin),
-            ("loss", f"{train.get('loss')} (abnormal_weight {train.get('abnormal_weight')})"),
-            ("training text", train.get("text_source")), ("seed", train.get("seed")),
-            ("steps / epochs", f"{train.get('steps')} / {train.get('epochs')}"),
-            ("final loss", train.get("final_loss")),
-            ("shards", f"{len(shards.get('shards') or [])} of split `{shards.get('split')}` under "
-                       f"`{shards.get('root')}`, {shards.get('samples')} samples"),
-            ("sentence classifier", ", ".join(shards.get("classifier_versions") or []) or "unknown")]
-    lines = ["---", "tags: [offclip, clip, chest-x-ray]", "---", "",
-             "# A chest X-ray CLIP trained with offclip (OFF-CLIP)", "",
-             "| | |", "|---|---|"] + [f"| {k} | {v} |" for k, v in rows]
-    lines += ["", "Load it (no offclip needed for the transformers formats):", "", "```python",
-              HOW_TO_LOAD[kind].replace("DIR", '"DIR"'), "```", "",
-              "Images are radiographs in [0, 1], repeated to the tower's channels and normalised with the "
-              "processor's mean and std (offclip pads them to a square, then resizes).", ""]
+    origin = (
+        f"refined from `{init['path']}` ({FORMATS.get(init.get('format'), init.get('format'))})"
+        if init
+        else f"trained from scratch (model config `{train.get('config')}`)"
+    )
+    rows = [
+        ("format", FORMATS[kind]),
+        ("origin", origin),
+        ("loss", f"{train.get('loss')} (abnormal_weight {train.get('abnormal_weight')})"),
+        ("training text", train.get("text_source")),
+        ("seed", train.get("seed")),
+        ("steps / epochs", f"{train.get('steps')} / {train.get('epochs')}"),
+        ("final loss", train.get("final_loss")),
+        (
+            "shards",
+            f"{len(shards.get('shards') or [])} of split `{shards.get('split')}` under "
+            f"`{shards.get('root')}`, {shards.get('samples')} samples",
+        ),
+        ("sentence classifier", ", ".join(shards.get("classifier_versions") or []) or "unknown"),
+    ]
+    lines = [
+        "---",
+        "tags: [offclip, clip, chest-x-ray]",
+        "---",
+        "",
+        "# A chest X-ray CLIP trained with offclip (OFF-CLIP)",
+        "",
+        "| | |",
+        "|---|---|",
+    ] + [f"| {k} | {v} |" for k, v in rows]
+    lines += [
+        "",
+        "Load it (no offclip needed for the transformers formats):",
+        "",
+        "```python",
+        HOW_TO_LOAD[kind].replace("DIR", '"DIR"'),
+        "```",
+        "",
+        "Images are radiographs in [0, 1], repeated to the tower's channels and normalised with the "
+        "processor's mean and std (offclip pads them to a square, then resizes).",
+        "",
+    ]
     if shards.get("shards"):
         lines += ["Shards (sha256):", ""] + [f"- `{s['name']}` {s['sha256']}" for s in shards["shards"]] + [""]
     lines += [f"`{EXTRA_FILENAME}` holds the full training metadata.", ""]

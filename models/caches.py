@@ -22,15 +22,15 @@ import json
 import logging
 import tarfile
 from collections import OrderedDict
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import torch
 
 logger = logging.getLogger(__name__)
 
 #: text feature sets kept per process (key: text tower, max length, sentence set)
-_SHARED: "OrderedDict[str, TextFeatures]" = OrderedDict()
+_SHARED: OrderedDict[str, TextFeatures] = OrderedDict()
 SHARED_SETS = 4
 
 
@@ -80,8 +80,9 @@ class TextFeatures:
         return self.features[torch.tensor(rows, dtype=torch.long)]
 
     @classmethod
-    def encode(cls, model, tokenizer, sentences: list[str], max_length: int, device: torch.device,
-               batch_size: int = 128) -> "TextFeatures":
+    def encode(
+        cls, model, tokenizer, sentences: list[str], max_length: int, device: torch.device, batch_size: int = 128
+    ) -> TextFeatures:
         """Run the text tower once over ``sentences`` (in their order, fixed batches)."""
         from .clip import tokenize
 
@@ -94,20 +95,24 @@ class TextFeatures:
         try:
             with torch.inference_mode():
                 for start in range(0, len(order), batch_size):
-                    rows = order[start:start + batch_size]
+                    rows = order[start : start + batch_size]
                     tokens = tokenize(tokenizer, [sentences[i] for i in rows], max_length)
-                    features[rows] = model.text_features(tokens["input_ids"].to(device),
-                                                         tokens["attention_mask"].to(device)).float().cpu()
+                    features[rows] = (
+                        model.text_features(tokens["input_ids"].to(device), tokens["attention_mask"].to(device))
+                        .float()
+                        .cpu()
+                    )
         finally:
             model.text_model.train(training)
         return cls(list(sentences), features)
 
     @classmethod
-    def for_run(cls, model, tokenizer, sentences: list[str], max_length: int, device: torch.device) -> "TextFeatures":
+    def for_run(cls, model, tokenizer, sentences: list[str], max_length: int, device: torch.device) -> TextFeatures:
         """The features of ``sentences`` for this text tower: computed, or shared with an earlier
         run of this process that had the same tower and the same sentences."""
-        key = "/".join((_tower_digest(model), str(max_length),
-                        hashlib.sha256(json.dumps(sentences).encode()).hexdigest()[:16]))
+        key = "/".join(
+            (_tower_digest(model), str(max_length), hashlib.sha256(json.dumps(sentences).encode()).hexdigest()[:16])
+        )
         if key in _SHARED:
             _SHARED.move_to_end(key)
             logger.info("text cache: %d sentences shared with an earlier run", len(sentences))
@@ -155,13 +160,21 @@ class TextHidden:
         hidden = torch.zeros((len(rows), longest, self.states.shape[1]), dtype=self.states.dtype)
         mask = torch.zeros((len(rows), longest), dtype=torch.long)
         for i, (a, n) in enumerate(zip(starts.tolist(), lengths.tolist())):
-            hidden[i, :n] = self.states[a:a + n]
+            hidden[i, :n] = self.states[a : a + n]
             mask[i, :n] = 1
         return hidden, mask
 
     @classmethod
-    def encode(cls, model, tokenizer, sentences: list[str], max_length: int, device: torch.device, layer: int,
-               batch_size: int = 128) -> "TextHidden":
+    def encode(
+        cls,
+        model,
+        tokenizer,
+        sentences: list[str],
+        max_length: int,
+        device: torch.device,
+        layer: int,
+        batch_size: int = 128,
+    ) -> TextHidden:
         """Run the embeddings and encoder layers below ``layer`` once over ``sentences`` (eval mode)."""
         from .clip import tokenize
 
@@ -172,12 +185,17 @@ class TextHidden:
         try:
             with torch.inference_mode():
                 for start in range(0, len(order), batch_size):
-                    rows = order[start:start + batch_size]
+                    rows = order[start : start + batch_size]
                     tokens = tokenize(tokenizer, [sentences[i] for i in rows], max_length)
-                    hidden = model.text_hidden_states(tokens["input_ids"].to(device),
-                                                      tokens["attention_mask"].to(device), layer).float().cpu()
+                    hidden = (
+                        model.text_hidden_states(
+                            tokens["input_ids"].to(device), tokens["attention_mask"].to(device), layer
+                        )
+                        .float()
+                        .cpu()
+                    )
                     for j, i in enumerate(rows):
-                        pieces[i] = hidden[j, :int(tokens["attention_mask"][j].sum())].clone()
+                        pieces[i] = hidden[j, : int(tokens["attention_mask"][j].sum())].clone()
         finally:
             model.text_model.train(training)
         lengths = torch.tensor([0] + [p.shape[0] for p in pieces], dtype=torch.long)
@@ -186,12 +204,20 @@ class TextHidden:
         return cls(list(sentences), states, lengths.cumsum(0), layer)
 
     @classmethod
-    def for_run(cls, model, tokenizer, sentences: list[str], max_length: int, device: torch.device,
-                layer: int) -> "TextHidden":
+    def for_run(
+        cls, model, tokenizer, sentences: list[str], max_length: int, device: torch.device, layer: int
+    ) -> TextHidden:
         """The states of ``sentences`` entering ``layer``: computed, or shared with an earlier run of
         this process whose text tower had the same weights."""
-        key = "/".join(("hidden", str(layer), _tower_digest(model), str(max_length),
-                        hashlib.sha256(json.dumps(sentences).encode()).hexdigest()[:16]))
+        key = "/".join(
+            (
+                "hidden",
+                str(layer),
+                _tower_digest(model),
+                str(max_length),
+                hashlib.sha256(json.dumps(sentences).encode()).hexdigest()[:16],
+            )
+        )
         if key in _SHARED:
             _SHARED.move_to_end(key)
             logger.info("text cache: hidden states of %d sentences shared with an earlier run", len(sentences))
@@ -200,8 +226,12 @@ class TextHidden:
         _SHARED[key] = made
         while len(_SHARED) > SHARED_SETS:
             _SHARED.popitem(last=False)
-        logger.info("text cache: hidden states entering layer %d of %d unique sentences computed once (%.1f MB)",
-                    layer, len(sentences), made.nbytes / 2**20)
+        logger.info(
+            "text cache: hidden states entering layer %d of %d unique sentences computed once (%.1f MB)",
+            layer,
+            len(sentences),
+            made.nbytes / 2**20,
+        )
         return made
 
 

@@ -14,7 +14,7 @@ import torch
 
 from offclip.pipeline.atomic import atomic_open, atomic_write_bytes, atomic_write_text
 
-from .distributed import _Dist, _all_gather_objects
+from .distributed import _all_gather_objects, _Dist
 from .train_config import TrainConfig
 
 if TYPE_CHECKING:
@@ -24,8 +24,19 @@ logger = logging.getLogger("offclip.models.train")  # the trainer's one logger: 
 
 CHECKPOINT_FORMAT = 1
 #: settings that may change between a run and its resumption (the others must match)
-RESUMABLE_CHANGES = ("out", "max_steps", "checkpoint_every", "resume", "log_every", "device", "allow_shard_change",
-                     "text_cache", "image_cache_mb", "trace_every", "trace_samples")
+RESUMABLE_CHANGES = (
+    "out",
+    "max_steps",
+    "checkpoint_every",
+    "resume",
+    "log_every",
+    "device",
+    "allow_shard_change",
+    "text_cache",
+    "image_cache_mb",
+    "trace_every",
+    "trace_samples",
+)
 
 
 def _rng_state(device: torch.device) -> dict:
@@ -94,9 +105,13 @@ def _shard_set(records: list) -> list[dict]:
 
 
 def _shard_metadata(shards: Path, split: str, records: list) -> dict:
-    return {"root": str(shards), "split": split, "samples": sum(r.samples for r in records),
-            "classifier_versions": sorted({r.model_version for r in records if r.model_version}),
-            "shards": _shard_set(records)}
+    return {
+        "root": str(shards),
+        "split": split,
+        "samples": sum(r.samples for r in records),
+        "classifier_versions": sorted({r.model_version for r in records if r.model_version}),
+        "shards": _shard_set(records),
+    }
 
 
 def _resume(run: _Run) -> None:
@@ -115,8 +130,13 @@ def _resume(run: _Run) -> None:
         _set_rng_state(ckpt["rng"][dist_info.rank], run.device)
         run.resumed_from = run.state["step"]
         del ckpt
-        logger.info("resuming %s at step %d (epoch %d, batch %d)", config.out, run.state["step"],
-                    run.state["epoch"], run.state["batch_in_epoch"])
+        logger.info(
+            "resuming %s at step %d (epoch %d, batch %d)",
+            config.out,
+            run.state["step"],
+            run.state["epoch"],
+            run.state["batch_in_epoch"],
+        )
     if dist_info.main:
         rows = _read_metrics(run.metrics_path, run.state["step"]) if run.resumed_from else []
         atomic_write_text(run.metrics_path, "".join(json.dumps(r) + "\n" for r in rows))
@@ -131,18 +151,29 @@ def _save_checkpoint(run: _Run) -> None:
     rng = _all_gather_objects(_rng_state(run.device), run.dist_info)  # every rank's dropout stream
     if not run.dist_info.main:
         return
-    payload = {"format": CHECKPOINT_FORMAT, "config": run.config.to_dict(), "hyper": run.hyper,
-               "world_size": run.dist_info.world_size, "state": dict(run.state), "model": run.model.state_dict(),
-               "optimizer": run.optimizer.state_dict(), "scheduler": run.schedule.state_dict(),
-               "scaler": run.scaler.state_dict(), "rng": rng, "shards": _shard_set(run.records)}
+    payload = {
+        "format": CHECKPOINT_FORMAT,
+        "config": run.config.to_dict(),
+        "hyper": run.hyper,
+        "world_size": run.dist_info.world_size,
+        "state": dict(run.state),
+        "model": run.model.state_dict(),
+        "optimizer": run.optimizer.state_dict(),
+        "scheduler": run.schedule.state_dict(),
+        "scaler": run.scaler.state_dict(),
+        "rng": rng,
+        "shards": _shard_set(run.records),
+    }
     with atomic_open(run.checkpoint_path, "wb") as fh:
         torch.save(payload, fh)
 
 
 def _check_resumable(ckpt: dict, config: TrainConfig, dist_info: _Dist) -> None:
     if ckpt.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"checkpoint format {ckpt.get('format')} is not {CHECKPOINT_FORMAT}: "
-                         "start a fresh run (another out, or resume=False)")
+        raise ValueError(
+            f"checkpoint format {ckpt.get('format')} is not {CHECKPOINT_FORMAT}: "
+            "start a fresh run (another out, or resume=False)"
+        )
     saved, now = dict(ckpt["config"]), config.to_dict()
     for key in ("shards", "init"):  # the same directory, however it was spelled
         if saved.get(key) and now[key]:
@@ -152,8 +183,10 @@ def _check_resumable(ckpt: dict, config: TrainConfig, dist_info: _Dist) -> None:
         changed["world_size"] = (ckpt.get("world_size", 1), dist_info.world_size)
     if changed:
         detail = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in sorted(changed.items()))
-        raise ValueError(f"the checkpoint in {config.out} was made with other settings ({detail}); "
-                         "resume with the same ones, or start a fresh run (another out, or resume=False)")
+        raise ValueError(
+            f"the checkpoint in {config.out} was made with other settings ({detail}); "
+            "resume with the same ones, or start a fresh run (another out, or resume=False)"
+        )
 
 
 def _check_shard_set(ckpt: dict, config: TrainConfig, records: list) -> None:
@@ -170,13 +203,21 @@ def _check_shard_set(ckpt: dict, config: TrainConfig, records: list) -> None:
     added = sorted(set(now) - set(before))
     removed = sorted(set(before) - set(now))
     changed = sorted(n for n in set(now) & set(before) if now[n] != before[n])
-    detail = "; ".join(f"{what}: {', '.join(names[:5])}" + (f" (+{len(names) - 5} more)" if len(names) > 5 else "")
-                       for what, names in (("added", added), ("removed", removed), ("changed", changed)) if names)
+    detail = "; ".join(
+        f"{what}: {', '.join(names[:5])}" + (f" (+{len(names) - 5} more)" if len(names) > 5 else "")
+        for what, names in (("added", added), ("removed", removed), ("changed", changed))
+        if names
+    )
     if config.allow_shard_change:
-        logger.warning("resuming %s on a changed shard set (%s): allowed; the rest of the run reads the new set",
-                       config.out, detail)
+        logger.warning(
+            "resuming %s on a changed shard set (%s): allowed; the rest of the run reads the new set",
+            config.out,
+            detail,
+        )
         return
-    raise ValueError(f"the shard set of split {config.split!r} under {config.shards} changed since the checkpoint in "
-                     f"{config.out} was written ({detail}): resuming would not continue the same run. Resume "
-                     "anyway on the new set with --allow-shard-change (allow_shard_change=True), or start a "
-                     "fresh run (another out, or resume=False)")
+    raise ValueError(
+        f"the shard set of split {config.split!r} under {config.shards} changed since the checkpoint in "
+        f"{config.out} was written ({detail}): resuming would not continue the same run. Resume "
+        "anyway on the new set with --allow-shard-change (allow_shard_change=True), or start a "
+        "fresh run (another out, or resume=False)"
+    )

@@ -142,16 +142,12 @@ class OffClipConfig(PretrainedConfig):
         """Raise a ValueError when the tower configs or scalar settings are inconsistent."""
         vision_type = self.vision_config.get("model_type")
         if vision_type not in VISION_TOWERS:
-            raise ValueError(
-                f"vision_config['model_type'] must be one of {VISION_TOWERS}, got {vision_type!r}"
-            )
+            raise ValueError(f"vision_config['model_type'] must be one of {VISION_TOWERS}, got {vision_type!r}")
         if "model_type" not in self.text_config:
             raise ValueError("text_config needs a 'model_type' (e.g. 'bert')")
         vit_size = self.vision_config.get("image_size", self.image_size)
         if vision_type == "vit" and vit_size != self.image_size:
-            raise ValueError(
-                f"vision_config image_size ({vit_size}) differs from image_size ({self.image_size})"
-            )
+            raise ValueError(f"vision_config image_size ({vit_size}) differs from image_size ({self.image_size})")
         patch = self.vision_config.get("patch_size", 16)
         if vision_type == "vit" and self.image_size % patch:
             raise ValueError(f"image_size ({self.image_size}) must be a multiple of patch_size ({patch})")
@@ -183,8 +179,16 @@ class OffClipConfig(PretrainedConfig):
 def _tower_config_dict(config: PretrainedConfig) -> dict:
     """A tower's HF config as a plain JSON-able dict with its ``model_type``, minus bookkeeping."""
     data = config.to_dict()
-    bookkeeping = ("transformers_version", "architectures", "_name_or_path", "dtype", "torch_dtype",
-                   "gradient_checkpointing", "id2label", "label2id")
+    bookkeeping = (
+        "transformers_version",
+        "architectures",
+        "_name_or_path",
+        "dtype",
+        "torch_dtype",
+        "gradient_checkpointing",
+        "id2label",
+        "label2id",
+    )
     for key in bookkeeping:
         data.pop(key, None)
     data["model_type"] = config.model_type
@@ -235,15 +239,11 @@ class OffClipModel(PreTrainedModel):
     def _prepare_pixels(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """Check shape/range conventions, repeat grayscale to the tower's channels, normalise."""
         if pixel_values.dim() != 4:
-            raise ValueError(
-                f"pixel_values must be [B, C, H, W], got shape {tuple(pixel_values.shape)}"
-            )
+            raise ValueError(f"pixel_values must be [B, C, H, W], got shape {tuple(pixel_values.shape)}")
         channels, height, width = pixel_values.shape[1:]
         size = self.config.image_size
         if (height, width) != (size, size):
-            raise ValueError(
-                f"pixel_values must be {size}x{size} (config image_size), got {height}x{width}"
-            )
+            raise ValueError(f"pixel_values must be {size}x{size} (config image_size), got {height}x{width}")
         if channels == 1 and self.vision_channels != 1:
             pixel_values = pixel_values.expand(-1, self.vision_channels, -1, -1)
         elif channels != self.vision_channels:
@@ -294,13 +294,15 @@ class OffClipModel(PreTrainedModel):
         mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
         return (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
 
-    def _text_layers(self, hidden: torch.Tensor, attention_mask: torch.Tensor, start: int,
-                     stop: int | None = None) -> torch.Tensor:
+    def _text_layers(
+        self, hidden: torch.Tensor, attention_mask: torch.Tensor, start: int, stop: int | None = None
+    ) -> torch.Tensor:
         """Run the text tower's encoder layers ``start`` .. ``stop - 1`` on ``hidden`` [B, L, H]."""
         from transformers.masking_utils import create_bidirectional_mask
 
-        mask = create_bidirectional_mask(config=self.text_model.config, inputs_embeds=hidden,
-                                         attention_mask=attention_mask)
+        mask = create_bidirectional_mask(
+            config=self.text_model.config, inputs_embeds=hidden, attention_mask=attention_mask
+        )
         for layer in self.text_model.encoder.layer[start:stop]:
             hidden = layer(hidden, mask)
         return hidden
@@ -311,8 +313,7 @@ class OffClipModel(PreTrainedModel):
         hidden = self.text_model.embeddings(input_ids=input_ids)
         return self._text_layers(hidden, attention_mask, 0, layer)
 
-    def text_features_from_hidden(self, hidden: torch.Tensor, attention_mask: torch.Tensor,
-                                  layer: int) -> torch.Tensor:
+    def text_features_from_hidden(self, hidden: torch.Tensor, attention_mask: torch.Tensor, layer: int) -> torch.Tensor:
         """Pooled text features [B, H] from the hidden states entering encoder layer ``layer``
         (:meth:`text_hidden_states`): the remaining layers, then the mean of non-padding tokens
         (the same result as :meth:`text_features`, up to float rounding)."""
@@ -335,8 +336,11 @@ class OffClipModel(PreTrainedModel):
         return self.logit_scale.exp().clamp(max=self.config.max_logit_scale)
 
     def forward(
-        self, pixel_values: torch.Tensor, input_ids: torch.Tensor | None = None,
-        attention_mask: torch.Tensor | None = None, text_features: torch.Tensor | None = None,
+        self,
+        pixel_values: torch.Tensor,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        text_features: torch.Tensor | None = None,
         text_hidden: tuple | None = None,
     ) -> torch.Tensor:
         """B x B logits, row = image, column = text: ``scale * image_emb @ text_emb.T``. The text
@@ -346,9 +350,14 @@ class OffClipModel(PreTrainedModel):
         return pair_logits(self, pixel_values, input_ids, attention_mask, text_features, text_hidden)
 
 
-def pair_logits(model, pixel_values: torch.Tensor, input_ids: torch.Tensor | None,
-                attention_mask: torch.Tensor | None, text_features: torch.Tensor | None,
-                text_hidden: tuple | None = None) -> torch.Tensor:
+def pair_logits(
+    model,
+    pixel_values: torch.Tensor,
+    input_ids: torch.Tensor | None,
+    attention_mask: torch.Tensor | None,
+    text_features: torch.Tensor | None,
+    text_hidden: tuple | None = None,
+) -> torch.Tensor:
     """The forward of any dual encoder with ``encode_image``, ``encode_text``, ``project_text`` and
     ``temperature_scale`` (:class:`OffClipModel`, :class:`offclip.models.adapters.ClipAdapter`)."""
     image = model.encode_image(pixel_values)
@@ -450,9 +459,7 @@ def _vision_tower(source: str | os.PathLike) -> PreTrainedModel:
     """A pretrained ViT or ResNet from a local directory."""
     tower = _load_pretrained_tower(source)
     if tower.config.model_type not in VISION_TOWERS:
-        raise ValueError(
-            f"{source}: vision tower must be one of {VISION_TOWERS}, got {tower.config.model_type!r}"
-        )
+        raise ValueError(f"{source}: vision tower must be one of {VISION_TOWERS}, got {tower.config.model_type!r}")
     return tower
 
 
@@ -549,9 +556,7 @@ def load_extra(path: str | os.PathLike) -> dict[str, Any]:
     return json.loads(file.read_text(encoding="utf-8")) if file.is_file() else {}
 
 
-def tokenize(
-    tokenizer: PreTrainedTokenizerBase, texts: list[str], max_length: int
-) -> dict[str, torch.Tensor]:
+def tokenize(tokenizer: PreTrainedTokenizerBase, texts: list[str], max_length: int) -> dict[str, torch.Tensor]:
     """Tokenise ``texts`` into a padded, truncated batch: ``input_ids`` + ``attention_mask``."""
     if isinstance(texts, str):
         raise TypeError("texts must be a list of strings, not a single string")

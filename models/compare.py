@@ -31,9 +31,9 @@ from __future__ import annotations
 import datetime as dt
 import json
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -50,11 +50,28 @@ ARMS = {
 }
 BASELINE = "infonce/report"
 #: per-run metrics (from the evaluation summary), in table order
-METRICS = ("normal_auc", "macro_auc", "pointing_game", "normal_fp", "normal_fn", "normal_auc_centroid",
-           "cos_centred_normal_normal", "cos_centred_abnormal_abnormal", "cos_centred_normal_abnormal")
-HEADERS = ("normal AUC", "macro AUC (abnormal)", "pointing game", "normal FP", "normal FN",
-           "normal AUC, prompt-free", "cos normal–normal (centred)", "cos abnormal–abnormal (centred)",
-           "cos normal–abnormal (centred)")
+METRICS = (
+    "normal_auc",
+    "macro_auc",
+    "pointing_game",
+    "normal_fp",
+    "normal_fn",
+    "normal_auc_centroid",
+    "cos_centred_normal_normal",
+    "cos_centred_abnormal_abnormal",
+    "cos_centred_normal_abnormal",
+)
+HEADERS = (
+    "normal AUC",
+    "macro AUC (abnormal)",
+    "pointing game",
+    "normal FP",
+    "normal FN",
+    "normal AUC, prompt-free",
+    "cos normal–normal (centred)",
+    "cos abnormal–abnormal (centred)",
+    "cos normal–abnormal (centred)",
+)
 #: the paired differences against the baseline: (name, what is compared)
 DIFFERENCES = ("normal_auc", "macro_auc", "normal_auc_centroid")
 DIFFERENCE_HEADERS = ("Δ normal AUC", "Δ macro AUC", "Δ normal AUC, prompt-free")
@@ -145,9 +162,8 @@ def run_dir(out: Path, arm: str, seed: int) -> Path:
 
 def run_compare(config: CompareConfig, progress: Callable[[str], None] = print) -> CompareResult:
     from .evaluate import NORMAL, _json_safe, evaluate
-    from .train import TrainConfig, train
-
     from .evaluate.protocols import DEFAULT_PROTOCOL, protocol_names
+    from .train import TrainConfig, train
 
     out = Path(config.out)
     tag = f"-{Path(config.prompts).stem}" if config.prompts else ""  #: names a prompt set's outputs
@@ -166,33 +182,67 @@ def run_compare(config: CompareConfig, progress: Callable[[str], None] = print) 
             run = run_dir(out, arm, seed)
             done += 1
             progress(f"compare [{done}/{total}]: training {arm}, seed {seed} → {run}")
-            trained = train(TrainConfig(shards=Path(config.shards), out=run, config=config.config, loss=loss,
-                                        text_source=text, seed=seed, epochs=config.epochs,
-                                        batch_size=config.batch_size, device=config.device,
-                                        max_steps=config.max_steps, init=str(config.init) if config.init else None,
-                                        trace_every=config.trace_every))
+            trained = train(
+                TrainConfig(
+                    shards=Path(config.shards),
+                    out=run,
+                    config=config.config,
+                    loss=loss,
+                    text_source=text,
+                    seed=seed,
+                    epochs=config.epochs,
+                    batch_size=config.batch_size,
+                    device=config.device,
+                    max_steps=config.max_steps,
+                    init=str(config.init) if config.init else None,
+                    trace_every=config.trace_every,
+                )
+            )
             for protocol in protocols:
                 other = "" if protocol == DEFAULT_PROTOCOL else f"-{protocol}"
-                result = evaluate(trained.model_dir, config.dataset, config.eval_root, out=run / f"eval{tag}{other}",
-                                  device=config.device, prompts=config.prompts if not other else None,
-                                  manifest=manifest, protocol=protocol,
-                                  run_name=f"compare{origin}:{arm}:seed{seed}{tag}{other.replace('-', ':')}")
+                result = evaluate(
+                    trained.model_dir,
+                    config.dataset,
+                    config.eval_root,
+                    out=run / f"eval{tag}{other}",
+                    device=config.device,
+                    prompts=config.prompts if not other else None,
+                    manifest=manifest,
+                    protocol=protocol,
+                    run_name=f"compare{origin}:{arm}:seed{seed}{tag}{other.replace('-', ':')}",
+                )
                 evaluations[protocol][arm, seed] = result
                 summary = result.summary
-                rows[protocol].append({"arm": arm, "loss": loss, "text": text, "seed": seed,
-                                       **{m: summary.get(m) for m in METRICS}, "steps": trained.steps,
-                                       "train_seconds": round(trained.seconds, 1)})
-                progress(f"compare: {arm} seed {seed}{f' ({protocol} protocol)' if other else ''}: "
-                         + ", ".join(f"{m} {_fmt(summary.get(m))}" for m in METRICS[:3]))
+                rows[protocol].append(
+                    {
+                        "arm": arm,
+                        "loss": loss,
+                        "text": text,
+                        "seed": seed,
+                        **{m: summary.get(m) for m in METRICS},
+                        "steps": trained.steps,
+                        "train_seconds": round(trained.seconds, 1),
+                    }
+                )
+                progress(
+                    f"compare: {arm} seed {seed}{f' ({protocol} protocol)' if other else ''}: "
+                    + ", ".join(f"{m} {_fmt(summary.get(m))}" for m in METRICS[:3])
+                )
 
     sections, saved, first = [], {}, None
     for protocol in protocols:
         other = "" if protocol == DEFAULT_PROTOCOL else f"-{protocol}"
         labels = evaluations[protocol][config.baseline, config.seeds[0]].labels
         abnormal = abnormal_classes(labels)
-        differences = paired_differences(evaluations[protocol], config.baseline, config.seeds, config.eval_root,
-                                         resample=config.resample, n_boot=config.n_boot,
-                                         progress=lambda line: progress(f"compare: {line}"))
+        differences = paired_differences(
+            evaluations[protocol],
+            config.baseline,
+            config.seeds,
+            config.eval_root,
+            resample=config.resample,
+            n_boot=config.n_boot,
+            progress=lambda line: progress(f"compare: {line}"),
+        )
         runs = pd.DataFrame(rows[protocol])
         summary = summarise(runs)
         n_images, n_normal = len(labels), int(labels[NORMAL].sum())
@@ -203,21 +253,34 @@ def run_compare(config: CompareConfig, progress: Callable[[str], None] = print) 
             markdown = f"## Protocol `{protocol}`\n\n" + markdown
         sections.append(markdown)
         saved[protocol] = {
-            "evaluation_set": {"root": str(config.eval_root), "dataset": config.dataset, "n_images": n_images,
-                               "n_normal": n_normal, "abnormal_classes": abnormal},
-            "runs": rows[protocol], "differences": differences}
+            "evaluation_set": {
+                "root": str(config.eval_root),
+                "dataset": config.dataset,
+                "n_images": n_images,
+                "n_normal": n_normal,
+                "abnormal_classes": abnormal,
+            },
+            "runs": rows[protocol],
+            "differences": differences,
+        }
         if manifest is not None:
             arms_run = dict.fromkeys(d["arm"] for d in differences)
-            record_differences(manifest, differences, config.dataset,
-                               {a: f"compare{origin}:{a}-vs-{config.baseline}{tag}{other.replace('-', ':')}"
-                                for a in arms_run},
-                               {a: ARMS[a][0] for a in arms_run}, protocol=protocol)
+            record_differences(
+                manifest,
+                differences,
+                config.dataset,
+                {a: f"compare{origin}:{a}-vs-{config.baseline}{tag}{other.replace('-', ':')}" for a in arms_run},
+                {a: ARMS[a][0] for a in arms_run},
+                protocol=protocol,
+            )
         if first is None:
             first = (runs, summary, differences, n_images, n_normal)
     markdown = "\n\n".join(sections)
     files = {"json": out / f"compare{tag}{ptag}.json", "markdown": out / f"compare{tag}{ptag}.md"}
-    config_json = {k: (list(v) if isinstance(v, tuple) else str(v) if isinstance(v, Path) else v)
-                   for k, v in config.__dict__.items()}
+    config_json = {
+        k: (list(v) if isinstance(v, tuple) else str(v) if isinstance(v, Path) else v)
+        for k, v in config.__dict__.items()
+    }
     if len(protocols) == 1:  # one protocol: the layout every reader of compare.json knows
         content = {"config": config_json, **saved[protocols[0]]}
     else:
@@ -240,8 +303,16 @@ def abnormal_classes(labels: pd.DataFrame) -> list[str]:
     return [c for c in labels.columns if c != NORMAL and labels[c].nunique(dropna=True) == 2]
 
 
-def paired_differences(evaluations: dict, baseline: str, seeds, eval_root: Path, *, resample: str = "auto",
-                       n_boot: int = 2000, progress: Callable[[str], None] = print) -> list[dict]:
+def paired_differences(
+    evaluations: dict,
+    baseline: str,
+    seeds,
+    eval_root: Path,
+    *,
+    resample: str = "auto",
+    n_boot: int = 2000,
+    progress: Callable[[str], None] = print,
+) -> list[dict]:
     """Every arm of ``evaluations`` (``{(arm, seed): EvalResult}``, the same seeds for each arm)
     against ``baseline``: the paired difference of each of :data:`DIFFERENCES`, pooled over seeds,
     with its bootstrap interval (``models.stats.paired_bootstrap``; the renders of one report
@@ -253,13 +324,17 @@ def paired_differences(evaluations: dict, baseline: str, seeds, eval_root: Path,
     labels = evaluations[baseline, seeds[0]].labels
     for (arm, seed), result in evaluations.items():
         if list(result.labels.index) != list(labels.index):
-            raise RuntimeError(f"{arm} seed {seed} was evaluated on other images than the baseline "
-                               f"({len(result.labels)} against {len(labels)}): the paired comparison needs the same set")
+            raise RuntimeError(
+                f"{arm} seed {seed} was evaluated on other images than the baseline "
+                f"({len(result.labels)} against {len(labels)}): the paired comparison needs the same set"
+            )
     abnormal = abnormal_classes(labels)
     groups = eval_groups(eval_root, list(labels.index), resample)
     if groups is not None:
-        progress(f"the bootstrap resamples the {len(set(groups))} reports the {len(groups)} "
-                 "evaluation images were rendered from (renders of one report stay together)")
+        progress(
+            f"the bootstrap resamples the {len(set(groups))} reports the {len(groups)} "
+            "evaluation images were rendered from (renders of one report stay together)"
+        )
     differences = []
     for arm in dict.fromkeys(a for a, _ in evaluations):
         if arm == baseline:
@@ -270,13 +345,16 @@ def paired_differences(evaluations: dict, baseline: str, seeds, eval_root: Path,
                 continue
             y = labels[columns].to_numpy(dtype=float)
             if metric == "normal_auc_centroid":  # each run's prompt-free normal score
-                scores = {a: [evaluations[a, s].centroid_scores.to_numpy(dtype=float)[:, None] for s in seeds]
-                          for a in (arm, baseline)}
+                scores = {
+                    a: [evaluations[a, s].centroid_scores.to_numpy(dtype=float)[:, None] for s in seeds]
+                    for a in (arm, baseline)
+                }
                 if any(np.isnan(x).all() for xs in scores.values() for x in xs):
                     continue
             else:
-                scores = {a: [evaluations[a, s].scores[columns].to_numpy(dtype=float) for s in seeds]
-                          for a in (arm, baseline)}
+                scores = {
+                    a: [evaluations[a, s].scores[columns].to_numpy(dtype=float) for s in seeds] for a in (arm, baseline)
+                }
             diff = paired_bootstrap(y, scores[arm], scores[baseline], metric=metric, n_boot=n_boot, groups=groups)
             differences.append({"arm": arm, "baseline": baseline, **diff.to_dict()})
             progress(f"{arm} − {baseline}, {metric}: {diff.text()}")
@@ -297,30 +375,52 @@ def eval_groups(eval_root: Path, image_ids: list[str], resample: str = "auto") -
         if set(image_ids) <= set(mapping.index):
             found = [str(mapping[i]) for i in image_ids]
     if found is None and resample == "reports":
-        raise ValueError(f"--resample reports needs {table} covering every evaluation image "
-                         "(a demo world built with --eval-images)")
+        raise ValueError(
+            f"--resample reports needs {table} covering every evaluation image (a demo world built with --eval-images)"
+        )
     return found
 
 
-def record_differences(manifest: Path, differences: list[dict], dataset: str, run_names: dict[str, str],
-                       losses: dict[str, str | None], protocol: str = "offclip") -> None:
+def record_differences(
+    manifest: Path,
+    differences: list[dict],
+    dataset: str,
+    run_names: dict[str, str],
+    losses: dict[str, str | None],
+    protocol: str = "offclip",
+) -> None:
     """The pooled differences as rows of the manifest's ``evaluations`` (one evaluation per arm,
     named ``run_names[arm]``, e.g. ``compare:<arm>-vs-<baseline>``; metrics ``delta_<metric>``,
     ``…_low``, ``…_high``)."""
     from ..data_contracts.manifest import EVALUATIONS, OVERALL
     from ..pipeline.manifest import record_evaluations
 
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     rows = []
     for arm in dict.fromkeys(d["arm"] for d in differences):
         evaluation_id = str(uuid.uuid4())
-        base = {"evaluation_id": evaluation_id, "evaluated_at": now, "model_dir": None,
-                "run_name": run_names[arm], "loss": losses.get(arm), "seed": None,
-                "dataset": dataset, "class_name": OVERALL, "protocol": protocol}
+        base = {
+            "evaluation_id": evaluation_id,
+            "evaluated_at": now,
+            "model_dir": None,
+            "run_name": run_names[arm],
+            "loss": losses.get(arm),
+            "seed": None,
+            "dataset": dataset,
+            "class_name": OVERALL,
+            "protocol": protocol,
+        }
         for d in (d for d in differences if d["arm"] == arm):
             for suffix, key in (("", "estimate"), ("_low", "low"), ("_high", "high")):
-                rows.append({**base, "metric": f"delta_{d['metric']}{suffix}", "value": float(d[key]),
-                             "n_pos": d["n_images"], "n_neg": None})
+                rows.append(
+                    {
+                        **base,
+                        "metric": f"delta_{d['metric']}{suffix}",
+                        "value": float(d[key]),
+                        "n_pos": d["n_images"],
+                        "n_neg": None,
+                    }
+                )
     if rows:
         frame = pd.DataFrame(rows, columns=EVALUATIONS.names)
         for column in ("n_pos", "n_neg", "seed"):
@@ -333,12 +433,16 @@ def per_class_auc(classes: dict) -> pd.DataFrame:
     (an evaluation's ``classes`` records, as in its JSON): one row per (class, arm) with a defined
     AUC, classes in evaluation order (normal first); columns ``class_name``, ``arm``, ``n_pos``,
     ``mean``, ``sd``, ``seeds``."""
-    rows = [{"arm": arm, "seed": seed, "class_name": c["class_name"], "n_pos": c["n_pos"], "auc": c["auc"]}
-            for (arm, seed), records in classes.items() for c in records]
+    rows = [
+        {"arm": arm, "seed": seed, "class_name": c["class_name"], "n_pos": c["n_pos"], "auc": c["auc"]}
+        for (arm, seed), records in classes.items()
+        for c in records
+    ]
     frame = pd.DataFrame(rows, columns=["arm", "seed", "class_name", "n_pos", "auc"]).dropna(subset=["auc"])
     grouped = frame.groupby(["class_name", "arm"], sort=False)
-    return grouped.agg(n_pos=("n_pos", "max"), mean=("auc", "mean"), sd=("auc", "std"),
-                       seeds=("auc", "size")).reset_index()
+    return grouped.agg(
+        n_pos=("n_pos", "max"), mean=("auc", "mean"), sd=("auc", "std"), seeds=("auc", "size")
+    ).reset_index()
 
 
 def per_class_markdown(table: pd.DataFrame, labels: dict | None = None) -> str:
@@ -349,8 +453,12 @@ def per_class_markdown(table: pd.DataFrame, labels: dict | None = None) -> str:
     if labels:  # in the labels' order (the baseline first)
         arms = sorted(arms, key=lambda a: list(labels).index(a) if a in labels else len(labels))
     names = [f"{a} ({labels[a][2]})" if labels and a in labels else a for a in arms]
-    lines = ["Per-class AUC (mean ± sd over seeds; the classes with positives in the evaluation set):", "",
-             "| class | positives | " + " | ".join(names) + " |", "|---|---|" + "---|" * len(arms)]
+    lines = [
+        "Per-class AUC (mean ± sd over seeds; the classes with positives in the evaluation set):",
+        "",
+        "| class | positives | " + " | ".join(names) + " |",
+        "|---|---|" + "---|" * len(arms),
+    ]
     for name, rows in table.groupby("class_name", sort=False):
         cells = {r["arm"]: _cell(r["mean"], r["sd"], 3) for r in rows.to_dict("records")}
         lines.append(f"| {name} | {int(rows['n_pos'].max())} | " + " | ".join(cells.get(a, "n/a") for a in arms) + " |")
@@ -374,31 +482,50 @@ def _cell(mean: float, sd: float, digits: int) -> str:
     return f"{mean:.{digits}f}" + ("" if pd.isna(sd) else f" ± {sd:.{digits}f}")
 
 
-def to_markdown(runs: pd.DataFrame, summary: pd.DataFrame, differences: list[dict], config: CompareConfig,
-                n_images: int, n_normal: int, protocol: str = "offclip") -> str:
+def to_markdown(
+    runs: pd.DataFrame,
+    summary: pd.DataFrame,
+    differences: list[dict],
+    config: CompareConfig,
+    n_images: int,
+    n_normal: int,
+    protocol: str = "offclip",
+) -> str:
     prompts = f"prompts `{config.prompts}`" if config.prompts else "the default prompts"
     if protocol != "offclip":
-        prompts = (f"the `{protocol}` protocol (its classes, prompts and image filter: "
-                   "models/evaluate/protocols.json)")
+        prompts = f"the `{protocol}` protocol (its classes, prompts and image filter: models/evaluate/protocols.json)"
     seeds = ", ".join(map(str, config.seeds))
     start = f"refining `{config.init}`" if config.init else "from scratch"
-    lines = [f"Config `{config.config}` ({start}), seeds {seeds}; evaluated on `{config.eval_root}` "
-             f"({n_images} images, {n_normal} normal) with {prompts}. Per arm: mean ± sd over seeds.", "",
-             "| arm | what it is | " + " | ".join(HEADERS) + " |", "|---|---|" + "---|" * len(HEADERS)]
+    lines = [
+        f"Config `{config.config}` ({start}), seeds {seeds}; evaluated on `{config.eval_root}` "
+        f"({n_images} images, {n_normal} normal) with {prompts}. Per arm: mean ± sd over seeds.",
+        "",
+        "| arm | what it is | " + " | ".join(HEADERS) + " |",
+        "|---|---|" + "---|" * len(HEADERS),
+    ]
     for arm in summary.index:
-        cells = [_cell(summary.loc[arm, ("mean", m)], summary.loc[arm, ("sd", m)], 1 if m.startswith("normal_f") else 3)
-                 for m in METRICS]
+        cells = [
+            _cell(summary.loc[arm, ("mean", m)], summary.loc[arm, ("sd", m)], 1 if m.startswith("normal_f") else 3)
+            for m in METRICS
+        ]
         lines.append(f"| {arm} | {ARMS[arm][2]} | " + " | ".join(cells) + " |")
     if differences:
         level = int(round(100 * differences[0]["level"]))
         groups = differences[0].get("n_groups")
-        unit = (f"{groups} reports the {n_images} images were rendered from (a report's renders together)"
-                if groups else f"{n_images} images")
-        lines += ["", f"Against `{config.baseline}` ({ARMS[config.baseline][2]}): the paired difference, pooled over "
-                  f"seeds, with its {level} % bootstrap interval ({differences[0]['n_boot']} resamples of the "
-                  f"{unit}, paired within each seed); then the difference seed by seed.", "",
-                  "| arm | " + " | ".join(f"{h} [95 % CI] | per seed" for h in DIFFERENCE_HEADERS) + " |",
-                  "|---|" + "---|---|" * len(DIFFERENCE_HEADERS)]
+        unit = (
+            f"{groups} reports the {n_images} images were rendered from (a report's renders together)"
+            if groups
+            else f"{n_images} images"
+        )
+        lines += [
+            "",
+            f"Against `{config.baseline}` ({ARMS[config.baseline][2]}): the paired difference, pooled over "
+            f"seeds, with its {level} % bootstrap interval ({differences[0]['n_boot']} resamples of the "
+            f"{unit}, paired within each seed); then the difference seed by seed.",
+            "",
+            "| arm | " + " | ".join(f"{h} [95 % CI] | per seed" for h in DIFFERENCE_HEADERS) + " |",
+            "|---|" + "---|---|" * len(DIFFERENCE_HEADERS),
+        ]
         for arm in dict.fromkeys(d["arm"] for d in differences):
             cells = []
             for metric in DIFFERENCES:
@@ -406,13 +533,22 @@ def to_markdown(runs: pd.DataFrame, summary: pd.DataFrame, differences: list[dic
                 if d is None:
                     cells += ["n/a", ""]
                     continue
-                cells += [f"{d['estimate']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}]",
-                          " ".join(f"{v:+.3f}" for v in d["per_seed"])]
+                cells += [
+                    f"{d['estimate']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}]",
+                    " ".join(f"{v:+.3f}" for v in d["per_seed"]),
+                ]
             lines.append(f"| {arm} | " + " | ".join(cells) + " |")
-    lines += ["", "Per run:", "", "| arm | seed | " + " | ".join(METRICS) + " | steps |",
-              "|---|---|" + "---|" * (len(METRICS) + 1)]
+    lines += [
+        "",
+        "Per run:",
+        "",
+        "| arm | seed | " + " | ".join(METRICS) + " | steps |",
+        "|---|---|" + "---|" * (len(METRICS) + 1),
+    ]
     for row in runs.to_dict("records"):
-        lines.append(f"| {row['arm']} | {row['seed']} | "
-                     + " | ".join(_fmt(row[m], 1 if m.startswith("normal_f") else 3) for m in METRICS)
-                     + f" | {row['steps']} |")
+        lines.append(
+            f"| {row['arm']} | {row['seed']} | "
+            + " | ".join(_fmt(row[m], 1 if m.startswith("normal_f") else 3) for m in METRICS)
+            + f" | {row['steps']} |"
+        )
     return "\n".join(lines)

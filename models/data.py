@@ -42,9 +42,10 @@ import math
 import os
 import random
 import threading
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -58,9 +59,25 @@ from offclip.pipeline.shards import ShardError, ShardRecord, complete_shards
 # Tokenisers are used in DataLoader workers (forked after the parent may have used them).
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-__all__ = ["AugmentConfig", "Batch", "EpochPlan", "ShardLoader", "augment", "batch_sizes", "collate", "decode_image",
-           "derive_seed", "draw_sentence", "eval_transform", "kept_sentences", "make_loader", "plan_epoch",
-           "round_robin", "split_records", "TEXT_SOURCES"]
+__all__ = [
+    "AugmentConfig",
+    "Batch",
+    "EpochPlan",
+    "ShardLoader",
+    "augment",
+    "batch_sizes",
+    "collate",
+    "decode_image",
+    "derive_seed",
+    "draw_sentence",
+    "eval_transform",
+    "kept_sentences",
+    "make_loader",
+    "plan_epoch",
+    "round_robin",
+    "split_records",
+    "TEXT_SOURCES",
+]
 
 IMAGE_EXTENSIONS = ("png", "jpg", "jpeg")
 #: what a worker yields in place of a batch skipped for a resume (a string survives pickling)
@@ -97,8 +114,11 @@ def kept_sentences(sample: dict, source: str = "filtered") -> list[str]:
         raise ValueError(f"unknown text source {source!r} ({'|'.join(TEXT_SOURCES)})")
     meta = json.loads(sample["json"]) if sample.get("json") else {}
     sentences = meta.get("sentences") or []
-    kept = [s["text"].strip() for s in sorted(sentences, key=lambda s: s.get("index", 0))
-            if source == "report" or s.get("kept")]
+    kept = [
+        s["text"].strip()
+        for s in sorted(sentences, key=lambda s: s.get("index", 0))
+        if source == "report" or s.get("kept")
+    ]
     if not any(kept):
         text = sample.get("txt", b"")
         kept = [line.strip() for line in (text.decode("utf-8") if isinstance(text, bytes) else text).splitlines()]
@@ -144,8 +164,9 @@ def eval_transform(image: torch.Tensor, size: int) -> torch.Tensor:
         top, left = (side - h) // 2, (side - w) // 2
         image = F.pad(image, (left, side - w - left, top, side - h - top))
     if side != size:
-        image = F.interpolate(image.unsqueeze(0), size=(size, size), mode="bilinear", align_corners=False,
-                              antialias=True).squeeze(0)
+        image = F.interpolate(
+            image.unsqueeze(0), size=(size, size), mode="bilinear", align_corners=False, antialias=True
+        ).squeeze(0)
     return image.clamp_(0.0, 1.0)
 
 
@@ -170,8 +191,9 @@ def _uniform(g: torch.Generator, low: float, high: float) -> float:
     return low + (high - low) * float(torch.rand((), generator=g, dtype=torch.float64))
 
 
-def augment(image: torch.Tensor, size: int, generator: torch.Generator,
-            config: AugmentConfig = AugmentConfig()) -> torch.Tensor:
+def augment(
+    image: torch.Tensor, size: int, generator: torch.Generator, config: AugmentConfig = AugmentConfig()
+) -> torch.Tensor:
     """One training view of ``[1, H, W]`` as ``[1, size, size]`` in [0, 1].
 
     The image is first brought to ``size`` by :func:`eval_transform`; then one ``grid_sample``
@@ -201,8 +223,7 @@ def augment(image: torch.Tensor, size: int, generator: torch.Generator,
     mirror = torch.diag(torch.tensor([-1.0 if flip else 1.0, 1.0, 1.0], dtype=torch.float64))
     theta = (crop @ affine @ mirror)[:2].to(torch.float32).unsqueeze(0)
     grid = F.affine_grid(theta, [1, 1, size, size], align_corners=False)
-    out = F.grid_sample(base.unsqueeze(0), grid, mode="bilinear", padding_mode="zeros",
-                        align_corners=False).squeeze(0)
+    out = F.grid_sample(base.unsqueeze(0), grid, mode="bilinear", padding_mode="zeros", align_corners=False).squeeze(0)
     # brightness then contrast (around the image mean), as torchvision's ColorJitter factors
     brightness = _uniform(g, 1.0 - config.brightness, 1.0 + config.brightness)
     contrast = _uniform(g, 1.0 - config.contrast, 1.0 + config.contrast)
@@ -219,8 +240,10 @@ def split_records(out: str | os.PathLike, split: str) -> list[ShardRecord]:
     """The complete shards of ``split`` under the curation root ``out`` (clear error when none)."""
     records = complete_shards(Path(out), split)
     if not records:
-        raise ShardError(f"no complete shards for split {split!r} under {split_dir(out, split)} "
-                         f"(build them first: `offclip shards {out}`)")
+        raise ShardError(
+            f"no complete shards for split {split!r} under {split_dir(out, split)} "
+            f"(build them first: `offclip shards {out}`)"
+        )
     return records
 
 
@@ -270,9 +293,20 @@ class EpochPlan:
         return sum(self.worker_batches[w][i] for w, i in order)
 
 
-def plan_epoch(records: Sequence[ShardRecord], *, epoch: int, seed: int, batch_size: int, shuffle: bool,
-               rank: int = 0, world_size: int = 1, num_workers: int = 0, min_batch: int = 1,
-               equal_ranks: bool = True, skip: int = 0) -> EpochPlan:
+def plan_epoch(
+    records: Sequence[ShardRecord],
+    *,
+    epoch: int,
+    seed: int,
+    batch_size: int,
+    shuffle: bool,
+    rank: int = 0,
+    world_size: int = 1,
+    num_workers: int = 0,
+    min_batch: int = 1,
+    equal_ranks: bool = True,
+    skip: int = 0,
+) -> EpochPlan:
     """Assign shards to ranks and workers and cut each worker's stream into batches.
 
     Shards are shuffled with ``(seed, epoch)`` (when ``shuffle``), then dealt round-robin to ranks
@@ -286,8 +320,10 @@ def plan_epoch(records: Sequence[ShardRecord], *, epoch: int, seed: int, batch_s
     if shuffle:
         random.Random(derive_seed(seed, "shards", epoch)).shuffle(shards)
     if len(shards) < world_size:
-        raise ShardError(f"{len(shards)} shard(s) cannot be split over {world_size} ranks: "
-                         "write smaller shards (offclip shards --shard-size) or use fewer processes")
+        raise ShardError(
+            f"{len(shards)} shard(s) cannot be split over {world_size} ranks: "
+            "write smaller shards (offclip shards --shard-size) or use fewer processes"
+        )
     workers = max(1, num_workers)
 
     def layout(r: int) -> tuple[list[list[ShardRecord]], list[list[int]]]:
@@ -322,8 +358,9 @@ def shuffle_buffer(samples: Iterable[dict], size: int, rng: random.Random) -> It
     yield from buffer
 
 
-def with_sentence(samples: Iterable[dict], seed: int, epoch: int, mode: str,
-                  source: str = "filtered") -> Iterator[dict]:
+def with_sentence(
+    samples: Iterable[dict], seed: int, epoch: int, mode: str, source: str = "filtered"
+) -> Iterator[dict]:
     """Add ``text`` (the sentence(s) shown this epoch, from ``source``: :data:`TEXT_SOURCES`) and
     ``is_normal`` (from ``cls``)."""
     for sample in samples:
@@ -353,8 +390,10 @@ def group(samples: Iterable[dict], sizes: Sequence[int]) -> Iterator[list[dict]]
     for size in sizes:
         batch = [sample for _, sample in zip(range(size), it)]
         if len(batch) != size:
-            raise ShardError(f"shards hold fewer samples than their completion records say "
-                             f"(a batch of {len(batch)}, {size} expected)")
+            raise ShardError(
+                f"shards hold fewer samples than their completion records say "
+                f"(a batch of {len(batch)}, {size} expected)"
+            )
         yield batch
 
 
@@ -372,27 +411,46 @@ class Batch:
     def __len__(self) -> int:
         return len(self.keys)
 
-    def to(self, device: torch.device | str, non_blocking: bool = False) -> "Batch":
-        return Batch(self.pixel_values.to(device, non_blocking=non_blocking),
-                     self.input_ids.to(device, non_blocking=non_blocking),
-                     self.attention_mask.to(device, non_blocking=non_blocking),
-                     self.is_normal.to(device, non_blocking=non_blocking), self.texts, self.keys)
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> Batch:
+        return Batch(
+            self.pixel_values.to(device, non_blocking=non_blocking),
+            self.input_ids.to(device, non_blocking=non_blocking),
+            self.attention_mask.to(device, non_blocking=non_blocking),
+            self.is_normal.to(device, non_blocking=non_blocking),
+            self.texts,
+            self.keys,
+        )
 
-    def pin_memory(self) -> "Batch":  # DataLoader(pin_memory=True) calls this
-        return Batch(self.pixel_values.pin_memory(), self.input_ids.pin_memory(), self.attention_mask.pin_memory(),
-                     self.is_normal.pin_memory(), self.texts, self.keys)
+    def pin_memory(self) -> Batch:  # DataLoader(pin_memory=True) calls this
+        return Batch(
+            self.pixel_values.pin_memory(),
+            self.input_ids.pin_memory(),
+            self.attention_mask.pin_memory(),
+            self.is_normal.pin_memory(),
+            self.texts,
+            self.keys,
+        )
 
 
 def _image_bytes(sample: dict) -> bytes:
     for ext in IMAGE_EXTENSIONS:
         if ext in sample:
             return sample[ext]
-    raise ShardError(f"sample {sample['__key__']!r} in {sample.get('__url__')} has no image "
-                     f"(one of {', '.join(IMAGE_EXTENSIONS)})")
+    raise ShardError(
+        f"sample {sample['__key__']!r} in {sample.get('__url__')} has no image (one of {', '.join(IMAGE_EXTENSIONS)})"
+    )
 
 
-def collate(samples: list[dict], *, image_size: int, train: bool, seed: int, epoch: int,
-            tokenize: Callable[[list[str]], dict] | None, augment_config: AugmentConfig) -> Batch:
+def collate(
+    samples: list[dict],
+    *,
+    image_size: int,
+    train: bool,
+    seed: int,
+    epoch: int,
+    tokenize: Callable[[list[str]], dict] | None,
+    augment_config: AugmentConfig,
+) -> Batch:
     """Decode, (augment,) stack and tokenise a list of raw samples. A sample may hold its image
     decoded already (``image``: ``[1, S, S]``, from the image cache); ``tokenize`` None: no tokens
     (the trainer looks the texts up in its text cache), empty ``input_ids``/``attention_mask``."""
@@ -410,9 +468,14 @@ def collate(samples: list[dict], *, image_size: int, train: bool, seed: int, epo
         tokens = {"input_ids": empty, "attention_mask": empty}
     else:
         tokens = tokenize(texts)
-    return Batch(torch.stack(images), tokens["input_ids"], tokens["attention_mask"],
-                 torch.tensor([s["is_normal"] for s in samples], dtype=torch.bool), texts,
-                 [s["__key__"] for s in samples])
+    return Batch(
+        torch.stack(images),
+        tokens["input_ids"],
+        tokens["attention_mask"],
+        torch.tensor([s["is_normal"] for s in samples], dtype=torch.bool),
+        texts,
+        [s["__key__"] for s in samples],
+    )
 
 
 # ------------------------------------------------------------------------------------------
@@ -423,15 +486,29 @@ def _hf_tokenize(tokenizer, max_length: int) -> Callable[[list[str]], dict]:
 
     def tokenize(texts: list[str]) -> dict:
         return clip_tokenize(tokenizer, texts, max_length)
+
     return tokenize
 
 
 class _EpochDataset(torch.utils.data.IterableDataset):
     """One epoch of one rank; each DataLoader worker runs its own share of :class:`EpochPlan`."""
 
-    def __init__(self, root: Path, plan: EpochPlan, *, image_size: int, train: bool, seed: int, rank: int,
-                 shuffle_buffer: int, text_mode: str, tokenize: Callable | None, augment_config: AugmentConfig,
-                 text_source: str = "filtered", image_cache=None):
+    def __init__(
+        self,
+        root: Path,
+        plan: EpochPlan,
+        *,
+        image_size: int,
+        train: bool,
+        seed: int,
+        rank: int,
+        shuffle_buffer: int,
+        text_mode: str,
+        tokenize: Callable | None,
+        augment_config: AugmentConfig,
+        text_source: str = "filtered",
+        image_cache=None,
+    ):
         super().__init__()
         self.root = Path(root)
         self.plan, self.image_size, self.train, self.seed, self.rank = plan, image_size, train, seed, rank
@@ -458,8 +535,15 @@ class _EpochDataset(torch.utils.data.IterableDataset):
                 # DataLoader's round-robin, so the batches after it come in their usual order.
                 yield SKIPPED
                 continue
-            yield collate(raw, image_size=self.image_size, train=self.train, seed=self.seed, epoch=epoch,
-                          tokenize=self.tokenize, augment_config=self.augment_config)
+            yield collate(
+                raw,
+                image_size=self.image_size,
+                train=self.train,
+                seed=self.seed,
+                epoch=epoch,
+                tokenize=self.tokenize,
+                augment_config=self.augment_config,
+            )
 
     def _samples(self, records: Sequence[ShardRecord], cache) -> Iterator[dict]:
         """The raw samples of ``records``, in order: each shard read from its tar, or from ``cache``
@@ -504,8 +588,11 @@ def _drop_inherited_exit_hooks(worker_id: int) -> None:
     """
     hooks = getattr(threading, "_threading_atexits", None)
     if hooks:
-        hooks[:] = [hook for hook in hooks
-                    if getattr(getattr(hook, "func", hook), "__module__", "").startswith("concurrent.futures.")]
+        hooks[:] = [
+            hook
+            for hook in hooks
+            if getattr(getattr(hook, "func", hook), "__module__", "").startswith("concurrent.futures.")
+        ]
 
 
 class ShardLoader:
@@ -522,14 +609,19 @@ class ShardLoader:
     def __iter__(self) -> Iterator[Batch]:
         if self.plan.remaining == 0:
             return
-        loader = torch.utils.data.DataLoader(self.dataset, batch_size=None, num_workers=self.num_workers,
-                                             pin_memory=self.pin_memory,
-                                             persistent_workers=False, in_order=True,
-                                             worker_init_fn=_drop_inherited_exit_hooks,
-                                             # its own generator: the DataLoader's base seed (unused
-                                             # here) is then not drawn from the global RNG, which
-                                             # must stay the trainer's (dropout, exact resume)
-                                             generator=torch.Generator().manual_seed(0))
+        loader = torch.utils.data.DataLoader(
+            self.dataset,
+            batch_size=None,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            persistent_workers=False,
+            in_order=True,
+            worker_init_fn=_drop_inherited_exit_hooks,
+            # its own generator: the DataLoader's base seed (unused
+            # here) is then not drawn from the global RNG, which
+            # must stay the trainer's (dropout, exact resume)
+            generator=torch.Generator().manual_seed(0),
+        )
         count = 0
         for batch in loader:
             if isinstance(batch, str) and batch == SKIPPED:
@@ -544,19 +636,38 @@ def _dist_rank_world(rank: int | None, world_size: int | None) -> tuple[int, int
     if rank is not None and world_size is not None:
         return rank, world_size
     if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return (torch.distributed.get_rank() if rank is None else rank,
-                torch.distributed.get_world_size() if world_size is None else world_size)
+        return (
+            torch.distributed.get_rank() if rank is None else rank,
+            torch.distributed.get_world_size() if world_size is None else world_size,
+        )
     return rank or 0, world_size or 1
 
 
-def make_loader(shards: str | os.PathLike, split: str, *, tokenizer=None, max_length: int = 77,
-                image_size: int = 224, batch_size: int = 32, epoch: int = 0, seed: int = 0, train: bool = True,
-                num_workers: int = 0, skip_batches: int = 0, shuffle_buffer: int = 1000,
-                text_mode: str | None = None, rank: int | None = None, world_size: int | None = None,
-                tokenize: Callable[[list[str]], dict] | None = None,
-                augment_config: AugmentConfig = AugmentConfig(), pin_memory: bool = False,
-                records: Sequence[ShardRecord] | None = None, text_source: str = "filtered",
-                text_tokens: bool = True, image_cache=None) -> ShardLoader:
+def make_loader(
+    shards: str | os.PathLike,
+    split: str,
+    *,
+    tokenizer=None,
+    max_length: int = 77,
+    image_size: int = 224,
+    batch_size: int = 32,
+    epoch: int = 0,
+    seed: int = 0,
+    train: bool = True,
+    num_workers: int = 0,
+    skip_batches: int = 0,
+    shuffle_buffer: int = 1000,
+    text_mode: str | None = None,
+    rank: int | None = None,
+    world_size: int | None = None,
+    tokenize: Callable[[list[str]], dict] | None = None,
+    augment_config: AugmentConfig = AugmentConfig(),
+    pin_memory: bool = False,
+    records: Sequence[ShardRecord] | None = None,
+    text_source: str = "filtered",
+    text_tokens: bool = True,
+    image_cache=None,
+) -> ShardLoader:
     """The batches of ``epoch`` of ``split`` (the complete shards under the curation root ``shards``).
 
     ``train=True``: shards and samples shuffled by ``(seed, epoch)``, one kept sentence drawn per
@@ -586,11 +697,31 @@ def make_loader(shards: str | os.PathLike, split: str, *, tokenizer=None, max_le
         raise ValueError(f"unknown text source {text_source!r} ({'|'.join(TEXT_SOURCES)})")
     rank, world_size = _dist_rank_world(rank, world_size)
     records = split_records(shards, split) if records is None else list(records)
-    plan = plan_epoch(records, epoch=epoch, seed=seed, batch_size=batch_size, shuffle=train, rank=rank,
-                      world_size=world_size, num_workers=num_workers, min_batch=2 if train else 1,
-                      equal_ranks=train, skip=skip_batches)
-    dataset = _EpochDataset(Path(shards), plan, image_size=image_size, train=train, seed=seed, rank=rank,
-                            shuffle_buffer=shuffle_buffer, text_mode=text_mode or ("draw" if train else "all"),
-                            tokenize=tokenize, augment_config=augment_config, text_source=text_source,
-                            image_cache=image_cache if num_workers == 0 else None)
+    plan = plan_epoch(
+        records,
+        epoch=epoch,
+        seed=seed,
+        batch_size=batch_size,
+        shuffle=train,
+        rank=rank,
+        world_size=world_size,
+        num_workers=num_workers,
+        min_batch=2 if train else 1,
+        equal_ranks=train,
+        skip=skip_batches,
+    )
+    dataset = _EpochDataset(
+        Path(shards),
+        plan,
+        image_size=image_size,
+        train=train,
+        seed=seed,
+        rank=rank,
+        shuffle_buffer=shuffle_buffer,
+        text_mode=text_mode or ("draw" if train else "all"),
+        tokenize=tokenize,
+        augment_config=augment_config,
+        text_source=text_source,
+        image_cache=image_cache if num_workers == 0 else None,
+    )
     return ShardLoader(dataset, plan, num_workers, pin_memory)

@@ -51,8 +51,7 @@ class GeometryProbe:
     splits: dict[str, int]  #: samples drawn from each split
 
     @classmethod
-    def from_shards(cls, shards: Path, image_size: int, text_source: str, *,
-                    max_samples: int = 256) -> "GeometryProbe":
+    def from_shards(cls, shards: Path, image_size: int, text_source: str, *, max_samples: int = 256) -> GeometryProbe:
         """Up to ``max_samples`` samples: the held-out ones first (``validate``, then ``test``), the
         training split's only to fill the probe up, each split's first by key; the same probe for
         every run on these shards and this text source (``splits`` says how many of each)."""
@@ -61,9 +60,12 @@ class GeometryProbe:
 
         samples, splits = [], {}
         for split in PROBE_SPLITS:
-            found = [s for record in complete_shards(Path(shards), split)
-                     for s in _read_shard(str(Path(shards) / record.path))]
-            found = sorted(found, key=lambda s: s["__key__"])[:max_samples - len(samples)]
+            found = [
+                s
+                for record in complete_shards(Path(shards), split)
+                for s in _read_shard(str(Path(shards) / record.path))
+            ]
+            found = sorted(found, key=lambda s: s["__key__"])[: max_samples - len(samples)]
             samples.extend(found)
             splits[split] = len(found)
         if not samples:
@@ -76,8 +78,14 @@ class GeometryProbe:
             images.append(eval_transform(decode_image(_image_bytes(sample)), image_size))
             labels.append(int(sample["cls"]) == 0)
         sentences.setdefault(NORMAL_PROMPT, len(sentences))
-        return cls(torch.stack(images), np.asarray(labels, dtype=bool), list(sentences), owners,
-                   [s["__key__"] for s in samples], splits)
+        return cls(
+            torch.stack(images),
+            np.asarray(labels, dtype=bool),
+            list(sentences),
+            owners,
+            [s["__key__"] for s in samples],
+            splits,
+        )
 
     @torch.no_grad()
     def measure(self, adapter, device: torch.device, batch_size: int = 128) -> dict:
@@ -86,14 +94,26 @@ class GeometryProbe:
         modes = {m: m.training for m in adapter.modules()}
         adapter.eval()
         try:
-            image = torch.cat([adapter.encode_image(self.images[i:i + batch_size].to(device)).float().cpu()
-                               for i in range(0, len(self.images), batch_size)]).numpy()
-            tokens = adapter.tokenizer(self.sentences, padding=True, truncation=True,
-                                       max_length=adapter.max_text_length, return_tensors="pt")
-            sentence = torch.cat([
-                adapter.encode_text(tokens["input_ids"][i:i + batch_size].to(device),
-                                    tokens["attention_mask"][i:i + batch_size].to(device)).float().cpu()
-                for i in range(0, len(self.sentences), batch_size)]).numpy()
+            image = torch.cat(
+                [
+                    adapter.encode_image(self.images[i : i + batch_size].to(device)).float().cpu()
+                    for i in range(0, len(self.images), batch_size)
+                ]
+            ).numpy()
+            tokens = adapter.tokenizer(
+                self.sentences, padding=True, truncation=True, max_length=adapter.max_text_length, return_tensors="pt"
+            )
+            sentence = torch.cat(
+                [
+                    adapter.encode_text(
+                        tokens["input_ids"][i : i + batch_size].to(device),
+                        tokens["attention_mask"][i : i + batch_size].to(device),
+                    )
+                    .float()
+                    .cpu()
+                    for i in range(0, len(self.sentences), batch_size)
+                ]
+            ).numpy()
         finally:
             for module, training in modes.items():
                 module.train(training)

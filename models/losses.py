@@ -20,7 +20,8 @@ All computations run in float32 (safe under autocast) and use ``log_softmax`` fo
 
 from __future__ import annotations
 
-from typing import Callable, Protocol
+from collections.abc import Callable
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
@@ -68,8 +69,7 @@ def _check_labels(is_normal: torch.Tensor, batch_size: int) -> torch.Tensor:
         raise TypeError(f"is_normal must have dtype torch.bool, got {is_normal.dtype}")
     if is_normal.dim() != 1 or is_normal.shape[0] != batch_size:
         raise ValueError(
-            f"is_normal must be a vector of {batch_size} labels (one per pair), "
-            f"got shape {tuple(is_normal.shape)}"
+            f"is_normal must be a vector of {batch_size} labels (one per pair), got shape {tuple(is_normal.shape)}"
         )
     return is_normal
 
@@ -131,9 +131,7 @@ def abnormal_infonce_loss(logits: torch.Tensor, is_normal: torch.Tensor) -> torc
     return infonce_loss(logits[abnormal][:, abnormal])
 
 
-def offclip_loss(
-    logits: torch.Tensor, is_normal: torch.Tensor, abnormal_weight: float = 1.0
-) -> torch.Tensor:
+def offclip_loss(logits: torch.Tensor, is_normal: torch.Tensor, abnormal_weight: float = 1.0) -> torch.Tensor:
     """The OFF-CLIP objective: off-diagonal term + ``abnormal_weight`` × abnormal InfoNCE."""
     if abnormal_weight < 0:
         raise ValueError(f"abnormal_weight must be >= 0, got {abnormal_weight}")

@@ -21,9 +21,14 @@ def param_groups(model: torch.nn.Module, hyper: dict) -> list[dict]:
         groups.setdefault((tower, param.ndim >= 2), []).append(param)
     out = []
     for (tower, decay), params in sorted(groups.items()):
-        out.append({"params": params, "name": f"{tower}{'' if decay else '_no_decay'}",
-                    "lr": hyper.get("text_lr", hyper["lr"]) if tower == "text" else hyper["vision_lr"],
-                    "weight_decay": hyper["weight_decay"] if decay else 0.0})
+        out.append(
+            {
+                "params": params,
+                "name": f"{tower}{'' if decay else '_no_decay'}",
+                "lr": hyper.get("text_lr", hyper["lr"]) if tower == "text" else hyper["vision_lr"],
+                "weight_decay": hyper["weight_decay"] if decay else 0.0,
+            }
+        )
     return out
 
 
@@ -33,19 +38,28 @@ class Schedule:
     once warmup is over). ``text_warmup_steps`` (default ``warmup_steps``): the warm-up of the
     parameter groups named ``text*`` (the text tower's own)."""
 
-    def __init__(self, optimizer: torch.optim.Optimizer, kind: str, warmup_steps: int, total_steps: int,
-                 text_warmup_steps: int | None = None):
+    def __init__(
+        self,
+        optimizer: torch.optim.Optimizer,
+        kind: str,
+        warmup_steps: int,
+        total_steps: int,
+        text_warmup_steps: int | None = None,
+    ):
         self.kind, self.warmup, self.total = kind, max(0, int(warmup_steps)), max(1, int(total_steps))
         self.text_warmup = self.warmup if text_warmup_steps is None else max(0, int(text_warmup_steps))
         self.steps = 0
         if self.text_warmup == self.warmup:
             lambdas = self._factor
         else:
-            lambdas = [self._text_factor if str(g.get("name", "")).startswith("text") else self._factor
-                       for g in optimizer.param_groups]
+            lambdas = [
+                self._text_factor if str(g.get("name", "")).startswith("text") else self._factor
+                for g in optimizer.param_groups
+            ]
         self.per_step = torch.optim.lr_scheduler.LambdaLR(optimizer, lambdas)
-        self.plateau = (torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", **PLATEAU)
-                        if kind == "plateau" else None)
+        self.plateau = (
+            torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", **PLATEAU) if kind == "plateau" else None
+        )
 
     def _factor(self, step: int) -> float:  # the shared warm-up factor (pipeline.numerics)
         return warmup_factor(step, self.warmup, self.total, "cosine" if self.kind == "cosine" else "constant")
@@ -68,8 +82,11 @@ class Schedule:
             self.plateau.step(mean_loss)
 
     def state_dict(self) -> dict:
-        return {"steps": self.steps, "per_step": self.per_step.state_dict(),
-                "plateau": self.plateau.state_dict() if self.plateau is not None else None}
+        return {
+            "steps": self.steps,
+            "per_step": self.per_step.state_dict(),
+            "plateau": self.plateau.state_dict() if self.plateau is not None else None,
+        }
 
     def load_state_dict(self, state: dict) -> None:
         self.steps = state["steps"]

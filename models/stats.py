@@ -17,8 +17,8 @@ by repeats.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 import numpy as np
 from scipy.stats import rankdata
@@ -82,6 +82,7 @@ def compactness(embeddings: np.ndarray, is_normal: np.ndarray, centre: bool = Fa
 @dataclass
 class Difference:
     """A paired difference ``A - B`` of one metric, pooled over seeds, with its interval."""
+
     metric: str
     estimate: float
     low: float
@@ -97,9 +98,18 @@ class Difference:
         return float(np.std(self.per_seed, ddof=1)) if len(self.per_seed) > 1 else math.nan
 
     def to_dict(self) -> dict:
-        return {"metric": self.metric, "estimate": self.estimate, "low": self.low, "high": self.high,
-                "per_seed": list(self.per_seed), "seed_sd": self.seed_sd, "n_images": self.n_images,
-                "n_boot": self.n_boot, "level": self.level, "n_groups": self.n_groups}
+        return {
+            "metric": self.metric,
+            "estimate": self.estimate,
+            "low": self.low,
+            "high": self.high,
+            "per_seed": list(self.per_seed),
+            "seed_sd": self.seed_sd,
+            "n_images": self.n_images,
+            "n_boot": self.n_boot,
+            "level": self.level,
+            "n_groups": self.n_groups,
+        }
 
     def text(self, digits: int = 3) -> str:
         if math.isnan(self.estimate):
@@ -146,9 +156,18 @@ def _counts(index: np.ndarray, n: int) -> np.ndarray:
     return counts
 
 
-def paired_bootstrap(labels: np.ndarray, a: Sequence[np.ndarray], b: Sequence[np.ndarray], *, metric: str = "auc",
-                     n_boot: int = 2000, seed: int = 0, level: float = 0.95, chunk: int = 250,
-                     groups: Sequence | None = None) -> Difference:
+def paired_bootstrap(
+    labels: np.ndarray,
+    a: Sequence[np.ndarray],
+    b: Sequence[np.ndarray],
+    *,
+    metric: str = "auc",
+    n_boot: int = 2000,
+    seed: int = 0,
+    level: float = 0.95,
+    chunk: int = 250,
+    groups: Sequence | None = None,
+) -> Difference:
     """The pooled paired difference ``mean_seed(metric(a_s) - metric(b_s))`` with a percentile
     bootstrap interval over images.
 

@@ -67,30 +67,61 @@ import math
 import os
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
 from offclip.pipeline.atomic import atomic_write_text
 
 from .adapters import ClipAdapter, load_adapter
-from .checkpoint import _read_metrics, _resume, _save_checkpoint, _shard_metadata, _write_plot
-from .clip import build_model, load_model_config
-from .data import derive_seed, make_loader, plan_epoch, split_records
-from .distributed import _Dist, _init_distributed
-from .losses import get_loss
-from .schedule import Schedule, param_groups
-from .train_config import (AMP_MODES, CHECKPOINT, METRICS_FILE, MODEL_DIR, PLOT_FILE, SCHEDULES, SUMMARY_FILE,
-                           TrainConfig, TrainResult, _amp_dtype, _check_config, _device, resolve_hyper)
 
 # the rest of what this module defined before its split: still importable from here
-from .checkpoint import CHECKPOINT_FORMAT, RESUMABLE_CHANGES, _check_resumable, _check_shard_set  # noqa: F401
-from .checkpoint import _rng_state, _set_rng_state, _shard_set  # noqa: F401
-from .distributed import _all_gather_objects  # noqa: F401
-from .schedule import PLATEAU  # noqa: F401
-from .train_config import HYPER_KEYS  # noqa: F401
+from .checkpoint import (  # noqa: F401  # noqa: F401
+    CHECKPOINT_FORMAT,
+    RESUMABLE_CHANGES,
+    _check_resumable,
+    _check_shard_set,
+    _read_metrics,
+    _resume,
+    _rng_state,
+    _save_checkpoint,
+    _set_rng_state,
+    _shard_metadata,
+    _shard_set,
+    _write_plot,
+)
+from .clip import build_model, load_model_config
+from .data import derive_seed, make_loader, plan_epoch, split_records
+from .distributed import (
+    _all_gather_objects,  # noqa: F401
+    _Dist,
+    _init_distributed,
+)
+from .losses import get_loss
+from .schedule import (
+    PLATEAU,  # noqa: F401
+    Schedule,
+    param_groups,
+)
+from .train_config import (
+    AMP_MODES,
+    CHECKPOINT,
+    HYPER_KEYS,  # noqa: F401
+    METRICS_FILE,
+    MODEL_DIR,
+    PLOT_FILE,
+    SCHEDULES,
+    SUMMARY_FILE,
+    TrainConfig,
+    TrainResult,
+    _amp_dtype,
+    _check_config,
+    _device,
+    resolve_hyper,
+)
 
 __all__ = ["TrainConfig", "TrainResult", "main", "train"]
 
@@ -100,8 +131,7 @@ logger = logging.getLogger(__name__)
 # ------------------------------------------------------------------------------------------
 # training
 # ------------------------------------------------------------------------------------------
-def train(config: TrainConfig, progress: bool = False,
-          on_step: Callable[[dict], None] | None = None) -> TrainResult:
+def train(config: TrainConfig, progress: bool = False, on_step: Callable[[dict], None] | None = None) -> TrainResult:
     """Train (or resume, or find finished) the run in ``config.out``; see the module docstring.
 
     ``on_step`` receives each logged step's metrics (the metrics.jsonl line plus ``total_steps``);
@@ -146,8 +176,9 @@ class _Run:
     optimizer: torch.optim.Optimizer
     schedule: Schedule
     scaler: torch.amp.GradScaler
-    state: dict = field(default_factory=lambda: {"step": 0, "epoch": 0, "batch_in_epoch": 0,
-                                                 "epoch_loss_sum": 0.0, "epoch_batches": 0})
+    state: dict = field(
+        default_factory=lambda: {"step": 0, "epoch": 0, "batch_in_epoch": 0, "epoch_loss_sum": 0.0, "epoch_batches": 0}
+    )
     resumed_from: int = 0
     net: torch.nn.Module | None = None  #: the adapter, or its DistributedDataParallel wrapper
     probe: Any = None  #: a models.geometry.GeometryProbe (rank 0, with trace_every)
@@ -176,16 +207,25 @@ class _Tally:
     last_loss: float = float("nan")
 
 
-def _train(config: TrainConfig, model_config: dict, hyper: dict, records: list, dist_info: _Dist,
-           device: torch.device, progress: bool, on_step: Callable[[dict], None] | None) -> TrainResult:
+def _train(
+    config: TrainConfig,
+    model_config: dict,
+    hyper: dict,
+    records: list,
+    dist_info: _Dist,
+    device: torch.device,
+    progress: bool,
+    on_step: Callable[[dict], None] | None,
+) -> TrainResult:
     run = _setup(config, model_config, hyper, records, dist_info, device)
     tally, seconds = _loop(run, progress, on_step)
     return _finish(run, model_config, tally, seconds)
 
 
 # -- setup ---------------------------------------------------------------------------------
-def _setup(config: TrainConfig, model_config: dict, hyper: dict, records: list, dist_info: _Dist,
-           device: torch.device) -> _Run:
+def _setup(
+    config: TrainConfig, model_config: dict, hyper: dict, records: list, dist_info: _Dist, device: torch.device
+) -> _Run:
     """The model, caches, step plan, optimizer and schedule of a run; resumed from its checkpoint
     when there is one (``config.resume``)."""
     loss_fn = get_loss(config.loss, config.abnormal_weight)
@@ -195,27 +235,48 @@ def _setup(config: TrainConfig, model_config: dict, hyper: dict, records: list, 
     batch_size, epochs, schedule_steps, total_steps = _plan_steps(config, hyper, records, dist_info)
 
     optimizer = torch.optim.AdamW(param_groups(model, hyper), betas=(0.9, 0.98), eps=1e-6)
-    schedule = Schedule(optimizer, hyper["schedule"], hyper["warmup_steps"], schedule_steps,
-                        hyper.get("text_warmup_steps"))
+    schedule = Schedule(
+        optimizer, hyper["schedule"], hyper["warmup_steps"], schedule_steps, hyper.get("text_warmup_steps")
+    )
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
     torch.manual_seed(derive_seed(config.seed, "train", dist_info.rank))
-    run = _Run(config, hyper, records, dist_info, device, adapter, model, loss_fn, amp_dtype, text_cache,
-               image_cache, batch_size, epochs, total_steps, optimizer, schedule, scaler)
+    run = _Run(
+        config,
+        hyper,
+        records,
+        dist_info,
+        device,
+        adapter,
+        model,
+        loss_fn,
+        amp_dtype,
+        text_cache,
+        image_cache,
+        batch_size,
+        epochs,
+        total_steps,
+        optimizer,
+        schedule,
+        scaler,
+    )
     if config.trace_every and dist_info.main:
         from .geometry import GeometryProbe
 
-        run.probe = GeometryProbe.from_shards(config.shards, adapter.image_size, hyper["text_source"],
-                                              max_samples=config.trace_samples)
+        run.probe = GeometryProbe.from_shards(
+            config.shards, adapter.image_size, hyper["text_source"], max_samples=config.trace_samples
+        )
     _resume(run)
     run.net = adapter
     if dist_info.enabled:
         run.net = torch.nn.parallel.DistributedDataParallel(
-            adapter, device_ids=[device.index] if device.type == "cuda" else None)
+            adapter, device_ids=[device.index] if device.type == "cuda" else None
+        )
     return run
 
 
-def _prepare_model(config: TrainConfig, model_config: dict, hyper: dict,
-                   device: torch.device) -> tuple[ClipAdapter, torch.nn.Module]:
+def _prepare_model(
+    config: TrainConfig, model_config: dict, hyper: dict, device: torch.device
+) -> tuple[ClipAdapter, torch.nn.Module]:
     """The adapter on ``device`` and its model (what the checkpoint holds); a frozen text tower
     is set to eval mode (no dropout; kept so at every step)."""
     adapter = _initial_model(config, model_config)
@@ -268,8 +329,14 @@ def _caches(config: TrainConfig, hyper: dict, records: list, adapter: ClipAdapte
         from .caches import TextHidden, shard_sentences
 
         sentences = shard_sentences(config.shards, records, config.split, hyper["text_source"])
-        text_cache = TextHidden.for_run(adapter.model, adapter.tokenizer, sentences, adapter.max_text_length, device,
-                                        text_layer_split(adapter, hyper["text_trainable_layers"]))
+        text_cache = TextHidden.for_run(
+            adapter.model,
+            adapter.tokenizer,
+            sentences,
+            adapter.max_text_length,
+            device,
+            text_layer_split(adapter, hyper["text_trainable_layers"]),
+        )
     elif hyper["freeze_text"] and config.text_cache:
         from .caches import TextFeatures, shard_sentences
 
@@ -281,8 +348,10 @@ def _caches(config: TrainConfig, hyper: dict, records: list, adapter: ClipAdapte
 
         image_cache = ImageCache(adapter.image_size, config.image_cache_mb * 2**20)
         if not image_cache.fits(sum(r.samples for r in records)):
-            logger.info("training images do not fit the %d MiB image cache: read from the shards every epoch",
-                        config.image_cache_mb)
+            logger.info(
+                "training images do not fit the %d MiB image cache: read from the shards every epoch",
+                config.image_cache_mb,
+            )
             image_cache = None
     return text_cache, image_cache
 
@@ -291,17 +360,33 @@ def _plan_steps(config: TrainConfig, hyper: dict, records: list, dist_info: _Dis
     """(batch size, epochs, the schedule's steps: every epoch's batches, this run's total steps:
     truncated by ``max_steps``)."""
     batch_size, epochs = int(hyper["batch_size"]), int(hyper["epochs"])
-    plans = [plan_epoch(records, epoch=e, seed=config.seed, batch_size=batch_size, shuffle=True,
-                        rank=dist_info.rank, world_size=dist_info.world_size, num_workers=config.num_workers,
-                        min_batch=2) for e in range(epochs)]
+    plans = [
+        plan_epoch(
+            records,
+            epoch=e,
+            seed=config.seed,
+            batch_size=batch_size,
+            shuffle=True,
+            rank=dist_info.rank,
+            world_size=dist_info.world_size,
+            num_workers=config.num_workers,
+            min_batch=2,
+        )
+        for e in range(epochs)
+    ]
     schedule_steps = sum(p.n_batches for p in plans)
     if schedule_steps == 0:
-        raise ValueError(f"no training batch: {sum(r.samples for r in records)} sample(s) in split "
-                         f"{config.split!r} cannot make a batch of >= 2 pairs per rank")
+        raise ValueError(
+            f"no training batch: {sum(r.samples for r in records)} sample(s) in split "
+            f"{config.split!r} cannot make a batch of >= 2 pairs per rank"
+        )
     per_rank = sum(r.samples for r in records) / dist_info.world_size
     if batch_size > per_rank:
-        logger.warning("batch_size %d exceeds the %d samples per rank: each epoch is one batch of all of them",
-                       batch_size, int(per_rank))
+        logger.warning(
+            "batch_size %d exceeds the %d samples per rank: each epoch is one batch of all of them",
+            batch_size,
+            int(per_rank),
+        )
     total_steps = schedule_steps if config.max_steps is None else min(schedule_steps, config.max_steps)
     return batch_size, epochs, schedule_steps, total_steps
 
@@ -334,8 +419,13 @@ def _loop(run: _Run, progress: bool, on_step: Callable[[dict], None] | None) -> 
     from tqdm import tqdm
 
     state = run.state
-    bar = tqdm(total=run.total_steps, initial=min(state["step"], run.total_steps), unit="step", desc="train",
-               disable=not (progress and run.dist_info.main))
+    bar = tqdm(
+        total=run.total_steps,
+        initial=min(state["step"], run.total_steps),
+        unit="step",
+        desc="train",
+        disable=not (progress and run.dist_info.main),
+    )
     metrics_file = open(run.metrics_path, "a", encoding="utf-8") if run.dist_info.main else None
     log = _StepLog(bar, metrics_file, on_step, run.config.log_every, run.total_steps)
     started = time.perf_counter()
@@ -358,14 +448,26 @@ def _run_epoch(run: _Run, tally: _Tally, log: _StepLog) -> None:
     """The rest of the current epoch (from its next batch), up to ``total_steps``."""
     config, state, device = run.config, run.state, run.device
     epoch = state["epoch"]
-    loader = make_loader(config.shards, config.split, tokenizer=run.adapter.tokenizer,
-                         max_length=run.adapter.max_text_length, image_size=run.adapter.image_size,
-                         batch_size=run.batch_size, epoch=epoch, seed=config.seed, train=True,
-                         num_workers=config.num_workers, skip_batches=state["batch_in_epoch"],
-                         rank=run.dist_info.rank, world_size=run.dist_info.world_size,
-                         pin_memory=device.type == "cuda", records=run.records,
-                         text_source=run.hyper["text_source"], text_tokens=run.text_cache is None,
-                         image_cache=run.image_cache)
+    loader = make_loader(
+        config.shards,
+        config.split,
+        tokenizer=run.adapter.tokenizer,
+        max_length=run.adapter.max_text_length,
+        image_size=run.adapter.image_size,
+        batch_size=run.batch_size,
+        epoch=epoch,
+        seed=config.seed,
+        train=True,
+        num_workers=config.num_workers,
+        skip_batches=state["batch_in_epoch"],
+        rank=run.dist_info.rank,
+        world_size=run.dist_info.world_size,
+        pin_memory=device.type == "cuda",
+        records=run.records,
+        text_source=run.hyper["text_source"],
+        text_tokens=run.text_cache is None,
+        image_cache=run.image_cache,
+    )
     tick = time.perf_counter()
     for batch in loader:
         batch = batch.to(device, non_blocking=True)
@@ -378,11 +480,21 @@ def _run_epoch(run: _Run, tally: _Tally, log: _StepLog) -> None:
         tally.images += n_images
         tally.last_loss = step_loss
         now = time.perf_counter()
-        log.step({"step": state["step"], "epoch": epoch, "batch": state["batch_in_epoch"], "loss": step_loss,
-                  "lr": lrs[0], "vision_lr": lrs[1],
-                  "logit_scale": float(run.model.logit_scale.detach().exp()), "grad_norm": float(grad_norm),
-                  "batch_size": n_images, "n_normal": n_normal,
-                  "images_per_second": n_images / max(now - tick, 1e-9)})
+        log.step(
+            {
+                "step": state["step"],
+                "epoch": epoch,
+                "batch": state["batch_in_epoch"],
+                "loss": step_loss,
+                "lr": lrs[0],
+                "vision_lr": lrs[1],
+                "logit_scale": float(run.model.logit_scale.detach().exp()),
+                "grad_norm": float(grad_norm),
+                "batch_size": n_images,
+                "n_normal": n_normal,
+                "images_per_second": n_images / max(now - tick, 1e-9),
+            }
+        )
         if state["step"] % max(1, config.trace_every) == 0 or state["step"] == run.total_steps:
             _trace(run)
         tick = time.perf_counter()
@@ -417,23 +529,31 @@ def _optimise(run: _Run, batch, epoch: int) -> tuple[torch.Tensor, torch.Tensor,
     with torch.autocast(run.device.type, dtype=run.amp_dtype or torch.float32, enabled=run.amp_dtype is not None):
         if hasattr(run.text_cache, "layer"):  # the top text layers run on cached hidden states
             hidden, mask = run.text_cache.lookup(batch.texts)
-            logits = run.net(batch.pixel_values, text_hidden=(hidden.to(run.device, non_blocking=True),
-                                                               mask.to(run.device, non_blocking=True),
-                                                               run.text_cache.layer))
+            logits = run.net(
+                batch.pixel_values,
+                text_hidden=(
+                    hidden.to(run.device, non_blocking=True),
+                    mask.to(run.device, non_blocking=True),
+                    run.text_cache.layer,
+                ),
+            )
         elif run.text_cache is not None:
-            logits = run.net(batch.pixel_values,
-                             text_features=run.text_cache.lookup(batch.texts).to(run.device, non_blocking=True))
+            logits = run.net(
+                batch.pixel_values, text_features=run.text_cache.lookup(batch.texts).to(run.device, non_blocking=True)
+            )
         else:
             logits = run.net(batch.pixel_values, batch.input_ids, batch.attention_mask)
         loss = run.loss_fn(logits, batch.is_normal)
     if not torch.isfinite(loss):
-        raise FloatingPointError(f"non-finite loss {loss.item()} at step {run.state['step'] + 1} "
-                                 f"(epoch {epoch}, keys {batch.keys[:4]}...)")
+        raise FloatingPointError(
+            f"non-finite loss {loss.item()} at step {run.state['step'] + 1} (epoch {epoch}, keys {batch.keys[:4]}...)"
+        )
     optimizer.zero_grad(set_to_none=True)
     run.scaler.scale(loss).backward()
     run.scaler.unscale_(optimizer)
     grad_norm = torch.nn.utils.clip_grad_norm_(
-        model.parameters(), hyper["grad_clip"] if hyper["grad_clip"] > 0 else float("inf"))
+        model.parameters(), hyper["grad_clip"] if hyper["grad_clip"] > 0 else float("inf")
+    )
     lrs = _group_lr(optimizer, "text"), _group_lr(optimizer, "vision")  # this step's
     run.scaler.step(optimizer)
     run.scaler.update()
@@ -445,8 +565,9 @@ def _optimise(run: _Run, batch, epoch: int) -> tuple[torch.Tensor, torch.Tensor,
 
 def _reduce(run: _Run, loss: torch.Tensor, batch) -> tuple[float, int, int]:
     """One all-reduce: (the mean loss, normal pairs, batch size) over all ranks."""
-    summary = torch.tensor([loss.item(), float(batch.is_normal.sum()), float(len(batch))],
-                           dtype=torch.float64, device=run.device)
+    summary = torch.tensor(
+        [loss.item(), float(batch.is_normal.sum()), float(len(batch))], dtype=torch.float64, device=run.device
+    )
     if run.dist_info.enabled:
         torch.distributed.all_reduce(summary)
         summary[0] /= run.dist_info.world_size
@@ -459,16 +580,26 @@ def _finish(run: _Run, model_config: dict, tally: _Tally, seconds: float) -> Tra
     config, state, out = run.config, run.state, Path(run.config.out)
     rows = _read_metrics(run.metrics_path)
     images = tally.images
-    result = TrainResult(model_dir=out / MODEL_DIR, steps=state["step"], epochs=state["epoch"],
-                         final_loss=tally.last_loss if images or not rows else rows[-1]["loss"],
-                         seconds=seconds, images_per_second=images / seconds if seconds > 0 and images else 0.0,
-                         metrics_path=run.metrics_path, plot_path=None, resumed_from=run.resumed_from,
-                         total_steps=run.total_steps, hyper=run.hyper)
+    result = TrainResult(
+        model_dir=out / MODEL_DIR,
+        steps=state["step"],
+        epochs=state["epoch"],
+        final_loss=tally.last_loss if images or not rows else rows[-1]["loss"],
+        seconds=seconds,
+        images_per_second=images / seconds if seconds > 0 and images else 0.0,
+        metrics_path=run.metrics_path,
+        plot_path=None,
+        resumed_from=run.resumed_from,
+        total_steps=run.total_steps,
+        hyper=run.hyper,
+    )
     if run.dist_info.main:
         run.adapter.save(out / MODEL_DIR, extra=_model_metadata(run, model_config, result))
         result.plot_path = _write_plot(rows, out / PLOT_FILE)
-        atomic_write_text(out / SUMMARY_FILE, json.dumps({**result.to_dict(), "train_config": config.to_dict()},
-                                                         indent=1, sort_keys=True) + "\n")
+        atomic_write_text(
+            out / SUMMARY_FILE,
+            json.dumps({**result.to_dict(), "train_config": config.to_dict()}, indent=1, sort_keys=True) + "\n",
+        )
     if run.dist_info.enabled:
         torch.distributed.barrier()
     return result
@@ -477,13 +608,23 @@ def _finish(run: _Run, model_config: dict, tally: _Tally, seconds: float) -> Tra
 def _model_metadata(run: _Run, model_config: dict, result: TrainResult) -> dict:
     """``offclip_train``: what the saved model records of its training."""
     config, hyper, state = run.config, run.hyper, run.state
-    extra = {"offclip_train": {
-        "loss": config.loss, "abnormal_weight": config.abnormal_weight, "seed": config.seed,
-        "text_source": hyper["text_source"],
-        "config": model_config.get("name"), "steps": state["step"], "epochs": state["epoch"],
-        "total_steps": run.total_steps, "world_size": run.dist_info.world_size, "hyper": hyper,
-        "train_config": config.to_dict(), "shards": _shard_metadata(config.shards, config.split, run.records),
-        "final_loss": result.final_loss}}
+    extra = {
+        "offclip_train": {
+            "loss": config.loss,
+            "abnormal_weight": config.abnormal_weight,
+            "seed": config.seed,
+            "text_source": hyper["text_source"],
+            "config": model_config.get("name"),
+            "steps": state["step"],
+            "epochs": state["epoch"],
+            "total_steps": run.total_steps,
+            "world_size": run.dist_info.world_size,
+            "hyper": hyper,
+            "train_config": config.to_dict(),
+            "shards": _shard_metadata(config.shards, config.split, run.records),
+            "final_loss": result.final_loss,
+        }
+    }
     if config.init is not None:
         extra["offclip_train"]["init"] = {"path": config.init, "format": run.adapter.kind}
     return extra
@@ -493,11 +634,17 @@ def _initial_model(config: TrainConfig, model_config: dict) -> ClipAdapter:
     """The model a run starts from: the ``init`` directory, else a fresh one from the config."""
     if config.init is not None:
         adapter = load_adapter(config.init)
-        logger.info("refining %s (%s): %d px, %d channel(s)", config.init, adapter.kind, adapter.image_size,
-                    adapter.image.channels)
+        logger.info(
+            "refining %s (%s): %d px, %d channel(s)",
+            config.init,
+            adapter.kind,
+            adapter.image_size,
+            adapter.image.channels,
+        )
         return adapter
-    model, tokenizer = build_model(model_config, text_model=config.text_model, vision_model=config.vision_model,
-                                   seed=config.seed)
+    model, tokenizer = build_model(
+        model_config, text_model=config.text_model, vision_model=config.vision_model, seed=config.seed
+    )
     return ClipAdapter.from_offclip(model, tokenizer)
 
 
@@ -518,11 +665,18 @@ def _parser() -> argparse.ArgumentParser:
     own follow. ``--out`` is the old spelling of ``--run-dir``."""
     from offclip.flows.parameters import ParameterParser, TrainParameters
 
-    p = ParameterParser(prog="python -m offclip.models.train",
-                        description="Train the OFF-CLIP dual encoder on curated WebDataset shards "
-                                    "(resumes RUN_DIR/checkpoint/last.pt when present).")
-    p.add_fields(TrainParameters, ("shards", "run_dir"), required=("run_dir",), aliases={"run_dir": ("--out",)},
-                 helps={"run_dir": "The run directory; an unfinished run there is resumed exactly."})
+    p = ParameterParser(
+        prog="python -m offclip.models.train",
+        description="Train the OFF-CLIP dual encoder on curated WebDataset shards "
+        "(resumes RUN_DIR/checkpoint/last.pt when present).",
+    )
+    p.add_fields(
+        TrainParameters,
+        ("shards", "run_dir"),
+        required=("run_dir",),
+        aliases={"run_dir": ("--out",)},
+        helps={"run_dir": "The run directory; an unfinished run there is resumed exactly."},
+    )
     p.add_fields(TrainParameters, ("config", "loss", "abnormal_weight", "epochs", "batch_size", "lr"))
     p.add_argument("--weight-decay", type=float, help="default: the config's")
     p.add_argument("--warmup-steps", type=int, help="default: the config's")
@@ -534,10 +688,18 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint-every", type=int, default=50)
     p.add_argument("--no-resume", dest="resume", action="store_false", help="start fresh even if a checkpoint exists")
     p.add_fields(TrainParameters, ("text_source",))
-    p.add_argument("--no-text-cache", dest="text_cache", action="store_false",
-                   help="run the frozen text tower at every step (default: each sentence once)")
-    p.add_argument("--image-cache-mb", type=int, default=2048,
-                   help="MiB of decoded training images kept in memory (0: decode every epoch)")
+    p.add_argument(
+        "--no-text-cache",
+        dest="text_cache",
+        action="store_false",
+        help="run the frozen text tower at every step (default: each sentence once)",
+    )
+    p.add_argument(
+        "--image-cache-mb",
+        type=int,
+        default=2048,
+        help="MiB of decoded training images kept in memory (0: decode every epoch)",
+    )
     p.add_fields(TrainParameters, ("allow_shard_change", "init", "text_model", "vision_model"))
     p.add_argument("--split", default="train")
     p.add_argument("--log-every", type=int, default=1)

@@ -111,8 +111,10 @@ def resolve_hyper(config: TrainConfig, model_config: dict) -> dict:
         hyper[key] = section.get(key) if value is None else value
     missing = [k for k in HYPER_KEYS if hyper[k] is None and k != "grad_clip"]
     if missing:
-        raise ValueError(f"model config {model_config.get('name')!r} has no train setting for {missing}: "
-                         "pass them in the TrainConfig")
+        raise ValueError(
+            f"model config {model_config.get('name')!r} has no train setting for {missing}: "
+            "pass them in the TrainConfig"
+        )
     hyper["vision_lr"] = section.get("vision_lr", hyper["lr"]) if config.lr is None else config.lr
     # a frozen text tower (config "freeze_text": true): the pretrained sentence space is kept and
     # only the vision tower and both projections learn — half the compute, and no collapse of a
@@ -128,8 +130,9 @@ def resolve_hyper(config: TrainConfig, model_config: dict) -> dict:
     if hyper["text_trainable_layers"]:
         hyper["freeze_text"] = False
     hyper["text_lr"] = float(section.get("text_lr", hyper["lr"]) if config.lr is None else config.lr)
-    hyper["text_warmup_steps"] = int(section.get("text_warmup_steps", hyper["warmup_steps"])
-                                     if config.warmup_steps is None else config.warmup_steps)
+    hyper["text_warmup_steps"] = int(
+        section.get("text_warmup_steps", hyper["warmup_steps"]) if config.warmup_steps is None else config.warmup_steps
+    )
     hyper["grad_clip"] = float(hyper["grad_clip"] or 0.0)
     hyper["text_source"] = config.text_source or section.get("text_source") or "filtered"
     if hyper["text_source"] not in TEXT_SOURCES:

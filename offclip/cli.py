@@ -5,15 +5,16 @@ from __future__ import annotations
 import inspect
 import json
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional, Union, get_args, get_origin
+from typing import Any, Optional, Union, get_args, get_origin
 
 import typer
 
 from . import __version__
-from .flows import parameters as flow_models
 from .data_contracts.enums import DEFAULT_EVAL_PROTOCOL
+from .flows import parameters as flow_models
 from .flows.parameters import (
     BuildParameters,
     ClassifierTrainParameters,
@@ -42,8 +43,9 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def main(
-    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
-                                 help="Print the version and exit."),
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
+    ),
 ) -> None:
     """offclip: OFF-CLIP data curation and training."""
 
@@ -76,8 +78,9 @@ def _is_sequence(annotation: Any) -> bool:
     return get_origin(annotation) in (tuple, list)
 
 
-def _cli_parameter(name: str, field: Any, default: Any, argument: bool, *, flag: Optional[str] = None,
-                   hidden: bool = False) -> inspect.Parameter:
+def _cli_parameter(
+    name: str, field: Any, default: Any, argument: bool, *, flag: Optional[str] = None, hidden: bool = False
+) -> inspect.Parameter:
     """The Typer parameter of one model field: a path for a field marked PATH, a JSON string for
     a dict, a repeatable option for a tuple, a --x/--no-x switch for a bool, a choice for a
     Literal, min/max from ge/le. ``flag``/``hidden``: an old spelling of it (hidden)."""
@@ -172,10 +175,17 @@ MODEL_COMMANDS: dict[str, Callable[..., None]] = {}
 FLOW_COMMANDS = MODEL_COMMANDS
 
 
-def model_command(name: str, model: type[FlowParameters], *, arguments: tuple[str, ...] = (),
-                  required: tuple[str, ...] = (), direct_defaults: Optional[dict[str, Any]] = None,
-                  aliases: tuple[Alias, ...] = (), extras: Optional[dict[str, tuple[Any, Any]]] = None,
-                  on: Optional[typer.Typer] = None) -> Callable[[Callable[..., None]], Callable[..., None]]:
+def model_command(
+    name: str,
+    model: type[FlowParameters],
+    *,
+    arguments: tuple[str, ...] = (),
+    required: tuple[str, ...] = (),
+    direct_defaults: Optional[dict[str, Any]] = None,
+    aliases: tuple[Alias, ...] = (),
+    extras: Optional[dict[str, tuple[Any, Any]]] = None,
+    on: Optional[typer.Typer] = None,
+) -> Callable[[Callable[..., None]], Callable[..., None]]:
     """Register command NAME (on ``on``, default the ``offclip`` app) whose parameters are
     MODEL's fields: ``arguments`` positional (in field order), ``required`` without a default,
     ``direct_defaults`` a direct run's own defaults (e.g. not starting the downstream deployment
@@ -184,11 +194,14 @@ def model_command(name: str, model: type[FlowParameters], *, arguments: tuple[st
     passed to the body as keywords (``quiet``). The decorated function receives the validated
     model."""
     direct_defaults, extras = dict(direct_defaults or {}), dict(extras or {})
-    unknown = (set(arguments) | set(required) | set(direct_defaults) | {a.field for a in aliases}) \
-        - set(model.model_fields)
+    unknown = (set(arguments) | set(required) | set(direct_defaults) | {a.field for a in aliases}) - set(
+        model.model_fields
+    )
     if unknown or set(extras) & set(model.model_fields):
-        raise ValueError(f"{name}: not fields of {model.__name__}: {sorted(unknown)}, or extras that are: "
-                         f"{sorted(set(extras) & set(model.model_fields))}")
+        raise ValueError(
+            f"{name}: not fields of {model.__name__}: {sorted(unknown)}, or extras that are: "
+            f"{sorted(set(extras) & set(model.model_fields))}"
+        )
 
     def decorate(body: Callable[..., None]) -> Callable[..., None]:
         params = []
@@ -201,21 +214,26 @@ def model_command(name: str, model: type[FlowParameters], *, arguments: tuple[st
                 default = field.default
             params.append(_cli_parameter(field_name, field, default, field_name in arguments))
         for extra, (annotation, info) in extras.items():
-            params.append(inspect.Parameter(extra, inspect.Parameter.KEYWORD_ONLY, default=info,
-                                            annotation=annotation))
+            params.append(inspect.Parameter(extra, inspect.Parameter.KEYWORD_ONLY, default=info, annotation=annotation))
         alias_names = {}
         for i, alias in enumerate(aliases):
             pname = f"deprecated_{i}_{alias.flag.lstrip('-').replace('-', '_')}"
             alias_names[pname] = alias
             if alias.key is None:
-                params.append(_cli_parameter(pname, model.model_fields[alias.field], None, False,
-                                             flag=alias.flag, hidden=True))
+                params.append(
+                    _cli_parameter(pname, model.model_fields[alias.field], None, False, flag=alias.flag, hidden=True)
+                )
                 params[-1] = params[-1].replace(annotation=Optional[_base_type(params[-1].annotation)[0]])
             else:
                 bounds = {"min": alias.min} if alias.min is not None else {}
-                params.append(inspect.Parameter(pname, inspect.Parameter.KEYWORD_ONLY,
-                                                default=typer.Option(None, alias.flag, hidden=True, **bounds),
-                                                annotation=Optional[alias.annotation]))
+                params.append(
+                    inspect.Parameter(
+                        pname,
+                        inspect.Parameter.KEYWORD_ONLY,
+                        default=typer.Option(None, alias.flag, hidden=True, **bounds),
+                        annotation=Optional[alias.annotation],
+                    )
+                )
 
         if alias_names:  # to tell a value given on the command line from a default
             params.append(inspect.Parameter("typer_context", inspect.Parameter.KEYWORD_ONLY, annotation=typer.Context))
@@ -239,8 +257,12 @@ def model_command(name: str, model: type[FlowParameters], *, arguments: tuple[st
                     continue
                 source = context.get_parameter_source(alias.field) if context is not None else None
                 if getattr(source, "name", None) == "COMMANDLINE" and values[alias.field] != value:
-                    _fail(ValueError(f"{alias.flag} {value} and {alias.new} {values[alias.field]}: one setting, "
-                                     f"give it once ({alias.new})"))
+                    _fail(
+                        ValueError(
+                            f"{alias.flag} {value} and {alias.new} {values[alias.field]}: one setting, "
+                            f"give it once ({alias.new})"
+                        )
+                    )
                 values[alias.field] = value
             body(_parameters_from(model, values), **given)
 
@@ -272,24 +294,51 @@ _QUIET = {"quiet": (bool, typer.Option(False, "--quiet", "-q", help="No progress
 @app.command("demo-world")
 def demo_world(
     out: Path = typer.Argument(..., help="Directory to create (laid out like MIMIC-CXR v2.0.0)."),
-    studies: int = typer.Option(200, "--studies", "-n", min=1, help="Studies to build (each one real Open-I report; at most 3,955)."),
+    studies: int = typer.Option(
+        200, "--studies", "-n", min=1, help="Studies to build (each one real Open-I report; at most 3,955)."
+    ),
     seed: int = typer.Option(0, "--seed", help="Seed: same sources + studies + seed + scale -> byte-identical tree."),
-    scale: float = typer.Option(0.25, "--scale", min=0.01, max=1.0,
-                                help="Image size relative to the real IU headers (1.0 = full size, ~3000 px)."),
-    faults: bool = typer.Option(False, "--faults", help="Inject the bad inputs a real archive has (listed in faults.json)."),
-    openi_dir: Optional[Path] = typer.Option(None, "--openi", help="Directory holding NLMCXR_reports.tgz and nlmcxr_dicom_metadata.csv.gz "
-                                             "(default: $OFFCLIP_OPENI, then the installed torchxrayvision wheel's data/)."),
+    scale: float = typer.Option(
+        0.25,
+        "--scale",
+        min=0.01,
+        max=1.0,
+        help="Image size relative to the real IU headers (1.0 = full size, ~3000 px).",
+    ),
+    faults: bool = typer.Option(
+        False, "--faults", help="Inject the bad inputs a real archive has (listed in faults.json)."
+    ),
+    openi_dir: Optional[Path] = typer.Option(
+        None,
+        "--openi",
+        help="Directory holding NLMCXR_reports.tgz and nlmcxr_dicom_metadata.csv.gz "
+        "(default: $OFFCLIP_OPENI, then the installed torchxrayvision wheel's data/).",
+    ),
     workers: int = typer.Option(0, "--workers", min=0, help="Render processes (0 = all cores)."),
     eval_images: Optional[int] = typer.Option(
-        None, "--eval-images", help="Evaluation sets of N images rendered from held-out (validate/test) reports, "
-        "68% normal as in VinDr-CXR, several renders per report (default: one image per held-out study)."),
-    layout: str = typer.Option("dicom", "--layout", help="dicom (the DICOM release, with cxr-record-list.csv.gz) "
-                               "or jpg (MIMIC-CXR-JPG: 8-bit JPEGs, gzipped CSVs, no reports in the tree)."),
+        None,
+        "--eval-images",
+        help="Evaluation sets of N images rendered from held-out (validate/test) reports, "
+        "68% normal as in VinDr-CXR, several renders per report (default: one image per held-out study).",
+    ),
+    layout: str = typer.Option(
+        "dicom",
+        "--layout",
+        help="dicom (the DICOM release, with cxr-record-list.csv.gz) "
+        "or jpg (MIMIC-CXR-JPG: 8-bit JPEGs, gzipped CSVs, no reports in the tree).",
+    ),
     reports_archive: Optional[str] = typer.Option(
-        None, "--reports-archive", help="tree (sSTUDY.txt beside the study folders), zip (mimic-cxr-reports.zip) or tgz "
-        "(mimic-cxr-reports.tar.gz). Default: tree for dicom, zip for jpg."),
-    metadata_csvs: str = typer.Option("root", "--metadata-csvs", help="root, separate (in OUT/metadata, as a download "
-                                      "kept apart from the images: pass it as --metadata) or none."),
+        None,
+        "--reports-archive",
+        help="tree (sSTUDY.txt beside the study folders), zip (mimic-cxr-reports.zip) or tgz "
+        "(mimic-cxr-reports.tar.gz). Default: tree for dicom, zip for jpg.",
+    ),
+    metadata_csvs: str = typer.Option(
+        "root",
+        "--metadata-csvs",
+        help="root, separate (in OUT/metadata, as a download "
+        "kept apart from the images: pass it as --metadata) or none.",
+    ),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing demo world at OUT."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
     json_out: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
@@ -302,20 +351,36 @@ def demo_world(
     from .pipeline.openi import OpenISourceError
 
     try:
-        config = WorldConfig(out=out, studies=studies, seed=seed, scale=scale, faults=faults,
-                             openi=str(openi_dir) if openi_dir else None, workers=workers,
-                             progress=not quiet and sys.stderr.isatty(), overwrite=overwrite,
-                             eval_images=eval_images, layout=layout, metadata_csvs=metadata_csvs,
-                             reports_archive=reports_archive or ("zip" if layout == "jpg" else "tree"))
+        config = WorldConfig(
+            out=out,
+            studies=studies,
+            seed=seed,
+            scale=scale,
+            faults=faults,
+            openi=str(openi_dir) if openi_dir else None,
+            workers=workers,
+            progress=not quiet and sys.stderr.isatty(),
+            overwrite=overwrite,
+            eval_images=eval_images,
+            layout=layout,
+            metadata_csvs=metadata_csvs,
+            reports_archive=reports_archive or ("zip" if layout == "jpg" else "tree"),
+        )
         summary = build_world(config)
     except (OpenISourceError, FileExistsError, ValueError) as exc:
         typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
-        raise typer.Exit(2)
+        raise typer.Exit(2) from exc
     typer.echo(json.dumps(asdict(summary), indent=2) if json_out else summary.to_text())
 
 
-@model_command("ingest", IngestParameters, arguments=("source", "out"), required=("source", "out"),
-               aliases=(Alias("--long-side", "image_size"), Alias("--format", "image_format")), extras=_QUIET)
+@model_command(
+    "ingest",
+    IngestParameters,
+    arguments=("source", "out"),
+    required=("source", "out"),
+    aliases=(Alias("--long-side", "image_size"), Alias("--format", "image_format")),
+    extras=_QUIET,
+)
 def ingest(params: IngestParameters, quiet: bool = False) -> None:
     """Scan a MIMIC-CXR tree, pick one frontal image per study, normalise it, split reports into sentences."""
     from .pipeline.images import NormalizeConfig
@@ -325,31 +390,45 @@ def ingest(params: IngestParameters, quiet: bool = False) -> None:
     progress = not quiet and sys.stderr.isatty()
     source = Path(params.source)
     try:
-        normalize = NormalizeConfig(long_side=params.image_size, pad_square=params.pad_square, out_bits=params.bits,
-                                    fmt=params.image_format)
-        config = IngestConfig(source=source, out=Path(params.out), batch_size=params.batch_size,
-                              workers=params.workers,
-                              scan=ScanConfig(source, folders=parse_folders(params.folders),
-                                              splits=parse_splits(params.splits), prefer_pa=params.prefer_pa,
-                                              seed=params.seed, reports=_path(params.reports),
-                                              metadata=_path(params.metadata), workers=params.workers,
-                                              progress=progress),
-                              normalize=normalize, progress=progress)
+        normalize = NormalizeConfig(
+            long_side=params.image_size, pad_square=params.pad_square, out_bits=params.bits, fmt=params.image_format
+        )
+        config = IngestConfig(
+            source=source,
+            out=Path(params.out),
+            batch_size=params.batch_size,
+            workers=params.workers,
+            scan=ScanConfig(
+                source,
+                folders=parse_folders(params.folders),
+                splits=parse_splits(params.splits),
+                prefer_pa=params.prefer_pa,
+                seed=params.seed,
+                reports=_path(params.reports),
+                metadata=_path(params.metadata),
+                workers=params.workers,
+                progress=progress,
+            ),
+            normalize=normalize,
+            progress=progress,
+        )
         summary = run_ingest(config)
     except (FileNotFoundError, ValueError) as exc:
         _fail(exc)
     typer.echo(summary.to_text())
 
 
-classifier_app = typer.Typer(help="The sentence anomaly classifier: train offline on Open-I rule labels, evaluate on MeSH.",
-                             no_args_is_help=True)
+classifier_app = typer.Typer(
+    help="The sentence anomaly classifier: train offline on Open-I rule labels, evaluate on MeSH.", no_args_is_help=True
+)
 app.add_typer(classifier_app, name="classifier")
 
 
-@model_command("classifier train", ClassifierTrainParameters, aliases=(Alias("--method", "classifier_method"),),
-               on=classifier_app)
+@model_command(
+    "classifier train", ClassifierTrainParameters, aliases=(Alias("--method", "classifier_method"),), on=classifier_app
+)
 def classifier_train(params: ClassifierTrainParameters) -> None:
-    """Train the classifier on rule-labelled Open-I sentences (plus the corpus's, with --corpus); report the real-label figures on the Open-I test partition."""
+    """Train the classifier on rule-labelled Open-I sentences (plus the corpus's, with --corpus); report the real-label figures on the Open-I test partition."""  # noqa: E501 (the help text, one paragraph)
     import os
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -358,13 +437,24 @@ def classifier_train(params: ClassifierTrainParameters) -> None:
 
     out_dir = Path(params.out)
     try:
-        metrics = train_from_openi(params.openi, out_dir, method=params.classifier_method, seed=params.seed,
-                                   progress=lambda m: typer.echo(m, err=True), corpus=_path(params.corpus),
-                                   corpus_limit=params.corpus_limit)
+        metrics = train_from_openi(
+            params.openi,
+            out_dir,
+            method=params.classifier_method,
+            seed=params.seed,
+            progress=lambda m: typer.echo(m, err=True),
+            corpus=_path(params.corpus),
+            corpus_limit=params.corpus_limit,
+        )
     except (OpenISourceError, ValueError) as exc:
         _fail(exc)
-    typer.echo(json.dumps({k: metrics[k] for k in ("version", "test", "corpus", "corpus_heldout") if metrics.get(k) is not None},
-                          indent=2, default=str))
+    typer.echo(
+        json.dumps(
+            {k: metrics[k] for k in ("version", "test", "corpus", "corpus_heldout") if metrics.get(k) is not None},
+            indent=2,
+            default=str,
+        )
+    )
     typer.echo(f"saved to {out_dir}")
 
 
@@ -399,28 +489,46 @@ def _direct_flow_run() -> None:
     typer.echo(service.use_for_direct_runs().to_text(), err=True)
 
 
-@model_command("curate", CurateParameters, arguments=("out",), required=("out", "classifier"),
-               aliases=(Alias("--llm-url", "prompt_options", "base_url"),
-                        Alias("--llm-model", "prompt_options", "model"),
-                        Alias("--llm-concurrency", "prompt_options", "max_concurrency", int, 1),
-                        Alias("--llm-retries", "prompt_options", "max_retries", int, 0)))
+@model_command(
+    "curate",
+    CurateParameters,
+    arguments=("out",),
+    required=("out", "classifier"),
+    aliases=(
+        Alias("--llm-url", "prompt_options", "base_url"),
+        Alias("--llm-model", "prompt_options", "model"),
+        Alias("--llm-concurrency", "prompt_options", "max_concurrency", int, 1),
+        Alias("--llm-retries", "prompt_options", "max_retries", int, 0),
+    ),
+)
 def curate(params: CurateParameters) -> None:
     """Score every sentence (unique text once, cached), filter normal sentences out of abnormal reports, label pairs."""
     from .pipeline.curate import CurateConfig, run_curate
     from .pipeline.prompting import PromptBackendError
 
-    config = CurateConfig(out=Path(params.out), classifier=Path(params.classifier), threshold=params.threshold,
-                          prompting=params.prompting, prompt_options=dict(params.prompt_options or {}),
-                          label_source=params.label_source, label_dirs=[Path(d) for d in params.label_dir],
-                          label_policy=params.label_policy)
+    config = CurateConfig(
+        out=Path(params.out),
+        classifier=Path(params.classifier),
+        threshold=params.threshold,
+        prompting=params.prompting,
+        prompt_options=dict(params.prompt_options or {}),
+        label_source=params.label_source,
+        label_dirs=[Path(d) for d in params.label_dir],
+        label_policy=params.label_policy,
+    )
     try:
         typer.echo(run_curate(config).to_text())
     except (FileNotFoundError, ValueError, PromptBackendError) as exc:
         _fail(exc)
 
 
-@flow_command("build-shards", BuildParameters, arguments=("source", "out"), required=("source",),
-              direct_defaults={"trigger_train": False})
+@flow_command(
+    "build-shards",
+    BuildParameters,
+    arguments=("source", "out"),
+    required=("source",),
+    direct_defaults={"trigger_train": False},
+)
 def build_shards_cmd(params: BuildParameters) -> None:
     """Run the build-shards flow directly (no deployment): ingest → classify → filter → shards → manifest."""
     from .pipeline.sources import check_source
@@ -429,7 +537,7 @@ def build_shards_cmd(params: BuildParameters) -> None:
         check_source(Path(params.source), _path(params.reports), _path(params.metadata))
     except (FileNotFoundError, ValueError) as exc:
         typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
-        raise typer.Exit(2)
+        raise typer.Exit(2) from exc
     _direct_flow_run()
     from .flows.build import build_shards
 
@@ -455,9 +563,13 @@ def train_cmd(params: TrainParameters) -> None:
     result = train(**params.model_dump())
     if params.eval_root and not params.trigger_evaluate:  # evaluated here, in this process
         db = Path(params.shards) / "manifest.duckdb"
-        result["evaluate"] = evaluate(model=result["model_dir"], root=params.eval_root, dataset=params.eval_dataset,
-                                      manifest=str(db) if db.is_file() else None,
-                                      baseline=result.get("baseline_model_dir")).get("summary")
+        result["evaluate"] = evaluate(
+            model=result["model_dir"],
+            root=params.eval_root,
+            dataset=params.eval_dataset,
+            manifest=str(db) if db.is_file() else None,
+            baseline=result.get("baseline_model_dir"),
+        ).get("summary")
     typer.echo(json.dumps(result, indent=2, default=str))
 
 
@@ -479,33 +591,57 @@ def compare_cmd(
     shards: Path = typer.Argument(..., help="A build-shards output root of the demo world."),
     eval_root: Path = typer.Argument(..., help="The VinDr-CXR-format test set (WORLD/eval/vindr-cxr)."),
     seeds: str = typer.Option("0,1,2,3,4", "--seeds", help="Comma-separated seeds."),
-    arms: str = typer.Option("all", "--arms", help="Comma-separated loss/text arms: infonce/report (plain CLIP), "
-                             "infonce/filtered (filter only), offclip/report (loss only), offclip/filtered (OFF-CLIP); or all."),
+    arms: str = typer.Option(
+        "all",
+        "--arms",
+        help="Comma-separated loss/text arms: infonce/report (plain CLIP), "
+        "infonce/filtered (filter only), offclip/report (loss only), offclip/filtered (OFF-CLIP); or all.",
+    ),
     baseline: str = typer.Option("infonce/report", "--baseline", help="The arm every other is compared with."),
     # the options a train run takes too: TrainParameters' (and EvaluateParameters') name, default, bounds
     config: str = model_option(TrainParameters, "config"),
     epochs: Optional[int] = model_option(TrainParameters, "epochs"),
     batch_size: Optional[int] = model_option(TrainParameters, "batch_size"),
-    max_steps: Optional[int] = model_option(TrainParameters, "max_steps",
-                                            help="Stop each run after this many steps (smoke tests)."),
-    prompts: Optional[Path] = model_option(EvaluateParameters, "prompts", help="Prompts JSON ({class: text or "
-                                           "[texts]}); runs already trained in --out are only re-evaluated."),
+    max_steps: Optional[int] = model_option(
+        TrainParameters, "max_steps", help="Stop each run after this many steps (smoke tests)."
+    ),
+    prompts: Optional[Path] = model_option(
+        EvaluateParameters,
+        "prompts",
+        help="Prompts JSON ({class: text or [texts]}); runs already trained in --out are only re-evaluated.",
+    ),
     n_boot: int = typer.Option(2000, "--n-boot", min=100, help="Bootstrap resamples of each paired difference."),
-    resample: str = typer.Option("auto", "--resample", help="What the bootstrap resamples: images, reports (a demo "
-                                 "world's renders of one report together), or auto (reports when the world says which)."),
+    resample: str = typer.Option(
+        "auto",
+        "--resample",
+        help="What the bootstrap resamples: images, reports (a demo "
+        "world's renders of one report together), or auto (reports when the world says which).",
+    ),
     out: Optional[Path] = typer.Option(None, "--out", help="Default: SHARDS/compare."),
     device: str = model_option(TrainParameters, "device"),
-    init: Optional[Path] = model_option(TrainParameters, "init", help="Every arm refines this model directory "
-                                        "(offclip, CLIPModel or VisionTextDualEncoderModel): the paper's setting. "
-                                        "Default: every arm trains a fresh model of --config. Default --out: "
-                                        "SHARDS/compare-refine-<dir name>."),
-    protocol: str = typer.Option(DEFAULT_EVAL_PROTOCOL, "--protocol", help="The evaluation protocol: offclip "
-                                 "(every class, \"There is {finding}.\"), paper (OFF-CLIP's official classes, "
-                                 "prompts and image filter), or both (each run evaluated under both; one set of "
-                                 "tables per protocol in compare-both.md)."),
-    trace_every: int = model_option(TrainParameters, "trace_every", help="Every run measures the embedding geometry "
-                                    "of 256 held-out samples every this many steps (RUN/geometry.jsonl; see "
-                                    "results/tools/geometry_trace.py); 0: never."),
+    init: Optional[Path] = model_option(
+        TrainParameters,
+        "init",
+        help="Every arm refines this model directory "
+        "(offclip, CLIPModel or VisionTextDualEncoderModel): the paper's setting. "
+        "Default: every arm trains a fresh model of --config. Default --out: "
+        "SHARDS/compare-refine-<dir name>.",
+    ),
+    protocol: str = typer.Option(
+        DEFAULT_EVAL_PROTOCOL,
+        "--protocol",
+        help="The evaluation protocol: offclip "
+        '(every class, "There is {finding}."), paper (OFF-CLIP\'s official classes, '
+        "prompts and image filter), or both (each run evaluated under both; one set of "
+        "tables per protocol in compare-both.md).",
+    ),
+    trace_every: int = model_option(
+        TrainParameters,
+        "trace_every",
+        help="Every run measures the embedding geometry "
+        "of 256 held-out samples every this many steps (RUN/geometry.jsonl; see "
+        "results/tools/geometry_trace.py); 0: never.",
+    ),
 ) -> None:
     """The ablation on the demo world: each arm (loss × training text) trained with the same config
     and seeds, evaluated on the same VinDr-format set; the paired difference of every arm against
@@ -517,19 +653,39 @@ def compare_cmd(
 
     try:
         default_out = shards / (f"compare-refine-{init.name}" if init else "compare")
-        settings = CompareConfig(shards=shards, eval_root=eval_root, out=out or default_out, init=init,
-                                 seeds=tuple(int(s) for s in seeds.split(",") if s.strip()), arms=parse_arms(arms),
-                                 baseline=baseline, config=config, epochs=epochs, batch_size=batch_size,
-                                 device=device, max_steps=max_steps, prompts=prompts, n_boot=n_boot,
-                                 resample=resample, protocol=protocol, trace_every=trace_every)
+        settings = CompareConfig(
+            shards=shards,
+            eval_root=eval_root,
+            out=out or default_out,
+            init=init,
+            seeds=tuple(int(s) for s in seeds.split(",") if s.strip()),
+            arms=parse_arms(arms),
+            baseline=baseline,
+            config=config,
+            epochs=epochs,
+            batch_size=batch_size,
+            device=device,
+            max_steps=max_steps,
+            prompts=prompts,
+            n_boot=n_boot,
+            resample=resample,
+            protocol=protocol,
+            trace_every=trace_every,
+        )
     except (FileNotFoundError, ValueError) as exc:
         _fail(exc)
     result = run_compare(settings, progress=lambda m: typer.echo(m, err=True))
     typer.echo(result.markdown)
 
 
-@model_command("shards", ShardsParameters, arguments=("out",), required=("out",),
-               aliases=(Alias("--max-samples", "shard_size"), Alias("--max-bytes", "shard_bytes")), extras=_QUIET)
+@model_command(
+    "shards",
+    ShardsParameters,
+    arguments=("out",),
+    required=("out",),
+    aliases=(Alias("--max-samples", "shard_size"), Alias("--max-bytes", "shard_bytes")),
+    extras=_QUIET,
+)
 def shards(params: ShardsParameters, quiet: bool = False) -> None:
     """Write WebDataset shards (one set per split) and refresh the manifest."""
     import datetime as dt
@@ -537,13 +693,24 @@ def shards(params: ShardsParameters, quiet: bool = False) -> None:
     from .pipeline.manifest import build_manifest, run_record
     from .pipeline.shards import ShardConfig, ShardError, write_shards
 
-    started = dt.datetime.now(dt.timezone.utc)
+    started = dt.datetime.now(dt.UTC)
     out = Path(params.out)
     try:
-        result = write_shards(ShardConfig(out=out, max_samples=params.shard_size, max_bytes=params.shard_bytes),
-                              progress=not quiet and sys.stderr.isatty())
-        db = build_manifest(out, runs=[run_record("shards", started, params.model_dump(exclude={"out"}),
-                                                  {"shards_written": len(result.written), "samples": result.samples_written})])
+        result = write_shards(
+            ShardConfig(out=out, max_samples=params.shard_size, max_bytes=params.shard_bytes),
+            progress=not quiet and sys.stderr.isatty(),
+        )
+        db = build_manifest(
+            out,
+            runs=[
+                run_record(
+                    "shards",
+                    started,
+                    params.model_dump(exclude={"out"}),
+                    {"shards_written": len(result.written), "samples": result.samples_written},
+                )
+            ],
+        )
     except (FileNotFoundError, ShardError) as exc:
         _fail(exc)
     typer.echo(result.to_text())
@@ -576,8 +743,12 @@ def manifest(
 def answer(
     out: Path = typer.Argument(..., help="The curation output root (holds manifest.duckdb)."),
     db: Optional[Path] = typer.Option(None, "--db", help="Manifest file (default OUT/manifest.duckdb)."),
-    home: Optional[Path] = typer.Option(None, "--home", help="State directory of `offclip up` (default "
-                                        "$OFFCLIP_HOME or ./.offclip).", show_default=False),
+    home: Optional[Path] = typer.Option(
+        None,
+        "--home",
+        help="State directory of `offclip up` (default $OFFCLIP_HOME or ./.offclip).",
+        show_default=False,
+    ),
 ) -> None:
     """The answer in plain sentences: the newest model evaluated against its plain-CLIP baseline
     (normal AUC, macro AUC, each difference with its 95 % interval, what one run can show), and
@@ -593,27 +764,37 @@ def answer(
     except (FileNotFoundError, duckdb.Error) as exc:
         _fail(exc)
     if text is None:
-        _fail(ValueError(f"{path} holds no model evaluated against a baseline yet (train with "
-                         "-p 'train_parameters={\"baseline\": true}', or `offclip train --baseline --eval-root …`)"))
+        _fail(
+            ValueError(
+                f"{path} holds no model evaluated against a baseline yet (train with "
+                "-p 'train_parameters={\"baseline\": true}', or `offclip train --baseline --eval-root …`)"
+            )
+        )
     typer.echo(text)
     from . import service
 
     ui = service.last_ui_url(home)
     where = f"{ui}/artifacts/key/offclip-answer" if ui else "the UI address it prints, Artifacts → offclip-answer"
-    typer.echo(f"Browse it: `offclip up`, then {where} (also on the build-shards run's Artifacts tab; the "
-               "per-class tables and ROC plots are on the evaluate run). Login: `offclip status --show-secret`.")
+    typer.echo(
+        f"Browse it: `offclip up`, then {where} (also on the build-shards run's Artifacts tab; the "
+        "per-class tables and ROC plots are on the evaluate run). Login: `offclip status --show-secret`."
+    )
 
 
 @app.command("sql")
 def sql(
-    query_text: str = typer.Argument(..., metavar="SQL", help="The query, e.g. \"SELECT * FROM label_distribution\"."),
+    query_text: str = typer.Argument(..., metavar="SQL", help='The query, e.g. "SELECT * FROM label_distribution".'),
     db: Path = typer.Option(Path("out/curated/manifest.duckdb"), "--db", help="Manifest file."),
     fmt: str = typer.Option("table", "--format", help="table, csv, json or parquet."),
-    out_file: Optional[Path] = typer.Option(None, "--out", help="Write the result here instead of stdout (needed for parquet)."),
+    out_file: Optional[Path] = typer.Option(
+        None, "--out", help="Write the result here instead of stdout (needed for parquet)."
+    ),
     write: bool = typer.Option(False, "--write", help="Open the manifest read-write (default: read-only)."),
     allow_external: bool = typer.Option(
-        False, "--allow-external",
-        help="Let the SQL use files outside the manifest's folder (default: that folder only)."),
+        False,
+        "--allow-external",
+        help="Let the SQL use files outside the manifest's folder (default: that folder only).",
+    ),
 ) -> None:
     """Run SQL on a manifest (read-only by default) and print or save the result. DuckDB reads and
     writes no file outside the manifest's folder unless --allow-external; read-only it writes none."""
@@ -649,10 +830,12 @@ def sql(
 @app.command("purge")
 def purge(
     out: Path = typer.Argument(..., help="The curation output root (holds ingest/, curate/, shards/)."),
-    studies: list[str] = typer.Option(..., "--study", "-s",
-                                      help="A study id to remove (50414267 or s50414267); repeat, or comma-separate."),
-    prefect: bool = typer.Option(True, "--prefect/--no-prefect",
-                                 help="Also delete the Prefect artifacts that quote the studies' sentences."),
+    studies: list[str] = typer.Option(
+        ..., "--study", "-s", help="A study id to remove (50414267 or s50414267); repeat, or comma-separate."
+    ),
+    prefect: bool = typer.Option(
+        True, "--prefect/--no-prefect", help="Also delete the Prefect artifacts that quote the studies' sentences."
+    ),
     yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation."),
 ) -> None:
     """Remove studies from everything offclip wrote for them: ingest and curated records, image
@@ -666,8 +849,10 @@ def purge(
         texts = unique_texts(out, ids)
     except (ValueError, FileNotFoundError) as exc:
         _fail(exc)
-    if not yes and not typer.confirm(f"Remove {len(ids)} studies from {out} (records, images, shards, caches, "
-                                     f"manifest{', Prefect artifacts' if prefect else ''})?"):
+    if not yes and not typer.confirm(
+        f"Remove {len(ids)} studies from {out} (records, images, shards, caches, "
+        f"manifest{', Prefect artifacts' if prefect else ''})?"
+    ):
         raise typer.Exit(1)
     artifacts = None
     if prefect and texts:  # first: a server that fails leaves the records as they were, to try again
@@ -679,8 +864,12 @@ def purge(
         try:
             artifacts = delete_artifacts_quoting(texts)
         except Exception as exc:  # noqa: BLE001 - the server's error, said as it is
-            _fail(RuntimeError(f"the Prefect artifacts could not be searched ({type(exc).__name__}: {exc}); nothing "
-                               f"was removed: start the server the builds ran on (offclip up), or pass --no-prefect"))
+            _fail(
+                RuntimeError(
+                    f"the Prefect artifacts could not be searched ({type(exc).__name__}: {exc}); nothing "
+                    f"was removed: start the server the builds ran on (offclip up), or pass --no-prefect"
+                )
+            )
     result = purge_studies(out, ids)
     typer.echo(result.to_text())
     if artifacts is not None:
@@ -705,23 +894,31 @@ def _prefect_home_here(stack, home: Optional[Path]) -> None:
 @app.command("up")
 def up(
     home: Optional[Path] = typer.Option(None, "--home", help=_HOME_HELP, show_default=False),
-    port: Optional[int] = typer.Option(None, "--port", min=1, max=65535,
-                                       help="Server port [default: the running server's, else 4200]."),
+    port: Optional[int] = typer.Option(
+        None, "--port", min=1, max=65535, help="Server port [default: the running server's, else 4200]."
+    ),
     pool: str = typer.Option("offclip-process", "--pool", help="Process work pool to create and serve."),
     no_deploy: bool = typer.Option(False, "--no-deploy", help="Skip `prefect deploy --all`."),
     no_worker: bool = typer.Option(False, "--no-worker", help="Do not start a worker."),
-    no_ui: bool = typer.Option(False, "--no-ui", help="Do not serve the Prefect UI (the REST API only; starts ~1 s sooner)."),
-    project: Optional[Path] = typer.Option(None, "--project", show_default=False,
-                                           help="Directory holding prefect.yaml [default: nearest one above the cwd]."),
+    no_ui: bool = typer.Option(
+        False, "--no-ui", help="Do not serve the Prefect UI (the REST API only; starts ~1 s sooner)."
+    ),
+    project: Optional[Path] = typer.Option(
+        None,
+        "--project",
+        show_default=False,
+        help="Directory holding prefect.yaml [default: nearest one above the cwd].",
+    ),
 ) -> None:
-    """Start (or reuse) a local Prefect server with its UI, create the work pool, deploy prefect.yaml, start a worker."""
+    """Start (or reuse) a local Prefect server with its UI, create the work pool, deploy prefect.yaml, start a worker."""  # noqa: E501 (the help text)
     from . import stack
 
     _prefect_home_here(stack, home)
     typer.echo("starting the local Prefect stack (a fresh server takes ~10-30 s) ...", err=True)
     try:
-        result = stack.up(home, port, pool, deploy_flows=not no_deploy, worker=not no_worker, project=project,
-                            ui=not no_ui)
+        result = stack.up(
+            home, port, pool, deploy_flows=not no_deploy, worker=not no_worker, project=project, ui=not no_ui
+        )
     except stack.ServiceError as exc:
         _fail(exc)
     typer.echo(result.to_text())
@@ -729,8 +926,12 @@ def up(
 
 @app.command("wait")
 def wait(
-    deployments: list[str] = typer.Argument(..., help="Deployments in chain order, e.g. offclip/build-shards offclip/train offclip/evaluate."),
-    run: Optional[str] = typer.Option(None, "--run", help="The flow run id of the first deployment's run [default: its newest run]."),
+    deployments: list[str] = typer.Argument(
+        ..., help="Deployments in chain order, e.g. offclip/build-shards offclip/train offclip/evaluate."
+    ),
+    run: Optional[str] = typer.Option(
+        None, "--run", help="The flow run id of the first deployment's run [default: its newest run]."
+    ),
     home: Optional[Path] = typer.Option(None, "--home", help="State directory (default $OFFCLIP_HOME or ./.offclip)."),
     timeout: float = typer.Option(1800, "--timeout", help="Seconds to wait in all."),
 ) -> None:
@@ -764,9 +965,12 @@ def status(
     home: Optional[Path] = typer.Option(None, "--home", help=_HOME_HELP, show_default=False),
     pool: str = typer.Option("offclip-process", "--pool", help="Work pool to look for."),
     json_out: bool = typer.Option(False, "--json", help="Print the status as JSON."),
-    show_secret: bool = typer.Option(False, "--show-secret",
-                                     help="Also print the server's auth string: the UI's login (paste it whole) "
-                                          "and PREFECT_API_AUTH_STRING. Never shown otherwise."),
+    show_secret: bool = typer.Option(
+        False,
+        "--show-secret",
+        help="Also print the server's auth string: the UI's login (paste it whole) "
+        "and PREFECT_API_AUTH_STRING. Never shown otherwise.",
+    ),
 ) -> None:
     """Server health, API URL, worker, work pool and deployments (exit 1 when the server is down)."""
     import json
@@ -784,8 +988,11 @@ def status(
     else:
         typer.echo(st.to_text())
         if show_secret:
-            typer.echo(f"\nauth string (UI login, PREFECT_API_AUTH_STRING): {secret}" if secret
-                       else "\nno auth string recorded (no server started by `offclip up` here)")
+            typer.echo(
+                f"\nauth string (UI login, PREFECT_API_AUTH_STRING): {secret}"
+                if secret
+                else "\nno auth string recorded (no server started by `offclip up` here)"
+            )
     if not st.ok:
         raise typer.Exit(1)
 

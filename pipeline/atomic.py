@@ -16,9 +16,10 @@ import hashlib
 import os
 import socket
 import tempfile
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, Iterator
+from typing import IO
 
 _HOST = socket.gethostname().replace("/", "_") or "localhost"
 
@@ -47,7 +48,7 @@ def temp_owner(path: str | os.PathLike, temp_name: str) -> tuple[str, int] | Non
     head, tail = f".{Path(path).name}.", ".tmp"
     if not (temp_name.startswith(head) and temp_name.endswith(tail)) or len(temp_name) <= len(head) + len(tail):
         return None
-    middle = temp_name[len(head):-len(tail)]
+    middle = temp_name[len(head) : -len(tail)]
     if middle.isdigit():
         return _HOST, int(middle)
     owner, _, _random = middle.rpartition(".")

@@ -48,7 +48,6 @@ from .prompting import PromptBackendError, PromptCache, PromptingStats, make_pro
 from .scoring import Classifier, ScoreCache, ScoringStats, label_sentences, score_sentences
 
 
-
 @dataclass
 class CurateConfig:
     out: Path
@@ -108,41 +107,69 @@ class CurateSummary:
     def counts(self) -> dict:
         """The figures a run record keeps (the manifest's ``runs.counts``), by their names there."""
         prompt = self.prompt_stats
-        prompt = {} if prompt is None else {"prompt_unique": prompt.unique, "prompt_cached": prompt.cached,
-                                            "prompt_model_calls": prompt.model_calls, "prompt_retries": prompt.retries}
-        return {**prompt, "pairs": self.pairs, "normal": self.normal, "abnormal": self.abnormal,
-                "sentences": self.sentences, "kept": self.kept, "dropped": self.dropped,
-                "model_calls": self.scoring.model_calls, "unique_sentences": self.scoring.unique,
-                "model_version": self.model_version, "threshold": self.threshold,
-                "label_source": self.label_source, "label_fallback": self.label_fallback,
-                "label_policy": self.label_policy, "classifier_rule_disagreements": self.disagreements,
-                "classifier_rule_disagreement_reports": self.disagreement_reports}
+        prompt = (
+            {}
+            if prompt is None
+            else {
+                "prompt_unique": prompt.unique,
+                "prompt_cached": prompt.cached,
+                "prompt_model_calls": prompt.model_calls,
+                "prompt_retries": prompt.retries,
+            }
+        )
+        return {
+            **prompt,
+            "pairs": self.pairs,
+            "normal": self.normal,
+            "abnormal": self.abnormal,
+            "sentences": self.sentences,
+            "kept": self.kept,
+            "dropped": self.dropped,
+            "model_calls": self.scoring.model_calls,
+            "unique_sentences": self.scoring.unique,
+            "model_version": self.model_version,
+            "threshold": self.threshold,
+            "label_source": self.label_source,
+            "label_fallback": self.label_fallback,
+            "label_policy": self.label_policy,
+            "classifier_rule_disagreements": self.disagreements,
+            "classifier_rule_disagreement_reports": self.disagreement_reports,
+        }
 
     def to_text(self) -> str:
         s = self.scoring
-        text = (f"curate: {self.pairs} pairs — normal {self.normal}, abnormal {self.abnormal} "
-                f"(classifier {self.model_version}, threshold {self.threshold:.3f})\n"
-                f"  sentences {self.sentences}: kept {self.kept}, dropped {self.dropped} "
-                f"(normal sentences of abnormal reports)\n"
-                f"  unique {s.unique} · from cache {s.cached} · model calls {s.model_calls} · {self.seconds:.1f} s")
+        text = (
+            f"curate: {self.pairs} pairs — normal {self.normal}, abnormal {self.abnormal} "
+            f"(classifier {self.model_version}, threshold {self.threshold:.3f})\n"
+            f"  sentences {self.sentences}: kept {self.kept}, dropped {self.dropped} "
+            f"(normal sentences of abnormal reports)\n"
+            f"  unique {s.unique} · from cache {s.cached} · model calls {s.model_calls} · {self.seconds:.1f} s"
+        )
         if self.opinions:
             o = self.opinions
-            text += (f"\n  label policy {self.label_policy}; unique sentences classifier/rules ({self.rules_version}): "
-                     f"both abnormal {o.get('abnormal/abnormal', 0)}, both normal {o.get('normal/normal', 0)}, "
-                     f"classifier only {o.get('abnormal/normal', 0)}, rules only {o.get('normal/abnormal', 0)} "
-                     f"({self.disagreements} disagreements in {self.disagreement_reports} reports)")
+            text += (
+                f"\n  label policy {self.label_policy}; unique sentences classifier/rules ({self.rules_version}): "
+                f"both abnormal {o.get('abnormal/abnormal', 0)}, both normal {o.get('normal/normal', 0)}, "
+                f"classifier only {o.get('abnormal/normal', 0)}, rules only {o.get('normal/abnormal', 0)} "
+                f"({self.disagreements} disagreements in {self.disagreement_reports} reports)"
+            )
         if self.prompt_stats is not None:
             text += "\n  " + self.prompt_stats.to_text()
         elif self.prompting != "none":
             text += f"\n  prompting {self.prompting}"
         if self.label_source != CLASSIFIER:
-            text += (f"\n  pair labels from {self.label_source}; {self.label_fallback} studies it leaves unknown "
-                     f"keep the classifier's label")
+            text += (
+                f"\n  pair labels from {self.label_source}; {self.label_fallback} studies it leaves unknown "
+                f"keep the classifier's label"
+            )
         for labeler, c in self.labeler_counts.items():
             share = self.agreement.get(labeler)
-            text += (f"\n  {labeler}: normal {c['normal']}, abnormal {c['abnormal']}, unknown {c['unknown']} "
-                     f"({c['absent']} not in the file); agrees with the classifier on "
-                     + (f"{100 * share:.1f} %" if share is not None else "n/a") + " of the studies both label")
+            text += (
+                f"\n  {labeler}: normal {c['normal']}, abnormal {c['abnormal']}, unknown {c['unknown']} "
+                f"({c['absent']} not in the file); agrees with the classifier on "
+                + (f"{100 * share:.1f} %" if share is not None else "n/a")
+                + " of the studies both label"
+            )
         return text
 
 
@@ -182,10 +209,10 @@ def run_curate(config: CurateConfig, classifier: Classifier | None = None) -> Cu
         scored, _ = label_sentences(scored, RuleLabeler(), cache)
     # the filter's report labels: abnormal when any sentence is (by the label policy); these are
     # "classifier_label" in study_labels, the label the CheXpert / NegBio labels are compared with
-    classifier_labels = filter_sentences(scored, threshold, label_policy=config.label_policy)[1].set_index(
-        "study_id")["pair_label"]
-    labels = study_labels(scored.drop_duplicates("study_id")[["study_id", "subject_id"]], label_dirs,
-                          classifier_labels)
+    classifier_labels = filter_sentences(scored, threshold, label_policy=config.label_policy)[1].set_index("study_id")[
+        "pair_label"
+    ]
+    labels = study_labels(scored.drop_duplicates("study_id")[["study_id", "subject_id"]], label_dirs, classifier_labels)
     if config.label_source == CLASSIFIER:
         filtered, pairs = filter_sentences(scored, threshold, label_policy=config.label_policy)
         pairs["label_source"] = CLASSIFIER
@@ -194,8 +221,12 @@ def run_curate(config: CurateConfig, classifier: Classifier | None = None) -> Cu
         given = labels.frame.set_index("study_id")[f"{config.label_source}_label"]
         known = given.notna()
         fallback = int((~known).sum())
-        filtered, pairs = filter_sentences(scored, threshold, given.where(known, classifier_labels.reindex(given.index)),
-                                           label_policy=config.label_policy)
+        filtered, pairs = filter_sentences(
+            scored,
+            threshold,
+            given.where(known, classifier_labels.reindex(given.index)),
+            label_policy=config.label_policy,
+        )
         pairs["label_source"] = pairs["study_id"].map(known).map({True: config.label_source, False: CLASSIFIER})
 
     options = dict(config.prompt_options)
@@ -237,18 +268,28 @@ def run_curate(config: CurateConfig, classifier: Classifier | None = None) -> Cu
     if isinstance(prompt_cache, (str, Path)):
         PromptCache.prune(prompt_cache, (" ".join(t.split()) for t in filtered.loc[filtered["kept"], "text"]))
     return CurateSummary(
-        pairs=len(pairs), normal=int((pairs["pair_label"] == NORMAL).sum()),
-        abnormal=int((pairs["pair_label"] == ABNORMAL).sum()), sentences=len(filtered),
-        kept=int(filtered["kept"].sum()), dropped=int((~filtered["kept"]).sum()), scoring=stats,
-        model_version=classifier.version, threshold=threshold, seconds=time.perf_counter() - start,
-        label_source=config.label_source, label_fallback=fallback,
+        pairs=len(pairs),
+        normal=int((pairs["pair_label"] == NORMAL).sum()),
+        abnormal=int((pairs["pair_label"] == ABNORMAL).sum()),
+        sentences=len(filtered),
+        kept=int(filtered["kept"].sum()),
+        dropped=int((~filtered["kept"]).sum()),
+        scoring=stats,
+        model_version=classifier.version,
+        threshold=threshold,
+        seconds=time.perf_counter() - start,
+        label_source=config.label_source,
+        label_fallback=fallback,
         labeler_counts={k: labels.counts(k) for k in labels.files},
         agreement={k: agreement(labels.frame, k) for k in labels.files},
-        prompting=config.prompting, prompt_stats=getattr(prompter, "stats", None),
-        label_policy=config.label_policy, rules_version=str(filtered["rules_version"].iloc[0]),
+        prompting=config.prompting,
+        prompt_stats=getattr(prompter, "stats", None),
+        label_policy=config.label_policy,
+        rules_version=str(filtered["rules_version"].iloc[0]),
         opinions={k: int(v) for k, v in opinions.items()},
         disagreements=int(filtered.loc[differ, "key"].nunique()),
-        disagreement_reports=int(filtered.loc[differ, "study_id"].nunique()))
+        disagreement_reports=int(filtered.loc[differ, "study_id"].nunique()),
+    )
 
 
 def agreement(frame: pd.DataFrame, labeler: str) -> float | None:

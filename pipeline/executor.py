@@ -38,9 +38,10 @@ import os
 import sys
 import threading
 import uuid
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from itertools import repeat
-from typing import Any, Generic, Iterable, Iterator, Protocol, Sequence, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 R = TypeVar("R")
 S = TypeVar("S", bound="Stage")
@@ -121,7 +122,7 @@ class InlineExecutor(Generic[R]):
     def close(self) -> None:
         self._ready = None
 
-    def __enter__(self) -> "InlineExecutor[R]":
+    def __enter__(self) -> InlineExecutor[R]:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -144,8 +145,9 @@ class ProcessExecutor(Generic[R]):
         self.stage = stage
         self.workers = max(1, int(workers))
         self.token = uuid.uuid4().hex
-        self._pool = ProcessPoolExecutor(max_workers=self.workers, mp_context=mp_context,
-                                         initializer=_init_pool_worker, initargs=(self.token, stage))
+        self._pool = ProcessPoolExecutor(
+            max_workers=self.workers, mp_context=mp_context, initializer=_init_pool_worker, initargs=(self.token, stage)
+        )
         self._started = threading.Thread(target=self._start, daemon=True, name="offclip-executor-start")
         self._started.start()
 
@@ -170,22 +172,25 @@ class ProcessExecutor(Generic[R]):
         """One batch's result, its chunks (one per worker) run in parallel and merged in order by
         the stage's ``merge``; ``args`` go with every chunk."""
         size = -(-len(batch) // self.workers) or 1
-        chunks = [self._pool.submit(_pool_process, self.token, batch[i:i + size], *args)
-                  for i in range(0, len(batch), size)]
+        chunks = [
+            self._pool.submit(_pool_process, self.token, batch[i : i + size], *args) for i in range(0, len(batch), size)
+        ]
         return self.stage.merge([chunk.result() for chunk in chunks])
 
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
 
-    def __enter__(self) -> "ProcessExecutor[R]":
+    def __enter__(self) -> ProcessExecutor[R]:
         return self
 
     def __exit__(self, *exc) -> None:
         self.close()
 
     def __reduce__(self):
-        raise TypeError("a ProcessExecutor stays in the process that made it (its pool cannot travel); "
-                        "give work that runs elsewhere an InlineExecutor")
+        raise TypeError(
+            "a ProcessExecutor stays in the process that made it (its pool cannot travel); "
+            "give work that runs elsewhere an InlineExecutor"
+        )
 
 
 Executor = InlineExecutor | ProcessExecutor
@@ -196,8 +201,14 @@ def resolve_workers(workers: int) -> int:
     return int(workers) or os.cpu_count() or 1
 
 
-def make_executor(stage: Stage[R], workers: int, batches: int | None = None, *,
-                  in_runner_workers: bool = False, from_threads: bool = False) -> Executor:
+def make_executor(
+    stage: Stage[R],
+    workers: int,
+    batches: int | None = None,
+    *,
+    in_runner_workers: bool = False,
+    from_threads: bool = False,
+) -> Executor:
     """Where a stage's batches run, the one rule: in place (:class:`InlineExecutor`) for one
     worker, at most one batch (a pool would only add its start), or when the batches already run
     in a task runner's own worker processes (``in_runner_workers``: Prefect's process runner,

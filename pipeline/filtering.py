@@ -93,8 +93,7 @@ class FilterDecision(NamedTuple):
     reason: str
 
 
-def decide(report_abnormal: bool, sentence_abnormal: bool,
-           report_has_abnormal_sentence: bool = True) -> FilterDecision:
+def decide(report_abnormal: bool, sentence_abnormal: bool, report_has_abnormal_sentence: bool = True) -> FilterDecision:
     """The filter for one sentence, as a ``(keep, reason)`` pair (:func:`filter_sentences` applies
     the same rule to whole columns at once). ``report_has_abnormal_sentence`` matters only when the
     pair label comes from a labeler: False → an abnormal pair keeps all its sentences."""
@@ -107,9 +106,9 @@ def decide(report_abnormal: bool, sentence_abnormal: bool,
     return FilterDecision(False, DROP_NORMAL_IN_ABNORMAL)
 
 
-def filter_sentences(scored: pd.DataFrame, threshold: float,
-                     pair_labels: pd.Series | None = None,
-                     label_policy: str = "classifier") -> tuple[pd.DataFrame, pd.DataFrame]:
+def filter_sentences(
+    scored: pd.DataFrame, threshold: float, pair_labels: pd.Series | None = None, label_policy: str = "classifier"
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Apply the filter to scored sentences (one row per sentence with ``study_id``, ``index``,
     ``text`` and ``score``; with a policy other than ``classifier`` also ``rule_label``);
     return (sentences with classifier_label/label/kept/reason, one pair row per study).
@@ -129,8 +128,9 @@ def filter_sentences(scored: pd.DataFrame, threshold: float,
     s = scored.sort_values(["study_id", "index"], kind="stable").reset_index(drop=True)
     by_classifier = s["score"].to_numpy() >= threshold
     rule_abnormal = (s["rule_label"] == ABNORMAL).to_numpy() if "rule_label" in s.columns else None
-    sentence_abnormal = policy_abnormal(by_classifier, rule_abnormal, label_policy,
-                                        s["rule"].to_numpy() if "rule" in s.columns else None)
+    sentence_abnormal = policy_abnormal(
+        by_classifier, rule_abnormal, label_policy, s["rule"].to_numpy() if "rule" in s.columns else None
+    )
     s["classifier_label"] = np.where(by_classifier, ABNORMAL, NORMAL)
     has_abnormal = pd.Series(sentence_abnormal).groupby(s["study_id"].to_numpy()).transform("any").to_numpy()
     if pair_labels is None:
@@ -143,22 +143,29 @@ def filter_sentences(scored: pd.DataFrame, threshold: float,
         report_abnormal = (given == ABNORMAL).to_numpy()
     s["label"] = np.where(sentence_abnormal, ABNORMAL, NORMAL)
     s["kept"] = ~report_abnormal | sentence_abnormal | ~has_abnormal
-    s["reason"] = np.select([~report_abnormal, sentence_abnormal, ~has_abnormal],
-                            [KEEP_NORMAL_REPORT, KEEP_ABNORMAL, KEEP_NO_ABNORMAL_SENTENCE],
-                            DROP_NORMAL_IN_ABNORMAL)
+    s["reason"] = np.select(
+        [~report_abnormal, sentence_abnormal, ~has_abnormal],
+        [KEEP_NORMAL_REPORT, KEEP_ABNORMAL, KEEP_NO_ABNORMAL_SENTENCE],
+        DROP_NORMAL_IN_ABNORMAL,
+    )
     s["threshold"] = np.float32(threshold)
     s["label_policy"] = label_policy
 
     g = s.groupby("study_id", sort=True)
-    pairs = pd.DataFrame({
-        "study_id": g["study_id"].first(),
-        "subject_id": g["subject_id"].first(),
-        "pair_label": (np.where(g["label"].agg(lambda x: (x == ABNORMAL).any()), ABNORMAL, NORMAL)
-                       if pair_labels is None else pair_labels.reindex(g["study_id"].first()).to_numpy()),
-        "n_sentences": g.size().astype("int32"),
-        "n_kept": g["kept"].sum().astype("int32"),
-        "max_score": g["score"].max().astype("float32"),
-        "texts": s[s["kept"]].groupby("study_id")["text"].agg(list),
-    }).reset_index(drop=True)
+    pairs = pd.DataFrame(
+        {
+            "study_id": g["study_id"].first(),
+            "subject_id": g["subject_id"].first(),
+            "pair_label": (
+                np.where(g["label"].agg(lambda x: (x == ABNORMAL).any()), ABNORMAL, NORMAL)
+                if pair_labels is None
+                else pair_labels.reindex(g["study_id"].first()).to_numpy()
+            ),
+            "n_sentences": g.size().astype("int32"),
+            "n_kept": g["kept"].sum().astype("int32"),
+            "max_score": g["score"].max().astype("float32"),
+            "texts": s[s["kept"]].groupby("study_id")["text"].agg(list),
+        }
+    ).reset_index(drop=True)
     pairs["threshold"] = np.float32(threshold)
     return s, pairs

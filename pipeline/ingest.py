@@ -25,9 +25,10 @@ import logging
 import os
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Protocol
+from typing import Protocol
 
 import pandas as pd
 import pyarrow.parquet as pq
@@ -70,7 +71,7 @@ class BatchResult:
     skipped: list[int] = field(default_factory=list)  #: study ids unchanged since the last run
     stamps: dict[int, str] = field(default_factory=dict)  #: study id -> stamp of what was read
 
-    def extend(self, other: "BatchResult") -> None:
+    def extend(self, other: BatchResult) -> None:
         for name in ("studies", "images", "sentences", "rejects", "skipped"):
             getattr(self, name).extend(getattr(other, name))
         self.stamps.update(other.stamps)
@@ -146,7 +147,7 @@ class IngestStage:
         return {**self.__dict__, "splitter": None}
 
     @staticmethod
-    def merge(parts: list["BatchResult"]) -> "BatchResult":
+    def merge(parts: list[BatchResult]) -> BatchResult:
         result = BatchResult()
         for part in parts:
             result.extend(part)
@@ -169,32 +170,67 @@ class IngestStage:
         ids = {"subject_id": study.subject_id, "study_id": study.study_id}
 
         def reject(stage, entity, reason, message, dicom_id=None, path=None):
-            out.rejects.append({"stage": stage, "entity": entity, **ids, "dicom_id": dicom_id,
-                                "path": path, "reason": reason, "message": message})
+            out.rejects.append(
+                {
+                    "stage": stage,
+                    "entity": entity,
+                    **ids,
+                    "dicom_id": dicom_id,
+                    "path": path,
+                    "reason": reason,
+                    "message": message,
+                }
+            )
 
         image_rows = {}
         for image in study.images:
             image_rows[image.dicom_id] = {
-                "dicom_id": image.dicom_id, **ids, "path": image.path, "view": image.view,
-                "view_position": image.view_position, "view_source": image.view_source,
-                "status": "not_selected", "file_sha256": None, "transfer_syntax": None, "photometric": None,
-                "bits_stored": None, "rows": None, "columns": None, "out_path": None, "out_rows": None,
+                "dicom_id": image.dicom_id,
+                **ids,
+                "path": image.path,
+                "view": image.view,
+                "view_position": image.view_position,
+                "view_source": image.view_source,
+                "status": "not_selected",
+                "file_sha256": None,
+                "transfer_syntax": None,
+                "photometric": None,
+                "bits_stored": None,
+                "rows": None,
+                "columns": None,
+                "out_path": None,
+                "out_rows": None,
                 "out_columns": None,
             }
             if not image.exists:
                 image_rows[image.dicom_id]["status"] = "rejected"
                 if study.error is None:  # an unlisted folder is the study's read_error (below)
-                    reject("scan", "image", "missing_file", f"metadata names {image.path}, which does not exist",
-                           image.dicom_id, image.path)
+                    reject(
+                        "scan",
+                        "image",
+                        "missing_file",
+                        f"metadata names {image.path}, which does not exist",
+                        image.dicom_id,
+                        image.path,
+                    )
             elif image.header_error is not None:  # the scan read its header for the view and could not
                 image_rows[image.dicom_id]["status"] = "rejected"
                 reject("scan", "image", *image.header_error, image.dicom_id, image.path)
 
-        study_row = {**ids, "folder": study.folder, "split": study.split, "report_path": study.report_path,
-                     "n_images": len(study.images),
-                     "n_frontal": sum(i.view == "frontal" for i in study.images),
-                     "frontal_dicom_id": None, "frontal_view": None, "n_sentences": 0, "status": "rejected",
-                     "reject_reason": None, "content_hash": None}
+        study_row = {
+            **ids,
+            "folder": study.folder,
+            "split": study.split,
+            "report_path": study.report_path,
+            "n_images": len(study.images),
+            "n_frontal": sum(i.view == "frontal" for i in study.images),
+            "frontal_dicom_id": None,
+            "frontal_view": None,
+            "n_sentences": 0,
+            "status": "rejected",
+            "reject_reason": None,
+            "content_hash": None,
+        }
 
         def finish(reason=None):
             study_row["reject_reason"] = reason
@@ -207,8 +243,13 @@ class IngestStage:
             out.images.extend(image_rows.values())
 
         if study.error is not None:  # the study folder could not be listed (scan.StudyEntry.error)
-            reject("scan", "study", "read_error", study.error,
-                   path=f"files/{study.folder}/p{study.subject_id}/s{study.study_id}")
+            reject(
+                "scan",
+                "study",
+                "read_error",
+                study.error,
+                path=f"files/{study.folder}/p{study.subject_id}/s{study.study_id}",
+            )
             return finish("read_error")
 
         # -- report ---------------------------------------------------------------------------
@@ -225,8 +266,13 @@ class IngestStage:
         self.setup()  # here, not per batch: a re-run that skips every study never loads spaCy
         sentences = self.splitter.split_report(text, study_id=study.study_id)
         if not sentences:
-            reject("report", "report", "report_no_text", "no findings, impression or narrative sentence",
-                   path=study.report_path)
+            reject(
+                "report",
+                "report",
+                "report_no_text",
+                "no findings, impression or narrative sentence",
+                path=study.report_path,
+            )
             return finish("report_no_text")
 
         # -- frontal image: try the candidates in the scan's (seeded) order -----------------------
@@ -267,17 +313,35 @@ class IngestStage:
                 continue
             atomic_write_bytes(self.out / out_path, encode_file_bytes(decoded.pixels, self.normalize))
             self._fill_image_row(row, decoded, out_path)
-            study_row.update(frontal_dicom_id=dicom_id, frontal_view=image.view_position,
-                             n_sentences=len(sentences), content_hash=content_hash)
+            study_row.update(
+                frontal_dicom_id=dicom_id,
+                frontal_view=image.view_position,
+                n_sentences=len(sentences),
+                content_hash=content_hash,
+            )
             out.sentences.extend(
-                {**ids, "index": s.index, "section": s.section, "text": s.text, "key": s.key,
-                 "start": s.start, "end": s.end} for s in sentences)
+                {
+                    **ids,
+                    "index": s.index,
+                    "section": s.section,
+                    "text": s.text,
+                    "key": s.key,
+                    "start": s.start,
+                    "end": s.end,
+                }
+                for s in sentences
+            )
             if stamp:
                 out.stamps[study.study_id] = stamp
             return finish(None)
         tried = len(study.frontal_order)
-        reject("image", "study", "no_frontal", f"none of the {tried} frontal image(s) could be decoded"
-                                               + (f"; not decoded: {', '.join(failed)}" if failed else ""))
+        reject(
+            "image",
+            "study",
+            "no_frontal",
+            f"none of the {tried} frontal image(s) could be decoded"
+            + (f"; not decoded: {', '.join(failed)}" if failed else ""),
+        )
         return finish("no_frontal")
 
     def _decode(self, study: StudyEntry, data: bytes, image: ImageEntry | None = None) -> DecodedImage:
@@ -294,9 +358,17 @@ class IngestStage:
 
     @staticmethod
     def _fill_image_row(row: dict, decoded: DecodedImage, out_path: str) -> None:
-        row.update(status="selected", transfer_syntax=decoded.transfer_syntax, photometric=decoded.photometric,
-                   bits_stored=decoded.bits_stored, rows=decoded.original_rows, columns=decoded.original_columns,
-                   out_path=out_path, out_rows=int(decoded.pixels.shape[0]), out_columns=int(decoded.pixels.shape[1]))
+        row.update(
+            status="selected",
+            transfer_syntax=decoded.transfer_syntax,
+            photometric=decoded.photometric,
+            bits_stored=decoded.bits_stored,
+            rows=decoded.original_rows,
+            columns=decoded.original_columns,
+            out_path=out_path,
+            out_rows=int(decoded.pixels.shape[0]),
+            out_columns=int(decoded.pixels.shape[1]),
+        )
 
     def _read_report(self, study: StudyEntry) -> tuple[str | None, str | None, str]:
         if study.report_path is None:
@@ -305,8 +377,11 @@ class IngestStage:
         if study.report_size is not None and study.report_size > limit:  # known from the index: not read
             return None, "report_too_large", str(ReportTooLarge(study.report_path, study.report_size, limit))
         try:
-            data = study.report_data if study.report_data is not None else read_report(self.source, study.report_path,
-                                                                                           limit)
+            data = (
+                study.report_data
+                if study.report_data is not None
+                else read_report(self.source, study.report_path, limit)
+            )
         except ReportTooLarge as exc:  # grown since the scan, or a size the index did not know
             return None, "report_too_large", str(exc)
         except (OSError, KeyError) as exc:
@@ -319,9 +394,15 @@ class IngestStage:
             return None, "report_not_utf8", f"byte {exc.start}: {exc.reason} (0x{data[exc.start]:02x})"
         bad = _CONTROL.search(text)
         if bad:  # a plain-text report never holds NUL or other C0 controls: a corrupt file
-            offset = len(text[:bad.start()].encode("utf-8"))
-            return None, "report_not_text", (f"{study.report_path}: byte {offset} is the control character "
-                                              f"0x{ord(bad.group()):02x} ({bad.group()!r}): not plain text")
+            offset = len(text[: bad.start()].encode("utf-8"))
+            return (
+                None,
+                "report_not_text",
+                (
+                    f"{study.report_path}: byte {offset} is the control character "
+                    f"0x{ord(bad.group()):02x} ({bad.group()!r}): not plain text"
+                ),
+            )
         return text, None, ""
 
 
@@ -347,18 +428,31 @@ class IngestSummary:
 
     def counts(self) -> dict:
         """The figures a run record keeps (the manifest's ``runs.counts``), by their names there."""
-        return {"studies": self.studies, "ingested": self.ingested, "rejected": self.rejected,
-                "unchanged": self.skipped}
+        return {
+            "studies": self.studies,
+            "ingested": self.ingested,
+            "rejected": self.rejected,
+            "unchanged": self.skipped,
+        }
 
     def to_text(self) -> str:
         reasons = ", ".join(f"{k} {v}" for k, v in self.rejects_by_reason.items()) or "none"
-        links = (f"\n  symlinks not followed {len(self.skipped_links)}: " + "; ".join(self.skipped_links[:5])
-                 + (" …" if len(self.skipped_links) > 5 else "")) if self.skipped_links else ""
-        return (f"ingest → {self.out}\n"
-                f"  studies {self.studies}: ingested {self.ingested}, rejected {self.rejected}, "
-                f"unchanged {self.skipped}\n"
-                f"  images {self.images} · sentences {self.sentences} · {self.seconds:.1f} s\n"
-                f"  rejects {reasons}" + links)
+        links = (
+            (
+                f"\n  symlinks not followed {len(self.skipped_links)}: "
+                + "; ".join(self.skipped_links[:5])
+                + (" …" if len(self.skipped_links) > 5 else "")
+            )
+            if self.skipped_links
+            else ""
+        )
+        return (
+            f"ingest → {self.out}\n"
+            f"  studies {self.studies}: ingested {self.ingested}, rejected {self.rejected}, "
+            f"unchanged {self.skipped}\n"
+            f"  images {self.images} · sentences {self.sentences} · {self.seconds:.1f} s\n"
+            f"  rejects {reasons}" + links
+        )
 
 
 def read_table(out: Path, name: str) -> pd.DataFrame:
@@ -407,11 +501,16 @@ def plan_ingest(config: IngestConfig, max_batches: int | None = None) -> IngestP
     studies = scanned.studies
     previous_studies = read_table(config.out, "studies")
     stamps = read_stamps(config.out)
-    previous = {int(r.study_id): (r.content_hash, stamps.get(int(r.study_id)))
-                for r in previous_studies.itertuples()
-                if r.status == "ingested" and isinstance(r.content_hash, str)}
-    rejected = {int(r.study_id): (None, stamps[int(r.study_id)]) for r in previous_studies.itertuples()
-                if r.status == "rejected" and int(r.study_id) in stamps}
+    previous = {
+        int(r.study_id): (r.content_hash, stamps.get(int(r.study_id)))
+        for r in previous_studies.itertuples()
+        if r.status == "ingested" and isinstance(r.content_hash, str)
+    }
+    rejected = {
+        int(r.study_id): (None, stamps[int(r.study_id)])
+        for r in previous_studies.itertuples()
+        if r.status == "rejected" and int(r.study_id) in stamps
+    }
     scan_seconds = time.perf_counter() - start
     found, found_rejected = {}, {}
     for study in studies:  # two stats per study whose report stamp is known (a tree or a zip)
@@ -423,9 +522,19 @@ def plan_ingest(config: IngestConfig, max_batches: int | None = None) -> IngestP
     size = config.batch_size
     if max_batches and len(todo) > size * max_batches:
         size = -(-len(todo) // max_batches)
-    batches = [todo[i:i + size] for i in range(0, len(todo), size)]
-    return IngestPlan(studies, batches, previous, scanned.rejects, scan_seconds, scanned.source.describe(), found,
-                      found_rejected, config.scan.folders, scanned.skipped_links)
+    batches = [todo[i : i + size] for i in range(0, len(todo), size)]
+    return IngestPlan(
+        studies,
+        batches,
+        previous,
+        scanned.rejects,
+        scan_seconds,
+        scanned.source.describe(),
+        found,
+        found_rejected,
+        config.scan.folders,
+        scanned.skipped_links,
+    )
 
 
 def read_stamps(out: Path) -> dict[int, str]:
@@ -506,8 +615,13 @@ class ProgressBar:
     def planned(self, plan: IngestPlan) -> None:
         from tqdm import tqdm
 
-        self.bar = tqdm(total=len(plan.studies), initial=len(plan.unchanged) + len(plan.unchanged_rejected),
-                        unit="study", desc="ingest", disable=not self.enabled)
+        self.bar = tqdm(
+            total=len(plan.studies),
+            initial=len(plan.unchanged) + len(plan.unchanged_rejected),
+            unit="study",
+            desc="ingest",
+            disable=not self.enabled,
+        )
 
     def batch_done(self, batch: list[StudyEntry], done: int, total: int) -> None:
         self.bar.update(len(batch))
@@ -517,8 +631,13 @@ class ProgressBar:
             self.bar.close()
 
 
-def run_ingest(config: IngestConfig, executor: ExecutorFactory | None = None, *,
-               max_batches: int | None = None, report: IngestReport | None = None) -> IngestSummary:
+def run_ingest(
+    config: IngestConfig,
+    executor: ExecutorFactory | None = None,
+    *,
+    max_batches: int | None = None,
+    report: IngestReport | None = None,
+) -> IngestSummary:
     """The ingest stage, the one driver: plan (``max_batches`` bounds the number of batches),
     run every batch on the executor that ``executor(stage, batches)`` makes (default:
     ``executor.make_executor`` with ``config.workers``: this process, or a process pool), merge
@@ -542,22 +661,21 @@ def run_ingest(config: IngestConfig, executor: ExecutorFactory | None = None, *,
     return finish_ingest(config.out, plan, result, time.perf_counter() - start)
 
 
-def _merge_and_write(out: Path, result: BatchResult, scanned: set[int],
-                     folders: tuple[str, ...] | None = None) -> None:
+def _merge_and_write(out: Path, result: BatchResult, scanned: set[int], folders: tuple[str, ...] | None = None) -> None:
     """New records replace the previous run's for the studies processed now; the records of
     unchanged (skipped) studies and of studies outside this scan are kept. A study without
     records of its own (a report for no study: a scan reject) counts as processed too. A
     folder-level reject (a folder the scan could not list: no study id) of an earlier run is
     replaced by this run's when its folder is among ``folders`` (None: every folder)."""
-    processed = {r["study_id"] for r in result.studies} | {r["study_id"] for r in result.rejects
-                                                           if r["stage"] == "scan" and r["entity"] == "report"}
+    processed = {r["study_id"] for r in result.studies} | {
+        r["study_id"] for r in result.rejects if r["stage"] == "scan" and r["entity"] == "report"
+    }
     folder_rejects = [r for r in result.rejects if r["study_id"] is None]
     old_rejects = read_table(out, "rejects")
     stale = old_rejects["study_id"].isna() & old_rejects["path"].map(lambda p: _in_folders(p, folders)).astype(bool)
     # a CSV row's reject is made again by every scan (the CSVs are read whole): the old one goes
     stale |= old_rejects["reason"] == "metadata_row_invalid"
-    if not processed and not folder_rejects and not stale.any() \
-            and all(ingest_table(out, n).is_file() for n in TABLES):
+    if not processed and not folder_rejects and not stale.any() and all(ingest_table(out, n).is_file() for n in TABLES):
         return  # every study unchanged: the tables stay as they are (a re-run rewrites nothing)
     for name, contract in TABLES.items():
         old = old_rejects[~stale] if name == "rejects" else read_table(out, name)
@@ -574,6 +692,7 @@ def _in_folders(path, folders: tuple[str, ...] | None) -> bool:
     """Whether a folder-level reject's path (``files/pXX/…``) is in the folders scanned."""
     if folders is None or not isinstance(path, str):
         return True
-    folder = next((p for p in path.replace(os.sep, "/").split("/") if len(p) == 3 and p[0] == "p" and p[1:].isdigit()),
-                  None)
+    folder = next(
+        (p for p in path.replace(os.sep, "/").split("/") if len(p) == 3 and p[0] == "p" and p[1:].isdigit()), None
+    )
     return folder is None or folder in folders

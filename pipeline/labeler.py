@@ -14,8 +14,9 @@ already-split sentence in, a :class:`RuleLabel` out::
 Pipeline (built once in :class:`RuleLabeler`): a blank spaCy English tokenizer (``___`` kept
 whole) and one ``PhraseMatcher`` on ``LOWER`` that tags, in a single pass, the vocabulary --
 data, not code: ``pipeline/vocabulary/`` holds it as reviewable phrase files, read once at import --
-the finding lexicon (:data:`LEXICON`, ``vocabulary/findings/<observation>.txt``: the 13 CheXpert finding observations, support devices, post-surgical change and the
-chronic / incidental findings radiologists report), anatomy *anchors* and their *predicates*
+the finding lexicon (:data:`LEXICON`, ``vocabulary/findings/<observation>.txt``: the 13 CheXpert
+finding observations, support devices, post-surgical change and the chronic / incidental findings
+radiologists report), anatomy *anchors* and their *predicates*
 ("heart" … "enlarged", "lungs" … "clear"), and the NegEx-style triggers. Plain Python then joins
 anchors with predicates, resolves overlaps (longest span wins), folds adjectival forms into the
 finding they modify ("atherosclerotic vascular calcification"), scopes the triggers, collects
@@ -94,8 +95,9 @@ way); "consistent with" / "compatible with" are affirmative. Borderline heart si
 of normal", "top normal") is an uncertain cardiomegaly, so abnormal: Open-I's MeSH indexers call
 about 3 in 4 reports that say "upper limits of normal" abnormal. Pseudo-negations mask the cues
 they contain and negate nothing: "no change in", "no significant/interval change", "not
-significantly changed", "no increase in", "without change", "not only", "no worsening". Scope: a pre-cue reaches every mention after it in its clause, so
-"no effusion, pneumothorax, or consolidation" negates all three. Clauses end at ``.`` ``;`` ``!``
+significantly changed", "no increase in", "without change", "not only", "no worsening". Scope: a
+pre-cue reaches every mention after it in its clause, so "no effusion, pneumothorax, or
+consolidation" negates all three. Clauses end at ``.`` ``;`` ``!``
 ``?`` and at "but", "however", "although", "though", "whereas", "except", "which", "while",
 "aside from", "apart from", "other than". Inside a clause a pre-cue's scope also stops at "with",
 "there", and at "," / "and" followed by a new assertion ("there", "the", "stable", "mild",
@@ -119,10 +121,10 @@ distinct sentence once. Bump :data:`RULES_VERSION` whenever a rule or a vocabula
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
-from typing import Iterable
 
 __all__ = [
     "RULES_VERSION",
@@ -138,9 +140,20 @@ __all__ = [
 RULES_VERSION = "rules-2"
 
 CATEGORIES = (
-    "Enlarged Cardiomediastinum", "Cardiomegaly", "Lung Opacity", "Lung Lesion", "Edema",
-    "Consolidation", "Pneumonia", "Atelectasis", "Pneumothorax", "Pleural Effusion",
-    "Pleural Other", "Fracture", "Support Devices", "Other Finding",
+    "Enlarged Cardiomediastinum",
+    "Cardiomegaly",
+    "Lung Opacity",
+    "Lung Lesion",
+    "Edema",
+    "Consolidation",
+    "Pneumonia",
+    "Atelectasis",
+    "Pneumothorax",
+    "Pleural Effusion",
+    "Pleural Other",
+    "Fracture",
+    "Support Devices",
+    "Other Finding",
 )
 KINDS = ("positive", "chronic", "device", "postsurgical")
 
@@ -183,8 +196,15 @@ class SentenceReading:
 # that folds into a finding right after it. In the tables below a phrase list is ";"-joined.
 
 VOCABULARY_DIR = Path(__file__).resolve().parent / "vocabulary"
-_CUE_FILES = ("negation_pre", "negation_post", "pseudo_negation", "uncertainty_over_negation",
-              "uncertainty_pre", "uncertainty_post", "clause_breaks")
+_CUE_FILES = (
+    "negation_pre",
+    "negation_post",
+    "pseudo_negation",
+    "uncertainty_over_negation",
+    "uncertainty_pre",
+    "uncertainty_post",
+    "clause_breaks",
+)
 
 
 def _sections(path: Path) -> dict[str, list[str]]:
@@ -244,12 +264,22 @@ def _load_vocabulary():
         else:
             modifier_words.update((w, w) for w in line.split())
     scope = {k: frozenset(_words(ls)) for k, ls in _sections(v / "scope_words.txt").items()}
-    return (tuple(lexicon), anchors, predicates, finding_combos, normal_combos, triggers,
-            modifier_words, frozenset(_words(mods["chronic"])), scope)
+    return (
+        tuple(lexicon),
+        anchors,
+        predicates,
+        finding_combos,
+        normal_combos,
+        triggers,
+        modifier_words,
+        frozenset(_words(mods["chronic"])),
+        scope,
+    )
 
 
-(LEXICON, ANCHORS, PREDICATES, _FINDING_COMBOS, _NORMAL_COMBOS, TRIGGERS, _MODIFIER_WORDS,
- _CHRONIC_MODS, _SCOPE) = _load_vocabulary()
+(LEXICON, ANCHORS, PREDICATES, _FINDING_COMBOS, _NORMAL_COMBOS, TRIGGERS, _MODIFIER_WORDS, _CHRONIC_MODS, _SCOPE) = (
+    _load_vocabulary()
+)
 #: LEXICON: (canonical name, category, kind, ";"-joined phrases); ANCHORS / PREDICATES / TRIGGERS:
 #: name → ";"-joined phrases; _FINDING_COMBOS / _NORMAL_COMBOS: (anchor, predicate) → finding
 #: ("!" marks uncertain by itself) / normal-phrase id.
@@ -270,14 +300,16 @@ _ADJ_GAP = frozenset(_MODIFIER_WORDS) | _SCOPE["adjective_gap"]
 _DISJUNCTIONS = _SCOPE["disjunctions"]
 _LIST_MARKER_RE = re.compile(r"^\s*(?:\(?\d{1,2}[.)]|[-*\u2022])\s+")
 _NORMAL_REGEXES: tuple[tuple[str, re.Pattern], ...] = (
-    ("no_acute_process", re.compile(
-        r"\b(?:no|negative for|without|free of)\b(?:\W+\w+){0,4}?\W+(?:acute|active)\b")),
-    ("no_focal_consolidation", re.compile(
-        r"\b(?:no|negative for|without|free of)\b(?:\W+\w+){0,3}?\W+focal\b")),
+    ("no_acute_process", re.compile(r"\b(?:no|negative for|without|free of)\b(?:\W+\w+){0,4}?\W+(?:acute|active)\b")),
+    ("no_focal_consolidation", re.compile(r"\b(?:no|negative for|without|free of)\b(?:\W+\w+){0,3}?\W+focal\b")),
     ("unremarkable", re.compile(r"\bunremarkable\b")),
-    ("normal_chest", re.compile(
-        r"^\W*(?:negative|normal)\W*$"
-        r"|\b(?:normal|negative|unremarkable)\s+(?:\w+\s+)?(?:chest|study|exam|examination|radiograph)")),
+    (
+        "normal_chest",
+        re.compile(
+            r"^\W*(?:negative|normal)\W*$"
+            r"|\b(?:normal|negative|unremarkable)\s+(?:\w+\s+)?(?:chest|study|exam|examination|radiograph)"
+        ),
+    ),
 )
 
 
@@ -287,7 +319,7 @@ def _expand(phrase: str) -> list[str]:
     if m:
         out: list[str] = []
         for alt in m.group(1).split(","):
-            out.extend(_expand(phrase[: m.start()] + alt + phrase[m.end():]))
+            out.extend(_expand(phrase[: m.start()] + alt + phrase[m.end() :]))
         return out
     phrase = " ".join(phrase.split())
     if not phrase:
@@ -407,7 +439,7 @@ class RuleLabeler:
         return self._read_doc(self.nlp.make_doc(sentence or ""))
 
     # --------------------------------------------------------------------------- internals
-    def sentence_state(self, sentence: str) -> "_Sentence":
+    def sentence_state(self, sentence: str) -> _Sentence:
         """The labelling state of one sentence, matched and ready for its phases (for tests and
         debugging; :meth:`label` runs them all)."""
         doc = self.nlp.make_doc(sentence or "")
@@ -584,14 +616,14 @@ class _Sentence:
         for k, m in enumerate(ms):
             if m.adj and k + 1 < len(ms):
                 nxt = ms[k + 1]
-                between = words[m.e:nxt.s]
+                between = words[m.e : nxt.s]
                 if len(between) <= 3 and all(w in _ADJ_GAP for w in between):
                     if nxt.name == "abnormality" and m.name != "abnormality":
                         # "emphysematous disease": the adjective names the finding
                         ms[k + 1] = _M(m.s, nxt.e, m.name)
                         ms[k + 1].inner = (m.e, nxt.s)
                         continue
-                    word = " ".join(words[m.s:m.e])
+                    word = " ".join(words[m.s : m.e])
                     if word in _MODIFIER_WORDS:
                         nxt.mods.append((m.s, _MODIFIER_WORDS[word]))
                     continue
@@ -636,10 +668,14 @@ class _Sentence:
         return verb or not need_verb
 
     def _normal_just_before(self, s: int, e: int, m: _M) -> bool:
-        """"normal"/"unremarkable" at [s, e) at most two plain words before ``m``."""
-        return (e <= m.s and m.s - e <= 2 and self.clause[s] == self.clause[m.s]
-                and not any(i in self.breaks for i in range(e, m.s))
-                and all(self.in_mention[i] < 0 and not self.doc[i].is_punct for i in range(e, m.s)))
+        """ "normal"/"unremarkable" at [s, e) at most two plain words before ``m``."""
+        return (
+            e <= m.s
+            and m.s - e <= 2
+            and self.clause[s] == self.clause[m.s]
+            and not any(i in self.breaks for i in range(e, m.s))
+            and all(self.in_mention[i] < 0 and not self.doc[i].is_punct for i in range(e, m.s))
+        )
 
     def _status(self, m: _M, normal_preds: list[tuple[int, int]]) -> str:
         pre, chain = self._pre_scope, self._chain_to
@@ -652,11 +688,7 @@ class _Sentence:
             or any(self._normal_just_before(s, e, m) for s, e in normal_preds)
         ):
             return "negated"
-        if (
-            m.unc
-            or any(pre(s, e, m) for s, e in self.preunc)
-            or any(chain(m, s, False) for s, e in self.postunc)
-        ):
+        if m.unc or any(pre(s, e, m) for s, e in self.preunc) or any(chain(m, s, False) for s, e in self.postunc):
             return "uncertain"
         return "positive"
 
@@ -667,10 +699,12 @@ class _Sentence:
         # disjunctions of positive findings: "atelectasis or scarring", "atelectasis/pneumonia"
         for k in range(len(ms) - 1):
             a, b = ms[k], ms[k + 1]
-            between = words[a.e:b.s]
+            between = words[a.e : b.s]
             if (
-                statuses[k] == "positive" and statuses[k + 1] in ("positive", "uncertain")
-                and len(between) <= 4 and any(w in _DISJUNCTIONS for w in between)
+                statuses[k] == "positive"
+                and statuses[k + 1] in ("positive", "uncertain")
+                and len(between) <= 4
+                and any(w in _DISJUNCTIONS for w in between)
                 and all(w in _DISJUNCTIONS or w in _ADJ_GAP or w == "," for w in between)
             ):
                 statuses[k] = "uncertain"
@@ -743,7 +777,7 @@ class _Sentence:
         if self.trig.get("pseudo") and not mentions:
             normal_hits.append((self.trig["pseudo"][0][0], "no_change"))
         if not normal_hits:
-            for s, e, v in self.preds:
+            for s, _e, v in self.preds:
                 if v in _NORMAL_PREDS:
                     nid = "unremarkable" if self.words[s] == "unremarkable" else "other_normal"
                     normal_hits.append((s, nid))

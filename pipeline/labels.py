@@ -24,8 +24,9 @@ No Prefect here: the curate step and the tests call these functions directly.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Iterable, NamedTuple, Sequence
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -44,9 +45,20 @@ LABEL_FILES = {"chexpert": "mimic-cxr-2.0.0-chexpert.csv", "negbio": "mimic-cxr-
 NO_FINDING = "No Finding"
 #: the 14 label columns, in the files' order
 LABEL_COLUMNS = (
-    "Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Enlarged Cardiomediastinum", "Fracture",
-    "Lung Lesion", "Lung Opacity", NO_FINDING, "Pleural Effusion", "Pleural Other", "Pneumonia",
-    "Pneumothorax", "Support Devices",
+    "Atelectasis",
+    "Cardiomegaly",
+    "Consolidation",
+    "Edema",
+    "Enlarged Cardiomediastinum",
+    "Fracture",
+    "Lung Lesion",
+    "Lung Opacity",
+    NO_FINDING,
+    "Pleural Effusion",
+    "Pleural Other",
+    "Pneumonia",
+    "Pneumothorax",
+    "Support Devices",
 )
 #: the columns whose 1.0 or -1.0 makes a study abnormal (all but No Finding)
 FINDING_COLUMNS = tuple(c for c in LABEL_COLUMNS if c != NO_FINDING)
@@ -69,9 +81,11 @@ def require_label_file(labeler: str, dirs: Sequence[str | os.PathLike]) -> Path:
     path = find_label_file(labeler, dirs)
     if path is None:
         searched = ", ".join(str(d) for d in dirs) or "(no directory given)"
-        raise LabelFileError(f"label source {labeler!r} needs {_file_name(labeler)} (or {_file_name(labeler)}.gz), "
-                             f"found in none of the directories searched: {searched} (it ships with "
-                             f"MIMIC-CXR-JPG: pass the directory that holds it)")
+        raise LabelFileError(
+            f"label source {labeler!r} needs {_file_name(labeler)} (or {_file_name(labeler)}.gz), "
+            f"found in none of the directories searched: {searched} (it ships with "
+            f"MIMIC-CXR-JPG: pass the directory that holds it)"
+        )
     return path
 
 
@@ -91,14 +105,19 @@ def read_label_file(path: str | os.PathLike) -> pd.DataFrame:
     missing = [c for c in ("subject_id", "study_id") + LABEL_COLUMNS if c not in header]
     if missing:
         raise ValueError(f"{path} is not a MIMIC-CXR label file: columns {missing} missing")
-    df = pd.read_csv(path, usecols=["subject_id", "study_id", *LABEL_COLUMNS],
-                     dtype={"subject_id": "int64", "study_id": "int64", **{c: "float64" for c in LABEL_COLUMNS}})
+    df = pd.read_csv(
+        path,
+        usecols=["subject_id", "study_id", *LABEL_COLUMNS],
+        dtype={"subject_id": "int64", "study_id": "int64", **{c: "float64" for c in LABEL_COLUMNS}},
+    )
     values = df[list(LABEL_COLUMNS)]
     bad = ~(values.isna() | values.isin([POSITIVE, NEGATIVE, UNCERTAIN]))
     if bad.to_numpy().any():
         column = bad.any()[lambda s: s].index[0]
-        raise ValueError(f"{path}: column {column!r} holds {sorted(set(values.loc[bad[column], column]))}, "
-                         f"expected 1.0, 0.0, -1.0 or blank")
+        raise ValueError(
+            f"{path}: column {column!r} holds {sorted(set(values.loc[bad[column], column]))}, "
+            f"expected 1.0, 0.0, -1.0 or blank"
+        )
     duplicated = df["study_id"].duplicated()
     if duplicated.any():
         raise ValueError(f"{path}: study_id {df.loc[duplicated, 'study_id'].iloc[0]} appears more than once")
@@ -123,13 +142,20 @@ class StudyLabels(NamedTuple):
     def counts(self, labeler: str) -> dict[str, int]:
         """normal / abnormal / unknown studies for one labeler (unknown includes ``absent``)."""
         label = self.frame[f"{labeler}_label"]
-        return {"normal": int((label == "normal").sum()), "abnormal": int((label == "abnormal").sum()),
-                "unknown": int(label.isna().sum()), "absent": self.absent.get(labeler, 0)}
+        return {
+            "normal": int((label == "normal").sum()),
+            "abnormal": int((label == "abnormal").sum()),
+            "unknown": int(label.isna().sum()),
+            "absent": self.absent.get(labeler, 0),
+        }
 
 
-def study_labels(studies: pd.DataFrame, dirs: Sequence[str | os.PathLike],
-                 classifier_labels: pd.Series | None = None,
-                 required: Iterable[str] = ()) -> StudyLabels:
+def study_labels(
+    studies: pd.DataFrame,
+    dirs: Sequence[str | os.PathLike],
+    classifier_labels: pd.Series | None = None,
+    required: Iterable[str] = (),
+) -> StudyLabels:
     """Per study of ``studies`` (``study_id``, ``subject_id``): the classifier's label (from
     ``classifier_labels``, a Series by study_id; None when not given), and for each labeler its
     label by the rule and its raw ``No Finding`` value (None when its file is not found, when the
@@ -139,8 +165,11 @@ def study_labels(studies: pd.DataFrame, dirs: Sequence[str | os.PathLike],
         require_label_file(labeler, dirs)
     frame = studies[["study_id", "subject_id"]].sort_values("study_id", kind="stable").reset_index(drop=True)
     ids = frame["study_id"]
-    frame["classifier_label"] = (ids.map(classifier_labels).astype(object) if classifier_labels is not None
-                                 else pd.Series([None] * len(frame), dtype=object))
+    frame["classifier_label"] = (
+        ids.map(classifier_labels).astype(object)
+        if classifier_labels is not None
+        else pd.Series([None] * len(frame), dtype=object)
+    )
     files, absent = {}, {}
     for labeler in LABELERS:
         label = pd.Series([None] * len(frame), dtype=object)

@@ -17,7 +17,8 @@ touch the most reports first: what the filter may get wrong, and how often.
 
 The file is rebuilt into a temporary database and renamed over the old one (atomic); the
 ``runs`` history and the ``evaluations`` table are carried over (stages that do not
-rebuild the file append to them: :func:`append_runs`, :func:`record_evaluations`). The plain ``duckdb`` client opens it as it is.
+rebuild the file append to them: :func:`append_runs`, :func:`record_evaluations`). The plain
+``duckdb`` client opens it as it is.
 
 The three writers take :func:`manifest_lock` (a lock file beside the database), so a rebuild
 never renames its copy over rows another process appended meanwhile: an append waits for the
@@ -51,6 +52,7 @@ def manifest_lock(db: str | os.PathLike, timeout: float = LOCK_TIMEOUT_S):
     db = Path(db)
     db.parent.mkdir(parents=True, exist_ok=True)
     return FileLock(str(db.with_name(f".{db.name}.lock")), timeout=timeout)
+
 
 VIEWS = {
     "label_distribution": """
@@ -189,20 +191,36 @@ EVALUATION_VIEWS = {
 
 def code_version() -> str:
     try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=Path(__file__).parent,
-                              capture_output=True, text=True, timeout=5).stdout.strip() or "unknown"
+        return (
+            subprocess.run(
+                ["git", "rev-parse", "--short", "HEAD"],
+                cwd=Path(__file__).parent,
+                capture_output=True,
+                text=True,
+                timeout=5,
+            ).stdout.strip()
+            or "unknown"
+        )
     except (OSError, subprocess.SubprocessError):
         return "unknown"
 
 
-def run_record(stage: str, started: dt.datetime, parameters: dict, counts: dict,
-               model_version: str | None = None) -> dict:
-    finished = dt.datetime.now(dt.timezone.utc)
-    return {"run_id": str(uuid.uuid4()), "stage": stage, "started_at": started, "finished_at": finished,
-            "seconds": (finished - started).total_seconds(), "offclip_version": __version__,
-            "code_version": code_version(), "model_version": model_version,
-            "parameters": json.dumps(parameters, sort_keys=True, default=str),
-            "counts": json.dumps(counts, sort_keys=True, default=str)}
+def run_record(
+    stage: str, started: dt.datetime, parameters: dict, counts: dict, model_version: str | None = None
+) -> dict:
+    finished = dt.datetime.now(dt.UTC)
+    return {
+        "run_id": str(uuid.uuid4()),
+        "stage": stage,
+        "started_at": started,
+        "finished_at": finished,
+        "seconds": (finished - started).total_seconds(),
+        "offclip_version": __version__,
+        "code_version": code_version(),
+        "model_version": model_version,
+        "parameters": json.dumps(parameters, sort_keys=True, default=str),
+        "counts": json.dumps(counts, sort_keys=True, default=str),
+    }
 
 
 def _shard_tables(out: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -214,13 +232,14 @@ def _shard_tables(out: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
         for rec in complete_shards(out, split_dir.name):
             shards.append({name: getattr(rec, name) for name in SHARDS.names})  # the record's columns and path
             digests = rec.digests or [None] * len(rec.keys)  # a record from before digests: NULL
-            samples += [{"key": k, "study_id": int(k), "split": rec.split, "shard": rec.name, "position": i,
-                         "digest": d} for i, (k, d) in enumerate(zip(rec.keys, digests))]
+            samples += [
+                {"key": k, "study_id": int(k), "split": rec.split, "shard": rec.name, "position": i, "digest": d}
+                for i, (k, d) in enumerate(zip(rec.keys, digests))
+            ]
     return (pd.DataFrame(shards, columns=SHARDS.names), pd.DataFrame(samples, columns=SAMPLES.names))
 
 
-def build_manifest(out: str | os.PathLike, db: str | os.PathLike | None = None,
-                   runs: list[dict] | None = None) -> Path:
+def build_manifest(out: str | os.PathLike, db: str | os.PathLike | None = None, runs: list[dict] | None = None) -> Path:
     """(Re)build the manifest of curation output ``out``; append ``runs`` to its history."""
     out = Path(out)
     db = Path(db) if db else out / MANIFEST_FILE
@@ -239,8 +258,11 @@ def _build_manifest(out: Path, db: Path, runs: list[dict] | None) -> Path:
                 history = old.sql("SELECT * FROM runs").to_arrow_table().to_pandas()
             if "evaluations" in tables:
                 present = [r[0] for r in old.execute("DESCRIBE evaluations").fetchall()]
-                evaluations = old.sql(f"SELECT {', '.join(c for c in EVALUATIONS.names if c in present)} "
-                                      "FROM evaluations").to_arrow_table().to_pandas()
+                evaluations = (
+                    old.sql(f"SELECT {', '.join(c for c in EVALUATIONS.names if c in present)} FROM evaluations")
+                    .to_arrow_table()
+                    .to_pandas()
+                )
                 evaluations = _with_nullable_columns(evaluations)  # a manifest written before a column existed
     if runs:
         history = pd.concat([history, pd.DataFrame(runs)], ignore_index=True) if len(history) else pd.DataFrame(runs)
@@ -259,8 +281,10 @@ def _build_manifest(out: Path, db: Path, runs: list[dict] | None) -> Path:
         with duckdb.connect(str(tmp)) as con:
             _load(con, "runs", RUNS.validate(history))
             parquet = {
-                "studies": ingest_table(out, "studies"), "images": ingest_table(out, "images"),
-                "rejects": ingest_table(out, "rejects"), "sentences": curate_table(out, "sentences"),
+                "studies": ingest_table(out, "studies"),
+                "images": ingest_table(out, "images"),
+                "rejects": ingest_table(out, "rejects"),
+                "sentences": curate_table(out, "sentences"),
                 "pairs": curate_table(out, "pairs"),
             }
             for name, path in parquet.items():
@@ -289,18 +313,27 @@ def _build_manifest(out: Path, db: Path, runs: list[dict] | None) -> Path:
 
 
 #: curated sentence columns of the disagreement audit (NULL in outputs curated before them)
-AUDIT_COLUMNS = {"classifier_label": "VARCHAR", "rule_label": "VARCHAR", "rule": "VARCHAR",
-                 "rules_version": "VARCHAR", "label_policy": "VARCHAR"}
+AUDIT_COLUMNS = {
+    "classifier_label": "VARCHAR",
+    "rule_label": "VARCHAR",
+    "rule": "VARCHAR",
+    "rules_version": "VARCHAR",
+    "label_policy": "VARCHAR",
+}
 
 
 def _unique_sentences(con) -> None:
     """The ``unique_sentences`` table (one row per normalised key) from ``sentences``."""
-    have = {r[0] for r in con.execute("SELECT column_name FROM duckdb_columns() WHERE table_name = 'sentences'").fetchall()}
+    have = {
+        r[0] for r in con.execute("SELECT column_name FROM duckdb_columns() WHERE table_name = 'sentences'").fetchall()
+    }
     for name, kind in AUDIT_COLUMNS.items():
         if name not in have:  # curated before the audit: the columns exist, empty
             con.execute(f"ALTER TABLE sentences ADD COLUMN {name} {kind}")
     if "classifier_label" not in have:
-        con.execute("UPDATE sentences SET classifier_label = CASE WHEN score >= threshold THEN 'abnormal' ELSE 'normal' END")
+        con.execute(
+            "UPDATE sentences SET classifier_label = CASE WHEN score >= threshold THEN 'abnormal' ELSE 'normal' END"
+        )
     con.execute("""
         CREATE TABLE unique_sentences AS
         SELECT key, arg_min(text, (study_id, index)) AS text, count(*) AS sentences,
@@ -343,7 +376,8 @@ def open_manifest(db: str | os.PathLike, write: bool = False, allow_external: bo
     try:
         locked, external, allowed = con.execute(
             "SELECT current_setting('lock_configuration'), current_setting('enable_external_access'), "
-            "current_setting('allowed_directories')").fetchone()
+            "current_setting('allowed_directories')"
+        ).fetchone()
         if locked:  # DuckDB shares one instance per file in a process: another connection confined it
             if external or root not in {Path(d) for d in allowed}:
                 raise duckdb.PermissionException(f"{db} is open in this process with another configuration")
@@ -368,7 +402,8 @@ def query(db: str | os.PathLike, sql: str, write: bool = False, allow_external: 
         if refused:
             raise duckdb.PermissionException(
                 f"the manifest is open read-only: {', '.join(refused)} would write a file or open another "
-                "database (offclip sql --out FILE saves a result; --write allows it inside the manifest's folder)")
+                "database (offclip sql --out FILE saves a result; --write allows it inside the manifest's folder)"
+            )
         try:
             relation = con.sql(sql)  # None for statements without a result
             return relation.to_arrow_table().to_pandas() if relation is not None else pd.DataFrame()
@@ -377,7 +412,8 @@ def query(db: str | os.PathLike, sql: str, write: bool = False, allow_external: 
                 raise
             raise duckdb.PermissionException(
                 f"{exc} (SQL on {db} may use files under {Path(db).resolve().parent} only; "
-                "offclip sql --allow-external lifts this)") from exc
+                "offclip sql --allow-external lifts this)"
+            ) from exc
 
 
 def summary(db: str | os.PathLike) -> str:
@@ -385,20 +421,31 @@ def summary(db: str | os.PathLike) -> str:
     lines = [f"manifest {db}"]
     counts = query(db, "SELECT table_name, estimated_size FROM duckdb_tables() ORDER BY table_name")
     lines.append("  tables   " + ", ".join(f"{r.table_name} {r.estimated_size}" for r in counts.itertuples()))
-    for title, sql in (("labels", "SELECT * FROM label_distribution"), ("rejects", "SELECT * FROM reject_reasons"),
-                       ("shards", "SELECT * FROM shard_health"),
-                       ("runs", "SELECT stage, started_at, round(seconds, 1) AS seconds, model_version FROM runs "
-                                "ORDER BY started_at DESC LIMIT 5")):
+    for title, sql in (
+        ("labels", "SELECT * FROM label_distribution"),
+        ("rejects", "SELECT * FROM reject_reasons"),
+        ("shards", "SELECT * FROM shard_health"),
+        (
+            "runs",
+            "SELECT stage, started_at, round(seconds, 1) AS seconds, model_version FROM runs "
+            "ORDER BY started_at DESC LIMIT 5",
+        ),
+    ):
         df = query(db, sql)
         lines.append(f"  {title}:")
         lines += ["    " + line for line in (df.to_string(index=False) if len(df) else "(none)").splitlines()]
     # samples the shards hold that the records no longer make (a manifest from before has no such view)
     if len(query(db, "SELECT 1 FROM duckdb_views() WHERE view_name = 'shard_mismatches'")):
-        df = query(db, "SELECT problem, count(*) AS samples, count(DISTINCT shard) AS shards, "
-                       "min(study_id) AS first_study FROM shard_mismatches GROUP BY problem ORDER BY problem")
+        df = query(
+            db,
+            "SELECT problem, count(*) AS samples, count(DISTINCT shard) AS shards, "
+            "min(study_id) AS first_study FROM shard_mismatches GROUP BY problem ORDER BY problem",
+        )
         if len(df):
-            lines.append("  shards out of step with the records (SELECT * FROM shard_mismatches; "
-                         "offclip shards OUT rewrites them):")
+            lines.append(
+                "  shards out of step with the records (SELECT * FROM shard_mismatches; "
+                "offclip shards OUT rewrites them):"
+            )
             lines += ["    " + line for line in df.to_string(index=False).splitlines()]
     # the sentence filter's two opinions (a manifest from before the audit has no such view)
     if len(query(db, "SELECT 1 FROM duckdb_views() WHERE view_name = 'classifier_rule_agreement'")):
@@ -406,8 +453,9 @@ def summary(db: str | os.PathLike) -> str:
         lines.append("  sentence filter, classifier × rules (SELECT * FROM classifier_rule_disagreements):")
         lines += ["    " + line for line in (df.to_string(index=False) if len(df) else "(none)").splitlines()]
     # the label agreement, when curate found MIMIC's label files (a manifest from before has no such table)
-    if len(query(db, "SELECT 1 FROM duckdb_tables() WHERE table_name = 'study_labels'")) \
-            and len(query(db, "SELECT 1 FROM study_labels LIMIT 1")):
+    if len(query(db, "SELECT 1 FROM duckdb_tables() WHERE table_name = 'study_labels'")) and len(
+        query(db, "SELECT 1 FROM study_labels LIMIT 1")
+    ):
         df = query(db, "SELECT * FROM label_agreement_summary")
         lines.append("  label agreement (classifier × MIMIC labelers):")
         lines += ["    " + line for line in df.to_string(index=False).splitlines()]

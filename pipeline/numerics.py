@@ -31,8 +31,9 @@ class YoudenCut:
         return 0.5 * (self.tp / self.n_pos + (self.n_neg - self.fp) / self.n_neg)
 
 
-def youden_cut(scores: Sequence[float], positive: Sequence[bool], *, call_none: bool = False,
-               tie_tol: float = 0.0) -> YoudenCut:
+def youden_cut(
+    scores: Sequence[float], positive: Sequence[bool], *, call_none: bool = False, tie_tol: float = 0.0
+) -> YoudenCut:
     """The threshold maximising Youden's J = TPR - FPR (equivalently, balanced accuracy) of
     "positive iff score >= t", over the distinct scores (and, with ``call_none``, ``inf``: call
     nothing positive, J = 0, as ``sklearn.metrics.roc_curve``'s first point).

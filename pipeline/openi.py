@@ -62,9 +62,7 @@ def find_sources(path: str | os.PathLike | None = None) -> OpenISources:
         reports, headers = directory / REPORTS_NAME, directory / HEADERS_NAME
         missing = [p.name for p in (reports, headers) if not p.is_file()]
         if missing:
-            raise OpenISourceError(
-                f"{origin} points at {directory}, which lacks {', '.join(missing)}"
-            )
+            raise OpenISourceError(f"{origin} points at {directory}, which lacks {', '.join(missing)}")
         return OpenISources(reports, headers)
     raise OpenISourceError(
         "Open-I sources not found: install them with "

@@ -41,10 +41,11 @@ import os
 import random
 import threading
 import time
+from collections.abc import Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol, Sequence
+from typing import Protocol
 
 import pyarrow as pa
 
@@ -111,8 +112,10 @@ FLUSH_SECONDS = 5.0  #: answers are committed to the cache at least this often (
 
 def prompt_version(system: str, user_template: str, temperature: float) -> str:
     """What the cache keys a prompt by: a hash of everything that shapes the answer but the model."""
-    spec = json.dumps({"system": system, "user": user_template, "temperature": temperature,
-                       "answer_format": ANSWER_FORMAT}, sort_keys=True)
+    spec = json.dumps(
+        {"system": system, "user": user_template, "temperature": temperature, "answer_format": ANSWER_FORMAT},
+        sort_keys=True,
+    )
     return "p" + hashlib.sha256(spec.encode()).hexdigest()[:12]
 
 
@@ -138,7 +141,9 @@ class PromptCache(DuckDBCache):
         try:
             rows = self.con.execute(
                 "SELECT r.text, r.answer FROM llm_rewrites r JOIN wanted w USING (text)"
-                " WHERE r.model = ? AND r.prompt_version = ?", [model, version]).fetchall()
+                " WHERE r.model = ? AND r.prompt_version = ?",
+                [model, version],
+            ).fetchall()
         finally:
             self.con.unregister("wanted")
         return dict(rows)
@@ -147,16 +152,22 @@ class PromptCache(DuckDBCache):
         """One transaction: a process killed meanwhile leaves the cache as it was before."""
         if not len(texts):
             return
-        new = pa.table({"text": pa.array(list(texts), pa.string()),
-                        "model": pa.array([model] * len(texts), pa.string()),
-                        "prompt_version": pa.array([version] * len(texts), pa.string()),
-                        "answer": pa.array(list(answers), pa.string())})
+        new = pa.table(
+            {
+                "text": pa.array(list(texts), pa.string()),
+                "model": pa.array([model] * len(texts), pa.string()),
+                "prompt_version": pa.array([version] * len(texts), pa.string()),
+                "answer": pa.array(list(answers), pa.string()),
+            }
+        )
         self.con.register("new_answers", new)
         try:
             self.con.execute("BEGIN TRANSACTION")
             try:
-                self.con.execute("INSERT INTO llm_rewrites (text, model, prompt_version, answer)"
-                                 " SELECT * FROM new_answers ON CONFLICT DO NOTHING")
+                self.con.execute(
+                    "INSERT INTO llm_rewrites (text, model, prompt_version, answer)"
+                    " SELECT * FROM new_answers ON CONFLICT DO NOTHING"
+                )
                 self.con.execute("COMMIT")
             except BaseException:
                 self.con.execute("ROLLBACK")
@@ -167,8 +178,8 @@ class PromptCache(DuckDBCache):
     def count(self, model: str | None = None, version: str | None = None) -> int:
         return self.con.execute(
             "SELECT count(*) FROM llm_rewrites WHERE (? IS NULL OR model = ?) AND (? IS NULL OR prompt_version = ?)",
-            [model, model, version, version]).fetchall()[0][0]  # fetchall: no result left open
-
+            [model, model, version, version],
+        ).fetchall()[0][0]  # fetchall: no result left open
 
 
 @dataclass
@@ -183,14 +194,15 @@ class PromptingStats:
     prompt_version: str = ""
 
     def to_text(self) -> str:
-        return (f"prompting openai ({self.model}, prompt {self.prompt_version}): unique {self.unique} · "
-                f"from cache {self.cached} · model calls {self.model_calls} · retries {self.retries} · "
-                f"{self.seconds:.1f} s")
+        return (
+            f"prompting openai ({self.model}, prompt {self.prompt_version}): unique {self.unique} · "
+            f"from cache {self.cached} · model calls {self.model_calls} · retries {self.retries} · "
+            f"{self.seconds:.1f} s"
+        )
 
 
 class _RequestFailed(Exception):
-    def __init__(self, problem: str, retries: int, retryable: bool, sent: bool = True,
-                 stopped: bool = False) -> None:
+    def __init__(self, problem: str, retries: int, retryable: bool, sent: bool = True, stopped: bool = False) -> None:
         super().__init__(problem)
         self.problem, self.retries, self.retryable, self.sent = problem, retries, retryable, sent
         self.stopped = stopped  #: given up because another request failed, not a failure itself
@@ -211,7 +223,7 @@ def _retry_after(value: str | None) -> float | None:
     if when.tzinfo is None:
         import datetime as dt
 
-        when = when.replace(tzinfo=dt.timezone.utc)
+        when = when.replace(tzinfo=dt.UTC)
     return max(0.0, when.timestamp() - time.time())
 
 
@@ -230,21 +242,36 @@ class OpenAIPrompter:
     """
 
     name = "openai"
-    SYSTEM = ("You rewrite one sentence from a chest X-ray report into short templated sentences, "
-              "one per finding: 'There is <severity> <finding>.', 'There may be <finding>.' or "
-              "'There is no <finding>.'. Answer with the rewritten text only.")
+    SYSTEM = (
+        "You rewrite one sentence from a chest X-ray report into short templated sentences, "
+        "one per finding: 'There is <severity> <finding>.', 'There may be <finding>.' or "
+        "'There is no <finding>.'. Answer with the rewritten text only."
+    )
     USER_TEMPLATE = "{sentence}"
     TEMPERATURE = 0
 
-    def __init__(self, base_url: str | None = None, model: str | None = None, api_key: str | None = None,
-                 timeout: float = 30.0, *, cache: PromptCache | str | Path | None = None,
-                 max_concurrency: int | None = None, max_retries: int = 5, backoff: float = 1.0,
-                 max_backoff: float = 120.0, progress: bool | None = None, system: str | None = None,
-                 flush_every: int = 256) -> None:
+    def __init__(
+        self,
+        base_url: str | None = None,
+        model: str | None = None,
+        api_key: str | None = None,
+        timeout: float = 30.0,
+        *,
+        cache: PromptCache | str | Path | None = None,
+        max_concurrency: int | None = None,
+        max_retries: int = 5,
+        backoff: float = 1.0,
+        max_backoff: float = 120.0,
+        progress: bool | None = None,
+        system: str | None = None,
+        flush_every: int = 256,
+    ) -> None:
         self.base_url = (base_url or os.environ.get("OFFCLIP_LLM_URL") or "").rstrip("/")
         if not self.base_url:
-            raise PromptBackendError("the openai prompter needs an endpoint: prompt_options base_url or $OFFCLIP_LLM_URL "
-                                     "(e.g. http://127.0.0.1:8000/v1)")
+            raise PromptBackendError(
+                "the openai prompter needs an endpoint: prompt_options base_url or $OFFCLIP_LLM_URL "
+                "(e.g. http://127.0.0.1:8000/v1)"
+            )
         self.url = f"{self.base_url}/chat/completions"
         self.model = model or os.environ.get("OFFCLIP_LLM_MODEL", "default")
         self.api_key = api_key or os.environ.get("OFFCLIP_LLM_API_KEY", "")
@@ -254,8 +281,9 @@ class OpenAIPrompter:
             max_concurrency = os.environ.get("OFFCLIP_LLM_CONCURRENCY") or 8
         self.max_concurrency = int(max_concurrency)
         if self.max_concurrency < 1 or max_retries < 0 or backoff < 0 or flush_every < 1:
-            raise ValueError("openai prompting: max_concurrency and flush_every must be ≥ 1, "
-                             "max_retries and backoff ≥ 0")
+            raise ValueError(
+                "openai prompting: max_concurrency and flush_every must be ≥ 1, max_retries and backoff ≥ 0"
+            )
         self.max_retries, self.backoff, self.max_backoff = int(max_retries), float(backoff), float(max_backoff)
         self.progress = progress
         self.flush_every = int(flush_every)
@@ -310,8 +338,13 @@ class OpenAIPrompter:
         limits = httpx.Limits(max_connections=self.max_concurrency, max_keepalive_connections=self.max_concurrency)
         client = httpx.Client(timeout=self.timeout, headers=headers, limits=limits)
         pool = ThreadPoolExecutor(self.max_concurrency, thread_name_prefix="offclip-llm")
-        bar = tqdm(total=stats.unique, initial=stats.cached, unit="sentence", desc=f"llm {self.model}",
-                   disable=None if self.progress is None else not self.progress)
+        bar = tqdm(
+            total=stats.unique,
+            initial=stats.cached,
+            unit="sentence",
+            desc=f"llm {self.model}",
+            disable=None if self.progress is None else not self.progress,
+        )
         try:
             while True:
                 # a bounded window of submitted requests: a million sentences are not a million futures
@@ -351,16 +384,17 @@ class OpenAIPrompter:
                 bar.close()
         if failure is not None:
             where = f"the cache {cache.path}" if cache.path is not None else "no cache file (cache=None)"
-            gave_up = (f" (gave up after {failure.retries} retries)" if failure.retryable else "")
+            gave_up = f" (gave up after {failure.retries} retries)" if failure.retryable else ""
             raise PromptBackendError(
                 f"LLM endpoint {self.url} {failure.problem}{gave_up}; {answered} of the {len(todo)} sentences to send "
                 f"were answered ({stats.cached} more came from the cache) and are kept in {where}: "
-                f"a re-run sends only the rest")
+                f"a re-run sends only the rest"
+            )
 
     def _delay(self, retries: int, retry_after: float | None) -> float:
         if retry_after is not None:
             return min(retry_after, self.max_backoff)
-        return min(self.max_backoff, self.backoff * 2 ** retries) * random.uniform(0.5, 1.0)
+        return min(self.max_backoff, self.backoff * 2**retries) * random.uniform(0.5, 1.0)
 
     def _complete(self, client, text: str, stop: threading.Event) -> tuple[str, int]:
         """One sentence's answer and how many retries it took (in a pool thread). A failure for
@@ -374,9 +408,14 @@ class OpenAIPrompter:
     def _attempts(self, client, text: str, stop: threading.Event) -> tuple[str, int]:
         import httpx
 
-        body = {"model": self.model, "temperature": self.TEMPERATURE,
-                "messages": [{"role": "system", "content": self.system},
-                             {"role": "user", "content": self.USER_TEMPLATE.format(sentence=text)}]}
+        body = {
+            "model": self.model,
+            "temperature": self.TEMPERATURE,
+            "messages": [
+                {"role": "system", "content": self.system},
+                {"role": "user", "content": self.USER_TEMPLATE.format(sentence=text)},
+            ],
+        }
         retries = 0
         while True:
             if stop.is_set():
@@ -396,8 +435,9 @@ class OpenAIPrompter:
                     try:
                         content = response.json()["choices"][0]["message"]["content"]
                     except (ValueError, KeyError, IndexError, TypeError):
-                        raise _RequestFailed(f"sent no chat completion: {_snippet(response.text)}", retries,
-                                             retryable=False) from None
+                        raise _RequestFailed(
+                            f"sent no chat completion: {_snippet(response.text)}", retries, retryable=False
+                        ) from None
                     return " ".join(str(content or "").split()), retries
                 problem = f"answered HTTP {status}: {_snippet(response.text)}"
                 if status != 429 and status < 500:  # the request itself is wrong: retrying cannot help

@@ -22,15 +22,24 @@ holds then.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable
 
 from ..data_contracts.curate import CURATED_SENTENCES, PAIRS, STUDY_LABELS
 from .curate import _write, read_curated
 from .ingest import TABLES, read_stamps, read_table, save_stamps, write_table
-from .layout import (CURATE_DIR, INGEST_DIR, MANIFEST_FILE, PROMPT_CACHE_FILE, SCORE_CACHE_FILE, SHARD_DIR, STAMPS_FILE,
-                     curate_table, ingest_table)
+from .layout import (
+    CURATE_DIR,
+    INGEST_DIR,
+    MANIFEST_FILE,
+    PROMPT_CACHE_FILE,
+    SCORE_CACHE_FILE,
+    SHARD_DIR,
+    STAMPS_FILE,
+    curate_table,
+    ingest_table,
+)
 from .prompting import PromptCache
 from .scoring import ScoreCache
 
@@ -51,14 +60,21 @@ class PurgeResult:
 
     def to_text(self) -> str:
         missing = sorted(set(self.studies) - set(self.found))
-        lines = [f"purge {self.out}: {len(self.found)} of {len(self.studies)} studies found"
-                 + (f" (not in this output: {', '.join(map(str, missing))})" if missing else "")]
+        lines = [
+            f"purge {self.out}: {len(self.found)} of {len(self.studies)} studies found"
+            + (f" (not in this output: {', '.join(map(str, missing))})" if missing else "")
+        ]
         rows = ", ".join(f"{k} {v}" for k, v in self.rows.items() if v) or "none"
         lines.append(f"  records removed: {rows}")
         lines.append(f"  image files removed: {self.image_files}")
-        lines.append(f"  shards rewritten: {len(self.shards_rewritten)}, removed: {len(self.shards_removed)}"
-                     + (f" ({', '.join(self.shards_rewritten + self.shards_removed)})"
-                        if self.shards_rewritten or self.shards_removed else ""))
+        lines.append(
+            f"  shards rewritten: {len(self.shards_rewritten)}, removed: {len(self.shards_removed)}"
+            + (
+                f" ({', '.join(self.shards_rewritten + self.shards_removed)})"
+                if self.shards_rewritten or self.shards_removed
+                else ""
+            )
+        )
         caches = ", ".join(f"{k} {v}" for k, v in self.cache_rows.items()) or "none"
         lines.append(f"  cache rows dropped: {caches}")
         lines.append(f"  manifest: {'rebuilt ' + str(self.manifest) if self.manifest else 'none here'}")
@@ -123,7 +139,8 @@ def purge_studies(out: str | Path, study_ids: Iterable[int]) -> PurgeResult:
     remaining = sentences[~mine]
     result.cache_rows[SCORE_CACHE_FILE] = ScoreCache.prune(out / SCORE_CACHE_FILE, remaining["key"])
     result.cache_rows[PROMPT_CACHE_FILE] = PromptCache.prune(
-        out / PROMPT_CACHE_FILE, (" ".join(t.split()) for t in remaining["text"]))
+        out / PROMPT_CACHE_FILE, (" ".join(t.split()) for t in remaining["text"])
+    )
 
     # -- the manifest, rebuilt from the records ------------------------------------------------------
     from .manifest import build_manifest
@@ -174,4 +191,3 @@ def study_ids_from(values: Iterable[str]) -> list[int]:
                 raise ValueError(f"not a study id: {value!r} (MIMIC study ids are numbers, e.g. 50414267 or s50414267)")
             ids.append(int(part))
     return ids
-

@@ -17,7 +17,6 @@ import io
 import logging
 import os
 import re
-from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,8 +32,13 @@ DEFAULT_FOLDERS = tuple(f"p{i}" for i in range(10, 17))  #: the paper trains on 
 ALL_FOLDERS = tuple(f"p{i}" for i in range(10, 20))
 
 _CODE_MEANINGS = {
-    "postero-anterior": "PA", "posteroanterior": "PA", "antero-posterior": "AP", "anteroposterior": "AP",
-    "lateral": "LATERAL", "left lateral": "LL", "right lateral": "RL",
+    "postero-anterior": "PA",
+    "posteroanterior": "PA",
+    "antero-posterior": "AP",
+    "anteroposterior": "AP",
+    "lateral": "LATERAL",
+    "left lateral": "LL",
+    "right lateral": "RL",
 }
 _STUDY_DIR = re.compile(r"s(\d+)")
 _SUBJECT_DIR = re.compile(r"p(\d+)")
@@ -57,8 +61,9 @@ def view_from_text(text: str | None) -> str | None:
     return None  # "CHEST (PA AND LAT)" names the study's views, not this image's
 
 
-def classify_view(view_position=None, view_code_meaning=None, device_description=None,
-                  procedure=None) -> tuple[str, str | None, str]:
+def classify_view(
+    view_position=None, view_code_meaning=None, device_description=None, procedure=None
+) -> tuple[str, str | None, str]:
     """(view, view position, source) from the first field that tells.
 
     Order: ViewPosition, ViewCodeSequence, AcquisitionDeviceProcessingDescription,
@@ -203,9 +208,12 @@ def scan_source(config: ScanConfig) -> ScanResult:
     _fill_views(root, selected, config)
     for study in selected:
         study.frontal_order = frontal_order(study, config.seed, config.prefer_pa)
-    return ScanResult(sorted(selected, key=lambda s: (s.subject_id, s.study_id)),
-                      sorted(rejects, key=lambda r: (r["subject_id"] or 0, r["study_id"] or 0, r["path"])), source,
-                      walk.messages())
+    return ScanResult(
+        sorted(selected, key=lambda s: (s.subject_id, s.study_id)),
+        sorted(rejects, key=lambda r: (r["subject_id"] or 0, r["study_id"] or 0, r["path"])),
+        source,
+        walk.messages(),
+    )
 
 
 _FOLDER_SUBJECT = re.compile(r"(?:^|/)p\d\d/p(\d+)(?:/|$)")
@@ -217,16 +225,30 @@ def _reject_folder(root: Path, path: str, message: str) -> dict:
     rel = os.path.relpath(path, root)
     shown = path if rel.startswith("..") else rel
     m = _FOLDER_SUBJECT.search(shown.replace(os.sep, "/"))
-    return {"stage": "scan", "entity": "study", "subject_id": int(m.group(1)) if m else None, "study_id": None,
-            "dicom_id": None, "path": shown, "reason": "read_error",
-            "message": f"cannot list the folder {shown}: {message}; nothing in it is read"}
+    return {
+        "stage": "scan",
+        "entity": "study",
+        "subject_id": int(m.group(1)) if m else None,
+        "study_id": None,
+        "dicom_id": None,
+        "path": shown,
+        "reason": "read_error",
+        "message": f"cannot list the folder {shown}: {message}; nothing in it is read",
+    }
 
 
 def _reject_orphan(subject_id: int, study_id: int, ref: str, source: Source) -> dict:
     where = "the metadata CSV" if source.metadata else "the record list" if source.record_list else "the image tree"
-    return {"stage": "scan", "entity": "report", "subject_id": subject_id, "study_id": study_id,
-            "dicom_id": None, "path": ref, "reason": "report_without_study",
-            "message": f"a report for study s{study_id}, which {where} does not have"}
+    return {
+        "stage": "scan",
+        "entity": "report",
+        "subject_id": subject_id,
+        "study_id": study_id,
+        "dicom_id": None,
+        "path": ref,
+        "reason": "report_without_study",
+        "message": f"a report for study s{study_id}, which {where} does not have",
+    }
 
 
 def frontal_order(study: StudyEntry, seed: int, prefer_pa: bool) -> list[str]:
@@ -246,17 +268,29 @@ def _folder_ok(folder: str, config: ScanConfig) -> bool:
 def _read_splits(path: Path | None, root: Path | None = None, rejects: list[dict] | None = None) -> dict[int, str]:
     if path is None:
         return {}
-    df = read_id_csv(path, {"study_id": "int64", "split": "string"}, root, rejects,
-                     keep=["study_id", "split"], required=["study_id", "split"])
+    df = read_id_csv(
+        path,
+        {"study_id": "int64", "split": "string"},
+        root,
+        rejects,
+        keep=["study_id", "split"],
+        required=["study_id", "split"],
+    )
     return dict(zip(df["study_id"].tolist(), df["split"].tolist()))
 
 
 _ID_COLUMNS = ("subject_id", "study_id")  #: the id columns a CSV row is useless without (and dicom_id)
 
 
-def read_id_csv(path: Path, dtype: dict[str, str], root: Path | None, rejects: list[dict] | None,
-                entity: str = "image", keep: list[str] | None = None,
-                required: list[str] | None = None) -> pd.DataFrame:
+def read_id_csv(
+    path: Path,
+    dtype: dict[str, str],
+    root: Path | None,
+    rejects: list[dict] | None,
+    entity: str = "image",
+    keep: list[str] | None = None,
+    required: list[str] | None = None,
+) -> pd.DataFrame:
     """A metadata, split or record-list CSV as a frame (``keep``: the columns kept when present,
     None: all), one bad row never stopping the read: a row with the wrong number of fields, a
     subject_id / study_id that is not a whole number or an empty dicom_id is left out and is a
@@ -281,8 +315,9 @@ def read_id_csv(path: Path, dtype: dict[str, str], root: Path | None, rejects: l
     return df
 
 
-def _read_rows(path: Path, dtype: dict[str, str], root: Path | None, rejects: list[dict] | None,
-               entity: str) -> pd.DataFrame:
+def _read_rows(
+    path: Path, dtype: dict[str, str], root: Path | None, rejects: list[dict] | None, entity: str
+) -> pd.DataFrame:
     """The slow path of :func:`read_id_csv`: the csv module finds the rows with the wrong number of
     fields (and their line numbers), pandas reads the others with the ids as strings, and the
     rows whose ids do not convert are left out too."""
@@ -360,10 +395,16 @@ def _reject_row(shown: str, line: int, fields: dict, reason: str, entity: str) -
     dicom_id = fields.get("dicom_id") or None
     first = ",".join(str(v) for v in list(fields.values())[:3])
     study = f"; study s{study_id}'s other rows are used" if study_id is not None else ""
-    return {"stage": "scan", "entity": entity, "subject_id": subject_id, "study_id": study_id,
-            "dicom_id": dicom_id if entity == "image" and study_id is not None else None, "path": shown,
-            "reason": "metadata_row_invalid",
-            "message": f"{shown} line {line} ({first}…) cannot be read: {reason}; the row is left out{study}"}
+    return {
+        "stage": "scan",
+        "entity": entity,
+        "subject_id": subject_id,
+        "study_id": study_id,
+        "dicom_id": dicom_id if entity == "image" and study_id is not None else None,
+        "path": shown,
+        "reason": "metadata_row_invalid",
+        "message": f"{shown} line {line} ({first}…) cannot be read: {reason}; the row is left out{study}",
+    }
 
 
 def _study(studies: dict[int, StudyEntry], subject_id: int, study_id: int, folder: str) -> StudyEntry:
@@ -411,12 +452,27 @@ def _rows_by_study(df: pd.DataFrame, config: ScanConfig, studies: dict[int, Stud
         yield row, _study(studies, row.subject_id, row.study_id, folder)
 
 
-def _from_metadata(root: Path, path: Path, config: ScanConfig, ext: str,
-                   rejects: list[dict] | None = None) -> dict[int, StudyEntry]:
-    cols = ["dicom_id", "subject_id", "study_id", "ViewPosition", "ViewCodeSequence_CodeMeaning",
-            "PerformedProcedureStepDescription", "Rows", "Columns"]
-    df = read_id_csv(path, {"dicom_id": "string", "subject_id": "int64", "study_id": "int64"}, root, rejects,
-                     keep=cols, required=cols[:3])
+def _from_metadata(
+    root: Path, path: Path, config: ScanConfig, ext: str, rejects: list[dict] | None = None
+) -> dict[int, StudyEntry]:
+    cols = [
+        "dicom_id",
+        "subject_id",
+        "study_id",
+        "ViewPosition",
+        "ViewCodeSequence_CodeMeaning",
+        "PerformedProcedureStepDescription",
+        "Rows",
+        "Columns",
+    ]
+    df = read_id_csv(
+        path,
+        {"dicom_id": "string", "subject_id": "int64", "study_id": "int64"},
+        root,
+        rejects,
+        keep=cols,
+        required=cols[:3],
+    )
     for col in cols[3:]:
         if col not in df.columns:
             df[col] = None
@@ -429,9 +485,19 @@ def _from_metadata(root: Path, path: Path, config: ScanConfig, ext: str,
         # only when the header does not tell (see _fill_views)
         view, position, source = classify_view(row.ViewPosition, row.ViewCodeSequence_CodeMeaning)
         procedure = row.PerformedProcedureStepDescription
-        study.images.append(ImageEntry(str(row.dicom_id), f"{study_dir}/{name}", listing.has(study_dir, name),
-                                       view, position, source, procedure if isinstance(procedure, str) else None,
-                                       _dimension(row.Rows), _dimension(row.Columns)))
+        study.images.append(
+            ImageEntry(
+                str(row.dicom_id),
+                f"{study_dir}/{name}",
+                listing.has(study_dir, name),
+                view,
+                position,
+                source,
+                procedure if isinstance(procedure, str) else None,
+                _dimension(row.Rows),
+                _dimension(row.Columns),
+            )
+        )
     listing.mark_failed(studies)
     return studies
 
@@ -445,12 +511,14 @@ def _dimension(value) -> int | None:
     return int(number) if number >= 1 and number.is_integer() else None
 
 
-def _from_record_list(root: Path, path: Path, config: ScanConfig,
-                      rejects: list[dict] | None = None) -> dict[int, StudyEntry]:
+def _from_record_list(
+    root: Path, path: Path, config: ScanConfig, rejects: list[dict] | None = None
+) -> dict[int, StudyEntry]:
     """The DICOM release's ``cxr-record-list.csv.gz``: subject_id, study_id, dicom_id, path
     (``files/pXX/pSUBJECT/sSTUDY/<dicom_id>.dcm``); views come from the headers."""
-    df = read_id_csv(path, {"dicom_id": "string", "subject_id": "int64", "study_id": "int64", "path": "string"},
-                     root, rejects)
+    df = read_id_csv(
+        path, {"dicom_id": "string", "subject_id": "int64", "study_id": "int64", "path": "string"}, root, rejects
+    )
     missing = {"subject_id", "study_id", "dicom_id", "path"} - set(df.columns)
     if missing:
         raise SourceError(f"{path}: not a cxr-record-list (missing columns {', '.join(sorted(missing))})")
@@ -488,8 +556,10 @@ def _from_tree(root: Path, config: ScanConfig, ext: str, walk: TreeWalk) -> dict
                 try:
                     files = sorted(f for f in os.listdir(entry.path) if f.lower().endswith(ext))
                 except OSError as exc:  # the study is a read_error reject of ingest
-                    study.images, study.error = [], f"cannot list the study folder {rel}: " \
-                                                     f"{type(exc).__name__}: {exc.strerror or exc}"
+                    study.images, study.error = (
+                        [],
+                        f"cannot list the study folder {rel}: {type(exc).__name__}: {exc.strerror or exc}",
+                    )
                     continue
                 study.images = [ImageEntry(f[: -len(ext)], f"{rel}/{f}", True) for f in files]
     return studies
@@ -526,10 +596,12 @@ def _fill_views(root: Path, studies: list[StudyEntry], config: ScanConfig) -> No
         from .executor import make_executor
 
         size = max(64, -(-len(jobs) // (workers * 16)))
-        chunks = [jobs[i:i + size] for i in range(0, len(jobs), size)]
+        chunks = [jobs[i : i + size] for i in range(0, len(jobs), size)]
         results = []
-        with make_executor(HeaderViews(root), workers, len(chunks)) as executor, \
-                tqdm(total=len(jobs), unit="header", desc="view headers", disable=not config.progress) as bar:
+        with (
+            make_executor(HeaderViews(root), workers, len(chunks)) as executor,
+            tqdm(total=len(jobs), unit="header", desc="view headers", disable=not config.progress) as bar,
+        ):
             for chunk, done in zip(chunks, executor.map(chunks)):
                 results.extend(done)
                 bar.update(len(chunk))
@@ -558,13 +630,28 @@ def _header_views(root: str, jobs: list[tuple[str, str | None]]) -> list[tuple]:
     out = []
     for path, procedure in jobs:
         try:
-            ds = pydicom.dcmread(os.path.join(root, path), stop_before_pixels=True,
-                                 specific_tags=["ViewPosition", "ViewCodeSequence",
-                                                "PerformedProcedureStepDescription",
-                                                "AcquisitionDeviceProcessingDescription"])
+            ds = pydicom.dcmread(
+                os.path.join(root, path),
+                stop_before_pixels=True,
+                specific_tags=[
+                    "ViewPosition",
+                    "ViewCodeSequence",
+                    "PerformedProcedureStepDescription",
+                    "AcquisitionDeviceProcessingDescription",
+                ],
+            )
             code = ds.ViewCodeSequence[0].get("CodeMeaning") if ds.get("ViewCodeSequence") else None
-            out.append((*classify_view(ds.get("ViewPosition"), code, ds.get("AcquisitionDeviceProcessingDescription"),
-                                       ds.get("PerformedProcedureStepDescription") or procedure), None))
+            out.append(
+                (
+                    *classify_view(
+                        ds.get("ViewPosition"),
+                        code,
+                        ds.get("AcquisitionDeviceProcessingDescription"),
+                        ds.get("PerformedProcedureStepDescription") or procedure,
+                    ),
+                    None,
+                )
+            )
         except Exception as exc:  # no view from it: ingest rejects the image with this reason
             out.append((*classify_view(procedure=procedure), _header_error(os.path.join(root, path), path, exc)))
     return out

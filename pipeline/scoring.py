@@ -9,9 +9,10 @@ studies, sends only text the cache has not seen to the model.
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Protocol, Sequence
+from typing import Protocol
 
 import numpy as np
 import pandas as pd
@@ -48,8 +49,13 @@ class DuckDBCache:
         with duckdb.connect(str(path), read_only=True) as con:
             con.register("wanted", wanted)
             tables = {r[0] for r in con.execute("SHOW TABLES").fetchall()}
-            dropped = sum(con.execute(f"SELECT count(*) FROM {table} WHERE {column} NOT IN (SELECT value FROM wanted)")
-                          .fetchone()[0] for table, column in cls.PRUNE_BY.items() if table in tables)
+            dropped = sum(
+                con.execute(
+                    f"SELECT count(*) FROM {table} WHERE {column} NOT IN (SELECT value FROM wanted)"
+                ).fetchone()[0]
+                for table, column in cls.PRUNE_BY.items()
+                if table in tables
+            )
         if not dropped:
             return 0
         from .atomic import atomic_database
@@ -59,8 +65,9 @@ class DuckDBCache:
             new.con.register("wanted", wanted)
             for table, column in cls.PRUNE_BY.items():
                 if table in tables:
-                    new.con.execute(f"INSERT INTO {table} SELECT * FROM old.{table} "
-                                    f"WHERE {column} IN (SELECT value FROM wanted)")
+                    new.con.execute(
+                        f"INSERT INTO {table} SELECT * FROM old.{table} WHERE {column} IN (SELECT value FROM wanted)"
+                    )
             new.con.execute("DETACH old")
             new.con.execute("CHECKPOINT")
         return dropped
@@ -120,12 +127,14 @@ class ScoreCache(DuckDBCache):
     def add_rules(self, keys: Sequence[str], labels: Sequence[str], rules: Sequence[str], rules_version: str) -> None:
         if not len(keys):
             return
-        new = pa.table({
-            "key": pa.array(list(keys), pa.string()),
-            "rules_version": pa.array([rules_version] * len(keys), pa.string()),
-            "label": pa.array(list(labels), pa.string()),
-            "rule": pa.array(list(rules), pa.string()),
-        })
+        new = pa.table(
+            {
+                "key": pa.array(list(keys), pa.string()),
+                "rules_version": pa.array([rules_version] * len(keys), pa.string()),
+                "label": pa.array(list(labels), pa.string()),
+                "rule": pa.array(list(rules), pa.string()),
+            }
+        )
         self.con.register("new_rules", new)
         try:
             self.con.execute("INSERT INTO rule_labels SELECT * FROM new_rules ON CONFLICT DO NOTHING")
@@ -149,12 +158,14 @@ class ScoreCache(DuckDBCache):
     def add(self, keys: Sequence[str], texts: Sequence[str], scores: np.ndarray, model_version: str) -> None:
         if not len(keys):
             return
-        new = pa.table({
-            "key": pa.array(list(keys), pa.string()),
-            "model_version": pa.array([model_version] * len(keys), pa.string()),
-            "score": pa.array(np.asarray(scores, dtype=np.float32)),
-            "text": pa.array(list(texts), pa.string()),
-        })
+        new = pa.table(
+            {
+                "key": pa.array(list(keys), pa.string()),
+                "model_version": pa.array([model_version] * len(keys), pa.string()),
+                "score": pa.array(np.asarray(scores, dtype=np.float32)),
+                "text": pa.array(list(texts), pa.string()),
+            }
+        )
         self.con.register("new_scores", new)
         try:
             self.con.execute("INSERT INTO sentence_scores SELECT * FROM new_scores ON CONFLICT DO NOTHING")
@@ -164,9 +175,9 @@ class ScoreCache(DuckDBCache):
     def count(self, model_version: str | None = None) -> int:
         if model_version is None:
             return self.con.execute("SELECT count(*) FROM sentence_scores").fetchone()[0]
-        return self.con.execute("SELECT count(*) FROM sentence_scores WHERE model_version = ?",
-                                [model_version]).fetchone()[0]
-
+        return self.con.execute(
+            "SELECT count(*) FROM sentence_scores WHERE model_version = ?", [model_version]
+        ).fetchone()[0]
 
 
 @dataclass
@@ -182,8 +193,9 @@ class ScoringStats:
         return self.sentences / self.model_calls if self.model_calls else float("inf")
 
 
-def score_sentences(sentences: pd.DataFrame, classifier: Classifier, cache: ScoreCache,
-                    batch_size: int = 128) -> tuple[pd.DataFrame, ScoringStats]:
+def score_sentences(
+    sentences: pd.DataFrame, classifier: Classifier, cache: ScoreCache, batch_size: int = 128
+) -> tuple[pd.DataFrame, ScoringStats]:
     """Add ``score`` (P(abnormal)) and ``model_version`` to a frame with ``key``/``text``.
     (Labels come from the threshold, in :func:`offclip.pipeline.filtering.filter_sentences`.)
 
@@ -201,8 +213,7 @@ def score_sentences(sentences: pd.DataFrame, classifier: Classifier, cache: Scor
     out = sentences.copy()
     out["score"] = out["key"].map(known).astype("float32")
     out["model_version"] = classifier.version
-    stats = ScoringStats(len(sentences), len(unique), len(unique) - len(todo), len(todo),
-                         time.perf_counter() - start)
+    stats = ScoringStats(len(sentences), len(unique), len(unique) - len(todo), len(todo), time.perf_counter() - start)
     return out, stats
 
 

@@ -36,7 +36,6 @@ from .atomic import atomic_open, atomic_write_text, sha256_file
 from .layout import SHARD_DIR, split_dir
 
 
-
 class ShardError(RuntimeError):
     pass
 
@@ -137,8 +136,11 @@ class SampleSource:
         self.pairs = read_curated(self.out, "pairs")
         sentences = read_curated(self.out, "sentences")
         # plain dicts, grouped once: per-sample pandas lookups would dominate the write
-        self.images = read_table(self.out, "images").set_index("dicom_id")[
-            ["out_rows", "out_columns", "transfer_syntax", "photometric", "bits_stored"]].to_dict("index")
+        self.images = (
+            read_table(self.out, "images")
+            .set_index("dicom_id")[["out_rows", "out_columns", "transfer_syntax", "photometric", "bits_stored"]]
+            .to_dict("index")
+        )
         studies = read_table(self.out, "studies")
         self.content_hashes = dict(zip(studies["study_id"].astype("int64").tolist(), studies["content_hash"].tolist()))
         self.sentences: dict[int, list[dict]] = defaultdict(list)
@@ -154,8 +156,9 @@ class SampleSource:
         return _sample(row, self.sentences[row["study_id"]], self.images[row["dicom_id"]])
 
     def digest(self, row: dict, members: dict | None = None) -> str:
-        return sample_digest(members or self.members(row), _image_ext(row),
-                             self.content_hashes.get(int(row["study_id"])))
+        return sample_digest(
+            members or self.members(row), _image_ext(row), self.content_hashes.get(int(row["study_id"]))
+        )
 
     def sample(self, row: dict) -> tuple[dict, str]:
         """The whole sample of ``row`` (its image read from the output root) and its digest."""
@@ -167,8 +170,11 @@ class SampleSource:
     def expected(self, splits: tuple[str, ...] = SHARD_SPLITS) -> pd.DataFrame:
         """Per pair of a shard split: key, study id, split and digest (the manifest's
         ``expected_samples``)."""
-        rows = [(str(int(r["study_id"])), int(r["study_id"]), split, self.digest(r))
-                for split in splits for r in self.rows(split)]
+        rows = [
+            (str(int(r["study_id"])), int(r["study_id"]), split, self.digest(r))
+            for split in splits
+            for r in self.rows(split)
+        ]
         return pd.DataFrame(rows, columns=["key", "study_id", "split", "digest"])
 
 
@@ -191,16 +197,30 @@ def sample_digest(members: dict, ext: str, content_hash: str | None) -> str:
 
 def _sample(row: dict, sentences: list[dict], image: dict) -> dict:
     meta = {
-        "subject_id": int(row["subject_id"]), "study_id": int(row["study_id"]), "dicom_id": row["dicom_id"],
-        "view": row["view"], "split": row["split"], "folder": row["folder"], "pair_label": row["pair_label"],
+        "subject_id": int(row["subject_id"]),
+        "study_id": int(row["study_id"]),
+        "dicom_id": row["dicom_id"],
+        "view": row["view"],
+        "split": row["split"],
+        "folder": row["folder"],
+        "pair_label": row["pair_label"],
         # the pair's model_version under the sample JSON's name (data_contracts.curate.CLASSIFIER_VERSION_DOC)
-        "classifier_version": row["model_version"], "threshold": round(float(row["threshold"]), 6),
+        "classifier_version": row["model_version"],
+        "threshold": round(float(row["threshold"]), 6),
         "image_size": [int(image["out_rows"]), int(image["out_columns"])],
-        "source_transfer_syntax": image["transfer_syntax"], "source_photometric": image["photometric"],
+        "source_transfer_syntax": image["transfer_syntax"],
+        "source_photometric": image["photometric"],
         "source_bits_stored": int(image["bits_stored"]),
         "sentences": [
-            {"index": int(s["index"]), "section": s["section"], "text": s["text"], "label": s["label"],
-             "score": round(float(s["score"]), 6), "kept": bool(s["kept"]), "reason": s["reason"]}
+            {
+                "index": int(s["index"]),
+                "section": s["section"],
+                "text": s["text"],
+                "label": s["label"],
+                "score": round(float(s["score"]), 6),
+                "kept": bool(s["kept"]),
+                "reason": s["reason"],
+            }
             for s in sentences
         ],
     }
@@ -249,19 +269,29 @@ class ShardSummary:
 
     def counts(self) -> dict:
         """The figures a run record keeps (the manifest's ``runs.counts``), by their names there."""
-        return {"shards_written": len(self.written), "shards_kept": len(self.kept),
-                "samples_written": self.samples_written, "shards_rewritten": len(self.rewritten),
-                "shards_removed": len(self.removed), "samples_superseded": self.superseded}
+        return {
+            "shards_written": len(self.written),
+            "shards_kept": len(self.kept),
+            "samples_written": self.samples_written,
+            "shards_rewritten": len(self.rewritten),
+            "shards_removed": len(self.removed),
+            "samples_superseded": self.superseded,
+        }
 
     def to_text(self) -> str:
         rate = self.samples_written / self.seconds if self.seconds else 0.0
         new = len(self.written) - len(self.rewritten)
-        text = (f"shards: {new} new ({self.samples_written} samples written, "
-                f"{self.bytes_written / 1e6:.1f} MB, {rate:.0f} samples/s), {len(self.kept)} kept as they were")
+        text = (
+            f"shards: {new} new ({self.samples_written} samples written, "
+            f"{self.bytes_written / 1e6:.1f} MB, {rate:.0f} samples/s), {len(self.kept)} kept as they were"
+        )
         if self.rewritten or self.removed:
-            text += (f"; {len(self.rewritten)} rewritten, {len(self.removed)} removed: {self.superseded} samples "
-                     f"changed or no longer pairs ({', '.join((self.rewritten + self.removed)[:5])}"
-                     + (", …" if len(self.rewritten) + len(self.removed) > 5 else "") + ")")
+            text += (
+                f"; {len(self.rewritten)} rewritten, {len(self.removed)} removed: {self.superseded} samples "
+                f"changed or no longer pairs ({', '.join((self.rewritten + self.removed)[:5])}"
+                + (", …" if len(self.rewritten) + len(self.removed) > 5 else "")
+                + ")"
+            )
         return text
 
 
@@ -284,8 +314,9 @@ def write_shards(config: ShardConfig, progress: bool = False) -> ShardSummary:
     return result
 
 
-def _write_split(config: ShardConfig, out: Path, split: str, source: SampleSource, progress: bool,
-                 result: ShardSummary) -> None:
+def _write_split(
+    config: ShardConfig, out: Path, split: str, source: SampleSource, progress: bool, result: ShardSummary
+) -> None:
     """One split's shards (the caller holds the split's lock)."""
     from tqdm import tqdm
 
@@ -296,14 +327,18 @@ def _write_split(config: ShardConfig, out: Path, split: str, source: SampleSourc
     rows = source.rows(split)
     current_versions = {r["model_version"] for r in rows}
     if versions and not versions <= current_versions:
-        raise ShardError(f"{directory} holds shards of classifier {sorted(versions)}, the pairs are of "
-                         f"{sorted(current_versions)}: remove the shard directory to rebuild")
+        raise ShardError(
+            f"{directory} holds shards of classifier {sorted(versions)}, the pairs are of "
+            f"{sorted(current_versions)}: remove the shard directory to rebuild"
+        )
     # a rebuild with another label source would leave the old labels in the complete shards
     label_source = _label_source(source.pairs)  # over all splits: a split may hold fallbacks only
     sources = {r.label_source for r in existing}
     if sources and sources != {label_source}:
-        raise ShardError(f"{directory} holds shards with pair labels from {sorted(sources)}, the pairs' labels "
-                         f"are from {label_source}: remove the shard directory to rebuild")
+        raise ShardError(
+            f"{directory} holds shards with pair labels from {sorted(sources)}, the pairs' labels "
+            f"are from {label_source}: remove the shard directory to rebuild"
+        )
     current = {str(int(r["study_id"])): r for r in rows}
     digests = {key: source.digest(row) for key, row in current.items()}
     stale = [r for r in existing if list(r.digests) != [digests.get(k) for k in r.keys]]
@@ -312,10 +347,18 @@ def _write_split(config: ShardConfig, out: Path, split: str, source: SampleSourc
 
     def write(name: str, batch: list[tuple[dict, str]]) -> None:
         nbytes, digest = _write_shard(directory, name, [s for s, _ in batch], config.mtime)
-        record = ShardRecord(split, name, len(batch), nbytes, digest, [s["__key__"] for s, _ in batch],
-                             version, label_source, [d for _, d in batch])
-        atomic_write_text(directory / "_complete" / f"{name}.json",
-                          json.dumps(record.__dict__, sort_keys=True) + "\n")
+        record = ShardRecord(
+            split,
+            name,
+            len(batch),
+            nbytes,
+            digest,
+            [s["__key__"] for s, _ in batch],
+            version,
+            label_source,
+            [d for _, d in batch],
+        )
+        atomic_write_text(directory / "_complete" / f"{name}.json", json.dumps(record.__dict__, sort_keys=True) + "\n")
         result.written.append(record)
         bar.update(len(batch))
         if config.pause_after_shard:
@@ -327,8 +370,9 @@ def _write_split(config: ShardConfig, out: Path, split: str, source: SampleSourc
     # next writer removes (its pairs then go to new shards): nothing lost, nothing twice.
     for record in stale:
         keys = [k for k in record.keys if k in current]
-        result.superseded += sum(digests.get(k) != d for k, d in
-                                 zip(record.keys, record.digests or [None] * len(record.keys)))
+        result.superseded += sum(
+            digests.get(k) != d for k, d in zip(record.keys, record.digests or [None] * len(record.keys))
+        )
         (directory / "_complete" / f"{record.name}.json").unlink()
         if keys:
             write(record.name, [source.sample(current[k]) for k in keys])
@@ -360,8 +404,9 @@ def _write_split(config: ShardConfig, out: Path, split: str, source: SampleSourc
         write(f"{split}-{number:06d}.tar", batch)
     bar.close()
     records = complete_shards(out, split)
-    atomic_write_text(directory / "sizes.json",
-                      json.dumps({r.name: r.samples for r in records}, indent=1, sort_keys=True) + "\n")
+    atomic_write_text(
+        directory / "sizes.json", json.dumps({r.name: r.samples for r in records}, indent=1, sort_keys=True) + "\n"
+    )
 
 
 def _label_source(pairs: pd.DataFrame) -> str:
@@ -383,4 +428,3 @@ def shard_urls(out: Path, split: str) -> str:
     if numbers != list(range(numbers[0], numbers[-1] + 1)):
         return ",".join(str(Path(out) / r.path) for r in records)
     return str(split_dir(out, split) / f"{split}-{{{first.rsplit('-', 1)[1][:-4]}..{last.rsplit('-', 1)[1][:-4]}}}.tar")
-

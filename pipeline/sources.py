@@ -74,8 +74,9 @@ class ReportTooLarge(OSError):
     """A report over :func:`max_report_bytes`; the message names it and its size."""
 
     def __init__(self, where: str, size: int, limit: int) -> None:
-        super().__init__(f"{where} is {size:,} bytes, over the {limit:,}-byte limit for a report "
-                         f"({MAX_REPORT_BYTES_ENV})")
+        super().__init__(
+            f"{where} is {size:,} bytes, over the {limit:,}-byte limit for a report ({MAX_REPORT_BYTES_ENV})"
+        )
         self.where, self.size, self.limit = where, size, limit
 
 
@@ -107,7 +108,7 @@ class TreeWalk:
         for tree in trees:
             self.add_tree(tree)
 
-    def new_pass(self) -> "TreeWalk":
+    def new_pass(self) -> TreeWalk:
         """Start a walk: which outside folders it followed is its own (the links met and the
         folders not listed are kept across passes)."""
         self.targets, self.decided = [], {}
@@ -155,8 +156,9 @@ class TreeWalk:
             return False
 
         if not os.path.isdir(real):
-            return skip("not a directory: a broken link or a loop of links") if not os.path.exists(real) \
-                else False  # a link to a file: not a folder of the tree
+            return (
+                skip("not a directory: a broken link or a loop of links") if not os.path.exists(real) else False
+            )  # a link to a file: not a folder of the tree
         here = os.path.realpath(os.path.dirname(path))
         if real == here or here.startswith(real.rstrip(os.sep) + os.sep):
             return skip("a loop: it leads back to a folder above it")
@@ -213,8 +215,9 @@ def _folder_ok(subject_id: int, folders: tuple[str, ...] | None) -> bool:
     return folders is None or f"p{str(subject_id)[:2]}" in folders
 
 
-def index_reports(location: Path, root: Path, folders: tuple[str, ...] | None = None,
-                  walk: TreeWalk | None = None) -> ReportIndex:
+def index_reports(
+    location: Path, root: Path, folders: tuple[str, ...] | None = None, walk: TreeWalk | None = None
+) -> ReportIndex:
     """The reports under ``location``: a directory holding ``files/pXX/…/sSTUDY.txt`` (or the
     ``pXX`` folders themselves), a ``.zip`` or a ``.tar.gz``. Only the given folders are kept.
     ``walk`` collects the symlinks skipped and the folders that could not be listed."""
@@ -251,8 +254,10 @@ def _index_tree(base: Path, root: Path, folders: tuple[str, ...] | None, walk: T
                     if key is None:
                         continue
                     rel = f"files/{folder.name}/{subject.name}/{entry.name}"
-                    index.refs[key[1]] = (key[0], rel if same_root else str(Path(files, folder.name, subject.name,
-                                                                                      entry.name).resolve()))
+                    index.refs[key[1]] = (
+                        key[0],
+                        rel if same_root else str(Path(files, folder.name, subject.name, entry.name).resolve()),
+                    )
                     try:
                         st = entry.stat()
                     except OSError:  # gone since the listing: read_error when it is read
@@ -342,9 +347,11 @@ class Source:
     reports: Path  #: a directory or an archive
 
     def describe(self) -> str:
-        parts = [f"{self.image_kind} images under {self.root}/files",
-                 f"reports: {self.reports}",
-                 f"metadata: {self.metadata or self.record_list or 'none (headers / tree)'}"]
+        parts = [
+            f"{self.image_kind} images under {self.root}/files",
+            f"reports: {self.reports}",
+            f"metadata: {self.metadata or self.record_list or 'none (headers / tree)'}",
+        ]
         return "; ".join(parts)
 
 
@@ -372,12 +379,18 @@ def check_source(root: Path, reports: Path | None = None, metadata: Path | None 
     if reports is not None and not Path(reports).exists():
         raise SourceError(f"--reports {reports}: no such file or directory")
     if metadata is not None and not Path(metadata).is_dir():
-        raise SourceError(f"--metadata {metadata}: not a directory (give the folder holding "
-                          f"{METADATA_CSV}.gz and its sibling CSVs)")
+        raise SourceError(
+            f"--metadata {metadata}: not a directory (give the folder holding {METADATA_CSV}.gz and its sibling CSVs)"
+        )
 
 
-def resolve_source(root: Path, reports: Path | None = None, metadata: Path | None = None,
-                   image_kind: str | None = None, walk: TreeWalk | None = None) -> Source:
+def resolve_source(
+    root: Path,
+    reports: Path | None = None,
+    metadata: Path | None = None,
+    image_kind: str | None = None,
+    walk: TreeWalk | None = None,
+) -> Source:
     """What ``root`` holds and where its reports and metadata are; clear errors for what is
     missing. ``metadata``: a directory with the JPG release's CSVs (searched before the root).
     ``walk`` collects the symlinks skipped and the folders that could not be listed."""
@@ -397,16 +410,24 @@ def resolve_source(root: Path, reports: Path | None = None, metadata: Path | Non
         elif kind == "jpg" and not _has_tree_reports(root, walk):
             raise SourceError(
                 f"{root} is a MIMIC-CXR-JPG root, which has no reports: pass --reports with the "
-                f"DICOM release's mimic-cxr-reports.zip (or its .tar.gz, or an extracted files/ tree)")
+                f"DICOM release's mimic-cxr-reports.zip (or its .tar.gz, or an extracted files/ tree)"
+            )
         else:
             reports = root
     if kind == "jpg" and meta is None:
         raise SourceError(
             f"{root} holds JPG images but no {METADATA_CSV}(.gz) was found in "
-            f"{', '.join(str(d) for d in dirs)}: a JPG has no header to tell its view; pass --metadata DIR")
-    return Source(root=root, image_kind=kind, image_ext=".dcm" if kind == "dicom" else ".jpg",
-                  metadata=meta, split=find_csv(dirs, SPLIT_CSV), record_list=records,
-                  reports=Path(reports))
+            f"{', '.join(str(d) for d in dirs)}: a JPG has no header to tell its view; pass --metadata DIR"
+        )
+    return Source(
+        root=root,
+        image_kind=kind,
+        image_ext=".dcm" if kind == "dicom" else ".jpg",
+        metadata=meta,
+        split=find_csv(dirs, SPLIT_CSV),
+        record_list=records,
+        reports=Path(reports),
+    )
 
 
 def _has_tree_reports(root: Path, walk: TreeWalk, subjects: int = 20) -> bool:

@@ -37,9 +37,9 @@ from __future__ import annotations
 
 import re
 import sys
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from itertools import islice
-from typing import Iterable, Iterator
 
 import numpy as np
 
@@ -109,20 +109,35 @@ _LINE_RE = re.compile(
 )
 _PARA_BREAK_RE = re.compile(r"\n[ \t\r]*\n")
 _BANNER_OR_RULE_RE = re.compile(
-    r"[ \t]*(?:_{5,}|-{5,}|={5,}|\*{5,}|(?:FINAL|PRELIMINARY|PRELIM)[ \t]+(?:REPORT|ADDENDUM)[ \t]*:?)[ \t\r]*$")
+    r"[ \t]*(?:_{5,}|-{5,}|={5,}|\*{5,}|(?:FINAL|PRELIMINARY|PRELIM)[ \t]+(?:REPORT|ADDENDUM)[ \t]*:?)[ \t\r]*$"
+)
 _TWO_LETTERS = re.compile(r"[A-Za-z]{2}")
 
 
 #: Misspelt and variant headers of MIMIC-CXR (MIMIC-CXR's own parser normalises the same ones).
 _MISSPELT = {
-    "IMPRESSON": "impression", "IMPRRESSION": "impression", "IMORESSION": "impression",
-    "IMPRESSOIN": "impression", "IMPRSSION": "impression", "IMPRESION": "impression",
-    "IMPERSSION": "impression", "MPRESSION": "impression", "IMPESSION": "impression",
+    "IMPRESSON": "impression",
+    "IMPRRESSION": "impression",
+    "IMORESSION": "impression",
+    "IMPRESSOIN": "impression",
+    "IMPRSSION": "impression",
+    "IMPRESION": "impression",
+    "IMPERSSION": "impression",
+    "MPRESSION": "impression",
+    "IMPESSION": "impression",
     "NDICATION": "impression",  # the reference's hand reading of its one report
-    "FINDINS": "findings", "FINDINDGS": "findings", "FINDGINGS": "findings", "FINDNGS": "findings",
-    "FINDNINGS": "findings", "FINIDNGS": "findings", "IDICATION": "indication",
-    "COMPARISION": "comparison", "COMPARSION": "comparison", "COMPARRISON": "comparison",
-    "COMPARISIONS": "comparison", "REFERENCE EXAM": "comparison",
+    "FINDINS": "findings",
+    "FINDINDGS": "findings",
+    "FINDGINGS": "findings",
+    "FINDNGS": "findings",
+    "FINDNINGS": "findings",
+    "FINIDNGS": "findings",
+    "IDICATION": "indication",
+    "COMPARISION": "comparison",
+    "COMPARSION": "comparison",
+    "COMPARRISON": "comparison",
+    "COMPARISIONS": "comparison",
+    "REFERENCE EXAM": "comparison",
 }
 #: A header naming the study itself ("CHEST, TWO VIEWS", "PORTABLE AP CHEST") heads its findings.
 _TITLE_RE = re.compile(
@@ -176,13 +191,35 @@ def _canonical(header: str) -> str:
 
 
 #: Headers also accepted in mixed case ("Impression:"), when they open a paragraph.
-_EXACT_HEADERS = frozenset({
-    "FINDINGS", "FINDING", "IMPRESSION", "IMPRESSIONS", "CONCLUSION", "CONCLUSIONS",
-    "FINDINGS AND IMPRESSION", "IMPRESSION AND FINDINGS", "FINDINGS/IMPRESSION", "ADDENDUM",
-    "INDICATION", "INDICATIONS", "COMPARISON", "COMPARISONS", "TECHNIQUE", "HISTORY",
-    "CLINICAL HISTORY", "EXAMINATION", "EXAM", "REASON FOR EXAMINATION", "REASON FOR EXAM",
-    "NOTIFICATION", "RECOMMENDATION", "RECOMMENDATIONS", "WET READ",
-})
+_EXACT_HEADERS = frozenset(
+    {
+        "FINDINGS",
+        "FINDING",
+        "IMPRESSION",
+        "IMPRESSIONS",
+        "CONCLUSION",
+        "CONCLUSIONS",
+        "FINDINGS AND IMPRESSION",
+        "IMPRESSION AND FINDINGS",
+        "FINDINGS/IMPRESSION",
+        "ADDENDUM",
+        "INDICATION",
+        "INDICATIONS",
+        "COMPARISON",
+        "COMPARISONS",
+        "TECHNIQUE",
+        "HISTORY",
+        "CLINICAL HISTORY",
+        "EXAMINATION",
+        "EXAM",
+        "REASON FOR EXAMINATION",
+        "REASON FOR EXAM",
+        "NOTIFICATION",
+        "RECOMMENDATION",
+        "RECOMMENDATIONS",
+        "WET READ",
+    }
+)
 
 
 def _is_header(m: re.Match, text: str) -> bool:
@@ -266,8 +303,7 @@ def parse_sections(report_text: str) -> list[Section]:
         cur_name, cur_header, body_start = name, header, m.end()
     close(cur_name, cur_header, body_start, len(text))
     # "FINAL ADDENDUM" directly followed by "ADDENDUM:" is one addendum, not two.
-    out = [s for i, s in enumerate(out)
-           if s.text or i + 1 == len(out) or out[i + 1].name != s.name]
+    out = [s for i, s in enumerate(out) if s.text or i + 1 == len(out) or out[i + 1].name != s.name]
 
     # Unlabelled narrative directly before the impression of a report without findings.
     if not any(s.name in ("findings", "findings_impression") and s.text for s in out):
@@ -313,8 +349,7 @@ def _rough_sentences(text: str) -> list[str]:
 def _adds_findings(s: Section) -> bool:
     """An addendum adds findings when one of its sentences is not administrative."""
     return any(
-        any(c.isalpha() for c in p.replace("XXXX", "")) and not is_administrative(p)
-        for p in _rough_sentences(s.text)
+        any(c.isalpha() for c in p.replace("XXXX", "")) and not is_administrative(p) for p in _rough_sentences(s.text)
     )
 
 
@@ -368,7 +403,7 @@ def _written_in_comparison(sections: list[Section]) -> list[Section]:
     i = next((i for i in range(len(sections) - 1, -1, -1) if sections[i].name == "comparison"), None)
     if i is None:
         return []
-    out = [p for p in (_renamed(s, "comparison") for s in sections[i:_group_end(sections, i)]) if p]
+    out = [p for p in (_renamed(s, "comparison") for s in sections[i : _group_end(sections, i)]) if p]
     if len(_rough_sentences(" ".join(" ".join(p.text for p in out).split()))) < 2:
         return []
     return out
@@ -377,7 +412,8 @@ def _written_in_comparison(sections: list[Section]) -> list[Section]:
 def _is_impression(s: Section) -> bool:
     # a provisional read (PFI) is MIMIC-CXR's "impression" when no later impression replaces it
     return s.name in ("impression", "findings_impression") or (
-        s.name == "wet_read" and "IMPRESSION" in s.header.upper())
+        s.name == "wet_read" and "IMPRESSION" in s.header.upper()
+    )
 
 
 def clinical_sections(sections: list[Section], text: str | None = None) -> list[Section]:
@@ -423,7 +459,7 @@ def _study_rule(sections: list[Section], text: str, study_id: int | None) -> lis
     for i in range(len(sections) - 1, -1, -1):
         s = sections[i]
         if s.name == want or (want == "note" and s.header.upper() == "NOTE"):
-            return [p for p in (_renamed(x, "custom") for x in sections[i:_group_end(sections, i)]) if p]
+            return [p for p in (_renamed(x, "custom") for x in sections[i : _group_end(sections, i)]) if p]
     return None
 
 
@@ -476,9 +512,38 @@ def normalize_key(sentence: str) -> str:
 
 # Tokens spaCy must keep whole (and that never end a sentence): titles, Latin abbreviations.
 _SPECIAL_ABBREVS = [
-    "Dr.", "DR.", "dr.", "Drs.", "Mr.", "Mrs.", "Ms.", "vs.", "Vs.", "VS.", "approx.", "Approx.",
-    "APPROX.", "appr.", "e.g.", "E.g.", "E.G.", "i.e.", "I.e.", "I.E.", "St.", "cf.", "Fig.",
-    "fig.", "a.m.", "p.m.", "A.M.", "P.M.", "etc.", "incl.", "esp.", "resp.",
+    "Dr.",
+    "DR.",
+    "dr.",
+    "Drs.",
+    "Mr.",
+    "Mrs.",
+    "Ms.",
+    "vs.",
+    "Vs.",
+    "VS.",
+    "approx.",
+    "Approx.",
+    "APPROX.",
+    "appr.",
+    "e.g.",
+    "E.g.",
+    "E.G.",
+    "i.e.",
+    "I.e.",
+    "I.E.",
+    "St.",
+    "cf.",
+    "Fig.",
+    "fig.",
+    "a.m.",
+    "p.m.",
+    "A.M.",
+    "P.M.",
+    "etc.",
+    "incl.",
+    "esp.",
+    "resp.",
 ]
 #: Abbreviation tokens that do end a sentence when a capitalised word follows ("at 9 a.m. The").
 _SPLITTABLE_ABBREVS = frozenset({"a.m.", "p.m.", "A.M.", "P.M.", "etc."})
@@ -487,8 +552,7 @@ _NAME_TITLES = frozenset({"Dr.", "DR.", "Drs.", "Mr.", "Mrs.", "Ms.", "St."})
 _UNITS = frozenset({"cm", "mm", "cc", "ml", "mg"})
 #: Abbreviations that may come out of the tokenizer as "<word>" + "." (case variants).
 _NOSPLIT_WORDS = frozenset(
-    {"dr", "drs", "vs", "approx", "appr", "appx", "st", "fig", "figs", "mr", "mrs", "ms", "cf",
-     "incl", "esp", "resp"}
+    {"dr", "drs", "vs", "approx", "appr", "appx", "st", "fig", "figs", "mr", "mrs", "ms", "cf", "incl", "esp", "resp"}
 )
 _NUMBER_WORDS = frozenset({"No", "no", "NO", "Nos", "nos"})
 _CLOSERS = frozenset({")", "]", "}", '"', "'", "”", "’", "»"})
@@ -562,8 +626,15 @@ class _Tokens:
                     return 2
             else:
                 return 0
-        elif w == "(" and k + 2 < n and not ws[k] and words[k + 1].isdigit() and len(words[k + 1]) <= 2 \
-                and not ws[k + 1] and words[k + 2] == ")":
+        elif (
+            w == "("
+            and k + 2 < n
+            and not ws[k]
+            and words[k + 1].isdigit()
+            and len(words[k + 1]) <= 2
+            and not ws[k + 1]
+            and words[k + 2] == ")"
+        ):
             m = 3
         elif w in _BULLETS:
             m = 1
@@ -720,8 +791,9 @@ class SentenceSplitter:
         secs = report_sections(report_text, study_id)
         return self._report(secs, iter(self.nlp.pipe([s.text for s in secs])))
 
-    def pipe(self, texts: Iterable[str], batch_size: int = 256,
-             study_ids: Iterable[int | None] | None = None) -> Iterator[list[Sentence]]:
+    def pipe(
+        self, texts: Iterable[str], batch_size: int = 256, study_ids: Iterable[int | None] | None = None
+    ) -> Iterator[list[Sentence]]:
         """:meth:`split_report` for many reports, batching the spaCy work with ``nlp.pipe``;
         ``study_ids`` (one per text) as in :meth:`split_report`."""
         it = iter(texts)
@@ -735,9 +807,7 @@ class SentenceSplitter:
             for secs in plans:
                 yield self._report(secs, docs)
 
-    def split_many(
-        self, texts: Iterable[str], *, section: str = "", batch_size: int = 256
-    ) -> Iterator[list[Sentence]]:
+    def split_many(self, texts: Iterable[str], *, section: str = "", batch_size: int = 256) -> Iterator[list[Sentence]]:
         """:meth:`split` for many bare section bodies (e.g. Open-I FINDINGS fields)."""
         for doc in self.nlp.pipe((t or "" for t in texts), batch_size=batch_size):
             yield self._sentences(doc, section, 0, 0)
@@ -780,8 +850,11 @@ class SentenceSplitter:
             elif m:
                 continue  # an orphan marker
             # "disease. ." → "disease."
-            while len(cs) >= 2 and _punct_only(words[cs[-1]]) and _punct_only(words[cs[-2]]) and (
-                t.ws[cs[-2]] or cs[-1] != cs[-2] + 1
+            while (
+                len(cs) >= 2
+                and _punct_only(words[cs[-1]])
+                and _punct_only(words[cs[-2]])
+                and (t.ws[cs[-2]] or cs[-1] != cs[-2] + 1)
             ):
                 cs.pop()
             a_char, b_char = idx[cs[0]], idx[cs[-1]] + len(words[cs[-1]])
@@ -803,8 +876,7 @@ class SentenceSplitter:
             if len(sent) < 2:
                 continue
             out.append(
-                Sentence(sent, section, first_index + len(out), offset + a_char, offset + b_char,
-                         normalize_key(sent))
+                Sentence(sent, section, first_index + len(out), offset + a_char, offset + b_char, normalize_key(sent))
             )
         return out
 

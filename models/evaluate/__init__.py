@@ -30,9 +30,25 @@ classes are scored independently, no softmax across classes. Metrics: see :func:
 and :func:`pointing_hit`. Unreadable images are rejects with a reason, reported in the result.
 """
 
-from .datasets import (BOX_COLUMNS, CHEXPERT_CLASSES, CHEXPERT_CSVS, DATASETS, NORMAL, NORMAL_ALIASES,
-                       PADCHEST_EXCLUDE, PADCHEST_GLOB, UNCERTAIN_POLICIES, VINDR_BOX_NUMERIC, EvalImage, EvalSet,
-                       read_chexpert, read_eval_set, read_openi, read_padchest, read_vindr)
+from .datasets import (
+    BOX_COLUMNS,
+    CHEXPERT_CLASSES,
+    CHEXPERT_CSVS,
+    DATASETS,
+    NORMAL,
+    NORMAL_ALIASES,
+    PADCHEST_EXCLUDE,
+    PADCHEST_GLOB,
+    UNCERTAIN_POLICIES,
+    VINDR_BOX_NUMERIC,
+    EvalImage,
+    EvalSet,
+    read_chexpert,
+    read_eval_set,
+    read_openi,
+    read_padchest,
+    read_vindr,
+)
 from .images import EvalImageError, Geometry, PreparedImage, load_eval_image, read_image_size
 from .metrics import SUMMARY_METRICS, TABLE_COLUMNS, class_metrics, patch_centre, pointing_hit
 from .plots import roc_png
@@ -41,8 +57,28 @@ from .result import CENTROID, EvalResult, _json_safe
 from .runner import evaluate, main, training_normal_texts
 
 __all__ = [
-    "BOX_COLUMNS", "DATASETS", "NORMAL", "NORMAL_PROMPT", "PROMPT_TEMPLATE", "EvalImage", "EvalImageError",
-    "EvalResult", "EvalSet", "Geometry", "PreparedImage", "build_prompts", "class_metrics", "evaluate",
-    "finding_phrase", "load_eval_image", "main", "patch_centre", "pointing_hit", "read_eval_set",
-    "read_chexpert", "read_openi", "read_padchest", "read_vindr",
+    "BOX_COLUMNS",
+    "DATASETS",
+    "NORMAL",
+    "NORMAL_PROMPT",
+    "PROMPT_TEMPLATE",
+    "EvalImage",
+    "EvalImageError",
+    "EvalResult",
+    "EvalSet",
+    "Geometry",
+    "PreparedImage",
+    "build_prompts",
+    "class_metrics",
+    "evaluate",
+    "finding_phrase",
+    "load_eval_image",
+    "main",
+    "patch_centre",
+    "pointing_hit",
+    "read_eval_set",
+    "read_chexpert",
+    "read_openi",
+    "read_padchest",
+    "read_vindr",
 ]

@@ -9,9 +9,9 @@ import math
 import os
 import re
 import xml.etree.ElementTree as ET
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable
 
 import numpy as np
 import pandas as pd
@@ -27,9 +27,20 @@ NORMAL_ALIASES = ("No finding", "No Finding", "normal", "Normal")
 
 VINDR_BOX_NUMERIC = ("x_min", "y_min", "x_max", "y_max")
 CHEXPERT_CLASSES = (
-    "No Finding", "Enlarged Cardiomediastinum", "Cardiomegaly", "Lung Opacity", "Lung Lesion",
-    "Edema", "Consolidation", "Pneumonia", "Atelectasis", "Pneumothorax", "Pleural Effusion",
-    "Pleural Other", "Fracture", "Support Devices",
+    "No Finding",
+    "Enlarged Cardiomediastinum",
+    "Cardiomegaly",
+    "Lung Opacity",
+    "Lung Lesion",
+    "Edema",
+    "Consolidation",
+    "Pneumonia",
+    "Atelectasis",
+    "Pneumothorax",
+    "Pleural Effusion",
+    "Pleural Other",
+    "Fracture",
+    "Support Devices",
 )
 CHEXPERT_CSVS = ("test_labels.csv", "test.csv", "valid.csv", "valid_labels.csv")
 UNCERTAIN_POLICIES = ("exclude", "positive", "negative")
@@ -126,8 +137,10 @@ def _binary_labels(df: pd.DataFrame, columns: list[str], path: Path) -> pd.DataF
         raw, value = df[column], out[column]
         bad = (value.isna() & raw.notna()) | (value.notna() & ~value.isin([0.0, 1.0]))
         if bad.any():
-            raise ValueError(f"{path}: column {column!r} must hold 0/1, found {raw[bad].iloc[0]!r} "
-                             f"(row {int(np.flatnonzero(bad.to_numpy())[0]) + 2})")
+            raise ValueError(
+                f"{path}: column {column!r} must hold 0/1, found {raw[bad].iloc[0]!r} "
+                f"(row {int(np.flatnonzero(bad.to_numpy())[0]) + 2})"
+            )
     return out
 
 
@@ -181,8 +194,10 @@ def read_vindr(root: Path, split: str = "test") -> EvalSet:
         per_image = found.groupby("image_id", sort=False)["class_name"].agg(list)
         values = _multi_hot(ids, [per_image.get(i, []) for i in ids], sorted(found["class_name"].unique()))
         boxes = _vindr_boxes(rows, kaggle_csv.name, notes)
-        notes.append(f"labels derived from the annotation rows of {kaggle_csv.name} (positive when any "
-                     "radiologist marked the class)")
+        notes.append(
+            f"labels derived from the annotation rows of {kaggle_csv.name} (positive when any "
+            "radiologist marked the class)"
+        )
     else:
         raise FileNotFoundError(f"vindr-cxr: neither {labels_csv} nor {kaggle_csv} exists under {root}")
 
@@ -207,10 +222,18 @@ def _vindr_annotations(path: Path) -> pd.DataFrame:
     """The rows of a VinDr annotation CSV as :data:`BOX_COLUMNS` (coordinates NaN where blank,
     e.g. on "No finding" rows, which are renamed :data:`NORMAL`); extra columns (rad_id,
     class_id) are dropped. Coordinates are pixels of the original DICOM."""
-    df = _read_csv(path, ["image_id", "class_name", *VINDR_BOX_NUMERIC], "vindr-cxr annotations",
-                   dtype={"image_id": str, "class_name": str})
-    out = pd.DataFrame({"image_id": df["image_id"].str.strip(),
-                        "class_name": df["class_name"].str.strip().replace({a: NORMAL for a in NORMAL_ALIASES})})
+    df = _read_csv(
+        path,
+        ["image_id", "class_name", *VINDR_BOX_NUMERIC],
+        "vindr-cxr annotations",
+        dtype={"image_id": str, "class_name": str},
+    )
+    out = pd.DataFrame(
+        {
+            "image_id": df["image_id"].str.strip(),
+            "class_name": df["class_name"].str.strip().replace({a: NORMAL for a in NORMAL_ALIASES}),
+        }
+    )
     for column in VINDR_BOX_NUMERIC:
         out[column] = pd.to_numeric(df[column], errors="coerce")
     return out
@@ -238,10 +261,14 @@ def read_openi(root: Path, min_positives: int = 1) -> EvalSet:
     table = root / "openi_labels.csv"
     notes: list[str] = []
     if table.is_file():
-        df = _read_csv(table, ["imageid", "normal", "mesh_major"], "openi labels", dtype={"imageid": str, "mesh_major": str})
+        df = _read_csv(
+            table, ["imageid", "normal", "mesh_major"], "openi labels", dtype={"imageid": str, "mesh_major": str}
+        )
         normal = _binary_labels(df, ["normal"], table)["normal"]
-        rows = [(str(i).strip(), float(n), str(m) if isinstance(m, str) else "")
-                for i, n, m in zip(df["imageid"], normal, df["mesh_major"])]
+        rows = [
+            (str(i).strip(), float(n), str(m) if isinstance(m, str) else "")
+            for i, n, m in zip(df["imageid"], normal, df["mesh_major"])
+        ]
         terms = {image_id: [t for t in mesh.split(";") if t.strip()] for image_id, _, mesh in rows}
         normals = {image_id: n for image_id, n, _ in rows}
         ids = [r[0] for r in rows]
@@ -276,7 +303,7 @@ def read_openi(root: Path, min_positives: int = 1) -> EvalSet:
 
 def _frequent(label_lists: list[list[str]], min_positives: int) -> list[str]:
     """The labels found in at least ``min_positives`` of the lists, sorted."""
-    counts = pd.Series([l for labels in label_lists for l in set(labels)], dtype=str).value_counts()
+    counts = pd.Series([name for labels in label_lists for name in set(labels)], dtype=str).value_counts()
     return sorted(counts[counts >= min_positives].index)
 
 
@@ -286,7 +313,7 @@ def _multi_hot(ids: list[str], label_lists: list[list[str]], classes: list[str])
     column = {name: k for k, name in enumerate(classes)}
     matrix = np.zeros((len(ids), len(classes)), dtype=float)
     for row, labels in enumerate(label_lists):
-        matrix[row, [column[l] for l in labels if l in column]] = 1.0
+        matrix[row, [column[name] for name in labels if name in column]] = 1.0
     values = pd.DataFrame(matrix, index=pd.Index(ids, name="image_id"), columns=classes)
     values.insert(0, NORMAL, (matrix.sum(axis=1) == 0).astype(float))
     return values
@@ -296,8 +323,9 @@ def _mesh_heading(term: str) -> str:
     return term.split("/")[0].strip()
 
 
-def _with_images(name: str, root: Path, labels: pd.DataFrame, candidates, notes: list[str],
-                 rejects: list[dict] | None = None) -> EvalSet:
+def _with_images(
+    name: str, root: Path, labels: pd.DataFrame, candidates, notes: list[str], rejects: list[dict] | None = None
+) -> EvalSet:
     """Keep the label rows whose image file exists (first of ``candidates(image_id)``); the others
     become ``missing_file`` rejects."""
     images, rejects = [], list(rejects or [])
@@ -337,7 +365,9 @@ def read_chexpert(root: Path, csv: str | None = None, uncertain: str = "exclude"
     bad = ~(values.isin([1.0, 0.0, -1.0]) | df[classes].isna())
     if bad.to_numpy().any():
         row, col = np.argwhere(bad.to_numpy())[0]
-        raise ValueError(f"{path}: column {classes[col]!r} must hold 1/0/-1/blank, found {df[classes[col]].iloc[row]!r}")
+        raise ValueError(
+            f"{path}: column {classes[col]!r} must hold 1/0/-1/blank, found {df[classes[col]].iloc[row]!r}"
+        )
     values = values.fillna(0.0).replace({-1.0: {"exclude": math.nan, "positive": 1.0, "negative": 0.0}[uncertain]})
     ids = df[path_column].astype(str).str.strip()
     if ids.duplicated().any():
@@ -363,8 +393,9 @@ def _chexpert_candidates(root: Path, relative: str) -> list[Path]:
 
 
 # -- PadChest ------------------------------------------------------------------------------
-def read_padchest(root: Path, csv: str | None = None, projections: Iterable[str] | None = None,
-                  min_positives: int = 1) -> EvalSet:
+def read_padchest(
+    root: Path, csv: str | None = None, projections: Iterable[str] | None = None, min_positives: int = 1
+) -> EvalSet:
     """PadChest: the labels CSV (default: the ``PADCHEST_chest_x_ray_images_labels_160K*.csv``
     under ``root``) and PNGs at ``<root>/<ImageDir>/<ImageID>`` (or ``<root>/<ImageID>``).
 
@@ -380,8 +411,13 @@ def read_padchest(root: Path, csv: str | None = None, projections: Iterable[str]
         if not found:
             raise FileNotFoundError(f"padchest: no {PADCHEST_GLOB} under {root}")
         path = found[0]
-    df = _read_csv(path, ["ImageID", "ImageDir", "Labels"], "padchest labels",
-                   dtype={"ImageID": str, "ImageDir": str, "Labels": str}, low_memory=False)
+    df = _read_csv(
+        path,
+        ["ImageID", "ImageDir", "Labels"],
+        "padchest labels",
+        dtype={"ImageID": str, "ImageDir": str, "Labels": str},
+        low_memory=False,
+    )
     notes: list[str] = []
     if projections is not None:
         if "Projection" not in df.columns:
@@ -398,19 +434,26 @@ def read_padchest(root: Path, csv: str | None = None, projections: Iterable[str]
         try:
             labels = _padchest_labels(text)
         except ValueError as exc:
-            rejects.append({"image_id": image_id, "path": str(where), "reason": "unreadable_labels", "detail": str(exc)})
+            rejects.append(
+                {"image_id": image_id, "path": str(where), "reason": "unreadable_labels", "detail": str(exc)}
+            )
             continue
-        excluded = [l for l in labels if l in PADCHEST_EXCLUDE]
+        excluded = [name for name in labels if name in PADCHEST_EXCLUDE]
         if excluded:
-            rejects.append({"image_id": image_id, "path": str(where), "reason": "excluded_by_labels",
-                            "detail": f"PadChest label {excluded[0]!r}"})
+            rejects.append(
+                {
+                    "image_id": image_id,
+                    "path": str(where),
+                    "reason": "excluded_by_labels",
+                    "detail": f"PadChest label {excluded[0]!r}",
+                }
+            )
             continue
         parsed[image_id], dirs[image_id] = labels, _padchest_dir(image_dir)
-    findings = [[l for l in names if l != "normal"] for names in parsed.values()]
+    findings = [[name for name in names if name != "normal"] for names in parsed.values()]
     labels = _multi_hot(list(parsed), findings, _frequent(findings, min_positives))
     labels[NORMAL] = [float("normal" in names) for names in parsed.values()]
-    return _with_images("padchest", root, labels,
-                        lambda i: [root / dirs[i] / i, root / i], notes, rejects)
+    return _with_images("padchest", root, labels, lambda i: [root / dirs[i] / i, root / i], notes, rejects)
 
 
 def _padchest_dir(value) -> str:

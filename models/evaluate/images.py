@@ -43,11 +43,12 @@ class Geometry:
     size: int
 
     @classmethod
-    def of(cls, original: tuple[int, int], decoded: tuple[int, int], size: int) -> "Geometry":
+    def of(cls, original: tuple[int, int], decoded: tuple[int, int], size: int) -> Geometry:
         rows, columns = decoded
         side = max(rows, columns)
-        return cls(int(original[0]), int(original[1]), rows, columns, side, (side - rows) // 2,
-                   (side - columns) // 2, size)
+        return cls(
+            int(original[0]), int(original[1]), rows, columns, side, (side - rows) // 2, (side - columns) // 2, size
+        )
 
     def to_original(self, x: float, y: float) -> tuple[float, float]:
         """Model-input pixel coordinates -> original image pixel coordinates."""

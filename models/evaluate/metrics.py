@@ -5,7 +5,7 @@ pointing game (:func:`pointing_hit`), the per-class table and the summary, the m
 from __future__ import annotations
 
 import math
-from typing import Iterable
+from collections.abc import Iterable
 
 import numpy as np
 import pandas as pd
@@ -13,11 +13,39 @@ import pandas as pd
 from .datasets import NORMAL
 from .images import Geometry
 
-TABLE_COLUMNS = ("class_name", "kind", "n_pos", "n_neg", "n_unknown", "auc", "threshold", "accuracy", "fp", "fn",
-                 "pointing_n", "pointing_hits", "pointing_game", "prompt", "note")
-SUMMARY_METRICS = ("normal_auc", "macro_auc", "pointing_game", "normal_fp", "normal_fn", "n_images", "rejects",
-                   "normal_auc_centroid", "cos_normal_normal", "cos_abnormal_abnormal", "cos_normal_abnormal",
-                   "cos_centred_normal_normal", "cos_centred_abnormal_abnormal", "cos_centred_normal_abnormal")
+TABLE_COLUMNS = (
+    "class_name",
+    "kind",
+    "n_pos",
+    "n_neg",
+    "n_unknown",
+    "auc",
+    "threshold",
+    "accuracy",
+    "fp",
+    "fn",
+    "pointing_n",
+    "pointing_hits",
+    "pointing_game",
+    "prompt",
+    "note",
+)
+SUMMARY_METRICS = (
+    "normal_auc",
+    "macro_auc",
+    "pointing_game",
+    "normal_fp",
+    "normal_fn",
+    "n_images",
+    "rejects",
+    "normal_auc_centroid",
+    "cos_normal_normal",
+    "cos_abnormal_abnormal",
+    "cos_normal_abnormal",
+    "cos_centred_normal_normal",
+    "cos_centred_abnormal_abnormal",
+    "cos_centred_normal_abnormal",
+)
 
 
 def class_metrics(labels: Iterable[float], scores: Iterable[float]) -> dict:
@@ -45,18 +73,34 @@ def class_metrics(labels: Iterable[float], scores: Iterable[float]) -> dict:
     known = ~np.isnan(y)
     y, s = y[known].astype(int), s[known]
     n_pos, n_neg = int((y == 1).sum()), int((y == 0).sum())
-    out = {"n_pos": n_pos, "n_neg": n_neg, "n_unknown": int((~known).sum()), "auc": math.nan,
-           "threshold": math.nan, "accuracy": math.nan, "fp": math.nan, "fn": math.nan, "note": ""}
+    out = {
+        "n_pos": n_pos,
+        "n_neg": n_neg,
+        "n_unknown": int((~known).sum()),
+        "auc": math.nan,
+        "threshold": math.nan,
+        "accuracy": math.nan,
+        "fp": math.nan,
+        "fn": math.nan,
+        "note": "",
+    }
     if n_pos == 0 or n_neg == 0:
-        out["note"] = "no labelled images" if n_pos + n_neg == 0 else \
-            f"only {'positives' if n_neg == 0 else 'negatives'}: AUC undefined"
+        out["note"] = (
+            "no labelled images"
+            if n_pos + n_neg == 0
+            else f"only {'positives' if n_neg == 0 else 'negatives'}: AUC undefined"
+        )
         return out
     auc = float(roc_auc_score(y, s))  # first: it rejects NaN/inf scores, as roc_curve did here
     threshold = youden_cut(s, y == 1, call_none=True).threshold  # = roc_curve's argmax(tpr - fpr)
     called = s >= threshold
-    out.update(auc=auc, threshold=threshold,
-               accuracy=float((called == (y == 1)).mean()),
-               fp=int((called & (y == 0)).sum()), fn=int((~called & (y == 1)).sum()))
+    out.update(
+        auc=auc,
+        threshold=threshold,
+        accuracy=float((called == (y == 1)).mean()),
+        fp=int((called & (y == 0)).sum()),
+        fn=int((~called & (y == 1)).sum()),
+    )
     return out
 
 
@@ -82,7 +126,6 @@ def pointing_hit(similarity: np.ndarray, boxes: np.ndarray, geometry: Geometry) 
     return bool(inside.any()), x, y
 
 
-
 def _float(value) -> float:
     return math.nan if value is None or pd.isna(value) else float(value)
 
@@ -92,15 +135,13 @@ def _count(value) -> int | float:
     return math.nan if value is None or pd.isna(value) else int(value)
 
 
-
 def _mechanism(embeddings: np.ndarray, is_normal: np.ndarray, centroid_scores: np.ndarray) -> dict:
     """Compactness of the image embeddings by label, raw and centred, and the AUC of the
     prompt-free normal score."""
     from ..stats import auc, compactness
 
     known = ~np.isnan(is_normal)
-    out = {"normal_auc_centroid": auc(is_normal, centroid_scores) if not np.isnan(centroid_scores).all()
-           else math.nan}
+    out = {"normal_auc_centroid": auc(is_normal, centroid_scores) if not np.isnan(centroid_scores).all() else math.nan}
     for prefix, centre in (("cos", False), ("cos_centred", True)):
         values = compactness(embeddings[known], is_normal[known] == 1, centre=centre) if known.any() else {}
         for key in ("normal_normal", "abnormal_abnormal", "normal_abnormal"):
@@ -108,9 +149,9 @@ def _mechanism(embeddings: np.ndarray, is_normal: np.ndarray, centroid_scores: n
     return out
 
 
-
-def _class_table(labels: pd.DataFrame, scores: pd.DataFrame, pointing: pd.DataFrame,
-                 prompts: dict[str, list[str]]) -> pd.DataFrame:
+def _class_table(
+    labels: pd.DataFrame, scores: pd.DataFrame, pointing: pd.DataFrame, prompts: dict[str, list[str]]
+) -> pd.DataFrame:
     rows = []
     order = [NORMAL] + [c for c in labels.columns if c != NORMAL]
     for name in order:
@@ -119,10 +160,17 @@ def _class_table(labels: pd.DataFrame, scores: pd.DataFrame, pointing: pd.DataFr
         hits = int(trials["hit"].sum()) if len(trials) else 0
         if name != NORMAL:
             metrics["fp"] = metrics["fn"] = math.nan  # FP/FN are reported for the normal class
-        rows.append({"class_name": name, "kind": "normal" if name == NORMAL else "abnormal", **metrics,
-                     "pointing_n": len(trials), "pointing_hits": hits,
-                     "pointing_game": hits / len(trials) if len(trials) else math.nan,
-                     "prompt": " | ".join(prompts[name])})
+        rows.append(
+            {
+                "class_name": name,
+                "kind": "normal" if name == NORMAL else "abnormal",
+                **metrics,
+                "pointing_n": len(trials),
+                "pointing_hits": hits,
+                "pointing_game": hits / len(trials) if len(trials) else math.nan,
+                "prompt": " | ".join(prompts[name]),
+            }
+        )
     return pd.DataFrame(rows, columns=list(TABLE_COLUMNS))
 
 

@@ -8,7 +8,6 @@ import pandas as pd
 
 from .datasets import NORMAL
 
-
 #: abnormal classes drawn beside "No finding" (the most frequent); the rest are in the table
 ROC_CLASSES = 6
 
@@ -42,16 +41,24 @@ def roc_png(labels: pd.DataFrame, scores: pd.DataFrame, table: pd.DataFrame, tit
             name = row["class_name"]
             known = labels[name].notna().to_numpy()
             fpr, tpr, _ = roc_curve(labels[name].to_numpy()[known].astype(int), scores[name].to_numpy()[known])
-            style = {"color": "black", "linewidth": 2.5, "zorder": 3} if name == NORMAL else \
-                {"color": colours(i % 10), "linewidth": 1.2}
+            style = (
+                {"color": "black", "linewidth": 2.5, "zorder": 3}
+                if name == NORMAL
+                else {"color": colours(i % 10), "linewidth": 1.2}
+            )
             ax.plot(fpr, tpr, label=f"{name} (AUC {row['auc']:.3f}, n+ {row['n_pos']})", **style)
         if not evaluable:
             ax.text(0.5, 0.5, "no class has both labels", ha="center", va="center")
         ax.set(xlabel="false positive rate", ylabel="true positive rate", title=title, xlim=(0, 1), ylim=(0, 1.01))
         ax.set_aspect("equal")
         if evaluable:
-            legend = ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=8, frameon=False,
-                               title=f"+ {hidden} more classes: see the per-class table" if hidden else None)
+            legend = ax.legend(
+                loc="upper left",
+                bbox_to_anchor=(1.02, 1.0),
+                fontsize=8,
+                frameon=False,
+                title=f"+ {hidden} more classes: see the per-class table" if hidden else None,
+            )
             if hidden:
                 legend.get_title().set_fontsize(8)
         fig.tight_layout()

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Iterable, Mapping
 
 from .datasets import NORMAL, NORMAL_ALIASES
 
@@ -50,7 +50,9 @@ def finding_phrase(class_name: str) -> str:
     return class_name.lower().replace("/", " or ").replace("_", " ")
 
 
-def build_prompts(classes: Iterable[str], prompts: Mapping | str | os.PathLike | None = None) -> tuple[dict[str, list[str]], list[str]]:
+def build_prompts(
+    classes: Iterable[str], prompts: Mapping | str | os.PathLike | None = None
+) -> tuple[dict[str, list[str]], list[str]]:
     """Prompts for each class, and notes.
 
     ``prompts``: None (defaults), a dict or a JSON file of ``{class: text or [texts]}``; a ``"*"``

@@ -15,10 +15,10 @@ on the sigmoid's scale). PadChest's 192 query labels are not in the file: that d
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Iterable
 
 import numpy as np
 import pandas as pd
@@ -72,12 +72,21 @@ def load_protocol(name: str, dataset: str) -> Protocol | None:
         raise ValueError(f"protocol {name!r} has no entry for {dataset!r} in {PROTOCOLS_FILE}")
     entry = spec["datasets"][dataset]
     if not entry.get("classes"):
-        raise ValueError(f"protocol {name!r} cannot evaluate {dataset}: {entry.get('missing', 'no class list')} "
-                         f"({PROTOCOLS_FILE})")
+        raise ValueError(
+            f"protocol {name!r} cannot evaluate {dataset}: {entry.get('missing', 'no class list')} ({PROTOCOLS_FILE})"
+        )
     if entry.get("filter", "none") not in FILTERS:
         raise ValueError(f"{PROTOCOLS_FILE}: {name}/{dataset}: filter must be one of {FILTERS}")
-    return Protocol(name, dataset, dict(entry["classes"]), entry["normal"]["column"], entry["normal"]["prompt"],
-                    entry.get("filter", "none"), spec.get("score", "cosine"), dict(entry.get("labels") or {}))
+    return Protocol(
+        name,
+        dataset,
+        dict(entry["classes"]),
+        entry["normal"]["column"],
+        entry["normal"]["prompt"],
+        entry.get("filter", "none"),
+        spec.get("score", "cosine"),
+        dict(entry.get("labels") or {}),
+    )
 
 
 def openi_paper_labels(text: str, protocol: Protocol) -> list[str]:
@@ -108,8 +117,10 @@ def read_openi_protocol(root: Path, protocol: Protocol) -> EvalSet:
 
         files = sorted((root / "ecgen-radiology").glob("*.xml"))
         if not files:
-            raise FileNotFoundError(f"openi: protocol {protocol.name!r} needs a {column!r} column in {table} or the "
-                                    f"report XMLs in {root / 'ecgen-radiology'}")
+            raise FileNotFoundError(
+                f"openi: protocol {protocol.name!r} needs a {column!r} column in {table} or the "
+                f"report XMLs in {root / 'ecgen-radiology'}"
+            )
         for file in files:
             report = parse_report_xml(file.read_bytes())
             for image_id in report.image_ids:
@@ -136,12 +147,14 @@ def apply_protocol(eval_set: EvalSet, protocol: Protocol) -> EvalSet:
     if protocol.filter == "any_positive":
         keep = (labels.fillna(0).to_numpy() == 1).any(axis=1)
         if (~keep).any():
-            notes.append(f"protocol {protocol.name!r}: {int((~keep).sum())} image(s) with no positive among its "
-                         "classes left out")
+            notes.append(
+                f"protocol {protocol.name!r}: {int((~keep).sum())} image(s) with no positive among its classes left out"
+            )
     images = [image for image, k in zip(eval_set.images, keep) if k]
     labels = labels[keep]
-    boxes = eval_set.boxes[eval_set.boxes["class_name"].isin(protocol.classes)
-                           & eval_set.boxes["image_id"].isin(labels.index)].reset_index(drop=True)
+    boxes = eval_set.boxes[
+        eval_set.boxes["class_name"].isin(protocol.classes) & eval_set.boxes["image_id"].isin(labels.index)
+    ].reset_index(drop=True)
     return EvalSet(eval_set.name, eval_set.root, images, labels, boxes, list(eval_set.rejects), notes)
 
 

@@ -19,7 +19,6 @@ from .metrics import SUMMARY_METRICS, _count, _float
 CENTROID = "normal_centroid"
 
 
-
 @dataclass
 class EvalResult:
     dataset: str
@@ -46,12 +45,20 @@ class EvalResult:
     def to_dict(self) -> dict:
         """Plain Python (NaN stays NaN here; the JSON file writes it as null)."""
         return {
-            "dataset": self.dataset, "root": self.root, "evaluation_id": self.evaluation_id,
-            "evaluated_at": self.evaluated_at.isoformat(), "model_dir": self.model_dir,
-            "run_name": self.run_name, "loss": self.loss, "seed": self.seed, "protocol": self.protocol,
+            "dataset": self.dataset,
+            "root": self.root,
+            "evaluation_id": self.evaluation_id,
+            "evaluated_at": self.evaluated_at.isoformat(),
+            "model_dir": self.model_dir,
+            "run_name": self.run_name,
+            "loss": self.loss,
+            "seed": self.seed,
+            "protocol": self.protocol,
             "summary": dict(self.summary),
             "classes": [_plain_row(r) for r in self.classes.to_dict("records")],
-            "rejects": list(self.rejects), "notes": list(self.notes), "prompts": dict(self.prompts),
+            "rejects": list(self.rejects),
+            "notes": list(self.notes),
+            "prompts": dict(self.prompts),
             "files": {k: str(v) for k, v in self.files.items()},
         }
 
@@ -75,24 +82,49 @@ class EvalResult:
 
     def manifest_rows(self) -> pd.DataFrame:
         """Long rows for the manifest's ``evaluations`` table (contract :data:`EVALUATIONS`)."""
-        base = {"evaluation_id": self.evaluation_id, "evaluated_at": self.evaluated_at, "model_dir": self.model_dir,
-                "run_name": self.run_name, "loss": self.loss, "seed": self.seed, "dataset": self.dataset,
-                "protocol": self.protocol}
+        base = {
+            "evaluation_id": self.evaluation_id,
+            "evaluated_at": self.evaluated_at,
+            "model_dir": self.model_dir,
+            "run_name": self.run_name,
+            "loss": self.loss,
+            "seed": self.seed,
+            "dataset": self.dataset,
+            "protocol": self.protocol,
+        }
         rows = []
         for r in self.classes.to_dict("records"):
             counts = {"n_pos": r["n_pos"], "n_neg": r["n_neg"]}
             metrics = ["auc", "accuracy", "threshold"] + (["fp", "fn"] if r["kind"] == "normal" else [])
-            rows += [{**base, "class_name": r["class_name"], "metric": m, "value": _float(r[m]), **counts} for m in metrics]
+            rows += [
+                {**base, "class_name": r["class_name"], "metric": m, "value": _float(r[m]), **counts} for m in metrics
+            ]
             if r["pointing_n"]:
-                rows.append({**base, "class_name": r["class_name"], "metric": "pointing_game",
-                             "value": _float(r["pointing_game"]), "n_pos": r["pointing_n"], "n_neg": None})
-        rows += [{**base, "class_name": OVERALL, "metric": m, "value": _float(self.summary.get(m)), "n_pos": None,
-                  "n_neg": None} for m in SUMMARY_METRICS]
+                rows.append(
+                    {
+                        **base,
+                        "class_name": r["class_name"],
+                        "metric": "pointing_game",
+                        "value": _float(r["pointing_game"]),
+                        "n_pos": r["pointing_n"],
+                        "n_neg": None,
+                    }
+                )
+        rows += [
+            {
+                **base,
+                "class_name": OVERALL,
+                "metric": m,
+                "value": _float(self.summary.get(m)),
+                "n_pos": None,
+                "n_neg": None,
+            }
+            for m in SUMMARY_METRICS
+        ]
         df = pd.DataFrame(rows, columns=EVALUATIONS.names)
         for column in ("n_pos", "n_neg", "seed"):
             df[column] = df[column].astype("Int64")
         return df
-
 
 
 def _plain_row(row: dict) -> dict:

@@ -10,10 +10,11 @@ import json
 import os
 import sys
 import uuid
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -48,12 +49,17 @@ def _open_model(model_dir_or_model) -> tuple[Any, Any, str | None, dict]:
         return adapter, adapter.tokenizer, str(path), load_extra(path)
     if isinstance(model_dir_or_model, ClipAdapter):
         return model_dir_or_model, model_dir_or_model.tokenizer, None, {}
-    if isinstance(model_dir_or_model, tuple) and len(model_dir_or_model) == 2 \
-            and isinstance(model_dir_or_model[0], OffClipModel):
+    if (
+        isinstance(model_dir_or_model, tuple)
+        and len(model_dir_or_model) == 2
+        and isinstance(model_dir_or_model[0], OffClipModel)
+    ):
         model, tokenizer = model_dir_or_model
         return ClipAdapter.from_offclip(model, tokenizer), tokenizer, None, {}
-    raise TypeError("evaluate needs a model directory, a ClipAdapter or an (OffClipModel, tokenizer) pair, "
-                    f"got {type(model_dir_or_model).__name__}")
+    raise TypeError(
+        "evaluate needs a model directory, a ClipAdapter or an (OffClipModel, tokenizer) pair, "
+        f"got {type(model_dir_or_model).__name__}"
+    )
 
 
 def _model_info(extra: dict) -> tuple[str | None, int | None]:
@@ -61,15 +67,28 @@ def _model_info(extra: dict) -> tuple[str | None, int | None]:
     for source in (extra.get("offclip_train"), extra):
         if isinstance(source, dict) and ("loss" in source or "seed" in source):
             seed = source.get("seed")
-            return (str(source["loss"]) if source.get("loss") is not None else None,
-                    int(seed) if seed is not None else None)
+            return (
+                str(source["loss"]) if source.get("loss") is not None else None,
+                int(seed) if seed is not None else None,
+            )
     return None, None
 
 
-def evaluate(model_dir_or_model, dataset: str, root: str | os.PathLike, prompts=None, out: Path | None = None,
-             batch_size: int = 32, device: str = "auto", manifest: Path | None = None,
-             run_name: str | None = None, workers: int = 0, normal_texts: Iterable[str] | None = None,
-             protocol: str = DEFAULT_PROTOCOL, **reader_options) -> EvalResult:
+def evaluate(
+    model_dir_or_model,
+    dataset: str,
+    root: str | os.PathLike,
+    prompts=None,
+    out: Path | None = None,
+    batch_size: int = 32,
+    device: str = "auto",
+    manifest: Path | None = None,
+    run_name: str | None = None,
+    workers: int = 0,
+    normal_texts: Iterable[str] | None = None,
+    protocol: str = DEFAULT_PROTOCOL,
+    **reader_options,
+) -> EvalResult:
     """Zero-shot evaluation of a model on ``dataset`` at ``root``. The model: a saved directory
     (offclip's, a transformers ``CLIPModel`` or ``VisionTextDualEncoderModel``: each at its own
     input size and normalisation, :mod:`offclip.models.adapters`), a ``ClipAdapter``, or an
@@ -92,11 +111,12 @@ def evaluate(model_dir_or_model, dataset: str, root: str | os.PathLike, prompts=
 
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    evaluated_at = dt.datetime.now(dt.timezone.utc)
+    evaluated_at = dt.datetime.now(dt.UTC)
     spec = load_protocol(protocol, dataset)
     if spec is not None and prompts is not None:
-        raise ValueError(f"protocol {protocol!r} has its own prompts: leave prompts out (or use protocol "
-                         f"{DEFAULT_PROTOCOL!r})")
+        raise ValueError(
+            f"protocol {protocol!r} has its own prompts: leave prompts out (or use protocol {DEFAULT_PROTOCOL!r})"
+        )
     if spec is not None and spec.labels.get("column") == "labels_automatic":
         eval_set = read_openi_protocol(root, spec)
     elif spec is not None:
@@ -127,23 +147,44 @@ def evaluate(model_dir_or_model, dataset: str, root: str | os.PathLike, prompts=
             normal_texts, centroid_note = list(normal_texts), ""
         centroid = _text_centroid(model, tokenizer, normal_texts, torch_device, tokenize) if normal_texts else None
 
-    scores = pd.DataFrame(np.concatenate(score_rows) if score_rows else np.zeros((0, len(names))),
-                          index=pd.Index(ids, name="image_id"), columns=names)
+    scores = pd.DataFrame(
+        np.concatenate(score_rows) if score_rows else np.zeros((0, len(names))),
+        index=pd.Index(ids, name="image_id"),
+        columns=names,
+    )
     scores = protocol_scores(scores, spec)  # the paper's sigmoid; the cosines themselves by default
     pointing = pd.DataFrame(pointing_rows, columns=["image_id", "class_name", "x", "y", "hit"])
     labels = eval_set.labels.loc[ids]
     table = _class_table(labels, scores, pointing, class_prompts)
     summary = _summary(table, pointing, len(ids), len(rejects))
     emb = np.concatenate(embeddings) if embeddings else np.zeros((0, 1))
-    centroid_scores = pd.Series(emb @ centroid if centroid is not None else np.full(len(ids), np.nan),
-                                index=scores.index, name=CENTROID)
+    centroid_scores = pd.Series(
+        emb @ centroid if centroid is not None else np.full(len(ids), np.nan), index=scores.index, name=CENTROID
+    )
     summary.update(_mechanism(emb, labels[NORMAL].to_numpy(dtype=float), centroid_scores.to_numpy()))
     notes = eval_set.notes + prompt_notes + ([centroid_note] if centroid_note else [])
     if no_grid:
         notes.append("no pointing game: the model's vision tower gives no square patch grid")
-    result = EvalResult(dataset, str(root), str(uuid.uuid4()), evaluated_at, model_dir, run_name, loss, seed, table,
-                        summary, scores, pointing, rejects, notes, all_prompts, labels=labels,
-                        centroid_scores=centroid_scores, protocol=protocol)
+    result = EvalResult(
+        dataset,
+        str(root),
+        str(uuid.uuid4()),
+        evaluated_at,
+        model_dir,
+        run_name,
+        loss,
+        seed,
+        table,
+        summary,
+        scores,
+        pointing,
+        rejects,
+        notes,
+        all_prompts,
+        labels=labels,
+        centroid_scores=centroid_scores,
+        protocol=protocol,
+    )
     if out is not None:
         _write_files(result, Path(out), eval_set.labels.loc[ids], f"{dataset}: {run_name or model_dir or 'model'}")
     if manifest is not None:
@@ -166,8 +207,9 @@ class _Embedded:
     no_grid: bool = False  #: the vision tower gives no patch grid: no pointing game
 
 
-def _embed_images(model, eval_set: EvalSet, text: dict, names: list[str], size: int, batch_size: int,
-                  workers: int, device) -> _Embedded:
+def _embed_images(
+    model, eval_set: EvalSet, text: dict, names: list[str], size: int, batch_size: int, workers: int, device
+) -> _Embedded:
     """Decode (``workers`` threads), embed and score every image in batches; point on the images
     with boxes."""
     import torch
@@ -178,7 +220,7 @@ def _embed_images(model, eval_set: EvalSet, text: dict, names: list[str], size: 
     pool = ThreadPoolExecutor(max_workers=workers or min(8, os.cpu_count() or 1))
     try:
         for start in range(0, len(eval_set.images), batch_size):
-            batch = eval_set.images[start:start + batch_size]
+            batch = eval_set.images[start : start + batch_size]
             loaded = list(pool.map(lambda image: _try_load(image, size), batch))
             good = [(image, prepared) for image, prepared in zip(batch, loaded) if isinstance(prepared, PreparedImage)]
             passed.rejects += [p for p in loaded if isinstance(p, dict)]
@@ -251,12 +293,11 @@ def _text_centroid(model, tokenizer, texts: list[str], device, tokenize, batch_s
 
     total = None
     for start in range(0, len(texts), batch_size):
-        tokens = tokenize(tokenizer, texts[start:start + batch_size], model.max_text_length)
+        tokens = tokenize(tokenizer, texts[start : start + batch_size], model.max_text_length)
         emb = model.encode_text(tokens["input_ids"].to(device), tokens["attention_mask"].to(device)).float()
         part = F.normalize(emb, dim=-1).sum(dim=0)
         total = part if total is None else total + part
     return F.normalize(total, dim=-1).cpu().numpy()
-
 
 
 def _try_load(image: EvalImage, size: int) -> PreparedImage | dict:
@@ -275,7 +316,7 @@ def _class_embeddings(model, tokenizer, prompts: dict[str, list[str]], device, t
     emb = model.encode_text(tokens["input_ids"].to(device), tokens["attention_mask"].to(device)).float()
     out, at = {}, 0
     for name, ts in prompts.items():
-        out[name] = F.normalize(emb[at:at + len(ts)].mean(dim=0), dim=-1)
+        out[name] = F.normalize(emb[at : at + len(ts)].mean(dim=0), dim=-1)
         at += len(ts)
     return out
 
@@ -288,7 +329,6 @@ def _point(image_id: str, patch, boxes: pd.DataFrame, text: dict, geometry: Geom
         hit, x, y = pointing_hit(similarity, group[list(VINDR_BOX_NUMERIC)].to_numpy(dtype=float), geometry)
         rows.append({"image_id": image_id, "class_name": class_name, "x": x, "y": y, "hit": hit})
     return rows
-
 
 
 # ------------------------------------------------------------------------------------------
@@ -318,10 +358,18 @@ def _parser():
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     args.out = args.out or str(default_out(args.model, args.protocol))
-    result = evaluate(args.model, args.dataset, args.root, prompts=args.prompts,
-                      out=Path(args.out) if args.out else None, batch_size=args.batch_size, device=args.device,
-                      manifest=Path(args.manifest) if args.manifest else None, run_name=args.run_name,
-                      protocol=args.protocol)
+    result = evaluate(
+        args.model,
+        args.dataset,
+        args.root,
+        prompts=args.prompts,
+        out=Path(args.out) if args.out else None,
+        batch_size=args.batch_size,
+        device=args.device,
+        manifest=Path(args.manifest) if args.manifest else None,
+        run_name=args.run_name,
+        protocol=args.protocol,
+    )
     print(result.table())
     print()
     print("  ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in result.summary.items()))
@@ -332,4 +380,3 @@ def main(argv: list[str] | None = None) -> int:
     for name, path in result.files.items():
         print(f"{name}: {path}")
     return 0
-

@@ -37,7 +37,7 @@ def _starttime(pid: int) -> bytes | None:
     if not stat:
         return None
     try:
-        return stat[stat.rindex(b")") + 2:].split()[19]
+        return stat[stat.rindex(b")") + 2 :].split()[19]
     except (ValueError, IndexError):
         return None
 
@@ -61,7 +61,7 @@ def leftovers(entry: bytes) -> list[tuple[int, bytes]]:
 def main(argv: list[str]) -> int:
     parent, token_name, token = int(argv[1]), argv[2], argv[3]
     for sig in (signal.SIGINT, signal.SIGHUP, signal.SIGTERM):
-        signal.signal(sig, signal.SIG_IGN)   # outlive whatever ends the run; this ends by itself
+        signal.signal(sig, signal.SIG_IGN)  # outlive whatever ends the run; this ends by itself
     while os.getppid() == parent:
         time.sleep(POLL_S)
     entry = f"{token_name}={token}".encode()
@@ -76,7 +76,7 @@ def main(argv: list[str]) -> int:
         time.sleep(0.1)
         targets = [(pid, st) for pid, st in targets if _starttime(pid) == st and _alive(pid)]
     for pid, st in targets:
-        if _starttime(pid) == st:    # the same process still (not a reused pid)
+        if _starttime(pid) == st:  # the same process still (not a reused pid)
             try:
                 os.kill(pid, signal.SIGKILL)
             except OSError:
@@ -86,7 +86,7 @@ def main(argv: list[str]) -> int:
 
 def _alive(pid: int) -> bool:
     stat = _read(f"/proc/{pid}/stat")
-    return bool(stat) and stat[stat.rindex(b")") + 2:][:1] not in (b"Z", b"X", b"x")
+    return bool(stat) and stat[stat.rindex(b")") + 2 :][:1] not in (b"Z", b"X", b"x")
 
 
 if __name__ == "__main__":

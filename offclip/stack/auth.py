@@ -15,8 +15,9 @@ import contextlib
 import os
 import secrets
 import shlex
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from .health import health
 from .home import DEFAULT_PORT, layout, read_json, ui_url_for, write_private
@@ -83,10 +84,13 @@ def last_ui_url(home: str | os.PathLike | None = None) -> str:
 
 def write_env_sh(path: Path, url: str, auth: str) -> None:
     """``env.sh``, owner-only: sourced, it points Prefect clients at the project's server."""
-    write_private(path, "# written by `offclip up` (owner-only: it holds the server's secret); source it to\n"
-                        "# point Prefect clients at the project server\n"
-                        f"export PREFECT_API_URL={shlex.quote(url)}\n"
-                        f"export PREFECT_API_AUTH_STRING={shlex.quote(auth)}\n")
+    write_private(
+        path,
+        "# written by `offclip up` (owner-only: it holds the server's secret); source it to\n"
+        "# point Prefect clients at the project server\n"
+        f"export PREFECT_API_URL={shlex.quote(url)}\n"
+        f"export PREFECT_API_AUTH_STRING={shlex.quote(auth)}\n",
+    )
 
 
 def auth_probe(url: str, auth: str | None, timeout: float = 5.0) -> tuple[int | None, int | None]:

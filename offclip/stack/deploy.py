@@ -22,7 +22,7 @@ from .processes import prefect_argv
 
 @dataclass
 class DeploymentInfo:
-    name: str             # "flow/deployment"
+    name: str  # "flow/deployment"
     schedules: list[str]
     paused: bool
     work_pool: str | None
@@ -57,14 +57,25 @@ def deploy(lay: Layout, port: int, project: Path, timeout: float = DEPLOY_TIMEOU
         try:
             # prefect.yaml's pull step runs flows in this checkout: {{ $OFFCLIP_REPO }}
             env = {**stack_env(lay, port, auth=auth), "OFFCLIP_REPO": str(Path(project).resolve())}
-            rc = subprocess.run(argv, env=env, cwd=project, stdin=subprocess.DEVNULL,
-                                stdout=f, stderr=subprocess.STDOUT, timeout=timeout).returncode
+            rc = subprocess.run(
+                argv,
+                env=env,
+                cwd=project,
+                stdin=subprocess.DEVNULL,
+                stdout=f,
+                stderr=subprocess.STDOUT,
+                timeout=timeout,
+            ).returncode
         except subprocess.TimeoutExpired:
-            raise ServiceError(f"`prefect deploy --all` did not finish within {timeout:.0f} s. "
-                               f"Last lines of {lay.deploy_log}:\n{tail(lay.deploy_log)}") from None
+            raise ServiceError(
+                f"`prefect deploy --all` did not finish within {timeout:.0f} s. "
+                f"Last lines of {lay.deploy_log}:\n{tail(lay.deploy_log)}"
+            ) from None
     if rc != 0:
-        raise ServiceError(f"`prefect deploy --all` failed (exit {rc}) in {project}. "
-                           f"Last lines of {lay.deploy_log}:\n{tail(lay.deploy_log)}")
+        raise ServiceError(
+            f"`prefect deploy --all` failed (exit {rc}) in {project}. "
+            f"Last lines of {lay.deploy_log}:\n{tail(lay.deploy_log)}"
+        )
     return f"deployed {len(declared)} declared in {project / 'prefect.yaml'} (log {lay.deploy_log})"
 
 
@@ -92,7 +103,12 @@ def list_deployments(url: str, auth: str | None = None) -> list[DeploymentInfo]:
         for d in c.read_deployments():
             if d.flow_id not in flows:
                 flows[d.flow_id] = c.read_flow(d.flow_id).name
-            out.append(DeploymentInfo(name=f"{flows[d.flow_id]}/{d.name}",
-                                      schedules=[describe_schedule(s) for s in (d.schedules or [])],
-                                      paused=bool(d.paused), work_pool=d.work_pool_name))
+            out.append(
+                DeploymentInfo(
+                    name=f"{flows[d.flow_id]}/{d.name}",
+                    schedules=[describe_schedule(s) for s in (d.schedules or [])],
+                    paused=bool(d.paused),
+                    work_pool=d.work_pool_name,
+                )
+            )
     return sorted(out, key=lambda d: d.name)

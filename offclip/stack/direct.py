@@ -16,7 +16,6 @@ from .auth import api_url, auth_string, new_auth_string
 from .home import layout
 from .processes import DIRECT_RUN_TOKEN_ENV
 
-
 #: the start timeout of the temporary server a direct flow run starts when no `offclip up` server
 #: runs: a new SQLite database's migrations take ~15 s on 2 idle cores, more under load (Prefect's
 #: default, 20 s, fails a first run on a fresh machine)
@@ -26,7 +25,8 @@ TEMPORARY_SERVER_TIMEOUT_S = 300
 @dataclass
 class DirectRun:
     """Where the flows of a direct command (``offclip build-shards``, ``train``, ``evaluate``) run."""
-    target: str          # "user" ($PREFECT_API_URL), "project" (`offclip up`'s server) or "temporary"
+
+    target: str  # "user" ($PREFECT_API_URL), "project" (`offclip up`'s server) or "temporary"
     api_url: str | None  # None: a temporary server, started by Prefect for this process
     env: dict[str, str]  # the variables set
 
@@ -35,8 +35,10 @@ class DirectRun:
             return f"flows run on the Prefect server at $PREFECT_API_URL ({self.api_url})"
         if self.target == "project":
             return f"flows run on the project's server ({self.api_url}, started by `offclip up`)"
-        return ("no `offclip up` server is running: Prefect starts a temporary server for this run "
-                "(~15 s; `offclip up` keeps one running, with the UI)")
+        return (
+            "no `offclip up` server is running: Prefect starts a temporary server for this run "
+            "(~15 s; `offclip up` keeps one running, with the UI)"
+        )
 
 
 def direct_run_env(home: str | os.PathLike | None = None, environ: dict[str, str] | None = None) -> DirectRun:
@@ -66,7 +68,8 @@ def direct_run_env(home: str | os.PathLike | None = None, environ: dict[str, str
             env["PREFECT_API_AUTH_STRING"] = auth
         return DirectRun("project", url, env)
     env["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"] = environ.get(
-        "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", str(TEMPORARY_SERVER_TIMEOUT_S))
+        "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", str(TEMPORARY_SERVER_TIMEOUT_S)
+    )
     auth = new_auth_string()
     env["PREFECT_SERVER_API_AUTH_STRING"] = env["PREFECT_API_AUTH_STRING"] = auth
     env[DIRECT_RUN_TOKEN_ENV] = secrets.token_hex(16)
@@ -100,7 +103,19 @@ def start_reaper(parent: int, token: str) -> subprocess.Popen:
     Detached (its own session: a Ctrl-C or a kill of the run's process group does not take it
     first), its standard streams on /dev/null (it must not hold a caller's output pipe open),
     ``-I -S``: stdlib only, starts in ~20 ms."""
-    return subprocess.Popen([sys.executable, "-I", "-S", str(Path(__file__).with_name("_reaper.py")),
-                             str(parent), DIRECT_RUN_TOKEN_ENV, token],
-                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True, close_fds=True)
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-I",
+            "-S",
+            str(Path(__file__).with_name("_reaper.py")),
+            str(parent),
+            DIRECT_RUN_TOKEN_ENV,
+            token,
+        ],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+        close_fds=True,
+    )

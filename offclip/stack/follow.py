@@ -20,8 +20,8 @@ from .home import resolve_home
 
 @dataclass
 class FollowedRun:
-    deployment: str       # "flow/deployment"
-    state: str            # the run's final state name, or "missing" (never started), or its last state
+    deployment: str  # "flow/deployment"
+    state: str  # the run's final state name, or "missing" (never started), or its last state
     run_id: str | None = None
     run_name: str | None = None
 
@@ -33,8 +33,10 @@ def _resolve_url(home: str | os.PathLike | None, url: str | None) -> tuple[str, 
     project = api_url(home, check=not url)
     found = url or project or os.environ.get("PREFECT_API_URL")
     if not found:
-        raise RuntimeError(f"no offclip server is running under {resolve_home(home)} and PREFECT_API_URL is not "
-                           "set: run `offclip up` first")
+        raise RuntimeError(
+            f"no offclip server is running under {resolve_home(home)} and PREFECT_API_URL is not "
+            "set: run `offclip up` first"
+        )
     if project and found.rstrip("/") == project.rstrip("/"):
         return found, auth_string(home)
     return found, os.environ.get("PREFECT_API_AUTH_STRING") or None
@@ -52,8 +54,11 @@ class _ProgressFollower:
 
         now = time.monotonic()
         due = now - self.last >= self.every
-        artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(
-            flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]), type=ArtifactFilterType(any_=["progress"])))
+        artifacts = client.read_artifacts(
+            artifact_filter=ArtifactFilter(
+                flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]), type=ArtifactFilterType(any_=["progress"])
+            )
+        )
         for artifact in sorted(artifacts, key=lambda a: a.created or 0):
             if artifact.id in self.finished or not artifact.description:
                 continue
@@ -66,9 +71,16 @@ class _ProgressFollower:
             self.last = now
 
 
-def wait_for_runs(deployments: list[str], home: str | os.PathLike | None = None, timeout: float = 1800.0,
-                  poll: float = 3.0, echo=print, run: str | None = None,
-                  url: str | None = None, progress_every: float = 30.0) -> list[FollowedRun]:
+def wait_for_runs(
+    deployments: list[str],
+    home: str | os.PathLike | None = None,
+    timeout: float = 1800.0,
+    poll: float = 3.0,
+    echo=print,
+    run: str | None = None,
+    url: str | None = None,
+    progress_every: float = 30.0,
+) -> list[FollowedRun]:
     """Follow a chain of runs (``offclip/build-shards`` → ``offclip/train`` → ``offclip/evaluate``)
     to its end, run by run. While a run is running, its progress artifacts (what trains, the
     step, the loss, the time left) are printed every ``progress_every`` seconds, and once more
@@ -99,8 +111,9 @@ def wait_for_runs(deployments: list[str], home: str | os.PathLike | None = None,
             try:
                 ids[name] = client.read_deployment_by_name(name).id
             except ObjectNotFound:
-                raise ValueError(f"deployment {name!r} does not exist on {url} "
-                                 "(`offclip up` deploys prefect.yaml)") from None
+                raise ValueError(
+                    f"deployment {name!r} does not exist on {url} (`offclip up` deploys prefect.yaml)"
+                ) from None
 
         def newest(name: str, parent) -> Any:
             flt = FlowRunFilter(deployment_id=FlowRunFilterDeploymentId(any_=[ids[name]]))
@@ -115,8 +128,10 @@ def wait_for_runs(deployments: list[str], home: str | os.PathLike | None = None,
             if parent is not None and not (parent.state and parent.state.is_completed()):
                 # the run before did not complete: nothing after it is waited for
                 followed.append(FollowedRun(name, "missing"))
-                echo(f"{name}: not followed (the {deployments[position - 1]} run {parent.name} is "
-                     f"{parent.state.name if parent.state else 'without a state'})")
+                echo(
+                    f"{name}: not followed (the {deployments[position - 1]} run {parent.name} is "
+                    f"{parent.state.name if parent.state else 'without a state'})"
+                )
                 continue
             current, last = None, None
             if position == 0 and run is not None:
@@ -144,14 +159,26 @@ def wait_for_runs(deployments: list[str], home: str | os.PathLike | None = None,
                     break
                 time.sleep(poll)
             if current is None:
-                echo(f"{name}: missing" + (f" (the {deployments[position - 1]} run {parent.name} did not start one)"
-                                           if parent is not None else ""))
-            followed.append(FollowedRun(name, current.state.name if current and current.state else "missing",
-                                        str(current.id) if current else None, current.name if current else None))
+                echo(
+                    f"{name}: missing"
+                    + (
+                        f" (the {deployments[position - 1]} run {parent.name} did not start one)"
+                        if parent is not None
+                        else ""
+                    )
+                )
+            followed.append(
+                FollowedRun(
+                    name,
+                    current.state.name if current and current.state else "missing",
+                    str(current.id) if current else None,
+                    current.name if current else None,
+                )
+            )
             parent = current
             if current is None:
                 parent = None
-                for rest in deployments[position + 1:]:
+                for rest in deployments[position + 1 :]:
                     followed.append(FollowedRun(rest, "missing"))
                     echo(f"{rest}: missing")
                 break

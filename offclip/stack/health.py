@@ -15,8 +15,8 @@ import importlib.util
 import socket
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from .home import HOST, ServiceError, tail
 
@@ -41,11 +41,13 @@ def wait_healthy(url: str, alive: Callable[[], bool], timeout: float, log: Path,
         if health(url, timeout=1.0):
             return
         if not alive():
-            raise ServiceError(f"{what} exited before {url}/health answered. Last lines of {log}:\n"
-                               + tail(log, offset))
+            raise ServiceError(
+                f"{what} exited before {url}/health answered. Last lines of {log}:\n" + tail(log, offset)
+            )
         if time.monotonic() > deadline:
-            raise ServiceError(f"{what} did not answer {url}/health within {timeout:.0f} s. "
-                               f"Last lines of {log}:\n" + tail(log, offset))
+            raise ServiceError(
+                f"{what} did not answer {url}/health within {timeout:.0f} s. Last lines of {log}:\n" + tail(log, offset)
+            )
         time.sleep(0.25)
 
 
@@ -70,8 +72,10 @@ def preflight() -> list[str]:
     3.8.8 scheduler fails to insert scheduled runs (``InvalidRequestError: Can't evaluate bulk DML
     statement``): schedules produce no runs, while manual runs work — a warning, not a refusal."""
     if importlib.util.find_spec("prefect") is None:
-        raise ServiceError(f"prefect is not installed in {sys.executable}; install the project "
-                           "(`pip install -e .` or `make setup`), which pins prefect==3.8.8")
+        raise ServiceError(
+            f"prefect is not installed in {sys.executable}; install the project "
+            "(`pip install -e .` or `make setup`), which pins prefect==3.8.8"
+        )
     from packaging.version import Version
 
     try:
@@ -80,17 +84,24 @@ def preflight() -> list[str]:
     except importlib.metadata.PackageNotFoundError as exc:
         raise ServiceError(f"{exc.name} is not installed in {sys.executable}; reinstall the project") from exc
     if prefect_v <= Version("3.8.8") and fastapi_v >= Version("0.151"):
-        why = ("its server fails at import (fastapi dropped Body(min_items=...))" if fastapi_v >= Version("0.155")
-               else "every /filter request the clients send is rejected with 422 (limit: null)")
-        raise ServiceError(f"fastapi {fastapi_v} is installed, but prefect {prefect_v}'s server needs fastapi<0.151: "
-                           f"with {fastapi_v} {why}. Fix: pip install 'fastapi>=0.139,<0.151' "
-                           "(and pin it in pyproject.toml)")
+        why = (
+            "its server fails at import (fastapi dropped Body(min_items=...))"
+            if fastapi_v >= Version("0.155")
+            else "every /filter request the clients send is rejected with 422 (limit: null)"
+        )
+        raise ServiceError(
+            f"fastapi {fastapi_v} is installed, but prefect {prefect_v}'s server needs fastapi<0.151: "
+            f"with {fastapi_v} {why}. Fix: pip install 'fastapi>=0.139,<0.151' "
+            "(and pin it in pyproject.toml)"
+        )
     warnings = []
     with contextlib.suppress(importlib.metadata.PackageNotFoundError):
         sqlalchemy_v = Version(importlib.metadata.version("sqlalchemy"))
         if prefect_v <= Version("3.8.8") and sqlalchemy_v >= Version("2.1"):
-            warnings.append(f"sqlalchemy {sqlalchemy_v} is installed: prefect {prefect_v}'s scheduler cannot insert "
-                            "scheduled runs with it (InvalidRequestError in logs/server.log), so deployment "
-                            "schedules create no runs; manual runs work. "
-                            "Fix: pip install 'sqlalchemy[asyncio]>=2.0,<2.1'")
+            warnings.append(
+                f"sqlalchemy {sqlalchemy_v} is installed: prefect {prefect_v}'s scheduler cannot insert "
+                "scheduled runs with it (InvalidRequestError in logs/server.log), so deployment "
+                "schedules create no runs; manual runs work. "
+                "Fix: pip install 'sqlalchemy[asyncio]>=2.0,<2.1'"
+            )
     return warnings

@@ -45,29 +45,52 @@ class Layout:
     home: Path
 
     @property
-    def prefect_home(self) -> Path: return self.home / "prefect"
+    def prefect_home(self) -> Path:
+        return self.home / "prefect"
+
     @property
-    def logs(self) -> Path: return self.home / "logs"
+    def logs(self) -> Path:
+        return self.home / "logs"
+
     @property
-    def run(self) -> Path: return self.home / "run"
+    def run(self) -> Path:
+        return self.home / "run"
+
     @property
-    def server_log(self) -> Path: return self.logs / "server.log"
+    def server_log(self) -> Path:
+        return self.logs / "server.log"
+
     @property
-    def worker_log(self) -> Path: return self.logs / "worker.log"
+    def worker_log(self) -> Path:
+        return self.logs / "worker.log"
+
     @property
-    def deploy_log(self) -> Path: return self.logs / "deploy.log"
+    def deploy_log(self) -> Path:
+        return self.logs / "deploy.log"
+
     @property
-    def server_pid(self) -> Path: return self.run / "server.pid"
+    def server_pid(self) -> Path:
+        return self.run / "server.pid"
+
     @property
-    def worker_pid(self) -> Path: return self.run / "worker.pid"
+    def worker_pid(self) -> Path:
+        return self.run / "worker.pid"
+
     @property
-    def server_json(self) -> Path: return self.run / "server.json"
+    def server_json(self) -> Path:
+        return self.run / "server.json"
+
     @property
-    def worker_json(self) -> Path: return self.run / "worker.json"
+    def worker_json(self) -> Path:
+        return self.run / "worker.json"
+
     @property
-    def auth(self) -> Path: return self.run / "auth"
+    def auth(self) -> Path:
+        return self.run / "auth"
+
     @property
-    def env_sh(self) -> Path: return self.home / "env.sh"
+    def env_sh(self) -> Path:
+        return self.home / "env.sh"
 
 
 def resolve_home(home: str | os.PathLike | None = None) -> Path:

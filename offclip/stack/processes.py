@@ -45,7 +45,7 @@ def running(pid: int) -> bool:
             stat = f.read()
     except OSError:
         return False
-    return stat[stat.rindex(b")") + 2:][:1] not in (b"Z", b"X", b"x")
+    return stat[stat.rindex(b")") + 2 :][:1] not in (b"Z", b"X", b"x")
 
 
 def cmdline(pid: int, settle_s: float = 1.0) -> list[str] | None:
@@ -83,7 +83,7 @@ def is_prefect_command(argv: list[str] | None, *subcommand: str) -> bool:
     else:
         return False
     words = [a for a in rest if not a.startswith("-")]
-    return words[:len(subcommand)] == list(subcommand)
+    return words[: len(subcommand)] == list(subcommand)
 
 
 def starttime(pid: int) -> int | None:
@@ -93,7 +93,7 @@ def starttime(pid: int) -> int | None:
         with open(f"/proc/{pid}/stat", "rb") as f:
             stat = f.read()
         # fields 3.. follow the ")" that closes the command name (which may hold spaces or ")")
-        return int(stat[stat.rindex(b")") + 2:].split()[22 - 3])
+        return int(stat[stat.rindex(b")") + 2 :].split()[22 - 3])
     except (OSError, ValueError, IndexError):
         return None
 
@@ -136,8 +136,10 @@ def ownership(pid: int | None, role: str, state: dict | None) -> tuple[str, str]
         return "foreign", f"pid {pid} is not a process offclip recorded starting ({shown})"
     if "starttime" not in state or "token" not in state:
         if is_prefect_command(argv, *ROLE_CMD[role]):
-            return "legacy", (f"pid {pid} runs {want} but its record has no start time or token "
-                              f"(started by an older offclip?) ({shown})")
+            return "legacy", (
+                f"pid {pid} runs {want} but its record has no start time or token "
+                f"(started by an older offclip?) ({shown})"
+            )
         return "foreign", f"pid {pid} is not {want} ({shown})"
     if starttime(pid) != state["starttime"] or (state.get("boot_id") and state["boot_id"] != boot_id()):
         return "foreign", f"pid {pid} is another process than the one started (its start time differs; {shown})"
@@ -221,9 +223,17 @@ def spawn(argv: list[str], env: dict[str, str], log: Path, cwd: Path) -> tuple[s
     with open(log, "ab") as f:
         f.write(f"\n=== {dt.datetime.now().isoformat(timespec='seconds')} {' '.join(argv)}\n".encode())
         offset = f.tell()
-        proc = subprocess.Popen(argv, env={**env, TOKEN_ENV: token}, cwd=cwd, stdin=subprocess.DEVNULL, stdout=f,
-                                stderr=subprocess.STDOUT, start_new_session=True, close_fds=True,
-                                preexec_fn=_default_stop_signals)
+        proc = subprocess.Popen(
+            argv,
+            env={**env, TOKEN_ENV: token},
+            cwd=cwd,
+            stdin=subprocess.DEVNULL,
+            stdout=f,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            close_fds=True,
+            preexec_fn=_default_stop_signals,
+        )
     record = {"pid": proc.pid, "starttime": starttime(proc.pid), "boot_id": boot_id(), "token": token}
     return proc, offset, record
 

@@ -28,13 +28,24 @@ import time
 from .auth import AUTH_USER, CSRF_PROTECTION, auth_probe, auth_string, new_auth_string
 from .env import server_env
 from .health import health, port_free, wait_healthy
-from .home import DEFAULT_PORT, HOST, Layout, ServiceError, api_url_for, private_dir, read_json, read_pid
-from .home import ui_url_for, write_private
+from .home import (
+    DEFAULT_PORT,
+    HOST,
+    Layout,
+    ServiceError,
+    api_url_for,
+    private_dir,
+    read_json,
+    read_pid,
+    ui_url_for,
+    write_private,
+)
 from .processes import owned_alive, ownership, prefect_argv, spawn, stop_child
 
 
-def ensure_server(lay: Layout, port: int | None, timeout: float,
-                  ui: bool = True) -> tuple[str, int, int, bool, float | None, str]:
+def ensure_server(
+    lay: Layout, port: int | None, timeout: float, ui: bool = True
+) -> tuple[str, int, int, bool, float | None, str]:
     """Reuse the server a previous ``up`` started under ``lay`` (after checking it is that one and
     enforces its recorded auth string), else start one. Returns (api_url, port, pid, reused,
     seconds_to_healthy, auth_string)."""
@@ -42,9 +53,11 @@ def ensure_server(lay: Layout, port: int | None, timeout: float,
     pid = read_pid(lay.server_pid)
     owner, why = ownership(pid, "server", state)
     if owner == "legacy":
-        raise ServiceError(f"{why}. It was not started by this offclip, which runs the server with authentication "
-                           f"and records what it starts: if it is yours, stop it (`kill -TERM -- -{pid}`), "
-                           "then `offclip up`")
+        raise ServiceError(
+            f"{why}. It was not started by this offclip, which runs the server with authentication "
+            f"and records what it starts: if it is yours, stop it (`kill -TERM -- -{pid}`), "
+            "then `offclip up`"
+        )
     if owner == "ours":
         return _reuse(lay, state, pid, port, timeout)
 
@@ -58,26 +71,51 @@ def ensure_server(lay: Layout, port: int | None, timeout: float,
     if not port_free(port):
         who = "a Prefect server not started by `offclip up` under this home" if health(url) else "another process"
         raise ServiceError(f"port {port} on {HOST} is in use by {who}; choose another with --port")
-    lay.home.mkdir(mode=0o700, parents=True, exist_ok=True)   # a new home: owner only
-    private_dir(lay.run)                                      # pid files, start records, the secret
+    lay.home.mkdir(mode=0o700, parents=True, exist_ok=True)  # a new home: owner only
+    private_dir(lay.run)  # pid files, start records, the secret
     for d in (lay.prefect_home, lay.logs):
         d.mkdir(parents=True, exist_ok=True)
     auth = new_auth_string()
     write_private(lay.auth, auth + "\n")
     t0 = time.monotonic()
-    proc, offset, record = spawn(prefect_argv("server", "start", "--host", HOST, "--port", str(port)),
-                                 server_env(lay, port, auth, ui=ui), lay.server_log, cwd=lay.home)
+    proc, offset, record = spawn(
+        prefect_argv("server", "start", "--host", HOST, "--port", str(port)),
+        server_env(lay, port, auth, ui=ui),
+        lay.server_log,
+        cwd=lay.home,
+    )
     write_private(lay.server_pid, f"{proc.pid}\n")
-    write_private(lay.server_json, json.dumps({
-        "api_url": url, "host": HOST, "port": port, **record, "prefect_home": str(lay.prefect_home),
-        "ui_url": ui_url_for(port) if ui else None, "auth": "basic", "auth_user": AUTH_USER,
-        "cors_allowed_origins": ui_url_for(port), "csrf_protection": CSRF_PROTECTION,
-        "started_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}, indent=2) + "\n")
+    write_private(
+        lay.server_json,
+        json.dumps(
+            {
+                "api_url": url,
+                "host": HOST,
+                "port": port,
+                **record,
+                "prefect_home": str(lay.prefect_home),
+                "ui_url": ui_url_for(port) if ui else None,
+                "auth": "basic",
+                "auth_user": AUTH_USER,
+                "cors_allowed_origins": ui_url_for(port),
+                "csrf_protection": CSRF_PROTECTION,
+                "started_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+            },
+            indent=2,
+        )
+        + "\n",
+    )
     try:
         # the timeout covers a new SQLite database's migrations on 2 busy cores (a minute and more)
-        wait_healthy(url, lambda: proc.poll() is None, timeout - (time.monotonic() - t0), lay.server_log, offset,
-                     "`prefect server start`")
-    except BaseException:      # also Ctrl-C: leave nothing half-started behind
+        wait_healthy(
+            url,
+            lambda: proc.poll() is None,
+            timeout - (time.monotonic() - t0),
+            lay.server_log,
+            offset,
+            "`prefect server start`",
+        )
+    except BaseException:  # also Ctrl-C: leave nothing half-started behind
         stop_child(proc)
         for p in (lay.server_pid, lay.server_json, lay.auth):
             p.unlink(missing_ok=True)
@@ -85,28 +123,38 @@ def ensure_server(lay: Layout, port: int | None, timeout: float,
     return url, port, proc.pid, False, time.monotonic() - t0, auth
 
 
-def _reuse(lay: Layout, state: dict, pid: int, port: int | None,
-           timeout: float) -> tuple[str, int, int, bool, float | None, str]:
+def _reuse(
+    lay: Layout, state: dict, pid: int, port: int | None, timeout: float
+) -> tuple[str, int, int, bool, float | None, str]:
     """The running server of ours, once it answers and is seen to enforce its recorded secret."""
     if not state.get("port"):
-        raise ServiceError(f"a server (pid {pid}) from a previous `offclip up` is alive but {lay.server_json} "
-                           "has no port: run `offclip down` first")
+        raise ServiceError(
+            f"a server (pid {pid}) from a previous `offclip up` is alive but {lay.server_json} "
+            "has no port: run `offclip down` first"
+        )
     old_port = int(state["port"])
     url = api_url_for(old_port)
     if port is not None and port != old_port:
-        raise ServiceError(f"a server from a previous `offclip up` runs under {lay.home} on port {old_port} "
-                           f"(pid {pid}); use --port {old_port}, or `offclip down` first")
+        raise ServiceError(
+            f"a server from a previous `offclip up` runs under {lay.home} on port {old_port} "
+            f"(pid {pid}); use --port {old_port}, or `offclip down` first"
+        )
     auth = auth_string(lay.home)
     if not state.get("auth") or not auth:
-        raise ServiceError(f"the server (pid {pid}) running under {lay.home} was started without authentication "
-                           "(by an older offclip): anyone on this machine could run code through it. "
-                           "Run `offclip down`, then `offclip up`")
+        raise ServiceError(
+            f"the server (pid {pid}) running under {lay.home} was started without authentication "
+            "(by an older offclip): anyone on this machine could run code through it. "
+            "Run `offclip down`, then `offclip up`"
+        )
     # Alive: healthy now, or still starting (a concurrent `up`): wait for it.
-    wait_healthy(url, lambda: owned_alive(pid, "server", state), timeout, lay.server_log, 0,
-                 f"the running server (pid {pid})")
+    wait_healthy(
+        url, lambda: owned_alive(pid, "server", state), timeout, lay.server_log, 0, f"the running server (pid {pid})"
+    )
     anonymous, authorised = auth_probe(url, auth)
     if anonymous != 401 or authorised != 200:
-        raise ServiceError(f"the server (pid {pid}) at {url} does not enforce the auth string recorded in "
-                           f"{lay.auth} (without it: HTTP {anonymous}, with it: HTTP {authorised}). "
-                           "Run `offclip down`, then `offclip up`")
+        raise ServiceError(
+            f"the server (pid {pid}) at {url} does not enforce the auth string recorded in "
+            f"{lay.auth} (without it: HTTP {anonymous}, with it: HTTP {authorised}). "
+            "Run `offclip down`, then `offclip up`"
+        )
     return url, old_port, pid, True, None, auth

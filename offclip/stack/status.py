@@ -29,13 +29,13 @@ class StatusResult:
     worker_pid: int | None
     worker_alive: bool
     worker_name: str | None
-    worker_status: str | None          # the server's view: ONLINE / OFFLINE
+    worker_status: str | None  # the server's view: ONLINE / OFFLINE
     pool: str
-    pool_exists: bool | None           # None: server down, unknown
+    pool_exists: bool | None  # None: server down, unknown
     pool_status: str | None
     ui_url: str | None = None
-    auth: str | None = None            # "basic": the server requires the auth string (None: it does not)
-    env_file: str | None = None        # PREFECT_API_URL and PREFECT_API_AUTH_STRING, to source
+    auth: str | None = None  # "basic": the server requires the auth string (None: it does not)
+    env_file: str | None = None  # PREFECT_API_URL and PREFECT_API_AUTH_STRING, to source
     deployments: list[DeploymentInfo] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
 
@@ -54,8 +54,9 @@ class StatusResult:
         else:
             srv = "down" + (f" (stale url {self.api_url})" if self.api_url else "")
         if self.worker_alive:
-            wrk = f"running (pid {self.worker_pid}, {self.worker_name or '?'}" + \
-                  (f", {self.worker_status})" if self.worker_status else ")")
+            wrk = f"running (pid {self.worker_pid}, {self.worker_name or '?'}" + (
+                f", {self.worker_status})" if self.worker_status else ")"
+            )
         else:
             wrk = "not running"
         if self.pool_exists is None:
@@ -64,24 +65,36 @@ class StatusResult:
             pool = f"{self.pool}: " + (f"present ({self.pool_status})" if self.pool_exists else "MISSING")
         lines = [f"home     {self.home}", f"server   {srv}"]
         if self.server_healthy:
-            lines.append(f"ui       {self.ui_url}  (login: the auth string; `offclip status --show-secret`)"
-                         if self.ui_url else "ui       off (started with --no-ui)")
-            lines.append("auth     basic (PREFECT_API_AUTH_STRING, in " + f"{self.env_file})" if self.auth
-                         else "auth     NONE: anyone on this machine can use this server")
+            lines.append(
+                f"ui       {self.ui_url}  (login: the auth string; `offclip status --show-secret`)"
+                if self.ui_url
+                else "ui       off (started with --no-ui)"
+            )
+            lines.append(
+                "auth     basic (PREFECT_API_AUTH_STRING, in " + f"{self.env_file})"
+                if self.auth
+                else "auth     NONE: anyone on this machine can use this server"
+            )
         lines += [f"worker   {wrk}", f"pool     {pool}"]
         if self.server_healthy:
             if self.deployments:
                 lines.append(f"deployments ({len(self.deployments)}):")
                 for d in self.deployments:
                     sched = "; ".join(d.schedules) if d.schedules else "no schedule"
-                    lines.append(f"  {d.name:<40} {sched}" + ("  [paused]" if d.paused else "")
-                                 + (f"  pool={d.work_pool}" if d.work_pool else ""))
+                    lines.append(
+                        f"  {d.name:<40} {sched}"
+                        + ("  [paused]" if d.paused else "")
+                        + (f"  pool={d.work_pool}" if d.work_pool else "")
+                    )
             else:
                 lines.append("deployments: none")
         lines += [f"error    {e}" for e in self.errors]
         if self.server_healthy:
-            lines += ["", f"export PREFECT_API_URL={self.api_url}"
-                      + (f"   # and its auth string: . {self.env_file}" if self.auth else "")]
+            lines += [
+                "",
+                f"export PREFECT_API_URL={self.api_url}"
+                + (f"   # and its auth string: . {self.env_file}" if self.auth else ""),
+            ]
         return "\n".join(lines)
 
 
@@ -93,19 +106,31 @@ def status(home: str | os.PathLike | None = None, pool: str = DEFAULT_POOL) -> S
     server_pid, worker_pid = read_pid(lay.server_pid), read_pid(lay.worker_pid)
     pool = wstate.get("pool") or pool
     auth = auth_string(home)
-    st = StatusResult(home=str(lay.home), api_url=url, server_pid=server_pid,
-                      server_alive=owned_alive(server_pid, "server", state), server_healthy=False,
-                      worker_pid=worker_pid, worker_alive=owned_alive(worker_pid, "worker", wstate),
-                      worker_name=wstate.get("name"), worker_status=None, pool=pool, pool_exists=None,
-                      pool_status=None, ui_url=state.get("ui_url"),
-                      auth=state.get("auth") if state.get("auth") and auth else None, env_file=str(lay.env_sh))
+    st = StatusResult(
+        home=str(lay.home),
+        api_url=url,
+        server_pid=server_pid,
+        server_alive=owned_alive(server_pid, "server", state),
+        server_healthy=False,
+        worker_pid=worker_pid,
+        worker_alive=owned_alive(worker_pid, "worker", wstate),
+        worker_name=wstate.get("name"),
+        worker_status=None,
+        pool=pool,
+        pool_exists=None,
+        pool_status=None,
+        ui_url=state.get("ui_url"),
+        auth=state.get("auth") if state.get("auth") and auth else None,
+        env_file=str(lay.env_sh),
+    )
     if url and st.server_alive:
         st.server_healthy = health(url)
     if not st.server_healthy:
         return st
     if not st.auth:
-        st.errors.append("the server was started without authentication (by an older offclip): "
-                         "`offclip down`, then `offclip up`")
+        st.errors.append(
+            "the server was started without authentication (by an older offclip): `offclip down`, then `offclip up`"
+        )
     from prefect.exceptions import ObjectNotFound
 
     try:
@@ -121,6 +146,6 @@ def status(home: str | os.PathLike | None = None, pool: str = DEFAULT_POOL) -> S
             except ObjectNotFound:
                 st.pool_exists = False
         st.deployments = list_deployments(url, auth)
-    except Exception as exc:   # report, don't crash: status is what people run when things are wrong
+    except Exception as exc:  # report, don't crash: status is what people run when things are wrong
         st.errors.append(f"querying {url}: {exc}")
     return st

@@ -40,16 +40,26 @@ def ensure_pool(url: str, pool: str, auth: str | None = None) -> bool:
             return False
         try:
             # The template straight from the installed ProcessWorker: no collections-registry fetch.
-            c.create_work_pool(WorkPoolCreate(
-                name=pool, type="process",
-                base_job_template=ProcessWorker.get_default_base_job_template()))
-        except ObjectAlreadyExists:   # created concurrently
+            c.create_work_pool(
+                WorkPoolCreate(
+                    name=pool, type="process", base_job_template=ProcessWorker.get_default_base_job_template()
+                )
+            )
+        except ObjectAlreadyExists:  # created concurrently
             return False
     return True
 
 
-def ensure_worker(lay: Layout, url: str, port: int, pool: str, project: Path,
-                  timeout: float, auth: str | None = None, server_reused: bool = False) -> tuple[int, str, bool]:
+def ensure_worker(
+    lay: Layout,
+    url: str,
+    port: int,
+    pool: str,
+    project: Path,
+    timeout: float,
+    auth: str | None = None,
+    server_reused: bool = False,
+) -> tuple[int, str, bool]:
     """Reuse the worker a previous ``up`` started (same pool, same server), else start one.
     Returns (pid, worker name, reused)."""
     pid = read_pid(lay.worker_pid)
@@ -59,8 +69,10 @@ def ensure_worker(lay: Layout, url: str, port: int, pool: str, project: Path,
         raise ServiceError(f"{why}. If it is yours, stop it (`kill -TERM -- -{pid}`), then `offclip up`")
     if owner == "ours":
         if state.get("pool") not in (None, pool):
-            raise ServiceError(f"a worker from a previous `offclip up` serves pool {state['pool']!r} (pid {pid}); "
-                               "`offclip down` first to switch pools")
+            raise ServiceError(
+                f"a worker from a previous `offclip up` serves pool {state['pool']!r} (pid {pid}); "
+                "`offclip down` first to switch pools"
+            )
         if server_reused and state.get("api_url") in (None, url):
             return pid, state.get("name", "?"), True
         # ours, but polling a server that is gone (or one started since, with another secret): replace it
@@ -69,24 +81,43 @@ def ensure_worker(lay: Layout, url: str, port: int, pool: str, project: Path,
         p.unlink(missing_ok=True)
     name = f"offclip-{uuid.uuid4().hex[:8]}"
     t0 = time.monotonic()
-    proc, offset, record = spawn(prefect_argv("worker", "start", "--pool", pool, "--type", "process", "--name", name),
-                                 stack_env(lay, port, auth=auth), lay.worker_log, cwd=project)
+    proc, offset, record = spawn(
+        prefect_argv("worker", "start", "--pool", pool, "--type", "process", "--name", name),
+        stack_env(lay, port, auth=auth),
+        lay.worker_log,
+        cwd=project,
+    )
     write_private(lay.worker_pid, f"{proc.pid}\n")
-    write_private(lay.worker_json, json.dumps({
-        **record, "name": name, "pool": pool, "api_url": url,
-        "started_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}, indent=2) + "\n")
+    write_private(
+        lay.worker_json,
+        json.dumps(
+            {
+                **record,
+                "name": name,
+                "pool": pool,
+                "api_url": url,
+                "started_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+            },
+            indent=2,
+        )
+        + "\n",
+    )
     # Wait until the worker has registered with the pool (its first heartbeat): it is then polling.
     try:
         with client(url, auth) as c:
             while True:
                 if proc.poll() is not None:
-                    raise ServiceError(f"`prefect worker start` exited (code {proc.returncode}). "
-                                       f"Last lines of {lay.worker_log}:\n{tail(lay.worker_log, offset)}")
+                    raise ServiceError(
+                        f"`prefect worker start` exited (code {proc.returncode}). "
+                        f"Last lines of {lay.worker_log}:\n{tail(lay.worker_log, offset)}"
+                    )
                 if any(w.name == name for w in c.read_workers_for_work_pool(pool)):
                     break
                 if time.monotonic() - t0 > timeout:
-                    raise ServiceError(f"the worker did not register with pool {pool!r} within {timeout:.0f} s. "
-                                       f"Last lines of {lay.worker_log}:\n{tail(lay.worker_log, offset)}")
+                    raise ServiceError(
+                        f"the worker did not register with pool {pool!r} within {timeout:.0f} s. "
+                        f"Last lines of {lay.worker_log}:\n{tail(lay.worker_log, offset)}"
+                    )
                 time.sleep(0.5)
     except BaseException:
         stop_child(proc)

@@ -39,8 +39,8 @@ def _design(info: Mapping[str, Any]) -> str:
             "training sentences, folded into the classifier layer (`logits = [-z/2, z/2]`, "
             "`z = w.x + b`, feature standardisation folded into `w`, `b`). The model is a plain "
             "`BertForSequenceClassification`; its standard forward reproduces the regression."
-            if info.get("head_design", "pooler-lr") == "pooler-lr" else
-            "Frozen all-MiniLM-L6-v2 encoder; the pooler dense layer and the classifier layer "
+            if info.get("head_design", "pooler-lr") == "pooler-lr"
+            else "Frozen all-MiniLM-L6-v2 encoder; the pooler dense layer and the classifier layer "
             "trained on the frozen [CLS] states of the distinct training sentences."
         ),
         "finetune": (
@@ -97,14 +97,14 @@ def _model_section(info: Mapping[str, Any]) -> list[str]:
         f"- Decision threshold on P(abnormal): **{info.get('threshold')}**, calibrated on the Open-I "
         "dev partition at the report level (a report is abnormal iff one sentence has P >= t; "
         "t maximises balanced accuracy against MeSH).",
-        f"- Version `{info.get('version')}`: hash of weights, configuration, tokenizer, max length "
-        "and threshold.",
+        f"- Version `{info.get('version')}`: hash of weights, configuration, tokenizer, max length and threshold.",
         "",
     ]
 
 
-def _training_section(info: Mapping[str, Any], td: Mapping[str, Any],
-                      corpus_heldout: Mapping[str, Any] | None) -> list[str]:
+def _training_section(
+    info: Mapping[str, Any], td: Mapping[str, Any], corpus_heldout: Mapping[str, Any] | None
+) -> list[str]:
     return [
         "## Training data",
         "",
@@ -185,5 +185,6 @@ def _corpus_card(corpus: Mapping[str, Any] | None, held: Mapping[str, Any] | Non
         lines.append(
             f"- Corpus held-out agreement with the rules ({held.get('sentences')} distinct sentences, "
             f"{held.get('rule_abnormal')} rule-abnormal): normal {_fmt(held.get('normal_agreement'), True)}, "
-            f"abnormal {_fmt(held.get('abnormal_recall'), True)}, kappa {_fmt(held.get('kappa'))}.")
+            f"abnormal {_fmt(held.get('abnormal_recall'), True)}, kappa {_fmt(held.get('kappa'))}."
+        )
     return lines

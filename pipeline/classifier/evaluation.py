@@ -31,8 +31,7 @@ def report_sentences(reports: Sequence[Any], splitter=None) -> dict[int, list[st
     splitter = splitter or SentenceSplitter()
     findings = splitter.split_many([r.findings for r in reports], section="findings")
     impressions = splitter.split_many([r.impression for r in reports], section="impression")
-    return {r.uid: [s.text for s in f] + [s.text for s in i]
-            for r, f, i in zip(reports, findings, impressions)}
+    return {r.uid: [s.text for s in f] + [s.text for s in i] for r, f, i in zip(reports, findings, impressions)}
 
 
 def _unique_probs(clf: SentenceClassifier, sentences: Iterable[str], batch_size: int) -> dict[str, float]:
@@ -133,21 +132,21 @@ def evaluate_openi(
         "unique_sentences": len({normalize_key(x) for _, s, _ in table for x in s}),
         "normal_sentences_kept_normal": float(np.mean(np.array(normal_occ) < t)) if normal_occ else None,
         "normal_sentences_kept_normal_unique": (
-            float(np.mean([probs[k] < t for k in normal_keys])) if normal_keys else None),
-        "abnormal_reports_flagged": (
-            float(np.mean([max(p) >= t for _, _, p in abnormal])) if abnormal else None),
+            float(np.mean([probs[k] < t for k in normal_keys])) if normal_keys else None
+        ),
+        "abnormal_reports_flagged": (float(np.mean([max(p) >= t for _, _, p in abnormal])) if abnormal else None),
         "report_auc": float(roc_auc_score(truth, scores)) if 0 < truth.sum() < len(truth) else None,
         "report_balanced_accuracy": float(0.5 * (pred[truth].mean() + (~pred[~truth]).mean()))
-        if 0 < truth.sum() < len(truth) else None,
+        if 0 < truth.sum() < len(truth)
+        else None,
         "abnormal_sentence_share_in_abnormal_reports": (
-            float(np.mean([x >= t for _, _, p in abnormal for x in p])) if abnormal else None),
+            float(np.mean([x >= t for _, _, p in abnormal for x in p])) if abnormal else None
+        ),
     }
-    train_keys = {normalize_key(x) for uid, v in sentences.items()
-                  if partition.get(uid) == "train" for x in v}
+    train_keys = {normalize_key(x) for uid, v in sentences.items() if partition.get(uid) == "train" for x in v}
     occ_keys = [normalize_key(x) for _, s, _ in table for x in s]
     out["seen_in_train"] = float(np.mean([k in train_keys for k in occ_keys])) if occ_keys else None
-    out["seen_in_train_unique"] = (
-        float(np.mean([k in train_keys for k in set(occ_keys)])) if occ_keys else None)
+    out["seen_in_train_unique"] = float(np.mean([k in train_keys for k in set(occ_keys)])) if occ_keys else None
 
     if labeler is None:
         labeler = _default_labeler()
@@ -156,8 +155,9 @@ def evaluate_openi(
     return out
 
 
-def _rules_figures(labeler, table, probs: Mapping[str, float], t: float, occ_keys: list[str],
-                   truth: np.ndarray) -> dict[str, Any]:
+def _rules_figures(
+    labeler, table, probs: Mapping[str, float], t: float, occ_keys: list[str], truth: np.ndarray
+) -> dict[str, Any]:
     """``rules_agreement`` (the model's decisions against the rule labels) and ``rules_baseline``
     (the rules' own figures) of :func:`evaluate_openi`, on its scored report ``table``."""
     from sklearn.metrics import cohen_kappa_score
@@ -171,8 +171,7 @@ def _rules_figures(labeler, table, probs: Mapping[str, float], t: float, occ_key
         for x in s:
             uniq.setdefault(normalize_key(x), x)
     keys = list(uniq)
-    rule = dict(zip(keys, (lab.label == "abnormal"
-                           for lab in labeler.label_many([uniq[k] for k in keys]))))
+    rule = dict(zip(keys, (lab.label == "abnormal" for lab in labeler.label_many([uniq[k] for k in keys]))))
     model_u = np.array([probs[k] >= t for k in keys])
     rule_u = np.array([rule[k] for k in keys])
     model_o = np.array([probs[k] >= t for k in occ_keys])
@@ -193,11 +192,12 @@ def _rules_figures(labeler, table, probs: Mapping[str, float], t: float, occ_key
     baseline = {
         "rules_version": getattr(labeler, "version", None),
         "normal_sentences_kept_normal": float(1 - np.mean(normal_rule)) if normal_rule else None,
-        "abnormal_reports_flagged": (float(np.mean(
-            [any(rule[normalize_key(x)] for x in s) for _, s, _ in abnormal])) if abnormal else None),
-        "report_balanced_accuracy": float(0.5 * (rule_scores[truth].mean()
-                                                 + (1 - rule_scores[~truth]).mean()))
-        if 0 < truth.sum() < len(truth) else None,
+        "abnormal_reports_flagged": (
+            float(np.mean([any(rule[normalize_key(x)] for x in s) for _, s, _ in abnormal])) if abnormal else None
+        ),
+        "report_balanced_accuracy": float(0.5 * (rule_scores[truth].mean() + (1 - rule_scores[~truth]).mean()))
+        if 0 < truth.sum() < len(truth)
+        else None,
     }
     return {"rules_agreement": agreement, "rules_baseline": baseline}
 
@@ -214,8 +214,9 @@ def _default_labeler():
     return RuleLabeler()
 
 
-def rule_agreement(clf: "SentenceClassifier", texts: Sequence[str], rule_labels: Sequence[Any],
-                   batch_size: int = 128) -> dict[str, Any]:
+def rule_agreement(
+    clf: SentenceClassifier, texts: Sequence[str], rule_labels: Sequence[Any], batch_size: int = 128
+) -> dict[str, Any]:
     """The classifier's decisions (P >= its threshold) against rule labels, per class:
     ``normal_agreement`` (rule-normal sentences predicted normal), ``abnormal_recall``
     (rule-abnormal sentences predicted abnormal), accuracy and Cohen's kappa."""
@@ -226,10 +227,12 @@ def rule_agreement(clf: "SentenceClassifier", texts: Sequence[str], rule_labels:
     if not len(y):
         return out
     pred = clf.predict_proba(list(texts), batch_size=batch_size) >= clf.threshold
-    out.update({
-        "accuracy": float((pred == y).mean()),
-        "normal_agreement": float((~pred[~y]).mean()) if (~y).any() else None,
-        "abnormal_recall": float(pred[y].mean()) if y.any() else None,
-        "kappa": _kappa(cohen_kappa_score, y, pred),
-    })
+    out.update(
+        {
+            "accuracy": float((pred == y).mean()),
+            "normal_agreement": float((~pred[~y]).mean()) if (~y).any() else None,
+            "abnormal_recall": float(pred[y].mean()) if y.any() else None,
+            "kappa": _kappa(cohen_kappa_score, y, pred),
+        }
+    )
     return out

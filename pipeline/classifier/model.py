@@ -38,8 +38,16 @@ class SentenceClassifier:
     provenance written to ``offclip.json``.
     """
 
-    def __init__(self, model, tokenizer, *, threshold: float = 0.5, max_length: int = MAX_LENGTH,
-                 meta: Mapping[str, Any] | None = None, num_threads: int | None = None):
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        *,
+        threshold: float = 0.5,
+        max_length: int = MAX_LENGTH,
+        meta: Mapping[str, Any] | None = None,
+        num_threads: int | None = None,
+    ):
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.max_length = int(max_length)
@@ -84,17 +92,27 @@ class SentenceClassifier:
         cfg = self.model.config
         spec = {
             "arch": type(self.model).__name__,
-            **{k: getattr(cfg, k, None) for k in (
-                "model_type", "vocab_size", "hidden_size", "num_hidden_layers",
-                "num_attention_heads", "intermediate_size", "hidden_act",
-                "max_position_embeddings", "type_vocab_size", "layer_norm_eps", "pad_token_id",
-            )},
+            **{
+                k: getattr(cfg, k, None)
+                for k in (
+                    "model_type",
+                    "vocab_size",
+                    "hidden_size",
+                    "num_hidden_layers",
+                    "num_attention_heads",
+                    "intermediate_size",
+                    "hidden_act",
+                    "max_position_embeddings",
+                    "type_vocab_size",
+                    "layer_norm_eps",
+                    "pad_token_id",
+                )
+            },
             "id2label": {str(k): v for k, v in sorted(cfg.id2label.items())},
             "max_length": self.max_length,
             "threshold": repr(self._threshold),
             # the tokenizer, by its behaviour: vocabulary + lower-casing/accents/de-id tokens
-            "vocab": hashlib.sha256(
-                json.dumps(sorted(self.tokenizer.get_vocab().items())).encode()).hexdigest(),
+            "vocab": hashlib.sha256(json.dumps(sorted(self.tokenizer.get_vocab().items())).encode()).hexdigest(),
             "probe": self.tokenizer("Héllo WORLD: 5 mm. ___ XXXX effusion")["input_ids"],
         }
         h.update(json.dumps(spec, sort_keys=True, default=str).encode())
@@ -159,8 +177,9 @@ class SentenceClassifier:
         (path / "README.md").write_text(model_card(info))
 
     @classmethod
-    def load(cls, path: str | os.PathLike, *, num_threads: int | None = None,
-             verify: bool = True) -> "SentenceClassifier":
+    def load(
+        cls, path: str | os.PathLike, *, num_threads: int | None = None, verify: bool = True
+    ) -> SentenceClassifier:
         """Load a saved classifier; with ``verify`` the recomputed version must match the saved
         one (weights, configuration and threshold unchanged)."""
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
@@ -171,8 +190,14 @@ class SentenceClassifier:
             model = AutoModelForSequenceClassification.from_pretrained(path)
             tokenizer = AutoTokenizer.from_pretrained(path)
         meta = {k: v for k, v in info.items() if k not in ("threshold", "max_length", "version")}
-        clf = cls(model, tokenizer, threshold=info["threshold"],
-                  max_length=info.get("max_length", MAX_LENGTH), meta=meta, num_threads=num_threads)
+        clf = cls(
+            model,
+            tokenizer,
+            threshold=info["threshold"],
+            max_length=info.get("max_length", MAX_LENGTH),
+            meta=meta,
+            num_threads=num_threads,
+        )
         if verify and clf.version != info.get("version"):
             raise ValueError(
                 f"{path}: the weights/configuration hash to {clf.version}, but offclip.json "

@@ -53,9 +53,13 @@ def _key_hash(key: str, seed: int) -> float:
     return int.from_bytes(digest, "big") / 2.0**64
 
 
-def corpus_sentences(corpus: str | os.PathLike, exclude_keys: Iterable[str] = (), *,
-                     limit: int | None = DEFAULT_CORPUS_LIMIT,
-                     holdout: float = CORPUS_HOLDOUT) -> tuple[list[str], list[str], dict[str, Any]]:
+def corpus_sentences(
+    corpus: str | os.PathLike,
+    exclude_keys: Iterable[str] = (),
+    *,
+    limit: int | None = DEFAULT_CORPUS_LIMIT,
+    holdout: float = CORPUS_HOLDOUT,
+) -> tuple[list[str], list[str], dict[str, Any]]:
     """The distinct sentences of a curation output's ingested studies (``OUT/ingest``), for
     training: returns (train texts, held-out texts, counts).
 
@@ -82,10 +86,17 @@ def corpus_sentences(corpus: str | os.PathLike, exclude_keys: Iterable[str] = ()
     order = np.argsort(h[h >= holdout], kind="stable")
     if limit is not None and len(rest) > limit:
         rest = rest.iloc[np.sort(order[: int(limit)])]
-    counts = {"path": str(out.resolve()), "sentences": int(len(sentences)), "unique_sentences": int(len(unique)),
-              "in_openi": int(len(unique) - len(eligible)), "eligible": int(len(eligible)),
-              "heldout": int(len(held)), "train_added": int(len(rest)),
-              "limit": None if limit is None else int(limit), "holdout_share": holdout}
+    counts = {
+        "path": str(out.resolve()),
+        "sentences": int(len(sentences)),
+        "unique_sentences": int(len(unique)),
+        "in_openi": int(len(unique) - len(eligible)),
+        "eligible": int(len(eligible)),
+        "heldout": int(len(held)),
+        "train_added": int(len(rest)),
+        "limit": None if limit is None else int(limit),
+        "holdout_share": holdout,
+    }
     return rest["text"].tolist(), held["text"].tolist(), counts
 
 
@@ -108,12 +119,19 @@ def _add_corpus(corpus, sentences: Mapping[int, list[str]], labeler, corpus_limi
     c_labels = [lab.label for lab in labeler.label_many(c_texts)]
     held_labels = [lab.label for lab in labeler.label_many(held_texts)]
     c_abn = sum(1 for x in c_labels if x == "abnormal")
-    corpus_info.update({"rule_abnormal": c_abn, "rule_normal": len(c_labels) - c_abn,
-                        "abnormal_share": (c_abn / len(c_labels)) if c_labels else None,
-                        "weighting": "each distinct sentence once, as Open-I's; no class rebalancing"})
-    say(f"corpus {corpus}: {corpus_info['unique_sentences']} distinct sentences, "
+    corpus_info.update(
+        {
+            "rule_abnormal": c_abn,
+            "rule_normal": len(c_labels) - c_abn,
+            "abnormal_share": (c_abn / len(c_labels)) if c_labels else None,
+            "weighting": "each distinct sentence once, as Open-I's; no class rebalancing",
+        }
+    )
+    say(
+        f"corpus {corpus}: {corpus_info['unique_sentences']} distinct sentences, "
         f"{corpus_info['in_openi']} already in Open-I (left out), {corpus_info['heldout']} held out, "
-        f"{len(c_texts)} added ({c_abn} abnormal / {len(c_texts) - c_abn} normal by the rules)")
+        f"{len(c_texts)} added ({c_abn} abnormal / {len(c_texts) - c_abn} normal by the rules)"
+    )
     return c_texts, c_labels, held_texts, held_labels, corpus_info
 
 
@@ -122,23 +140,29 @@ def _calibrate_on_dev(clf, reports, partition, sentences, say) -> tuple[float, f
     balanced accuracy at it."""
     dev_table, _ = _report_table(clf, reports, partition, "dev", sentences, 128)
     dev_table = [(r, s, p) for r, s, p in dev_table if mesh_label(r) is not None and s]
-    threshold, dev_ba = calibrate_threshold([max(p) for _, _, p in dev_table],
-                                            [mesh_label(r) == "abnormal" for r, _, _ in dev_table])
+    threshold, dev_ba = calibrate_threshold(
+        [max(p) for _, _, p in dev_table], [mesh_label(r) == "abnormal" for r, _, _ in dev_table]
+    )
     clf.threshold = threshold
     say(f"threshold {threshold:.4f} (dev report-level balanced accuracy {dev_ba:.4f})")
     return threshold, dev_ba
 
 
-def _training_data(src, reports, partition, rules_version, train_occ: int, train_texts, n_abn: int,
-                   dev_texts, corpus_info, fit_texts) -> dict[str, Any]:
+def _training_data(
+    src, reports, partition, rules_version, train_occ: int, train_texts, n_abn: int, dev_texts, corpus_info, fit_texts
+) -> dict[str, Any]:
     """The model card's account of the training data."""
     counts = {name: sum(1 for v in partition.values() if v == name) for name, _ in SPLIT_FRACTIONS}
     return {
         "source": f"Open-I (Indiana University Chest X-ray Collection) {src.reports_tgz.name}",
         "licence": "CC BY-NC-ND 4.0",
         "reports": len(reports),
-        "partition": {"seed": OPENI_SPLIT_SEED, "fractions": dict(SPLIT_FRACTIONS),
-                      "reports": counts, "key": "blake2b(f'{seed}:{uid}')"},
+        "partition": {
+            "seed": OPENI_SPLIT_SEED,
+            "fractions": dict(SPLIT_FRACTIONS),
+            "reports": counts,
+            "key": "blake2b(f'{seed}:{uid}')",
+        },
         "text": "FINDINGS + IMPRESSION, split by offclip SentenceSplitter.split_many",
         "dedup": "normalize_key, per partition (first spelling kept)",
         "train_sentences": train_occ,
@@ -201,12 +225,13 @@ def train_from_openi(
     t0 = time.perf_counter()
     sentences = report_sentences(reports, SentenceSplitter())
     t_split = time.perf_counter() - t0
-    by_split = {name: [sentences[r.uid] for r in reports if partition[r.uid] == name]
-                for name, _ in SPLIT_FRACTIONS}
+    by_split = {name: [sentences[r.uid] for r in reports if partition[r.uid] == name] for name, _ in SPLIT_FRACTIONS}
     train_texts, train_occ = _unique_by_key(by_split["train"])
     dev_texts, dev_occ = _unique_by_key(by_split["dev"])
-    say(f"Open-I: {len(reports)} reports; train {len(by_split['train'])} reports, "
-        f"{train_occ} sentences, {len(train_texts)} distinct; dev {len(dev_texts)} distinct")
+    say(
+        f"Open-I: {len(reports)} reports; train {len(by_split['train'])} reports, "
+        f"{train_occ} sentences, {len(train_texts)} distinct; dev {len(dev_texts)} distinct"
+    )
 
     if labeler is None:
         labeler = _default_labeler()
@@ -216,8 +241,10 @@ def train_from_openi(
     t_label = time.perf_counter() - t0
     rules_version = _rules_version(labeler)
     n_abn = sum(1 for x in train_labels if x == "abnormal")
-    say(f"rule labels ({rules_version}): {n_abn} abnormal / {len(train_labels) - n_abn} normal "
-        f"distinct train sentences ({t_label:.1f}s)")
+    say(
+        f"rule labels ({rules_version}): {n_abn} abnormal / {len(train_labels) - n_abn} normal "
+        f"distinct train sentences ({t_label:.1f}s)"
+    )
 
     corpus_info = None
     fit_texts, fit_labels = list(train_texts), list(train_labels)
@@ -225,44 +252,73 @@ def train_from_openi(
     held_labels: list[str] = []
     if corpus is not None:
         c_texts, c_labels, held_texts, held_labels, corpus_info = _add_corpus(
-            corpus, sentences, labeler, corpus_limit, say)
+            corpus, sentences, labeler, corpus_limit, say
+        )
         fit_texts += c_texts
         fit_labels += c_labels
 
     t0 = time.perf_counter()
-    clf = train_classifier(fit_texts, fit_labels, method=method, dev_texts=dev_texts,
-                           dev_labels=dev_labels, seed=seed, epochs=epochs, lr=lr, head=head,
-                           class_weight=class_weight, num_threads=num_threads, progress=say)
+    clf = train_classifier(
+        fit_texts,
+        fit_labels,
+        method=method,
+        dev_texts=dev_texts,
+        dev_labels=dev_labels,
+        seed=seed,
+        epochs=epochs,
+        lr=lr,
+        head=head,
+        class_weight=class_weight,
+        num_threads=num_threads,
+        progress=say,
+    )
     t_train = time.perf_counter() - t0
     say(f"trained {method} in {t_train:.0f}s")
 
     t0 = time.perf_counter()
     threshold, dev_ba = _calibrate_on_dev(clf, reports, partition, sentences, say)
-    dev_metrics = evaluate_openi(clf, reports, partition, "dev", labeler=labeler,
-                                 sentences=sentences)
-    test_metrics = evaluate_openi(clf, reports, partition, "test", labeler=labeler,
-                                  sentences=sentences)
+    dev_metrics = evaluate_openi(clf, reports, partition, "dev", labeler=labeler, sentences=sentences)
+    test_metrics = evaluate_openi(clf, reports, partition, "test", labeler=labeler, sentences=sentences)
     corpus_metrics = None
     if corpus_info is not None:
         corpus_metrics = {"split": "corpus held-out", **rule_agreement(clf, held_texts, held_labels)}
         say(f"corpus held-out agreement with the rules: {corpus_metrics}")
     t_eval = time.perf_counter() - t0
 
-    clf.meta.update({
-        "rules_version": rules_version,
-        "training_data": _training_data(src, reports, partition, rules_version, train_occ, train_texts,
-                                        n_abn, dev_texts, corpus_info, fit_texts),
-        "metrics": {"dev_calibration_balanced_accuracy": dev_ba, "dev": dev_metrics,
-                    "test": test_metrics,
-                    **({"corpus_heldout": corpus_metrics} if corpus_metrics is not None else {})},
-    })
-    timings = {"split_s": round(t_split, 1), "label_s": round(t_label, 1),
-               "train_s": round(t_train, 1), "calibrate_evaluate_s": round(t_eval, 1),
-               "total_s": round(time.perf_counter() - t_all, 1)}  # before saving
+    clf.meta.update(
+        {
+            "rules_version": rules_version,
+            "training_data": _training_data(
+                src, reports, partition, rules_version, train_occ, train_texts, n_abn, dev_texts, corpus_info, fit_texts
+            ),
+            "metrics": {
+                "dev_calibration_balanced_accuracy": dev_ba,
+                "dev": dev_metrics,
+                "test": test_metrics,
+                **({"corpus_heldout": corpus_metrics} if corpus_metrics is not None else {}),
+            },
+        }
+    )
+    timings = {
+        "split_s": round(t_split, 1),
+        "label_s": round(t_label, 1),
+        "train_s": round(t_train, 1),
+        "calibrate_evaluate_s": round(t_eval, 1),
+        "total_s": round(time.perf_counter() - t_all, 1),
+    }  # before saving
     clf.meta["timings"] = timings
     clf.save(out_dir)
     say(f"saved {clf.version} to {out_dir}")
-    return {"version": clf.version, "method": method, "out_dir": str(out_dir),
-            "threshold": threshold, "rules_version": rules_version, "dev": dev_metrics,
-            "test": test_metrics, "timings": timings, "fit": clf.meta.get("fit"),
-            "corpus": corpus_info, "corpus_heldout": corpus_metrics}
+    return {
+        "version": clf.version,
+        "method": method,
+        "out_dir": str(out_dir),
+        "threshold": threshold,
+        "rules_version": rules_version,
+        "dev": dev_metrics,
+        "test": test_metrics,
+        "timings": timings,
+        "fit": clf.meta.get("fit"),
+        "corpus": corpus_info,
+        "corpus_heldout": corpus_metrics,
+    }

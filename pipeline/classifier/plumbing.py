@@ -108,8 +108,12 @@ def _tokenize(tokenizer, texts: Sequence[str], max_length: int) -> list[list[int
     if not texts:
         return []
     enc = tokenizer(
-        list(texts), truncation=True, max_length=max_length, padding=False,
-        return_attention_mask=False, return_token_type_ids=False,
+        list(texts),
+        truncation=True,
+        max_length=max_length,
+        padding=False,
+        return_attention_mask=False,
+        return_token_type_ids=False,
     )
     return enc["input_ids"]
 

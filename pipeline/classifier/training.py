@@ -46,15 +46,18 @@ def _load_base(base: str | os.PathLike | None):
     tokenizer = AutoTokenizer.from_pretrained(base)
     with _quiet_transformers():
         model = BertForSequenceClassification.from_pretrained(
-            base, num_labels=2, id2label=dict(enumerate(LABELS)),
+            base,
+            num_labels=2,
+            id2label=dict(enumerate(LABELS)),
             label2id={n: i for i, n in enumerate(LABELS)},
         )
     _label_config(model.config)
     return model, tokenizer
 
 
-def _encode_features(model, tokenizer, texts, *, max_length, batch_size, num_threads,
-                     progress: Callable[[str], None] | None = None) -> dict[str, np.ndarray]:
+def _encode_features(
+    model, tokenizer, texts, *, max_length, batch_size, num_threads, progress: Callable[[str], None] | None = None
+) -> dict[str, np.ndarray]:
     """Frozen-encoder features of ``texts``, computed once: the CLS hidden state, the BERT
     pooler output (what BertForSequenceClassification's head sees) and the mean-pooled
     embedding (all-MiniLM-L6-v2's sentence embedding; for comparison only)."""
@@ -83,8 +86,9 @@ def _encode_features(model, tokenizer, texts, *, max_length, batch_size, num_thr
     return {"cls": cls_h, "pooler": pooled, "mean": mean}
 
 
-def _fit_lr(X: np.ndarray, y: np.ndarray, *, seed: int, C: float | None, class_weight,
-            dev: tuple[np.ndarray, np.ndarray] | None) -> tuple[np.ndarray, float, dict]:
+def _fit_lr(
+    X: np.ndarray, y: np.ndarray, *, seed: int, C: float | None, class_weight, dev: tuple[np.ndarray, np.ndarray] | None
+) -> tuple[np.ndarray, float, dict]:
     """Standardised logistic regression; returns (w, b) on the *raw* features (scaler folded
     in) and fit info. C is chosen on dev log loss when dev is given and C is None."""
     from sklearn.linear_model import LogisticRegression
@@ -125,8 +129,19 @@ def _fold_linear(model, w: np.ndarray, b: float) -> None:
         model.classifier.bias.copy_(B)
 
 
-def _train_mlp_head(model, X: np.ndarray, y: np.ndarray, *, seed: int, epochs: int, lr: float,
-                    batch_size: int, class_weight, dev, progress) -> dict:
+def _train_mlp_head(
+    model,
+    X: np.ndarray,
+    y: np.ndarray,
+    *,
+    seed: int,
+    epochs: int,
+    lr: float,
+    batch_size: int,
+    class_weight,
+    dev,
+    progress,
+) -> dict:
     """Train BertForSequenceClassification's pooler dense + classifier on frozen CLS states
     (dropout as in the model's own forward); keeps the epoch with the best dev loss."""
     import torch
@@ -156,8 +171,9 @@ def _train_mlp_head(model, X: np.ndarray, y: np.ndarray, *, seed: int, epochs: i
             opt.step()
         if dev is not None:
             with torch.no_grad():
-                dl = float(nn.functional.cross_entropy(forward(torch.from_numpy(dev[0]), False),
-                                                       torch.from_numpy(dev[1])))
+                dl = float(
+                    nn.functional.cross_entropy(forward(torch.from_numpy(dev[0]), False), torch.from_numpy(dev[1]))
+                )
             history.append(dl)
             if dl < best[0]:
                 best = (dl, copy.deepcopy([p.detach().clone() for p in params]), ep + 1)
@@ -167,8 +183,7 @@ def _train_mlp_head(model, X: np.ndarray, y: np.ndarray, *, seed: int, epochs: i
                 p.copy_(v)
     if progress:
         progress(f"mlp head: {epochs} epochs, best dev loss {best[0]:.4f} at epoch {best[2]}")
-    return {"epochs": epochs, "best_epoch": best[2] if best[2] > 0 else epochs,
-            "dev_loss_history": history}
+    return {"epochs": epochs, "best_epoch": best[2] if best[2] > 0 else epochs, "dev_loss_history": history}
 
 
 def _class_weights(y: np.ndarray, class_weight):
@@ -181,8 +196,9 @@ def _class_weights(y: np.ndarray, class_weight):
     return torch.tensor(len(y) / (2 * counts), dtype=torch.float32)
 
 
-def _finetune(model, tokenizer, texts, y, *, seed, epochs, lr, batch_size, max_length,
-              class_weight, dev, num_threads, progress) -> dict:
+def _finetune(
+    model, tokenizer, texts, y, *, seed, epochs, lr, batch_size, max_length, class_weight, dev, num_threads, progress
+) -> dict:
     import torch
     from torch import nn
 
@@ -191,10 +207,8 @@ def _finetune(model, tokenizer, texts, y, *, seed, epochs, lr, batch_size, max_l
     rng = np.random.default_rng(seed)
     no_decay = ("bias", "LayerNorm.weight")
     groups = [
-        {"params": [p for n, p in model.named_parameters() if not n.endswith(no_decay)],
-         "weight_decay": 0.01},
-        {"params": [p for n, p in model.named_parameters() if n.endswith(no_decay)],
-         "weight_decay": 0.0},
+        {"params": [p for n, p in model.named_parameters() if not n.endswith(no_decay)], "weight_decay": 0.01},
+        {"params": [p for n, p in model.named_parameters() if n.endswith(no_decay)], "weight_decay": 0.0},
     ]
     opt = torch.optim.AdamW(groups, lr=lr)
     steps_per_epoch = math.ceil(len(ids) / batch_size)
@@ -227,15 +241,16 @@ def _finetune(model, tokenizer, texts, y, *, seed, epochs, lr, batch_size, max_l
                 run_loss += float(loss.detach()) * len(idx)
                 seen += len(idx)
                 if progress and (k + 1) % 50 == 0:
-                    progress(f"epoch {ep + 1} step {k + 1}/{len(batches)} loss {run_loss / seen:.4f} "
-                             f"({seen / (time.perf_counter() - t0):.0f} sent/s)")
+                    progress(
+                        f"epoch {ep + 1} step {k + 1}/{len(batches)} loss {run_loss / seen:.4f} "
+                        f"({seen / (time.perf_counter() - t0):.0f} sent/s)"
+                    )
                     t0 = time.perf_counter()
                     run_loss, seen = 0.0, 0
             model.eval()
             rec: dict[str, Any] = {"epoch": ep + 1}
             if dev is not None:
-                tmp = SentenceClassifier(model, tokenizer, max_length=max_length,
-                                         num_threads=num_threads)
+                tmp = SentenceClassifier(model, tokenizer, max_length=max_length, num_threads=num_threads)
                 p = np.clip(tmp.predict_proba(dev[0]), 1e-7, 1 - 1e-7)
                 dl = float(-np.mean(dev[1] * np.log(p) + (1 - dev[1]) * np.log(1 - p)))
                 rec["dev_log_loss"] = dl
@@ -247,8 +262,7 @@ def _finetune(model, tokenizer, texts, y, *, seed, epochs, lr, batch_size, max_l
     if best[1] is not None and best[2] != epochs:
         model.load_state_dict(best[1])
     model.eval()
-    return {"epochs": epochs, "best_epoch": best[2] or epochs, "history": history,
-            "lr": lr, "batch_size": batch_size}
+    return {"epochs": epochs, "best_epoch": best[2] or epochs, "history": history, "lr": lr, "batch_size": batch_size}
 
 
 def train_classifier(
@@ -292,35 +306,69 @@ def train_classifier(
     t0 = time.perf_counter()
     with _deterministic(seed), _torch_threads(threads):
         model, tokenizer = _load_base(base_model)
-        meta: dict[str, Any] = {"method": method, "seed": seed, "max_length": max_length,
-                                "n_train": len(texts),
-                                "n_train_abnormal": int(y.sum()), "class_weight": class_weight}
+        meta: dict[str, Any] = {
+            "method": method,
+            "seed": seed,
+            "max_length": max_length,
+            "n_train": len(texts),
+            "n_train_abnormal": int(y.sum()),
+            "class_weight": class_weight,
+        }
         if method == "frozen":
             if head not in FROZEN_HEADS:
                 raise ValueError(f"head must be one of {FROZEN_HEADS}, not {head!r}")
-            feats = _encode_features(model, tokenizer, texts, max_length=max_length,
-                                     batch_size=128, num_threads=threads, progress=progress)
-            dev_feats = (_encode_features(model, tokenizer, dev[0], max_length=max_length,
-                                          batch_size=128, num_threads=threads)
-                         if dev is not None else None)
+            feats = _encode_features(
+                model, tokenizer, texts, max_length=max_length, batch_size=128, num_threads=threads, progress=progress
+            )
+            dev_feats = (
+                _encode_features(model, tokenizer, dev[0], max_length=max_length, batch_size=128, num_threads=threads)
+                if dev is not None
+                else None
+            )
             meta["head"] = "lr" if head == "pooler-lr" else "mlp"
             meta["head_design"] = head
             if head == "pooler-lr":
-                w, b, info = _fit_lr(feats["pooler"], y, seed=seed, C=C, class_weight=class_weight,
-                                     dev=(dev_feats["pooler"], dev[1]) if dev else None)
+                w, b, info = _fit_lr(
+                    feats["pooler"],
+                    y,
+                    seed=seed,
+                    C=C,
+                    class_weight=class_weight,
+                    dev=(dev_feats["pooler"], dev[1]) if dev else None,
+                )
                 _fold_linear(model, w, b)
             else:
                 info = _train_mlp_head(
-                    model, feats["cls"], y, seed=seed, epochs=epochs or 60, lr=lr or 1e-3,
-                    batch_size=batch_size or 128, class_weight=class_weight,
-                    dev=(dev_feats["cls"], dev[1]) if dev else None, progress=progress)
+                    model,
+                    feats["cls"],
+                    y,
+                    seed=seed,
+                    epochs=epochs or 60,
+                    lr=lr or 1e-3,
+                    batch_size=batch_size or 128,
+                    class_weight=class_weight,
+                    dev=(dev_feats["cls"], dev[1]) if dev else None,
+                    progress=progress,
+                )
             meta["fit"] = info
         else:
             meta["head"] = "cls"
             meta["fit"] = _finetune(
-                model, tokenizer, texts, y, seed=seed, epochs=epochs or 2, lr=lr or 5e-5,
-                batch_size=batch_size or 32, max_length=max_length, class_weight=class_weight,
-                dev=dev, num_threads=threads, progress=progress)
+                model,
+                tokenizer,
+                texts,
+                y,
+                seed=seed,
+                epochs=epochs or 2,
+                lr=lr or 5e-5,
+                batch_size=batch_size or 32,
+                max_length=max_length,
+                class_weight=class_weight,
+                dev=dev,
+                num_threads=threads,
+                progress=progress,
+            )
     meta["train_seconds"] = round(time.perf_counter() - t0, 1)
-    return SentenceClassifier(model, tokenizer, threshold=0.5, max_length=max_length, meta=meta,
-                              num_threads=num_threads)
+    return SentenceClassifier(
+        model, tokenizer, threshold=0.5, max_length=max_length, meta=meta, num_threads=num_threads
+    )

@@ -78,5 +78,13 @@ from .jpeg import decode_jpeg
 from .resize import _shrink, target_size  # noqa: F401
 from .types import REJECT_REASONS, DecodedImage, ImageReject, NormalizeConfig
 
-__all__ = ["REJECT_REASONS", "DecodedImage", "ImageReject", "NormalizeConfig", "decode_dicom",
-           "decode_jpeg", "encode_file_bytes", "target_size"]
+__all__ = [
+    "REJECT_REASONS",
+    "DecodedImage",
+    "ImageReject",
+    "NormalizeConfig",
+    "decode_dicom",
+    "decode_jpeg",
+    "encode_file_bytes",
+    "target_size",
+]

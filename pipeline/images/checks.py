@@ -38,8 +38,10 @@ def _check_expected_size(rows: int, columns: int, expect: tuple[int, int] | None
     want_rows, want_columns = expect
     if (rows, columns) != (want_rows, want_columns):
         swapped = " (swapped)" if (rows, columns) == (want_columns, want_rows) else ""
-        raise ImageReject("metadata_mismatch", f"the {what} says Rows x Columns {rows}x{columns}, the metadata CSV "
-                                               f"{want_rows}x{want_columns}{swapped}")
+        raise ImageReject(
+            "metadata_mismatch",
+            f"the {what} says Rows x Columns {rows}x{columns}, the metadata CSV {want_rows}x{want_columns}{swapped}",
+        )
 
 
 def _check_syntax_told(ds: Dataset, buf) -> None:
@@ -54,14 +56,22 @@ def _check_syntax_told(ds: Dataset, buf) -> None:
         return
     head = b""
     if isinstance(elem, RawDataElement) and elem.value is None:
-        head = bytes(buf[elem.value_tell: elem.value_tell + 64])
+        head = bytes(buf[elem.value_tell : elem.value_tell + 64])
     elif isinstance(elem, RawDataElement):
         head = bytes(elem.value[:64])
-    looks = next((name for magic, name in ((_J2K_SOC_SIZ, "a JPEG 2000 codestream"), (b"\xff\xd8\xff", "a JPEG stream"))
-                  if head.find(magic) >= 0), "data of an unknown codec")
-    raise ImageReject("unknown_transfer_syntax",
-                      f"no Transfer Syntax UID in the file meta, and the pixel data is encapsulated (compressed; its "
-                      f"first fragment looks like {looks}): which syntax it is is not told")
+    looks = next(
+        (
+            name
+            for magic, name in ((_J2K_SOC_SIZ, "a JPEG 2000 codestream"), (b"\xff\xd8\xff", "a JPEG stream"))
+            if head.find(magic) >= 0
+        ),
+        "data of an unknown codec",
+    )
+    raise ImageReject(
+        "unknown_transfer_syntax",
+        f"no Transfer Syntax UID in the file meta, and the pixel data is encapsulated (compressed; its "
+        f"first fragment looks like {looks}): which syntax it is is not told",
+    )
 
 
 def _check_pixel_size(ds: Dataset, buf, syntax: UID, info: _PixelInfo) -> bytes | None:
@@ -81,9 +91,12 @@ def _check_pixel_size(ds: Dataset, buf, syntax: UID, info: _PixelInfo) -> bytes 
     elif syntax == RLELossless and len(frame) >= 64:
         segments = struct.unpack_from("<I", frame)[0]
         if segments != info.bits_allocated // 8:
-            raise ImageReject("pixel_size_mismatch", f"the RLE header has {segments} segment(s), the header's one "
-                                                     f"sample of {info.bits_allocated} bits needs "
-                                                     f"{info.bits_allocated // 8}")
+            raise ImageReject(
+                "pixel_size_mismatch",
+                f"the RLE header has {segments} segment(s), the header's one "
+                f"sample of {info.bits_allocated} bits needs "
+                f"{info.bits_allocated // 8}",
+            )
     return frame
 
 
@@ -101,19 +114,25 @@ def _check_native_length(ds: Dataset, buf, syntax: UID, info: _PixelInfo, expect
         declared = available = len(ds.PixelData or b"")
     shape = f"{info.rows} rows x {info.columns} columns x 1 sample x 1 frame x {info.bits_allocated // 8} byte(s)"
     if declared not in (expected, expected + (expected & 1)):
-        raise ImageReject("pixel_size_mismatch", f"the Pixel Data is {declared} bytes, the header's {shape} "
-                                                 f"= {expected} bytes")
+        raise ImageReject(
+            "pixel_size_mismatch", f"the Pixel Data is {declared} bytes, the header's {shape} = {expected} bytes"
+        )
     if available < expected:
-        raise ImageReject("truncated", f"pixel data has {available} bytes, {shape} = {expected} expected "
-                                       "(the file ends before its Pixel Data does)")
+        raise ImageReject(
+            "truncated",
+            f"pixel data has {available} bytes, {shape} = {expected} expected "
+            "(the file ends before its Pixel Data does)",
+        )
 
 
 def _size_mismatch(what: str, found: tuple, info: _PixelInfo) -> ImageReject:
     rows, columns, components, precision = found
-    return ImageReject("pixel_size_mismatch",
-                       f"the {what} is {rows} rows x {columns} columns x {components} component(s) of "
-                       f"{precision} bits, "
-                       f"the header says {info.rows} x {info.columns} x 1 of at most {info.bits_allocated} bits")
+    return ImageReject(
+        "pixel_size_mismatch",
+        f"the {what} is {rows} rows x {columns} columns x {components} component(s) of "
+        f"{precision} bits, "
+        f"the header says {info.rows} x {info.columns} x 1 of at most {info.bits_allocated} bits",
+    )
 
 
 def _check_j2k(frame: bytes, syntax: UID, info: _PixelInfo) -> None:
@@ -134,8 +153,9 @@ def _check_j2k(frame: bytes, syntax: UID, info: _PixelInfo) -> None:
 
 def _check_jpeg_frame(frame: bytes, syntax: UID, info: _PixelInfo) -> None:
     found = _jpeg_sof(frame)
-    if found is not None and ((found[0] and found[0] != info.rows) or found[1:3] != (info.columns, 1)
-                              or found[3] > info.bits_allocated):
+    if found is not None and (
+        (found[0] and found[0] != info.rows) or found[1:3] != (info.columns, 1) or found[3] > info.bits_allocated
+    ):
         raise _size_mismatch("JPEG frame header (SOF)", found, info)
     problem = _jpeg_structure(frame)
     if problem:
@@ -235,7 +255,7 @@ def _j2k_structure(codestream: bytes) -> str | None:
             ht |= bool(codestream[pos + 12] & 0x40)
         pos += 2 + length
     while pos < end:
-        if codestream[pos: pos + 2] != b"\xff\x90" or pos + 12 > end:
+        if codestream[pos : pos + 2] != b"\xff\x90" or pos + 12 > end:
             return f"no tile-part (SOT) where the previous one ends (byte {pos})"
         lsot, tile, psot = struct.unpack_from(">HHI", codestream, pos + 2)
         part_end = pos + psot if psot else end
@@ -256,10 +276,13 @@ def _j2k_structure(codestream: bytes) -> str | None:
             header += 2 + struct.unpack_from(">H", codestream, header + 2)[0]
         if not ht:
             found = (_J2K_MARKER_IN_DATA_SOP_EPH if sop_eph else _J2K_MARKER_IN_DATA).search(
-                codestream, header + 2, part_end)
+                codestream, header + 2, part_end
+            )
             if found is not None:
                 code = codestream[found.start() + 1]
-                return (f"marker code FF{code:02X} inside the data of tile {tile} (byte {found.start()} of "
-                        f"{len(codestream)}): the entropy-coded data is corrupt")
+                return (
+                    f"marker code FF{code:02X} inside the data of tile {tile} (byte {found.start()} of "
+                    f"{len(codestream)}): the entropy-coded data is corrupt"
+                )
         pos = part_end
     return None

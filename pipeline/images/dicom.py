@@ -31,8 +31,11 @@ from .types import DecodedImage, ImageReject, NormalizeConfig, _PixelInfo
 _DEFER_BYTES = 1 << 20
 
 
-def decode_dicom(source: str | os.PathLike | bytes, config: NormalizeConfig = NormalizeConfig(),
-                 expect_size: tuple[int, int] | None = None) -> DecodedImage:
+def decode_dicom(
+    source: str | os.PathLike | bytes,
+    config: NormalizeConfig = NormalizeConfig(),
+    expect_size: tuple[int, int] | None = None,
+) -> DecodedImage:
     """Decode ``source`` (a path or the file's bytes) to a normalised image; raises :class:`ImageReject`.
 
     A missing or unreadable path raises the usual ``OSError``: that is not a property of the image.
@@ -82,9 +85,15 @@ def _decode(buf, config: NormalizeConfig, expect_size: tuple[int, int] | None = 
     if config.pad_square:
         pixels = _pad_square(pixels, config.long_side)
     return DecodedImage(
-        pixels=pixels, transfer_syntax=syntax.name, transfer_syntax_uid=str(syntax),
-        photometric=info.photometric, bits_stored=info.bits_stored, original_rows=info.rows,
-        original_columns=info.columns, window_source=window_source, decode_scale=scale,
+        pixels=pixels,
+        transfer_syntax=syntax.name,
+        transfer_syntax_uid=str(syntax),
+        photometric=info.photometric,
+        bits_stored=info.bits_stored,
+        original_rows=info.rows,
+        original_columns=info.columns,
+        window_source=window_source,
+        decode_scale=scale,
     )
 
 
@@ -120,8 +129,11 @@ def _reject_missing_pixels(ds: Dataset, buf, syntax: UID) -> None:
         if cut:
             raise ImageReject("truncated", f"the file ends inside its header ({cut}), before any pixel data")
     if "Rows" not in ds or "Columns" not in ds:
-        raise ImageReject("truncated", "no Pixel Data element, and the header ends before the image's Rows and "
-                                       "Columns: a file cut short (or not an image)")
+        raise ImageReject(
+            "truncated",
+            "no Pixel Data element, and the header ends before the image's Rows and "
+            "Columns: a file cut short (or not an image)",
+        )
     raise ImageReject("no_pixel_data", "the dataset has no Pixel Data element")
 
 
@@ -163,18 +175,22 @@ def _check_decodable(syntax: UID) -> None:
     try:
         decoder = get_decoder(syntax)
     except NotImplementedError:
-        raise ImageReject("unsupported_transfer_syntax",
-                          f"no pixel data decoder for transfer syntax {syntax.name} ({syntax})") from None
+        raise ImageReject(
+            "unsupported_transfer_syntax", f"no pixel data decoder for transfer syntax {syntax.name} ({syntax})"
+        ) from None
     if not decoder.is_available:
-        raise ImageReject("unsupported_transfer_syntax",
-                          f"transfer syntax {syntax.name} ({syntax}) needs one of: "
-                          + "; ".join(decoder.missing_dependencies))
+        raise ImageReject(
+            "unsupported_transfer_syntax",
+            f"transfer syntax {syntax.name} ({syntax}) needs one of: " + "; ".join(decoder.missing_dependencies),
+        )
 
 
 def _pixel_info(ds: Dataset) -> _PixelInfo:
     try:
         info = _PixelInfo(
-            rows=int(ds.Rows), columns=int(ds.Columns), bits_allocated=int(ds.BitsAllocated),
+            rows=int(ds.Rows),
+            columns=int(ds.Columns),
+            bits_allocated=int(ds.BitsAllocated),
             bits_stored=int(ds.get("BitsStored") or ds.BitsAllocated),
             signed=int(ds.get("PixelRepresentation") or 0) == 1,
             photometric=str(ds.get("PhotometricInterpretation", "")).strip(),
@@ -184,13 +200,15 @@ def _pixel_info(ds: Dataset) -> _PixelInfo:
     samples = int(ds.get("SamplesPerPixel") or 1)
     frames = int(ds.get("NumberOfFrames") or 1)
     if samples != 1 or info.photometric not in ("MONOCHROME1", "MONOCHROME2"):
-        raise ImageReject("unsupported_pixels",
-                          f"not grayscale: {samples} samples/pixel, photometric {info.photometric!r}")
+        raise ImageReject(
+            "unsupported_pixels", f"not grayscale: {samples} samples/pixel, photometric {info.photometric!r}"
+        )
     if frames != 1:
         raise ImageReject("unsupported_pixels", f"multi-frame image ({frames} frames)")
     if info.bits_allocated not in (8, 16) or not 1 <= info.bits_stored <= info.bits_allocated:
-        raise ImageReject("unsupported_pixels",
-                          f"BitsAllocated {info.bits_allocated} / BitsStored {info.bits_stored} not supported")
+        raise ImageReject(
+            "unsupported_pixels", f"BitsAllocated {info.bits_allocated} / BitsStored {info.bits_stored} not supported"
+        )
     if info.rows < 1 or info.columns < 1:
         raise ImageReject("unsupported_pixels", f"empty image ({info.rows}x{info.columns})")
     return info

@@ -62,5 +62,4 @@ def _png_bytes(pixels: np.ndarray, level: int) -> bytes:
     compressor = zlib_ng.compressobj(level, zlib_ng.DEFLATED, 15, 9, strategy)
     idat = compressor.compress(filtered.data) + compressor.flush()
     header = struct.pack(">IIBBBBB", columns, rows, depth, 0, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", header) + _png_chunk(b"IDAT", idat)
-            + _png_chunk(b"IEND", b""))
+    return b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", header) + _png_chunk(b"IDAT", idat) + _png_chunk(b"IEND", b"")

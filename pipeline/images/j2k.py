@@ -10,7 +10,7 @@ import struct
 import numpy as np
 from PIL import Image, features
 from pydicom.dataset import Dataset
-from pydicom.uid import UID, JPEG2000, JPEG2000Lossless
+from pydicom.uid import JPEG2000, UID, JPEG2000Lossless
 
 from .resize import _reduced_resize
 from .types import _REDUCE_MIN_PIXELS, _PixelInfo
@@ -20,16 +20,24 @@ _J2K_SYNTAXES = frozenset({JPEG2000Lossless, JPEG2000})
 _J2K_SOC_SIZ = b"\xff\x4f\xff\x51"
 
 
-def _reduced_j2k(ds: Dataset, syntax: UID, info: _PixelInfo, size: tuple[int, int],
-                 frame: bytes | None) -> tuple[np.ndarray, int] | None:
+def _reduced_j2k(
+    ds: Dataset, syntax: UID, info: _PixelInfo, size: tuple[int, int], frame: bytes | None
+) -> tuple[np.ndarray, int] | None:
     """A JPEG 2000 DICOM decoded at resolution level r and area-resampled to ``size`` (float32, stored
     units, as :func:`_shrink` gives), and 2**r. None: the full decode is the way (not JPEG 2000, small,
     r would be 0, or anything unusual); the full path then decodes the file or rejects it with its
     reason, so nothing here rejects. ``frame``: the complete first frame (:func:`_check_pixel_size`).
     """
-    if (syntax not in _J2K_SYNTAXES or info.rows * info.columns < _REDUCE_MIN_PIXELS or info.signed
-            or (info.rows >> 1) < size[0] or (info.columns >> 1) < size[1]
-            or ds.get("ModalityLUTSequence") or int(ds.get("NumberOfFrames") or 1) != 1 or not _pillow_j2k()):
+    if (
+        syntax not in _J2K_SYNTAXES
+        or info.rows * info.columns < _REDUCE_MIN_PIXELS
+        or info.signed
+        or (info.rows >> 1) < size[0]
+        or (info.columns >> 1) < size[1]
+        or ds.get("ModalityLUTSequence")
+        or int(ds.get("NumberOfFrames") or 1) != 1
+        or not _pillow_j2k()
+    ):
         return None
     try:
         codestream = _j2k_codestream(frame)
@@ -62,8 +70,11 @@ def _pillow_j2k() -> bool:
 
 def _j2k_codestream(frame: bytes | None) -> bytes | None:
     """``frame`` when it is one complete J2K codestream (SOC SIZ ... EOC), else None."""
-    if frame is None or not frame.startswith(_J2K_SOC_SIZ) or not (
-            frame.endswith(b"\xff\xd9") or frame.endswith(b"\xff\xd9\x00")):
+    if (
+        frame is None
+        or not frame.startswith(_J2K_SOC_SIZ)
+        or not (frame.endswith(b"\xff\xd9") or frame.endswith(b"\xff\xd9\x00"))
+    ):
         return None  # a JP2 wrapper, or a cut / odd codestream
     return frame
 
@@ -73,7 +84,8 @@ def _j2k_header(codestream: bytes) -> tuple[int, int, int, int] | None:
     segments; None for what the reduced path does not handle: several components, image offsets,
     subsampling, signed samples, a precision above 16."""
     (lsiz, _rsiz, xsiz, ysiz, xosiz, yosiz, _xt, _yt, _xto, _yto, components) = struct.unpack_from(
-        ">HHIIIIIIIIH", codestream, 4)
+        ">HHIIIIIIIIH", codestream, 4
+    )
     ssiz, xrsiz, yrsiz = struct.unpack_from(">BBB", codestream, 42)
     precision = (ssiz & 0x7F) + 1
     if components != 1 or xosiz or yosiz or xrsiz != 1 or yrsiz != 1 or ssiz & 0x80 or precision > 16:

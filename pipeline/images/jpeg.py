@@ -20,8 +20,11 @@ _JPEG_SYNTAX_NAME = "JPEG (MIMIC-CXR-JPG)"  #: DecodedImage.transfer_syntax of d
 _EXIF_ORIENTATION = 0x0112
 
 
-def decode_jpeg(source: str | os.PathLike | bytes, config: NormalizeConfig = NormalizeConfig(),
-                expect_size: tuple[int, int] | None = None) -> DecodedImage:
+def decode_jpeg(
+    source: str | os.PathLike | bytes,
+    config: NormalizeConfig = NormalizeConfig(),
+    expect_size: tuple[int, int] | None = None,
+) -> DecodedImage:
     """Decode an 8-bit JPEG file (MIMIC-CXR-JPG) to a normalised image; raises :class:`ImageReject`.
 
     The JPEG's gray levels are display values (bright = dense) and are kept as they are
@@ -90,8 +93,14 @@ def _decode_jpeg(buf, config: NormalizeConfig, expect_size: tuple[int, int] | No
     if config.pad_square:
         out = _pad_square(out, config.long_side)
     return DecodedImage(
-        pixels=out, transfer_syntax=_JPEG_SYNTAX_NAME, transfer_syntax_uid="", photometric="MONOCHROME2",
-        bits_stored=8, original_rows=rows, original_columns=columns, window_source="identity",
+        pixels=out,
+        transfer_syntax=_JPEG_SYNTAX_NAME,
+        transfer_syntax_uid="",
+        photometric="MONOCHROME2",
+        bits_stored=8,
+        original_rows=rows,
+        original_columns=columns,
+        window_source="identity",
         decode_scale=scale,
     )
 
@@ -99,8 +108,11 @@ def _decode_jpeg(buf, config: NormalizeConfig, expect_size: tuple[int, int] | No
 def _jpeg_failure(buf, exc: Exception, what: str) -> ImageReject:
     """Pillow's error on a file that starts like a JPEG, as a reject: ``truncated`` when the file has
     no start-of-scan marker (it ends within the header) or Pillow says it is cut, else ``decode_error``."""
-    detail = ("Pillow found no JPEG header it can read" if isinstance(exc, UnidentifiedImageError)
-              else f"{type(exc).__name__}: {exc}")  # (the former names the BytesIO object)
+    detail = (
+        "Pillow found no JPEG header it can read"
+        if isinstance(exc, UnidentifiedImageError)
+        else f"{type(exc).__name__}: {exc}"
+    )  # (the former names the BytesIO object)
     if buf.find(b"\xff\xda") < 0:
         return ImageReject("truncated", f"the JPEG ends before its image data starts ({detail})")
     if "truncated" in detail.lower():
@@ -122,7 +134,12 @@ def _orient(pixels: np.ndarray, orientation: int) -> np.ndarray:
     if orientation == 1:
         return pixels
     turned = {
-        2: lambda a: a[:, ::-1], 3: lambda a: a[::-1, ::-1], 4: lambda a: a[::-1],
-        5: lambda a: a.T, 6: lambda a: np.rot90(a, -1), 7: lambda a: np.rot90(a, 2).T, 8: lambda a: np.rot90(a, 1),
+        2: lambda a: a[:, ::-1],
+        3: lambda a: a[::-1, ::-1],
+        4: lambda a: a[::-1],
+        5: lambda a: a.T,
+        6: lambda a: np.rot90(a, -1),
+        7: lambda a: np.rot90(a, 2).T,
+        8: lambda a: np.rot90(a, 1),
     }[orientation](pixels)
     return np.ascontiguousarray(turned)

@@ -22,14 +22,16 @@ from pydicom.uid import (
 from .types import ImageReject, _PixelInfo
 
 #: uncompressed syntaxes whose pixel buffer is read directly with ``np.frombuffer``
-_DIRECT_SYNTAXES = frozenset({ImplicitVRLittleEndian, ExplicitVRLittleEndian,
-                              DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian})
+_DIRECT_SYNTAXES = frozenset(
+    {ImplicitVRLittleEndian, ExplicitVRLittleEndian, DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian}
+)
 _PIXEL_DATA = 0x7FE00010
 _SEQUENCE_DELIMITER = b"\xfe\xff\xdd\xe0\x00\x00\x00\x00"
 
 
-def _stored_pixels(ds: Dataset, buf, syntax: UID, info: _PixelInfo,
-                   frame: bytes | None = None) -> tuple[np.ndarray, int | None]:
+def _stored_pixels(
+    ds: Dataset, buf, syntax: UID, info: _PixelInfo, frame: bytes | None = None
+) -> tuple[np.ndarray, int | None]:
     """The full-size stored values, and the BitsStored still to enforce (None: already done).
 
     Direct reads leave clearing / sign-extending the bits above BitsStored to :func:`_shrink`,
@@ -46,12 +48,16 @@ def _stored_pixels(ds: Dataset, buf, syntax: UID, info: _PixelInfo,
 def _direct_pixels(ds: Dataset, buf, syntax: UID, info: _PixelInfo) -> np.ndarray:
     """Uncompressed pixel data viewed in place with ``np.frombuffer`` (no copy for large data)."""
     count = info.rows * info.columns
-    dtype = np.dtype(f"{'>' if syntax == ExplicitVRBigEndian else '<'}{'i' if info.signed else 'u'}"
-                     f"{info.bits_allocated // 8}")
+    dtype = np.dtype(
+        f"{'>' if syntax == ExplicitVRBigEndian else '<'}{'i' if info.signed else 'u'}{info.bits_allocated // 8}"
+    )
     data, offset, available = _pixel_buffer(ds, buf, syntax)
     if available < count * dtype.itemsize:
-        raise ImageReject("truncated", f"pixel data has {available} bytes, {info.rows}x{info.columns}x"
-                                       f"{dtype.itemsize} = {count * dtype.itemsize} expected")
+        raise ImageReject(
+            "truncated",
+            f"pixel data has {available} bytes, {info.rows}x{info.columns}x"
+            f"{dtype.itemsize} = {count * dtype.itemsize} expected",
+        )
     arr = np.frombuffer(data, dtype=dtype, count=count, offset=offset).reshape(info.rows, info.columns)
     return arr if dtype.isnative else arr.astype(dtype.newbyteorder("="))
 
@@ -115,13 +121,15 @@ def _rle_pixels(frame: bytes, info: _PixelInfo) -> np.ndarray:
     planes = []
     for index in range(count):
         try:
-            segment = decode(frame[offsets[index]: offsets[index + 1]])
+            segment = decode(frame[offsets[index] : offsets[index + 1]])
         except Exception as exc:
             raise ImageReject("decode_error", f"RLE Lossless segment {index}: {type(exc).__name__}: {exc}") from exc
         if len(segment) not in (expected, expected + 1):  # one pad byte allowed
-            raise ImageReject("pixel_size_mismatch",
-                              f"RLE segment {index} decodes to {len(segment)} bytes, the header's {info.rows} rows x "
-                              f"{info.columns} columns = {expected}")
+            raise ImageReject(
+                "pixel_size_mismatch",
+                f"RLE segment {index} decodes to {len(segment)} bytes, the header's {info.rows} rows x "
+                f"{info.columns} columns = {expected}",
+            )
         planes.append(np.frombuffer(segment, dtype=np.uint8, count=expected))
     if count == 1:
         arr = planes[0]
@@ -138,13 +146,14 @@ def _decoded_pixels(ds: Dataset, buf, syntax: UID, info: _PixelInfo) -> np.ndarr
     try:
         arr = ds.pixel_array
     except Exception as exc:
-        cut = syntax.is_encapsulated and bytes(buf[-len(_SEQUENCE_DELIMITER):]) != _SEQUENCE_DELIMITER
+        cut = syntax.is_encapsulated and bytes(buf[-len(_SEQUENCE_DELIMITER) :]) != _SEQUENCE_DELIMITER
         if cut or "less than expected" in str(exc):
             raise ImageReject("truncated", f"{syntax.name} pixel data incomplete ({exc})") from exc
         raise ImageReject("decode_error", f"{syntax.name}: {type(exc).__name__}: {exc}") from exc
     if arr.shape != (info.rows, info.columns) or arr.dtype.kind not in "ui":
-        raise ImageReject("unsupported_pixels",
-                          f"decoder returned {arr.dtype} {arr.shape}, expected {(info.rows, info.columns)}")
+        raise ImageReject(
+            "unsupported_pixels", f"decoder returned {arr.dtype} {arr.shape}, expected {(info.rows, info.columns)}"
+        )
     return arr
 
 
@@ -177,7 +186,7 @@ def _encapsulated_frame(ds: Dataset, buf, syntax: UID) -> bytes | None:
     try:
         data, offset, available = _pixel_buffer(ds, buf, syntax)
         with memoryview(data) as view:
-            value = bytes(view[offset: offset + available])
+            value = bytes(view[offset : offset + available])
         if data is buf and value.rfind(_SEQUENCE_DELIMITER) < 0:
             return None  # the file ends inside the encapsulated pixel data
         return next(generate_frames(value, number_of_frames=1))

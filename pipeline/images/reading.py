@@ -5,14 +5,15 @@ from __future__ import annotations
 
 import mmap
 import os
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 from .types import DecodedImage, ImageReject, NormalizeConfig
 
 
-def _decode_or_reject(decode, source, config: NormalizeConfig, what: str,
-                      expect_size: tuple[int, int] | None = None) -> DecodedImage:
+def _decode_or_reject(
+    decode, source, config: NormalizeConfig, what: str, expect_size: tuple[int, int] | None = None
+) -> DecodedImage:
     """``decode(buffer, config, expect_size)``; any failure but an :class:`ImageReject` or a lack of
     memory becomes a ``decode_error`` reject (the file is rejected, the batch goes on)."""
     with _buffer(source) as buf:

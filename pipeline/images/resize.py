@@ -26,8 +26,9 @@ def target_size(rows: int, columns: int, long_side: int) -> tuple[int, int]:
     return max(1, round(rows * scale)), long_side
 
 
-def _shrink(stored: np.ndarray, size: tuple[int, int], bits_stored: int | None = None, *,
-            enforce_bits: bool = True) -> np.ndarray:
+def _shrink(
+    stored: np.ndarray, size: tuple[int, int], bits_stored: int | None = None, *, enforce_bits: bool = True
+) -> np.ndarray:
     """Area-resample ``stored`` to ``size`` (rows, columns) as float32 in stored units.
 
     An integer block mean (factor k = the largest that keeps both sides >= target) does the bulk
@@ -86,7 +87,7 @@ def _block_sum(arr: np.ndarray, k: int, bits_stored: int | None = None, enforce:
     scratch = np.empty((min(rows, _BAND_ROWS), columns * k), dtype=row_dtype)
     for top in range(0, rows, _BAND_ROWS):
         bottom = min(rows, top + _BAND_ROWS)
-        band = arr[top * k: bottom * k]  # full rows: contiguous, so the check is a fast 1-D max
+        band = arr[top * k : bottom * k]  # full rows: contiguous, so the check is a fast 1-D max
         if enforce:
             band = _valid_bits(band, enforce)
         band = band[:, : columns * k]
@@ -105,15 +106,16 @@ def _pad_square(pixels: np.ndarray, side: int) -> np.ndarray:
     side = max(side, rows, columns)
     out = np.zeros((side, side), dtype=pixels.dtype)
     top, left = (side - rows) // 2, (side - columns) // 2
-    out[top: top + rows, left: left + columns] = pixels
+    out[top : top + rows, left : left + columns] = pixels
     return out
 
 
 # ------------------------------------------------------------------------------------------
 # an image decoded at a reduced resolution (JPEG DCT scaling, a JPEG 2000 level), resampled as _shrink does
 # ------------------------------------------------------------------------------------------
-def _reduced_resize(reduced: np.ndarray, step: int, offset: float, full_shape: tuple[int, int],
-                    size: tuple[int, int]) -> np.ndarray:
+def _reduced_resize(
+    reduced: np.ndarray, step: int, offset: float, full_shape: tuple[int, int], size: tuple[int, int]
+) -> np.ndarray:
     """Resample an image decoded at 1/``step`` size to ``size`` (float32) as :func:`_shrink` resamples
     the full-size image: the k x k block means (k = the factor ``_shrink`` picks; trailing partial
     blocks dropped), then the exact area resample of those to ``size``. Reduced pixel j stands for
@@ -123,13 +125,15 @@ def _reduced_resize(reduced: np.ndarray, step: int, offset: float, full_shape: t
     factor = max(1, min(full_shape[0] // rows, full_shape[1] // columns))
     image = reduced.astype(np.float32)
     tall = _reduced_weights(image.shape[0], rows, step, offset, full_shape[0], factor) @ image
-    return np.ascontiguousarray((_reduced_weights(image.shape[1], columns, step, offset, full_shape[1], factor)
-                                 @ tall.T).T)
+    return np.ascontiguousarray(
+        (_reduced_weights(image.shape[1], columns, step, offset, full_shape[1], factor) @ tall.T).T
+    )
 
 
 @functools.lru_cache(maxsize=64)
-def _reduced_weights(size_in: int, size_out: int, step: int, offset: float, full_size: int,
-                     factor: int) -> sparse.csr_matrix:
+def _reduced_weights(
+    size_in: int, size_out: int, step: int, offset: float, full_size: int, factor: int
+) -> sparse.csr_matrix:
     """(size_out x size_in) float32 weights of :func:`_reduced_resize` along one axis."""
     blocks = full_size // factor
     to_blocks = _footprint_weights(size_in, blocks, step, offset, blocks * factor)
@@ -152,5 +156,6 @@ def _footprint_weights(size_in: int, size_out: int, step: int, offset: float, ex
     keep = overlap > 1e-9
     weights = overlap / overlap.sum(axis=1, keepdims=True)
     outputs = np.broadcast_to(np.arange(size_out)[:, None], inputs.shape)
-    return sparse.csr_matrix((weights[keep].astype(np.float32), (outputs[keep], inputs[keep])),
-                             shape=(size_out, size_in))
+    return sparse.csr_matrix(
+        (weights[keep].astype(np.float32), (outputs[keep], inputs[keep])), shape=(size_out, size_in)
+    )
