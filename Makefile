@@ -1,6 +1,6 @@
 # offclip — two commands on a fresh machine:
 #   make demo   sets up .venv and runs the main job on the embedded default (the demo world)
-#   make test   sets up .venv and runs the test suite (what CI runs, via .ci/run)
+#   make test   sets up .venv, runs ruff and mypy (make lint), then the test suite (what CI runs, via .ci/run)
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
@@ -17,7 +17,7 @@ DEMO_CLASSIFIER_METHOD ?= frozen
 DEMO_IMAGE_SIZE ?= 256
 PYTEST_ARGS  ?=
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo test lint bench clean
 
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -52,8 +52,15 @@ demo: setup
 	@echo
 	@$(BIN)/offclip answer $(DEMO_OUT)
 
-test: setup
+test: lint
 	$(BIN)/python -m pytest -n 2 $(PYTEST_ARGS) tests
+
+# ruff (lint and format check) and mypy on pipeline/, models/, flows/, data_contracts/, offclip/
+# (pyproject.toml's [tool.ruff] and [tool.mypy]); part of `make test`, so of CI
+lint: setup
+	$(BIN)/ruff check --quiet
+	$(BIN)/ruff format --check --quiet
+	$(BIN)/python tools/typecheck.py
 
 # Every CPU benchmark at a small size (3.5 minutes on a quiet 2-core machine, 6 under load):
 # builds its own small inputs (demo world, frozen classifier, shards) under out/bench/work, writes

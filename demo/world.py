@@ -46,7 +46,7 @@ from PIL import Image
 from ..data_contracts.enums import FRONTAL_VIEWS
 from ..pipeline import openi
 from ..pipeline.atomic import atomic_write_bytes, atomic_write_text, sha256_file
-from ..pipeline.executor import make_executor
+from ..pipeline.executor import make_executor, resolve_workers
 from . import phantom, reports
 from .dicom_writer import VIEW_CODES, ImageHeader, encode_dicom, phantom_to_stored
 from .lesions import LESION_KINDS
@@ -463,7 +463,7 @@ def _render_all(plans: list[StudyPlan], out: Path, config: WorldConfig,
     """Render the studies, then the eval renders (if any), in one pool; results in input order."""
     from tqdm import tqdm
 
-    workers = config.workers or os.cpu_count() or 1
+    workers = resolve_workers(config.workers)
 
     def chunked(items: list) -> list[list]:
         size = max(1, min(16, len(items) // (workers * 4) or 1))
