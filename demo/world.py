@@ -32,7 +32,6 @@ import csv
 import hashlib
 import io
 import json
-import os
 import shutil
 import time
 import xml.etree.ElementTree as ET
