@@ -1,4 +1,4 @@
-"""pipeline/images.py: DICOM decode + normalisation, on real files written by the demo writer."""
+"""pipeline/images/: DICOM decode + normalisation, on real files written by the demo writer."""
 
 from __future__ import annotations
 

@@ -37,7 +37,7 @@ def _old_youden_threshold(y, s):  # models/evaluate.py::class_metrics
     return float(thresholds[int(np.argmax(tpr - fpr))])
 
 
-def _old_trainer_factor(step, warmup, total, kind):  # models/train.py::Schedule._factor
+def _old_trainer_factor(step, warmup, total, kind):  # models/schedule.py::Schedule._factor
     if step < warmup:
         return (step + 1) / warmup
     if kind != "cosine":

@@ -1,4 +1,4 @@
-"""pipeline/images.py: decoding no more than needed (JPEG DCT scaling, JPEG 2000 resolution levels).
+"""pipeline/images/: decoding no more than needed (JPEG DCT scaling, JPEG 2000 resolution levels).
 
 On real files: JPEGs written by Pillow from a real chest radiograph (the RSNA sample under
 ../shared/data/samples; those tests skip without it) and JPEG 2000 DICOMs written by the demo world's
