@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Hashable, Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -27,7 +28,9 @@ import pyarrow as pa
 class ContractViolation(ValueError):
     """A table broke its contract; nothing was written."""
 
-    def __init__(self, table: str, column: str, rule: str, rows: Sequence[int], sample: Sequence, detail: str = ""):
+    def __init__(
+        self, table: str, column: str, rule: str, rows: Sequence[Hashable], sample: Sequence, detail: str = ""
+    ):  # rows: the frame's index labels (positions for a default index)
         self.table, self.column, self.rule, self.rows = table, column, rule, list(rows)
         shown = ", ".join(f"row {r}: {v!r}" for r, v in list(zip(rows, sample))[:5])
         more = f" (+{len(rows) - 5} more)" if len(rows) > 5 else ""
@@ -106,7 +109,7 @@ class Contract:
     def record_class(self, name: str) -> type:
         """A dataclass with one field per column, in order (the Python form of a JSON record:
         ``cls(**json.loads(text))``, ``json.dumps(record.__dict__)``). Subclass it for methods."""
-        fields = []
+        fields: list[tuple[str, type] | tuple[str, type, Any]] = []
         for c in self.columns:
             if c.default is REQUIRED:
                 fields.append((c.name, _python_type(c.type)))

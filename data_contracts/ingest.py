@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import TypedDict
+
 import pyarrow as pa
 
 from .contract import Column, Contract
@@ -17,7 +19,14 @@ from .enums import (  # noqa: F401  (REJECT_REASONS, SPLITS, VIEWS: imported fro
     VIEWS,
 )
 
-_SUBJECT = dict(min=0)
+
+class _Bounds(TypedDict, total=False):
+    """Keyword arguments of :class:`Column` shared by several columns."""
+
+    min: float
+
+
+_SUBJECT: _Bounds = {"min": 0}
 
 STUDIES = Contract(
     "studies",

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 from typing import Any
+from uuid import UUID
 
 #: characters of free text (a sentence, a prompt) kept in an artifact's table cell
 CELL_CHARS = 80
@@ -96,6 +97,6 @@ def markdown_on_root(key: str, markdown: str, description: str) -> str | None:
         return None
     with get_client(sync_client=True) as client:
         client.create_artifact(
-            ArtifactCreate(key=key, type="markdown", data=markdown, description=description, flow_run_id=root)
+            ArtifactCreate(key=key, type="markdown", data=markdown, description=description, flow_run_id=UUID(root))
         )
     return root

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import datetime as dt
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
+from uuid import UUID
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import (
@@ -34,6 +35,9 @@ from offclip.pipeline.ingest import BatchResult, IngestConfig, IngestPlan, Previ
 from offclip.pipeline.layout import classifier_dir
 from offclip.pipeline.scan import ScanConfig, StudyEntry, parse_folders, parse_splits
 from offclip.pipeline.shards import ShardConfig, ShardSummary
+
+if TYPE_CHECKING:
+    from prefect.client.schemas.objects import FlowRun
 
 #: a flow run stays at hundreds of task runs: ingest is cut into at most this many batches
 MAX_INGEST_BATCHES = 200
@@ -57,7 +61,9 @@ def train_classifier_task(out_dir: str, method: str, seed: int, openi: str | Non
 
     logger = get_run_logger()
     what = f"sentence classifier ({method})"
-    artifact = create_progress_artifact(0.0, key="offclip-classifier-progress", description=f"{what}: starting")
+    artifact = cast(  # sync code: the UUID, not a coroutine (Prefect's async_dispatch is typed as either)
+        UUID, create_progress_artifact(0.0, key="offclip-classifier-progress", description=f"{what}: starting")
+    )
 
     def progress(message: str) -> None:  # the log line, and what `offclip wait` prints
         logger.info(message)
@@ -109,7 +115,8 @@ class IngestArtifacts:
     artifact (what the UI shows and ``offclip wait`` prints)."""
 
     def __init__(self) -> None:
-        self.logger, self.artifact = get_run_logger(), None
+        self.logger = get_run_logger()
+        self.artifact: UUID | None = None  # the progress artifact, once planned
 
     def planned(self, plan: IngestPlan) -> None:
         self.logger.info("source: %s", plan.source)
@@ -121,8 +128,11 @@ class IngestArtifacts:
             plan.scan_seconds,
             len(plan.rejects),
         )
-        self.artifact = create_progress_artifact(
-            0.0, key="offclip-ingest-progress", description=f"ingest: 0/{len(plan.batches)} batches of studies"
+        self.artifact = cast(
+            UUID,
+            create_progress_artifact(
+                0.0, key="offclip-ingest-progress", description=f"ingest: 0/{len(plan.batches)} batches of studies"
+            ),
         )
         if not plan.batches:
             update_progress_artifact(
@@ -130,6 +140,7 @@ class IngestArtifacts:
             )
 
     def batch_done(self, batch: list[StudyEntry], done: int, total: int) -> None:
+        assert self.artifact is not None, "run_ingest reports the plan before any batch"
         update_progress_artifact(
             self.artifact, 100.0 * done / total, description=f"ingest: {done}/{total} batches of studies"
         )
@@ -302,7 +313,7 @@ def trigger_deployment(deployment: str, parameters: dict) -> str | None:
 
     logger = get_run_logger()
     try:
-        run = run_deployment(deployment, parameters=parameters, timeout=0)
+        run = cast("FlowRun", run_deployment(deployment, parameters=parameters, timeout=0))  # sync: not a coroutine
     except ObjectNotFound:
         logger.warning("deployment %s is not deployed: not triggered (offclip up deploys it)", deployment)
         return None

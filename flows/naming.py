@@ -31,6 +31,7 @@ def _stamp(when: dt.datetime | None) -> str:
 def run_name(kind: str, parameters: dict, when: dt.datetime | None = None) -> str:
     """The name of a ``kind`` run (build-shards, train, evaluate, retrain) with ``parameters``."""
     p = parameters
+    parts: list[object]  # None and "" are left out, the rest as text
     if kind == "build-shards":
         parts = [f"{_leaf(p.get('source'))} → {_leaf(p.get('out'))}"]
     elif kind == "train":

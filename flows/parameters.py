@@ -481,13 +481,14 @@ def flow_parameters(model: type[FlowParameters]) -> Callable[[F], F]:
 
     def decorate(fn: F) -> F:
         sig = signature(model)
-        fn.__signature__ = sig.replace(return_annotation=inspect.signature(fn).return_annotation)
+        function: Any = fn  # the attributes set here are not F's bound's (any callable)
+        function.__signature__ = sig.replace(return_annotation=inspect.signature(fn).return_annotation)
         fn.__annotations__ = {
             **{p.name: p.annotation for p in sig.parameters.values()},
             "return": fn.__annotations__.get("return", Any),
         }
         fn.__doc__ = inspect.cleandoc(fn.__doc__ or "") + "\n\n" + args_section(model)
-        fn.parameters_model = model
+        function.parameters_model = model
         return fn
 
     return decorate

@@ -19,7 +19,8 @@ import hashlib
 import json
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
+from uuid import UUID
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import (
@@ -100,8 +101,9 @@ def train_task(config: dict, label: str = "model") -> dict:
 
     logger = get_run_logger()
     key = "offclip-train-progress-" + "".join(c if c.isalnum() else "-" for c in label.lower()).strip("-")
-    progress = create_progress_artifact(0.0, key=key[:64], description=f"{label}: starting")
-    last = {"t": 0.0, "first_step": None}
+    # sync code: the UUID, not a coroutine (Prefect's async_dispatch is typed as either)
+    progress = cast(UUID, create_progress_artifact(0.0, key=key[:64], description=f"{label}: starting"))
+    last: dict[str, Any] = {"t": 0.0, "first_step": None}  # first_step, first_t: set on the first step
 
     def on_step(metrics: dict) -> None:
         total = metrics.get("total_steps") or 0
@@ -240,8 +242,11 @@ def evaluate_against_task(
         (run_name, model, out, "the model", "model"),
         (baseline_name, baseline, baseline_out, "plain CLIP (baseline)", "baseline"),
     ):
-        artifact = create_progress_artifact(
-            0.0, key=f"offclip-eval-progress-{role}", description=f"evaluating {label} on {dataset}"
+        artifact = cast(  # sync code: the UUID, not a coroutine
+            UUID,
+            create_progress_artifact(
+                0.0, key=f"offclip-eval-progress-{role}", description=f"evaluating {label} on {dataset}"
+            ),
         )
         results[name, 0] = run_evaluation(
             path,
@@ -444,11 +449,13 @@ def evaluate(**parameters: Any) -> dict[str, Any]:
         )
         from offclip.models.answer import answer_text
 
+        loss_labels: dict[str | None, str] = {"offclip": "OFF-CLIP"}  # a result may have no loss
+
         answer = answer_text(
             result["summary"],
             result["baseline"]["summary"],
             result["differences"],
-            model_label={"offclip": "OFF-CLIP"}.get(result.get("loss"), name),
+            model_label=loss_labels.get(result.get("loss"), name),
             dataset=dataset,
         )
         print(answer)

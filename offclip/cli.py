@@ -8,7 +8,7 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional, Union, get_args, get_origin
+from typing import Any, NoReturn, Optional, Union, get_args, get_origin
 
 import typer
 
@@ -57,7 +57,7 @@ def main(
 # command line only such as --quiet).
 
 
-def _fail(exc: Exception) -> None:
+def _fail(exc: Exception) -> NoReturn:
     typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
     raise typer.Exit(2)
 
@@ -225,12 +225,11 @@ def model_command(
                 )
                 params[-1] = params[-1].replace(annotation=Optional[_base_type(params[-1].annotation)[0]])
             else:
-                bounds = {"min": alias.min} if alias.min is not None else {}
                 params.append(
                     inspect.Parameter(
                         pname,
                         inspect.Parameter.KEYWORD_ONLY,
-                        default=typer.Option(None, alias.flag, hidden=True, **bounds),
+                        default=typer.Option(None, alias.flag, hidden=True, min=alias.min),  # None: no bound
                         annotation=Optional[alias.annotation],
                     )
                 )
@@ -506,6 +505,7 @@ def curate(params: CurateParameters) -> None:
     from .pipeline.curate import CurateConfig, run_curate
     from .pipeline.prompting import PromptBackendError
 
+    assert params.classifier is not None  # a required option of this command (optional in the flow)
     config = CurateConfig(
         out=Path(params.out),
         classifier=Path(params.classifier),

@@ -42,9 +42,9 @@ def _starttime(pid: int) -> bytes | None:
         return None
 
 
-def leftovers(entry: bytes) -> list[tuple[int, bytes]]:
+def leftovers(entry: bytes) -> list[tuple[int, bytes | None]]:
     """(pid, starttime) of the temporary servers carrying ``entry`` (``NAME=TOKEN``) in their environment."""
-    found = []
+    found: list[tuple[int, bytes | None]] = []
     me = os.getpid()
     for name in os.listdir("/proc"):
         if not name.isdigit() or int(name) == me:
@@ -86,7 +86,9 @@ def main(argv: list[str]) -> int:
 
 def _alive(pid: int) -> bool:
     stat = _read(f"/proc/{pid}/stat")
-    return bool(stat) and stat[stat.rindex(b")") + 2 :][:1] not in (b"Z", b"X", b"x")
+    if not stat:
+        return False
+    return stat[stat.rindex(b")") + 2 :][:1] not in (b"Z", b"X", b"x")
 
 
 if __name__ == "__main__":

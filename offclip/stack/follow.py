@@ -11,11 +11,14 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .auth import api_url, auth_string
 from .auth import client as _client
 from .home import resolve_home
+
+if TYPE_CHECKING:
+    from uuid import UUID
 
 
 @dataclass
@@ -47,7 +50,8 @@ class _ProgressFollower:
     one's description every ``every`` seconds, a finished one's once."""
 
     def __init__(self, every: float) -> None:
-        self.every, self.last, self.finished = every, 0.0, set()
+        self.every, self.last = every, 0.0
+        self.finished: set[UUID] = set()  # the ids of the artifacts printed at 100 %
 
     def report(self, client, flow_run_id, echo) -> None:
         from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, ArtifactFilterType

@@ -59,6 +59,7 @@ def ensure_server(
             "then `offclip up`"
         )
     if owner == "ours":
+        assert pid is not None  # "ours": a live process of that pid
         return _reuse(lay, state, pid, port, timeout)
 
     # Nothing (alive) of ours: clear stale files, then start one.

@@ -125,7 +125,7 @@ def status(home: str | os.PathLike | None = None, pool: str = DEFAULT_POOL) -> S
     )
     if url and st.server_alive:
         st.server_healthy = health(url)
-    if not st.server_healthy:
+    if not st.server_healthy or not url:  # (healthy only with a url)
         return st
     if not st.auth:
         st.errors.append(

@@ -68,6 +68,7 @@ def ensure_worker(
     if owner == "legacy":
         raise ServiceError(f"{why}. If it is yours, stop it (`kill -TERM -- -{pid}`), then `offclip up`")
     if owner == "ours":
+        assert pid is not None  # "ours": a live process of that pid
         if state.get("pool") not in (None, pool):
             raise ServiceError(
                 f"a worker from a previous `offclip up` serves pool {state['pool']!r} (pid {pid}); "
