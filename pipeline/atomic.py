@@ -64,7 +64,7 @@ def remove_dead_temps(path: str | os.PathLike) -> list[Path]:
     unrecognised name's are kept. Returns the paths removed."""
     path = Path(path)
     head = f".{path.name}."
-    removed = []
+    removed: list[Path] = []
     try:
         names = [n for n in os.listdir(path.parent) if n.startswith(head) and n.endswith(".tmp")]
     except OSError:

@@ -107,7 +107,7 @@ class CurateSummary:
     def counts(self) -> dict:
         """The figures a run record keeps (the manifest's ``runs.counts``), by their names there."""
         prompt = self.prompt_stats
-        prompt = (
+        prompt_counts = (
             {}
             if prompt is None
             else {
@@ -118,7 +118,7 @@ class CurateSummary:
             }
         )
         return {
-            **prompt,
+            **prompt_counts,
             "pairs": self.pairs,
             "normal": self.normal,
             "abnormal": self.abnormal,

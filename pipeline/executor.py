@@ -41,18 +41,26 @@ import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from itertools import repeat
-from typing import Any, Generic, Protocol, TypeVar
+from typing import Any, Generic, Protocol, TypeVar, cast
 
 R = TypeVar("R")
+R_co = TypeVar("R_co", covariant=True)
 S = TypeVar("S", bound="Stage")
 
 
-class Stage(Protocol[R]):
+class Stage(Protocol[R_co]):
     def setup(self) -> None:
         """Build what every batch of this worker needs (once per worker)."""
 
-    def process_batch(self, batch: Any, *args: Any) -> R:
+    def process_batch(self, batch: Any, *args: Any) -> R_co:
         """One batch's result."""
+
+
+class MergingStage(Stage[R], Protocol[R]):
+    """A stage :meth:`ProcessExecutor.process` can cut a batch of into chunks."""
+
+    def merge(self, parts: list[R]) -> R:
+        """The chunks' results, in order, as one result."""
 
 
 # ------------------------------------------------------------------------------------------------
@@ -175,7 +183,7 @@ class ProcessExecutor(Generic[R]):
         chunks = [
             self._pool.submit(_pool_process, self.token, batch[i : i + size], *args) for i in range(0, len(batch), size)
         ]
-        return self.stage.merge([chunk.result() for chunk in chunks])
+        return cast("MergingStage[R]", self.stage).merge([chunk.result() for chunk in chunks])
 
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)

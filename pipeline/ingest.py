@@ -25,10 +25,10 @@ import logging
 import os
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import pandas as pd
 import pyarrow.parquet as pq
@@ -36,11 +36,16 @@ import pyarrow.parquet as pq
 from ..data_contracts.contract import Contract, frame
 from ..data_contracts.ingest import IMAGES, REJECTS, SENTENCES, STUDIES
 from .atomic import atomic_open, atomic_write_bytes
-from .executor import Executor, make_executor
+from .executor import make_executor
 from .images import DecodedImage, ImageReject, NormalizeConfig, decode_dicom, encode_file_bytes
 from .layout import INGEST_TABLES, STAMPS_FILE, image_path, ingest_table
 from .scan import ImageEntry, ScanConfig, StudyEntry, scan_source
 from .sources import ReportTooLarge, max_report_bytes, read_report
+
+if TYPE_CHECKING:
+    from tqdm import tqdm
+
+    from .text import SentenceSplitter
 
 log = logging.getLogger(__name__)
 TABLES: dict[str, Contract] = dict(zip(INGEST_TABLES, (STUDIES, IMAGES, SENTENCES, REJECTS)))
@@ -130,7 +135,7 @@ class IngestStage:
 
     def __init__(self, source: Path, out: Path, normalize: NormalizeConfig) -> None:
         self.source, self.out, self.normalize = Path(source), Path(out), normalize
-        self.splitter = None
+        self.splitter: SentenceSplitter | None = None
 
     def setup(self) -> None:
         from .text import SentenceSplitter
@@ -257,6 +262,7 @@ class IngestStage:
         if reason:
             reject("report", "report", reason, message, path=study.report_path)
             return finish(reason)
+        assert text is not None  # a report without a reject reason has its text
         report_bytes = text.encode("utf-8")
         report_sha = hashlib.sha256(report_bytes).hexdigest()
         report_key = study.report_stamp or report_sha
@@ -264,6 +270,7 @@ class IngestStage:
         # an unchanged *content* is still found by its hash below, before any decoding
         last_hash = previous.get(study.study_id, (None, None))[0]
         self.setup()  # here, not per batch: a re-run that skips every study never loads spaCy
+        assert self.splitter is not None  # set up just above
         sentences = self.splitter.split_report(text, study_id=study.study_id)
         if not sentences:
             reject(
@@ -278,8 +285,8 @@ class IngestStage:
         # -- frontal image: try the candidates in the scan's (seeded) order -----------------------
         if not study.frontal_order:
             views = sorted({i.view_position or i.view for i in study.images if i.exists}) or ["none"]
-            unread = [f"{i.path} ({i.header_error[0]})" for i in study.images if i.header_error is not None]
-            unread = f"; view unknown, header unreadable: {', '.join(unread)}" if unread else ""
+            unread_paths = [f"{i.path} ({i.header_error[0]})" for i in study.images if i.header_error is not None]
+            unread = f"; view unknown, header unreadable: {', '.join(unread_paths)}" if unread_paths else ""
             reject("scan", "study", "no_frontal", f"no frontal image among existing views: {', '.join(views)}{unread}")
             return finish("no_frontal")
         by_id = {i.dicom_id: i for i in study.images}
@@ -497,6 +504,7 @@ def plan_ingest(config: IngestConfig, max_batches: int | None = None) -> IngestP
     """Scan and cut the studies into batches (of ``batch_size``, larger if ``max_batches``
     would be exceeded: an orchestrator keeps the number of tasks bounded)."""
     start = time.perf_counter()
+    assert config.scan is not None  # IngestConfig.__post_init__ fills it in
     scanned = scan_source(config.scan)
     studies = scanned.studies
     previous_studies = read_table(config.out, "studies")
@@ -512,11 +520,12 @@ def plan_ingest(config: IngestConfig, max_batches: int | None = None) -> IngestP
         if r.status == "rejected" and int(r.study_id) in stamps
     }
     scan_seconds = time.perf_counter() - start
-    found, found_rejected = {}, {}
+    found: dict[int, str] = {}
+    found_rejected: dict[int, str] = {}
     for study in studies:  # two stats per study whose report stamp is known (a tree or a zip)
         last = previous.get(study.study_id) or rejected.get(study.study_id)
         stamp = unchanged(config.source, config.out, study, last, config.normalize.fmt) if last else None
-        if stamp:
+        if stamp and last:  # (a stamp only where there is a last)
             (found if last[0] is not None else found_rejected)[study.study_id] = stamp
     todo = [s for s in studies if s.study_id not in found and s.study_id not in found_rejected]
     size = config.batch_size
@@ -591,8 +600,20 @@ def finish_ingest(out: Path, plan: IngestPlan, result: BatchResult, seconds: flo
     )
 
 
+class BatchExecutor(Protocol):
+    """What :func:`run_ingest` needs of an executor: a ``with`` block, and ``map`` over the
+    batches in order (``executor.InlineExecutor`` / ``ProcessExecutor``, the flow's
+    ``flows/runners.TaskExecutor``)."""
+
+    def __enter__(self) -> BatchExecutor: ...
+
+    def __exit__(self, *exc: Any) -> None: ...
+
+    def map(self, batches: Iterable[Any], *args: Iterable[Any]) -> Iterator[BatchResult]: ...
+
+
 #: makes a run's executor once its batches are known: (stage, number of batches) -> executor
-ExecutorFactory = Callable[["IngestStage", int], Executor]
+ExecutorFactory = Callable[["IngestStage", int], BatchExecutor]
 
 
 class IngestReport(Protocol):
@@ -610,7 +631,8 @@ class ProgressBar:
     """A tqdm bar over the studies (``IngestConfig.progress``): the CLI's report."""
 
     def __init__(self, enabled: bool = True) -> None:
-        self.enabled, self.bar = enabled, None
+        self.enabled = enabled
+        self.bar: tqdm | None = None
 
     def planned(self, plan: IngestPlan) -> None:
         from tqdm import tqdm
@@ -624,6 +646,7 @@ class ProgressBar:
         )
 
     def batch_done(self, batch: list[StudyEntry], done: int, total: int) -> None:
+        assert self.bar is not None  # planned() comes first
         self.bar.update(len(batch))
 
     def close(self) -> None:

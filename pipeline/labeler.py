@@ -510,7 +510,7 @@ class _Sentence:
         trig: dict[str, list[tuple[int, int]]] = {}
         for s, e, v in self.found["T"]:
             trig.setdefault(v, []).append((s, e))
-        masks = set()
+        masks: set[int] = set()
         for s, e in trig.get("pseudo", []) + trig.get("unc_first", []):
             masks.update(range(s, e))
 
@@ -771,9 +771,9 @@ class _Sentence:
         normal_hits = list(self.normal_hits)
         low = self.text.lower()
         for nid, rx in _NORMAL_REGEXES:
-            mt = rx.search(low)
-            if mt:
-                normal_hits.append((_tok_at(self.doc, mt.start()), nid))
+            hit = rx.search(low)
+            if hit:
+                normal_hits.append((_tok_at(self.doc, hit.start()), nid))
         if self.trig.get("pseudo") and not mentions:
             normal_hits.append((self.trig["pseudo"][0][0], "no_change"))
         if not normal_hits:

@@ -131,7 +131,8 @@ def labeler_labels(df: pd.DataFrame) -> pd.Series:
     normal = (df[NO_FINDING] == POSITIVE).to_numpy()
     finding = df[list(FINDING_COLUMNS)].isin(finding_values).any(axis=1).to_numpy()
     label = np.select([normal, finding], [NORMAL, ABNORMAL], default="")
-    return pd.Series(np.where(label == "", None, label), index=df.index, dtype=object)
+    # numpy's stubs take no None for a value (an object scalar at runtime)
+    return pd.Series(np.where(label == "", None, label), index=df.index, dtype=object)  # type: ignore[call-overload]
 
 
 class StudyLabels(NamedTuple):

@@ -374,10 +374,12 @@ def open_manifest(db: str | os.PathLike, write: bool = False, allow_external: bo
         return con
     root = db.resolve().parent
     try:
-        locked, external, allowed = con.execute(
+        settings = con.execute(
             "SELECT current_setting('lock_configuration'), current_setting('enable_external_access'), "
             "current_setting('allowed_directories')"
         ).fetchone()
+        assert settings is not None  # a SELECT without FROM: one row
+        locked, external, allowed = settings
         if locked:  # DuckDB shares one instance per file in a process: another connection confined it
             if external or root not in {Path(d) for d in allowed}:
                 raise duckdb.PermissionException(f"{db} is open in this process with another configuration")

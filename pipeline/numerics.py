@@ -4,10 +4,10 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 __all__ = ["DECAYS", "YoudenCut", "warmup_factor", "youden_cut"]
 
@@ -31,9 +31,7 @@ class YoudenCut:
         return 0.5 * (self.tp / self.n_pos + (self.n_neg - self.fp) / self.n_neg)
 
 
-def youden_cut(
-    scores: Sequence[float], positive: Sequence[bool], *, call_none: bool = False, tie_tol: float = 0.0
-) -> YoudenCut:
+def youden_cut(scores: ArrayLike, positive: ArrayLike, *, call_none: bool = False, tie_tol: float = 0.0) -> YoudenCut:
     """The threshold maximising Youden's J = TPR - FPR (equivalently, balanced accuracy) of
     "positive iff score >= t", over the distinct scores (and, with ``call_none``, ``inf``: call
     nothing positive, J = 0, as ``sklearn.metrics.roc_curve``'s first point).

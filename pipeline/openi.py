@@ -98,14 +98,15 @@ def parse_report_xml(data: bytes | str) -> OpenIReport:
     root = ET.fromstring(data)
     sections = {a.get("Label", "").upper(): _text(a) for a in root.iter("AbstractText")}
     uid_node = root.find("IUXRId")
-    if uid_node is None or not (uid_node.get("id") or "").isdigit():
+    uid = uid_node.get("id") if uid_node is not None else None
+    if uid is None or not uid.isdigit():
         raise ValueError("Open-I report XML without a numeric IUXRId")
     mesh = root.find("MeSH")
     major = tuple(_text(m) for m in mesh.findall("major")) if mesh is not None else ()
     auto = tuple(_text(m) for m in mesh.findall("automatic")) if mesh is not None else ()
-    images = tuple(p.get("id") for p in root.findall("parentImage") if p.get("id"))
+    images = tuple(image_id for p in root.findall("parentImage") if (image_id := p.get("id")))
     return OpenIReport(
-        uid=int(uid_node.get("id")),
+        uid=int(uid),
         comparison=sections.get("COMPARISON", ""),
         indication=sections.get("INDICATION", ""),
         findings=sections.get("FINDINGS", ""),
@@ -122,7 +123,9 @@ def load_reports(reports_tgz: str | os.PathLike) -> list[OpenIReport]:
     with tarfile.open(reports_tgz, "r:gz") as tar:
         for member in tar:
             if member.isfile() and member.name.endswith(".xml"):
-                reports.append(parse_report_xml(tar.extractfile(member).read()))
+                fh = tar.extractfile(member)
+                assert fh is not None  # a regular file (member.isfile()) always has its data
+                reports.append(parse_report_xml(fh.read()))
     reports.sort(key=lambda r: r.uid)
     return reports
 

@@ -277,9 +277,10 @@ class OpenAIPrompter:
         self.api_key = api_key or os.environ.get("OFFCLIP_LLM_API_KEY", "")
         self.timeout = float(timeout)
         self.cache = cache
-        if max_concurrency is None:
-            max_concurrency = os.environ.get("OFFCLIP_LLM_CONCURRENCY") or 8
-        self.max_concurrency = int(max_concurrency)
+        concurrency: int | str | None = max_concurrency
+        if concurrency is None:
+            concurrency = os.environ.get("OFFCLIP_LLM_CONCURRENCY") or 8
+        self.max_concurrency = int(concurrency)
         if self.max_concurrency < 1 or max_retries < 0 or backoff < 0 or flush_every < 1:
             raise ValueError(
                 "openai prompting: max_concurrency and flush_every must be ≥ 1, max_retries and backoff ≥ 0"
@@ -296,16 +297,16 @@ class OpenAIPrompter:
         texts = [" ".join(str(s).split()) for s in sentences]
         unique = [t for t in dict.fromkeys(texts) if t]
         owned = not isinstance(self.cache, PromptCache)
-        cache = PromptCache(self.cache) if owned else self.cache
-        self.stats = PromptingStats(len(texts), len(unique), 0, 0, 0, 0.0, self.model, self.prompt_version)
+        cache = self.cache if isinstance(self.cache, PromptCache) else PromptCache(self.cache)
+        stats = self.stats = PromptingStats(len(texts), len(unique), 0, 0, 0, 0.0, self.model, self.prompt_version)
         try:
             known = cache.lookup(unique, self.model, self.prompt_version)
-            self.stats.cached = len(known)
+            stats.cached = len(known)
             todo = [t for t in unique if t not in known]
             if todo:
                 self._complete_all(todo, cache, known)
         finally:
-            self.stats.seconds = time.perf_counter() - start
+            stats.seconds = time.perf_counter() - start
             if owned:
                 cache.close()
         return [(known[t] or t) if t else t for t in texts]  # an empty answer keeps the sentence
@@ -318,6 +319,7 @@ class OpenAIPrompter:
         from tqdm import tqdm
 
         stats = self.stats
+        assert stats is not None  # set by rewrite, the only caller, before it calls this
         stop = threading.Event()
         queue = iter(todo)
         pending: dict[Future, str] = {}

@@ -419,7 +419,9 @@ class _Listing:
     (permissions, a loop of symlinks) are kept in ``failed`` (study dir -> error)."""
 
     def __init__(self, root: Path) -> None:
-        self.root, self.cache, self.failed = str(root), {}, {}
+        self.root = str(root)
+        self.cache: dict[str, set[str]] = {}
+        self.failed: dict[str, str] = {}  #: study dir -> error
 
     def has(self, study_dir: str, name: str) -> bool:
         names = self.cache.get(study_dir)
@@ -627,7 +629,7 @@ def _header_views(root: str, jobs: list[tuple[str, str | None]]) -> list[tuple]:
     header could not be read (ingest rejects the image with it, naming the file)."""
     import pydicom
 
-    out = []
+    out: list[tuple[str, str | None, str, tuple[str, str] | None]] = []
     for path, procedure in jobs:
         try:
             ds = pydicom.dcmread(

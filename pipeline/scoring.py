@@ -12,24 +12,36 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 
+if TYPE_CHECKING:
+    import duckdb
+
 
 class Classifier(Protocol):
-    version: str
-    threshold: float
+    @property
+    def version(self) -> str: ...
+
+    @property
+    def threshold(self) -> float: ...
 
     def predict_proba(self, texts: Sequence[str], batch_size: int = 128) -> np.ndarray: ...
+
+
+def _first(row: tuple[Any, ...] | None) -> Any:
+    """The first value of a query's row (an aggregate's: a row there always is)."""
+    assert row is not None
+    return row[0]
 
 
 class DuckDBCache:
     """A cache held in one DuckDB file (``self.con``): closed on exit of a ``with`` block."""
 
-    con = None
+    con: duckdb.DuckDBPyConnection  #: set by __init__
     #: per table, the column :meth:`prune` keeps rows by (a subclass names its tables)
     PRUNE_BY: dict[str, str] = {}
 
@@ -50,9 +62,11 @@ class DuckDBCache:
             con.register("wanted", wanted)
             tables = {r[0] for r in con.execute("SHOW TABLES").fetchall()}
             dropped = sum(
-                con.execute(
-                    f"SELECT count(*) FROM {table} WHERE {column} NOT IN (SELECT value FROM wanted)"
-                ).fetchone()[0]
+                _first(
+                    con.execute(
+                        f"SELECT count(*) FROM {table} WHERE {column} NOT IN (SELECT value FROM wanted)"
+                    ).fetchone()
+                )
                 for table, column in cls.PRUNE_BY.items()
                 if table in tables
             )
@@ -174,10 +188,10 @@ class ScoreCache(DuckDBCache):
 
     def count(self, model_version: str | None = None) -> int:
         if model_version is None:
-            return self.con.execute("SELECT count(*) FROM sentence_scores").fetchone()[0]
-        return self.con.execute(
-            "SELECT count(*) FROM sentence_scores WHERE model_version = ?", [model_version]
-        ).fetchone()[0]
+            return _first(self.con.execute("SELECT count(*) FROM sentence_scores").fetchone())
+        return _first(
+            self.con.execute("SELECT count(*) FROM sentence_scores WHERE model_version = ?", [model_version]).fetchone()
+        )
 
 
 @dataclass

@@ -27,6 +27,7 @@ import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
@@ -54,7 +55,10 @@ class ShardConfig:
     add_new: bool = True
 
 
-class ShardRecord(SHARD_RECORD.record_class("ShardRecord")):
+_ShardRecordBase: Any = SHARD_RECORD.record_class("ShardRecord")  # made at run time: its fields are the contract's
+
+
+class ShardRecord(_ShardRecordBase):
     """A shard's completion record (``_complete/<name>.json``): the fields of the contract
     :data:`~offclip.data_contracts.shards.SHARD_RECORD`, in its order (split, name, samples, bytes,
     sha256, keys, model_version, label_source)."""

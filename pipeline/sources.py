@@ -119,7 +119,7 @@ class TreeWalk:
         if real not in self.trees:
             self.trees.append(real)
 
-    def scandir(self, path: str | os.PathLike) -> list[os.DirEntry]:
+    def scandir(self, path: str | os.PathLike[str]) -> list[os.DirEntry[str]]:
         """The entries of ``path``; none when it is absent; none, and recorded in
         :attr:`unreadable`, when it cannot be listed (permissions, an I/O error)."""
         try:
@@ -298,7 +298,9 @@ def _index_tar(path: Path, folders: tuple[str, ...] | None) -> ReportIndex:
                     if member.size > limit:  # never read: a report_too_large reject of ingest
                         index.stamps[key[1]] = f"size{member.size}:{member.mtime}:{member.chksum}"
                         continue
-                    data = index.data[key[1]] = tf.extractfile(member).read()
+                    fh = tf.extractfile(member)
+                    assert fh is not None  # a regular file (member.isfile()) always has its data
+                    data = index.data[key[1]] = fh.read()
                     index.stamps[key[1]] = f"crc{zlib.crc32(data):08x}:{len(data)}"
     except (tarfile.TarError, OSError, EOFError) as exc:
         raise SourceError(f"--reports {path}: not a readable tar archive ({exc})") from exc
@@ -360,7 +362,7 @@ def detect_image_kind(root: Path, walk: TreeWalk | None = None) -> str | None:
     Symlinks are followed as :class:`TreeWalk` allows (never around a loop)."""
     files = Path(root) / "files"
     walk = (walk if walk is not None else TreeWalk(files)).new_pass()
-    stack = [files]
+    stack: list[str | Path] = [files]  # the root, then entries' paths
     while stack:  # depth-first, stops at the first image: a handful of listings on a full tree
         entries = sorted(walk.scandir(stack.pop()), key=lambda e: e.name)
         for entry in entries:

@@ -57,7 +57,7 @@ def _import_spacy_without_torch() -> None:
     """
     if "spacy" in sys.modules or "torch" in sys.modules:
         return
-    sys.modules["torch"] = None  # type: ignore[assignment]  (import torch -> ImportError)
+    sys.modules["torch"] = None  # type: ignore[assignment]  # typeshed: modules only; None: import torch -> ImportError
     try:
         import spacy  # noqa: F401
     finally:
@@ -870,7 +870,7 @@ class SentenceSplitter:
             if carry >= 0:
                 a_char, carry = carry, -1
             spans.append([a_char, b_char])
-        out = []
+        out: list[Sentence] = []
         for a_char, b_char in spans:
             sent = " ".join(text[a_char:b_char].split())
             if len(sent) < 2:

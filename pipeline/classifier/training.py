@@ -99,7 +99,7 @@ def _fit_lr(
     sd[sd < 1e-6] = 1.0
     Z = (X - mu) / sd
     grid = [C] if C is not None else ([0.01, 0.03, 0.1, 0.3, 1.0] if dev is not None else [0.1])
-    best = None
+    best: tuple[float, float, Any] | None = None  #: (dev log loss, C, the fitted model)
     info: dict[str, Any] = {"C_grid": grid}
     for c in grid:
         lr = LogisticRegression(C=c, max_iter=5000, class_weight=class_weight, random_state=seed)
@@ -111,6 +111,7 @@ def _fit_lr(
             info.setdefault("dev_log_loss", {})[str(c)] = score
         if best is None or (score is not None and score < best[0]):
             best = (score if score is not None else 0.0, c, lr)
+    assert best is not None  # the grid is never empty
     _, c, lr = best
     w = lr.coef_[0] / sd
     b = float(lr.intercept_[0] - np.dot(lr.coef_[0], mu / sd))
@@ -160,7 +161,7 @@ def _train_mlp_head(
         h = torch.tanh(dense(x))
         return clf(drop(h) if train else h)
 
-    best = (math.inf, None, -1)
+    best: tuple[float, list[Any] | None, int] = (math.inf, None, -1)
     history = []
     for ep in range(epochs):
         perm = torch.randperm(len(Xt), generator=gen)
@@ -218,7 +219,7 @@ def _finetune(
     loss_fn = nn.CrossEntropyLoss(weight=_class_weights(y, class_weight))
     lengths = np.fromiter((len(x) for x in ids), dtype=np.int64, count=len(ids))
     history: list[dict] = []
-    best = (math.inf, None, 0)
+    best: tuple[float, dict[str, Any] | None, int] = (math.inf, None, 0)
     t0 = time.perf_counter()
     with _torch_threads(num_threads):
         for ep in range(epochs):
@@ -334,7 +335,7 @@ def train_classifier(
                     seed=seed,
                     C=C,
                     class_weight=class_weight,
-                    dev=(dev_feats["pooler"], dev[1]) if dev else None,
+                    dev=(dev_feats["pooler"], dev[1]) if dev_feats is not None and dev else None,
                 )
                 _fold_linear(model, w, b)
             else:
@@ -347,7 +348,7 @@ def train_classifier(
                     lr=lr or 1e-3,
                     batch_size=batch_size or 128,
                     class_weight=class_weight,
-                    dev=(dev_feats["cls"], dev[1]) if dev else None,
+                    dev=(dev_feats["cls"], dev[1]) if dev_feats is not None and dev else None,
                     progress=progress,
                 )
             meta["fit"] = info

@@ -6,8 +6,10 @@ from __future__ import annotations
 import io
 import mmap
 import os
+from typing import BinaryIO, cast
 
 import pydicom
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.pixels import get_decoder
@@ -99,7 +101,8 @@ def _decode(buf, config: NormalizeConfig, expect_size: tuple[int, int] | None = 
 
 def _parse(buf) -> Dataset:
     """Parse the header; large values (the pixel data) stay unread and are mapped later."""
-    fp = buf if isinstance(buf, mmap.mmap) else io.BytesIO(buf)
+    # an mmap is a binary file (read, seek, tell) that typeshed does not call a BinaryIO
+    fp = cast(BinaryIO, buf) if isinstance(buf, mmap.mmap) else io.BytesIO(buf)
     try:
         return pydicom.dcmread(fp, defer_size=_DEFER_BYTES)
     except InvalidDicomError:
@@ -149,6 +152,10 @@ def _element_cut_short(buf, syntax: UID) -> str | None:
     fp.seek(start)
     try:
         for raw in data_element_generator(fp, syntax.is_implicit_VR, syntax.is_little_endian, defer_size=1):
+            if not isinstance(raw, RawDataElement):
+                # an undefined-length sequence comes as a DataElement, which has no length: the
+                # walk stops there, as it always has (an AttributeError, caught below, before)
+                return None
             if raw.length != 0xFFFFFFFF and raw.value_tell + raw.length > len(buf):
                 return f"element {raw.tag} declares {raw.length} bytes, {len(buf) - raw.value_tell} are there"
     except EOFError as exc:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 import io
 import struct
+from typing import Any, cast
 
 import numpy as np
 from PIL import Image, features
@@ -41,7 +42,9 @@ def _reduced_j2k(
         return None
     try:
         codestream = _j2k_codestream(frame)
-        header = _j2k_header(codestream) if codestream is not None else None
+        if codestream is None:
+            return None
+        header = _j2k_header(codestream)
         if header is None:
             return None
         rows, columns, precision, levels = header
@@ -113,7 +116,8 @@ def _j2k_decode_level(codestream: bytes, level: int, rows: int, columns: int, pr
         step = 1 << level
         size = (-(-columns // step), -(-rows // step))
         (tile,) = image.tile
-        codec, _reduce, layers, fd, length = tile.args
+        # Pillow's stubs allow any tile args; the JPEG 2000 decoder's are this 5-tuple
+        codec, _reduce, layers, fd, length = cast(tuple[Any, ...], tile.args)
         image._size = size
         image.tile = [tile._replace(extents=(0, 0, *size), args=(codec, level, layers, fd, length))]
         image.load()

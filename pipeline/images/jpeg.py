@@ -77,9 +77,10 @@ def _decode_jpeg(buf, config: NormalizeConfig, expect_size: tuple[int, int] | No
             image.load()
         except OSError as exc:  # e.g. "image file is truncated", "broken data stream ..."
             raise _jpeg_failure(buf, exc, "image data") from exc
+        gray: Image.Image = image
         if image.mode != "L":  # a file draft could not set up (not a single-tile JPEG)
-            image = image.convert("L")
-        pixels = np.asarray(image)
+            gray = image.convert("L")
+        pixels = np.asarray(gray)
     expected = (-(-rows // scale), -(-columns // scale))
     if pixels.shape != expected:
         raise ImageReject("decode_error", f"JPEG decoded to {pixels.shape} at 1/{scale}, expected {expected}")

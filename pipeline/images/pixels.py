@@ -4,6 +4,7 @@ pydicom's decoders; BitsStored enforcement; Modality / VOI LUT tables."""
 from __future__ import annotations
 
 import functools
+import mmap
 import struct
 
 import numpy as np
@@ -62,11 +63,12 @@ def _direct_pixels(ds: Dataset, buf, syntax: UID, info: _PixelInfo) -> np.ndarra
     return arr if dtype.isnative else arr.astype(dtype.newbyteorder("="))
 
 
-def _pixel_buffer(ds: Dataset, buf, syntax: UID) -> tuple[object, int, int]:
+def _pixel_buffer(ds: Dataset, buf, syntax: UID) -> tuple[bytes | mmap.mmap, int, int]:
     """(buffer, offset, bytes available) of the Pixel Data value."""
     elem = ds.get_item(_PIXEL_DATA, keep_deferred=True)
-    deferred = isinstance(elem, RawDataElement) and elem.value is None
-    if deferred and syntax != DeflatedExplicitVRLittleEndian:  # offsets of a deflated file are inflated ones
+    # deferred (a RawDataElement without its value), and not deflated (offsets of a deflated
+    # file are inflated ones)
+    if isinstance(elem, RawDataElement) and elem.value is None and syntax != DeflatedExplicitVRLittleEndian:
         return buf, elem.value_tell, max(0, min(elem.length, len(buf) - elem.value_tell))
     try:
         data = ds.PixelData

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import math
+from typing import Any
 
 import numpy as np
 from scipy import sparse
@@ -78,6 +79,8 @@ def _block_sum(arr: np.ndarray, k: int, bits_stored: int | None = None, enforce:
     """
     rows, columns = arr.shape[0] // k, arr.shape[1] // k
     bound = _value_bound(arr.dtype, bits_stored)
+    row_dtype: type[np.integer[Any]]
+    col_dtype: type[np.integer[Any]]
     if arr.dtype.kind == "u":
         row_dtype = np.uint16 if k * bound <= 0xFFFF else np.uint32
         col_dtype = np.uint32 if k * k * bound <= 0xFFFFFFFF else np.uint64
