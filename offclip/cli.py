@@ -559,10 +559,11 @@ def train_cmd(params: TrainParameters) -> None:
             _fail(exc)
     _direct_flow_run()
     from .flows.train import evaluate, train
+    from .pipeline.layout import manifest_path
 
     result = train(**params.model_dump())
     if params.eval_root and not params.trigger_evaluate:  # evaluated here, in this process
-        db = Path(params.shards) / "manifest.duckdb"
+        db = manifest_path(params.shards)
         result["evaluate"] = evaluate(
             model=result["model_dir"],
             root=params.eval_root,
