@@ -34,7 +34,7 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeAlias, cast
 
 import torch
 import torch.nn.functional as F
@@ -49,6 +49,12 @@ from .clip import (
     save_model,
     write_side_files,
 )
+
+if TYPE_CHECKING:
+    from transformers import CLIPModel, VisionTextDualEncoderModel
+
+#: the model an adapter wraps (the class of each format in :data:`FORMATS`)
+WrappedModel: TypeAlias = "OffClipModel | CLIPModel | VisionTextDualEncoderModel"
 
 __all__ = ["FORMATS", "ClipAdapter", "ImageSpec", "load_adapter", "model_card", "model_format", "read_image_spec"]
 
@@ -135,7 +141,7 @@ def read_image_spec(path: str | os.PathLike, vision_config) -> ImageSpec:
     where = f"{path / name}"
     channels = int(getattr(vision_config, "num_channels", 3))
     size = _processor_size(config, where)
-    tower_size = getattr(vision_config, "image_size", None)
+    tower_size: Any = getattr(vision_config, "image_size", None)  # the HF config's value (or None)
     if size is None and tower_size is None:
         raise ValueError(f"{where} gives no image size and the vision tower's config has none")
     if size is not None and tower_size is not None and int(tower_size) != size:
@@ -155,9 +161,13 @@ class ClipAdapter(nn.Module):
     module docstring. ``model`` is the wrapped transformers model: what a checkpoint's state
     dict holds and what :meth:`save` writes."""
 
+    model: WrappedModel
+    pixel_mean: torch.Tensor  #: [1, C, 1, 1] (a buffer)
+    pixel_std: torch.Tensor  #: [1, C, 1, 1] (a buffer)
+
     def __init__(
         self,
-        model: nn.Module,
+        model: WrappedModel,
         tokenizer,
         kind: str,
         image: ImageSpec,
@@ -193,6 +203,18 @@ class ClipAdapter(nn.Module):
         return self.image.size
 
     @property
+    def _offclip(self) -> OffClipModel:
+        """``model`` where ``kind`` is "offclip": offclip's own (what :meth:`from_offclip` wraps)."""
+        assert isinstance(self.model, OffClipModel)
+        return self.model
+
+    @property
+    def _transformers(self) -> CLIPModel | VisionTextDualEncoderModel:
+        """``model`` where ``kind`` is not "offclip": a transformers class (:func:`load_adapter`)."""
+        assert not isinstance(self.model, OffClipModel)
+        return self.model
+
+    @property
     def text_model(self) -> nn.Module:
         """The text tower (frozen by ``freeze_text``; its pooled output is what the text cache keeps)."""
         return self.model.text_model
@@ -225,8 +247,8 @@ class ClipAdapter(nn.Module):
     def encode_image(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """L2-normalised image embeddings [B, D] (the class's own ``get_image_features``)."""
         if self.kind == "offclip":
-            return self.model.encode_image(pixel_values)
-        features = self.model.get_image_features(pixel_values=self.prepare_pixels(pixel_values))
+            return self._offclip.encode_image(pixel_values)
+        features = self._transformers.get_image_features(pixel_values=self.prepare_pixels(pixel_values))
         return F.normalize(features.pooler_output, dim=-1)
 
     def patch_embeddings(self, pixel_values: torch.Tensor) -> torch.Tensor | None:
@@ -234,8 +256,8 @@ class ClipAdapter(nn.Module):
         pointing game), or None when the vision tower has no square patch grid. CLIP's patch
         tokens go through its ``post_layernorm`` first, as its CLS token does."""
         if self.kind == "offclip":
-            return self.model.patch_embeddings(pixel_values)
-        hidden = self.model.vision_model(pixel_values=self.prepare_pixels(pixel_values)).last_hidden_state
+            return self._offclip.patch_embeddings(pixel_values)
+        hidden = self._transformers.vision_model(pixel_values=self.prepare_pixels(pixel_values)).last_hidden_state
         if hidden.dim() == 4:  # a convolutional map [B, C, h, w]
             grid = hidden.permute(0, 2, 3, 1)
         else:
@@ -248,7 +270,7 @@ class ClipAdapter(nn.Module):
                 if side * side != tokens:
                     return None
             if self.kind == "clip":
-                hidden = self.model.vision_model.post_layernorm(hidden)
+                hidden = cast("CLIPModel", self.model).vision_model.post_layernorm(hidden)
             grid = hidden.reshape(hidden.shape[0], side, side, hidden.shape[-1])
         if grid.shape[-1] != self.model.visual_projection.in_features:
             return None
@@ -260,15 +282,15 @@ class ClipAdapter(nn.Module):
         """The text tower's pooled output [B, H] before the projection (offclip: the mean of the
         non-padding tokens; the transformers classes: their ``pooler_output``)."""
         if self.kind == "offclip":
-            return self.model.text_features(input_ids, attention_mask)
-        return self.model.text_model(input_ids=input_ids, attention_mask=attention_mask).pooler_output
+            return self._offclip.text_features(input_ids, attention_mask)
+        return self._transformers.text_model(input_ids=input_ids, attention_mask=attention_mask).pooler_output
 
     def text_features_from_hidden(self, hidden: torch.Tensor, attention_mask: torch.Tensor, layer: int) -> torch.Tensor:
         """Pooled text features from cached hidden states entering encoder layer ``layer``
         (offclip models only: :meth:`OffClipModel.text_features_from_hidden`)."""
         if self.kind != "offclip":
             raise ValueError(f"training the top text layers on cached states needs an offclip model, not {self.kind}")
-        return self.model.text_features_from_hidden(hidden, attention_mask, layer)
+        return self._offclip.text_features_from_hidden(hidden, attention_mask, layer)
 
     def project_text(self, features: torch.Tensor) -> torch.Tensor:
         """L2-normalised text embeddings [B, D] from pooled text features."""
@@ -304,7 +326,7 @@ class ClipAdapter(nn.Module):
 
         card = model_card(self.kind, extra or {})
         if self.kind == "offclip":
-            return save_model(self.model, self.tokenizer, path, extra, card=card)
+            return save_model(self._offclip, self.tokenizer, path, extra, card=card)
         path = Path(path)
         with atomic_directory(path) as staging:
             self.model.save_pretrained(staging)
@@ -344,6 +366,7 @@ def load_adapter(path: str | os.PathLike) -> ClipAdapter:
 
     path = Path(path)
     kind = model_format(path)
+    model: WrappedModel
     if kind == "offclip":
         model, tokenizer = load_model(path)
         return ClipAdapter.from_offclip(model, tokenizer, source=str(path))

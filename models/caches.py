@@ -24,13 +24,14 @@ import tarfile
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import cast
 
 import torch
 
 logger = logging.getLogger(__name__)
 
 #: text feature sets kept per process (key: text tower, max length, sentence set)
-_SHARED: OrderedDict[str, TextFeatures] = OrderedDict()
+_SHARED: OrderedDict[str, TextFeatures | TextHidden] = OrderedDict()
 SHARED_SETS = 4
 
 
@@ -48,7 +49,10 @@ def shard_sentences(root: str | Path, records: Sequence, split: str, text_source
             for member in tar:
                 key, _, ext = member.name.partition(".")
                 if ext in ("json", "txt"):
-                    members.setdefault(key, {})[ext] = tar.extractfile(member).read()
+                    handle = tar.extractfile(member)
+                    if handle is None:  # not a regular file: a shard holds none
+                        raise ValueError(f"{path}: member {member.name} is not a regular file")
+                    members.setdefault(key, {})[ext] = handle.read()
         for sample in members.values():
             found.update(kept_sentences(sample, text_source))
     return sorted(found)
@@ -116,7 +120,7 @@ class TextFeatures:
         if key in _SHARED:
             _SHARED.move_to_end(key)
             logger.info("text cache: %d sentences shared with an earlier run", len(sentences))
-            return _SHARED[key]
+            return cast(TextFeatures, _SHARED[key])  # a TextFeatures key: no "hidden/" prefix
         made = cls.encode(model, tokenizer, sentences, max_length, device)
         _SHARED[key] = made
         while len(_SHARED) > SHARED_SETS:
@@ -221,7 +225,7 @@ class TextHidden:
         if key in _SHARED:
             _SHARED.move_to_end(key)
             logger.info("text cache: hidden states of %d sentences shared with an earlier run", len(sentences))
-            return _SHARED[key]
+            return cast(TextHidden, _SHARED[key])  # a "hidden/" key
         made = cls.encode(model, tokenizer, sentences, max_length, device, layer)
         _SHARED[key] = made
         while len(_SHARED) > SHARED_SETS:

@@ -138,17 +138,24 @@ class OffClipConfig(PretrainedConfig):
         self.text_config = dict(self.text_config)
         self.validate_towers()
 
+    def tower_dicts(self) -> tuple[dict, dict]:
+        """``(vision_config, text_config)``: never None once ``__post_init__`` has filled them in."""
+        if self.vision_config is None or self.text_config is None:
+            raise ValueError("OffClipConfig: vision_config and text_config are not set (made without __post_init__)")
+        return self.vision_config, self.text_config
+
     def validate_towers(self) -> None:
         """Raise a ValueError when the tower configs or scalar settings are inconsistent."""
-        vision_type = self.vision_config.get("model_type")
+        vision_config, text_config = self.tower_dicts()
+        vision_type = vision_config.get("model_type")
         if vision_type not in VISION_TOWERS:
             raise ValueError(f"vision_config['model_type'] must be one of {VISION_TOWERS}, got {vision_type!r}")
-        if "model_type" not in self.text_config:
+        if "model_type" not in text_config:
             raise ValueError("text_config needs a 'model_type' (e.g. 'bert')")
-        vit_size = self.vision_config.get("image_size", self.image_size)
+        vit_size = vision_config.get("image_size", self.image_size)
         if vision_type == "vit" and vit_size != self.image_size:
             raise ValueError(f"vision_config image_size ({vit_size}) differs from image_size ({self.image_size})")
-        patch = self.vision_config.get("patch_size", 16)
+        patch = vision_config.get("patch_size", 16)
         if vision_type == "vit" and self.image_size % patch:
             raise ValueError(f"image_size ({self.image_size}) must be a multiple of patch_size ({patch})")
         for key in ("projection_dim", "image_size", "max_text_length"):
@@ -159,7 +166,7 @@ class OffClipConfig(PretrainedConfig):
 
     def vision_tower_config(self) -> PretrainedConfig:
         """The HF config object of the vision tower (ViT gets ``image_size`` filled in)."""
-        kwargs = dict(self.vision_config)
+        kwargs = dict(self.tower_dicts()[0])
         model_type = kwargs.pop("model_type")
         if model_type == "vit":
             kwargs.setdefault("image_size", self.image_size)
@@ -167,7 +174,7 @@ class OffClipConfig(PretrainedConfig):
 
     def text_tower_config(self) -> PretrainedConfig:
         """The HF config object of the text tower."""
-        kwargs = dict(self.text_config)
+        kwargs = dict(self.tower_dicts()[1])
         return AutoConfig.for_model(kwargs.pop("model_type"), **kwargs)
 
 
@@ -207,7 +214,7 @@ class OffClipModel(PreTrainedModel):
     def __init__(self, config: OffClipConfig):
         super().__init__(config)
         vision_config = config.vision_tower_config()
-        self.vision_type = config.vision_config["model_type"]
+        self.vision_type = config.tower_dicts()[0]["model_type"]
         if self.vision_type == "vit":
             self.vision_model = AutoModel.from_config(vision_config, add_pooling_layer=False)
             vision_width = vision_config.hidden_size

@@ -34,12 +34,16 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
 from ..data_contracts.enums import DEFAULT_MODEL_CONFIG
 from ..pipeline.atomic import atomic_write_text
+
+if TYPE_CHECKING:
+    from .evaluate.result import EvalResult
 
 #: arm name → (loss, text source, what it is)
 ARMS = {
@@ -170,11 +174,12 @@ def run_compare(config: CompareConfig, progress: Callable[[str], None] = print) 
     protocols = protocol_names(config.protocol)
     ptag = "" if protocols == (DEFAULT_PROTOCOL,) else f"-{config.protocol}"  #: names a protocol's outputs
     origin = f":refine-{Path(config.init).name}" if config.init else ""  #: tells refinements apart in the manifest
+    manifest: Path | None
     manifest = config.manifest or (Path(config.shards) / "manifest.duckdb")
     manifest = manifest if Path(manifest).is_file() else None
     arms = list(dict.fromkeys([config.baseline, *config.arms]))  # the baseline is always run
-    rows = {p: [] for p in protocols}
-    evaluations = {p: {} for p in protocols}
+    rows: dict[str, list[dict]] = {p: [] for p in protocols}
+    evaluations: dict[str, dict[tuple[str, int], EvalResult]] = {p: {} for p in protocols}
     total, done = len(arms) * len(config.seeds), 0
     for seed in config.seeds:
         for arm in arms:
@@ -229,7 +234,9 @@ def run_compare(config: CompareConfig, progress: Callable[[str], None] = print) 
                     + ", ".join(f"{m} {_fmt(summary.get(m))}" for m in METRICS[:3])
                 )
 
-    sections, saved, first = [], {}, None
+    sections: list[str] = []
+    saved: dict[str, dict] = {}
+    first: tuple[pd.DataFrame, pd.DataFrame, list[dict], int, int] | None = None  #: the first protocol's
     for protocol in protocols:
         other = "" if protocol == DEFAULT_PROTOCOL else f"-{protocol}"
         labels = evaluations[protocol][config.baseline, config.seeds[0]].labels
@@ -289,10 +296,11 @@ def run_compare(config: CompareConfig, progress: Callable[[str], None] = print) 
     atomic_write_text(files["markdown"], markdown + "\n")
     if manifest is not None:
         files["manifest"] = manifest
+    assert first is not None  # protocol_names never gives an empty tuple
     runs, summary, differences, n_images, n_normal = first
-    result = CompareResult(runs, summary, differences, markdown, files, n_images, n_normal)
-    result.by_protocol = {p: saved[p] for p in protocols}
-    return result
+    compared = CompareResult(runs, summary, differences, markdown, files, n_images, n_normal)
+    compared.by_protocol = {p: saved[p] for p in protocols}
+    return compared
 
 
 def abnormal_classes(labels: pd.DataFrame) -> list[str]:

@@ -516,7 +516,7 @@ class _EpochDataset(torch.utils.data.IterableDataset):
         self.tokenize, self.augment_config = tokenize, augment_config
         self.image_cache = image_cache  # models.caches.ImageCache: main process only (num_workers=0)
 
-    def __iter__(self) -> Iterator[Batch]:
+    def __iter__(self) -> Iterator[Batch | str]:  # a str: SKIPPED
         info = torch.utils.data.get_worker_info()
         worker = info.id if info is not None else 0
         plan, epoch = self.plan, self.plan.epoch

@@ -27,6 +27,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -58,7 +59,8 @@ class GeometryProbe:
         from ..pipeline.shards import complete_shards
         from .data import _image_bytes, _read_shard, decode_image, eval_transform, kept_sentences
 
-        samples, splits = [], {}
+        samples: list[dict] = []
+        splits: dict[str, int] = {}
         for split in PROBE_SPLITS:
             found = [
                 s
@@ -121,7 +123,7 @@ class GeometryProbe:
         text /= np.linalg.norm(text, axis=1, keepdims=True)
         prompt = sentence[-1]
         normal = self.is_normal
-        out = {"logit_scale": float(adapter.logit_scale.detach().exp())}
+        out: dict[str, Any] = {"logit_scale": float(adapter.logit_scale.detach().exp())}
         for name, emb in (("image", image), ("text", text)):
             for centre, tag in ((False, ""), (True, "_centred")):
                 values = compactness(emb, normal, centre=centre)

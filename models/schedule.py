@@ -3,12 +3,21 @@ AdamW parameter groups per tower and decay, warm-up then cosine decay or ReduceL
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import TypedDict
+
 import torch
 
 from offclip.pipeline.numerics import warmup_factor
 
+
+class _PlateauSettings(TypedDict):
+    factor: float
+    patience: int
+
+
 #: ReduceLROnPlateau settings of schedule="plateau"
-PLATEAU = {"factor": 0.5, "patience": 1}
+PLATEAU: _PlateauSettings = {"factor": 0.5, "patience": 1}
 
 
 def param_groups(model: torch.nn.Module, hyper: dict) -> list[dict]:
@@ -49,6 +58,7 @@ class Schedule:
         self.kind, self.warmup, self.total = kind, max(0, int(warmup_steps)), max(1, int(total_steps))
         self.text_warmup = self.warmup if text_warmup_steps is None else max(0, int(text_warmup_steps))
         self.steps = 0
+        lambdas: Callable[[int], float] | list[Callable[[int], float]]
         if self.text_warmup == self.warmup:
             lambdas = self._factor
         else:

@@ -26,7 +26,7 @@ from scipy.stats import rankdata
 __all__ = ["auc", "auc_rows", "Difference", "paired_bootstrap", "macro_auc", "compactness"]
 
 
-def auc(labels: Sequence[float], scores: Sequence[float]) -> float:
+def auc(labels: Sequence[float] | np.ndarray, scores: Sequence[float] | np.ndarray) -> float:
     """ROC AUC of ``scores`` for binary ``labels`` (NaN labels ignored; NaN when one class is
     absent). Ties count one half (the Mann–Whitney statistic)."""
     y = np.asarray(labels, dtype=float)

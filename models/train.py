@@ -70,7 +70,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -93,7 +93,7 @@ from .checkpoint import (  # noqa: F401  # noqa: F401
     _shard_set,
     _write_plot,
 )
-from .clip import build_model, load_model_config
+from .clip import OffClipModel, build_model, load_model_config
 from .data import derive_seed, make_loader, plan_epoch, split_records
 from .distributed import (
     _all_gather_objects,  # noqa: F401
@@ -122,6 +122,10 @@ from .train_config import (
     _device,
     resolve_hyper,
 )
+
+if TYPE_CHECKING:
+    from .adapters import WrappedModel
+    from .caches import TextFeatures, TextHidden
 
 __all__ = ["TrainConfig", "TrainResult", "main", "train"]
 
@@ -165,7 +169,7 @@ class _Run:
     dist_info: _Dist
     device: torch.device
     adapter: ClipAdapter
-    model: torch.nn.Module  #: what the checkpoint holds (adapter.model)
+    model: WrappedModel  #: what the checkpoint holds (adapter.model)
     loss_fn: Callable
     amp_dtype: torch.dtype | None
     text_cache: Any
@@ -276,7 +280,7 @@ def _setup(
 
 def _prepare_model(
     config: TrainConfig, model_config: dict, hyper: dict, device: torch.device
-) -> tuple[ClipAdapter, torch.nn.Module]:
+) -> tuple[ClipAdapter, WrappedModel]:
     """The adapter on ``device`` and its model (what the checkpoint holds); a frozen text tower
     is set to eval mode (no dropout; kept so at every step)."""
     adapter = _initial_model(config, model_config)
@@ -294,7 +298,7 @@ def text_layer_split(adapter: ClipAdapter, trainable: int) -> int:
     """The first trainable encoder layer of the text tower when the top ``trainable`` train."""
     if adapter.kind != "offclip":
         raise ValueError(f"text_trainable_layers needs an offclip model (a BERT-like text tower), not {adapter.kind}")
-    n_layers = len(adapter.model.text_model.encoder.layer)
+    n_layers = len(adapter._offclip.text_model.encoder.layer)
     if trainable > n_layers:
         raise ValueError(f"text_trainable_layers {trainable} exceeds the text tower's {n_layers} layers")
     return n_layers - trainable
@@ -303,16 +307,17 @@ def text_layer_split(adapter: ClipAdapter, trainable: int) -> int:
 def _freeze_lower_text_layers(adapter: ClipAdapter, trainable: int) -> None:
     """Freeze the text tower's embeddings and every encoder layer below the top ``trainable``."""
     start = text_layer_split(adapter, trainable)
-    text_model = adapter.model.text_model
+    text_model = adapter._offclip.text_model
     text_model.requires_grad_(False)
     for layer in text_model.encoder.layer[start:]:
         layer.requires_grad_(True)
     _text_modes(adapter.model, trainable)
 
 
-def _text_modes(model: torch.nn.Module, trainable: int) -> None:
+def _text_modes(model: WrappedModel, trainable: int) -> None:
     """The frozen part of a partly trainable text tower in eval mode (no dropout, as in its cached
     states), the top ``trainable`` layers in the model's mode."""
+    assert isinstance(model, OffClipModel)  # text_layer_split lets only offclip models through
     model.text_model.eval()
     start = len(model.text_model.encoder.layer) - trainable
     for layer in model.text_model.encoder.layer[start:]:
@@ -324,7 +329,7 @@ def _caches(config: TrainConfig, hyper: dict, records: list, adapter: ClipAdapte
     sentence; the decoded training images when they fit ``image_cache_mb`` (and no workers). The
     loader follows the model: its input size (grayscale batches; the adapter repeats and
     normalises them as the checkpoint's processor says)."""
-    text_cache = None
+    text_cache: TextHidden | TextFeatures | None = None
     if hyper.get("text_trainable_layers") and config.text_cache:
         from .caches import TextHidden, shard_sentences
 
@@ -521,6 +526,7 @@ def _optimise(run: _Run, batch, epoch: int) -> tuple[torch.Tensor, torch.Tensor,
     """One optimizer step on ``batch``: (loss, gradient norm before clipping, the step's learning
     rates: text tower, vision)."""
     model, hyper, optimizer = run.model, run.hyper, run.optimizer
+    assert run.net is not None  # _setup sets it
     run.net.train()
     if hyper["freeze_text"]:
         model.text_model.eval()  # a frozen tower never drops out (as in its cached features)

@@ -9,7 +9,7 @@ import math
 import os
 import re
 import xml.etree.ElementTree as ET
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -100,6 +100,7 @@ class EvalSet:
         files that cannot be read)."""
         rows = []
         for image in self.images:
+            size: tuple[float, float]
             try:
                 size = read_image_size(image)
             except Exception:  # reported as a reject when the image is evaluated
@@ -110,7 +111,12 @@ class EvalSet:
 
 def read_eval_set(name: str, root: str | os.PathLike, **options) -> EvalSet:
     """Read dataset ``name`` (one of :data:`DATASETS`) from ``root``; ``options`` go to its reader."""
-    readers = {"vindr-cxr": read_vindr, "openi": read_openi, "chexpert": read_chexpert, "padchest": read_padchest}
+    readers: dict[str, Callable[..., EvalSet]] = {
+        "vindr-cxr": read_vindr,
+        "openi": read_openi,
+        "chexpert": read_chexpert,
+        "padchest": read_padchest,
+    }
     if name not in readers:
         raise ValueError(f"unknown evaluation dataset {name!r}; known: {', '.join(DATASETS)}")
     root = Path(root)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from typing import Any
 
 import pandas as pd
 
@@ -41,7 +42,7 @@ def roc_png(labels: pd.DataFrame, scores: pd.DataFrame, table: pd.DataFrame, tit
             name = row["class_name"]
             known = labels[name].notna().to_numpy()
             fpr, tpr, _ = roc_curve(labels[name].to_numpy()[known].astype(int), scores[name].to_numpy()[known])
-            style = (
+            style: dict[str, Any] = (
                 {"color": "black", "linewidth": 2.5, "zorder": 3}
                 if name == NORMAL
                 else {"color": colours(i % 10), "linewidth": 1.2}

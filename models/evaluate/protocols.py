@@ -15,6 +15,7 @@ on the sigmoid's scale). PadChest's 192 query labels are not in the file: that d
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -99,7 +100,7 @@ def openi_paper_labels(text: str, protocol: Protocol) -> list[str]:
     return found or [NORMAL]
 
 
-def read_openi_protocol(root: Path, protocol: Protocol) -> EvalSet:
+def read_openi_protocol(root: str | os.PathLike, protocol: Protocol) -> EvalSet:
     """Open-I under a protocol that reads ``labels_automatic``: the column of that name in
     ``openi_labels.csv`` or, without it, each report XML's automatic MeSH terms joined by ``;``."""
     root = Path(root)

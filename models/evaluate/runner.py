@@ -275,7 +275,10 @@ def training_normal_texts(extra: dict, limit: int = 20000) -> tuple[list[str], s
                 for member in tar:
                     if not member.name.endswith(".json"):
                         continue
-                    sample = json.loads(tar.extractfile(member).read())
+                    handle = tar.extractfile(member)
+                    if handle is None:  # not a regular file: a shard holds none
+                        raise ValueError(f"member {member.name} is not a regular file")
+                    sample = json.loads(handle.read())
                     if sample.get("pair_label") == "normal":
                         for sentence in sample.get("sentences") or []:
                             texts.setdefault(sentence["text"].strip(), None)
@@ -297,6 +300,8 @@ def _text_centroid(model, tokenizer, texts: list[str], device, tokenize, batch_s
         emb = model.encode_text(tokens["input_ids"].to(device), tokens["attention_mask"].to(device)).float()
         part = F.normalize(emb, dim=-1).sum(dim=0)
         total = part if total is None else total + part
+    if total is None:
+        raise ValueError("no texts to average (the caller passes at least one)")
     return F.normalize(total, dim=-1).cpu().numpy()
 
 
