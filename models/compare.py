@@ -41,6 +41,7 @@ import pandas as pd
 
 from ..data_contracts.enums import DEFAULT_MODEL_CONFIG
 from ..pipeline.atomic import atomic_write_text
+from ..pipeline.layout import manifest_path
 
 if TYPE_CHECKING:
     from .evaluate.result import EvalResult
@@ -175,7 +176,7 @@ def run_compare(config: CompareConfig, progress: Callable[[str], None] = print) 
     ptag = "" if protocols == (DEFAULT_PROTOCOL,) else f"-{config.protocol}"  #: names a protocol's outputs
     origin = f":refine-{Path(config.init).name}" if config.init else ""  #: tells refinements apart in the manifest
     manifest: Path | None
-    manifest = config.manifest or (Path(config.shards) / "manifest.duckdb")
+    manifest = config.manifest or manifest_path(config.shards)
     manifest = manifest if Path(manifest).is_file() else None
     arms = list(dict.fromkeys([config.baseline, *config.arms]))  # the baseline is always run
     rows: dict[str, list[dict]] = {p: [] for p in protocols}

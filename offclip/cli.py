@@ -506,17 +506,17 @@ def curate(params: CurateParameters) -> None:
     from .pipeline.prompting import PromptBackendError
 
     assert params.classifier is not None  # a required option of this command (optional in the flow)
-    config = CurateConfig(
-        out=Path(params.out),
-        classifier=Path(params.classifier),
-        threshold=params.threshold,
-        prompting=params.prompting,
-        prompt_options=dict(params.prompt_options or {}),
-        label_source=params.label_source,
-        label_dirs=[Path(d) for d in params.label_dir],
-        label_policy=params.label_policy,
-    )
     try:
+        config = CurateConfig(  # checks the label source (its file) and policy
+            out=Path(params.out),
+            classifier=Path(params.classifier),
+            threshold=params.threshold,
+            prompting=params.prompting,
+            prompt_options=dict(params.prompt_options or {}),
+            label_source=params.label_source,
+            label_dirs=[Path(d) for d in params.label_dir],
+            label_policy=params.label_policy,
+        )
         typer.echo(run_curate(config).to_text())
     except (FileNotFoundError, ValueError, PromptBackendError) as exc:
         _fail(exc)
@@ -531,10 +531,10 @@ def curate(params: CurateParameters) -> None:
 )
 def build_shards_cmd(params: BuildParameters) -> None:
     """Run the build-shards flow directly (no deployment): ingest → classify → filter → shards → manifest."""
-    from .pipeline.sources import check_source
+    from .pipeline.sources import resolve_source
 
-    try:  # what is missing is said before a server starts
-        check_source(Path(params.source), _path(params.reports), _path(params.metadata))
+    try:  # what is missing is said before a server starts (the scan resolves it again)
+        resolve_source(Path(params.source), _path(params.reports), _path(params.metadata))
     except (FileNotFoundError, ValueError) as exc:
         typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
         raise typer.Exit(2) from exc

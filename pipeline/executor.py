@@ -34,6 +34,7 @@ reject records); the executor never swallows it.
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 import threading
@@ -41,6 +42,7 @@ import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from itertools import repeat
+from pathlib import Path
 from typing import Any, Generic, Protocol, TypeVar, cast
 
 R = TypeVar("R")
@@ -204,9 +206,26 @@ class ProcessExecutor(Generic[R]):
 Executor = InlineExecutor | ProcessExecutor
 
 
+def available_cpus() -> int:
+    """The CPUs this process may run on (its affinity), capped by a cgroup v2 CPU quota (a
+    container's ``cpu.max``): what "one per core" means everywhere in offclip."""
+    try:
+        n = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        n = os.cpu_count() or 1
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+        if quota != "max":
+            n = min(n, max(1, math.ceil(int(quota) / int(period))))
+    except (OSError, ValueError):
+        pass
+    return max(1, n)
+
+
 def resolve_workers(workers: int) -> int:
-    """What a ``workers`` setting means: 0 (the default everywhere) one per CPU core, else itself."""
-    return int(workers) or os.cpu_count() or 1
+    """What a ``workers`` setting means: 0 (the default everywhere) one per available CPU
+    (:func:`available_cpus`), else itself."""
+    return int(workers) or available_cpus()
 
 
 def make_executor(

@@ -20,7 +20,10 @@ once. Every reader and writer of an output root takes its paths from here.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
+
+PathLike = str | os.PathLike[str]
 
 IMAGES_DIR = "images"
 INGEST_DIR = "ingest"
@@ -37,12 +40,12 @@ SCORE_CACHE_FILE = f"{CACHE_DIR}/sentence_scores.duckdb"
 PROMPT_CACHE_FILE = f"{CACHE_DIR}/llm_rewrites.duckdb"
 
 
-def ingest_table(out: str | Path, name: str) -> Path:
+def ingest_table(out: PathLike, name: str) -> Path:
     """``OUT/ingest/<name>.parquet``."""
     return Path(out) / INGEST_DIR / f"{name}.parquet"
 
 
-def curate_table(out: str | Path, name: str) -> Path:
+def curate_table(out: PathLike, name: str) -> Path:
     """``OUT/curate/<name>.parquet`` (sentences, pairs, study_labels)."""
     return Path(out) / CURATE_DIR / f"{name}.parquet"
 
@@ -53,14 +56,14 @@ def image_path(folder: str, subject_id: int, study_id: int, dicom_id: str, fmt: 
     return f"{IMAGES_DIR}/{folder}/p{subject_id}/s{study_id}/{dicom_id}.{ext}"
 
 
-def split_dir(out: str | Path, split: str) -> Path:
+def split_dir(out: PathLike, split: str) -> Path:
     """``OUT/shards/<split>``: one split's shards, records and sizes."""
     return Path(out) / SHARD_DIR / split
 
 
-def manifest_path(out: str | Path) -> Path:
+def manifest_path(out: PathLike) -> Path:
     return Path(out) / MANIFEST_FILE
 
 
-def classifier_dir(out: str | Path) -> Path:
+def classifier_dir(out: PathLike) -> Path:
     return Path(out) / CLASSIFIER_DIR

@@ -347,7 +347,7 @@ def _write_split(
     digests = {key: source.digest(row) for key, row in current.items()}
     stale = [r for r in existing if list(r.digests) != [digests.get(k) for k in r.keys]]
     version = str(rows[0]["model_version"]) if rows else ""
-    bar = tqdm(total=len(rows), unit="sample", desc=f"shards/{split}", disable=not progress)
+    bar = tqdm(total=len(rows), unit="sample", desc=f"{SHARD_DIR}/{split}", disable=not progress)
 
     def write(name: str, batch: list[tuple[dict, str]]) -> None:
         nbytes, digest = _write_shard(directory, name, [s for s, _ in batch], config.mtime)

@@ -373,9 +373,8 @@ def detect_image_kind(root: Path, walk: TreeWalk | None = None) -> str | None:
     return None
 
 
-def check_source(root: Path, reports: Path | None = None, metadata: Path | None = None) -> None:
-    """The paths a user gave, checked where they enter (a command line, before a server starts;
-    :func:`resolve_source` again): the root's ``files/``, ``--reports``, ``--metadata``. Reads no file."""
+def _check_paths(root: Path, reports: Path | None = None, metadata: Path | None = None) -> None:
+    """The paths a user gave: the root's ``files/``, ``--reports``, ``--metadata``."""
     if not (Path(root) / "files").is_dir():
         raise FileNotFoundError(f"{root} has no files/ directory: not a MIMIC-CXR layout (DICOM or JPG release)")
     if reports is not None and not Path(reports).exists():
@@ -398,7 +397,7 @@ def resolve_source(
     ``walk`` collects the symlinks skipped and the folders that could not be listed."""
     root = Path(root)
     walk = walk if walk is not None else TreeWalk(root / "files")
-    check_source(root, reports, metadata)
+    _check_paths(root, reports, metadata)
     dirs = ([Path(metadata)] if metadata is not None else []) + [root]
     kind = image_kind or detect_image_kind(root, walk)
     meta = find_csv(dirs, METADATA_CSV)

@@ -138,9 +138,9 @@ def test_pipeline_names_are_the_contract_objects():
 
 
 def test_models_names_are_the_contract_objects():
-    from offclip.models import data, evaluate, train
+    from offclip.models import data, evaluate, train_config
 
-    assert data.TEXT_SOURCES is enums.TEXT_SOURCES and train.TEXT_SOURCES is enums.TEXT_SOURCES
+    assert data.TEXT_SOURCES is enums.TEXT_SOURCES and train_config.TEXT_SOURCES is enums.TEXT_SOURCES
     assert evaluate.DATASETS is enums.EVAL_DATASETS
 
 

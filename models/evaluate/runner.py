@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from ...pipeline.atomic import atomic_write_bytes, atomic_write_text
+from ...pipeline.executor import available_cpus
 from .datasets import NORMAL, VINDR_BOX_NUMERIC, EvalImage, EvalSet, read_eval_set
 from .images import EvalImageError, Geometry, PreparedImage, load_eval_image
 from .metrics import _class_table, _mechanism, _summary, pointing_hit
@@ -217,7 +218,7 @@ def _embed_images(
     text_matrix = torch.stack([text[n] for n in names])  # [C, D]
     boxes_of = {image_id: group for image_id, group in eval_set.boxes.groupby("image_id", sort=False)}
     passed = _Embedded(rejects=list(eval_set.rejects))
-    pool = ThreadPoolExecutor(max_workers=workers or min(8, os.cpu_count() or 1))
+    pool = ThreadPoolExecutor(max_workers=workers or min(8, available_cpus()))
     try:
         for start in range(0, len(eval_set.images), batch_size):
             batch = eval_set.images[start : start + batch_size]

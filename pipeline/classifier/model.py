@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from ..atomic import atomic_write_text
 from .card import model_card
 from .plumbing import (
     BASE_MODEL_NAME,
@@ -171,10 +172,10 @@ class SentenceClassifier:
             "base_model": BASE_MODEL_NAME,
             **{k: v for k, v in self.meta.items() if k not in ("version", "threshold", "max_length")},
         }
-        tmp = path / (OFFCLIP_JSON + ".tmp")
-        tmp.write_text(json.dumps(info, indent=2, sort_keys=False, default=_json_default) + "\n")
-        os.replace(tmp, path / OFFCLIP_JSON)
-        (path / "README.md").write_text(model_card(info))
+        atomic_write_text(
+            path / OFFCLIP_JSON, json.dumps(info, indent=2, sort_keys=False, default=_json_default) + "\n"
+        )
+        atomic_write_text(path / "README.md", model_card(info))
 
     @classmethod
     def load(

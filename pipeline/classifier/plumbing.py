@@ -4,7 +4,6 @@ threads and determinism, tokenization and length-bucketed batches, label coding.
 from __future__ import annotations
 
 import contextlib
-import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -28,19 +27,11 @@ def base_model_path() -> Path:
 
 
 def default_num_threads() -> int:
-    """CPU threads for torch: the CPUs this process may run on, capped by a cgroup CPU quota
-    (containers) and at 16 (MiniLM gains little beyond)."""
-    try:
-        n = len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        n = os.cpu_count() or 1
-    try:
-        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
-        if quota != "max":
-            n = min(n, max(1, math.ceil(int(quota) / int(period))))
-    except (OSError, ValueError):
-        pass
-    return max(1, min(n, 16))
+    """CPU threads for torch: the CPUs this process may use (``executor.available_cpus``), at most
+    16 (MiniLM gains little beyond)."""
+    from ..executor import available_cpus
+
+    return max(1, min(available_cpus(), 16))
 
 
 @contextlib.contextmanager
