@@ -210,13 +210,13 @@ def machine_scaling(world: Path, units: int, workers: int) -> dict:
 
 def pool_start_seconds(world: Path, out: Path, workers: int) -> float:
     """Start a pool as run_ingest does (``executor.ProcessExecutor``: each worker sets the stage
-    up, i.e. builds the spaCy splitter, when it starts), wait for every worker, shut down: the
-    fixed cost of going parallel."""
+    up, i.e. builds the spaCy splitter, when it starts), one empty batch per worker, shut down
+    (which waits for every worker, set up): the fixed cost of going parallel."""
     from offclip.pipeline.executor import ProcessExecutor
 
     t = time.perf_counter()
     with ProcessExecutor(ingest.IngestStage(world, out, NormalizeConfig()), workers) as pool:
-        pool.warm()
+        list(pool.map([[]] * workers, [{}] * workers))
     return time.perf_counter() - t
 
 

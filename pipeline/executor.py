@@ -169,11 +169,6 @@ class ProcessExecutor(Generic[R]):
         except RuntimeError:  # closed before it started: nothing to warm up
             pass
 
-    def warm(self) -> None:
-        """Wait until the workers have started (and set their stage up)."""
-        self._started.join()
-        list(self._pool.map(_pool_ready, range(self.workers)))
-
     def map(self, batches: Iterable[Any], *args: Iterable[Any]) -> Iterator[R]:
         """Each batch's result, in order; one call per batch, every batch submitted at once."""
         return self._pool.map(_pool_process, repeat(self.token), batches, *args)
