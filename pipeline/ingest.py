@@ -125,6 +125,77 @@ def unchanged(source: Path, out: Path, study: StudyEntry, last: tuple[str | None
     return stamp
 
 
+class _StudyRecords:
+    """One study's records while ingest builds them: a row per image, the study's row, and its
+    reject records (appended to the batch's as they happen); :meth:`finish` hands the rows over."""
+
+    def __init__(self, study: StudyEntry, out: BatchResult) -> None:
+        self.study, self.out = study, out
+        self.ids = {"subject_id": study.subject_id, "study_id": study.study_id}
+        self.images = {
+            image.dicom_id: {
+                "dicom_id": image.dicom_id,
+                **self.ids,
+                "path": image.path,
+                "view": image.view,
+                "view_position": image.view_position,
+                "view_source": image.view_source,
+                "status": "not_selected",
+                "file_sha256": None,
+                "transfer_syntax": None,
+                "photometric": None,
+                "bits_stored": None,
+                "rows": None,
+                "columns": None,
+                "out_path": None,
+                "out_rows": None,
+                "out_columns": None,
+            }
+            for image in study.images
+        }
+        self.row = {
+            **self.ids,
+            "folder": study.folder,
+            "split": study.split,
+            "report_path": study.report_path,
+            "n_images": len(study.images),
+            "n_frontal": sum(i.view == "frontal" for i in study.images),
+            "frontal_dicom_id": None,
+            "frontal_view": None,
+            "n_sentences": 0,
+            "status": "rejected",
+            "reject_reason": None,
+            "content_hash": None,
+        }
+
+    def reject(
+        self, stage: str, entity: str, reason: str, message: str, dicom_id: str | None = None, path: str | None = None
+    ) -> None:
+        self.out.rejects.append(
+            {
+                "stage": stage,
+                "entity": entity,
+                **self.ids,
+                "dicom_id": dicom_id,
+                "path": path,
+                "reason": reason,
+                "message": message,
+            }
+        )
+
+    def finish(self, source: Path, reason: str | None = None) -> None:
+        """The study ingested (``reason`` None) or rejected: its rows join the batch's; a rejected
+        study's stamp too (it is not looked at again while its inputs stay the same)."""
+        self.row["reject_reason"] = reason
+        self.row["status"] = "rejected" if reason else "ingested"
+        if reason:
+            stamp = study_stamp(source, self.study)
+            if stamp:
+                self.out.stamps[self.study.study_id] = stamp
+        self.out.studies.append(self.row)
+        self.out.images.extend(self.images.values())
+
+
 class IngestStage:
     """The ingest stage (``pipeline/executor.py``'s Stage): ``setup()`` loads the sentence
     splitter (once per worker), ``process_batch(studies, previous)`` returns a batch's records,
@@ -172,133 +243,69 @@ class IngestStage:
         return result
 
     def _process_study(self, study: StudyEntry, out: BatchResult, previous: Previous) -> None:
-        ids = {"subject_id": study.subject_id, "study_id": study.study_id}
-
-        def reject(stage, entity, reason, message, dicom_id=None, path=None):
-            out.rejects.append(
-                {
-                    "stage": stage,
-                    "entity": entity,
-                    **ids,
-                    "dicom_id": dicom_id,
-                    "path": path,
-                    "reason": reason,
-                    "message": message,
-                }
-            )
-
-        image_rows = {}
+        """One study's records: its report read and split, then its frontal candidates tried in
+        the scan's order until one decodes; every failure a reject record with its reason."""
+        rec = _StudyRecords(study, out)
         for image in study.images:
-            image_rows[image.dicom_id] = {
-                "dicom_id": image.dicom_id,
-                **ids,
-                "path": image.path,
-                "view": image.view,
-                "view_position": image.view_position,
-                "view_source": image.view_source,
-                "status": "not_selected",
-                "file_sha256": None,
-                "transfer_syntax": None,
-                "photometric": None,
-                "bits_stored": None,
-                "rows": None,
-                "columns": None,
-                "out_path": None,
-                "out_rows": None,
-                "out_columns": None,
-            }
             if not image.exists:
-                image_rows[image.dicom_id]["status"] = "rejected"
+                rec.images[image.dicom_id]["status"] = "rejected"
                 if study.error is None:  # an unlisted folder is the study's read_error (below)
-                    reject(
-                        "scan",
-                        "image",
-                        "missing_file",
-                        f"metadata names {image.path}, which does not exist",
-                        image.dicom_id,
-                        image.path,
-                    )
+                    message = f"metadata names {image.path}, which does not exist"
+                    rec.reject("scan", "image", "missing_file", message, image.dicom_id, image.path)
             elif image.header_error is not None:  # the scan read its header for the view and could not
-                image_rows[image.dicom_id]["status"] = "rejected"
-                reject("scan", "image", *image.header_error, image.dicom_id, image.path)
-
-        study_row = {
-            **ids,
-            "folder": study.folder,
-            "split": study.split,
-            "report_path": study.report_path,
-            "n_images": len(study.images),
-            "n_frontal": sum(i.view == "frontal" for i in study.images),
-            "frontal_dicom_id": None,
-            "frontal_view": None,
-            "n_sentences": 0,
-            "status": "rejected",
-            "reject_reason": None,
-            "content_hash": None,
-        }
-
-        def finish(reason=None):
-            study_row["reject_reason"] = reason
-            study_row["status"] = "rejected" if reason else "ingested"
-            if reason:  # a rejected study is not looked at again while its inputs stay the same
-                stamp = study_stamp(self.source, study)
-                if stamp:
-                    out.stamps[study.study_id] = stamp
-            out.studies.append(study_row)
-            out.images.extend(image_rows.values())
+                rec.images[image.dicom_id]["status"] = "rejected"
+                rec.reject("scan", "image", *image.header_error, image.dicom_id, image.path)
 
         if study.error is not None:  # the study folder could not be listed (scan.StudyEntry.error)
-            reject(
-                "scan",
-                "study",
-                "read_error",
-                study.error,
-                path=f"files/{study.folder}/p{study.subject_id}/s{study.study_id}",
-            )
-            return finish("read_error")
+            folder = f"files/{study.folder}/p{study.subject_id}/s{study.study_id}"
+            rec.reject("scan", "study", "read_error", study.error, path=folder)
+            return rec.finish(self.source, "read_error")
 
         # -- report ---------------------------------------------------------------------------
         text, reason, message = self._read_report(study)
         if reason:
-            reject("report", "report", reason, message, path=study.report_path)
-            return finish(reason)
+            rec.reject("report", "report", reason, message, path=study.report_path)
+            return rec.finish(self.source, reason)
         assert text is not None  # a report without a reject reason has its text
-        report_bytes = text.encode("utf-8")
-        report_sha = hashlib.sha256(report_bytes).hexdigest()
-        report_key = study.report_stamp or report_sha
-        # a study unchanged by its stamp never reaches a batch (plan_ingest: `unchanged`); here
-        # an unchanged *content* is still found by its hash below, before any decoding
-        last_hash = previous.get(study.study_id, (None, None))[0]
+        report_sha = hashlib.sha256(text.encode("utf-8")).hexdigest()
         self.setup()  # here, not per batch: a re-run that skips every study never loads spaCy
         assert self.splitter is not None  # set up just above
         sentences = self.splitter.split_report(text, study_id=study.study_id)
         if not sentences:
-            reject(
-                "report",
-                "report",
-                "report_no_text",
-                "no findings, impression or narrative sentence",
-                path=study.report_path,
-            )
-            return finish("report_no_text")
+            message = "no findings, impression or narrative sentence"
+            rec.reject("report", "report", "report_no_text", message, path=study.report_path)
+            return rec.finish(self.source, "report_no_text")
 
-        # -- frontal image: try the candidates in the scan's (seeded) order -----------------------
+        # -- frontal image ---------------------------------------------------------------------
         if not study.frontal_order:
             views = sorted({i.view_position or i.view for i in study.images if i.exists}) or ["none"]
             unread_paths = [f"{i.path} ({i.header_error[0]})" for i in study.images if i.header_error is not None]
             unread = f"; view unknown, header unreadable: {', '.join(unread_paths)}" if unread_paths else ""
-            reject("scan", "study", "no_frontal", f"no frontal image among existing views: {', '.join(views)}{unread}")
-            return finish("no_frontal")
+            message = f"no frontal image among existing views: {', '.join(views)}{unread}"
+            rec.reject("scan", "study", "no_frontal", message)
+            return rec.finish(self.source, "no_frontal")
+        # a study unchanged by its stamp never reaches a batch (plan_ingest: `unchanged`); here
+        # an unchanged *content* is still found by its hash, before any decoding
+        last_hash = previous.get(study.study_id, (None, None))[0]
+        return self._frontal(rec, sentences, report_sha, study.report_stamp or report_sha, last_hash)
+
+    def _frontal(
+        self, rec: _StudyRecords, sentences: list, report_sha: str, report_key: str, last_hash: str | None
+    ) -> None:
+        """Try the study's frontal candidates in the scan's (seeded) order: the first that
+        decodes is normalised and written, with the study's sentences; a candidate whose content
+        (image and report) is the last run's, with its output still there, is skipped unread."""
+        study, out = rec.study, rec.out
         by_id = {i.dicom_id: i for i in study.images}
         failed = []  # "path (reason)" of the frontal images that could not be decoded
         for dicom_id in study.frontal_order:
             image = by_id[dicom_id]
-            row = image_rows[dicom_id]
+            row = rec.images[dicom_id]
             try:
                 data = (self.source / image.path).read_bytes()
             except OSError as exc:
                 row["status"] = "rejected"
-                reject("image", "image", "read_error", f"{type(exc).__name__}: {exc}", dicom_id, image.path)
+                rec.reject("image", "image", "read_error", f"{type(exc).__name__}: {exc}", dicom_id, image.path)
                 failed.append(f"{image.path} (read_error)")
                 continue
             digest = hashlib.sha256(data).hexdigest()
@@ -315,12 +322,12 @@ class IngestStage:
                 decoded = self._decode(study, data, image)
             except ImageReject as exc:
                 row["status"] = "rejected"
-                reject("image", "image", exc.reason, f"{image.path}: {exc.message}", dicom_id, image.path)
+                rec.reject("image", "image", exc.reason, f"{image.path}: {exc.message}", dicom_id, image.path)
                 failed.append(f"{image.path} ({exc.reason})")
                 continue
             atomic_write_bytes(self.out / out_path, encode_file_bytes(decoded.pixels, self.normalize))
             self._fill_image_row(row, decoded, out_path)
-            study_row.update(
+            rec.row.update(
                 frontal_dicom_id=dicom_id,
                 frontal_view=image.view_position,
                 n_sentences=len(sentences),
@@ -328,7 +335,7 @@ class IngestStage:
             )
             out.sentences.extend(
                 {
-                    **ids,
+                    **rec.ids,
                     "index": s.index,
                     "section": s.section,
                     "text": s.text,
@@ -340,16 +347,13 @@ class IngestStage:
             )
             if stamp:
                 out.stamps[study.study_id] = stamp
-            return finish(None)
+            return rec.finish(self.source, None)
         tried = len(study.frontal_order)
-        reject(
-            "image",
-            "study",
-            "no_frontal",
-            f"none of the {tried} frontal image(s) could be decoded"
-            + (f"; not decoded: {', '.join(failed)}" if failed else ""),
+        not_decoded = f"; not decoded: {', '.join(failed)}" if failed else ""
+        rec.reject(
+            "image", "study", "no_frontal", f"none of the {tried} frontal image(s) could be decoded{not_decoded}"
         )
-        return finish("no_frontal")
+        return rec.finish(self.source, "no_frontal")
 
     def _decode(self, study: StudyEntry, data: bytes, image: ImageEntry | None = None) -> DecodedImage:
         """The image decoded; the metadata CSV's Rows/Columns for it, when it gives both, must be
