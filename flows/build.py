@@ -26,14 +26,13 @@ from prefect.cache_policies import INPUTS, NO_CACHE, TASK_SOURCE
 
 from offclip.flows.artifacts import short, table_rows
 from offclip.flows.naming import run_namer
-from offclip.flows.parameters import BuildParameters, flow_parameters
+from offclip.flows.parameters import BuildParameters, flow_parameters, ingest_config
 from offclip.flows.runners import task_executor_factory
 from offclip.pipeline.curate import CurateConfig, CurateSummary
 from offclip.pipeline.executor import Executor
-from offclip.pipeline.images import NormalizeConfig
-from offclip.pipeline.ingest import BatchResult, IngestConfig, IngestPlan, Previous, run_ingest
+from offclip.pipeline.ingest import BatchResult, IngestPlan, Previous, run_ingest
 from offclip.pipeline.layout import classifier_dir
-from offclip.pipeline.scan import ScanConfig, StudyEntry, parse_folders, parse_splits
+from offclip.pipeline.scan import StudyEntry
 from offclip.pipeline.shards import ShardConfig, ShardSummary
 
 if TYPE_CHECKING:
@@ -106,10 +105,6 @@ def find_classifier(out: Path) -> Path | None:
     return path if (path / "offclip.json").is_file() else None
 
 
-def _path(value: str | None) -> Path | None:
-    return Path(value) if value else None
-
-
 class IngestArtifacts:
     """``run_ingest``'s report in a flow run: the plan in the run's log, the batches in a progress
     artifact (what the UI shows and ``offclip wait`` prints)."""
@@ -158,25 +153,7 @@ def run_stages(params: BuildParameters) -> dict:
     logger = get_run_logger()
     started = dt.datetime.now(dt.UTC)
     out = Path(params.out)
-    normalize = NormalizeConfig(long_side=params.image_size, fmt=params.image_format)
-    config = IngestConfig(
-        source=Path(params.source),
-        out=out,
-        normalize=normalize,
-        batch_size=params.batch_size,
-        workers=params.workers,
-        progress=False,
-        scan=ScanConfig(
-            Path(params.source),
-            folders=parse_folders(params.folders),
-            splits=parse_splits(params.splits),
-            prefer_pa=params.prefer_pa,
-            seed=params.seed,
-            reports=_path(params.reports),
-            metadata=_path(params.metadata),
-            workers=params.workers,
-        ),
-    )
+    config = ingest_config(params)
     # made (and so checked: the label files, the policy) before a long ingest; MIMIC's label files
     # are in the metadata directory when one is given, else in the source root; the classifier is
     # the one given, else OUT/classifier (trained below when there is none)

@@ -48,7 +48,7 @@ import inspect
 import os
 import sys
 from collections.abc import Callable, Iterable
-from typing import Annotated, Any, Literal, Optional, TypeVar, Union, get_args, get_origin
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Optional, TypeVar, Union, get_args, get_origin
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 from pydantic.fields import FieldInfo
@@ -65,6 +65,9 @@ from offclip.data_contracts.enums import (
     TEXT_SOURCES,
 )
 from offclip.flows.runners import RUNNERS
+
+if TYPE_CHECKING:
+    from offclip.pipeline.ingest import IngestConfig
 
 # -- choices ---------------------------------------------------------------------------------
 # Literal[tuple] is the Literal of the tuple's values: the enumerations are written once
@@ -369,6 +372,42 @@ class IngestParameters(FlowParameters):
     bits: Literal[8, 16] = Field(8, description="Bits per pixel: 8 or 16 (16 needs png).")
     batch_size: int = same_as(BuildParameters, "batch_size")
     workers: int = same_as(BuildParameters, "workers")
+
+
+def ingest_config(params: BuildParameters | IngestParameters, progress: bool = False) -> IngestConfig:
+    """Ingest's settings, a build-shards run's or ``offclip ingest``'s, as the library's
+    ``IngestConfig``: the one translation (build-shards keeps the padding and bit-depth defaults)."""
+    from pathlib import Path
+
+    from offclip.pipeline.images import NormalizeConfig
+    from offclip.pipeline.ingest import IngestConfig
+    from offclip.pipeline.scan import ScanConfig, parse_folders, parse_splits
+
+    source = Path(params.source)
+    normalize = NormalizeConfig(long_side=params.image_size, fmt=params.image_format)
+    if isinstance(params, IngestParameters):  # build-shards keeps the defaults
+        normalize = NormalizeConfig(
+            long_side=params.image_size, fmt=params.image_format, pad_square=params.pad_square, out_bits=params.bits
+        )
+    return IngestConfig(
+        source=source,
+        out=Path(params.out),
+        batch_size=params.batch_size,
+        workers=params.workers,
+        scan=ScanConfig(
+            source,
+            folders=parse_folders(params.folders),
+            splits=parse_splits(params.splits),
+            prefer_pa=params.prefer_pa,
+            seed=params.seed,
+            reports=Path(params.reports) if params.reports else None,
+            metadata=Path(params.metadata) if params.metadata else None,
+            workers=params.workers,
+            progress=progress,
+        ),
+        normalize=normalize,
+        progress=progress,
+    )
 
 
 class CurateParameters(FlowParameters):

@@ -382,35 +382,11 @@ def demo_world(
 )
 def ingest(params: IngestParameters, quiet: bool = False) -> None:
     """Scan a MIMIC-CXR tree, pick one frontal image per study, normalise it, split reports into sentences."""
-    from .pipeline.images import NormalizeConfig
-    from .pipeline.ingest import IngestConfig, run_ingest
-    from .pipeline.scan import ScanConfig, parse_folders, parse_splits
+    from .flows.parameters import ingest_config
+    from .pipeline.ingest import run_ingest
 
-    progress = not quiet and sys.stderr.isatty()
-    source = Path(params.source)
     try:
-        normalize = NormalizeConfig(
-            long_side=params.image_size, pad_square=params.pad_square, out_bits=params.bits, fmt=params.image_format
-        )
-        config = IngestConfig(
-            source=source,
-            out=Path(params.out),
-            batch_size=params.batch_size,
-            workers=params.workers,
-            scan=ScanConfig(
-                source,
-                folders=parse_folders(params.folders),
-                splits=parse_splits(params.splits),
-                prefer_pa=params.prefer_pa,
-                seed=params.seed,
-                reports=_path(params.reports),
-                metadata=_path(params.metadata),
-                workers=params.workers,
-                progress=progress,
-            ),
-            normalize=normalize,
-            progress=progress,
-        )
+        config = ingest_config(params, progress=not quiet and sys.stderr.isatty())
         summary = run_ingest(config)
     except (FileNotFoundError, ValueError) as exc:
         _fail(exc)
