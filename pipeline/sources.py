@@ -373,18 +373,6 @@ def detect_image_kind(root: Path, walk: TreeWalk | None = None) -> str | None:
     return None
 
 
-def _check_paths(root: Path, reports: Path | None = None, metadata: Path | None = None) -> None:
-    """The paths a user gave: the root's ``files/``, ``--reports``, ``--metadata``."""
-    if not (Path(root) / "files").is_dir():
-        raise FileNotFoundError(f"{root} has no files/ directory: not a MIMIC-CXR layout (DICOM or JPG release)")
-    if reports is not None and not Path(reports).exists():
-        raise SourceError(f"--reports {reports}: no such file or directory")
-    if metadata is not None and not Path(metadata).is_dir():
-        raise SourceError(
-            f"--metadata {metadata}: not a directory (give the folder holding {METADATA_CSV}.gz and its sibling CSVs)"
-        )
-
-
 def resolve_source(
     root: Path,
     reports: Path | None = None,
@@ -397,7 +385,14 @@ def resolve_source(
     ``walk`` collects the symlinks skipped and the folders that could not be listed."""
     root = Path(root)
     walk = walk if walk is not None else TreeWalk(root / "files")
-    _check_paths(root, reports, metadata)
+    if not (root / "files").is_dir():
+        raise FileNotFoundError(f"{root} has no files/ directory: not a MIMIC-CXR layout (DICOM or JPG release)")
+    if reports is not None and not Path(reports).exists():
+        raise SourceError(f"--reports {reports}: no such file or directory")
+    if metadata is not None and not Path(metadata).is_dir():
+        raise SourceError(
+            f"--metadata {metadata}: not a directory (give the folder holding {METADATA_CSV}.gz and its sibling CSVs)"
+        )
     dirs = ([Path(metadata)] if metadata is not None else []) + [root]
     kind = image_kind or detect_image_kind(root, walk)
     meta = find_csv(dirs, METADATA_CSV)
