@@ -102,6 +102,28 @@ LABELERS = ("chexpert", "negbio")
 LABEL_SOURCES = (CLASSIFIER,) + LABELERS
 #: the values of a labeler's ``No Finding`` column: positive, negative, uncertain (or blank)
 NO_FINDING_VALUES = (1.0, 0.0, -1.0)
+#: the 14 CheXpert observations, in the CheXpert paper's order (the labeler's categories and
+#: the CheXpert evaluation set's classes follow it)
+NO_FINDING = "No Finding"
+CHEXPERT_OBSERVATIONS = (
+    NO_FINDING,
+    "Enlarged Cardiomediastinum",
+    "Cardiomegaly",
+    "Lung Opacity",
+    "Lung Lesion",
+    "Edema",
+    "Consolidation",
+    "Pneumonia",
+    "Atelectasis",
+    "Pneumothorax",
+    "Pleural Effusion",
+    "Pleural Other",
+    "Fracture",
+    "Support Devices",
+)
+#: the same 14 as MIMIC-CXR's label files (mimic-cxr-2.0.0-chexpert.csv, -negbio.csv) order their
+#: columns after subject_id and study_id: alphabetically
+CHEXPERT_LABEL_COLUMNS = tuple(sorted(CHEXPERT_OBSERVATIONS))
 
 #: how kept sentences are rewritten (curate --prompting; offclip.pipeline.prompting)
 PROMPTERS = ("none", "template", "openai")

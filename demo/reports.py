@@ -35,6 +35,7 @@ import re
 import textwrap
 from typing import Iterable
 
+from ..data_contracts.enums import CHEXPERT_LABEL_COLUMNS
 from .lesions import LESION_KINDS, SEVERITIES, LesionSpec
 from ..pipeline.openi import OpenIReport
 
@@ -197,22 +198,7 @@ def mimic_report_text(report: OpenIReport, *, examination: str, wrap: int = 79) 
 # ------------------------------------------------------------------------------------------------
 
 #: The 14 label columns of ``mimic-cxr-2.0.0-chexpert.csv``, in that file's order.
-CHEXPERT_COLUMNS: tuple[str, ...] = (
-    "Atelectasis",
-    "Cardiomegaly",
-    "Consolidation",
-    "Edema",
-    "Enlarged Cardiomediastinum",
-    "Fracture",
-    "Lung Lesion",
-    "Lung Opacity",
-    "No Finding",
-    "Pleural Effusion",
-    "Pleural Other",
-    "Pneumonia",
-    "Pneumothorax",
-    "Support Devices",
-)
+CHEXPERT_COLUMNS: tuple[str, ...] = CHEXPERT_LABEL_COLUMNS
 
 POSITIVE, NEGATIVE, UNCERTAIN = 1.0, 0.0, -1.0
 

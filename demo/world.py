@@ -42,7 +42,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from ..data_contracts.enums import FRONTAL_VIEWS
+from ..data_contracts.enums import CHEXPERT_OBSERVATIONS, FRONTAL_VIEWS
 from ..pipeline import openi
 from ..pipeline.atomic import atomic_write_bytes, atomic_write_text, sha256_file
 from ..pipeline.executor import make_executor, resolve_workers
@@ -66,11 +66,7 @@ VINDR_LABELS = (
     "COPD", "Lung tumor", "Pneumonia", "Tuberculosis", "Other diseases", "No finding",
 )
 #: CheXpert's own column order (differs from MIMIC's alphabetical one)
-CHEXPERT_ORDER = (
-    "No Finding", "Enlarged Cardiomediastinum", "Cardiomegaly", "Lung Opacity", "Lung Lesion",
-    "Edema", "Consolidation", "Pneumonia", "Atelectasis", "Pneumothorax", "Pleural Effusion",
-    "Pleural Other", "Fracture", "Support Devices",
-)
+CHEXPERT_ORDER = CHEXPERT_OBSERVATIONS
 FAULT_KINDS = (
     "truncated_dicom", "dicom_without_pixels", "not_dicom", "empty_report",
     "non_utf8_report", "lateral_only", "no_report", "missing_file",

@@ -126,6 +126,8 @@ from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
 
+from ..data_contracts.enums import CHEXPERT_OBSERVATIONS
+
 __all__ = [
     "RULES_VERSION",
     "Mention",
@@ -139,22 +141,10 @@ __all__ = [
 
 RULES_VERSION = "rules-2"
 
-CATEGORIES = (
-    "Enlarged Cardiomediastinum",
-    "Cardiomegaly",
-    "Lung Opacity",
-    "Lung Lesion",
-    "Edema",
-    "Consolidation",
-    "Pneumonia",
-    "Atelectasis",
-    "Pneumothorax",
-    "Pleural Effusion",
-    "Pleural Other",
-    "Fracture",
-    "Support Devices",
-    "Other Finding",
-)
+#: the labeler's categories: CheXpert's observations but No Finding (a report with no mention is
+#: the normal one), in CheXpert's order, and "Other Finding" for an abnormality CheXpert has no
+#: column for
+CATEGORIES = CHEXPERT_OBSERVATIONS[1:] + ("Other Finding",)
 KINDS = ("positive", "chronic", "device", "postsurgical")
 
 

@@ -33,33 +33,19 @@ import pandas as pd
 
 from ..data_contracts.enums import (  # noqa: F401  (CLASSIFIER, LABELERS, LABEL_SOURCES: imported from here too)
     ABNORMAL,
+    CHEXPERT_LABEL_COLUMNS,
     CLASSIFIER,
     LABEL_SOURCES,
     LABELERS,
+    NO_FINDING,
     NO_FINDING_VALUES,
     NORMAL,
 )
 from .sources import find_csv
 
 LABEL_FILES = {"chexpert": "mimic-cxr-2.0.0-chexpert.csv", "negbio": "mimic-cxr-2.0.0-negbio.csv"}
-NO_FINDING = "No Finding"
 #: the 14 label columns, in the files' order
-LABEL_COLUMNS = (
-    "Atelectasis",
-    "Cardiomegaly",
-    "Consolidation",
-    "Edema",
-    "Enlarged Cardiomediastinum",
-    "Fracture",
-    "Lung Lesion",
-    "Lung Opacity",
-    NO_FINDING,
-    "Pleural Effusion",
-    "Pleural Other",
-    "Pneumonia",
-    "Pneumothorax",
-    "Support Devices",
-)
+LABEL_COLUMNS = CHEXPERT_LABEL_COLUMNS
 #: the columns whose 1.0 or -1.0 makes a study abnormal (all but No Finding)
 FINDING_COLUMNS = tuple(c for c in LABEL_COLUMNS if c != NO_FINDING)
 POSITIVE, NEGATIVE, UNCERTAIN = NO_FINDING_VALUES

@@ -129,6 +129,7 @@ def test_pipeline_names_are_the_contract_objects():
     assert labels.LABEL_SOURCES is enums.LABEL_SOURCES and labels.LABELERS is enums.LABELERS
     assert labels.CLASSIFIER is enums.CLASSIFIER
     assert (labels.POSITIVE, labels.NEGATIVE, labels.UNCERTAIN) == enums.NO_FINDING_VALUES
+    assert labels.LABEL_COLUMNS is enums.CHEXPERT_LABEL_COLUMNS and labels.NO_FINDING is enums.NO_FINDING
     assert classifier.LABELS is enums.LABELS  # the classifier's class index order
     assert prompting.PROMPTERS is enums.PROMPTERS
     assert scan.FRONTAL_VIEWS is enums.FRONTAL_VIEWS and scan.LATERAL_VIEWS is enums.LATERAL_VIEWS
@@ -142,6 +143,26 @@ def test_models_names_are_the_contract_objects():
 
     assert data.TEXT_SOURCES is enums.TEXT_SOURCES and train_config.TEXT_SOURCES is enums.TEXT_SOURCES
     assert evaluate.DATASETS is enums.EVAL_DATASETS
+    assert evaluate.CHEXPERT_CLASSES is enums.CHEXPERT_OBSERVATIONS
+
+
+def test_chexpert_observations_in_both_orders(shared_data):
+    """One list of the 14 CheXpert observations: CheXpert's own order is the real CheXpert
+    file's header; MIMIC's label files order the same 14 alphabetically; the rule labeler's
+    categories are the same but No Finding, plus "Other Finding"."""
+    import gzip
+
+    from offclip.demo import reports, world
+    from offclip.pipeline import labeler
+
+    with gzip.open(shared_data / "labels" / "chexpert_train.csv.gz", "rt") as fh:
+        header = fh.readline().strip().split(",")
+    assert tuple(header[header.index("AP/PA") + 1:]) == enums.CHEXPERT_OBSERVATIONS
+    assert enums.CHEXPERT_LABEL_COLUMNS[:3] == ("Atelectasis", "Cardiomegaly", "Consolidation")
+    assert enums.CHEXPERT_LABEL_COLUMNS[8] == enums.NO_FINDING == enums.CHEXPERT_OBSERVATIONS[0]
+    assert set(enums.CHEXPERT_LABEL_COLUMNS) == set(enums.CHEXPERT_OBSERVATIONS)
+    assert reports.CHEXPERT_COLUMNS is enums.CHEXPERT_LABEL_COLUMNS and world.CHEXPERT_ORDER is enums.CHEXPERT_OBSERVATIONS
+    assert labeler.CATEGORIES == enums.CHEXPERT_OBSERVATIONS[1:] + ("Other Finding",)
 
 
 def test_compare_arms_are_losses_by_contract_text_sources():

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ...data_contracts.enums import EVAL_DATASETS
+from ...data_contracts.enums import CHEXPERT_OBSERVATIONS, EVAL_DATASETS
 from .images import read_image_size
 
 NORMAL = "No Finding"
@@ -26,22 +26,7 @@ BOX_COLUMNS = ("image_id", "class_name", "x_min", "y_min", "x_max", "y_max")
 NORMAL_ALIASES = ("No finding", "No Finding", "normal", "Normal")
 
 VINDR_BOX_NUMERIC = ("x_min", "y_min", "x_max", "y_max")
-CHEXPERT_CLASSES = (
-    "No Finding",
-    "Enlarged Cardiomediastinum",
-    "Cardiomegaly",
-    "Lung Opacity",
-    "Lung Lesion",
-    "Edema",
-    "Consolidation",
-    "Pneumonia",
-    "Atelectasis",
-    "Pneumothorax",
-    "Pleural Effusion",
-    "Pleural Other",
-    "Fracture",
-    "Support Devices",
-)
+CHEXPERT_CLASSES = CHEXPERT_OBSERVATIONS
 CHEXPERT_CSVS = ("test_labels.csv", "test.csv", "valid.csv", "valid_labels.csv")
 UNCERTAIN_POLICIES = ("exclude", "positive", "negative")
 PADCHEST_GLOB = "PADCHEST_chest_x_ray_images_labels_160K*.csv*"
