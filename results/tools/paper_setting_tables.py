@@ -3,9 +3,11 @@ results/tools/paper_setting.sh (never typed).
 
     python results/tools/paper_setting_tables.py /work/bench [--doc docs/ablation.md] [--results results/paper-setting]
 
-Reads BENCH/refine-text4/compare-both.json (the refinement ablation, both protocols),
-BENCH/base-text4 (the plain CLIP every arm refines: its evaluations and training record) and the
-geometry traces; copies the compare tables and the geometry table/plot under ``--results``, and
+Reads BENCH/refine-text4/compare-both.json (the refinement ablation, both protocols), the runs'
+saved scores (for the loss's effect on top of the filter: OFF-CLIP against filter only, paired),
+BENCH/base-text4 (the plain CLIP every arm refines: its evaluations and training record), the
+same ablation at 192 px (BENCH/refine-text4-192, BENCH/base-text4-192: the pointing game) when
+it is there, and the geometry traces; copies the compare tables and the geometry table/plot under ``--results``, and
 rewrites the block between ``<!-- paper-setting:start -->`` and ``<!-- paper-setting:end -->`` in
 ``--doc``, and README.md's headline table between ``<!-- headline:start -->`` and
 ``<!-- headline:end -->``.
@@ -20,6 +22,7 @@ import statistics
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 START, END = "<!-- paper-setting:start -->", "<!-- paper-setting:end -->"
 ARM_WORDS = {"infonce/report": "control: InfoNCE on whole reports, refined", "infonce/filtered": "filter only",
@@ -99,9 +102,120 @@ def headline(data: dict) -> str:
     return "\n".join(lines)
 
 
-def base_summary(bench: Path, protocol: str) -> dict | None:
-    path = bench / "base-text4" / f"eval-{protocol}" / "vindr-cxr.json"
+def base_summary(bench: Path, protocol: str, tag: str = "") -> dict | None:
+    path = bench / f"base-text4{tag}" / f"eval-{protocol}" / "vindr-cxr.json"
     return json.loads(path.read_text())["summary"] if path.is_file() else None
+
+
+def saved_evaluations(refine: Path, arms: tuple[str, ...], seeds: list[int], protocol: str) -> dict:
+    """``{(arm, seed): evaluation}`` from the runs' saved score tables (what compare's paired
+    bootstrap reads: scores, labels, prompt-free scores), without re-evaluating."""
+    import pandas as pd
+
+    from offclip.models.compare import ARMS
+
+    folder = "eval" if protocol == "offclip" else f"eval-{protocol}"
+    found = {}
+    for arm in arms:
+        loss, text, _ = ARMS[arm]
+        for seed in seeds:
+            table = pd.read_parquet(refine / f"{loss}-{text}-seed{seed}" / folder / "vindr-cxr_scores.parquet")
+            table = table.set_index("image_id")
+            labels = table[[c for c in table.columns if c.startswith("label:")]]
+            labels.columns = [c[len("label:") :] for c in labels.columns]
+            found[arm, seed] = SimpleNamespace(scores=table[list(labels.columns)], labels=labels,
+                                               centroid_scores=table["normal_centroid"])
+    return found
+
+
+def loss_on_filter(refine: Path, data: dict) -> dict[str, dict[str, dict]]:
+    """The loss's effect on top of the filter: OFF-CLIP against filter only, the paired difference
+    pooled over seeds with compare's bootstrap (reports resampled), per protocol and metric."""
+    from offclip.models.compare import paired_differences
+
+    out = {}
+    for protocol, saved in data["protocols"].items():
+        seeds = sorted({r["seed"] for r in saved["runs"]})
+        evaluations = saved_evaluations(refine, ("infonce/filtered", "offclip/filtered"), seeds, protocol)
+        diffs = paired_differences(evaluations, "infonce/filtered", seeds, Path(saved["evaluation_set"]["root"]),
+                                   progress=lambda line: None)
+        out[protocol] = {d["metric"]: d for d in diffs}
+    return out
+
+
+def _positive_seeds(d: dict) -> str:
+    above = sum(v > 0 for v in d["per_seed"])
+    return f"{above} of {len(d['per_seed'])} seeds above 0"
+
+
+def findings(data: dict, on_filter: dict, base: dict) -> str:
+    """The figures behind docs/ablation.md's reading of this experiment, from the data (so the prose
+    above and below the block quotes no number of its own)."""
+    by = {p: {(d["arm"], d["metric"]): d for d in saved["differences"]} for p, saved in data["protocols"].items()}
+    own, paper = by["offclip"], by["paper"]
+
+    def both(arm: str, metric: str) -> str:
+        return f"{_d(own[arm, metric])} ({_positive_seeds(own[arm, metric])}); paper's protocol {_d(paper[arm, metric])}"
+
+    start = (f"normal AUC {base['offclip']['normal_auc']:.3f}, macro {base['offclip']['macro_auc']:.3f} "
+             f"(paper's protocol {base['paper']['normal_auc']:.3f} / {base['paper']['macro_auc']:.3f})")
+    lines = ["**In figures** (pooled over seeds, 95 % intervals from resampling the held-out reports; bold: the "
+             "interval excludes 0):", "",
+             f"- the starting plain CLIP (top-4 text, from scratch, before any refinement): {start};",
+             f"- the filter (filter only − control), Δ normal AUC: {both('infonce/filtered', 'normal_auc')};",
+             f"- the loss on top of the filter (OFF-CLIP − filter only, paired the same way), Δ normal AUC: "
+             f"{_d(on_filter['offclip']['normal_auc'])} ({_positive_seeds(on_filter['offclip']['normal_auc'])}); "
+             f"paper's protocol {_d(on_filter['paper']['normal_auc'])}; Δ macro AUC "
+             f"{_d(on_filter['offclip']['macro_auc'])}; paper's protocol {_d(on_filter['paper']['macro_auc'])};",
+             f"- the loss alone (loss only − control), Δ normal AUC: {both('offclip/report', 'normal_auc')};",
+             f"- prompt-free normal AUC, Δ against the control: filter only {_d(own['infonce/filtered', 'normal_auc_centroid'])}, "
+             f"loss only {_d(own['offclip/report', 'normal_auc_centroid'])}, OFF-CLIP "
+             f"{_d(own['offclip/filtered', 'normal_auc_centroid'])};",
+             "- Δ macro AUC (abnormal classes) against the control: "
+             + "; ".join(f"{ARM_WORDS[arm].split(' (')[0]} {both(arm, 'macro_auc')}" for arm in ORDER[1:]) + "."]
+    return "\n".join(lines)
+
+
+def per_class_tables(refine: Path) -> str:
+    """The per-class AUC tables of compare-both.md (one per protocol), folded."""
+    text = (refine / "compare-both.md").read_text(encoding="utf-8")
+    parts = []
+    for section in text.split("## Protocol `")[1:]:
+        protocol = section.split("`", 1)[0]
+        if "Per-class AUC" in section:
+            table = "Per-class AUC" + section.split("Per-class AUC", 1)[1].rstrip()
+            parts.append(f"<details><summary>Per-class AUC, {protocol} protocol</summary>\n\n{table}\n\n</details>")
+    return "\n\n".join(parts)
+
+
+def pointing_game(bench: Path) -> str | None:
+    """The ablation at 192 px (the 6x6 grid the pointing game needs), seed 0, against the game's
+    chance levels on the same (image, class) trials (results/tools/pointing_chance.py)."""
+    refine = bench / "refine-text4-192"
+    if not (refine / "compare-both.json").is_file():
+        return None
+    data = json.loads((refine / "compare-both.json").read_text())
+    own = data["protocols"]["offclip"]
+    base = base_summary(bench, "offclip", "-192")
+    chance = subprocess.run([sys.executable, "results/tools/pointing_chance.py", own["evaluation_set"]["root"], "6"],
+                            check=True, capture_output=True, text=True).stdout.strip()
+    diffs = {(d["arm"], d["metric"]): d for d in own["differences"]}
+    lines = [f"**The pointing game at 192 px** (`BASE_CONFIG=demo-text4-192 TAG=-192 SEEDS=0 STEPS=12 "
+             f"results/tools/paper_setting.sh BENCH`: the same starting CLIP and refinements, fed the 192-px shards, "
+             f"so the last feature map is a 6×6 grid; seed 0; offclip's protocol). Chance on these trials "
+             f"(`results/tools/pointing_chance.py EVAL 6`): {chance}.", "",
+             "| arm | pointing game | normal AUC | macro AUC | Δ normal AUC [95 % CI] | Δ macro AUC [95 % CI] |",
+             "|---|---|---|---|---|---|"]
+    if base is not None:
+        lines.append(f"| the starting plain CLIP (192 px) | {base['pointing_game']:.3f} | {base['normal_auc']:.3f} | "
+                     f"{base['macro_auc']:.3f} | | |")
+    for arm in ORDER:
+        rows = [r for r in own["runs"] if r["arm"] == arm]
+        if rows:
+            r = rows[0]
+            lines.append(f"| {arm} ({ARM_WORDS[arm]}) | {r['pointing_game']:.3f} | {r['normal_auc']:.3f} | "
+                         f"{r['macro_auc']:.3f} | {_d(diffs.get((arm, 'normal_auc')))} | {_d(diffs.get((arm, 'macro_auc')))} |")
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -126,6 +240,12 @@ def main(argv: list[str] | None = None) -> int:
                                       "images with a positive among them, sigmoid scores)")):
         parts += ["", f"**Under {title}.** " + protocol_tables(data["protocols"][protocol],
                                                                   base_summary(bench, protocol))]
+    on_filter = loss_on_filter(refine, data)
+    parts += ["", findings(data, on_filter, {p: base_summary(bench, p) for p in ("offclip", "paper")}),
+              "", per_class_tables(refine)]
+    game = pointing_game(bench)
+    if game is not None:
+        parts += ["", game]
     groups = {
         "refined": ("trainable top-4 text, refining the starting CLIP", [
             ("control (InfoNCE, report)", refine / "infonce-report-seed0"),
