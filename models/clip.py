@@ -323,7 +323,15 @@ class OffClipModel(PreTrainedModel):
     def text_features_from_hidden(self, hidden: torch.Tensor, attention_mask: torch.Tensor, layer: int) -> torch.Tensor:
         """Pooled text features [B, H] from the hidden states entering encoder layer ``layer``
         (:meth:`text_hidden_states`): the remaining layers, then the mean of non-padding tokens
-        (the same result as :meth:`text_features`, up to float rounding)."""
+        (the same result as :meth:`text_features`, up to float rounding).
+
+        A BERT-family tower (MiniLM, BERT, CXR-BERT: absolute positions, its layers' usual parts)
+        runs them on the real tokens only (:func:`packed_bert_layers`): a training batch of
+        sentences is about half padding, and the layers' dense parts cost per token. Any other
+        tower runs its own layers on the padded batch."""
+        layers = self.text_model.encoder.layer[layer:]
+        if packable_bert(self.text_model):
+            return packed_bert_layers(layers, hidden, attention_mask, self.text_model.config, self.training)
         hidden = self._text_layers(hidden, attention_mask, layer)
         mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
         return (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
@@ -355,6 +363,80 @@ class OffClipModel(PreTrainedModel):
         ``text_hidden = (hidden [B, L, H], attention_mask [B, L], layer)``: the cached hidden
         states entering encoder layer ``layer``, run through the top layers here."""
         return pair_logits(self, pixel_values, input_ids, attention_mask, text_features, text_hidden)
+
+
+def packable_bert(text_model: nn.Module) -> bool:
+    """Whether :func:`packed_bert_layers` computes ``text_model``'s encoder layers: a BERT-family
+    encoder with absolute positions (added before the layers, so a layer sees each token alone
+    but for attention), no cross-attention, and the parts of ``BertLayer``."""
+    config = getattr(text_model, "config", None)
+    layers = getattr(getattr(text_model, "encoder", None), "layer", None)
+    if config is None or not layers:
+        return False
+    if getattr(config, "position_embedding_type", "absolute") != "absolute" or getattr(config, "is_decoder", False):
+        return False
+    if getattr(config, "hidden_act", None) not in ("gelu", "relu", "gelu_new"):
+        return False
+    parts = (
+        "attention.self.query",
+        "attention.self.key",
+        "attention.self.value",
+        "attention.output.dense",
+        "attention.output.LayerNorm",
+        "intermediate.dense",
+        "output.dense",
+        "output.LayerNorm",
+    )
+    names = {name for name, _ in layers[0].named_modules()}
+    return all(part in names for part in parts)
+
+
+def packed_bert_layers(
+    layers, hidden: torch.Tensor, attention_mask: torch.Tensor, config, training: bool
+) -> torch.Tensor:
+    """BERT encoder ``layers`` on the real tokens of ``hidden`` [B, L, H] (``attention_mask``
+    [B, L]: 1 for a token, 0 for padding), then each sequence's mean token: pooled features
+    [B, H], equal to the padded layers' masked mean up to float rounding (eval mode).
+
+    The dense parts (query/key/value, attention output, intermediate, output) run on the packed
+    [tokens, H] matrix; only the attention itself is laid out per sequence, with padding masked.
+    In training mode dropout is the layers' (attention probabilities, hidden outputs), drawn over
+    the padded layout as the tower's own layers draw it, so both draw the same masks from the same
+    generator state."""
+    batch, length, width = hidden.shape
+    keep = attention_mask.bool()
+    where = keep.reshape(-1).nonzero().squeeze(1)  # each real token's row in the [B * L] layout
+
+    def lay_out(tokens: torch.Tensor) -> torch.Tensor:  # [T, W] -> [B, L, W], zeros at padding
+        laid = tokens.new_zeros(batch * length, tokens.shape[-1]).index_copy(0, where, tokens)
+        return laid.view(batch, length, -1)
+
+    def dropout(tokens: torch.Tensor, p: float) -> torch.Tensor:  # the padded layout's draws
+        if p == 0.0:
+            return tokens
+        mask = F.dropout(tokens.new_ones(batch, length, width), p, True)
+        return tokens * mask.reshape(batch * length, width).index_select(0, where)
+
+    x = hidden.reshape(batch * length, width).index_select(0, where)  # [T, H]
+    heads = config.num_attention_heads
+    p_attention = config.attention_probs_dropout_prob if training else 0.0
+    p_hidden = config.hidden_dropout_prob if training else 0.0
+    act = {"gelu": F.gelu, "relu": F.relu, "gelu_new": lambda t: F.gelu(t, approximate="tanh")}[config.hidden_act]
+    key_mask = keep[:, None, None, :]  # [B, 1, 1, L]: attend to real tokens only
+    for layer in layers:
+        attention = layer.attention
+        per_sequence = [
+            lay_out(dense(x)).view(batch, length, heads, width // heads).transpose(1, 2)
+            for dense in (attention.self.query, attention.self.key, attention.self.value)
+        ]
+        context = F.scaled_dot_product_attention(*per_sequence, attn_mask=key_mask, dropout_p=p_attention)
+        context = context.transpose(1, 2).reshape(batch * length, width).index_select(0, where)
+        out = attention.output
+        x = out.LayerNorm(dropout(out.dense(context), p_hidden) + x)
+        out = layer.output
+        x = out.LayerNorm(dropout(out.dense(act(layer.intermediate.dense(x))), p_hidden) + x)
+    summed = x.new_zeros(batch, width).index_add(0, torch.div(where, length, rounding_mode="floor"), x)
+    return summed / keep.sum(dim=1, keepdim=True).clamp(min=1).to(x.dtype)
 
 
 def pair_logits(

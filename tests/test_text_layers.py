@@ -104,3 +104,47 @@ def test_top_layers_do_not_collapse(shards_out, tmp_path):
         figures[name] = _distinct_cosine(out / "model", sentences)
     print("mean pairwise cosine of distinct sentences:", figures)
     assert figures["top4"] < COLLAPSE_BOUND < figures["full-1e-4"]
+
+
+def test_packed_top_layers_match_the_padded_layers_and_their_gradients():
+    """The top layers run on the real tokens only (a BERT-family tower): the same features and the
+    same gradients as the tower's own layers on the padded batch (eval mode: no dropout)."""
+    from offclip.models.clip import packable_bert
+
+    model, tokenizer = build_model("demo", seed=0)
+    model.eval()
+    assert packable_bert(model.text_model)
+    sentences = ["No pneumothorax.", "There is a large left pleural effusion with basal atelectasis and a small "
+                 "right apical pneumothorax.", "Normal heart.", "Clear lungs bilaterally without focal consolidation."]
+    cache = TextHidden.encode(model, tokenizer, sentences, 64, torch.device("cpu"), layer=2)
+    hidden, mask = cache.lookup(sentences)
+    assert (mask == 0).any()  # the batch is padded: packing has something to leave out
+
+    def run(padded: bool):
+        model.zero_grad()
+        if padded:
+            out = model._text_layers(hidden, mask, 2)
+            weights = mask.unsqueeze(-1).float()
+            features = (out * weights).sum(1) / weights.sum(1)
+        else:
+            features = model.text_features_from_hidden(hidden, mask, 2)
+        (features * torch.linspace(-1, 1, features.shape[1])).sum().backward()
+        grads = {n: p.grad.clone() for n, p in model.text_model.named_parameters() if p.grad is not None}
+        return features.detach(), grads
+
+    packed, packed_grads = run(padded=False)
+    padded, padded_grads = run(padded=True)
+    torch.testing.assert_close(packed, padded, atol=1e-5, rtol=1e-4)
+    assert set(packed_grads) == set(padded_grads) and any(k.startswith("encoder.layer.5.") for k in packed_grads)
+    for name in padded_grads:
+        torch.testing.assert_close(packed_grads[name], padded_grads[name], atol=1e-5, rtol=1e-3, msg=name)
+
+
+def test_a_tower_packing_cannot_compute_runs_its_own_layers():
+    """Relative positions (or any tower not built of BertLayer's parts): the padded layers."""
+    from offclip.models.clip import packable_bert
+
+    model, _ = build_model("demo", seed=0)
+    model.text_model.config.position_embedding_type = "relative_key"
+    assert not packable_bert(model.text_model)
+    assert not packable_bert(torch.nn.Linear(2, 2))
