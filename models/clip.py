@@ -27,6 +27,7 @@ import json
 import logging
 import math
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -421,15 +422,20 @@ def packed_bert_layers(
     heads = config.num_attention_heads
     p_attention = config.attention_probs_dropout_prob if training else 0.0
     p_hidden = config.hidden_dropout_prob if training else 0.0
-    act = {"gelu": F.gelu, "relu": F.relu, "gelu_new": lambda t: F.gelu(t, approximate="tanh")}[config.hidden_act]
+    acts: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+        "gelu": F.gelu,
+        "relu": F.relu,
+        "gelu_new": lambda t: F.gelu(t, approximate="tanh"),
+    }
+    act = acts[config.hidden_act]
     key_mask = keep[:, None, None, :]  # [B, 1, 1, L]: attend to real tokens only
     for layer in layers:
         attention = layer.attention
-        per_sequence = [
+        query, key, value = (
             lay_out(dense(x)).view(batch, length, heads, width // heads).transpose(1, 2)
             for dense in (attention.self.query, attention.self.key, attention.self.value)
-        ]
-        context = F.scaled_dot_product_attention(*per_sequence, attn_mask=key_mask, dropout_p=p_attention)
+        )
+        context = F.scaled_dot_product_attention(query, key, value, attn_mask=key_mask, dropout_p=p_attention)
         context = context.transpose(1, 2).reshape(batch * length, width).index_select(0, where)
         out = attention.output
         x = out.LayerNorm(dropout(out.dense(context), p_hidden) + x)
