@@ -6,9 +6,9 @@
 #
 #   results/tools/paper_setting.sh BENCH
 #
-# BASE_CONFIG=demo-text4-192 TAG=-192 SEEDS=0 STEPS=12 results/tools/paper_setting.sh BENCH: the same
-# ablation from a 192-px starting CLIP (the pointing game's 6x6 grid; BENCH/base-text4-192,
-# BENCH/refine-text4-192), steps 1-2 only.
+# BASE_CONFIG=demo-text4-192 TAG=-192 SEEDS=0 STEPS=12 ARMS=offclip/filtered results/tools/paper_setting.sh BENCH:
+# the control and OFF-CLIP from a 192-px starting CLIP (the pointing game's 6x6 grid; BENCH/base-text4-192,
+# BENCH/refine-text4-192), steps 1-2 only (ARMS: compare --arms; the control always runs).
 #
 # BENCH/w4k: `offclip demo-world BENCH/w4k --studies 3955 --seed 0 --eval-images 1000`
 # BENCH/c4k: `offclip build-shards BENCH/w4k BENCH/c4k --folders all --image-size 192 --classifier CLASSIFIER`
@@ -40,7 +40,7 @@ done
 # 2. the four arms refining it (demo-text4-refine: 6 epochs), seeds 0-4 (a refinement with both
 #    evaluations takes ~5 min on 2 quiet cores: ~1 h 40 min for the 20), both protocols, geometry once an epoch
 $OFFCLIP compare "$BENCH/c4k" "$EVAL" --init "$BASE/model" --config demo-text4-refine \
-    --seeds "$SEEDS" --protocol both --trace-every 105 --out "$BENCH/refine-text4$TAG"
+    --seeds "$SEEDS" --arms "${ARMS:-all}" --protocol both --trace-every 105 --out "$BENCH/refine-text4$TAG"
 [[ $STEPS == *3* || $STEPS == *4* ]] || { echo "paper_setting: done (steps $STEPS)"; exit 0; }
 
 # 3. from scratch, seed 0, the geometry traced (no evaluation: the trace is what is asked of these):

@@ -207,8 +207,9 @@ def pointing_game(bench: Path) -> str | None:
                             check=True, capture_output=True, text=True).stdout.strip()
     diffs = {(d["arm"], d["metric"]): d for d in own["differences"]}
     lines = [f"**The pointing game at 192 px** (`BASE_CONFIG=demo-text4-192 TAG=-192 SEEDS=0 STEPS=12 "
-             f"results/tools/paper_setting.sh BENCH`: the same starting CLIP and refinements, fed the 192-px shards, "
-             f"so the last feature map is a 6×6 grid; seed 0; offclip's protocol). Chance on these trials "
+             f"ARMS=offclip/filtered results/tools/paper_setting.sh BENCH`: a starting CLIP and its refinements fed "
+             f"the 192-px shards, so the last feature map is a 6×6 grid; seed 0; offclip's protocol; "
+             f"{own['evaluation_set']['n_images']:,} images). Chance on these trials "
              f"(`results/tools/pointing_chance.py EVAL 6`): {chance}.", "",
              "| arm | pointing game | normal AUC | macro AUC | Δ normal AUC [95 % CI] | Δ macro AUC [95 % CI] |",
              "|---|---|---|---|---|---|"]
