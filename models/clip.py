@@ -332,7 +332,7 @@ class OffClipModel(PreTrainedModel):
         tower runs its own layers on the padded batch."""
         layers = self.text_model.encoder.layer[layer:]
         if packable_bert(self.text_model):
-            return packed_bert_layers(layers, hidden, attention_mask, self.text_model.config, self.training)
+            return packed_bert_layers(layers, hidden, attention_mask, self.text_model.config)
         hidden = self._text_layers(hidden, attention_mask, layer)
         mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
         return (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
@@ -392,18 +392,17 @@ def packable_bert(text_model: nn.Module) -> bool:
     return all(part in names for part in parts)
 
 
-def packed_bert_layers(
-    layers, hidden: torch.Tensor, attention_mask: torch.Tensor, config, training: bool
-) -> torch.Tensor:
+def packed_bert_layers(layers, hidden: torch.Tensor, attention_mask: torch.Tensor, config) -> torch.Tensor:
     """BERT encoder ``layers`` on the real tokens of ``hidden`` [B, L, H] (``attention_mask``
     [B, L]: 1 for a token, 0 for padding), then each sequence's mean token: pooled features
     [B, H], equal to the padded layers' masked mean up to float rounding (eval mode).
 
     The dense parts (query/key/value, attention output, intermediate, output) run on the packed
     [tokens, H] matrix; only the attention itself is laid out per sequence, with padding masked.
-    In training mode dropout is the layers' (attention probabilities, hidden outputs), drawn over
-    the padded layout as the tower's own layers draw it, so both draw the same masks from the same
-    generator state."""
+    A layer in training mode drops out as its own modules would (attention probabilities, hidden
+    outputs, the config's rates), the masks drawn over the padded layout as they draw them: on the
+    CPU the same masks from the same generator state (``tests/test_text_layers.py`` checks the
+    trainer's losses against the padded path's)."""
     batch, length, width = hidden.shape
     keep = attention_mask.bool()
     where = keep.reshape(-1).nonzero().squeeze(1)  # each real token's row in the [B * L] layout
@@ -420,8 +419,6 @@ def packed_bert_layers(
 
     x = hidden.reshape(batch * length, width).index_select(0, where)  # [T, H]
     heads = config.num_attention_heads
-    p_attention = config.attention_probs_dropout_prob if training else 0.0
-    p_hidden = config.hidden_dropout_prob if training else 0.0
     acts: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
         "gelu": F.gelu,
         "relu": F.relu,
@@ -430,6 +427,8 @@ def packed_bert_layers(
     act = acts[config.hidden_act]
     key_mask = keep[:, None, None, :]  # [B, 1, 1, L]: attend to real tokens only
     for layer in layers:
+        p_attention = config.attention_probs_dropout_prob if layer.training else 0.0
+        p_hidden = config.hidden_dropout_prob if layer.training else 0.0
         attention = layer.attention
         query, key, value = (
             lay_out(dense(x)).view(batch, length, heads, width // heads).transpose(1, 2)

@@ -139,6 +139,17 @@ def test_packed_top_layers_match_the_padded_layers_and_their_gradients():
     for name in padded_grads:
         torch.testing.assert_close(packed_grads[name], padded_grads[name], atol=1e-5, rtol=1e-3, msg=name)
 
+    # dropout follows each layer's own mode, not the model's: layers in eval mode draw nothing
+    model.train()
+    for layer in model.text_model.encoder.layer[2:]:
+        layer.eval()
+    with torch.no_grad():
+        first, second = (model.text_features_from_hidden(hidden, mask, 2) for _ in range(2))
+        torch.testing.assert_close(first, second, atol=0, rtol=0)
+        model.text_model.encoder.layer[5].train()
+        first, second = (model.text_features_from_hidden(hidden, mask, 2) for _ in range(2))
+    assert not torch.allclose(first, second)
+
 
 def test_a_tower_packing_cannot_compute_runs_its_own_layers():
     """Relative positions (or any tower not built of BertLayer's parts): the padded layers."""
