@@ -6,8 +6,8 @@ results/tools/paper_setting.sh (never typed).
 Reads BENCH/refine-text4/compare-both.json (the refinement ablation, both protocols), the runs'
 saved scores (for the loss's effect on top of the filter: OFF-CLIP against filter only, paired),
 BENCH/base-text4 (the plain CLIP every arm refines: its evaluations and training record), the
-same ablation at 192 px (BENCH/refine-text4-192, BENCH/base-text4-192: the pointing game) when
-it is there, and the geometry traces; copies the compare tables and the geometry table/plot under ``--results``, and
+same ablation at 192 px (BENCH/refine-text4-192, BENCH/base-text4-192: the pointing game; its
+compare tables copied to ``--results``/192px) when it is there, and the geometry traces; copies the compare tables and the geometry table/plot under ``--results``, and
 rewrites the block between ``<!-- paper-setting:start -->`` and ``<!-- paper-setting:end -->`` in
 ``--doc``, and README.md's headline table between ``<!-- headline:start -->`` and
 ``<!-- headline:end -->``.
@@ -257,6 +257,9 @@ def main(argv: list[str] | None = None) -> int:
     game = pointing_game(bench)
     if game is not None:
         parts += ["", game]
+        (results / "192px").mkdir(exist_ok=True)
+        for name in ("compare-both.md", "compare-both.json"):
+            shutil.copyfile(bench / "refine-text4-192" / name, results / "192px" / name)
     groups = {
         "refined": ("trainable top-4 text, refining the starting CLIP", [
             ("control (InfoNCE, report)", refine / "infonce-report-seed0"),
