@@ -30,6 +30,7 @@ from offclip.models.evaluate import (
     patch_centre,
     pointing_hit,
     read_eval_set,
+    read_score_table,
     training_normal_texts,
 )
 from offclip.pipeline.manifest import build_manifest, query, record_evaluations, run_record
@@ -432,6 +433,12 @@ def test_evaluate_end_to_end(small_world, tiny_model_dir, tmp_path):
     assert list(per_image.index) == list(result.scores.index)
     np.testing.assert_allclose(per_image[NORMAL], result.scores[NORMAL], rtol=1e-6)
     assert (per_image[f"label:{NORMAL}"] == kept[NORMAL]).all()
+    saved_scores = read_score_table(out / "vindr-cxr_scores.parquet")  # read back as compare reads it
+    assert list(saved_scores.labels.columns) == list(result.labels.columns) == list(saved_scores.scores.columns)
+    pd.testing.assert_frame_equal(saved_scores.labels, result.labels.astype(float), check_names=False)
+    np.testing.assert_allclose(saved_scores.scores.to_numpy(), result.scores[list(result.labels.columns)].to_numpy(),
+                               rtol=1e-6)
+    assert saved_scores.centroid_scores.isna().all()
     # mechanism metrics: cosines in range; no training shards named, so no prompt-free score (said)
     for key in ("cos_normal_normal", "cos_abnormal_abnormal", "cos_normal_abnormal",
                 "cos_centred_normal_normal", "cos_centred_abnormal_abnormal", "cos_centred_normal_abnormal"):

@@ -53,7 +53,7 @@ from .images import EvalImageError, Geometry, PreparedImage, load_eval_image, re
 from .metrics import SUMMARY_METRICS, TABLE_COLUMNS, class_metrics, patch_centre, pointing_hit
 from .plots import roc_png
 from .prompts import NORMAL_PROMPT, PHRASES, PROMPT_TEMPLATE, build_prompts, finding_phrase
-from .result import CENTROID, EvalResult, _json_safe
+from .result import CENTROID, EvalResult, SavedScores, _json_safe, read_score_table
 from .runner import evaluate, main, training_normal_texts
 
 __all__ = [
@@ -65,6 +65,8 @@ __all__ = [
     "EvalImage",
     "EvalImageError",
     "EvalResult",
+    "SavedScores",
+    "read_score_table",
     "EvalSet",
     "Geometry",
     "PreparedImage",

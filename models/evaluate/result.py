@@ -19,6 +19,25 @@ from .metrics import SUMMARY_METRICS, _count, _float
 CENTROID = "normal_centroid"
 
 
+@dataclass(frozen=True)
+class SavedScores:
+    """An evaluation's score table read back (:func:`read_score_table`): what the paired bootstrap
+    of ``models.compare.paired_differences`` reads from an :class:`EvalResult`."""
+
+    scores: pd.DataFrame  #: index image_id, one column per class
+    labels: pd.DataFrame  #: index image_id, one 0/1/NaN column per class
+    centroid_scores: pd.Series  #: index image_id: the prompt-free normal score
+
+
+def read_score_table(path: str | Path) -> SavedScores:
+    """The scores, labels and prompt-free normal scores of ``<dataset>_scores.parquet`` (written
+    from :meth:`EvalResult.score_table`), without evaluating again."""
+    table = pd.read_parquet(path).set_index("image_id")
+    label_columns = [c for c in table.columns if c.startswith("label:")]
+    labels = table[label_columns].rename(columns=lambda c: c[len("label:") :])
+    return SavedScores(scores=table[list(labels.columns)], labels=labels, centroid_scores=table[CENTROID])
+
+
 @dataclass
 class EvalResult:
     dataset: str

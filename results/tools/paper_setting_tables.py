@@ -22,7 +22,6 @@ import statistics
 import subprocess
 import sys
 from pathlib import Path
-from types import SimpleNamespace
 
 START, END = "<!-- paper-setting:start -->", "<!-- paper-setting:end -->"
 ARM_WORDS = {"infonce/report": "control: InfoNCE on whole reports, refined", "infonce/filtered": "filter only",
@@ -118,24 +117,15 @@ def base_summary(bench: Path, protocol: str, tag: str = "") -> dict | None:
 
 
 def saved_evaluations(refine: Path, arms: tuple[str, ...], seeds: list[int], protocol: str) -> dict:
-    """``{(arm, seed): evaluation}`` from the runs' saved score tables (what compare's paired
-    bootstrap reads: scores, labels, prompt-free scores), without re-evaluating."""
-    import pandas as pd
-
+    """``{(arm, seed): SavedScores}`` from the runs' saved score tables (what compare's paired
+    bootstrap reads), without re-evaluating."""
     from offclip.models.compare import ARMS
+    from offclip.models.evaluate import read_score_table
 
     folder = "eval" if protocol == "offclip" else f"eval-{protocol}"
-    found = {}
-    for arm in arms:
-        loss, text, _ = ARMS[arm]
-        for seed in seeds:
-            table = pd.read_parquet(refine / f"{loss}-{text}-seed{seed}" / folder / "vindr-cxr_scores.parquet")
-            table = table.set_index("image_id")
-            labels = table[[c for c in table.columns if c.startswith("label:")]]
-            labels.columns = [c[len("label:") :] for c in labels.columns]
-            found[arm, seed] = SimpleNamespace(scores=table[list(labels.columns)], labels=labels,
-                                               centroid_scores=table["normal_centroid"])
-    return found
+    return {(arm, seed): read_score_table(refine / f"{ARMS[arm][0]}-{ARMS[arm][1]}-seed{seed}" / folder
+                                          / "vindr-cxr_scores.parquet")
+            for arm in arms for seed in seeds}
 
 
 def loss_on_filter(refine: Path, data: dict) -> dict[str, dict[str, dict]]:

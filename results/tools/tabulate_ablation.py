@@ -4,10 +4,10 @@ seeds given (every arm must have each). Writes OUT/compare-seeds<S>.md and print
 Usage: tabulate_ablation.py COMPARE_DIR SHARDS EVAL_ROOT SEEDS(comma) [EPOCHS] [CONFIG]"""
 import json, re, sys
 from pathlib import Path
-from types import SimpleNamespace
 import pandas as pd
 from offclip.models.compare import (ARMS, CompareConfig, METRICS, paired_differences, per_class_auc,
                                     per_class_markdown, summarise, to_markdown)
+from offclip.models.evaluate import read_score_table
 
 out, shards, eval_root = map(Path, sys.argv[1:4])
 seeds = tuple(int(s) for s in sys.argv[4].split(","))
@@ -21,11 +21,7 @@ for arm in ARMS:
         if not (ev / "vindr-cxr.json").is_file():
             continue
         result = json.loads((ev / "vindr-cxr.json").read_text())
-        table = pd.read_parquet(ev / "vindr-cxr_scores.parquet").set_index("image_id")
-        labels = table[[c for c in table.columns if c.startswith("label:")]]
-        labels.columns = [c[len("label:"):] for c in labels.columns]
-        scores = table[[c for c in labels.columns]]
-        evaluations[arm, seed] = SimpleNamespace(scores=scores, labels=labels, centroid_scores=table["normal_centroid"])
+        evaluations[arm, seed] = read_score_table(ev / "vindr-cxr_scores.parquet")
         classes[arm, seed] = result["classes"]
         steps = sum(1 for _ in open(ev.parent / "metrics.jsonl"))
         rows.append({"arm": arm, "loss": loss, "text": text, "seed": seed,
