@@ -20,7 +20,9 @@ backward, gradient clipping, optimizer step, ``logit_scale`` clamp, ``loss.item(
 ``--text-layers`` times whole trainer runs (caches on) of the frozen text tower (``demo``) against
 its top 4 layers trainable on cached lower-layer states (``demo-text4``): the median step time past
 the first ``--warmup`` steps (from the runs' own per-step log: the one-off caches left out) and its
-ratio (goal <= 2x), and the same over whole runs with their caches.
+ratio (goal <= 2x), and the same over whole runs with their caches; ``--amp auto,bf16`` runs both
+configs under each precision, interleaved (bf16 on the CPU: autocast), and prints each ratio and
+what bf16 does to each config's step. ``benchmarks/bench_text_part.py`` takes the text part apart.
 
 ``--trainer`` times something else: whole runs of the trainer itself (``offclip.models.train.train``,
 ``--trainer-epochs`` epochs, a fresh run directory each) without its caches (``plain``: the frozen
@@ -298,37 +300,53 @@ def main_text_layers(args) -> int:
     the ratio of their step times."""
     from offclip.models.train import TrainConfig, train
 
+    amps = [a.strip() for a in args.amp.split(",") if a.strip()]
+
+    def name(mode: str, amp: str) -> str:  # "frozen", "top-layers"; with another amp: "frozen (bf16)"
+        return mode if amp == "auto" else f"{mode} ({amp})"
+
     configs = {"frozen": args.frozen_config, "top-layers": args.text_config}
     runs = []
     with tempfile.TemporaryDirectory(prefix="offclip-bench-text-") as tmp:
         for _ in range(args.rounds):
-            for mode, config in configs.items():
-                out = Path(tmp) / f"{mode}-{time.monotonic_ns()}"
+            for amp, (kind, config) in ((a, c) for a in amps for c in configs.items()):
+                mode = name(kind, amp)
+                out = Path(tmp) / f"{kind}-{amp}-{time.monotonic_ns()}"
                 t = time.perf_counter()
                 result = train(TrainConfig(shards=args.shards, out=out, config=config, epochs=args.trainer_epochs,
-                                           batch_size=args.batch_size, device=args.device, checkpoint_every=10**9))
+                                           batch_size=args.batch_size, device=args.device, amp=amp,
+                                           checkpoint_every=10**9))
                 wall = time.perf_counter() - t
                 # each step's own time (the trainer logs batch size / step seconds), past the warm-up:
                 # the step time without the run's one-off caches
                 rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
                 each = [r["batch_size"] / r["images_per_second"] for r in rows[args.warmup:]]
-                runs.append({"mode": mode, "config": config, "steps": result.steps, "wall_s": wall,
+                runs.append({"mode": mode, "config": config, "amp": amp, "steps": result.steps, "wall_s": wall,
                              "train_s": result.seconds, "step_s": result.seconds / result.steps,
                              "steady_step_s": statistics.median(each), "images_per_s": result.images_per_second})
                 r = runs[-1]
-                print(f"  {mode:<10} ({config}) {r['steps']} steps: {1000 * r['steady_step_s']:7.1f} ms/step "
+                print(f"  {mode:<10} [{config}] {r['steps']} steps: {1000 * r['steady_step_s']:7.1f} ms/step "
                       f"(median past the first {args.warmup}), {1000 * r['step_s']:7.1f} ms/step over the run with "
                       f"its caches, {r['images_per_s']:7.1f} images/s (wall {wall:.1f} s)", flush=True)
-    best = _best(runs, "steady_step_s")
-    ratio = best["top-layers"]["steady_step_s"] / best["frozen"]["steady_step_s"]
-    whole = _best(runs, "step_s")
-    whole_ratio = whole["top-layers"]["step_s"] / whole["frozen"]["step_s"]
-    print(f"\nstep time, {args.text_config} / {args.frozen_config} (best of {args.rounds}): {ratio:.2f}x "
-          f"(goal <= 2x); over whole runs, caches included: {whole_ratio:.2f}x")
+    best, whole = _best(runs, "steady_step_s"), _best(runs, "step_s")
+    ratios, whole_ratios = {}, {}
+    print()
+    for amp in amps:
+        top, frozen = name("top-layers", amp), name("frozen", amp)
+        ratios[amp] = best[top]["steady_step_s"] / best[frozen]["steady_step_s"]
+        whole_ratios[amp] = whole[top]["step_s"] / whole[frozen]["step_s"]
+        print(f"step time, {args.text_config} / {args.frozen_config}, amp {amp} (best of {args.rounds}): "
+              f"{ratios[amp]:.2f}x (goal <= 2x); over whole runs, caches included: {whole_ratios[amp]:.2f}x")
+    for kind in configs if len(amps) > 1 else ():
+        for amp in amps[1:]:
+            other, base = best[name(kind, amp)], best[name(kind, amps[0])]
+            print(f"{kind}: amp {amp} / amp {amps[0]} step time {other['steady_step_s'] / base['steady_step_s']:.2f}")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"mode": "text-layers", "runs": runs, "best": best, "ratio": ratio,
-                                         "whole_run_ratio": whole_ratio, "threads": torch.get_num_threads()},
+        args.json.write_text(json.dumps({"mode": "text-layers", "amps": amps, "runs": runs, "best": best,
+                                         "ratio": ratios[amps[0]], "ratios": ratios,
+                                         "whole_run_ratio": whole_ratios[amps[0]], "whole_run_ratios": whole_ratios,
+                                         "threads": torch.get_num_threads(), "load_average_after": os.getloadavg()},
                                         indent=2) + "\n")
     return 0
 
@@ -357,6 +375,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="time trainer runs of the frozen text tower against its top layers trainable (needs --shards)")
     ap.add_argument("--frozen-config", default="demo", help="the frozen-text config of --text-layers")
     ap.add_argument("--text-config", default="demo-text4", help="the top-layers config of --text-layers")
+    ap.add_argument("--amp", default="auto",
+                    help="the trainer's amp for --text-layers' runs (auto, bf16, off; bf16 on the CPU: autocast); "
+                         "comma-separated: both configs under each, interleaved (the first is the reference)")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args(argv)
     if args.threads:

@@ -135,6 +135,9 @@ PROMPTERS = ("none", "template", "openai")
 DEFAULT_MODEL_CONFIG = "demo"
 #: the text a training sample shows: the filtered sentences or the whole report (models.data)
 TEXT_SOURCES = ("filtered", "report")
+#: a training run's mixed precision (models.train_config._amp_dtype): ``auto`` bf16 (else fp16) autocast on
+#: CUDA and float32 on the CPU; ``bf16`` autocast on CUDA or the CPU; ``fp16`` CUDA only; ``off`` float32
+AMP_MODES = ("auto", "bf16", "fp16", "off")
 #: the zero-shot evaluation sets (``evaluations.dataset``; models.evaluate)
 EVAL_DATASETS = ("vindr-cxr", "openi", "chexpert", "padchest")
 #: evaluation protocols (``evaluations.protocol``; models.evaluate.protocols): ``offclip`` every class of the

@@ -54,6 +54,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter, 
 from pydantic.fields import FieldInfo
 
 from offclip.data_contracts.enums import (
+    AMP_MODES,
     DEFAULT_EVAL_PROTOCOL,
     DEFAULT_LABEL_POLICY,
     DEFAULT_MODEL_CONFIG,
@@ -75,6 +76,7 @@ Prompting = Literal[PROMPTERS]  # type: ignore[valid-type]
 LabelSource = Literal[LABEL_SOURCES]  # type: ignore[valid-type]
 LabelPolicy = Literal[LABEL_POLICIES]  # type: ignore[valid-type]
 TextSource = Literal[TEXT_SOURCES]  # type: ignore[valid-type]
+Amp = Literal[AMP_MODES]  # type: ignore[valid-type]
 Dataset = Literal[EVAL_DATASETS]  # type: ignore[valid-type]
 EvalProtocol = Literal[EVAL_PROTOCOLS]  # type: ignore[valid-type]
 TaskRunner = Literal[RUNNERS]  # type: ignore[valid-type]
@@ -255,6 +257,11 @@ class TrainParameters(FlowParameters):
     lr: Optional[float] = Field(None, gt=0.0, description="Learning rate (default: the config's).")
     max_steps: Optional[int] = Field(None, ge=1, description="Stop training after this many steps.")
     device: str = Field("auto", description="auto, cpu, cuda, cuda:1 …")
+    amp: Amp = Field(
+        "auto",
+        description="Mixed precision: auto (bf16 autocast on CUDA, else fp16; float32 on the CPU), bf16 "
+        "(autocast on CUDA or the CPU, where it pays on CPUs with AMX or AVX512-BF16), fp16 (CUDA only), off.",
+    )
     num_workers: int = Field(0, ge=0, description="Data loader worker processes.")
     text_model: Optional[str] = Field(None, description="A text encoder instead of the config's.")
     vision_model: Optional[str] = Field(None, description="A vision encoder instead of the config's.")

@@ -341,6 +341,7 @@ def train(**parameters: Any) -> dict[str, Any]:
         "lr": p.lr,
         "max_steps": p.max_steps,
         "device": p.device,
+        "amp": p.amp,
         "num_workers": p.num_workers,
         "text_model": p.text_model,
         "vision_model": p.vision_model,

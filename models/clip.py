@@ -426,6 +426,7 @@ def packed_bert_layers(layers, hidden: torch.Tensor, attention_mask: torch.Tenso
     }
     act = acts[config.hidden_act]
     key_mask = keep[:, None, None, :]  # [B, 1, 1, L]: attend to real tokens only
+    float32_attention = hidden.device.type == "cpu" and torch.is_autocast_enabled("cpu")
     for layer in layers:
         p_attention = config.attention_probs_dropout_prob if layer.training else 0.0
         p_hidden = config.hidden_dropout_prob if layer.training else 0.0
@@ -434,7 +435,13 @@ def packed_bert_layers(layers, hidden: torch.Tensor, attention_mask: torch.Tenso
             lay_out(dense(x)).view(batch, length, heads, width // heads).transpose(1, 2)
             for dense in (attention.self.query, attention.self.key, attention.self.value)
         )
-        context = F.scaled_dot_product_attention(query, key, value, attn_mask=key_mask, dropout_p=p_attention)
+        if float32_attention:  # under CPU autocast the attention stays float32: its bf16 backward is ~10x slower
+            with torch.autocast("cpu", enabled=False):
+                context = F.scaled_dot_product_attention(
+                    query.float(), key.float(), value.float(), attn_mask=key_mask, dropout_p=p_attention
+                )
+        else:
+            context = F.scaled_dot_product_attention(query, key, value, attn_mask=key_mask, dropout_p=p_attention)
         context = context.transpose(1, 2).reshape(batch * length, width).index_select(0, where)
         out = attention.output
         x = out.LayerNorm(dropout(out.dense(context), p_hidden) + x)

@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from ..data_contracts.enums import DEFAULT_MODEL_CONFIG
+from ..data_contracts.enums import AMP_MODES, DEFAULT_MODEL_CONFIG
 from ..pipeline.atomic import atomic_write_text
 from ..pipeline.layout import manifest_path
 
@@ -103,6 +103,7 @@ class CompareConfig:
     epochs: int | None = None
     batch_size: int | None = None
     device: str = "auto"
+    amp: str = "auto"  #: every run's mixed precision (TrainConfig.amp)
     dataset: str = "vindr-cxr"
     max_steps: int | None = None
     #: a prompts JSON for evaluation (see models.evaluate.build_prompts); None: the defaults.
@@ -138,6 +139,8 @@ class CompareConfig:
                 raise ValueError(f"unknown arm {arm!r}; arms are {', '.join(ARMS)}")
         if not self.seeds:
             raise ValueError("compare needs at least one seed")
+        if self.amp not in AMP_MODES:
+            raise ValueError(f"unknown amp mode {self.amp!r}; available: {', '.join(AMP_MODES)}")
         if self.resample not in ("auto", "images", "reports"):
             raise ValueError(f"resample must be auto, images or reports, not {self.resample!r}")
         if self.init is not None:
@@ -199,6 +202,7 @@ def run_compare(config: CompareConfig, progress: Callable[[str], None] = print) 
                     epochs=config.epochs,
                     batch_size=config.batch_size,
                     device=config.device,
+                    amp=config.amp,
                     max_steps=config.max_steps,
                     init=str(config.init) if config.init else None,
                     trace_every=config.trace_every,

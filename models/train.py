@@ -50,9 +50,11 @@ Design notes:
   warmup, then cosine decay to 0 (per step) or ReduceLROnPlateau on the epoch's mean loss;
   gradient clipping; ``logit_scale`` clamped to ``[0, ln(max_logit_scale)]`` after each step.
 * **AMP** (``amp="auto"``): bf16 autocast on CUDA when supported, else fp16 with a GradScaler;
-  off on CPU. **DDP**: when ``WORLD_SIZE > 1`` (torchrun) the process group is initialised (nccl
-  on CUDA, gloo on CPU), the model is wrapped in DistributedDataParallel and each rank reads its
-  own shards; the contrastive loss is computed within each rank's batch.
+  off on CPU, where ``amp="bf16"`` asks for CPU autocast (matrix products in bf16; the top text
+  layers keep their attention in float32, see ``clip.packed_bert_layers``). **DDP**: when
+  ``WORLD_SIZE > 1`` (torchrun) the process group is initialised (nccl on CUDA, gloo on CPU),
+  the model is wrapped in DistributedDataParallel and each rank reads its own shards; the
+  contrastive loss is computed within each rank's batch.
 * **Modules**: the settings are :mod:`.train_config`, the process group :mod:`.distributed`, the
   optimizer groups and schedule :mod:`.schedule`, the checkpoint and the run directory's other
   files :mod:`.checkpoint`; this module sets a run up, runs its loop and finishes it.
@@ -107,7 +109,6 @@ from .schedule import (
     param_groups,
 )
 from .train_config import (
-    AMP_MODES,
     CHECKPOINT,
     HYPER_KEYS,  # noqa: F401
     METRICS_FILE,
@@ -688,9 +689,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup-steps", type=int, help="default: the config's")
     p.add_argument("--schedule", choices=SCHEDULES, help="default: the config's")
     p.add_argument("--grad-clip", type=float, help="default: the config's (0: no clipping)")
-    p.add_fields(TrainParameters, ("seed", "max_steps"))
-    p.add_argument("--amp", default="auto", choices=AMP_MODES)
-    p.add_fields(TrainParameters, ("device", "num_workers"))
+    p.add_fields(TrainParameters, ("seed", "max_steps", "amp", "device", "num_workers"))
     p.add_argument("--checkpoint-every", type=int, default=50)
     p.add_argument("--no-resume", dest="resume", action="store_false", help="start fresh even if a checkpoint exists")
     p.add_fields(TrainParameters, ("text_source",))

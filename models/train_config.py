@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from ..data_contracts.enums import DEFAULT_MODEL_CONFIG, TEXT_SOURCES
+from ..data_contracts.enums import AMP_MODES, DEFAULT_MODEL_CONFIG, TEXT_SOURCES
 from .losses import LOSSES
 
 logger = logging.getLogger("offclip.models.train")  # the trainer's one logger: records keep its name
@@ -21,10 +21,8 @@ METRICS_FILE = "metrics.jsonl"
 PLOT_FILE = "training_curve.png"
 SUMMARY_FILE = "train.json"
 SCHEDULES = ("cosine", "plateau")
-AMP_MODES = ("auto", "bf16", "fp16", "off")
 #: the model config's "train" keys a TrainConfig can override (None = take the config's)
 HYPER_KEYS = ("epochs", "batch_size", "lr", "weight_decay", "warmup_steps", "schedule", "grad_clip")
-#: settings that may change between a run and its resumption (the others must match)
 
 
 @dataclass
@@ -43,7 +41,7 @@ class TrainConfig:
     grad_clip: float | None = None  #: 0 = no clipping
     seed: int = 0
     max_steps: int | None = None  #: stop after this many steps in all (the schedule still spans epochs)
-    amp: str = "auto"  #: auto | bf16 | fp16 | off
+    amp: str = "auto"  #: AMP_MODES: auto | bf16 | fp16 | off
     device: str = "auto"  #: auto | cpu | cuda | cuda:N
     num_workers: int = 0  #: DataLoader workers per rank
     checkpoint_every: int = 50  #: steps (a checkpoint is also written when the run stops)
@@ -176,10 +174,16 @@ def _device(name: str, local_rank: int) -> torch.device:
 
 
 def _amp_dtype(mode: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype, or None for full precision."""
-    if device.type != "cuda" or mode == "off":
-        if mode in ("bf16", "fp16") and device.type != "cuda":
-            logger.warning("amp=%s ignored on %s: training in float32", mode, device)
+    """The autocast dtype, or None for full precision. ``auto``: bf16 on CUDA when supported, else
+    fp16; full precision on the CPU. ``bf16`` on the CPU is CPU autocast (matrix products in bf16,
+    fast on CPUs with AMX or AVX512-BF16); ``fp16`` there is ignored with a warning."""
+    if mode == "off":
+        return None
+    if device.type != "cuda":
+        if mode == "bf16":
+            return torch.bfloat16
+        if mode == "fp16":
+            logger.warning("amp=fp16 ignored on %s: training in float32", device)
         return None
     if mode == "auto":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16

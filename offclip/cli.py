@@ -596,6 +596,7 @@ def compare_cmd(
     ),
     out: Optional[Path] = typer.Option(None, "--out", help="Default: SHARDS/compare."),
     device: str = model_option(TrainParameters, "device"),
+    amp: str = model_option(TrainParameters, "amp"),
     init: Optional[Path] = model_option(
         TrainParameters,
         "init",
@@ -642,6 +643,7 @@ def compare_cmd(
             epochs=epochs,
             batch_size=batch_size,
             device=device,
+            amp=amp,
             max_steps=max_steps,
             prompts=prompts,
             n_boot=n_boot,

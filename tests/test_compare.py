@@ -118,6 +118,8 @@ def test_arms_are_checked():
         parse_arms("offclip/whole")
     with pytest.raises(ValueError, match="unknown arm 'clip/report'"):
         CompareConfig(shards=".", eval_root=".", out=".", baseline="clip/report")
+    with pytest.raises(ValueError, match="unknown amp mode 'fp8'"):  # before any arm trains
+        CompareConfig(shards=".", eval_root=".", out=".", amp="fp8")
 
 
 def test_bootstrap_resamples_reports_when_the_world_says_which(tmp_path, small_world):

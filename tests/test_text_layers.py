@@ -159,3 +159,47 @@ def test_a_tower_packing_cannot_compute_runs_its_own_layers():
     model.text_model.config.position_embedding_type = "relative_key"
     assert not packable_bert(model.text_model)
     assert not packable_bert(torch.nn.Linear(2, 2))
+
+
+def test_packed_layers_under_cpu_autocast_stay_close_to_float32():
+    """``amp=bf16`` on the CPU: the top layers' matrix products in bf16, the attention in float32;
+    features and the gradient reaching the cached states within bf16's precision of float32's."""
+    model, tokenizer = build_model("demo", seed=0)
+    model.eval()
+    sentences = ["No pneumothorax.", "There is a large left pleural effusion with basal atelectasis.",
+                 "Heart size is normal.", "Clear lungs bilaterally without focal consolidation."]
+    hidden, mask = TextHidden.encode(model, tokenizer, sentences, 64, torch.device("cpu"), layer=2).lookup(sentences)
+
+    def run(bf16: bool):
+        states = hidden.clone().requires_grad_(True)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            features = model.text_features_from_hidden(states, mask, 2)
+        features.float().sum().backward()
+        return features.detach().float(), states.grad
+
+    full, full_grad = run(bf16=False)
+    low, low_grad = run(bf16=True)
+    assert not torch.equal(low, full)  # bf16 did run
+    torch.testing.assert_close(low, full, atol=0.05, rtol=0.05)
+    assert torch.isfinite(low_grad).all()
+    cosine = torch.nn.functional.cosine_similarity(low_grad.flatten(), full_grad.flatten(), dim=0)
+    assert cosine > 0.99, cosine
+
+
+def test_amp_bf16_trains_on_the_cpu(shards_out, tmp_path):
+    """``amp=bf16`` is CPU autocast (it used to be ignored there): the same run's losses differ from
+    float32's by bf16 rounding only; ``auto`` stays float32 on the CPU; fp16 is refused there."""
+    from offclip.models.train_config import _amp_dtype
+
+    cpu = torch.device("cpu")
+    assert _amp_dtype("bf16", cpu) is torch.bfloat16
+    assert _amp_dtype("auto", cpu) is None and _amp_dtype("fp16", cpu) is None and _amp_dtype("off", cpu) is None
+    losses = {}
+    for amp in ("off", "bf16"):
+        out = tmp_path / amp
+        train(TrainConfig(shards=shards_out, out=out, config="demo-text4", batch_size=8, max_steps=3, amp=amp,
+                          image_cache_mb=0))
+        assert json.loads((out / "train.json").read_text())["train_config"]["amp"] == amp
+        losses[amp] = [json.loads(line)["loss"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert losses["bf16"] != losses["off"]
+    assert losses["bf16"] == pytest.approx(losses["off"], rel=0.02)

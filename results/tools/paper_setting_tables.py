@@ -7,7 +7,8 @@ Reads BENCH/refine-text4/compare-both.json (the refinement ablation, both protoc
 saved scores (for the loss's effect on top of the filter: OFF-CLIP against filter only, paired),
 BENCH/base-text4 (the plain CLIP every arm refines: its evaluations and training record), the
 same ablation at 192 px (BENCH/refine-text4-192, BENCH/base-text4-192: the pointing game; its
-compare tables copied to ``--results``/192px) when it is there, and the geometry traces; copies the compare tables and the geometry table/plot under ``--results``, and
+compare tables copied to ``--results``/192px) and the refinement in bf16 (BENCH/refine-text4-bf16, to
+``--results``/bf16) when they are there, and the geometry traces; copies the compare tables and the geometry table/plot under ``--results``, and
 rewrites the block between ``<!-- paper-setting:start -->`` and ``<!-- paper-setting:end -->`` in
 ``--doc``, and README.md's headline table between ``<!-- headline:start -->`` and
 ``<!-- headline:end -->``.
@@ -219,6 +220,48 @@ def pointing_game(bench: Path) -> str | None:
     return "\n".join(lines)
 
 
+def amp_check(bench: Path, fp32: dict) -> str | None:
+    """The refinement under CPU bf16 autocast (``--amp bf16``, BENCH/refine-text4-bf16) against the
+    float32 runs of the same seeds: the same data order, initial model and dropout draws, so what
+    differs is the precision of the matrix products alone."""
+    refine = bench / "refine-text4-bf16"
+    if not (refine / "compare-both.json").is_file():
+        return None
+    low = json.loads((refine / "compare-both.json").read_text())
+    seeds = sorted({r["seed"] for r in low["protocols"]["offclip"]["runs"]})
+    lines = [f"**The same refinement in bf16 on the CPU** (`offclip compare BENCH/c4k BENCH/w4k/eval/vindr-cxr --init "
+             f"BENCH/base-text4/model --config demo-text4-refine --seeds {','.join(map(str, seeds))} --arms all "
+             "--protocol both --trace-every 105 --amp bf16 --out BENCH/refine-text4-bf16`: matrix products in bf16, the "
+             "top layers' attention in float32), against the float32 runs of the same seed (same data order, "
+             "starting model and dropout draws: what differs is the precision):", "",
+             "| arm | normal AUC float32 → bf16 | macro AUC float32 → bf16 | paper's protocol: normal / macro, "
+             "float32 → bf16 | Δ normal AUC vs control, float32 → bf16 | largest per-step loss difference |",
+             "|---|---|---|---|---|---|"]
+
+    def run(data: dict, protocol: str, arm: str, seed: int) -> dict:
+        return next(r for r in data["protocols"][protocol]["runs"] if r["arm"] == arm and r["seed"] == seed)
+
+    def delta(data: dict, arm: str, seed: int) -> float:
+        return run(data, "offclip", arm, seed)["normal_auc"] - run(data, "offclip", "infonce/report", seed)["normal_auc"]
+
+    from offclip.models.compare import ARMS
+
+    for seed in seeds:
+        for arm in ORDER:
+            a, b = run(fp32, "offclip", arm, seed), run(low, "offclip", arm, seed)
+            pa, pb = run(fp32, "paper", arm, seed), run(low, "paper", arm, seed)
+            name = f"{ARMS[arm][0]}-{ARMS[arm][1]}-seed{seed}"
+            steps = [[json.loads(line)["loss"] for line in (folder / name / "metrics.jsonl").read_text().splitlines()]
+                     for folder in (bench / "refine-text4", refine)]
+            gap = max(abs(x - y) for x, y in zip(*steps))
+            lines.append(f"| {ARM_WORDS[arm].split(':')[0]}{'' if len(seeds) == 1 else f', seed {seed}'} | "
+                         f"{a['normal_auc']:.3f} → {b['normal_auc']:.3f} | {a['macro_auc']:.3f} → {b['macro_auc']:.3f} | "
+                         f"{pa['normal_auc']:.3f} / {pa['macro_auc']:.3f} → {pb['normal_auc']:.3f} / {pb['macro_auc']:.3f} | "
+                         + ("– |" if arm == "infonce/report" else f"{delta(fp32, arm, seed):+.3f} → {delta(low, arm, seed):+.3f} |")
+                         + f" {gap:.4f} over {len(steps[1])} steps |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("bench", type=Path)
@@ -244,6 +287,12 @@ def main(argv: list[str] | None = None) -> int:
     on_filter = loss_on_filter(refine, data)
     parts += ["", findings(data, on_filter, {p: base_summary(bench, p) for p in ("offclip", "paper")}),
               "", per_class_tables(refine)]
+    check = amp_check(bench, data)
+    if check is not None:
+        parts += ["", check]
+        (results / "bf16").mkdir(exist_ok=True)
+        for name in ("compare-both.md", "compare-both.json"):
+            shutil.copyfile(bench / "refine-text4-bf16" / name, results / "bf16" / name)
     game = pointing_game(bench)
     if game is not None:
         parts += ["", game]
