@@ -337,7 +337,7 @@ def main_text_layers(args) -> int:
         whole_ratios[amp] = whole[top]["step_s"] / whole[frozen]["step_s"]
         print(f"step time, {args.text_config} / {args.frozen_config}, amp {amp} (best of {args.rounds}): "
               f"{ratios[amp]:.2f}x (goal <= 2x); over whole runs, caches included: {whole_ratios[amp]:.2f}x")
-    for kind in configs if len(amps) > 1 else ():
+    for kind in configs:
         for amp in amps[1:]:
             other, base = best[name(kind, amp)], best[name(kind, amps[0])]
             print(f"{kind}: amp {amp} / amp {amps[0]} step time {other['steady_step_s'] / base['steady_step_s']:.2f}")

@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from ..data_contracts.enums import AMP_MODES, DEFAULT_MODEL_CONFIG
+from ..data_contracts.enums import DEFAULT_MODEL_CONFIG
 from ..pipeline.atomic import atomic_write_text
 from ..pipeline.layout import manifest_path
 
@@ -130,6 +130,7 @@ class CompareConfig:
 
     def __post_init__(self) -> None:
         from .evaluate.protocols import protocol_names
+        from .train_config import check_amp  # torch: imported when a comparison is made, not with this module
 
         chosen = protocol_names(self.protocol)  # raises on an unknown protocol
         if self.prompts is not None and "paper" in chosen:
@@ -139,8 +140,7 @@ class CompareConfig:
                 raise ValueError(f"unknown arm {arm!r}; arms are {', '.join(ARMS)}")
         if not self.seeds:
             raise ValueError("compare needs at least one seed")
-        if self.amp not in AMP_MODES:
-            raise ValueError(f"unknown amp mode {self.amp!r}; available: {', '.join(AMP_MODES)}")
+        check_amp(self.amp)
         if self.resample not in ("auto", "images", "reports"):
             raise ValueError(f"resample must be auto, images or reports, not {self.resample!r}")
         if self.init is not None:

@@ -148,8 +148,7 @@ def resolve_hyper(config: TrainConfig, model_config: dict) -> dict:
 def _check_config(config: TrainConfig) -> None:
     if config.loss not in LOSSES:
         raise ValueError(f"unknown loss {config.loss!r}; available: {', '.join(sorted(LOSSES))}")
-    if config.amp not in AMP_MODES:
-        raise ValueError(f"unknown amp mode {config.amp!r}; available: {', '.join(AMP_MODES)}")
+    check_amp(config.amp)
     if config.max_steps is not None and config.max_steps < 0:
         raise ValueError(f"max_steps must be >= 0, got {config.max_steps}")
     if config.checkpoint_every < 1 or config.log_every < 1:
@@ -171,6 +170,12 @@ def _device(name: str, local_rank: int) -> torch.device:
             device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
     return device
+
+
+def check_amp(mode: str) -> None:
+    """A clear error for an amp mode that is not one of AMP_MODES (TrainConfig, CompareConfig)."""
+    if mode not in AMP_MODES:
+        raise ValueError(f"unknown amp mode {mode!r}; available: {', '.join(AMP_MODES)}")
 
 
 def _amp_dtype(mode: str, device: torch.device) -> torch.dtype | None:

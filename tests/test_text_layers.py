@@ -188,7 +188,7 @@ def test_packed_layers_under_cpu_autocast_stay_close_to_float32():
 
 def test_amp_bf16_trains_on_the_cpu(shards_out, tmp_path):
     """``amp=bf16`` is CPU autocast (it used to be ignored there): the same run's losses differ from
-    float32's by bf16 rounding only; ``auto`` stays float32 on the CPU; fp16 is refused there."""
+    float32's by bf16 rounding only; ``auto`` stays float32 on the CPU; fp16 is ignored there."""
     from offclip.models.train_config import _amp_dtype
 
     cpu = torch.device("cpu")

@@ -120,12 +120,11 @@ def base_summary(bench: Path, protocol: str, tag: str = "") -> dict | None:
 def saved_evaluations(refine: Path, arms: tuple[str, ...], seeds: list[int], protocol: str) -> dict:
     """``{(arm, seed): SavedScores}`` from the runs' saved score tables (what compare's paired
     bootstrap reads), without re-evaluating."""
-    from offclip.models.compare import ARMS
+    from offclip.models.compare import run_dir
     from offclip.models.evaluate import read_score_table
 
     folder = "eval" if protocol == "offclip" else f"eval-{protocol}"
-    return {(arm, seed): read_score_table(refine / f"{ARMS[arm][0]}-{ARMS[arm][1]}-seed{seed}" / folder
-                                          / "vindr-cxr_scores.parquet")
+    return {(arm, seed): read_score_table(run_dir(refine, arm, seed) / folder / "vindr-cxr_scores.parquet")
             for arm in arms for seed in seeds}
 
 
@@ -244,14 +243,14 @@ def amp_check(bench: Path, fp32: dict) -> str | None:
     def delta(data: dict, arm: str, seed: int) -> float:
         return run(data, "offclip", arm, seed)["normal_auc"] - run(data, "offclip", "infonce/report", seed)["normal_auc"]
 
-    from offclip.models.compare import ARMS
+    from offclip.models.compare import run_dir
 
     for seed in seeds:
         for arm in ORDER:
             a, b = run(fp32, "offclip", arm, seed), run(low, "offclip", arm, seed)
             pa, pb = run(fp32, "paper", arm, seed), run(low, "paper", arm, seed)
-            name = f"{ARMS[arm][0]}-{ARMS[arm][1]}-seed{seed}"
-            steps = [[json.loads(line)["loss"] for line in (folder / name / "metrics.jsonl").read_text().splitlines()]
+            steps = [[json.loads(line)["loss"]
+                      for line in (run_dir(folder, arm, seed) / "metrics.jsonl").read_text().splitlines()]
                      for folder in (bench / "refine-text4", refine)]
             gap = max(abs(x - y) for x, y in zip(*steps))
             lines.append(f"| {ARM_WORDS[arm].split(':')[0]}{'' if len(seeds) == 1 else f', seed {seed}'} | "

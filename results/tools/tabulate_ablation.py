@@ -6,7 +6,7 @@ import json, re, sys
 from pathlib import Path
 import pandas as pd
 from offclip.models.compare import (ARMS, CompareConfig, METRICS, paired_differences, per_class_auc,
-                                    per_class_markdown, summarise, to_markdown)
+                                    per_class_markdown, run_dir, summarise, to_markdown)
 from offclip.models.evaluate import read_score_table
 
 out, shards, eval_root = map(Path, sys.argv[1:4])
@@ -17,7 +17,7 @@ rows, evaluations, classes = [], {}, {}
 for arm in ARMS:
     loss, text, _ = ARMS[arm]
     for seed in seeds:
-        ev = out / f"{loss}-{text}-seed{seed}" / "eval"
+        ev = run_dir(out, arm, seed) / "eval"
         if not (ev / "vindr-cxr.json").is_file():
             continue
         result = json.loads((ev / "vindr-cxr.json").read_text())
